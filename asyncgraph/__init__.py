@@ -1,0 +1,63 @@
+"""asyncgraph: run a dependency map of functions and coroutines on an event loop.
+
+IO tasks run on the loop (or in threads), CPU tasks in a pool of worker processes; the
+result is a new Graph carrying every task's state. See README.md and docs/.
+"""
+
+from ._exceptions import CycleError as CycleError
+from ._exceptions import DuplicateTaskError as DuplicateTaskError
+from ._exceptions import GraphError as GraphError
+from ._exceptions import InvalidTaskError as InvalidTaskError
+from ._exceptions import MissingDependencyError as MissingDependencyError
+from ._exceptions import PicklingError as PicklingError
+from ._exceptions import RemoteError as RemoteError
+from ._exceptions import SignatureError as SignatureError
+from ._exceptions import TaskCancelled as TaskCancelled
+from ._exceptions import TaskError as TaskError
+from ._exceptions import TaskFailures as TaskFailures
+from ._exceptions import UnknownTaskError as UnknownTaskError
+from ._exceptions import WorkerDiedError as WorkerDiedError
+from ._graph import Graph as Graph
+from ._graph import create_graph as create_graph
+from ._rewrite import mark_done as mark_done
+from ._rewrite import mark_done_except as mark_done_except
+from ._rewrite import reset as reset
+from ._rewrite import reset_failed as reset_failed
+from ._rewrite import subgraph as subgraph
+from ._runner import run as run
+from ._runner import run_sync as run_sync
+from ._state import State as State
+from ._state import TaskRecord as TaskRecord
+from ._task import Kind as Kind
+from ._task import Task as Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CycleError",
+    "DuplicateTaskError",
+    "Graph",
+    "GraphError",
+    "InvalidTaskError",
+    "Kind",
+    "MissingDependencyError",
+    "PicklingError",
+    "RemoteError",
+    "SignatureError",
+    "State",
+    "Task",
+    "TaskCancelled",
+    "TaskError",
+    "TaskFailures",
+    "TaskRecord",
+    "UnknownTaskError",
+    "WorkerDiedError",
+    "create_graph",
+    "mark_done",
+    "mark_done_except",
+    "reset",
+    "reset_failed",
+    "run",
+    "run_sync",
+    "subgraph",
+]

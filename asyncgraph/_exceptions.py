@@ -1,0 +1,206 @@
+"""The errors asyncgraph raises.
+
+::
+
+    Exception
+    +-- GraphError                 the graph definition is invalid (raised while building or
+    |   |                          before a run starts; nothing has run)
+    |   +-- CycleError             dependencies form a cycle; ``.cycle`` lists it in order
+    |   +-- MissingDependencyError a dependency names no task; ``.task``, ``.missing``
+    |   +-- DuplicateTaskError     a task name is used twice; ``.task``
+    |   +-- SignatureError         a function cannot accept what its dependencies pass
+    |   +-- InvalidTaskError       a bad task option: unknown ``kind``, negative ``retries``,
+    |                              a function that is not callable (also a ``ValueError``)
+    |   +-- UnknownTaskError       a rewrite or query names tasks the graph lacks; ``.names``
+    |   +-- PicklingError          a ``kind="cpu"`` task cannot be sent to a worker process
+    +-- TaskError                  base of errors that stand in for a task's own exception
+    |   +-- RemoteError            a worker's exception could not be pickled back
+    |   +-- WorkerDiedError        the worker process running the task died
+    |   +-- TaskCancelled          recorded on a task that was cancelled (run cancelled,
+    |                              ``fail_fast`` or the run's ``deadline``)
+    +-- ExceptionGroup
+        +-- TaskFailures           ``raise_for_failures()`` and ``fail_fast=True``;
+                                   ``.graph`` is the graph as it ended
+
+Bad arguments (a negative limit, a wrong type) raise the built-in ``ValueError`` or
+``TypeError`` with a message naming the parameter, as the standard library does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._graph import Graph
+
+__all__ = [
+    "CycleError",
+    "DuplicateTaskError",
+    "GraphError",
+    "InvalidTaskError",
+    "MissingDependencyError",
+    "PicklingError",
+    "RemoteError",
+    "SignatureError",
+    "TaskCancelled",
+    "TaskError",
+    "TaskFailures",
+    "UnknownTaskError",
+    "WorkerDiedError",
+]
+
+
+class GraphError(Exception):
+    """The graph definition is invalid; raised before any task runs."""
+
+
+class CycleError(GraphError):
+    """The dependencies form a cycle.
+
+    ``cycle`` lists the tasks in dependency order and repeats the first at the end, as
+    :class:`graphlib.CycleError` does: ``["a", "b", "a"]`` means a needs b and b needs a.
+    """
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = list(cycle)
+        super().__init__(
+            "dependencies form a cycle: " + " -> ".join(self.cycle)
+            + "; remove one of these dependencies"
+        )
+
+
+class MissingDependencyError(GraphError):
+    """A task depends on a name that is not a task of the graph."""
+
+    def __init__(self, task: str, missing: Sequence[str]) -> None:
+        self.task = task
+        self.missing = sorted(missing)
+        names = ", ".join(repr(m) for m in self.missing)
+        super().__init__(
+            f"task {task!r} depends on {names}, which "
+            + ("is not a task" if len(self.missing) == 1 else "are not tasks")
+            + " of this graph; add the task or fix the dependency name"
+        )
+
+
+class DuplicateTaskError(GraphError):
+    """Two tasks have the same name."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        super().__init__(
+            f"a task named {task!r} is already in the graph; pass name=... to give "
+            "the new task another name"
+        )
+
+
+class SignatureError(GraphError):
+    """A task's function cannot accept the arguments its dependencies will pass."""
+
+    def __init__(self, task: str, message: str) -> None:
+        self.task = task
+        super().__init__(f"task {task!r}: {message}")
+
+
+class InvalidTaskError(GraphError, ValueError):
+    """A task option is invalid: unknown kind, negative retries or timeout, not callable."""
+
+    def __init__(self, task: str, message: str) -> None:
+        self.task = task
+        super().__init__(f"task {task!r}: {message}")
+
+
+class UnknownTaskError(GraphError, KeyError):
+    """A rewrite or a query names tasks that are not in the graph."""
+
+    def __init__(self, names: Sequence[str], *, where: str = "") -> None:
+        self.names = sorted(names)
+        listed = ", ".join(repr(n) for n in self.names)
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}unknown task name(s): {listed}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class PicklingError(GraphError):
+    """A ``kind="cpu"`` task's function cannot be pickled for the process pool."""
+
+    def __init__(self, task: str, reason: str) -> None:
+        self.task = task
+        super().__init__(
+            f"task {task!r} runs in a worker process (kind='cpu') but its function "
+            f"cannot be pickled: {reason}; use kind='io' or make the function picklable"
+        )
+
+
+class TaskError(Exception):
+    """Base of the errors recorded in place of a task's own exception."""
+
+
+class RemoteError(TaskError):
+    """A task raised in a worker process and its exception could not be pickled back.
+
+    Carries what could be recovered: ``type_name`` (qualified), ``message`` and the
+    formatted ``traceback`` text from the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        super().__init__(f"{type_name}: {message}")
+
+
+class WorkerDiedError(TaskError):
+    """The worker process running a task died (``os._exit``, a signal, out of memory)."""
+
+    def __init__(self, task: str, exitcode: int | None) -> None:
+        self.task = task
+        self.exitcode = exitcode
+        if exitcode is not None and exitcode < 0:
+            import signal
+
+            try:
+                how = f"was killed by signal {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f"was killed by signal {-exitcode}"
+        elif exitcode is None:
+            how = "died"
+        else:
+            how = f"exited with status {exitcode}"
+        super().__init__(
+            f"the worker process running task {task!r} {how} before returning a result"
+            " (os._exit, a signal or running out of memory); the pool was replaced"
+        )
+
+
+class TaskCancelled(TaskError):
+    """Recorded as the error of a task that was cancelled, with the reason."""
+
+
+class TaskFailures(ExceptionGroup[Exception]):  # noqa: N818 - an ExceptionGroup of failures
+    """The failures of a run, one exception per failed task.
+
+    ``graph`` is the graph as the run left it. Each exception carries a ``task_name``
+    note (``e.__notes__``) naming its task.
+    """
+
+    graph: Graph
+
+    def __new__(
+        cls, message: str, exceptions: Sequence[Exception], graph: Graph | None = None
+    ) -> TaskFailures:
+        self = super().__new__(cls, message, exceptions)
+        if graph is not None:
+            self.graph = graph
+        return self
+
+    def __init__(
+        self, message: str, exceptions: Sequence[Exception], graph: Graph | None = None
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> TaskFailures:
+        return TaskFailures(self.message, excs, getattr(self, "graph", None))

@@ -1,0 +1,161 @@
+"""The CPU pool: worker processes owned by one run.
+
+Why not :class:`concurrent.futures.ProcessPoolExecutor`? When one of its workers dies it
+marks the whole pool broken and fails *every* pending future. Here each worker is a
+separate child with its own pipes, so a worker that dies (``os._exit``, a signal, the
+out-of-memory killer) fails only the task it was running; the pool starts a fresh
+worker for the next task. A task that times out or is cancelled has its worker killed,
+which really stops the work, unlike a thread.
+
+Workers start on demand, at most ``size`` of them, and are reused. The runner guarantees
+no more than ``size`` calls at once, so a call never waits for a worker. Workers are
+started with ``subprocess`` (never ``fork``), so they share nothing with the parent but
+``sys.path``; functions and values cross with cloudpickle.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import cloudpickle
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from ._exceptions import RemoteError, WorkerDiedError
+
+__all__ = ["ProcessPool"]
+
+_HEADER = struct.Struct(">Q")
+_WORKER = str(Path(__file__).with_name("_worker.py"))
+_BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__asyncgraph_worker__')"
+_STREAM_ERRORS = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
+                  anyio.ClosedResourceError, OSError)
+
+
+class _Worker:
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        assert process.stdout is not None and process.stdin is not None
+        self.reader = BufferedByteReceiveStream(process.stdout)
+        self.stdin = process.stdin
+
+    async def send(self, payload: bytes) -> None:
+        await self.stdin.send(_HEADER.pack(len(payload)) + payload)
+
+    async def receive(self) -> Any:
+        (n,) = _HEADER.unpack(await self.reader.receive_exactly(_HEADER.size))
+        return pickle.loads(await self.reader.receive_exactly(n))
+
+    async def kill(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self.process.returncode is None:
+                self.process.kill()
+            await self.process.wait()
+            await self.process.aclose()
+
+
+class ProcessPool:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self.started = 0  # workers started over the pool's life (replacements included)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in (*self._idle, *self._busy)]
+
+    async def _start(self) -> _Worker:
+        out_fd = _dup_stdout()
+        try:
+            process = await anyio.open_process(
+                [sys.executable, "-c", _BOOT, _WORKER, str(out_fd if out_fd else 2)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
+                pass_fds=(out_fd,) if out_fd else (),
+            )
+        finally:
+            if out_fd:
+                os.close(out_fd)
+        self.started += 1
+        worker = _Worker(process)
+        await worker.send(pickle.dumps(("init", list(sys.path))))
+        return worker
+
+    async def call(self, task: str, fn_bytes: bytes, args: tuple[Any, ...]) -> Any:
+        """Run one task in a worker and return its result, or raise its exception."""
+        try:
+            args_bytes = cloudpickle.dumps(args)
+        except Exception as exc:
+            raise TypeError(
+                f"the arguments of task {task!r} cannot be pickled for its worker process"
+                f" (kind='cpu'): {exc}"
+            ) from exc
+        if len(self._idle) + len(self._busy) >= self.size and not self._idle:
+            raise RuntimeError("ProcessPool.call: more calls than workers")  # a runner bug
+        worker = self._idle.pop() if self._idle else await self._start()
+        self._busy.add(worker)
+        try:
+            await worker.send(pickle.dumps(("call", fn_bytes, args_bytes)))
+            reply = await worker.receive()
+        except _STREAM_ERRORS:
+            # The task's worker died:
+            #     g.add("t", lambda: os._exit(1), kind="cpu")
+            # its pipes closed under us; report how it ended and start afresh next time.
+            self._busy.discard(worker)
+            await worker.kill()
+            raise WorkerDiedError(task, worker.process.returncode) from None
+        except BaseException:
+            # Cancelled or timed out while the worker computes: kill it, which is the only
+            # way to stop the work, then let the cancellation go on.
+            self._busy.discard(worker)
+            await worker.kill()
+            raise
+        self._busy.discard(worker)
+        self._idle.append(worker)
+        if reply[0] == "ok":
+            return cloudpickle.loads(reply[1])
+        _, type_name, message, tb, exc_bytes = reply
+        exc: BaseException | None = None
+        if exc_bytes is not None:
+            try:
+                exc = pickle.loads(exc_bytes)
+            except Exception:
+                exc = None
+        if not isinstance(exc, BaseException):
+            exc = RemoteError(type_name, message, tb)
+        exc.__asyncgraph_traceback__ = tb  # type: ignore[attr-defined]
+        raise exc
+
+    async def aclose(self) -> None:
+        """Stop every worker: idle ones are asked to exit, busy ones are killed."""
+        with anyio.CancelScope(shield=True):
+            idle, self._idle = self._idle, []
+            busy, self._busy = list(self._busy), set()
+            for w in busy:
+                await w.kill()
+            for w in idle:
+                await w.stdin.aclose()
+            for w in idle:
+                with anyio.move_on_after(5):
+                    await w.process.wait()
+                await w.kill()
+
+
+def _dup_stdout() -> int | None:
+    """A copy of the parent's real stdout for the worker's fd 1, or None for stderr."""
+    if sys.platform == "win32":
+        return None
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        return os.dup(fd)
+    except (OSError, ValueError, AttributeError):
+        return None

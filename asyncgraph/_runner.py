@@ -1,0 +1,433 @@
+"""The async runner: ``run()`` and ``run_sync()``. It owns the run's only task group.
+
+The runner is the "caller" of the synchronous :class:`~asyncgraph._scheduler.Scheduler`:
+it starts what ``get_ready()`` hands out, each task in a child of the task group, and
+then sleeps on an event until a child reports back through the inbox. A completion wakes
+it; nothing ever sleeps and checks. Every change to the scheduler and to the records is
+made by this one loop, so there is no locking.
+
+Per-run resources (the process pool, the thread limiter) are created by the run and
+closed by it, under a shield, whatever way the run ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+import os
+import random
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import cloudpickle
+
+from ._exceptions import PicklingError, TaskCancelled, TaskFailures
+from ._graph import Graph
+from ._process import ProcessPool
+from ._scheduler import Scheduler
+from ._state import State, TaskRecord
+from ._task import Kind, Task
+
+__all__ = ["run", "run_sync"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A child's report: one attempt of one task ended."""
+
+    name: str
+    ok: bool
+    value: Any  # the result, or the exception
+    traceback: str | None
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Requeue:
+    """A retry's backoff delay has passed."""
+
+    name: str
+
+
+def _backoff(task: Task, attempt: int) -> float:
+    """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, times 0.5-1.5."""
+    return task.retry_delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+
+
+class _Run:
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        max_io: int | None,
+        cpu_workers: int,
+        limits: Mapping[str, int],
+        fail_fast: bool,
+        deadline: float | None,
+    ) -> None:
+        order = graph.topological_order()  # raises CycleError / MissingDependencyError
+        self.graph = graph
+        self.tasks = graph.tasks
+        self.records: dict[str, TaskRecord] = dict(graph.records)
+        self.fail_fast = fail_fast
+        self.deadline = deadline
+        self.core = Scheduler(
+            self.tasks,
+            order,
+            {n: r.status for n, r in self.records.items()},
+            max_io=max_io,
+            cpu_slots=cpu_workers,
+            limits=limits,
+        )
+        for n in self.core.initially_skipped:
+            self.records[n] = TaskRecord(status=State.SKIPPED)
+        # Check that every CPU task can travel to a worker before anything starts.
+        self.fn_bytes: dict[str, bytes] = {}
+        for n in self.core.pending():
+            t = self.tasks[n]
+            if t.kind is Kind.CPU:
+                try:
+                    self.fn_bytes[n] = cloudpickle.dumps(t.fn)
+                except Exception as exc:
+                    raise PicklingError(n, f"{type(exc).__name__}: {exc}") from exc
+        self.pool = ProcessPool(cpu_workers) if self.fn_bytes else None
+        self.thread_limiter = anyio.CapacityLimiter(max_io) if max_io else None
+        self.tries: dict[str, int] = {}
+        self.inbox: deque[_Outcome | _Requeue] = deque()
+        self.wakeup = anyio.Event()
+        self.failure: str | None = None  # the task that ended a fail_fast run
+
+    # -- the children ------------------------------------------------------------------
+
+    def _post(self, message: _Outcome | _Requeue) -> None:
+        self.inbox.append(message)
+        self.wakeup.set()
+
+    async def _execute(self, task: Task) -> None:
+        started = time.time()
+        try:
+            args, kwargs = task.bind(
+                {d: self.records[d].result for d in task.deps}
+            )
+            if task.timeout is None:
+                result = await self._call(task, args, kwargs)
+            else:
+                with anyio.move_on_after(task.timeout) as scope:
+                    result = await self._call(task, args, kwargs)
+                if scope.cancelled_caught:
+                    raise TimeoutError(
+                        f"task {task.name!r} did not finish within timeout={task.timeout}s"
+                    )
+        except Exception as exc:  # cancellation is a BaseException and goes on up
+            tb = getattr(exc, "__asyncgraph_traceback__", None) or "".join(
+                traceback.format_exception(exc)
+            )
+            self._post(_Outcome(task.name, False, exc, tb, started, time.time()))
+        else:
+            self._post(_Outcome(task.name, True, result, None, started, time.time()))
+
+    async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        if task.kind is Kind.CPU:
+            assert self.pool is not None
+            return await self.pool.call(task.name, self.fn_bytes[task.name], (args, kwargs))
+        if task.is_async:
+            return await task.fn(*args, **kwargs)
+        # A plain function runs in a thread. A thread cannot be stopped: on cancellation
+        # or timeout the run stops waiting for it and it finishes on its own.
+        result = await anyio.to_thread.run_sync(
+            functools.partial(task.fn, *args, **kwargs),
+            abandon_on_cancel=True,
+            limiter=self.thread_limiter,
+        )
+        if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
+            result = await result
+        return result
+
+    async def _requeue_later(self, name: str, delay: float) -> None:
+        await anyio.sleep(delay)  # a backoff timer, not a poll: it fires once
+        self._post(_Requeue(name))
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _dispatch(self, tg: anyio.abc.TaskGroup) -> None:
+        now = time.time()
+        records = self.records
+        for task in self.core.get_ready():
+            name = task.name
+            rec = records[name]
+            self.tries[name] = self.tries.get(name, 0) + 1
+            records[name] = TaskRecord(
+                State.RUNNING,
+                None,
+                rec.error,
+                rec.traceback,
+                rec.attempts + 1,
+                now if self.tries[name] == 1 else rec.started,
+                None,
+            )
+            tg.start_soon(self._execute, task, name=name)
+
+    def _apply(self, msg: _Outcome | _Requeue, tg: anyio.abc.TaskGroup) -> None:
+        if isinstance(msg, _Requeue):
+            self.core.requeue(msg.name)
+            return
+        name = msg.name
+        rec = self.records[name]
+        if msg.ok:
+            self.records[name] = TaskRecord(
+                State.DONE, msg.value, None, None, rec.attempts, rec.started, msg.finished
+            )
+            self.core.done(name)
+            return
+        task = self.tasks[name]
+        if self.tries[name] <= task.retries and self.failure is None:
+            self.records[name] = TaskRecord(
+                State.PENDING, None, msg.value, msg.traceback, rec.attempts, rec.started,
+                msg.finished,
+            )
+            self.core.retry(name)
+            tg.start_soon(self._requeue_later, name, _backoff(task, self.tries[name]))
+            return
+        self.records[name] = TaskRecord(
+            State.FAILED, None, msg.value, msg.traceback, rec.attempts, rec.started,
+            msg.finished,
+        )
+        for s in self.core.failed(name):
+            self.records[s] = TaskRecord(State.SKIPPED)
+        if self.fail_fast and self.failure is None:
+            self.failure = name
+
+    async def _loop(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._dispatch(tg)
+            while self.core.is_active():
+                if not self.inbox:
+                    self.wakeup = anyio.Event()
+                    await self.wakeup.wait()
+                inbox = self.inbox
+                while inbox:
+                    self._apply(inbox.popleft(), tg)
+                if self.failure is not None:
+                    # fail_fast: a task failed for good:
+                    #     await ag.run(g, fail_fast=True)   # <- 'b' raised
+                    # cancel everything still running; _close() records them cancelled.
+                    tg.cancel_scope.cancel()
+                    return
+                self._dispatch(tg)
+
+    def _close(self, reason: str) -> None:
+        """Record every task that has not ended as cancelled, with ``reason``."""
+        # Children that finished while the group was being cancelled still count.
+        while self.inbox:
+            msg = self.inbox.popleft()
+            if isinstance(msg, _Outcome) and msg.name in self.core.running:
+                rec = self.records[msg.name]
+                if msg.ok:
+                    self.records[msg.name] = TaskRecord(
+                        State.DONE, msg.value, None, None, rec.attempts, rec.started,
+                        msg.finished,
+                    )
+                    self.core.done(msg.name)
+        running, rest = self.core.cancel()
+        now = time.time()
+        for n in running:
+            rec = self.records[n]
+            self.records[n] = TaskRecord(
+                State.CANCELLED, None, TaskCancelled(f"task {n!r} was cancelled: {reason}"),
+                None, rec.attempts, rec.started, now,
+            )
+        for n in rest:
+            rec = self.records[n]
+            self.records[n] = TaskRecord(
+                State.CANCELLED, None,
+                TaskCancelled(f"task {n!r} did not start: {reason}"),
+                None, rec.attempts, rec.started, rec.finished,
+            )
+
+    async def run(self) -> Graph:
+        if not self.core.is_active():
+            return self.graph._derive(self.records)
+        reason = "the run was cancelled"
+        try:
+            if self.deadline is None:
+                await self._loop()
+            else:
+                with anyio.move_on_after(self.deadline):
+                    await self._loop()
+                reason = f"the run's deadline of {self.deadline}s passed"
+            if self.failure is not None:
+                reason = f"task {self.failure!r} failed and fail_fast=True"
+        finally:
+            # Cancelled from outside:
+            #     task = asyncio.create_task(ag.run(g)); task.cancel()
+            # the task group has cancelled its children; record them and stop the workers
+            # (shielded), then let the cancellation continue.
+            if self.core.is_active():
+                self._close(reason)
+            if self.pool is not None:
+                await self.pool.aclose()
+        result = self.graph._derive(self.records)
+        if self.failure is not None:
+            try:
+                result.raise_for_failures()
+            except TaskFailures as exc:
+                raise TaskFailures(
+                    f"task {self.failure!r} failed (fail_fast=True); the rest was cancelled",
+                    exc.exceptions,
+                    result,
+                ) from None
+        return result
+
+
+def _check_int(name: str, value: Any, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value!r}")
+
+
+def _make_run(
+    graph: Graph,
+    max_io: int | None,
+    cpu_workers: int | None,
+    limits: Mapping[str, int] | None,
+    fail_fast: bool,
+    deadline: float | None,
+) -> _Run:
+    if not isinstance(graph, Graph):
+        raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    _check_int("max_io", max_io)
+    _check_int("cpu_workers", cpu_workers)
+    if limits is not None:
+        if not isinstance(limits, Mapping):
+            raise TypeError(f"limits must be a dict of name -> int, not {type(limits).__name__}")
+        for key, value in limits.items():
+            _check_int(f"limits[{key!r}]", value, allow_none=False)
+    if not isinstance(fail_fast, bool):
+        raise TypeError(f"fail_fast must be True or False, not {fail_fast!r}")
+    if deadline is not None and (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, (int, float))
+        or not deadline > 0
+        or math.isinf(deadline)
+    ):
+        raise ValueError(f"deadline must be a number of seconds > 0, not {deadline!r}")
+    return _Run(
+        graph,
+        max_io=max_io,
+        cpu_workers=cpu_workers or os.cpu_count() or 1,
+        limits=limits or {},
+        fail_fast=fail_fast,
+        deadline=deadline,
+    )
+
+
+async def run(
+    graph: Graph,
+    *,
+    max_io: int | None = None,
+    cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    fail_fast: bool = False,
+    deadline: float | None = None,
+) -> Graph:
+    """Run every pending task of ``graph`` and return a new Graph with their states.
+
+    ``max_io`` caps concurrent IO tasks (default: no cap for coroutines; plain functions
+    share anyio's thread pool of 40); ``cpu_workers`` is the number of worker processes
+    (default: the CPU count); ``limits={"db": 4}`` caps tasks declaring
+    ``resources=("db",)``. A failed task's descendants are skipped and the rest goes on,
+    unless ``fail_fast=True``, which cancels the rest and raises :class:`TaskFailures`.
+    ``deadline`` (seconds) cancels whatever has not finished by then.
+    """
+    return await _make_run(graph, max_io, cpu_workers, limits, fail_fast, deadline).run()
+
+
+def run_sync(
+    graph: Graph,
+    *,
+    max_io: int | None = None,
+    cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    fail_fast: bool = False,
+    deadline: float | None = None,
+) -> Graph:
+    """:func:`run` for scripts: runs on a new event loop (uvloop when installed).
+
+    Inside a running loop (a Jupyter cell) it runs on its own loop in a helper thread
+    and blocks until done. Ctrl-C cancels the run, records running tasks as cancelled,
+    stops the workers and raises KeyboardInterrupt.
+    """
+    the_run = _make_run(graph, max_io, cpu_workers, limits, fail_fast, deadline)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_on_new_loop(the_run.run)
+    return _run_in_helper_thread(the_run.run)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def _run_on_new_loop(fn: Callable[[], Coroutine[Any, Any, Graph]]) -> Graph:
+    # asyncio.Runner turns Ctrl-C into a cancellation of the main task, so the run's
+    # cleanup runs, and then raises KeyboardInterrupt.
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(fn())
+
+
+def _run_in_helper_thread(fn: Callable[[], Coroutine[Any, Any, Graph]]) -> Graph:
+    # We are inside a running loop (a notebook cell calling run_sync):
+    #     ag.run_sync(g)   # <- asyncio.run() would raise "cannot be called from a
+    #                      #    running event loop"
+    # so run on a fresh loop in a helper thread and block this one until it ends.
+    outcome: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def main() -> Graph:
+        outcome["loop"] = asyncio.get_running_loop()
+        outcome["task"] = asyncio.current_task()
+        started.set()
+        return await fn()
+
+    def target() -> None:
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                outcome["value"] = runner.run(main())
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome["error"] = exc
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=target, name="asyncgraph-run_sync", daemon=True)
+    thread.start()
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        # Ctrl-C (or a notebook's interrupt) reaches this thread, not the helper:
+        # cancel the run there, wait for its cleanup, then re-raise.
+        started.wait()
+        if "task" in outcome:
+            outcome["loop"].call_soon_threadsafe(outcome["task"].cancel)
+        thread.join()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    value: Graph = outcome["value"]
+    return value

@@ -1,0 +1,72 @@
+"""Task states and the per-task record a Graph carries."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["State", "TaskRecord", "TERMINAL", "FINISHED_BADLY"]
+
+
+class State(enum.Enum):
+    """The state of one task. The values are persisted: never change them."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # an upstream task failed or was cancelled
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED, State.CANCELLED})
+#: States that ``reset_failed`` sends back to pending.
+FINISHED_BADLY = frozenset({State.FAILED, State.SKIPPED, State.CANCELLED})
+
+# Which transitions a run may make. A rewrite may set any state (it is a user's decision);
+# the runner asserts these so a scheduling bug cannot silently resurrect a finished task.
+ALLOWED = {
+    State.PENDING: frozenset({State.RUNNING, State.SKIPPED, State.CANCELLED}),
+    State.RUNNING: frozenset(
+        {State.DONE, State.FAILED, State.CANCELLED, State.PENDING}  # PENDING: a retry
+    ),
+    State.DONE: frozenset(),
+    State.FAILED: frozenset(),
+    State.SKIPPED: frozenset(),
+    State.CANCELLED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """What is known about one task after (part of) a run.
+
+    ``error`` is the exception the task raised (or a :class:`~asyncgraph.TaskError` that
+    stands in for it); ``traceback`` is its formatted text, kept even when the exception
+    object came from another process.
+    """
+
+    status: State = State.PENDING
+    result: Any = None
+    error: BaseException | None = None
+    traceback: str | None = None
+    attempts: int = 0
+    started: float | None = None  # seconds since the epoch (time.time())
+    finished: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+PENDING_RECORD = TaskRecord()

@@ -1,0 +1,216 @@
+"""Task specifications and the binding of dependency results to parameters.
+
+A :class:`Task` is immutable. How a task receives its dependencies' results is one uniform
+description, whichever style defined it:
+
+* ``args``: task names whose results are passed positionally, in order;
+* ``kwargs``: ``(parameter, task)`` pairs passed by keyword;
+* ``skip_none``: taskmap's rule, a ``None`` result is not passed at all.
+
+The three definition styles map onto it: parameter names (``kwargs``), ``deps=[...]``
+(``args``), ``deps={"param": "task"}`` (``kwargs``), and ``create_graph`` (``args`` with
+``skip_none``). Binding is checked against the function's signature when the task is
+added, so a mismatch is reported before anything runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._exceptions import InvalidTaskError, SignatureError
+
+__all__ = ["Kind", "Task", "make_task"]
+
+
+class Kind(enum.Enum):
+    """Where a task runs. Values are persisted: never change them."""
+
+    IO = "io"  # coroutine on the event loop; a plain function in a thread
+    CPU = "cpu"  # a worker process (sync or async function)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One task's definition (never its state: that lives in the Graph's records)."""
+
+    name: str
+    fn: Callable[..., Any]
+    kind: Kind
+    args: tuple[str, ...] = ()
+    kwargs: tuple[tuple[str, str], ...] = ()
+    skip_none: bool = False
+    retries: int = 0
+    retry_delay: float = 0.1
+    timeout: float | None = None
+    priority: int = 0
+    resources: tuple[str, ...] = ()
+    is_async: bool = False
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """The dependency names, each once, in binding order."""
+        seen = dict.fromkeys(self.args)
+        seen.update(dict.fromkeys(t for _, t in self.kwargs))
+        return tuple(seen)
+
+    def bind(self, results: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """The call arguments, given the results of the dependencies."""
+        if self.skip_none:
+            args = [r for r in (results[d] for d in self.args) if r is not None]
+            kwargs = {p: r for p, t in self.kwargs if (r := results[t]) is not None}
+        else:
+            args = [results[d] for d in self.args]
+            kwargs = {p: results[t] for p, t in self.kwargs}
+        return args, kwargs
+
+
+def is_async_callable(fn: Any) -> bool:
+    while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an instance with async __call__
+    )
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature: trust the user
+        return None
+
+
+def _params_as_deps(name: str, sig: inspect.Signature) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is not p.empty:
+            continue
+        if p.kind is p.POSITIONAL_ONLY:
+            raise SignatureError(
+                name,
+                f"parameter {p.name!r} is positional-only, so it cannot name a dependency;"
+                " pass deps=[...] to give its results positionally",
+            )
+        pairs.append((p.name, p.name))
+    return tuple(pairs)
+
+
+def _check_binding(
+    name: str, sig: inspect.Signature, n_args: int, kw: Iterable[str], skip_none: bool
+) -> None:
+    kw = list(kw)
+    # With skip_none (taskmap's rule) a dependency that returns None passes nothing, so the
+    # function may take fewer positional arguments than it has dependencies.
+    counts = range(n_args, -1, -1) if skip_none else (n_args,)
+    errors = []
+    for n in counts:
+        try:
+            sig.bind(*range(n), **dict.fromkeys(kw))
+        except TypeError as exc:
+            errors.append(str(exc))
+        else:
+            return
+    passed = []
+    if n_args:
+        passed.append(f"{n_args} positional result(s)")
+    if kw:
+        passed.append("keyword(s) " + ", ".join(kw))
+    raise SignatureError(
+        name,
+        f"its function{sig} cannot accept what its dependencies pass "
+        f"({' and '.join(passed) or 'nothing'}): {errors[0]}; "
+        "change the parameters or the deps",
+    )
+
+
+def _as_names(name: str, what: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidTaskError(
+            name, f"{what} must be a list of task names, not {type(value).__name__}"
+        )
+    out = tuple(value)
+    for v in out:
+        if not isinstance(v, str):
+            raise InvalidTaskError(name, f"{what} must hold task names (str), found {v!r}")
+    return out
+
+
+def make_task(
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    deps: Iterable[str] | Mapping[str, str] | None = None,
+    kind: Kind | str | None = None,
+    retries: int = 0,
+    retry_delay: float = 0.1,
+    timeout: float | None = None,
+    priority: int = 0,
+    resources: Iterable[str] = (),
+    skip_none: bool = False,
+) -> Task:
+    """Build and check a Task; every error names the task and the offending option."""
+    if not isinstance(name, str) or not name:
+        raise InvalidTaskError(str(name), "a task name must be a non-empty string")
+    if not callable(fn):
+        raise InvalidTaskError(name, f"the function must be callable, not {type(fn).__name__}")
+    is_async = is_async_callable(fn)
+    if kind is None:
+        the_kind = Kind.IO
+    else:
+        try:
+            the_kind = Kind(kind.value if isinstance(kind, Kind) else kind)
+        except ValueError:
+            raise InvalidTaskError(
+                name, f"unknown kind {kind!r}; use one of {[k.value for k in Kind]}"
+            ) from None
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InvalidTaskError(name, f"retries must be an int >= 0, not {retries!r}")
+    for opt, value in (("retry_delay", retry_delay), ("timeout", timeout)):
+        if value is None and opt == "timeout":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise InvalidTaskError(name, f"{opt} must be a number >= 0, not {value!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidTaskError(name, f"priority must be an int, not {priority!r}")
+    res = _as_names(name, "resources", resources)
+
+    sig = _signature(fn)
+    args: tuple[str, ...] = ()
+    kwargs: tuple[tuple[str, str], ...] = ()
+    if deps is None:
+        if sig is not None:
+            kwargs = _params_as_deps(name, sig)
+    elif isinstance(deps, Mapping):
+        kwargs = tuple((str(p), t) for p, t in deps.items())
+        _as_names(name, "deps", [t for _, t in kwargs])
+    else:
+        args = _as_names(name, "deps", deps)
+    if len(set(args)) != len(args):
+        dup = sorted({a for a in args if args.count(a) > 1})
+        raise InvalidTaskError(name, f"deps lists {dup} more than once")
+    if name in args or name in (t for _, t in kwargs):
+        from ._exceptions import CycleError
+
+        raise CycleError([name, name])
+    if sig is not None and deps is not None:
+        _check_binding(name, sig, len(args), (p for p, _ in kwargs), skip_none)
+    return Task(
+        name=name,
+        fn=fn,
+        kind=the_kind,
+        args=args,
+        kwargs=kwargs,
+        skip_none=skip_none,
+        retries=retries,
+        retry_delay=float(retry_delay),
+        timeout=None if timeout is None else float(timeout),
+        priority=priority,
+        resources=res,
+        is_async=is_async,
+    )
