@@ -65,7 +65,8 @@ class CycleError(GraphError):
     def __init__(self, cycle: Sequence[str]) -> None:
         self.cycle = list(cycle)
         super().__init__(
-            "dependencies form a cycle: " + " -> ".join(self.cycle)
+            "dependencies form a cycle: "
+            + " -> ".join(self.cycle)
             + "; remove one of these dependencies"
         )
 
@@ -176,11 +177,11 @@ class WorkerDiedError(TaskError):
         )
 
 
-class TaskCancelled(TaskError):
+class TaskCancelled(TaskError):  # noqa: N818 - reads as the state it records
     """Recorded as the error of a task that was cancelled, with the reason."""
 
 
-class TaskFailures(ExceptionGroup[Exception]):  # noqa: N818 - an ExceptionGroup of failures
+class TaskFailures(ExceptionGroup[Exception]):
     """The failures of a run, one exception per failed task.
 
     ``graph`` is the graph as the run left it. Each exception carries a ``task_name``
@@ -201,6 +202,3 @@ class TaskFailures(ExceptionGroup[Exception]):  # noqa: N818 - an ExceptionGroup
         self, message: str, exceptions: Sequence[Exception], graph: Graph | None = None
     ) -> None:
         super().__init__(message, exceptions)
-
-    def derive(self, excs: Sequence[Exception]) -> TaskFailures:
-        return TaskFailures(self.message, excs, getattr(self, "graph", None))

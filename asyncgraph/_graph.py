@@ -40,7 +40,7 @@ class Graph:
     results, errors and timings.
     """
 
-    __slots__ = ("_tasks", "_records", "_order", "_children")
+    __slots__ = ("_children", "_order", "_records", "_tasks")
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
@@ -96,6 +96,8 @@ class Graph:
     @overload
     def task(
         self,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         deps: Iterable[str] | Mapping[str, str] | None = None,
@@ -331,7 +333,8 @@ class Graph:
         Returns the graph unchanged when nothing failed, so it can be chained.
         """
         failed = [
-            (n, r) for n, r in self._records.items()
+            (n, r)
+            for n, r in self._records.items()
             if r.status is State.FAILED and r.error is not None
         ]
         if not failed:
@@ -400,9 +403,7 @@ def _reach(start: Iterable[str], step: Callable[[str], Iterable[str] | None]) ->
 def _name_of(fn: F) -> str:
     name = getattr(fn, "__name__", None)
     if not isinstance(name, str) or name == "<lambda>":
-        raise TypeError(
-            f"cannot name a task after {fn!r}; pass name=... to @graph.task(...)"
-        )
+        raise TypeError(f"cannot name a task after {fn!r}; pass name=... to @graph.task(...)")
     return name
 
 

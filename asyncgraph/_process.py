@@ -35,14 +35,20 @@ __all__ = ["ProcessPool"]
 _HEADER = struct.Struct(">Q")
 _WORKER = str(Path(__file__).with_name("_worker.py"))
 _BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__asyncgraph_worker__')"
-_STREAM_ERRORS = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                  anyio.ClosedResourceError, OSError)
+_STREAM_ERRORS = (
+    anyio.EndOfStream,
+    anyio.IncompleteRead,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
 
 
 class _Worker:
     def __init__(self, process: Process) -> None:
         self.process = process
-        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout is not None
+        assert process.stdin is not None
         self.reader = BufferedByteReceiveStream(process.stdout)
         self.stdin = process.stdin
 
@@ -124,16 +130,16 @@ class ProcessPool:
         if reply[0] == "ok":
             return cloudpickle.loads(reply[1])
         _, type_name, message, tb, exc_bytes = reply
-        exc: BaseException | None = None
+        error: object = None
         if exc_bytes is not None:
             try:
-                exc = pickle.loads(exc_bytes)
-            except Exception:
-                exc = None
-        if not isinstance(exc, BaseException):
-            exc = RemoteError(type_name, message, tb)
-        exc.__asyncgraph_traceback__ = tb  # type: ignore[attr-defined]
-        raise exc
+                error = pickle.loads(exc_bytes)
+            except Exception:  # noqa: BLE001 - e.g. its class cannot be imported here
+                error = None
+        if not isinstance(error, BaseException):
+            error = RemoteError(type_name, message, tb)
+        error.__asyncgraph_traceback__ = tb  # type: ignore[attr-defined]
+        raise error
 
     async def aclose(self) -> None:
         """Stop every worker: idle ones are asked to exit, busy ones are killed."""

@@ -52,13 +52,8 @@ class Task:
     priority: int = 0
     resources: tuple[str, ...] = ()
     is_async: bool = False
-
-    @property
-    def deps(self) -> tuple[str, ...]:
-        """The dependency names, each once, in binding order."""
-        seen = dict.fromkeys(self.args)
-        seen.update(dict.fromkeys(t for _, t in self.kwargs))
-        return tuple(seen)
+    #: The dependency names, each once, in binding order (derived from args and kwargs).
+    deps: tuple[str, ...] = ()
 
     def bind(self, results: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """The call arguments, given the results of the dependencies."""
@@ -213,4 +208,5 @@ def make_task(
         priority=priority,
         resources=res,
         is_async=is_async,
+        deps=tuple(dict.fromkeys((*args, *(t for _, t in kwargs)))),
     )

@@ -56,7 +56,7 @@ def _error_reply(exc: BaseException, prefix: str = "") -> tuple[Any, ...]:
     try:
         exc_bytes = cloudpickle.dumps(exc)
         pickle.loads(exc_bytes)  # an exception may pickle yet fail to unpickle
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "send the text instead"
         exc_bytes = None
     cls = type(exc)
     return ("err", f"{cls.__module__}.{cls.__qualname__}", prefix + str(exc), tb, exc_bytes)
