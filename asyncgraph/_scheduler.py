@@ -108,7 +108,9 @@ class Scheduler:
         position = {n: i for i, n in enumerate(order)}
         for n in reversed(order):
             if n in self._waiting:
-                below = max((path[c] for c in self._children.get(n, ())), default=0.0)
+                below = max(
+                    (path[c] for c in self._children.get(n, ()) if c in path), default=0.0
+                )
                 path[n] = w.get(n, 1.0) + below
                 self._keys[n] = (-path[n], -tasks[n].priority, position[n])
         self.remaining_path = path

@@ -118,7 +118,7 @@ def _check_binding(
         passed.append("keyword(s) " + ", ".join(kw))
     raise SignatureError(
         name,
-        f"its function{sig} cannot accept what its dependencies pass "
+        f"its signature {sig} cannot accept what its dependencies pass "
         f"({' and '.join(passed) or 'nothing'}): {errors[0]}; "
         "change the parameters or the deps",
     )

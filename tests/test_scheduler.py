@@ -1,0 +1,202 @@
+"""The synchronous scheduling core, driven by hand: no event loop anywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+import asyncgraph as ag
+from asyncgraph._scheduler import Scheduler
+
+
+def make(spec, *, status=None, **options):
+    """spec: name -> (kind, deps, priority?)"""
+    g = ag.Graph()
+    for name, (kind, deps, *rest) in spec.items():
+        resources = rest[1] if len(rest) > 1 else ()
+        g.add(name, lambda *a: None, deps=deps, kind=kind,
+              priority=rest[0] if rest else 0, resources=resources)
+    st = {n: ag.State.PENDING for n in g}
+    st.update(status or {})
+    return Scheduler(g.tasks, g.topological_order(), st, **options)
+
+
+def names(tasks):
+    return [t.name for t in tasks]
+
+
+def test_io_first():
+    r"""
+      io_a   cpu_b
+        \     /
+         join
+    io_a must be handed out before cpu_b although both are ready (and cpu_b was
+    defined first, and has the same path length).
+    """
+    s = make({
+        "cpu_b": ("cpu", []),
+        "io_a": ("io", []),
+        "join": ("io", ["io_a", "cpu_b"]),
+    }, cpu_slots=2)
+    assert names(s.get_ready()) == ["io_a", "cpu_b"]
+
+
+def test_longest_remaining_path_first_then_priority():
+    r"""
+      leaf(prio 5)   head -> mid -> tail      short(prio 1)   short2(prio 9)
+    With max_io=1 only one task starts at a time: head has the longest path behind it,
+    so it goes first; then by priority among the single-task paths.
+    """
+    s = make({
+        "leaf": ("io", [], 5),
+        "head": ("io", []),
+        "mid": ("io", ["head"]),
+        "tail": ("io", ["mid"]),
+        "short": ("io", [], 1),
+        "short2": ("io", [], 9),
+    }, max_io=1)
+    order = []
+    while s.is_active():
+        (t,) = s.get_ready()
+        order.append(t.name)
+        s.done(t.name)
+    # head (path 3), mid (path 2), then the path-1 tasks by priority: short2 (9),
+    # leaf (5), short (1), tail (0)
+    assert order == ["head", "mid", "short2", "leaf", "short", "tail"]
+
+
+def test_critical_path_exact_order():
+    r"""
+      a -> b -> c        x   y
+    max_io=1: a (path 3) first; after a, b (path 2) before x/y (path 1); then ties
+    among path-1 tasks (c, x, y) by definition order.
+    """
+    s = make({
+        "x": ("io", []),
+        "a": ("io", []),
+        "b": ("io", ["a"]),
+        "c": ("io", ["b"]),
+        "y": ("io", []),
+    }, max_io=1)
+    order = []
+    while s.is_active():
+        (t,) = s.get_ready()
+        order.append(t.name)
+        s.done(t.name)
+    assert order == ["a", "b", "x", "c", "y"]
+
+
+def test_priority_breaks_ties():
+    s = make({"low": ("io", [], 0), "high": ("io", [], 10), "mid": ("io", [], 5)},
+             max_io=1)
+    order = []
+    while s.is_active():
+        (t,) = s.get_ready()
+        order.append(t.name)
+        s.done(t.name)
+    assert order == ["high", "mid", "low"]
+
+
+def test_capacity_per_kind():
+    s = make({f"io{i}": ("io", []) for i in range(5)} | {
+        f"cpu{i}": ("cpu", []) for i in range(5)}, max_io=2, cpu_slots=3)
+    ready = names(s.get_ready())
+    assert sum(n.startswith("io") for n in ready) == 2
+    assert sum(n.startswith("cpu") for n in ready) == 3
+    assert s.get_ready() == []
+    s.done("io0")
+    assert names(s.get_ready()) == ["io2"]
+
+
+def test_named_limit_parks_without_blocking_others():
+    r"""
+    db1 db2 db3 (resources=db, limit 1, long paths so they come first)   free
+    Only one db task at a time; free still starts although db tasks are ahead of it.
+    """
+    spec = {f"db{i}": ("io", [], 10, ("db",)) for i in range(3)}
+    spec["free"] = ("io", [])
+    s = make(spec, limits={"db": 1})
+    first = names(s.get_ready())
+    assert sorted(first) == ["db0", "free"]
+    s.done("db0")
+    assert names(s.get_ready()) == ["db1"]
+    s.done("free")
+    assert s.get_ready() == []
+    s.done("db1")
+    assert names(s.get_ready()) == ["db2"]
+
+
+def test_resource_without_limit_is_an_error():
+    with pytest.raises(ag.GraphError, match=r"resource 'db'.*limits=\{'db': N\}"):
+        make({"t": ("io", [], 0, ("db",))})
+
+
+def test_failure_skips_exactly_the_pending_descendants():
+    r"""
+      a -> b -> c
+      a -> d        e (independent)
+    """
+    s = make({
+        "a": ("io", []), "b": ("io", ["a"]), "c": ("io", ["b"]),
+        "d": ("io", ["a"]), "e": ("io", []),
+    })
+    assert sorted(names(s.get_ready())) == ["a", "e"]
+    assert sorted(s.failed("a")) == ["b", "c", "d"]
+    assert s.is_active()
+    s.done("e")
+    assert not s.is_active()
+
+
+def test_initial_states_done_failed_and_running():
+    r"""
+      done_a -> b         failed_c -> d -> e        running_f -> g
+    b runs with done_a's result, d and e are skipped at once, running_f runs again.
+    """
+    s = make({
+        "done_a": ("io", []), "b": ("io", ["done_a"]),
+        "failed_c": ("io", []), "d": ("io", ["failed_c"]), "e": ("io", ["d"]),
+        "running_f": ("io", []), "g": ("io", ["running_f"]),
+    }, status={
+        "done_a": ag.State.DONE,
+        "failed_c": ag.State.FAILED,
+        "running_f": ag.State.RUNNING,
+    })
+    assert s.initially_skipped == ("d", "e")
+    assert sorted(names(s.get_ready())) == ["b", "running_f"]
+
+
+def test_skip_with_a_second_pending_parent():
+    r"""
+      ok -> child <- failed_x
+    child waits on ok (pending) but failed_x already failed: child is skipped at once and
+    ok's completion must not touch it.
+    """
+    s = make({"ok": ("io", []), "failed_x": ("io", []), "child": ("io", ["ok", "failed_x"])},
+             status={"failed_x": ag.State.FAILED})
+    assert s.initially_skipped == ("child",)
+    assert names(s.get_ready()) == ["ok"]
+    s.done("ok")
+    assert not s.is_active()
+
+
+def test_retry_frees_capacity_until_requeued():
+    s = make({"a": ("io", []), "b": ("io", [])}, max_io=1)
+    (first,) = s.get_ready()
+    s.retry(first.name)
+    (second,) = s.get_ready()
+    assert second.name != first.name
+    s.done(second.name)
+    assert s.get_ready() == []  # first is waiting out its backoff
+    s.requeue(first.name)
+    assert names(s.get_ready()) == [first.name]
+    s.done(first.name)
+    assert not s.is_active()
+
+
+def test_cancel_reports_running_and_unstarted():
+    s = make({"a": ("io", []), "b": ("io", ["a"]), "c": ("io", [])}, max_io=1)
+    (t,) = s.get_ready()
+    running, rest = s.cancel()
+    assert running == [t.name]
+    assert sorted(rest) == sorted({"a", "b", "c"} - {t.name})
+    assert not s.is_active()
+    assert s.get_ready() == []
