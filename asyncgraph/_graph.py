@@ -330,24 +330,33 @@ class Graph:
     def raise_for_failures(self) -> Graph:
         """Raise :class:`TaskFailures` (an ExceptionGroup) if any task failed.
 
-        Returns the graph unchanged when nothing failed, so it can be chained.
+        Cancelled tasks count too (their error is a :class:`TaskCancelled` saying why):
+        a run cut short by its deadline did not do its job. Skipped tasks are only a
+        consequence and are not listed. Returns the graph unchanged when nothing failed,
+        so it can be chained.
         """
+        group = self._failures((State.FAILED, State.CANCELLED), "")
+        if group is not None:
+            raise group
+        return self
+
+    def _failures(self, states: tuple[State, ...], message: str) -> TaskFailures | None:
+        """The errors of tasks in ``states`` as a TaskFailures group, or None."""
         failed = [
-            (n, r)
+            (n, r.error)
             for n, r in self._records.items()
-            if r.status is State.FAILED and r.error is not None
+            if r.status in states and isinstance(r.error, Exception)
         ]
         if not failed:
-            return self
-        excs = []
-        for name, rec in failed:
-            exc = rec.error
-            assert isinstance(exc, Exception)
-            if f"task {name!r}" not in getattr(exc, "__notes__", ()):
-                exc.add_note(f"task {name!r}")
-            excs.append(exc)
+            return None
+        for name, exc in failed:
+            note = f"task {name!r}"
+            if note not in getattr(exc, "__notes__", ()):
+                exc.add_note(note)
         names = ", ".join(repr(n) for n, _ in failed)
-        raise TaskFailures(f"{len(failed)} task(s) failed: {names}", excs, self)
+        return TaskFailures(
+            message or f"{len(failed)} task(s) failed: {names}", [e for _, e in failed], self
+        )
 
     # -- reporting ----------------------------------------------------------------------
 

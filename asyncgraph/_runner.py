@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 import cloudpickle
 
-from ._exceptions import PicklingError, TaskCancelled, TaskFailures
+from ._exceptions import PicklingError, TaskCancelled
 from ._graph import Graph
 from ._process import ProcessPool
 from ._scheduler import Scheduler
@@ -106,7 +106,7 @@ class _Run:
         self.inbox: deque[_Outcome | _Requeue] = deque()
         self.wakeup: asyncio.Future[None] | None = None
         self.children: dict[asyncio.Task[Any], str] = {}
-        self.timers: set[asyncio.TimerHandle] = set()
+        self.timers: dict[str, asyncio.TimerHandle] = {}  # retry backoffs by task
         self.failure: str | None = None  # the task that ended a fail_fast run
 
     # -- the children ------------------------------------------------------------------
@@ -221,8 +221,8 @@ class _Run:
             )
             self.core.retry(name)
             delay = _backoff(task, self.tries[name])
-            handle = asyncio.get_running_loop().call_later(delay, self._requeue, name)
-            self.timers.add(handle)
+            loop = asyncio.get_running_loop()
+            self.timers[name] = loop.call_later(delay, self._requeue, name)
             return
         self.records[name] = TaskRecord(
             State.FAILED,
@@ -242,7 +242,7 @@ class _Run:
 
     def _requeue(self, name: str) -> None:
         # A retry's backoff timer fired (call_later: one wake-up, no polling).
-        self.timers = {h for h in self.timers if not h.cancelled() and h.when() > 0}
+        del self.timers[name]
         self._post(_Requeue(name))
 
     async def _loop(self) -> None:
@@ -264,7 +264,7 @@ class _Run:
 
     async def _stop_children(self) -> None:
         """Cancel every child still running and wait until each has ended."""
-        for handle in self.timers:
+        for handle in self.timers.values():
             handle.cancel()
         self.timers.clear()
         children = list(self.children)
@@ -337,14 +337,12 @@ class _Run:
                 await self.pool.aclose()
         result = self.graph._derive(self.records)
         if self.failure is not None:
-            try:
-                result.raise_for_failures()
-            except TaskFailures as exc:
-                raise TaskFailures(
-                    f"task {self.failure!r} failed (fail_fast=True); the rest was cancelled",
-                    exc.exceptions,
-                    result,
-                ) from None
+            group = result._failures(
+                (State.FAILED,),
+                f"task {self.failure!r} failed (fail_fast=True); the rest was cancelled",
+            )
+            assert group is not None
+            raise group
         return result
 
 

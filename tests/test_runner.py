@@ -1,0 +1,513 @@
+"""Running graphs: order, limits, failures, retries, timeouts, deadline, cancellation.
+
+Concurrency is proven with events and overlap probes; ``fail_after`` only guards
+against a hang, it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import anyio
+import anyio.lowlevel
+import pytest
+import uvloop
+from conftest import statuses
+
+import asyncgraph as ag
+
+GUARD = 30  # seconds: only to turn a hang into a failure, never a speed assertion
+
+
+async def test_results_flow_through_all_binding_styles():
+    g = ag.Graph()
+
+    @g.task
+    async def a():
+        return 2
+
+    @g.task
+    def b(a):  # a plain function: runs in a thread
+        return a * 10
+
+    g.add("c", lambda x, y: x - y, deps=["b", "a"])
+    g.add("d", lambda *, left, right: (left, right), deps={"left": "a", "right": "c"})
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    assert out.results == {"a": 2, "b": 20, "c": 18, "d": (2, 18)}
+    assert all(r.attempts == 1 for r in out.records.values())
+    assert all(r.started <= r.finished for r in out.records.values())
+
+
+async def test_run_returns_a_new_graph_and_leaves_input_untouched():
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    out = await g.run()
+    assert g.status == {"a": ag.State.PENDING}
+    assert out.status == {"a": ag.State.DONE}
+    assert out is not g
+    again = await out.run()  # nothing pending: returns at once with results intact
+    assert again.results == {"a": 1}
+
+
+async def test_plain_functions_run_in_threads_without_blocking_the_loop():
+    r"""
+      waiter (thread, blocks on a threading.Event)    setter (coroutine, sets it)
+    If the plain function ran on the loop, setter could never run: a hang.
+    """
+    loop_thread = threading.get_ident()
+    flag = threading.Event()
+    g = ag.Graph()
+
+    @g.task
+    def waiter():
+        assert flag.wait(GUARD)
+        return threading.get_ident()
+
+    @g.task
+    async def setter():
+        await anyio.lowlevel.checkpoint()
+        flag.set()
+
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    assert out.results["waiter"] != loop_thread
+
+
+async def test_io_tasks_overlap_and_max_io_caps_them(probe):
+    r"""
+    Six IO tasks, max_io=2: two run at once (they wait for each other), never three.
+    """
+    both = anyio.Event()
+    g = ag.Graph()
+
+    def make(name):
+        async def fn():
+            probe.enter(name)
+            if len(probe.active) == 2:
+                both.set()
+            await both.wait()
+            await anyio.lowlevel.checkpoint()
+            probe.leave(name)
+
+        return fn
+
+    for i in range(6):
+        g.add(f"t{i}", make(f"t{i}"))
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, max_io=2)
+    assert set(out.status.values()) == {ag.State.DONE}
+    assert probe.high_water == 2
+
+
+async def test_max_io_also_caps_threads(probe):
+    lock = threading.Lock()
+    g = ag.Graph()
+    started = threading.Barrier(2, timeout=GUARD)
+
+    def make(name):
+        def fn():
+            with lock:
+                probe.enter(name)
+            started.wait()  # two must be in at once, or this times out
+            with lock:
+                probe.leave(name)
+
+        return fn
+
+    for i in range(4):
+        g.add(f"t{i}", make(f"t{i}"))
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, max_io=2)
+    assert set(out.status.values()) == {ag.State.DONE}
+    assert probe.high_water == 2
+
+
+async def test_named_limit(probe):
+    r"""
+    db0..db3 declare resources=("db",) with limits={"db": 1}: never two at once, while
+    the free task overlaps with a db task.
+    """
+    free_started = anyio.Event()
+    g = ag.Graph()
+
+    def make(name):
+        async def fn():
+            probe.enter(name)
+            await free_started.wait()
+            await anyio.lowlevel.checkpoint()
+            probe.leave(name)
+
+        return fn
+
+    for i in range(4):
+        g.add(f"db{i}", make(f"db{i}"), resources=("db",))
+
+    @g.task
+    async def free():
+        probe.enter("free")
+        free_started.set()
+        await anyio.lowlevel.checkpoint()
+        probe.leave("free")
+
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, limits={"db": 1})
+    assert set(out.status.values()) == {ag.State.DONE}
+    db_overlaps = [{n for n in s if n.startswith("db")} for s in probe.overlaps]
+    assert max(len(s) for s in db_overlaps) == 1
+    assert any("free" in s and len(s) == 2 for s in probe.overlaps)
+
+
+async def test_start_order_follows_critical_path_then_priority(probe):
+    r"""
+      a -> b -> c     x(priority 1)    y(priority 2)
+    max_io=1 serialises the run, so the start order is the scheduler's order.
+    """
+    g = ag.Graph()
+
+    def make(name):
+        async def fn(*_):
+            probe.enter(name)
+
+        return fn
+
+    g.add("x", make("x"), priority=1)
+    g.add("a", make("a"))
+    g.add("b", make("b"), deps=["a"])
+    g.add("c", make("c"), deps=["b"])
+    g.add("y", make("y"), priority=2)
+    await ag.run(g, max_io=1)
+    assert probe.started == ["a", "b", "y", "x", "c"]
+
+
+async def test_failure_is_data_descendants_skipped_independent_branch_runs():
+    r"""
+      ok -> fine
+      bad -> child -> grandchild
+    """
+    g = ag.Graph()
+
+    @g.task
+    async def ok():
+        return 1
+
+    @g.task
+    def fine(ok):
+        return ok + 1
+
+    @g.task
+    async def bad():
+        raise ConnectionError("database is down")
+
+    @g.task
+    def child(bad):
+        raise AssertionError("must not run")
+
+    @g.task
+    def grandchild(child):
+        raise AssertionError("must not run")
+
+    out = await ag.run(g)
+    assert statuses(out) == {
+        "ok": "done", "fine": "done", "bad": "failed", "child": "skipped",
+        "grandchild": "skipped",
+    }
+    err = out.errors["bad"]
+    assert isinstance(err, ConnectionError)
+    assert "database is down" in out.records["bad"].traceback
+    assert "in bad" in out.records["bad"].traceback
+    assert out.results == {"ok": 1, "fine": 2}
+    with pytest.raises(ag.TaskFailures) as info:
+        out.raise_for_failures()
+    assert info.value.exceptions == (err,)
+    assert info.value.graph is out
+    assert "task 'bad'" in err.__notes__
+    try:
+        out.raise_for_failures()
+    except* ConnectionError as group:
+        assert len(group.exceptions) == 1
+    assert ag.run_sync(ag.Graph()).raise_for_failures() is not None  # nothing failed
+
+
+async def test_fail_fast_cancels_the_rest_and_raises():
+    r"""
+      bad (raises once sleeper has started)     sleeper (waits forever)   later -> after
+    """
+    sleeper_started = anyio.Event()
+    cleaned = []
+    g = ag.Graph()
+
+    @g.task
+    async def sleeper():
+        sleeper_started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cleaned.append("sleeper")
+
+    @g.task
+    async def bad():
+        await sleeper_started.wait()
+        raise ValueError("boom")
+
+    @g.task
+    def after(bad):
+        return 1
+
+    with anyio.fail_after(GUARD), pytest.raises(ag.TaskFailures) as info:
+        await ag.run(g, fail_fast=True)
+    out = info.value.graph
+    assert statuses(out) == {"sleeper": "cancelled", "bad": "failed", "after": "skipped"}
+    assert cleaned == ["sleeper"]
+    assert isinstance(info.value.exceptions[0], ValueError)
+    assert "fail_fast" in str(out.errors["sleeper"])
+
+
+async def test_retries_then_success():
+    calls = []
+    g = ag.Graph()
+
+    @g.task(retries=3, retry_delay=0)
+    async def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("transient")
+        return "ok"
+
+    out = await ag.run(g)
+    assert out.results == {"flaky": "ok"}
+    assert out.records["flaky"].attempts == 3
+    assert out.records["flaky"].error is None
+
+
+async def test_retries_exhausted():
+    g = ag.Graph()
+    g.add("never", lambda: 1 / 0, retries=2, retry_delay=0)
+    g.add("after", lambda never: never)
+    out = await ag.run(g)
+    assert out.records["never"].attempts == 3
+    assert isinstance(out.errors["never"], ZeroDivisionError)
+    assert out.status["after"] is ag.State.SKIPPED
+
+
+def test_backoff_is_exponential_with_jitter():
+    from asyncgraph._runner import _backoff
+
+    task = ag.Graph().add("t", lambda: 1, retry_delay=1.0)
+    for attempt in (1, 2, 3, 4):
+        delays = {_backoff(task, attempt) for _ in range(50)}
+        nominal = 2 ** (attempt - 1)
+        assert all(0.5 * nominal <= d <= 1.5 * nominal for d in delays)
+        assert len(delays) > 1  # jittered
+
+
+async def test_timeout_fails_the_task():
+    g = ag.Graph()
+
+    @g.task(timeout=0.01)
+    async def stuck():
+        await anyio.sleep_forever()
+
+    @g.task
+    def fine():
+        return 1
+
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    assert out.status["stuck"] is ag.State.FAILED
+    assert isinstance(out.errors["stuck"], TimeoutError)
+    assert "'stuck'" in str(out.errors["stuck"])
+    assert "timeout=0.01" in str(out.errors["stuck"])
+    assert out.results == {"fine": 1}
+
+
+async def test_timeout_then_retry_succeeds():
+    attempts = []
+    g = ag.Graph()
+
+    @g.task(timeout=0.01, retries=1, retry_delay=0)
+    async def slow_once():
+        attempts.append(1)
+        if len(attempts) == 1:
+            await anyio.sleep_forever()
+        return "second time"
+
+    out = await ag.run(g)
+    assert out.results == {"slow_once": "second time"}
+    assert out.records["slow_once"].attempts == 2
+
+
+async def test_deadline_cancels_running_and_unstarted_tasks():
+    started = []
+    g = ag.Graph()
+
+    @g.task
+    async def forever():
+        started.append("forever")
+        await anyio.sleep_forever()
+
+    @g.task
+    def quick():
+        return 1
+
+    @g.task
+    async def later(forever):
+        started.append("later")
+
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, deadline=0.05)
+    assert statuses(out) == {"forever": "cancelled", "quick": "done", "later": "cancelled"}
+    assert started == ["forever"]
+    assert "deadline" in str(out.errors["forever"])
+    assert "did not start" in str(out.errors["later"])
+    with pytest.raises(ag.TaskFailures):
+        out.raise_for_failures()  # cancelled tasks count as failures of the run
+
+
+async def test_cancelling_the_awaiting_task_cancels_children():
+    started = anyio.Event()
+    cleaned = []
+    g = ag.Graph()
+
+    @g.task
+    async def long():
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cleaned.append("long")
+
+    @g.task
+    def after(long):
+        return 1
+
+    task = asyncio.ensure_future(ag.run(g))
+    with anyio.fail_after(GUARD):
+        await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["long"]
+
+
+async def test_partly_done_graph_runs_only_pending_with_stored_results():
+    calls = []
+    g = ag.Graph()
+    g.add("a", lambda: calls.append("a") or 1)
+    g.add("b", lambda a: calls.append("b") or a + 1, deps=["a"])
+    g.add("c", lambda b: calls.append("c") or b * 10, deps=["b"])
+    partial = ag.mark_done(g, ["a", "b"], results={"a": 100, "b": 7})
+    out = await ag.run(partial)
+    assert calls == ["c"]
+    assert out.results == {"a": 100, "b": 7, "c": 70}
+
+
+async def test_pending_task_below_a_failed_one_is_skipped_without_running():
+    g = ag.Graph()
+    g.add("a", lambda: 1 / 0)
+    g.add("b", lambda a: a, deps=["a"])
+    first = await ag.run(g)
+    again = await ag.run(ag.reset(first, ["b"]))
+    assert statuses(again) == {"a": "failed", "b": "skipped"}
+
+
+async def test_reset_failed_reruns_only_failed_and_descendants():
+    broken = {"load"}
+    calls = []
+    g = ag.Graph()
+
+    def make(name):
+        def fn(*args):
+            calls.append(name)
+            if name in broken:
+                raise ConnectionError(name)
+            return name
+
+        return fn
+
+    g.add("extract", make("extract"))
+    g.add("other", make("other"))
+    g.add("load", make("load"), deps=["extract"])
+    g.add("report", make("report"), deps=["load"])
+    first = await ag.run(g)
+    assert statuses(first)["report"] == "skipped"
+    broken.clear()
+    calls.clear()
+    second = await ag.run(ag.reset_failed(first))
+    assert sorted(calls) == ["load", "report"]
+    assert set(second.status.values()) == {ag.State.DONE}
+
+
+async def test_create_graph_passes_positionally_and_drops_none():
+    async def fetch():
+        return "page"
+
+    def nothing():
+        return None
+
+    def combine(x, y):
+        return f"{x}+{y}"
+
+    g = ag.create_graph(
+        {"fetch": fetch, "nothing": nothing, "given": lambda: "unused", "combine": combine},
+        {"combine": ["given", "nothing", "fetch"]},
+        io_bound=["fetch", "nothing", "combine"],
+        done=["given"],
+        results={"given": "G"},
+    )
+    out = await ag.run(g)
+    assert out.results["combine"] == "G+page"
+
+
+async def test_run_sync_inside_a_running_loop():
+    r"""A notebook cell: the loop is running, and run_sync must still work."""
+    g = ag.Graph()
+
+    @g.task
+    async def where():
+        return threading.get_ident(), type(asyncio.get_running_loop())
+
+    out = ag.run_sync(g)
+    thread, loop_type = out.results["where"]
+    assert thread != threading.get_ident()
+    assert loop_type is uvloop.Loop
+    assert g.run_sync().results["where"][1] is uvloop.Loop
+
+
+def test_run_sync_uses_uvloop_in_a_script():
+    g = ag.Graph()
+    g.add("loop", lambda: None)
+
+    @g.task
+    async def loop_type():
+        return type(asyncio.get_running_loop())
+
+    assert ag.run_sync(g).results["loop_type"] is uvloop.Loop
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"max_io": 0}, ValueError, "max_io must be at least 1"),
+        ({"max_io": "4"}, TypeError, "max_io must be an int"),
+        ({"cpu_workers": -1}, ValueError, "cpu_workers must be at least 1"),
+        ({"limits": {"db": 0}}, ValueError, r"limits\['db'\] must be at least 1"),
+        ({"limits": [("db", 1)]}, TypeError, "limits must be a dict"),
+        ({"fail_fast": "yes"}, TypeError, "fail_fast must be True or False"),
+        ({"deadline": 0}, ValueError, "deadline must be a number of seconds > 0"),
+        ({"deadline": float("nan")}, ValueError, "deadline"),
+    ],
+)
+async def test_bad_run_options(options, error, match):
+    ran = []
+    g = ag.Graph()
+    g.add("a", lambda: ran.append(1))
+    with pytest.raises(error, match=match):
+        await ag.run(g, **options)
+    assert ran == []
+
+
+async def test_run_needs_a_graph():
+    with pytest.raises(TypeError, match="needs an asyncgraph.Graph, not dict"):
+        await ag.run({"a": lambda: 1})  # type: ignore[arg-type]
