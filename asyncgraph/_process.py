@@ -129,6 +129,12 @@ class ProcessPool:
         self._idle.append(worker)
         if reply[0] == "ok":
             return cloudpickle.loads(reply[1])
+        if reply[0] == "bad_result":
+            raise TypeError(
+                f"the result of task {task!r} ({reply[1]}) cannot be pickled to return it "
+                f"from its worker process: {reply[2]}; return a picklable value or use "
+                "kind='io'"
+            )
         _, type_name, message, tb, exc_bytes = reply
         error: object = None
         if exc_bytes is not None:

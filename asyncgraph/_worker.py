@@ -10,6 +10,7 @@ parent's stdout (``OUT_FD``), so ``print`` in a task goes where the user looks.
     request  ("init", sys_path)                  once, first
              ("call", fn_pickle, args_pickle)    then one per task
     reply    ("ok", result_pickle)
+             ("bad_result", result_type_name, reason)    the result would not pickle
              ("err", type_name, message, traceback_text, exc_pickle_or_None)
 
 A worker serves one call at a time and exits when its stdin closes. SIGINT is ignored:
@@ -110,10 +111,8 @@ def main() -> None:
         else:
             try:
                 reply = ("ok", cloudpickle.dumps(result))
-            except BaseException as exc:  # noqa: BLE001
-                reply = _error_reply(
-                    exc, f"the result ({type(result).__name__}) cannot be pickled: "
-                )
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                reply = ("bad_result", type(result).__qualname__, f"{type(exc).__name__}: {exc}")
         sys.stdout.flush()
         sys.stderr.flush()
         _write(replies, pickle.dumps(reply))
