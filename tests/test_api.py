@@ -1,0 +1,44 @@
+"""The public surface: pinned, so a change to it is a decision, not an accident."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import asyncgraph as ag
+
+
+def test_all_is_pinned():
+    assert ag.__all__ == [
+        "CycleError", "DuplicateTaskError", "Graph", "GraphError", "InvalidTaskError",
+        "Kind", "MissingDependencyError", "PicklingError", "RemoteError", "SignatureError",
+        "State", "Task", "TaskCancelled", "TaskError", "TaskFailures", "TaskRecord",
+        "UnknownTaskError", "WorkerDiedError", "create_graph", "mark_done",
+        "mark_done_except", "reset", "reset_failed", "run", "run_sync", "subgraph",
+    ]
+    for name in ag.__all__:
+        assert getattr(ag, name).__module__.startswith("asyncgraph")
+
+
+def test_state_values_are_stable():
+    assert [s.value for s in ag.State] == [
+        "pending", "running", "done", "failed", "skipped", "cancelled"]
+    assert [k.value for k in ag.Kind] == ["io", "cpu"]
+
+
+def test_error_tree():
+    for cls in (ag.CycleError, ag.MissingDependencyError, ag.DuplicateTaskError,
+                ag.SignatureError, ag.InvalidTaskError, ag.UnknownTaskError,
+                ag.PicklingError):
+        assert issubclass(cls, ag.GraphError)
+    for cls in (ag.RemoteError, ag.WorkerDiedError, ag.TaskCancelled):
+        assert issubclass(cls, ag.TaskError)
+    assert issubclass(ag.TaskFailures, ExceptionGroup)
+
+
+def test_import_is_cheap():
+    """``import asyncgraph`` must not pull in pandas (only to_frame needs it)."""
+    code = "import sys, asyncgraph; print('pandas' in sys.modules, 'uvloop' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["False", "False"]
