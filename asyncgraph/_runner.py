@@ -108,6 +108,7 @@ class _Run:
         self.children: dict[asyncio.Task[Any], str] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}  # retry backoffs by task
         self.failure: str | None = None  # the task that ended a fail_fast run
+        self.stopping = False  # set once the run cancels its own children
 
     # -- the children ------------------------------------------------------------------
     #
@@ -127,7 +128,17 @@ class _Run:
     def _child_done(self, child: asyncio.Task[Any]) -> None:
         name = self.children.pop(child)
         if child.cancelled():
-            return  # only the run cancels its children, and _close() records them
+            if self.stopping:
+                return  # the run cancelled it; _close() records it
+            # The task cancelled itself:
+            #     async def t(): raise asyncio.CancelledError
+            # nobody else will report it, so it fails (a retry may still follow).
+            reason = TaskCancelled(
+                f"task {name!r} was cancelled from inside (it raised CancelledError "
+                "without the run being cancelled)"
+            )
+            self._post(_Outcome(name, False, reason, None, time.time()))
+            return
         exc = child.exception()
         if exc is None:
             self._post(_Outcome(name, True, child.result(), None, time.time()))
@@ -264,6 +275,7 @@ class _Run:
 
     async def _stop_children(self) -> None:
         """Cancel every child still running and wait until each has ended."""
+        self.stopping = True
         for handle in self.timers.values():
             handle.cancel()
         self.timers.clear()

@@ -511,3 +511,22 @@ async def test_bad_run_options(options, error, match):
 async def test_run_needs_a_graph():
     with pytest.raises(TypeError, match="needs an asyncgraph.Graph, not dict"):
         await ag.run({"a": lambda: 1})  # type: ignore[arg-type]
+
+
+async def test_a_task_that_cancels_itself_fails_instead_of_hanging():
+    g = ag.Graph()
+
+    @g.task
+    async def self_cancel():
+        raise asyncio.CancelledError
+
+    @g.task
+    async def fine():
+        return 1
+
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    assert out.status["self_cancel"] is ag.State.FAILED
+    assert isinstance(out.errors["self_cancel"], ag.TaskCancelled)
+    assert "from inside" in str(out.errors["self_cancel"])
+    assert out.results == {"fine": 1}
