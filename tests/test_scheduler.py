@@ -15,7 +15,7 @@ def make(spec, *, status=None, **options):
         resources = rest[1] if len(rest) > 1 else ()
         g.add(name, lambda *a: None, deps=deps, kind=kind,
               priority=rest[0] if rest else 0, resources=resources)
-    st = {n: ag.State.PENDING for n in g}
+    st = dict.fromkeys(g, ag.State.PENDING)
     st.update(status or {})
     return Scheduler(g.tasks, g.topological_order(), st, **options)
 
