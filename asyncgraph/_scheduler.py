@@ -7,7 +7,8 @@ the tasks it may start now, starts them, and reports each outcome with :meth:`do
 State it keeps
     ``_waiting[name]``  number of dependencies not yet done, for each task still to run;
     ``_heaps[kind]``    ready tasks per kind, each a heap of ``(key, name)``;
-    ``_blocked[r]``     ready tasks parked because named limit ``r`` is exhausted;
+    ``_blocked[r, k]``  ready tasks of kind ``k`` parked because named limit ``r`` is
+                        exhausted;
     ``_running``        tasks handed out and not yet reported back.
 
 Selection policy
@@ -21,8 +22,10 @@ Selection policy
 Capacity: IO tasks are limited by ``max_io``, CPU tasks by ``cpu_slots``, and a task
 declaring ``resources=("db",)`` also takes one unit of ``limits["db"]``. A task that is
 first in line but whose named limit is exhausted is parked on that limit and does not
-hold up tasks behind it; when a unit of the limit frees, the best parked task goes back
-into line.
+hold up tasks behind it. When a unit of a limit frees, the best parked task *of each
+kind* goes back into line: one kind's lane may be full while the other's is not, so
+waking only the overall best could leave a free unit unused. For the same reason, a task
+parked on one limit passes its turn on the others to the next task parked there.
 """
 
 from __future__ import annotations
@@ -70,12 +73,15 @@ class Scheduler:
         self._used = {Kind.IO: 0, Kind.CPU: 0}
         self._res_used = dict.fromkeys(self._limits, 0)
         self._heaps: dict[Kind, list[tuple[_Key, str]]] = {Kind.IO: [], Kind.CPU: []}
-        self._blocked: dict[str, list[tuple[_Key, str]]] = {r: [] for r in self._limits}
+        self._blocked: dict[tuple[str, Kind], list[tuple[_Key, str]]] = {
+            (r, k): [] for r in self._limits for k in Kind
+        }
         self._running: set[str] = set()
         self._retrying: set[str] = set()
         self._waiting: dict[str, int] = {}
         self._children: dict[str, list[str]] = {}
         self._keys: dict[str, _Key] = {}
+        self._woken = False
 
         order = list(order)
         to_run = {n for n in order if status[n] in (State.PENDING, State.RUNNING)}
@@ -108,9 +114,7 @@ class Scheduler:
         position = {n: i for i, n in enumerate(order)}
         for n in reversed(order):
             if n in self._waiting:
-                below = max(
-                    (path[c] for c in self._children.get(n, ()) if c in path), default=0.0
-                )
+                below = max((path[c] for c in self._children.get(n, ()) if c in path), default=0.0)
                 path[n] = w.get(n, 1.0) + below
                 self._keys[n] = (-path[n], -tasks[n].priority, position[n])
         self.remaining_path = path
@@ -137,25 +141,42 @@ class Scheduler:
     def get_ready(self) -> list[Task]:
         """Tasks to start now, IO first; their capacity is taken until reported back."""
         out: list[Task] = []
-        for kind in (Kind.IO, Kind.CPU):
-            heap = self._heaps[kind]
-            cap = self._capacity[kind]
-            while heap and (cap is None or self._used[kind] < cap):
-                key, name = heapq.heappop(heap)
-                task = self._tasks[name]
-                full = next(
-                    (r for r in task.resources if self._res_used[r] >= self._limits[r]),
-                    None,
-                )
-                if full is not None:
-                    heapq.heappush(self._blocked[full], (key, name))
+        # Parking a CPU task can wake an IO task parked on another limit, so scan the
+        # lanes again until a pass changes nothing (at most a few passes).
+        self._woken = True
+        while self._woken:
+            self._woken = False
+            for kind in (Kind.IO, Kind.CPU):
+                self._fill(kind, out)
+        return out
+
+    def _fill(self, kind: Kind, out: list[Task]) -> None:
+        heap = self._heaps[kind]
+        cap = self._capacity[kind]
+        used = self._used
+        while heap and (cap is None or used[kind] < cap):
+            key, name = heapq.heappop(heap)
+            task = self._tasks[name]
+            if task.resources:
+                res_used = self._res_used
+                full = [r for r in task.resources if res_used[r] >= self._limits[r]]
+                if full:
+                    heapq.heappush(self._blocked[full[0], kind], (key, name))
+                    for r in task.resources:  # pass its turn on the limits it skipped
+                        if res_used[r] < self._limits[r]:
+                            self._wake(r, kind)
                     continue
                 for r in task.resources:
-                    self._res_used[r] += 1
-                self._used[kind] += 1
-                self._running.add(name)
-                out.append(task)
-        return out
+                    res_used[r] += 1
+            used[kind] += 1
+            self._running.add(name)
+            out.append(task)
+
+    def _wake(self, resource: str, kind: Kind) -> None:
+        parked = self._blocked[resource, kind]
+        if parked:
+            heapq.heappush(self._heaps[kind], heapq.heappop(parked))
+            self._woken = True
 
     def done(self, name: str) -> None:
         """``name`` finished: free its capacity and make ready what waited only on it."""
@@ -209,10 +230,8 @@ class Scheduler:
         self._used[task.kind] -= 1
         for r in task.resources:
             self._res_used[r] -= 1
-            parked = self._blocked[r]
-            if parked:
-                key, n = heapq.heappop(parked)
-                heapq.heappush(self._heaps[self._tasks[n].kind], (key, n))
+            for kind in Kind:
+                self._wake(r, kind)
 
     def _skip_below(self, name: str) -> list[str]:
         out = []

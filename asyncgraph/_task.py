@@ -186,6 +186,8 @@ def make_task(
         _as_names(name, "deps", [t for _, t in kwargs])
     else:
         args = _as_names(name, "deps", deps)
+    if len(set(res)) != len(res):
+        raise InvalidTaskError(name, f"resources lists {sorted(set(res))} with repeats")
     if len(set(args)) != len(args):
         dup = sorted({a for a in args if args.count(a) > 1})
         raise InvalidTaskError(name, f"deps lists {dup} more than once")

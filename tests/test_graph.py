@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_cycle_error_lists_the_cycle_in_order():
     assert cycle[0] == cycle[-1]
     assert set(cycle) == {"a", "b", "c"}
     # each task depends on the next one in the list
-    for task, dep in zip(cycle, cycle[1:], strict=False):
+    for task, dep in itertools.pairwise(cycle):
         assert dep in g.dependencies(task)
     assert " -> ".join(cycle) in str(info.value)
 

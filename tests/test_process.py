@@ -18,9 +18,9 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
+from conftest import statuses
 
 import asyncgraph as ag
-from conftest import statuses
 
 GUARD = 60
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import statuses
 
 import asyncgraph as ag
-from conftest import statuses
 
 
 @pytest.fixture
