@@ -354,8 +354,9 @@ class Graph:
             if note not in getattr(exc, "__notes__", ()):
                 exc.add_note(note)
         names = ", ".join(repr(n) for n, _ in failed)
+        verb = "failed" if states == (State.FAILED,) else "failed or were cancelled"
         return TaskFailures(
-            message or f"{len(failed)} task(s) failed: {names}", [e for _, e in failed], self
+            message or f"{len(failed)} task(s) {verb}: {names}", [e for _, e in failed], self
         )
 
     # -- reporting ----------------------------------------------------------------------

@@ -25,7 +25,8 @@ def to_frame(graph: Graph) -> pd.DataFrame:
 
     Columns: ``name``, ``kind`` ("io"/"cpu"), ``status`` (the State's value), ``attempts``
     (int), ``started`` and ``finished`` (UTC timestamps, NaT if never), ``duration_s``
-    (float seconds, NaN if not finished) and ``error`` ("Type: message" or None).
+    (float seconds, NaN if not finished) and ``error`` ("Type: message"; missing, shown
+    as NaN/None depending on the pandas version, when the task has no error).
     """
     tasks = graph.tasks
     rows = [

@@ -1,10 +1,11 @@
-"""The async runner: ``run()`` and ``run_sync()``. It owns the run's only task group.
+"""The async runner: ``run()`` and ``run_sync()``. It owns every task of a run.
 
 The runner is the "caller" of the synchronous :class:`~asyncgraph._scheduler.Scheduler`:
-it starts what ``get_ready()`` hands out, each task in a child of the task group, and
-then sleeps on an event until a child reports back through the inbox. A completion wakes
-it; nothing ever sleeps and checks. Every change to the scheduler and to the records is
-made by this one loop, so there is no locking.
+it starts what ``get_ready()`` hands out, each task in an asyncio task owned by the run
+(see ``_Run`` for why not an anyio task group), and then waits on a future until a child
+reports back through the inbox. A completion wakes it; nothing ever sleeps and checks.
+Every change to the scheduler and to the records is made by this one loop, so there is
+no locking. No child outlives the run, however it ends.
 
 Per-run resources (the process pool, the thread limiter) are created by the run and
 closed by it, under a shield, whatever way the run ends.
@@ -443,8 +444,14 @@ def run_sync(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _run_on_new_loop(the_run.run)
-    return _run_in_helper_thread(the_run.run)
+        in_a_loop = False
+    else:
+        in_a_loop = True
+    # Outside the except block, so the run's own errors carry no "no running event
+    # loop" context in their tracebacks.
+    if in_a_loop:
+        return _run_in_helper_thread(the_run.run)
+    return _run_on_new_loop(the_run.run)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -124,15 +124,15 @@ def _check_binding(
     )
 
 
-def _as_names(name: str, what: str, value: Any) -> tuple[str, ...]:
+def _as_names(name: str, what: str, value: Any, kind: str = "task names") -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise InvalidTaskError(
-            name, f"{what} must be a list of task names, not {type(value).__name__}"
+            name, f"{what} must be a list of {kind}, not {type(value).__name__} {value!r}"
         )
     out = tuple(value)
     for v in out:
         if not isinstance(v, str):
-            raise InvalidTaskError(name, f"{what} must hold task names (str), found {v!r}")
+            raise InvalidTaskError(name, f"{what} must hold {kind} (str), found {v!r}")
     return out
 
 
@@ -173,7 +173,7 @@ def make_task(
             raise InvalidTaskError(name, f"{opt} must be a number >= 0, not {value!r}")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise InvalidTaskError(name, f"priority must be an int, not {priority!r}")
-    res = _as_names(name, "resources", resources)
+    res = _as_names(name, "resources", resources, "limit names")
 
     sig = _signature(fn)
     args: tuple[str, ...] = ()

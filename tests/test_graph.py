@@ -190,7 +190,7 @@ def test_partial_and_callable_objects_are_tasks():
         ({"timeout": -2}, "timeout must be a number >= 0"),
         ({"retry_delay": "1"}, "retry_delay must be a number >= 0"),
         ({"priority": "high"}, "priority must be an int"),
-        ({"resources": "db"}, "resources must be a list of task names"),
+        ({"resources": "db"}, "resources must be a list of limit names"),
         ({"deps": "a"}, "deps must be a list of task names"),
         ({"deps": ["a", "a"]}, "more than once"),
     ],

@@ -530,3 +530,11 @@ async def test_a_task_that_cancels_itself_fails_instead_of_hanging():
     assert isinstance(out.errors["self_cancel"], ag.TaskCancelled)
     assert "from inside" in str(out.errors["self_cancel"])
     assert out.results == {"fine": 1}
+
+
+def test_run_sync_errors_carry_no_event_loop_context():
+    g = ag.Graph()
+    g.add("b", lambda: 1 / 0)
+    with pytest.raises(ag.TaskFailures) as info:
+        ag.run_sync(g, fail_fast=True)
+    assert info.value.__context__ is None
