@@ -66,6 +66,18 @@ class _Worker:
             await self.process.wait()
             await self.process.aclose()
 
+    async def reap(self) -> None:
+        """Collect a worker whose pipes closed: it is dead or about to be.
+
+        Not kill() first: killing polls the process, which can reap it before the
+        event loop's child watcher does, and the watcher then reports status 255
+        instead of how the worker really ended.
+        """
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(5):
+                await self.process.wait()
+            await self.kill()
+
 
 class ProcessPool:
     def __init__(self, size: int) -> None:
@@ -117,7 +129,7 @@ class ProcessPool:
             #     g.add("t", lambda: os._exit(1), kind="cpu")
             # its pipes closed under us; report how it ended and start afresh next time.
             self._busy.discard(worker)
-            await worker.kill()
+            await worker.reap()
             raise WorkerDiedError(task, worker.process.returncode) from None
         except BaseException:
             # Cancelled or timed out while the worker computes: kill it, which is the only

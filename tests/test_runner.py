@@ -538,3 +538,24 @@ def test_run_sync_errors_carry_no_event_loop_context():
     with pytest.raises(ag.TaskFailures) as info:
         ag.run_sync(g, fail_fast=True)
     assert info.value.__context__ is None
+
+
+async def test_a_callable_raising_before_returning_its_coroutine_fails_its_task():
+    class Picky:
+        async def __call__(self):
+            return 1
+
+    class Broken(Picky):
+        def __call__(self):  # looks async (a Picky), raises when called
+            raise RuntimeError("broken before the first await")
+
+    g = ag.Graph()
+    g.add("broken", Broken(), kind="io")
+    g.tasks["broken"]  # defined fine
+    object.__setattr__(g.tasks["broken"], "is_async", True)  # take the hot path
+    g.add("fine", Picky())
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    assert out.status["broken"] is ag.State.FAILED
+    assert "broken before the first await" in str(out.errors["broken"])
+    assert out.results == {"fine": 1}
