@@ -40,13 +40,16 @@ class Graph:
     results, errors and timings.
     """
 
-    __slots__ = ("_children", "_order", "_records", "_tasks")
+    __slots__ = ("_children", "_order", "_paths", "_records", "_tasks")
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
         self._records: dict[str, TaskRecord] = {}
-        self._order: tuple[str, ...] | None = None  # cached topological order
+        # Caches of what depends only on the task definitions, which never change once
+        # added: reset by _insert, shared by graphs derived from this one.
+        self._order: tuple[str, ...] | None = None  # topological order
         self._children: dict[str, tuple[str, ...]] | None = None
+        self._paths: Any = None  # critical paths with unit weights (see _unit_paths)
 
     # -- building ---------------------------------------------------------------------
 
@@ -90,6 +93,7 @@ class Graph:
         self._records[task.name] = record
         self._order = None
         self._children = None
+        self._paths = None
 
     @overload
     def task(self, fn: F, /) -> F: ...
@@ -250,6 +254,14 @@ class Graph:
         self._order = tuple(order)
         return self._order
 
+    def _unit_paths(self) -> Any:
+        """Longest remaining paths with unit weights, over all tasks (cached)."""
+        if self._paths is None:
+            from ._scheduler import critical_paths
+
+            self._paths = critical_paths(self._tasks, self.topological_order(), self._child_map())
+        return self._paths
+
     def _find_cycle(self, stuck: set[str]) -> list[str]:
         # Every task left with a positive in-degree lies on or below a cycle, and each has
         # a dependency that is also stuck: walk dependencies until a task repeats.
@@ -273,6 +285,7 @@ class Graph:
         new._records = dict(records)
         new._order = self._order
         new._children = self._children
+        new._paths = self._paths
         return new
 
     def _subset(self, names: Iterable[str]) -> Graph:

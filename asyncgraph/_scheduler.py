@@ -6,7 +6,7 @@ the tasks it may start now, starts them, and reports each outcome with :meth:`do
 
 State it keeps
     ``_waiting[name]``  number of dependencies not yet done, for each task still to run;
-    ``_heaps[kind]``    ready tasks per kind, each a heap of ``(key, name)``;
+    ``_lanes[kind]``    per kind: a heap of ready ``(key, name)`` and the capacity used;
     ``_blocked[r, k]``  ready tasks of kind ``k`` parked because named limit ``r`` is
                         exhausted;
     ``_running``        tasks handed out and not yet reported back.
@@ -31,34 +31,83 @@ parked on one limit passes its turn on the others to the next task parked there.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 
 from ._exceptions import GraphError
 from ._state import State
 from ._task import Kind, Task
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "critical_paths"]
 
 _Key = tuple[float, int, int]
+_RUNNABLE = (State.PENDING, State.RUNNING)
+
+
+def critical_paths(
+    tasks: Mapping[str, Task],
+    order: Sequence[str],
+    children: Mapping[str, Sequence[str]],
+    among: Mapping[str, object] | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> tuple[dict[str, float], dict[str, _Key]]:
+    """Longest remaining path of each task (``among`` only, if given) and its queue key.
+
+    Computed from the terminals up, with plain loops: this runs for every run that cannot
+    reuse the graph's cached copy, and generators would cost more than the work.
+    """
+    w = weights or {}
+    path: dict[str, float] = {}
+    keys: dict[str, _Key] = {}
+    for i in range(len(order) - 1, -1, -1):
+        n = order[i]
+        if among is not None and n not in among:
+            continue
+        below = 0.0
+        for c in children.get(n, ()):
+            p = path.get(c)
+            if p is not None and p > below:
+                below = p
+        p = w.get(n, 1.0) + below
+        path[n] = p
+        keys[n] = (-p, -tasks[n].priority, i)
+    return path, keys
+
+
+class _Lane:
+    """The ready queue and capacity of one kind of task."""
+
+    __slots__ = ("capacity", "heap", "used")
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.heap: list[tuple[_Key, str]] = []
 
 
 class Scheduler:
     def __init__(
         self,
         tasks: Mapping[str, Task],
-        order: Iterable[str],
+        order: Sequence[str],
         status: Mapping[str, State],
         *,
         max_io: int | None = None,
         cpu_slots: int = 1,
         limits: Mapping[str, int] | None = None,
         weights: Mapping[str, float] | None = None,
+        children: Mapping[str, Sequence[str]] | None = None,
+        unit_paths: tuple[dict[str, float], dict[str, _Key]] | None = None,
     ) -> None:
         """Prepare to run every task whose status is PENDING or RUNNING.
 
         RUNNING counts as pending: it is what a task that never finished looks like.
         A pending task with a failed, skipped or cancelled dependency is skipped at once
         (see :attr:`initially_skipped`); one with a pending dependency waits for it.
+
+        ``children`` (every task's dependents) and ``unit_paths`` (the result of
+        :func:`critical_paths` over the whole graph with unit weights) may be passed in
+        by a caller that caches them; ``unit_paths`` is used only when every task is to
+        run and no ``weights`` are given, since otherwise the paths differ.
         """
         self._tasks = tasks
         self._limits = dict(limits or {})
@@ -69,58 +118,54 @@ class Scheduler:
                         f"task {t.name!r} declares resource {r!r} but no limit is set for "
                         f"it; pass limits={{{r!r}: N}} (limits set: {sorted(self._limits)})"
                     )
-        self._capacity = {Kind.IO: max_io, Kind.CPU: cpu_slots}
-        self._used = {Kind.IO: 0, Kind.CPU: 0}
+        self._lanes = {Kind.IO: _Lane(max_io), Kind.CPU: _Lane(cpu_slots)}
         self._res_used = dict.fromkeys(self._limits, 0)
-        self._heaps: dict[Kind, list[tuple[_Key, str]]] = {Kind.IO: [], Kind.CPU: []}
         self._blocked: dict[tuple[str, Kind], list[tuple[_Key, str]]] = {
             (r, k): [] for r in self._limits for k in Kind
         }
         self._running: set[str] = set()
         self._retrying: set[str] = set()
-        self._waiting: dict[str, int] = {}
-        self._children: dict[str, list[str]] = {}
-        self._keys: dict[str, _Key] = {}
         self._woken = False
+        if children is None:
+            acc: dict[str, list[str]] = {}
+            for t in tasks.values():
+                for d in t.deps:
+                    acc.setdefault(d, []).append(t.name)
+            children = acc
+        # The whole graph's child lists are fine here: done() and _skip_below() pass over
+        # children that are not waiting, and the path pass over those without a path.
+        self._children = children
 
-        order = list(order)
-        to_run = {n for n in order if status[n] in (State.PENDING, State.RUNNING)}
+        waiting: dict[str, int] = {}
         skipped: list[str] = []
         for n in order:  # dependencies first, so a skip propagates in one pass
-            if n not in to_run:
+            if status[n] not in _RUNNABLE:
                 continue
-            t = tasks[n]
             left = 0
-            for d in t.deps:
-                if d in to_run:
+            for d in tasks[n].deps:
+                if d in waiting:
                     left += 1
-                    self._children.setdefault(d, []).append(n)
-                elif status[d] is not State.DONE:
-                    break
+                elif status[d] is not State.DONE:  # failed, skipped, cancelled, or
+                    break  # a runnable dependency that was itself skipped just now
             else:
-                self._waiting[n] = left
+                waiting[n] = left
                 continue
-            to_run.discard(n)
             skipped.append(n)
-        # Dependencies come first in ``order``, so a task below a skipped one finds that
-        # dependency out of ``to_run`` and is skipped in the same pass. It may already
-        # sit in ``_children`` of an earlier dependency: done() and _skip_below() pass
-        # over names that are no longer waiting.
+        self._waiting = waiting
         self.initially_skipped: tuple[str, ...] = tuple(skipped)
 
-        # Longest remaining path, computed from the terminals up.
-        w = weights or {}
-        path: dict[str, float] = {}
-        position = {n: i for i, n in enumerate(order)}
-        for n in reversed(order):
-            if n in self._waiting:
-                below = max((path[c] for c in self._children.get(n, ()) if c in path), default=0.0)
-                path[n] = w.get(n, 1.0) + below
-                self._keys[n] = (-path[n], -tasks[n].priority, position[n])
-        self.remaining_path = path
-        for n, left in self._waiting.items():
+        if unit_paths is not None and weights is None and len(waiting) == len(order):
+            self.remaining_path, self._keys = unit_paths
+        else:
+            self.remaining_path, self._keys = critical_paths(
+                tasks, order, children, waiting, weights
+            )
+        keys = self._keys
+        for n, left in waiting.items():
             if left == 0:
-                self._push(n)
+                self._lanes[tasks[n].kind].heap.append((keys[n], n))
+        for lane in self._lanes.values():
+            heapq.heapify(lane.heap)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -141,22 +186,27 @@ class Scheduler:
     def get_ready(self) -> list[Task]:
         """Tasks to start now, IO first; their capacity is taken until reported back."""
         out: list[Task] = []
+        io = self._lanes[Kind.IO]
+        cpu = self._lanes[Kind.CPU]
+        if not io.heap and not cpu.heap:
+            return out
         # Parking a CPU task can wake an IO task parked on another limit, so scan the
         # lanes again until a pass changes nothing (at most a few passes).
         self._woken = True
         while self._woken:
             self._woken = False
-            for kind in (Kind.IO, Kind.CPU):
-                self._fill(kind, out)
+            self._fill(Kind.IO, io, out)
+            self._fill(Kind.CPU, cpu, out)
         return out
 
-    def _fill(self, kind: Kind, out: list[Task]) -> None:
-        heap = self._heaps[kind]
-        cap = self._capacity[kind]
-        used = self._used
-        while heap and (cap is None or used[kind] < cap):
+    def _fill(self, kind: Kind, lane: _Lane, out: list[Task]) -> None:
+        heap = lane.heap
+        cap = lane.capacity
+        tasks = self._tasks
+        running = self._running
+        while heap and (cap is None or lane.used < cap):
             key, name = heapq.heappop(heap)
-            task = self._tasks[name]
+            task = tasks[name]
             if task.resources:
                 res_used = self._res_used
                 full = [r for r in task.resources if res_used[r] >= self._limits[r]]
@@ -168,26 +218,32 @@ class Scheduler:
                     continue
                 for r in task.resources:
                     res_used[r] += 1
-            used[kind] += 1
-            self._running.add(name)
+            lane.used += 1
+            running.add(name)
             out.append(task)
 
     def _wake(self, resource: str, kind: Kind) -> None:
         parked = self._blocked[resource, kind]
         if parked:
-            heapq.heappush(self._heaps[kind], heapq.heappop(parked))
+            heapq.heappush(self._lanes[kind].heap, heapq.heappop(parked))
             self._woken = True
 
     def done(self, name: str) -> None:
         """``name`` finished: free its capacity and make ready what waited only on it."""
         self._release(name)
-        del self._waiting[name]
         waiting = self._waiting
-        for c in self._children.get(name, ()):
-            if c in waiting:
-                waiting[c] -= 1
-                if waiting[c] == 0:
-                    self._push(c)
+        del waiting[name]
+        children = self._children.get(name)
+        if children:
+            tasks = self._tasks
+            lanes = self._lanes
+            keys = self._keys
+            for c in children:
+                left = waiting.get(c)
+                if left is not None:
+                    waiting[c] = left = left - 1
+                    if left == 0:
+                        heapq.heappush(lanes[tasks[c].kind].heap, (keys[c], c))
 
     def failed(self, name: str) -> list[str]:
         """``name`` failed for good: free its capacity; return the descendants to skip."""
@@ -203,7 +259,7 @@ class Scheduler:
     def requeue(self, name: str) -> None:
         """A task's retry delay has passed: put it back in line."""
         self._retrying.remove(name)
-        self._push(name)
+        heapq.heappush(self._lanes[self._tasks[name].kind].heap, (self._keys[name], name))
 
     def cancel(self) -> tuple[list[str], list[str]]:
         """Stop everything: return (tasks that were running, tasks never started).
@@ -214,20 +270,19 @@ class Scheduler:
         rest = [n for n in self._waiting if n not in self._running]
         self._running.clear()
         self._waiting.clear()
-        for heap in (*self._heaps.values(), *self._blocked.values()):
-            heap.clear()
+        for lane in self._lanes.values():
+            lane.heap.clear()
+        for parked in self._blocked.values():
+            parked.clear()
         self._retrying.clear()
         return running, rest
 
     # -- internals ---------------------------------------------------------------------
 
-    def _push(self, name: str) -> None:
-        heapq.heappush(self._heaps[self._tasks[name].kind], (self._keys[name], name))
-
     def _release(self, name: str) -> None:
         self._running.remove(name)
         task = self._tasks[name]
-        self._used[task.kind] -= 1
+        self._lanes[task.kind].used -= 1
         for r in task.resources:
             self._res_used[r] -= 1
             for kind in Kind:

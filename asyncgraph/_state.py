@@ -19,6 +19,9 @@ class State(enum.Enum):
     SKIPPED = "skipped"  # an upstream task failed or was cancelled
     CANCELLED = "cancelled"
 
+    # Members are singletons: identity hashing, in C, instead of Enum's Python __hash__.
+    __hash__ = object.__hash__
+
     def __str__(self) -> str:
         return self.value
 

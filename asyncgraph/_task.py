@@ -19,9 +19,12 @@ import enum
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidTaskError, SignatureError
+
+if TYPE_CHECKING:
+    from ._state import TaskRecord
 
 __all__ = ["Kind", "Task", "make_task"]
 
@@ -31,6 +34,10 @@ class Kind(enum.Enum):
 
     IO = "io"  # coroutine on the event loop; a plain function in a thread
     CPU = "cpu"  # a worker process (sync or async function)
+
+    # Members are singletons, so identity hashing is right; Enum's own __hash__ is
+    # Python code, and the scheduler hashes kinds several times per task.
+    __hash__ = object.__hash__
 
     def __str__(self) -> str:
         return self.value
@@ -55,14 +62,14 @@ class Task:
     #: The dependency names, each once, in binding order (derived from args and kwargs).
     deps: tuple[str, ...] = ()
 
-    def bind(self, results: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        """The call arguments, given the results of the dependencies."""
+    def bind(self, records: Mapping[str, TaskRecord]) -> tuple[list[Any], dict[str, Any]]:
+        """The call arguments, from the records of the (done) dependencies."""
         if self.skip_none:
-            args = [r for r in (results[d] for d in self.args) if r is not None]
-            kwargs = {p: r for p, t in self.kwargs if (r := results[t]) is not None}
+            args = [r for r in (records[d].result for d in self.args) if r is not None]
+            kwargs = {p: r for p, t in self.kwargs if (r := records[t].result) is not None}
         else:
-            args = [results[d] for d in self.args]
-            kwargs = {p: results[t] for p, t in self.kwargs}
+            args = [records[d].result for d in self.args]
+            kwargs = {p: records[t].result for p, t in self.kwargs} if self.kwargs else {}
         return args, kwargs
 
 
