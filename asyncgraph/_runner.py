@@ -113,6 +113,7 @@ class _Run:
         self.last_error: dict[str, tuple[BaseException, str | None]] = {}  # before a retry
         self.inbox: deque[_Outcome | _Requeue] = deque()  # reports after stopping
         self.finished: asyncio.Future[None] | None = None
+        self.loop: asyncio.AbstractEventLoop  # set when the run starts
         self.children: dict[asyncio.Future[Any], str] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}  # retry backoffs by task
         self.failure: str | None = None  # the task that ended a fail_fast run
@@ -231,7 +232,7 @@ class _Run:
         now = time.time()
         records = self.records
         tries = self.tries
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         for task in ready:
             name = task.name
             # Running tasks keep their old record until they end: the frozen record is
@@ -302,7 +303,8 @@ class _Run:
     async def _loop(self) -> None:
         # Wait until the last report (or a fail_fast failure) resolves ``finished``; all
         # the work happens in _post, driven by the children's completions.
-        self.finished = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.finished = self.loop.create_future()
         self._dispatch()
         if self.core.is_active():
             await self.finished

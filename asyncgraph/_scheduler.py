@@ -195,8 +195,10 @@ class Scheduler:
         self._woken = True
         while self._woken:
             self._woken = False
-            self._fill(Kind.IO, io, out)
-            self._fill(Kind.CPU, cpu, out)
+            if io.heap:
+                self._fill(Kind.IO, io, out)
+            if cpu.heap:
+                self._fill(Kind.CPU, cpu, out)
         return out
 
     def _fill(self, kind: Kind, lane: _Lane, out: list[Task]) -> None:
@@ -230,7 +232,12 @@ class Scheduler:
 
     def done(self, name: str) -> None:
         """``name`` finished: free its capacity and make ready what waited only on it."""
-        self._release(name)
+        task = self._tasks[name]
+        if task.resources:
+            self._release(name)
+        else:  # the common case, inlined
+            self._running.remove(name)
+            self._lanes[task.kind].used -= 1
         waiting = self._waiting
         del waiting[name]
         children = self._children.get(name)
