@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -10,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Make `python benchmarks/NAME.py` work from a checkout without installing the package.
+# Make `python benchmarks/NAME.py` work from a checkout without installing the package;
+# an asyncgraph already importable (PYTHONPATH, an install) is used as it is.
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
+if importlib.util.find_spec("asyncgraph") is None:
     sys.path.insert(0, str(ROOT))
 
 
@@ -25,16 +29,33 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
     }
+    import asyncgraph
+
+    pkg = Path(asyncgraph.__file__).parent
+    info["asyncgraph_path"] = str(pkg)
+    info["asyncgraph_commit"] = _git(pkg, "rev-parse", "HEAD")
+    dirty = _git(pkg, "status", "--porcelain", "--", ".")
+    info["asyncgraph_dirty"] = None if dirty is None else bool(dirty)
     for mod in ("uvloop", "anyio", "dask", "cloudpickle"):
         try:
-            info[mod] = __import__(mod).__version__
+            info[mod] = importlib.metadata.version(mod)
         except Exception:  # noqa: BLE001 - optional
             info[mod] = None
-    try:
+    with contextlib.suppress(OSError):
         info["loadavg_at_start"] = os.getloadavg()
-    except OSError:
-        pass
     return info
+
+
+def _git(where: Path, *args: str) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def median(xs: list[float]) -> float:
@@ -43,10 +64,10 @@ def median(xs: list[float]) -> float:
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
     sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join([line, sep, *body])
 
 

@@ -21,7 +21,9 @@ Runners, on the same graph:
   and starts the ready ones, a Future for the end). Its set-up (children lists,
   counters) is timed too.
 * dask       - ``dask.threaded.get(dsk, sinks)``, Dask's local threaded scheduler with
-  its default pool (one thread per core), on a dict graph of the same shape.
+  its default pool (one thread per core), on a dict graph of the same shape. At 10k it
+  runs like the others; above 10k it gets one run, in a child process stopped after
+  --dask-timeout seconds (60), because its cost per task grows with the graph.
 
 Each measurement is the median of N repetitions (N=5, or 2 with --quick), runners
 interleaved within each repetition so background load hits all of them alike. Before
@@ -29,6 +31,9 @@ every timed run: ``gc.collect()``. With ``--gc frozen`` (the default in a full r
 both) the graph is also moved to the permanent generation with ``gc.freeze()`` after
 the collection, so the collector's full passes do not traverse the 10k/100k-task graph
 during the run; comparing both modes shows how much of the cost is the collector.
+
+--quick: 2 repetitions, gc mode "on" only, Dask on 10k only, 100k for the layered shape
+only (about 30 s). A full run takes about 5 minutes.
 
 Usage:  python benchmarks/overhead.py [--quick] [--json PATH] [--sizes 10000,100000]
 """
@@ -45,10 +50,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
-from _common import median, table, write_json
-
 import uvloop
+from _common import median, table, write_json  # first: it may put the repo on sys.path
 
 import asyncgraph as ag
 
@@ -180,23 +183,65 @@ def run_dask(dsk: dict[str, Any], sinks: list[str]) -> int:
     return len(out)
 
 
+def dask_in_subprocess(shape: str, n: int, timeout: float) -> float | None:
+    """One timed Dask run in a child process, killed after ``timeout`` s (-> None).
+
+    Dask's cost per task is not flat in the graph's size (on the layered shape a 100k
+    run took ~160 s here against ~2 s for 10k), so a big run is guarded by a timeout.
+    """
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--dask-child", f"{shape}:{n}"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return None
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _dask_child(spec: str) -> None:
+    shape, n = spec.split(":")
+    dsk, sinks = build_dask(SHAPES[shape](int(n)))
+    run_dask(*build_dask(shape_wide(100)))  # imports
+    print(_timed_sync(lambda: run_dask(dsk, sinks), False, []))
+
+
 # -- the harness -------------------------------------------------------------------------
+#
+# The asyncio runners are timed inside the coroutine, around the ``await`` alone. Timing
+# ``asyncio.Runner.run(...)`` from outside would add a cost that is not the scheduler's:
+# on Python 3.11 Runner.run ends with ``signal.getsignal(SIGINT)``, which formats a
+# ValueError message containing the repr of the main task, hence of its result. (That
+# is how ``ag.run_sync`` pays for ``Graph.__repr__`` of the returned graph; see
+# docs/performance.md.)
 
 
-def timed(fn: Callable[[], Any], check: Callable[[Any], None], frozen: bool) -> float:
-    """Time one call of fn(); check its output afterwards, outside the timing."""
+def _prepare(frozen: bool) -> None:
     gc.collect()
     if frozen:
         gc.freeze()
+
+
+async def _timed_async(awaitable_fn: Callable[[], Any], frozen: bool, box: list[Any]) -> float:
+    _prepare(frozen)
     try:
         t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
+        box.append(await awaitable_fn())
+        return time.perf_counter() - t0
     finally:
         if frozen:
             gc.unfreeze()
-    check(out)
-    return dt
+
+
+def _timed_sync(fn: Callable[[], Any], frozen: bool, box: list[Any]) -> float:
+    _prepare(frozen)
+    try:
+        t0 = time.perf_counter()
+        box.append(fn())
+        return time.perf_counter() - t0
+    finally:
+        if frozen:
+            gc.unfreeze()
 
 
 def main() -> None:
@@ -205,6 +250,11 @@ def main() -> None:
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--sizes", default="10000,100000")
     p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument(
+        "--big-shapes",
+        default=None,
+        help="shapes run at sizes above 10k (default: all; --quick: layered)",
+    )
     p.add_argument("--reps", type=int, default=None)
     p.add_argument(
         "--gc",
@@ -215,93 +265,115 @@ def main() -> None:
     )
     p.add_argument("--no-dask", action="store_true")
     p.add_argument(
-        "--dask-100k-budget",
+        "--dask-timeout",
         type=float,
         default=60.0,
-        help="run Dask on a size >10k only if its 10k figure predicts one run under this "
-        "many seconds (default 60); it then gets at most 2 repetitions",
+        help="Dask on sizes above 10k: one run in a child process, given up after this "
+        "many seconds (default 60; 0 = skip; --quick: skip)",
     )
+    p.add_argument("--dask-child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.dask_child:
+        _dask_child(args.dask_child)
+        return
     reps = args.reps or (2 if args.quick else 5)
     sizes = [int(s) for s in args.sizes.split(",")]
     shapes = args.shapes.split(",")
     gc_modes = {"on": ["on"], "frozen": ["frozen"], "both": ["on", "frozen"]}[
         args.gc or ("on" if args.quick else "both")
     ]
+    big_shapes = (args.big_shapes or ("layered" if args.quick else ",".join(shapes))).split(",")
     if args.quick:
-        args.dask_100k_budget = 0.0  # Dask on 10k only
+        args.dask_timeout = 0.0  # Dask on 10k only
 
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     loop_run = runner.run
     rows: list[dict[str, Any]] = []
-    dask_per_task_10k: dict[str, float] = {}
     t_start = time.perf_counter()
-    for mode in gc_modes:
-        frozen = mode == "frozen"
-        for shape in shapes:
-            for n in sizes:
-                deps = SHAPES[shape](n)
-                t0 = time.perf_counter()
-                g = build_asyncgraph(deps)
-                build_s = time.perf_counter() - t0
-                fns = dict.fromkeys(deps, noop)
-                want_dask = not args.no_dask and (
-                    n <= 10_000
-                    or dask_per_task_10k.get(shape, float("inf")) * n < args.dask_100k_budget
-                )
-                dsk, sinks = build_dask(deps) if want_dask else (None, None)
-                dask_reps = reps if n <= 10_000 else min(reps, 2)
+    warm = False
+    for shape in shapes:
+        for n in sizes:
+            if n > 10_000 and shape not in big_shapes:
+                continue
+            deps = SHAPES[shape](n)
+            t0 = time.perf_counter()
+            g = build_asyncgraph(deps)
+            build_s = time.perf_counter() - t0
+            fns = dict.fromkeys(deps, noop)
+            dsk, sinks = build_dask(deps) if not args.no_dask else (None, None)
 
-                def a(g: ag.Graph = g) -> ag.Graph:
-                    return loop_run(run_asyncgraph(g))
+            def a(frozen: bool, g: ag.Graph = g, n: int = n) -> float:
+                box: list[Any] = []
+                dt = loop_run(_timed_async(lambda: run_asyncgraph(g), frozen, box))
+                assert count_done(box[0]) == n, "asyncgraph did not run every task"
+                return dt
 
-                def b(fns: Any = fns, deps: Any = deps) -> int:
-                    return loop_run(run_hand(fns, deps))
+            def b(frozen: bool, fns: Any = fns, deps: Any = deps, n: int = n) -> float:
+                box: list[Any] = []
+                dt = loop_run(_timed_async(lambda: run_hand(fns, deps), frozen, box))
+                assert box[0] == n, "the hand-written runner did not run every task"
+                return dt
 
-                def c(dsk: Any = dsk, sinks: Any = sinks) -> int:
-                    return run_dask(dsk, sinks)
+            def c(frozen: bool, dsk: Any = dsk, sinks: Any = sinks) -> float:
+                box: list[Any] = []
+                dt = _timed_sync(lambda: run_dask(dsk, sinks), frozen, box)
+                assert box[0] == len(sinks), "dask did not return every sink"
+                return dt
 
-                def check_a(out: ag.Graph, n: int = n) -> None:
-                    assert count_done(out) == n, "asyncgraph did not run every task"
-
-                def check_n(k: int, n: int = n, sinks: Any = sinks) -> None:
-                    assert k in (n, len(sinks or ())), "a runner did not run every task"
-
+            if not warm:  # one untimed run of each (imports, code caches)
+                small = shape_wide(1000)
+                loop_run(run_asyncgraph(build_asyncgraph(small)))
+                loop_run(run_hand(dict.fromkeys(small, noop), small))
+                if not args.no_dask:
+                    run_dask(*build_dask(small))
+                warm = True
+            for mode in gc_modes:
+                frozen = mode == "frozen"
+                want_dask = not args.no_dask and n <= 10_000
                 times: dict[str, list[float]] = {"asyncgraph": [], "hand": [], "dask": []}
-                # One untimed warm-up of the asyncio runners (imports, code caches).
-                if n <= 10_000:
-                    a()
-                    b()
-                for r in range(reps):
-                    times["asyncgraph"].append(timed(a, check_a, frozen))
-                    times["hand"].append(timed(b, check_n, frozen))
-                    if want_dask and r < dask_reps:
-                        times["dask"].append(timed(c, check_n, frozen))
+                for _ in range(reps):  # interleaved: background load hits all alike
+                    times["asyncgraph"].append(a(frozen))
+                    times["hand"].append(b(frozen))
+                    if want_dask:
+                        times["dask"].append(c(frozen))
+                dask_note = None
+                if not args.no_dask and n > 10_000 and args.dask_timeout and mode == gc_modes[0]:
+                    # Above 10k: one run, in a child process with a timeout (see above).
+                    dt = dask_in_subprocess(shape, n, args.dask_timeout)
+                    if dt is None:
+                        dask_note = f"> {args.dask_timeout:.0f} s (stopped)"
+                    else:
+                        times["dask"].append(dt)
                 us = {k: (median(v) / n * 1e6 if v else None) for k, v in times.items()}
-                if shape not in dask_per_task_10k and us["dask"] is not None and n <= 10_000:
-                    dask_per_task_10k[shape] = us["dask"] / 1e6
-                row = {
-                    "gc": mode,
-                    "shape": shape,
-                    "n": n,
-                    "reps": reps,
-                    "dask_reps": len(times["dask"]),
-                    "build_s": build_s,
-                    "us_per_task": us,
-                    "raw_s": times,
-                    "ag_over_hand": us["asyncgraph"] / us["hand"],
-                    "dask_over_ag": (us["dask"] / us["asyncgraph"]) if us["dask"] else None,
-                }
-                rows.append(row)
+                rows.append(
+                    {
+                        "gc": mode,
+                        "shape": shape,
+                        "n": n,
+                        "reps": reps,
+                        "dask_reps": len(times["dask"]),
+                        "build_s": build_s,
+                        "us_per_task": us,
+                        "min_us_per_task": {
+                            k: (min(v) / n * 1e6 if v else None) for k, v in times.items()
+                        },
+                        "raw_s": times,
+                        "dask_note": dask_note,
+                        "ag_over_hand": us["asyncgraph"] / us["hand"],
+                        "dask_over_ag": (us["dask"] / us["asyncgraph"]) if us["dask"] else None,
+                    }
+                )
                 print(
                     f"  [{mode:6}] {shape:7} n={n:>6}: asyncgraph {us['asyncgraph']:.2f} "
                     f"hand {us['hand']:.2f} dask {us['dask'] or float('nan'):.2f} us/task "
-                    f"(graph build {build_s:.1f} s)",
+                    f"{dask_note or ''} "
+                    f"(graph build {build_s:.1f} s, elapsed {time.perf_counter() - t_start:.0f} s)",
                     file=sys.stderr,
                     flush=True,
                 )
-                del g, fns, dsk, sinks, deps, a, b, c, check_a, check_n
+            del g, fns, dsk, sinks, deps, a, b, c
     runner.close()
+    rows.sort(key=lambda r: (gc_modes.index(r["gc"]), shapes.index(r["shape"]), r["n"]))
 
     # 100k/10k per-task ratio for asyncgraph, per shape and gc mode.
     by_key = {(r["gc"], r["shape"], r["n"]): r for r in rows}
@@ -315,18 +387,34 @@ def main() -> None:
                 scale[f"{r['gc']}/{r['shape']}"] = r["ag_scale_vs_smallest"]
 
     headers = [
-        "gc", "shape", "tasks", "asyncgraph us", "hand us", "dask us",
-        "ag/hand", "dask/ag", f"ag {max(sizes)//1000}k/{min(sizes)//1000}k",
+        "gc",
+        "shape",
+        "tasks",
+        "asyncgraph us",
+        "hand us",
+        "dask us",
+        "ag/hand",
+        "dask/ag",
+        f"ag {max(sizes) // 1000}k/{min(sizes) // 1000}k",
     ]
     body = [
         [
-            r["gc"], r["shape"], r["n"], r["us_per_task"]["asyncgraph"], r["us_per_task"]["hand"],
-            r["us_per_task"]["dask"], r["ag_over_hand"], r["dask_over_ag"],
+            r["gc"],
+            r["shape"],
+            r["n"],
+            r["us_per_task"]["asyncgraph"],
+            r["us_per_task"]["hand"],
+            r["us_per_task"]["dask"] or r["dask_note"],
+            r["ag_over_hand"],
+            r["dask_over_ag"],
             r.get("ag_scale_vs_smallest"),
         ]
         for r in rows
     ]
-    print(f"\nScheduling overhead per no-op task (median of {reps}; us = microseconds)")
+    print(
+        f"\nScheduling overhead per no-op task (median of {reps}; us = microseconds; "
+        "Dask above 10k: one run)"
+    )
     print(table(headers, body))
     print(
         "\ntargets: ag/hand <= 2.0, dask/ag >= 5.0, ag 100k/10k <= 1.2"
