@@ -559,3 +559,19 @@ async def test_a_callable_raising_before_returning_its_coroutine_fails_its_task(
     assert out.status["broken"] is ag.State.FAILED
     assert "broken before the first await" in str(out.errors["broken"])
     assert out.results == {"fine": 1}
+
+
+async def test_a_deep_chain_does_not_recurse():
+    r"""3000 tasks in a chain (well past the default recursion limit of 1000)."""
+    g = ag.Graph()
+
+    async def inc(x=0):
+        return x + 1
+
+    g.add("t0", inc, deps=[])
+    for i in range(1, 3000):
+        g.add(f"t{i}", inc, deps=[f"t{i - 1}"])
+    out = await ag.run(g)
+    assert out.results["t2999"] == 3000
+    assert len(ag.reset(out, "t0").descendants("t0")) == 2999
+    assert len(out.ancestors("t2999")) == 2999
