@@ -24,6 +24,16 @@ def names(tasks):
     return [t.name for t in tasks]
 
 
+def drain_one_at_a_time(s):
+    """Run a max_io=1 scheduler to the end, each task done at once; the start order."""
+    order = []
+    while s.is_active():
+        (t,) = s.get_ready()
+        order.append(t.name)
+        s.done(t.name)
+    return order
+
+
 def test_io_first():
     r"""
       io_a   cpu_b
@@ -54,11 +64,7 @@ def test_longest_remaining_path_first_then_priority():
         "short": ("io", [], 1),
         "short2": ("io", [], 9),
     }, max_io=1)
-    order = []
-    while s.is_active():
-        (t,) = s.get_ready()
-        order.append(t.name)
-        s.done(t.name)
+    order = drain_one_at_a_time(s)
     # head (path 3), mid (path 2), then the path-1 tasks by priority: short2 (9),
     # leaf (5), short (1), tail (0)
     assert order == ["head", "mid", "short2", "leaf", "short", "tail"]
@@ -77,22 +83,14 @@ def test_critical_path_exact_order():
         "c": ("io", ["b"]),
         "y": ("io", []),
     }, max_io=1)
-    order = []
-    while s.is_active():
-        (t,) = s.get_ready()
-        order.append(t.name)
-        s.done(t.name)
+    order = drain_one_at_a_time(s)
     assert order == ["a", "b", "x", "c", "y"]
 
 
 def test_priority_breaks_ties():
     s = make({"low": ("io", [], 0), "high": ("io", [], 10), "mid": ("io", [], 5)},
              max_io=1)
-    order = []
-    while s.is_active():
-        (t,) = s.get_ready()
-        order.append(t.name)
-        s.done(t.name)
+    order = drain_one_at_a_time(s)
     assert order == ["high", "mid", "low"]
 
 
