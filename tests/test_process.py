@@ -317,3 +317,39 @@ def test_ctrl_c_in_run_sync_cancels_and_leaves_no_process():
     assert "interrupted" in out
     assert proc.returncode == 0
     assert not psutil.pid_exists(worker)
+
+
+async def test_worker_killed_from_outside_mid_task(tmp_path):
+    r"""
+    As the out-of-memory killer would: the test SIGKILLs the worker while its task runs.
+      victim (blocks, killed from outside) -> after_victim
+      steady_0..2 (cpu), io_side (io)
+    """
+    pid_file = tmp_path / "victim.pid"
+
+    def victim(path=str(pid_file)):
+        import time
+
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+        time.sleep(3600)
+
+    g = ag.Graph()
+    g.add("victim", victim, kind="cpu")
+    g.add("after_victim", lambda v: v, deps=["victim"], kind="cpu")
+    for i in range(3):
+        g.add(f"steady_{i}", lambda i=i: i, kind="cpu", deps=[])
+    g.add("io_side", lambda: "io")
+    run = asyncio.ensure_future(ag.run(g, cpu_workers=2))
+    with anyio.fail_after(GUARD):
+        while not pid_file.exists():  # noqa: ASYNC110 - test-side wait, not the library
+            await anyio.sleep(0.01)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        out = await run
+    assert statuses(out) == {
+        "victim": "failed", "after_victim": "skipped", "io_side": "done",
+        **{f"steady_{i}": "done" for i in range(3)},
+    }
+    assert out.errors["victim"].exitcode == -signal.SIGKILL
+    assert children_now() == []
