@@ -173,7 +173,7 @@ class WorkerDiedError(TaskError):
             how = f"exited with status {exitcode}"
         super().__init__(
             f"the worker process running task {task!r} {how} before returning a result"
-            " (os._exit, a signal or running out of memory); the pool was replaced"
+            " (os._exit, a signal or running out of memory); a new worker takes its place"
         )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, overload
 from ._exceptions import (
     CycleError,
     DuplicateTaskError,
+    InvalidTaskError,
     MissingDependencyError,
     TaskFailures,
     UnknownTaskError,
@@ -463,6 +464,12 @@ def create_graph(
     g = Graph()
     for name, fn in funcs.items():
         deps = dependencies.get(name, ())
+        if isinstance(deps, str) or not isinstance(deps, Iterable):
+            raise InvalidTaskError(
+                name,
+                f"dependencies[{name!r}] must be a list or set of task names, "
+                f"not {type(deps).__name__} {deps!r}",
+            )
         task = make_task(
             name,
             fn,

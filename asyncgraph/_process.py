@@ -51,6 +51,8 @@ class _Worker:
         assert process.stdin is not None
         self.reader = BufferedByteReceiveStream(process.stdout)
         self.stdin = process.stdin
+        self.initialised = False  # has it been sent the parent's sys.path yet?
+        self.signalled = False
 
     async def send(self, payload: bytes) -> None:
         await self.stdin.send(_HEADER.pack(len(payload)) + payload)
@@ -59,10 +61,16 @@ class _Worker:
         (n,) = _HEADER.unpack(await self.reader.receive_exactly(_HEADER.size))
         return pickle.loads(await self.reader.receive_exactly(n))
 
+    def signal_kill(self) -> None:
+        """Send SIGKILL once. Never twice: a second kill polls, and may reap the process
+        before the event loop's child watcher does (see reap)."""
+        if not self.signalled and self.process.returncode is None:
+            self.signalled = True
+            self.process.kill()
+
     async def kill(self) -> None:
         with anyio.CancelScope(shield=True):
-            if self.process.returncode is None:
-                self.process.kill()
+            self.signal_kill()
             await self.process.wait()
             await self.process.aclose()
 
@@ -91,21 +99,25 @@ class ProcessPool:
         return [w.process.pid for w in (*self._idle, *self._busy)]
 
     async def _start(self) -> _Worker:
+        """Start a worker, registered as busy before anything can interrupt us."""
         out_fd = _dup_stdout()
         try:
-            process = await anyio.open_process(
-                [sys.executable, "-c", _BOOT, _WORKER, str(out_fd if out_fd else 2)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=None,
-                pass_fds=(out_fd,) if out_fd else (),
-            )
+            # Shielded: cancelled half-way, the child would exist without a handle here,
+            # and nobody would ever stop it.
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(
+                    [sys.executable, "-c", _BOOT, _WORKER, str(2 if out_fd is None else out_fd)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=None,
+                    pass_fds=() if out_fd is None else (out_fd,),
+                )
         finally:
-            if out_fd:
+            if out_fd is not None:
                 os.close(out_fd)
         self.started += 1
         worker = _Worker(process)
-        await worker.send(pickle.dumps(("init", list(sys.path))))
+        self._busy.add(worker)
         return worker
 
     async def call(self, task: str, fn_bytes: bytes, args: tuple[Any, ...]) -> Any:
@@ -119,9 +131,15 @@ class ProcessPool:
             ) from exc
         if len(self._idle) + len(self._busy) >= self.size and not self._idle:
             raise RuntimeError("ProcessPool.call: more calls than workers")  # a runner bug
-        worker = self._idle.pop() if self._idle else await self._start()
-        self._busy.add(worker)
+        if self._idle:
+            worker = self._idle.pop()
+            self._busy.add(worker)
+        else:
+            worker = await self._start()
         try:
+            if not worker.initialised:
+                await worker.send(pickle.dumps(("init", list(sys.path))))
+                worker.initialised = True
             await worker.send(pickle.dumps(("call", fn_bytes, args_bytes)))
             reply = await worker.receive()
         except _STREAM_ERRORS:
@@ -165,14 +183,14 @@ class ProcessPool:
         Killed, not asked to exit: an idle worker holds nothing (it flushed its output
         after its last task), and an interpreter's orderly exit took 60-110 ms of every
         run's wall time (benchmarks/mixed.py) for no benefit. Workers still computing
-        (a cancelled run) must be killed anyway.
+        (a cancelled run) must be killed anyway. All are signalled first, then waited
+        for, so they die in parallel.
         """
         with anyio.CancelScope(shield=True):
             workers = [*self._idle, *self._busy]
             self._idle, self._busy = [], set()
             for w in workers:
-                if w.process.returncode is None:
-                    w.process.kill()
+                w.signal_kill()
             for w in workers:
                 await w.kill()
 

@@ -16,6 +16,7 @@ closed by it, under a shield, whatever way the run ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import math
@@ -31,7 +32,7 @@ from typing import Any, NamedTuple
 import anyio
 import cloudpickle
 
-from ._exceptions import PicklingError, TaskCancelled
+from ._exceptions import PicklingError, TaskCancelled, TaskError
 from ._graph import Graph
 from ._process import ProcessPool
 from ._scheduler import Scheduler
@@ -80,6 +81,9 @@ class _Run:
         deadline: float | None,
     ) -> None:
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
+        # A snapshot (the caches come along): a task added to the caller's graph while
+        # this run goes on must not appear in its result without a record.
+        graph = graph._derive(graph._records)
         self.graph = graph
         self.tasks = graph._tasks  # the dict itself: the read-only view costs a call
         self.records: dict[str, TaskRecord] = dict(graph._records)
@@ -118,6 +122,7 @@ class _Run:
         self.timers: dict[str, asyncio.TimerHandle] = {}  # retry backoffs by task
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.stopping = False  # set once the run cancels its own children
+        self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
 
     # -- the children ------------------------------------------------------------------
     #
@@ -195,8 +200,16 @@ class _Run:
                 traceback.format_exception(exc)
             )
             self._post(_Outcome(name, False, exc, tb, time.time()))
-        else:  # KeyboardInterrupt or SystemExit from a task: asyncio re-raises it
+        elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            # asyncio re-raises these from the loop too; the run ends with them.
             self._post(_Outcome(name, False, exc, None, time.time()))
+        else:  # another BaseException (GeneratorExit, a library's own): a failure
+            wrapped = TaskError(
+                f"task {name!r} raised {type(exc).__name__}, which is not an Exception: {exc}"
+            )
+            wrapped.__cause__ = exc
+            tb = "".join(traceback.format_exception(exc))
+            self._post(_Outcome(name, False, wrapped, tb, time.time()))
 
     async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if task.timeout is None:
@@ -280,12 +293,11 @@ class _Run:
             self.core.done(name)
             return
         task = self.tasks[name]
-        if self.tries[name] <= task.retries and self.failure is None:
+        if self.tries[name] <= task.retries and self.failure is None and not self.stopping:
             self.last_error[name] = (msg.value, msg.traceback)
             self.core.retry(name)
             delay = _backoff(task, self.tries[name])
-            loop = asyncio.get_running_loop()
-            self.timers[name] = loop.call_later(delay, self._requeue, name)
+            self.timers[name] = self.loop.call_later(delay, self._requeue, name)
             return
         self._ended(name, State.FAILED, None, msg.value, msg.traceback, msg.finished)
         for s in self.core.failed(name):
@@ -326,12 +338,15 @@ class _Run:
 
     def _close(self, reason: str) -> None:
         """Record every task that has not ended as cancelled, with ``reason``."""
-        # Children that finished while the run was being stopped still count.
+        # Children that ended while the run was being stopped count as they ended: a
+        # result is kept, a failure recorded as one (its descendants skipped), no retry.
         while self.inbox:
             msg = self.inbox.popleft()
-            if isinstance(msg, _Outcome) and msg.ok and msg.name in self.core.running:
-                self._ended(msg.name, State.DONE, msg.value, None, None, msg.finished)
-                self.core.done(msg.name)
+            if isinstance(msg, _Outcome) and msg.name in self.core.running:
+                try:
+                    self._apply(msg)
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    self.fatal = exc
         running, rest = self.core.cancel()
         now = time.time()
         for n in running:
@@ -357,6 +372,13 @@ class _Run:
                 rec.finished,
             )
 
+    async def _cleanup(self, reason: str) -> None:
+        await self._stop_children()
+        if self.core.is_active():
+            self._close(reason)
+        if self.pool is not None:
+            await self.pool.aclose()
+
     async def run(self) -> Graph:
         if not self.core.is_active():
             return self.graph._derive(self.records)
@@ -374,12 +396,10 @@ class _Run:
             # However the run ends (done, fail_fast, deadline, or cancelled from outside:
             #     task = asyncio.create_task(ag.run(g)); task.cancel()
             # ) no child outlives it: cancel them, record them cancelled, stop the
-            # workers (all shielded), and let a cancellation continue.
-            await self._stop_children()
-            if self.core.is_active():
-                self._close(reason)
-            if self.pool is not None:
-                await self.pool.aclose()
+            # workers, and let a cancellation continue.
+            await _to_the_end(self._cleanup(reason))
+        if self.fatal is not None:
+            raise self.fatal
         result = self.graph._derive(self.records)
         if self.failure is not None:
             group = result._failures(
@@ -389,6 +409,27 @@ class _Run:
             assert group is not None
             raise group
         return result
+
+
+async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to its end even if we are cancelled meanwhile, then re-raise.
+
+    A shielded scope stops anyio's cancellations but not a plain ``Task.cancel()``:
+        task.cancel(); ...; task.cancel()   # <- the second lands during the cleanup
+    so the cleanup runs as its own task, and we wait for it however often we are
+    cancelled; the last cancellation is raised when it is done.
+    """
+    task = asyncio.ensure_future(cleanup)
+    cancelled: asyncio.CancelledError | None = None
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    task.result()  # a bug in the cleanup is not to be lost either
+    if cancelled is not None:
+        raise cancelled
 
 
 def _check_int(name: str, value: Any, *, allow_none: bool = True) -> None:
@@ -419,13 +460,11 @@ def _make_run(
             _check_int(f"limits[{key!r}]", value, allow_none=False)
     if not isinstance(fail_fast, bool):
         raise TypeError(f"fail_fast must be True or False, not {fail_fast!r}")
-    if deadline is not None and (
-        isinstance(deadline, bool)
-        or not isinstance(deadline, (int, float))
-        or not deadline > 0
-        or math.isinf(deadline)
-    ):
-        raise ValueError(f"deadline must be a number of seconds > 0, not {deadline!r}")
+    if deadline is not None:
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+            raise TypeError(f"deadline must be a number of seconds, not {type(deadline).__name__}")
+        if not deadline > 0 or math.isinf(deadline):
+            raise ValueError(f"deadline must be a number of seconds > 0, not {deadline!r}")
     return _Run(
         graph,
         max_io=max_io,
@@ -533,7 +572,8 @@ def _run_in_helper_thread(fn: Callable[[], Coroutine[Any, Any, Graph]]) -> Graph
         # cancel the run there, wait for its cleanup, then re-raise.
         started.wait()
         if "task" in outcome:
-            outcome["loop"].call_soon_threadsafe(outcome["task"].cancel)
+            with contextlib.suppress(RuntimeError):  # the run ended meanwhile: loop closed
+                outcome["loop"].call_soon_threadsafe(outcome["task"].cancel)
         thread.join()
         raise
     if "error" in outcome:

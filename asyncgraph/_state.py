@@ -34,19 +34,6 @@ TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED, State.CANCELLED})
 #: States that ``reset_failed`` sends back to pending.
 FINISHED_BADLY = frozenset({State.FAILED, State.SKIPPED, State.CANCELLED})
 
-# Which transitions a run may make. A rewrite may set any state (it is a user's decision);
-# the runner asserts these so a scheduling bug cannot silently resurrect a finished task.
-ALLOWED = {
-    State.PENDING: frozenset({State.RUNNING, State.SKIPPED, State.CANCELLED}),
-    State.RUNNING: frozenset(
-        {State.DONE, State.FAILED, State.CANCELLED, State.PENDING}  # PENDING: a retry
-    ),
-    State.DONE: frozenset(),
-    State.FAILED: frozenset(),
-    State.SKIPPED: frozenset(),
-    State.CANCELLED: frozenset(),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class TaskRecord:

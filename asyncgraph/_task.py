@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -176,8 +177,16 @@ def make_task(
     for opt, value in (("retry_delay", retry_delay), ("timeout", timeout)):
         if value is None and opt == "timeout":
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise InvalidTaskError(name, f"{opt} must be a number >= 0, not {value!r}")
+        # ``not value >= 0`` also refuses NaN; a retry delay must be finite too, or the
+        # retry would never come (a timeout of inf just means none).
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value >= 0
+            or (opt == "retry_delay" and math.isinf(value))
+        ):
+            what = "a finite number" if opt == "retry_delay" else "a number"
+            raise InvalidTaskError(name, f"{opt} must be {what} >= 0 (seconds), not {value!r}")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise InvalidTaskError(name, f"priority must be an int, not {priority!r}")
     res = _as_names(name, "resources", resources, "limit names")

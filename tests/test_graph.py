@@ -188,7 +188,9 @@ def test_partial_and_callable_objects_are_tasks():
         ({"retries": -1}, "retries must be an int >= 0"),
         ({"retries": 1.5}, "retries must be an int >= 0"),
         ({"timeout": -2}, "timeout must be a number >= 0"),
-        ({"retry_delay": "1"}, "retry_delay must be a number >= 0"),
+        ({"timeout": float("nan")}, "timeout must be a number >= 0"),
+        ({"retry_delay": float("inf")}, "retry_delay must be a finite number >= 0"),
+        ({"retry_delay": "1"}, "retry_delay must be a finite number >= 0"),
         ({"priority": "high"}, "priority must be an int"),
         ({"resources": "db"}, "resources must be a list of limit names"),
         ({"deps": "a"}, "deps must be a list of task names"),
@@ -234,3 +236,9 @@ def test_queries():
     with pytest.raises(ag.UnknownTaskError):
         g.tasks["nope"]
     assert repr(g) == "<Graph 4 tasks: pending 4>"
+
+
+@pytest.mark.parametrize("deps", ["a", "ab", None, 3])
+def test_create_graph_dependency_values_must_be_collections(deps):
+    with pytest.raises(ag.InvalidTaskError, match=r"dependencies\['b'\] must be a list or set"):
+        ag.create_graph({"a": lambda: 1, "b": lambda x: x}, {"b": deps})

@@ -353,3 +353,56 @@ async def test_worker_killed_from_outside_mid_task(tmp_path):
     }
     assert out.errors["victim"].exitcode == -signal.SIGKILL
     assert children_now() == []
+
+
+async def test_fail_fast_while_a_worker_starts_leaves_no_process():
+    r"""
+    An IO task fails after k loop turns while the CPU task's worker is being started
+    and initialised; whatever moment the cancellation lands on, no worker survives.
+    """
+    for k in range(8):
+        g = ag.Graph()
+        g.add("cpu", where, kind="cpu")
+
+        async def boom(k=k):
+            for _ in range(k):
+                await asyncio.sleep(0)
+            raise ValueError("boom")
+
+        g.add("io", boom)
+        with anyio.fail_after(GUARD), pytest.raises(ag.TaskFailures):
+            await ag.run(g, cpu_workers=1, fail_fast=True)
+        assert children_now() == [], f"a worker survived with k={k}"
+
+
+async def test_a_second_cancellation_during_cleanup_leaves_no_process():
+    r"""
+    The first cancel makes the run stop its children; 'stubborn' takes a while to end,
+    and a second cancel lands meanwhile. The cleanup still finishes: no worker left.
+    """
+    started = anyio.Event()
+    in_cleanup = anyio.Event()
+    g = ag.Graph()
+    g.add("cpu", where, kind="cpu")
+
+    @g.task
+    async def stubborn():
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            in_cleanup.set()
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.2)
+
+    run = asyncio.ensure_future(ag.run(g, cpu_workers=1))
+    with anyio.fail_after(GUARD):
+        await started.wait()
+        while not children_now():  # noqa: ASYNC110 - test-side wait for the worker
+            await anyio.sleep(0.01)
+        run.cancel()
+        await in_cleanup.wait()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    assert children_now() == []

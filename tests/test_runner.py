@@ -575,3 +575,85 @@ async def test_a_deep_chain_does_not_recurse():
     assert out.results["t2999"] == 3000
     assert len(ag.reset(out, "t0").descendants("t0")) == 2999
     assert len(out.ancestors("t2999")) == 2999
+
+
+def yields_then(k, action):
+    """A coroutine function that lets the loop turn ``k`` times, then calls ``action``."""
+
+    async def fn():
+        for _ in range(k):
+            await asyncio.sleep(0)
+        return action()
+
+    return fn
+
+
+def raiser(message):
+    def action():
+        raise ValueError(message)
+
+    return action
+
+
+async def test_a_failure_that_lands_while_stopping_is_recorded_as_a_failure():
+    r"""
+    fail_fast: 'a' fails; 'b' fails one loop turn later, while the run is stopping.
+    b's own exception must be kept (FAILED), not overwritten by a cancellation.
+    """
+    g = ag.Graph()
+    g.add("a", yields_then(3, raiser("a broke")))
+    g.add("b", yields_then(4, raiser("b broke")))
+    g.add("below_b", lambda b: b, deps=["b"])
+    with pytest.raises(ag.TaskFailures) as info:
+        await ag.run(g, fail_fast=True)
+    out = info.value.graph
+    assert out.status["a"] is ag.State.FAILED
+    assert out.status["b"] is ag.State.FAILED
+    assert str(out.errors["b"]) == "b broke"
+    assert out.status["below_b"] is ag.State.SKIPPED
+
+
+async def test_a_base_exception_that_is_not_an_exception_is_a_failure():
+    class Abort(BaseException):
+        pass
+
+    async def aborts():
+        raise Abort("stop")
+
+    g = ag.Graph()
+    g.add("aborts", aborts)
+    g.add("after", lambda aborts: 1, deps=["aborts"])
+    out = await ag.run(g)
+    assert statuses(out) == {"aborts": "failed", "after": "skipped"}
+    err = out.errors["aborts"]
+    assert isinstance(err, ag.TaskError)
+    assert isinstance(err.__cause__, Abort)
+    assert "Abort" in str(err)
+    with pytest.raises(ag.TaskFailures):
+        out.raise_for_failures()
+    with pytest.raises(ag.TaskFailures) as info:
+        await ag.run(g, fail_fast=True)
+    assert isinstance(info.value.exceptions[0], ag.TaskError)
+
+
+async def test_a_task_added_to_the_input_during_the_run_is_not_in_the_result():
+    started = anyio.Event()
+    release = anyio.Event()
+    g = ag.Graph()
+
+    @g.task
+    async def a():
+        started.set()
+        await release.wait()
+        return 1
+
+    run = asyncio.ensure_future(ag.run(g))
+    with anyio.fail_after(GUARD):
+        await started.wait()
+        g.add("late", lambda: 2)
+        release.set()
+        out = await run
+    assert list(out) == ["a"]
+    assert out.results == {"a": 1}
+    assert out.run_sync().results == {"a": 1}  # a consistent graph
+    assert "late" in g
