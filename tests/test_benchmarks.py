@@ -1,0 +1,23 @@
+"""The benchmarks keep working (they are measured by hand; here only smoke-run, tiny)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overhead_benchmark_runs_on_a_tiny_graph(tmp_path):
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/overhead.py", "--sizes", "300", "--reps", "1",
+         "--no-dask", "--gc", "on", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "asyncgraph" in proc.stdout
+    assert out.stat().st_size > 0
