@@ -329,17 +329,47 @@ class Graph:
 
     # -- running ----------------------------------------------------------------------
 
-    async def run(self, **options: Any) -> Graph:
+    async def run(
+        self,
+        *,
+        max_io: int | None = None,
+        cpu_workers: int | None = None,
+        limits: Mapping[str, int] | None = None,
+        fail_fast: bool = False,
+        deadline: float | None = None,
+    ) -> Graph:
         """``await graph.run(...)`` is ``await asyncgraph.run(graph, ...)``."""
         from ._runner import run
 
-        return await run(self, **options)
+        return await run(
+            self,
+            max_io=max_io,
+            cpu_workers=cpu_workers,
+            limits=limits,
+            fail_fast=fail_fast,
+            deadline=deadline,
+        )
 
-    def run_sync(self, **options: Any) -> Graph:
+    def run_sync(
+        self,
+        *,
+        max_io: int | None = None,
+        cpu_workers: int | None = None,
+        limits: Mapping[str, int] | None = None,
+        fail_fast: bool = False,
+        deadline: float | None = None,
+    ) -> Graph:
         """``graph.run_sync(...)`` is ``asyncgraph.run_sync(graph, ...)``."""
         from ._runner import run_sync
 
-        return run_sync(self, **options)
+        return run_sync(
+            self,
+            max_io=max_io,
+            cpu_workers=cpu_workers,
+            limits=limits,
+            fail_fast=fail_fast,
+            deadline=deadline,
+        )
 
     def raise_for_failures(self) -> Graph:
         """Raise :class:`TaskFailures` (an ExceptionGroup) if any task failed.

@@ -657,3 +657,44 @@ async def test_a_task_added_to_the_input_during_the_run_is_not_in_the_result():
     assert out.results == {"a": 1}
     assert out.run_sync().results == {"a": 1}  # a consistent graph
     assert "late" in g
+
+
+async def test_io_tasks_start_before_cpu_tasks_end_to_end(monkeypatch):
+    r"""
+      cpu_a  cpu_b   io_c   io_d      (all ready at once, CPU ones defined first)
+    Start order is recorded in this process: an IO coroutine when its body starts, a
+    CPU task when the runner hands it to the pool. Both IO tasks come first.
+    """
+    from asyncgraph import _process
+
+    order: list[str] = []
+    real_call = _process.ProcessPool.call
+
+    async def recording_call(self, task, fn_bytes, args):
+        order.append(task)
+        return await real_call(self, task, fn_bytes, args)
+
+    monkeypatch.setattr(_process.ProcessPool, "call", recording_call)
+    g = ag.Graph()
+    g.add("cpu_a", where_am_i, kind="cpu")
+    g.add("cpu_b", where_am_i, kind="cpu")
+
+    def io(name):
+        async def fn():
+            order.append(name)
+
+        return fn
+
+    g.add("io_c", io("io_c"))
+    g.add("io_d", io("io_d"))
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, cpu_workers=2)
+    assert set(out.status.values()) == {ag.State.DONE}
+    assert order[:2] == ["io_c", "io_d"]
+    assert sorted(order[2:]) == ["cpu_a", "cpu_b"]
+
+
+def where_am_i():
+    import os
+
+    return os.getpid()
