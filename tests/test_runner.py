@@ -698,3 +698,15 @@ def where_am_i():
     import os
 
     return os.getpid()
+
+
+async def test_deadline_during_a_retry_backoff_cancels_with_the_last_error():
+    g = ag.Graph()
+    g.add("flaky", lambda: 1 / 0, retries=3, retry_delay=60)
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, deadline=0.2)
+    rec = out.records["flaky"]
+    assert rec.status is ag.State.CANCELLED
+    assert rec.attempts == 1
+    assert "waiting to retry after ZeroDivisionError" in str(rec.error)
+    assert "deadline" in str(rec.error)
