@@ -81,8 +81,10 @@ class _Run:
         deadline: float | None,
     ) -> None:
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
-        # A snapshot (the caches come along): a task added to the caller's graph while
-        # this run goes on must not appear in its result without a record.
+        # Fill the structural caches on the caller's graph, so its next run reuses them,
+        # then work on a snapshot (the caches come along): a task added to the caller's
+        # graph while this run goes on must not appear in its result without a record.
+        graph._unit_paths()
         graph = graph._derive(graph._records)
         self.graph = graph
         self.tasks = graph._tasks  # the dict itself: the read-only view costs a call

@@ -710,3 +710,22 @@ async def test_deadline_during_a_retry_backoff_cancels_with_the_last_error():
     assert rec.attempts == 1
     assert "waiting to retry after ZeroDivisionError" in str(rec.error)
     assert "deadline" in str(rec.error)
+
+
+async def test_structure_is_computed_once_per_graph(monkeypatch):
+    from asyncgraph import _scheduler
+
+    calls = []
+    real = _scheduler.critical_paths
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_scheduler, "critical_paths", counting)
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    g.add("b", lambda a: a, deps=["a"])
+    await ag.run(g)
+    await ag.run(g)
+    assert len(calls) == 1  # the graph's cache serves the second run
