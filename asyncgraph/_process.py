@@ -92,11 +92,6 @@ class ProcessPool:
         self.size = size
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
-        self.started = 0  # workers started over the pool's life (replacements included)
-
-    @property
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in (*self._idle, *self._busy)]
 
     async def _start(self) -> _Worker:
         """Start a worker, registered as busy before anything can interrupt us."""
@@ -115,7 +110,6 @@ class ProcessPool:
         finally:
             if out_fd is not None:
                 os.close(out_fd)
-        self.started += 1
         worker = _Worker(process)
         self._busy.add(worker)
         return worker

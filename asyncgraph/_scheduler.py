@@ -155,11 +155,9 @@ class Scheduler:
         self.initially_skipped: tuple[str, ...] = tuple(skipped)
 
         if unit_paths is not None and weights is None and len(waiting) == len(order):
-            self.remaining_path, self._keys = unit_paths
+            self._keys = unit_paths[1]
         else:
-            self.remaining_path, self._keys = critical_paths(
-                tasks, order, children, waiting, weights
-            )
+            _, self._keys = critical_paths(tasks, order, children, waiting, weights)
         keys = self._keys
         for n, left in waiting.items():
             if left == 0:
