@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import anyio
 import cloudpickle
 
+from ._events import Emit, Event, EventKind
 from ._exceptions import PicklingError, TaskCancelled, TaskError
 from ._graph import Graph
 from ._process import ProcessPool
@@ -62,6 +63,13 @@ class _Requeue(NamedTuple):
     name: str
 
 
+_EVENT_OF = {
+    State.DONE: EventKind.DONE,
+    State.FAILED: EventKind.FAILED,
+    State.CANCELLED: EventKind.CANCELLED,
+}
+
+
 def _backoff(task: Task, attempt: int) -> float:
     """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, times 0.5-1.5."""
     return float(task.retry_delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
@@ -79,6 +87,7 @@ class _Run:
         limits: Mapping[str, int],
         fail_fast: bool,
         deadline: float | None,
+        emit: Emit | None = None,
     ) -> None:
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
         # Fill the structural caches on the caller's graph, so its next run reuses them,
@@ -127,6 +136,8 @@ class _Run:
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.stopping = False  # set once the run cancels its own children
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
+        #: Where events go; None (no listener) costs one check per transition.
+        self.emit = emit
 
     # -- the children ------------------------------------------------------------------
     #
@@ -259,6 +270,8 @@ class _Run:
             else:
                 tries[name] = 1
                 self.started[name] = now
+            if self.emit is not None:
+                self.emit(Event(EventKind.STARTED, name, tries[name], now))
             if task.deps:
                 args, kwargs = task.bind(records)
             else:
@@ -286,6 +299,8 @@ class _Run:
         self.records[name] = TaskRecord(
             status, result, error, tb, rec.attempts + self.tries[name], self.started[name], end
         )
+        if self.emit is not None:
+            self.emit(Event(_EVENT_OF[status], name, self.tries[name], end, error))
 
     def _apply(self, msg: _Outcome | _Requeue) -> None:
         if isinstance(msg, _Requeue):
@@ -300,12 +315,18 @@ class _Run:
         if self.tries[name] <= task.retries and self.failure is None and not self.stopping:
             self.last_error[name] = (msg.value, msg.traceback)
             self.core.retry(name)
+            if self.emit is not None:
+                self.emit(
+                    Event(EventKind.RETRYING, name, self.tries[name], msg.finished, msg.value)
+                )
             delay = _backoff(task, self.tries[name])
             self.timers[name] = self.loop.call_later(delay, self._requeue, name)
             return
         self._ended(name, State.FAILED, None, msg.value, msg.traceback, msg.finished)
         for s in self.core.failed(name):
             self.records[s] = TaskRecord(State.SKIPPED)
+            if self.emit is not None:
+                self.emit(Event(EventKind.SKIPPED, s, 0, msg.finished))
         if isinstance(msg.value, (KeyboardInterrupt, SystemExit)):
             raise msg.value
         if self.fail_fast and self.failure is None:
@@ -316,11 +337,22 @@ class _Run:
         del self.timers[name]
         self._post(_Requeue(name))
 
+    def _announce(self) -> None:
+        """The first events: what this run is going to run, and what it skips."""
+        assert self.emit is not None
+        now = time.time()
+        for n in self.core.pending():
+            self.emit(Event(EventKind.QUEUED, n, 0, now))
+        for n in self.core.initially_skipped:
+            self.emit(Event(EventKind.SKIPPED, n, 0, now))
+
     async def _loop(self) -> None:
         # Wait until the last report (or a fail_fast failure) resolves ``finished``; all
         # the work happens in _post, driven by the children's completions.
         self.loop = asyncio.get_running_loop()
         self.finished = self.loop.create_future()
+        if self.emit is not None:
+            self._announce()
         self._dispatch()
         if self.core.is_active():
             await self.finished
@@ -366,15 +398,12 @@ class _Run:
                 self._ended(n, State.CANCELLED, None, why, None, now)
                 continue
             rec = self.records[n]
+            why = TaskCancelled(f"task {n!r} did not start: {reason}")
             self.records[n] = TaskRecord(
-                State.CANCELLED,
-                None,
-                TaskCancelled(f"task {n!r} did not start: {reason}"),
-                None,
-                rec.attempts,
-                rec.started,
-                rec.finished,
+                State.CANCELLED, None, why, None, rec.attempts, rec.started, rec.finished
             )
+            if self.emit is not None:
+                self.emit(Event(EventKind.CANCELLED, n, 0, now, why))
 
     async def _cleanup(self, reason: str) -> None:
         await self._stop_children()
@@ -385,6 +414,8 @@ class _Run:
 
     async def run(self) -> Graph:
         if not self.core.is_active():
+            if self.emit is not None:
+                self._announce()  # the tasks this run skips, if any
             return self.graph._derive(self.records)
         reason = "the run was cancelled"
         try:
