@@ -12,13 +12,20 @@ from ._exceptions import MissingDependencyError as MissingDependencyError
 from ._exceptions import PicklingError as PicklingError
 from ._exceptions import RemoteError as RemoteError
 from ._exceptions import SignatureError as SignatureError
+from ._exceptions import StoreError as StoreError
+from ._exceptions import StoreLockedError as StoreLockedError
+from ._exceptions import StoreMismatchError as StoreMismatchError
 from ._exceptions import TaskCancelled as TaskCancelled
 from ._exceptions import TaskError as TaskError
 from ._exceptions import TaskFailures as TaskFailures
 from ._exceptions import UnknownTaskError as UnknownTaskError
+from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._graph import Graph as Graph
 from ._graph import create_graph as create_graph
+from ._resume import history as history
+from ._resume import load as load
+from ._resume import plan as plan
 from ._rewrite import mark_done as mark_done
 from ._rewrite import mark_done_except as mark_done_except
 from ._rewrite import reset as reset
@@ -27,7 +34,10 @@ from ._rewrite import subgraph as subgraph
 from ._runner import run as run
 from ._runner import run_sync as run_sync
 from ._state import State as State
+from ._state import StoredResult as StoredResult
 from ._state import TaskRecord as TaskRecord
+from ._store import SQLiteStore as SQLiteStore
+from ._store import Store as Store
 from ._task import Kind as Kind
 from ._task import Task as Task
 
@@ -43,18 +53,28 @@ __all__ = [
     "MissingDependencyError",
     "PicklingError",
     "RemoteError",
+    "SQLiteStore",
     "SignatureError",
     "State",
+    "Store",
+    "StoreError",
+    "StoreLockedError",
+    "StoreMismatchError",
+    "StoredResult",
     "Task",
     "TaskCancelled",
     "TaskError",
     "TaskFailures",
     "TaskRecord",
     "UnknownTaskError",
+    "UnstorableResultError",
     "WorkerDiedError",
     "create_graph",
+    "history",
+    "load",
     "mark_done",
     "mark_done_except",
+    "plan",
     "reset",
     "reset_failed",
     "run",

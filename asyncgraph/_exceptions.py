@@ -18,6 +18,11 @@
     |   +-- WorkerDiedError        the worker process running the task died
     |   +-- TaskCancelled          recorded on a task that was cancelled (run cancelled,
     |                              ``fail_fast`` or the run's ``deadline``)
+    |   +-- UnstorableResultError  a task's result cannot be written to the store
+    +-- StoreError                 a store cannot be used: not a store, damaged, unreadable
+    |   +-- StoreLockedError       another run holds the store; ``.holder`` says which
+    |   +-- StoreMismatchError     the store was written by a graph with other task names;
+    |                              ``.only_in_store``, ``.only_in_graph``
     +-- ExceptionGroup
         +-- TaskFailures           ``raise_for_failures()`` and ``fail_fast=True``;
                                    ``.graph`` is the graph as it ended
@@ -43,10 +48,14 @@ __all__ = [
     "PicklingError",
     "RemoteError",
     "SignatureError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreMismatchError",
     "TaskCancelled",
     "TaskError",
     "TaskFailures",
     "UnknownTaskError",
+    "UnstorableResultError",
     "WorkerDiedError",
 ]
 
@@ -179,6 +188,40 @@ class WorkerDiedError(TaskError):
 
 class TaskCancelled(TaskError):  # noqa: N818 - reads as the state it records
     """Recorded as the error of a task that was cancelled, with the reason."""
+
+
+class UnstorableResultError(TaskError):
+    """A task returned a result that cannot be serialized into the store.
+
+    The task is recorded as failed (its result was not kept, so nothing may build on
+    it) and the run goes on.
+    """
+
+
+class StoreError(Exception):
+    """The store cannot be used: not an asyncgraph store, damaged, or unreadable.
+
+    Raised before anything is written: the store is left as it was.
+    """
+
+
+class StoreLockedError(StoreError):
+    """Another run is using the store; ``holder`` describes it (run id, pid, host)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class StoreMismatchError(StoreError):
+    """The store holds tasks this graph does not have (another graph's store?)."""
+
+    def __init__(
+        self, message: str, only_in_store: Sequence[str], only_in_graph: Sequence[str]
+    ) -> None:
+        super().__init__(message)
+        self.only_in_store = tuple(only_in_store)
+        self.only_in_graph = tuple(only_in_graph)
 
 
 class TaskFailures(ExceptionGroup[Exception]):

@@ -11,6 +11,7 @@ reported by ``add`` itself, at the line that defines the task.
 from __future__ import annotations
 
 import heapq
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, overload
 
@@ -22,11 +23,13 @@ from ._exceptions import (
     TaskFailures,
     UnknownTaskError,
 )
-from ._state import PENDING_RECORD, State, TaskRecord
+from ._state import PENDING_RECORD, State, StoredResult, TaskRecord
 from ._task import Kind, Task, make_task
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ._store import Store
 
 __all__ = ["Graph", "create_graph"]
 
@@ -41,7 +44,7 @@ class Graph:
     results, errors and timings.
     """
 
-    __slots__ = ("_children", "_order", "_paths", "_records", "_tasks")
+    __slots__ = ("_children", "_order", "_origin", "_paths", "_records", "_tasks")
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
@@ -51,6 +54,9 @@ class Graph:
         self._order: tuple[str, ...] | None = None  # topological order
         self._children: dict[str, tuple[str, ...]] | None = None
         self._paths: Any = None  # critical paths with unit weights (see _unit_paths)
+        # The store this graph's records were loaded from (see _resume.store_key): a run
+        # on that store takes the records as they are instead of loading them again.
+        self._origin: str | None = None
 
     # -- building ---------------------------------------------------------------------
 
@@ -176,9 +182,13 @@ class Graph:
         return {n: r.status for n, r in self._records.items()}
 
     @property
-    def results(self) -> dict[str, Any]:
-        """Results of the tasks that are done."""
-        return {n: r.result for n, r in self._records.items() if r.status is State.DONE}
+    def results(self) -> Mapping[str, Any]:
+        """Results of the tasks that are done, by name.
+
+        A result still in a store (after :func:`asyncgraph.load`) is loaded when it is
+        looked up, and kept.
+        """
+        return _Results(self._records)
 
     @property
     def errors(self) -> dict[str, BaseException]:
@@ -287,6 +297,7 @@ class Graph:
         new._order = self._order
         new._children = self._children
         new._paths = self._paths
+        new._origin = self._origin
         return new
 
     def _subset(self, names: Iterable[str]) -> Graph:
@@ -296,6 +307,7 @@ class Graph:
             if n in keep:
                 new._tasks[n] = t
                 new._records[n] = self._records[n]
+        new._origin = self._origin
         return new
 
     # -- rewrites (pure; see asyncgraph._rewrite) ---------------------------------------
@@ -337,6 +349,7 @@ class Graph:
         limits: Mapping[str, int] | None = None,
         fail_fast: bool = False,
         deadline: float | None = None,
+        store: str | os.PathLike[str] | Store | None = None,
     ) -> Graph:
         """``await graph.run(...)`` is ``await asyncgraph.run(graph, ...)``."""
         from ._runner import run
@@ -348,6 +361,7 @@ class Graph:
             limits=limits,
             fail_fast=fail_fast,
             deadline=deadline,
+            store=store,
         )
 
     def run_sync(
@@ -358,6 +372,7 @@ class Graph:
         limits: Mapping[str, int] | None = None,
         fail_fast: bool = False,
         deadline: float | None = None,
+        store: str | os.PathLike[str] | Store | None = None,
     ) -> Graph:
         """``graph.run_sync(...)`` is ``asyncgraph.run_sync(graph, ...)``."""
         from ._runner import run_sync
@@ -369,6 +384,7 @@ class Graph:
             limits=limits,
             fail_fast=fail_fast,
             deadline=deadline,
+            store=store,
         )
 
     def raise_for_failures(self) -> Graph:
@@ -417,6 +433,44 @@ class Graph:
             counts[r.status.value] = counts.get(r.status.value, 0) + 1
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return f"<Graph {len(self)} tasks" + (f": {detail}>" if detail else ">")
+
+
+class _Results(Mapping[str, Any]):
+    """``graph.results``: the done tasks' results, loading stored ones on demand."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: dict[str, TaskRecord]) -> None:
+        self._records = records
+
+    def __getitem__(self, key: str) -> Any:
+        rec = self._records.get(key)
+        if rec is None or rec.status is not State.DONE:
+            raise KeyError(key)
+        value = rec.result
+        if type(value) is StoredResult:
+            return value.load()
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, r in self._records.items() if r.status is State.DONE)
+
+    def __len__(self) -> int:
+        return sum(1 for r in self._records.values() if r.status is State.DONE)
+
+    def __repr__(self) -> str:
+        # Shows what is in memory; never loads from a store just to print.
+        shown = []
+        for n, r in self._records.items():
+            if r.status is not State.DONE:
+                continue
+            v = r.result
+            if type(v) is StoredResult:
+                text = repr(v.load()) if v._loaded else "<in the store>"
+            else:
+                text = repr(v)
+            shown.append(f"{n!r}: {text}")
+        return "{" + ", ".join(shown) + "}"
 
 
 class _ReadOnly(Mapping[str, Any]):

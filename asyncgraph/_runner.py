@@ -27,18 +27,28 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import cloudpickle
 
 from ._events import Emit, Event, EventKind
-from ._exceptions import PicklingError, TaskCancelled, TaskError
+from ._exceptions import (
+    PicklingError,
+    StoreError,
+    TaskCancelled,
+    TaskError,
+    UnstorableResultError,
+)
 from ._graph import Graph
 from ._process import ProcessPool
 from ._scheduler import Scheduler
-from ._state import State, TaskRecord
+from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
+
+if TYPE_CHECKING:
+    from ._resume import Loaded
+    from ._store import RunWriter, Store, TaskRow
 
 __all__ = ["run", "run_sync"]
 
@@ -88,6 +98,7 @@ class _Run:
         fail_fast: bool,
         deadline: float | None,
         emit: Emit | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
         # Fill the structural caches on the caller's graph, so its next run reuses them,
@@ -111,6 +122,7 @@ class _Run:
             limits=limits,
             children=graph._child_map(),
             unit_paths=graph._unit_paths(),
+            weights=weights,
         )
         for n in self.core.initially_skipped:
             self.records[n] = TaskRecord(status=State.SKIPPED)
@@ -138,6 +150,8 @@ class _Run:
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
         #: Where events go; None (no listener) costs one check per transition.
         self.emit = emit
+        #: The store's side of the run, when it has one (attached before it starts).
+        self.session: _Session | None = None
 
     # -- the children ------------------------------------------------------------------
     #
@@ -204,6 +218,9 @@ class _Run:
                 return
             # The common case, fused (no _Outcome, no _post/_apply hop): it runs once per
             # task, and each Python call here is a measurable share of a no-op task.
+            if self.session is not None and not self.session.keep(name, child.result()):
+                self._post(self.session.unstorable(name))
+                return
             try:
                 self._ended(name, State.DONE, child.result(), None, None, time.time())
                 self.core.done(name)
@@ -270,6 +287,8 @@ class _Run:
             else:
                 tries[name] = 1
                 self.started[name] = now
+                if self.session is not None:
+                    self.session.started(name, records[name].attempts, now)
             if self.emit is not None:
                 self.emit(Event(EventKind.STARTED, name, tries[name], now))
             if task.deps:
@@ -296,11 +315,20 @@ class _Run:
     ) -> None:
         """Write the final record of a task that ran (or tried to) in this run."""
         rec = self.records[name]
-        self.records[name] = TaskRecord(
+        new = self.records[name] = TaskRecord(
             status, result, error, tb, rec.attempts + self.tries[name], self.started[name], end
         )
-        if self.emit is not None:
+        if self.session is not None:
+            self.session.ended(name, new)  # sends the event (a done one once durable)
+        elif self.emit is not None:
             self.emit(Event(_EVENT_OF[status], name, self.tries[name], end, error))
+
+    def _skipped(self, name: str, when: float) -> None:
+        self.records[name] = rec = TaskRecord(State.SKIPPED)
+        if self.session is not None:
+            self.session.ended(name, rec)
+        if self.emit is not None:
+            self.emit(Event(EventKind.SKIPPED, name, 0, when))
 
     def _apply(self, msg: _Outcome | _Requeue) -> None:
         if isinstance(msg, _Requeue):
@@ -308,9 +336,11 @@ class _Run:
             return
         name = msg.name
         if msg.ok:
-            self._ended(name, State.DONE, msg.value, None, None, msg.finished)
-            self.core.done(name)
-            return
+            if self.session is None or self.session.keep(name, msg.value):
+                self._ended(name, State.DONE, msg.value, None, None, msg.finished)
+                self.core.done(name)
+                return
+            msg = self.session.unstorable(name)
         task = self.tasks[name]
         if self.tries[name] <= task.retries and self.failure is None and not self.stopping:
             self.last_error[name] = (msg.value, msg.traceback)
@@ -324,9 +354,7 @@ class _Run:
             return
         self._ended(name, State.FAILED, None, msg.value, msg.traceback, msg.finished)
         for s in self.core.failed(name):
-            self.records[s] = TaskRecord(State.SKIPPED)
-            if self.emit is not None:
-                self.emit(Event(EventKind.SKIPPED, s, 0, msg.finished))
+            self._skipped(s, msg.finished)
         if isinstance(msg.value, (KeyboardInterrupt, SystemExit)):
             raise msg.value
         if self.fail_fast and self.failure is None:
@@ -345,6 +373,13 @@ class _Run:
             self.emit(Event(EventKind.QUEUED, n, 0, now))
         for n in self.core.initially_skipped:
             self.emit(Event(EventKind.SKIPPED, n, 0, now))
+
+    def _skip_initially(self) -> None:
+        # A run on a store records the tasks it skips from the start (an ancestor failed
+        # and the graph was not reset), so the store says why they did not run.
+        assert self.session is not None
+        for n in self.core.initially_skipped:
+            self.session.ended(n, self.records[n])
 
     async def _loop(self) -> None:
         # Wait until the last report (or a fail_fast failure) resolves ``finished``; all
@@ -399,10 +434,12 @@ class _Run:
                 continue
             rec = self.records[n]
             why = TaskCancelled(f"task {n!r} did not start: {reason}")
-            self.records[n] = TaskRecord(
+            self.records[n] = new = TaskRecord(
                 State.CANCELLED, None, why, None, rec.attempts, rec.started, rec.finished
             )
-            if self.emit is not None:
+            if self.session is not None:
+                self.session.ended(n, new)
+            elif self.emit is not None:
                 self.emit(Event(EventKind.CANCELLED, n, 0, now, why))
 
     async def _cleanup(self, reason: str) -> None:
@@ -411,14 +448,24 @@ class _Run:
             self._close(reason)
         if self.pool is not None:
             await self.pool.aclose()
+        if self.session is not None:
+            await self.session.finish(self.records)
 
     async def run(self) -> Graph:
-        if not self.core.is_active():
+        if not self.core.is_active() and self.session is None:
             if self.emit is not None:
                 self._announce()  # the tasks this run skips, if any
             return self.graph._derive(self.records)
         reason = "the run was cancelled"
         try:
+            if self.session is not None:
+                await self.session.start(self)
+                if not self.core.is_active():
+                    if self.emit is not None:
+                        self._announce()
+                    self._skip_initially()
+                    return self._result()
+                self._skip_initially()
             if self.deadline is None:
                 await self._loop()
             else:
@@ -435,7 +482,7 @@ class _Run:
             await _to_the_end(self._cleanup(reason))
         if self.fatal is not None:
             raise self.fatal
-        result = self.graph._derive(self.records)
+        result = self._result()
         if self.failure is not None:
             group = result._failures(
                 (State.FAILED,),
@@ -444,6 +491,154 @@ class _Run:
             assert group is not None
             raise group
         return result
+
+    def _result(self) -> Graph:
+        result = self.graph._derive(self.records)
+        if self.session is not None:
+            result._origin = self.session.origin
+        return result
+
+
+class _Session:
+    """The store's side of one run.
+
+    Rows go to a writer thread (``RunWriter``) as tasks start and end; a ``done`` event
+    is sent only when the commit holding its result is reported back, so whoever
+    listens never hears of a result that a crash could still lose. Results are
+    serialized on the loop as each task ends, so a result that cannot be stored fails
+    its own task before anything downstream uses it.
+    """
+
+    def __init__(self, store: Store, loaded: Loaded, emit: Emit | None) -> None:
+        from . import _store  # sqlite3 and friends: only for runs with a store
+
+        self._serialize = _store.serialize
+        self._task_row = _store.TaskRow
+        self._run_writer = _store.RunWriter
+        self.store = store
+        self.digests = loaded.digests
+        self.origin = loaded.graph._origin
+        self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
+        self.emit = emit
+        self.blobs: dict[str, tuple[str, bytes]] = {}
+        self.unstorable_errors: dict[str, UnstorableResultError] = {}
+        self.writer: RunWriter | None = None
+        self.run_id = 0
+        self.error: BaseException | None = None
+        self.the_run: _Run
+
+    async def start(self, the_run: _Run) -> None:
+        """Load the stored results the pending tasks need, then record the run's start."""
+        self.the_run = the_run
+        records = the_run.records
+        tasks = the_run.tasks
+        needed = {
+            d
+            for n in the_run.core.pending()
+            for d in tasks[n].deps
+            if type(records[d].result) is StoredResult
+        }
+        if needed:
+
+            def load() -> dict[str, Any]:
+                return {d: records[d].result.load() for d in needed}
+
+            for d, value in (await anyio.to_thread.run_sync(load)).items():
+                r = records[d]
+                records[d] = TaskRecord(
+                    r.status, value, r.error, r.traceback, r.attempts, r.started, r.finished
+                )
+        self.run_id = await anyio.to_thread.run_sync(self.store.begin_run)
+        self.writer = self._run_writer(
+            self.store,
+            self.run_id,
+            asyncio.get_running_loop(),
+            self._committed,
+            self._write_failed,
+        )
+
+    def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
+        error = rec.error
+        own, fp = self.digests[name]
+        row: TaskRow = self._task_row(
+            name,
+            rec.status,
+            rec.attempts,
+            rec.started,
+            rec.finished,
+            None if error is None else getattr(error, "type_name", type(error).__name__),
+            None if error is None else getattr(error, "message", str(error)),
+            rec.traceback,
+            fp,
+            own,
+            blob,
+        )
+        return row
+
+    def started(self, name: str, attempts_before: int, now: float) -> None:
+        if self.writer is None:
+            return  # the run did not begin (start() failed): nothing to record
+        rec = TaskRecord(State.RUNNING, None, None, None, attempts_before, now, None)
+        self.writer.put(self._row(name, rec, None))
+
+    def keep(self, name: str, value: Any) -> bool:
+        """Serialize a result; False (and the reason kept) if it cannot be stored."""
+        try:
+            self.blobs[name] = self._serialize(name, value)
+        except UnstorableResultError as exc:
+            self.unstorable_errors[name] = exc
+            return False
+        return True
+
+    def unstorable(self, name: str) -> _Outcome:
+        exc = self.unstorable_errors.pop(name)
+        tb = "".join(traceback.format_exception(exc))
+        return _Outcome(name, False, exc, tb, time.time())
+
+    def ended(self, name: str, rec: TaskRecord) -> None:
+        if self.writer is None:
+            return
+        self.writer.put(self._row(name, rec, self.blobs.pop(name, None)))
+        status = rec.status
+        if self.emit is not None and status is not State.DONE and status is not State.SKIPPED:
+            kind = _EVENT_OF[rec.status]
+            when = rec.finished or time.time()
+            self.emit(Event(kind, name, self.the_run.tries.get(name, 0), when, rec.error))
+
+    def _committed(self, rows: list[TaskRow]) -> None:
+        emit = self.emit
+        if emit is None:
+            return
+        tries = self.the_run.tries
+        for row in rows:
+            if row.status is State.DONE:
+                emit(Event(EventKind.DONE, row.name, tries.get(row.name, 0), row.finished or 0.0))
+
+    def _write_failed(self, exc: BaseException) -> None:
+        self.error = StoreError(
+            f"writing to store {self.store} failed ({type(exc).__name__}: {exc}); the run "
+            "was stopped, and what was committed before is kept"
+        )
+        self.error.__cause__ = exc
+        self.the_run._end(self.error)
+
+    async def finish(self, records: Mapping[str, TaskRecord]) -> None:
+        """Commit what is queued, record how the run ended, and let go of the store."""
+        if self.writer is not None:
+            await anyio.to_thread.run_sync(self.writer.close)
+            counts = {"tasks": len(records), "reused": self.reused}
+            for r in records.values():
+                counts[r.status.value] = counts.get(r.status.value, 0) + 1
+            counts["done"] = counts.get("done", 0) - self.reused
+            if counts.get("cancelled"):
+                status = "cancelled"
+            elif counts.get("failed") or counts.get("skipped") or self.error is not None:
+                status = "failed"
+            else:
+                status = "done"
+            await anyio.to_thread.run_sync(self.store.end_run, self.run_id, status, counts)
+        if self.error is not None:
+            raise self.error
 
 
 async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
@@ -476,14 +671,34 @@ def _check_int(name: str, value: Any, *, allow_none: bool = True) -> None:
         raise ValueError(f"{name} must be at least 1, not {value!r}")
 
 
-def _make_run(
+class _Options(NamedTuple):
+    max_io: int | None
+    cpu_workers: int
+    limits: Mapping[str, int]
+    fail_fast: bool
+    deadline: float | None
+
+    def make(self, graph: Graph, **extra: Any) -> _Run:
+        return _Run(
+            graph,
+            max_io=self.max_io,
+            cpu_workers=self.cpu_workers,
+            limits=self.limits,
+            fail_fast=self.fail_fast,
+            deadline=self.deadline,
+            **extra,
+        )
+
+
+def _check_options(
     graph: Graph,
     max_io: int | None,
     cpu_workers: int | None,
     limits: Mapping[str, int] | None,
     fail_fast: bool,
     deadline: float | None,
-) -> _Run:
+    store: Any,
+) -> _Options:
     if not isinstance(graph, Graph):
         raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
     _check_int("max_io", max_io)
@@ -500,14 +715,41 @@ def _make_run(
             raise TypeError(f"deadline must be a number of seconds, not {type(deadline).__name__}")
         if not deadline > 0 or math.isinf(deadline):
             raise ValueError(f"deadline must be a number of seconds > 0, not {deadline!r}")
-    return _Run(
-        graph,
-        max_io=max_io,
-        cpu_workers=cpu_workers or os.cpu_count() or 1,
-        limits=limits or {},
-        fail_fast=fail_fast,
-        deadline=deadline,
-    )
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        from ._store import Store
+
+        if not isinstance(store, Store):
+            raise TypeError(
+                "store must be a file path or a Store object (see asyncgraph.Store), "
+                f"not {type(store).__name__} {store!r}"
+            )
+    return _Options(max_io, cpu_workers or os.cpu_count() or 1, limits or {}, fail_fast, deadline)
+
+
+async def _run_on_store(graph: Graph, options: _Options, store: Any) -> Graph:
+    """A run that records itself in ``store`` and reuses what is done there."""
+    from ._resume import durations, for_run
+    from ._store import open_store
+
+    the_store = await anyio.to_thread.run_sync(open_store, store)
+    await anyio.to_thread.run_sync(the_store.acquire)
+    try:
+        loaded = await anyio.to_thread.run_sync(for_run, graph, the_store)
+        weights = _weights(durations(loaded.stored), loaded.graph)
+        the_run = options.make(loaded.graph, weights=weights)
+        the_run.session = _Session(the_store, loaded, the_run.emit)
+        return await the_run.run()
+    finally:
+        the_store.release()
+
+
+def _weights(known: Mapping[str, float], graph: Graph) -> dict[str, float] | None:
+    """Critical-path weights from past durations; a task never timed gets the median."""
+    if not known:
+        return None
+    ordered = sorted(known.values())
+    typical = ordered[len(ordered) // 2] or 1e-6
+    return {n: known.get(n, typical) or 1e-6 for n in graph.tasks}
 
 
 async def run(
@@ -518,6 +760,7 @@ async def run(
     limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     deadline: float | None = None,
+    store: str | os.PathLike[str] | Store | None = None,
 ) -> Graph:
     """Run every pending task of ``graph`` and return a new Graph with their states.
 
@@ -527,8 +770,15 @@ async def run(
     ``resources=("db",)``. A failed task's descendants are skipped and the rest goes on,
     unless ``fail_fast=True``, which cancels the rest and raises :class:`TaskFailures`.
     ``deadline`` (seconds) cancels whatever has not finished by then.
+
+    ``store`` (a file path, or a :class:`Store`) makes the run durable: every outcome is
+    recorded there, and tasks already done there with an unchanged fingerprint are
+    reused instead of run (see :func:`load` and ``docs/store.md``).
     """
-    return await _make_run(graph, max_io, cpu_workers, limits, fail_fast, deadline).run()
+    options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, store)
+    if store is not None:
+        return await _run_on_store(graph, options, store)
+    return await options.make(graph).run()
 
 
 def run_sync(
@@ -539,6 +789,7 @@ def run_sync(
     limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     deadline: float | None = None,
+    store: str | os.PathLike[str] | Store | None = None,
 ) -> Graph:
     """:func:`run` for scripts: runs on a new event loop (uvloop when installed).
 
@@ -546,7 +797,12 @@ def run_sync(
     and blocks until done. Ctrl-C cancels the run, records running tasks as cancelled,
     stops the workers and raises KeyboardInterrupt.
     """
-    the_run = _make_run(graph, max_io, cpu_workers, limits, fail_fast, deadline)
+    options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, store)
+    main: Callable[[], Coroutine[Any, Any, Graph]]
+    if store is not None:
+        main = functools.partial(_run_on_store, graph, options, store)
+    else:
+        main = options.make(graph).run
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -556,8 +812,8 @@ def run_sync(
     # Outside the except block, so the run's own errors carry no "no running event
     # loop" context in their tracebacks.
     if in_a_loop:
-        return _run_in_helper_thread(the_run.run)
-    return _run_on_new_loop(the_run.run)
+        return _run_in_helper_thread(main)
+    return _run_on_new_loop(main)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

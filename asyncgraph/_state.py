@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["State", "TaskRecord", "TERMINAL", "FINISHED_BADLY"]
+__all__ = ["State", "StoredResult", "TaskRecord", "TERMINAL", "FINISHED_BADLY"]
 
 
 class State(enum.Enum):
@@ -60,3 +60,31 @@ class TaskRecord:
 
 
 PENDING_RECORD = TaskRecord()
+
+
+class StoredResult:
+    """A done task's result that stays in its store until something needs it.
+
+    :func:`asyncgraph.load` puts one in the record of every task that is done in the
+    store: reading status never unpickles anything. A run loads the results its pending
+    tasks need; ``graph.results[name]`` loads (and keeps) one on demand.
+    """
+
+    __slots__ = ("_loaded", "_value", "result_id", "store", "task")
+
+    def __init__(self, store: Any, result_id: int, task: str) -> None:
+        self.store = store
+        self.result_id = result_id
+        self.task = task
+        self._loaded = False
+        self._value: Any = None
+
+    def load(self) -> Any:
+        if not self._loaded:
+            self._value = self.store.load_result(self.result_id, self.task)
+            self._loaded = True
+        return self._value
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._loaded else "not loaded"
+        return f"<StoredResult of task {self.task!r} in {self.store} ({state})>"

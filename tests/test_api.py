@@ -11,10 +11,12 @@ import asyncgraph as ag
 def test_all_is_pinned():
     assert ag.__all__ == [
         "CycleError", "DuplicateTaskError", "Graph", "GraphError", "InvalidTaskError",
-        "Kind", "MissingDependencyError", "PicklingError", "RemoteError", "SignatureError",
-        "State", "Task", "TaskCancelled", "TaskError", "TaskFailures", "TaskRecord",
-        "UnknownTaskError", "WorkerDiedError", "create_graph", "mark_done",
-        "mark_done_except", "reset", "reset_failed", "run", "run_sync", "subgraph",
+        "Kind", "MissingDependencyError", "PicklingError", "RemoteError", "SQLiteStore",
+        "SignatureError", "State", "Store", "StoreError", "StoreLockedError",
+        "StoreMismatchError", "StoredResult", "Task", "TaskCancelled", "TaskError",
+        "TaskFailures", "TaskRecord", "UnknownTaskError", "UnstorableResultError",
+        "WorkerDiedError", "create_graph", "history", "load", "mark_done",
+        "mark_done_except", "plan", "reset", "reset_failed", "run", "run_sync", "subgraph",
     ]
     for name in ag.__all__:
         assert getattr(ag, name).__module__.startswith("asyncgraph")
@@ -33,12 +35,16 @@ def test_error_tree():
         assert issubclass(cls, ag.GraphError)
     for cls in (ag.RemoteError, ag.WorkerDiedError, ag.TaskCancelled):
         assert issubclass(cls, ag.TaskError)
+    assert issubclass(ag.UnstorableResultError, ag.TaskError)
+    for cls in (ag.StoreLockedError, ag.StoreMismatchError):
+        assert issubclass(cls, ag.StoreError)
     assert issubclass(ag.TaskFailures, ExceptionGroup)
 
 
 def test_import_is_cheap():
     """``import asyncgraph`` must not pull in pandas (only to_frame needs it)."""
-    code = "import sys, asyncgraph; print('pandas' in sys.modules, 'uvloop' in sys.modules)"
+    code = ("import sys, asyncgraph; print(*(m in sys.modules for m in "
+            "('pandas', 'uvloop', 'sqlite3')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False"]

@@ -1,0 +1,287 @@
+"""Resuming from a store: ``load``, ``plan`` and ``history``.
+
+A store keeps the latest record of every task with its fingerprint. Loading a graph from a
+store gives each task its stored state, with one rule: a task stored as done is done only
+while its fingerprint (its code, the helpers and constants it uses, its options and its
+upstream fingerprints; see ``_fingerprint``) is unchanged, and all its dependencies are
+done; otherwise it is pending again. Results stay in the store (:class:`StoredResult`)
+until something needs them.
+
+A run on a store (``run(g, store=...)``) with a graph that was not loaded from that store
+runs ``reset_failed(load(g, store))``: it reuses what is done and unchanged, and runs the
+rest. A graph that was loaded (and perhaps rewritten) runs as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import RemoteError, StoreMismatchError
+from ._fingerprint import digests
+from ._graph import Graph
+from ._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
+from ._store import SQLiteStore, Store, StoredTask, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["history", "load", "plan"]
+
+_LAST_TIME = {
+    State.FAILED: "failed last time",
+    State.SKIPPED: "skipped last time (an upstream task failed)",
+    State.CANCELLED: "cancelled last time",
+    State.RUNNING: "never finished (the run stopped while it ran)",
+    State.PENDING: "never finished",
+}
+
+
+def store_key(store: Store) -> str:
+    """What identifies a store for ``Graph._origin``."""
+    if isinstance(store, SQLiteStore):
+        return f"sqlite:{os.path.realpath(store.path)}"
+    return f"object:{id(store)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A graph with its stored state, and what load() found out on the way."""
+
+    graph: Graph
+    reasons: dict[str, str]  # why each task that is not done will run
+    stored: dict[str, StoredTask]
+    digests: dict[str, tuple[str, str]]  # name -> (own code digest, fingerprint)
+
+
+def check_names(graph: Graph, stored: Mapping[str, StoredTask], store: Store, force: bool) -> None:
+    """Raise StoreMismatchError if the store holds tasks the graph lacks (unless forced)."""
+    if force or not stored:
+        return
+    only_in_store = [n for n in stored if n not in graph.tasks]
+    if not only_in_store:
+        return
+    only_in_graph = [n for n in graph.tasks if n not in stored]
+    shared = len(stored) - len(only_in_store)
+    what = "another graph's store" if shared == 0 else "a store of an earlier version"
+    raise StoreMismatchError(
+        f"store {store} was written by a graph with other task names ({what}?): "
+        f"only in the store: {_names(only_in_store)}; only in this graph: "
+        f"{_names(only_in_graph)}. If tasks were renamed or removed, or you run a "
+        "subgraph, pass force=True (the command line's --force): tasks only in the "
+        "store are left as they are, tasks only in the graph run as new",
+        only_in_store,
+        only_in_graph,
+    )
+
+
+def _names(names: list[str]) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(repr(n) for n in names[:10])
+    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
+def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
+    """The work of :func:`load`; blocking (reads the store), so runs call it in a thread."""
+    stored = store.tasks()
+    check_names(graph, stored, store, force)
+    fps = digests(graph)
+    records = dict(graph.records)
+    reasons: dict[str, str] = {}
+    for name in graph.topological_order():
+        given = records[name]
+        s = stored.get(name)
+        own, fp = fps[name]
+        if given.status is not State.PENDING:
+            # The caller's own state (mark_done, create_graph(done=...)) wins.
+            if given.status is State.DONE:
+                reasons[name] = "marked done by the user"
+            continue
+        if s is None:
+            reasons[name] = "new"
+            continue
+        deps_done = all(records[d].status is State.DONE for d in graph.tasks[name].deps)
+        if s.status is State.DONE:
+            if s.fingerprint == fp and deps_done and s.result_id is not None:
+                records[name] = TaskRecord(
+                    State.DONE,
+                    StoredResult(store, s.result_id, name),
+                    None,
+                    None,
+                    s.attempts,
+                    s.started,
+                    s.finished,
+                )
+            elif s.code != own:
+                reasons[name] = "code changed"
+            elif s.fingerprint != fp:
+                reasons[name] = "upstream changed"
+            else:
+                reasons[name] = "upstream reruns"
+            continue
+        reasons[name] = _LAST_TIME.get(s.status, "never finished")
+        if s.status in FINISHED_BADLY:
+            error = RemoteError(s.error_type or "Error", s.error_message or "", s.traceback or "")
+            records[name] = TaskRecord(
+                s.status,
+                None,
+                error if s.status is not State.SKIPPED else None,
+                s.traceback,
+                s.attempts,
+                s.started,
+                s.finished,
+            )
+    loaded = graph._derive(records)
+    loaded._origin = store_key(store)
+    return Loaded(loaded, reasons, stored, fps)
+
+
+def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = False) -> Graph:
+    """``graph`` with the state its store recorded, ready to inspect, rewrite and run.
+
+    Tasks done in the store with an unchanged fingerprint are done (their results are
+    loaded when a run or ``graph.results[name]`` needs them); failed, skipped and
+    cancelled tasks keep that state (``reset_failed`` sends them back to pending); tasks
+    that are new, changed, downstream of a change or never finished are pending.
+    Raises :class:`StoreMismatchError` if the store holds tasks the graph does not have,
+    unless ``force=True``.
+    """
+    if not isinstance(graph, Graph):
+        raise TypeError(f"load() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    return load_from(graph, open_store(store), force=force).graph
+
+
+def for_run(graph: Graph, store: Store) -> Loaded:
+    """What a run on ``store`` starts from (see the module docstring)."""
+    if graph._origin == store_key(store):
+        stored = store.tasks()
+        check_names(graph, stored, store, force=True)
+        return Loaded(graph, {}, stored, digests(graph))
+    loaded = load_from(graph, store)
+    bad = [n for n, r in loaded.graph.records.items() if r.status in FINISHED_BADLY]
+    records = dict(loaded.graph.records)
+    for n in set(bad) | loaded.graph.descendants(bad):
+        records[n] = PENDING_RECORD
+    ready = loaded.graph._derive(records)
+    ready._origin = loaded.graph._origin
+    return Loaded(ready, loaded.reasons, loaded.stored, loaded.digests)
+
+
+def plan(graph: Graph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
+    """What a run of ``graph`` on ``store`` would do: for each task ``run`` or ``reuse``
+    (or ``keep`` for a failed task a loaded graph has not reset), and why.
+
+    Columns: name, kind, action, reason, last_status (in the store, or None), last_run.
+    Reads the store only; nothing is unpickled or written.
+    """
+    import pandas as pd
+
+    if not isinstance(graph, Graph):
+        raise TypeError(f"plan() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    the_store = open_store(store)
+    if graph._origin == store_key(the_store):
+        # A loaded (perhaps rewritten) graph runs as it is: compare it with what a run
+        # of the bare definitions would do, to tell the user's rewrites apart.
+        given = graph
+        fresh = graph._derive(dict.fromkeys(graph.tasks, PENDING_RECORD))
+        fresh._origin = None
+        natural = for_run(fresh, the_store)
+    else:
+        natural = for_run(graph, the_store)
+        given = natural.graph
+    rows = []
+    for name, task in graph.tasks.items():
+        s = natural.stored.get(name)
+        want = given.records[name].status
+        would = natural.graph.records[name].status
+        if want is State.DONE:
+            action = "reuse"
+            reason = natural.reasons.get(name, "done, unchanged")
+            if would is not State.DONE:
+                reason = "marked done by the user"
+        elif want is State.PENDING:
+            action = "run"
+            if would is State.DONE:
+                reason = "reset by the user"
+            else:
+                reason = natural.reasons.get(name, "never finished")
+        else:
+            action = "keep"
+            reason = f"{want.value} last time; not reset (reset_failed() reruns it)"
+        rows.append(
+            {
+                "name": name,
+                "kind": task.kind.value,
+                "action": action,
+                "reason": reason,
+                "last_status": None if s is None else s.status.value,
+                "last_run": None if s is None else s.run_id,
+            }
+        )
+    frame = pd.DataFrame(
+        rows, columns=["name", "kind", "action", "reason", "last_status", "last_run"]
+    )
+    return frame.astype({"last_run": "Int64"})
+
+
+def history(store: str | os.PathLike[str] | Store) -> pd.DataFrame:
+    """Every run in ``store``: run id, start, end (UTC), status and counts by status."""
+    import pandas as pd
+
+    the_store = open_store(store)
+    runs = the_store.runs()
+    columns = [
+        "run",
+        "started",
+        "finished",
+        "duration_s",
+        "status",
+        "tasks",
+        "reused",
+        "done",
+        "failed",
+        "skipped",
+        "cancelled",
+        "pid",
+        "host",
+    ]
+    rows: list[dict[str, Any]] = []
+    for r in runs:
+        rows.append(
+            {
+                "run": r.id,
+                "started": _ts(r.started),
+                "finished": _ts(r.finished),
+                "duration_s": None if r.finished is None else r.finished - r.started,
+                "status": r.status,
+                "tasks": r.tasks,
+                "reused": r.reused,
+                "done": r.done,
+                "failed": r.failed,
+                "skipped": r.skipped,
+                "cancelled": r.cancelled,
+                "pid": r.pid,
+                "host": r.host,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["started"] = pd.to_datetime(frame["started"], utc=True)
+    frame["finished"] = pd.to_datetime(frame["finished"], utc=True)
+    return frame.astype({"duration_s": "float64"})
+
+
+def _ts(value: float | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+def durations(stored: Mapping[str, StoredTask]) -> dict[str, float]:
+    """Past durations, for the scheduler's critical-path estimate."""
+    out: dict[str, float] = {}
+    for n, s in stored.items():
+        if s.status is State.DONE and s.started is not None and s.finished is not None:
+            out[n] = max(s.finished - s.started, 0.0)
+    return out

@@ -1,0 +1,642 @@
+"""The durable store: one SQLite file that records every run and every task's outcome.
+
+Layout (see ``docs/store.md``)::
+
+    meta    (key, value)                 format marker and schema version
+    runs    (id, started, finished, status, pid, host, counts...)
+    state   (name -> latest record)      what load() reads: status, times, error text,
+                                         fingerprint, result id (never the result itself)
+    history (run_id, name -> record)     every task's record in every run
+    results (id -> format, data)         serialized results of the tasks done now
+
+A run holds the store for its whole length through an ``flock`` on a ``-lock`` file beside
+it (the kernel drops it if the process dies, so a SIGKILLed run never leaves it held). The
+run's writes go through one writer thread (:class:`RunWriter`) that commits in batches, so
+the event loop never waits for the disk; a task counts as done (its ``done`` event, the
+returned graph) only once its result is committed. WAL mode with ``synchronous=FULL``: a
+committed result survives a crash of the process and of the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import cloudpickle
+
+from ._exceptions import StoreError, StoreLockedError, UnstorableResultError
+from ._state import State
+
+if TYPE_CHECKING:
+    import sqlite3
+
+__all__ = [
+    "RunInfo",
+    "SQLiteStore",
+    "Store",
+    "StoredTask",
+    "TaskRow",
+    "open_store",
+    "serialize",
+]
+
+FORMAT = "asyncgraph-store"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    tasks INTEGER NOT NULL DEFAULT 0,
+    reused INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE results (id INTEGER PRIMARY KEY, format TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE state (
+    name TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started REAL,
+    finished REAL,
+    error_type TEXT,
+    error_message TEXT,
+    traceback TEXT,
+    fingerprint TEXT,
+    code TEXT,
+    result_id INTEGER
+);
+CREATE TABLE history (
+    run_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started REAL,
+    finished REAL,
+    error_type TEXT,
+    error_message TEXT,
+    traceback TEXT,
+    fingerprint TEXT,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTask:
+    """What the store knows about one task (its result stays in the store)."""
+
+    name: str
+    run_id: int
+    status: State
+    attempts: int
+    started: float | None
+    finished: float | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    fingerprint: str | None
+    code: str | None  # the digest of the task's own code and options
+    result_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One write: a task's record at the end (or start) of an attempt in a run."""
+
+    name: str
+    status: State
+    attempts: int
+    started: float | None
+    finished: float | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    fingerprint: str | None
+    code: str | None
+    result: tuple[str, bytes] | None  # (format, data) for a done task
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run in a store's history."""
+
+    id: int
+    started: float
+    finished: float | None
+    status: str  # running, done, failed, cancelled, crashed
+    pid: int
+    host: str
+    tasks: int
+    reused: int
+    done: int
+    failed: int
+    skipped: int
+    cancelled: int
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What a run needs from a store. :class:`SQLiteStore` is the embedded default.
+
+    Every method may block (they run in threads, never on the event loop); ``write`` is
+    called from one writer thread at a time and must be atomic: all rows or none.
+    """
+
+    def tasks(self) -> dict[str, StoredTask]:
+        """The latest record of every task, without loading any result."""
+        ...
+
+    def load_result(self, result_id: int, task: str) -> Any:
+        """Deserialize one stored result."""
+        ...
+
+    def runs(self) -> list[RunInfo]:
+        """Every run, oldest first."""
+        ...
+
+    def acquire(self) -> None:
+        """Hold the store for one run, or raise StoreLockedError naming who holds it."""
+        ...
+
+    def release(self) -> None:
+        """Let go of the store (also when no run began)."""
+        ...
+
+    def begin_run(self) -> int:
+        """Record that a run starts (the store is held) and return its id."""
+        ...
+
+    def write(self, run_id: int, rows: Sequence[TaskRow]) -> None:
+        """Record these rows durably, in one transaction."""
+        ...
+
+    def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
+        """Record how the run ended."""
+        ...
+
+
+# -- serialization ---------------------------------------------------------------------
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def serialize(name: str, value: Any) -> tuple[str, bytes]:
+    """A result as ``(format, data)``; raise UnstorableResultError if it cannot be.
+
+    Plain values go through :mod:`pickle`; anything else through cloudpickle, so a class
+    or function defined in a script or a notebook is stored by value and loads in another
+    process. A pandas DataFrame is stored as Parquet when pyarrow is installed (smaller,
+    faster, readable by other tools), and pickled if Parquet cannot represent it.
+    """
+    if type(value) in _PLAIN:
+        return "pickle", pickle.dumps(value, protocol=5)
+    if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
+        data = _to_parquet(value)
+        if data is not None:
+            return "parquet", data
+    try:
+        return "pickle", cloudpickle.dumps(value, protocol=5)
+    except Exception as exc:
+        raise UnstorableResultError(
+            f"task {name!r} returned a {type(value).__name__} that cannot be stored "
+            f"({type(exc).__name__}: {exc}); return a picklable value (plain data, a "
+            "DataFrame) or run without a store"
+        ) from exc
+
+
+def _to_parquet(frame: Any) -> bytes | None:
+    import importlib.util
+    import io
+
+    if importlib.util.find_spec("pyarrow") is None:
+        return None
+
+    buf = io.BytesIO()
+    try:
+        frame.to_parquet(buf)
+    except Exception:  # noqa: BLE001 - e.g. mixed-type columns: fall back to a pickle
+        return None
+    return buf.getvalue()
+
+
+def deserialize(fmt: str, data: bytes) -> Any:
+    if fmt == "pickle":
+        return pickle.loads(data)
+    if fmt == "parquet":
+        import io
+
+        import pandas as pd
+
+        return pd.read_parquet(io.BytesIO(data))
+    raise StoreError(f"unknown result format {fmt!r}; was the store written by a newer asyncgraph?")
+
+
+# -- the SQLite store -------------------------------------------------------------------
+
+
+class SQLiteStore:
+    """The embedded store: one SQLite file in WAL mode, created readable by its owner only.
+
+    ``SQLiteStore("nightly.db")`` opens (or, on first write, creates) the file. Opening
+    checks that an existing file is an asyncgraph store and raises :class:`StoreError`
+    otherwise, without changing it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()  # one connection, used from a few threads
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._check()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}  # a StoredResult travels with its store's path only
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._lock = threading.Lock()
+        self._conn = None
+        self._lock_fd = None
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Raise StoreError if the file exists and is not a readable asyncgraph store."""
+        if self.path.is_dir():
+            raise StoreError(f"store {str(self.path)!r} is a directory; give a file name")
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return  # created on first write
+        import sqlite3  # here, not at the top: `import asyncgraph` stays cheap
+
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+                meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+                if meta.get("format") == FORMAT:
+                    conn.execute("SELECT count(*) FROM state").fetchone()
+                    conn.execute("SELECT count(*) FROM results").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{str(self.path)!r} is not an asyncgraph store, or it is damaged "
+                f"(SQLite says: {exc}); give another path, or restore the file from a backup"
+            ) from exc
+        if meta.get("format") != FORMAT:
+            raise StoreError(
+                f"{str(self.path)!r} is an SQLite database but not an asyncgraph store "
+                f"(it has the tables {sorted(tables)}); give another path"
+            )
+        version = int(meta.get("version", "0"))
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {str(self.path)!r} has schema version {version}, newer than this "
+                f"asyncgraph understands ({SCHEMA_VERSION}); upgrade asyncgraph"
+            )
+
+    def _connect(self, *, create: bool) -> sqlite3.Connection | None:
+        if self._conn is not None:
+            return self._conn
+        import sqlite3
+
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if not exists:
+            if not create:
+                return None
+            # Owner-only from the first byte: results are pickles, status may be private.
+            # SQLite gives its -wal and -shm files the same permissions.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            if not exists:
+                with _transaction(conn):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.executemany(
+                        "INSERT INTO meta VALUES (?, ?)",
+                        [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
+                    )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._release()
+
+    # -- reading (never unpickles) ------------------------------------------------------
+
+    def tasks(self) -> dict[str, StoredTask]:
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return {}
+            rows = conn.execute(
+                "SELECT name, run_id, status, attempts, started, finished, error_type, "
+                "error_message, traceback, fingerprint, code, result_id FROM state "
+                "ORDER BY rowid"
+            ).fetchall()
+        return {r[0]: StoredTask(r[0], r[1], State(r[2]), *r[3:]) for r in rows}
+
+    def runs(self) -> list[RunInfo]:
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return []
+            rows = conn.execute(
+                "SELECT id, started, finished, status, pid, host, tasks, reused, done, "
+                "failed, skipped, cancelled FROM runs ORDER BY id"
+            ).fetchall()
+        return [RunInfo(*r) for r in rows]
+
+    def run_tasks(self, run_id: int) -> list[StoredTask]:
+        """The records one run wrote (the tasks it ran), in the order it wrote them."""
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return []
+            rows = conn.execute(
+                "SELECT name, run_id, status, attempts, started, finished, error_type, "
+                "error_message, traceback, fingerprint FROM history WHERE run_id = ? "
+                "ORDER BY rowid",
+                (run_id,),
+            ).fetchall()
+        return [
+            StoredTask(
+                r[0], r[1], State(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], None, None
+            )
+            for r in rows
+        ]
+
+    def load_result(self, result_id: int, task: str) -> Any:
+        with self._lock:
+            conn = self._connect(create=False)
+            row = (
+                None
+                if conn is None
+                else conn.execute(
+                    "SELECT format, data FROM results WHERE id = ?", (result_id,)
+                ).fetchone()
+            )
+        if row is None:
+            raise StoreError(
+                f"the result of task {task!r} is no longer in store {str(self.path)!r} "
+                "(a later run replaced it); load the graph again"
+            )
+        try:
+            return deserialize(row[0], row[1])
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"the stored result of task {task!r} in {str(self.path)!r} cannot be "
+                f"loaded ({type(exc).__name__}: {exc}); is the code that defines its "
+                f"type importable here? Or rerun the task: ag.reset(graph, [{task!r}])"
+            ) from exc
+
+    # -- one run ------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._acquire()
+
+    def release(self) -> None:
+        with self._lock:
+            self._release()
+
+    def begin_run(self) -> int:
+        import socket
+
+        with self._lock:
+            assert self._lock_fd is not None, "begin_run() without acquire()"
+            conn = self._connect(create=True)
+            assert conn is not None
+            with _transaction(conn):
+                # We hold the lock, so a run still marked running died with its process;
+                # its running tasks are pending on the next load.
+                conn.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
+                cur = conn.execute(
+                    "INSERT INTO runs (started, status, pid, host) VALUES (?, 'running', ?, ?)",
+                    (time.time(), os.getpid(), socket.gethostname()),
+                )
+            run_id = cur.lastrowid
+            assert run_id is not None
+            return run_id
+
+    def write(self, run_id: int, rows: Sequence[TaskRow]) -> None:
+        with self._lock:
+            conn = self._conn
+            assert conn is not None, "write() outside begin_run()/end_run()"
+            with _transaction(conn):
+                for row in rows:
+                    old = conn.execute(
+                        "SELECT result_id FROM state WHERE name = ?", (row.name,)
+                    ).fetchone()
+                    result_id = None
+                    if row.result is not None:
+                        result_id = conn.execute(
+                            "INSERT INTO results (format, data) VALUES (?, ?)", row.result
+                        ).lastrowid
+                    if old is not None and old[0] is not None:
+                        conn.execute("DELETE FROM results WHERE id = ?", (old[0],))
+                    values = (
+                        row.status.value,
+                        row.attempts,
+                        row.started,
+                        row.finished,
+                        row.error_type,
+                        row.error_message,
+                        row.traceback,
+                        row.fingerprint,
+                    )
+                    conn.execute(
+                        "INSERT OR REPLACE INTO state (name, run_id, status, attempts, "
+                        "started, finished, error_type, error_message, traceback, "
+                        "fingerprint, code, result_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (row.name, run_id, *values, row.code, result_id),
+                    )
+                    conn.execute(
+                        "INSERT OR REPLACE INTO history (run_id, name, status, attempts, "
+                        "started, finished, error_type, error_message, traceback, "
+                        "fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (run_id, row.name, *values),
+                    )
+
+    def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
+        keys = ("tasks", "reused", "done", "failed", "skipped", "cancelled")
+        with self._lock:
+            conn = self._conn
+            assert conn is not None
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE runs SET finished = ?, status = ?, tasks = ?, reused = ?, "
+                    "done = ?, failed = ?, skipped = ?, cancelled = ? WHERE id = ?",
+                    (time.time(), status, *(counts.get(k, 0) for k in keys), run_id),
+                )
+
+    def _acquire(self) -> None:
+        import fcntl
+
+        lock_path = f"{self.path}-lock"
+        Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self._holder()
+            raise StoreLockedError(
+                f"store {str(self.path)!r} is in use by {holder}; wait for that run to "
+                "end (or stop it) and try again",
+                holder,
+            ) from None
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def _holder(self) -> str:
+        import sqlite3
+
+        with contextlib.suppress(sqlite3.DatabaseError):
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                row = conn.execute(
+                    "SELECT id, pid, host, started FROM runs WHERE status = 'running' "
+                    "ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            finally:
+                conn.close()
+            if row is not None:
+                return f"run {row[0]} (pid {row[1]} on {row[2]}, started {_utc(row[3])})"
+        return "another run that is starting"
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Any:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def open_store(store: Any, parameter: str = "store") -> Store:
+    """A Store from what the user passed: a path, or an object with the Store methods."""
+    if isinstance(store, (str, os.PathLike)):
+        return SQLiteStore(store)
+    if isinstance(store, Store):
+        return store
+    raise TypeError(
+        f"{parameter} must be a file path or a Store object (see asyncgraph.Store), "
+        f"not {type(store).__name__} {store!r}"
+    )
+
+
+# -- the writer of one run ---------------------------------------------------------------
+
+
+class RunWriter:
+    """Writes one run's rows from a thread, in batches, and reports each commit.
+
+    ``put`` is called on the loop's thread and never blocks; the thread takes everything
+    queued, writes it in one transaction, then calls ``on_commit(rows)`` on the loop (via
+    ``call_soon_threadsafe``). A failed write is handed to ``on_error`` the same way and
+    the writer stops: nothing later is reported durable.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: int,
+        loop: Any,
+        on_commit: Callable[[list[TaskRow]], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.loop = loop
+        self.on_commit = on_commit
+        self.on_error = on_error
+        self._queue: list[TaskRow] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self.failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="asyncgraph-store", daemon=True)
+        self._thread.start()
+
+    def put(self, row: TaskRow) -> None:
+        with self._cond:
+            self._queue.append(row)
+            if len(self._queue) == 1:
+                self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                batch, self._queue = self._queue, []
+                closing = self._closing
+            if batch:
+                try:
+                    self.store.write(self.run_id, batch)
+                except BaseException as exc:  # noqa: BLE001 - handed to the run
+                    self.failed = exc
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        self.loop.call_soon_threadsafe(self.on_error, exc)
+                    return
+                with contextlib.suppress(RuntimeError):
+                    self.loop.call_soon_threadsafe(self.on_commit, batch)
+            if closing and not batch:
+                return
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread (blocking: call it in a thread)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
