@@ -740,7 +740,13 @@ async def _run_on_store(graph: Graph, options: _Options, store: Any) -> Graph:
         the_run.session = _Session(the_store, loaded, the_run.emit)
         return await the_run.run()
     finally:
-        the_store.release()
+        if the_store is store:
+            the_store.release()  # the caller's object: the caller closes it
+        else:
+            # Ours: close it too, so SQLite folds its WAL file back into the store. The
+            # run's StoredResults open it again if they are ever loaded.
+            close = getattr(the_store, "close", the_store.release)
+            close()
 
 
 def _weights(known: Mapping[str, float], graph: Graph) -> dict[str, float] | None:
