@@ -47,6 +47,7 @@ fingerprint does not depend on which other tasks are in the graph.
 
 from __future__ import annotations
 
+import builtins as _builtins
 import dis
 import functools
 import hashlib
@@ -174,6 +175,11 @@ def _name_of(obj: Any) -> str:
     if module is None and (owner := getattr(obj, "__objclass__", None)) is not None:
         module = getattr(owner, "__module__", None)
     return f"{module}.{qualname}" if module else str(qualname)
+
+
+def _first_line(obj: Any) -> str:
+    co = getattr(obj, "__code__", None)
+    return str(co.co_firstlineno) if isinstance(co, types.CodeType) else "?"
 
 
 # -- what is user code ------------------------------------------------------------------
@@ -355,19 +361,24 @@ class _Digester:
         """Give each member of a strongly connected component its final digest.
 
         A lone member refers to itself (if at all) as ``self``. In a cycle each member
-        refers to the others by qualified name (made unique), the component's digest is
+        refers to the others by qualified name (made unique), and the component's digest is
         taken over the members sorted by name, and each member's digest is the
         component's plus its own name: the same whichever member was reached first.
         """
         if len(members) == 1:
             members[0].key = b"self"
         else:
-            names = [_name_of(m.obj) for m in members]
-            for m, n in zip(members, names, strict=True):
-                if names.count(n) > 1:  # e.g. two lambdas of one module in one cycle
-                    co = getattr(m.obj, "__code__", None)
-                    n += f"@{co.co_firstlineno if co is not None else '?'}"
-                m.key = n.encode()
+            # The qualified name alone, so that moving a cycle to another module keeps its
+            # digest; the module, then the line, only to tell apart members that share it
+            # (two lambdas, or two modules' ``helper``), and only then.
+            keys = [str(getattr(m.obj, "__qualname__", "?")) for m in members]
+            for refine in (_name_of, _first_line):
+                keys = [
+                    k if keys.count(k) == 1 else f"{k}@{refine(m.obj)}"
+                    for m, k in zip(members, keys, strict=True)
+                ]
+            for m, k in zip(members, keys, strict=True):
+                m.key = k.encode()
         in_scc = {id(m) for m in members}
         partial = []
         for m in members:
@@ -442,7 +453,7 @@ class _Digester:
             out.append(b"W")
             self._value(wrapped, out, 0)
         g = fn.__globals__
-        builtins = fn.__builtins__
+        builtins = getattr(fn, "__builtins__", None) or vars(_builtins)  # not in typeshed
         package = g.get("__package__") or ""
         for name in names:
             if name in g:
@@ -564,7 +575,7 @@ class _Digester:
                 self._value(v, out, depth)
             return
         if t is set or t is frozenset:
-            out.append(b"<%d" % len(obj))
+            out.append((b"<%d" if t is set else b">%d") % len(obj))
             out.extend(self._sorted_elements(obj, depth))
             return
         if t is types.CodeType:
