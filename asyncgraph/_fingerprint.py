@@ -165,6 +165,8 @@ def _atom(obj: Any) -> bytes:
     if t is float or t is complex:
         return _frame(b"f", repr(obj).encode())  # repr round-trips; -0.0 != 0.0
     if t is bytes:
+        if len(obj) > 65536:  # array data: hash once rather than copy it into frames
+            return _frame(b"h", hashlib.sha256(obj).digest())
         return _frame(b"b", obj)
     raise TypeError(t)
 
@@ -382,14 +384,11 @@ class _Digester:
         in_scc = {id(m) for m in members}
         partial = []
         for m in members:
-            h = hashlib.sha256(b"node")
-            for p in m.parts:
-                if isinstance(p, bytes):
-                    h.update(p)
-                else:
-                    assert id(p) in in_scc, "a pending node is always in the current cycle"
-                    h.update(_frame(b"r", p.key))
-            partial.append((m.key, h.digest()))
+            assert all(isinstance(p, bytes) or id(p) in in_scc for p in m.parts), (
+                "a pending node is always in the current cycle"
+            )
+            stream = b"".join(p if isinstance(p, bytes) else _frame(b"r", p.key) for p in m.parts)
+            partial.append((m.key, hashlib.sha256(b"node" + stream).digest()))
         if len(members) == 1:
             finals = [partial[0][1]]
         else:
