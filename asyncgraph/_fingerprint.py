@@ -1,27 +1,663 @@
-"""Task fingerprints (placeholder until the full digest lands: code bytes only)."""
+"""Task fingerprints: a short digest of everything a task's result depends on.
+
+A store reuses a task's saved result when its fingerprint is unchanged, so a fingerprint
+that stays the same across a real change returns a stale result, while one that changes
+needlessly only costs a rerun. Hence the rules: cover anything that can change the result,
+ignore what cannot (comments, line numbers, file names, docstrings), and never depend on
+the process (no ``id()`` or ``hash()`` in the output, no memory addresses, no set
+iteration order), because fingerprints are compared across interpreter restarts.
+
+What a task's fingerprint covers (``fingerprints``):
+
+* the digest of its function (``function_digest``, below);
+* how its dependencies' results are passed (positional order, parameter names,
+  ``skip_none``) and the fingerprints of those dependencies, so an edit reruns the
+  edited task and every descendant, and nothing else.
+
+Options that only decide *how* the task runs (``kind``, ``retries``, ``retry_delay``,
+``timeout``, ``priority``, ``resources``) are left out: a result computed on a thread or
+in a worker, on the first attempt or the third, is the same result. The task's name is
+left out too; the store keys records by name.
+
+A function digest is taken from the code object, not the source text, and it covers:
+
+* the bytecode, the exception table, constants (nested code objects, lambdas and
+  comprehensions recursively), names, local variable names and the argument layout,
+  but not the file name, the line numbers or the function's own name (so a comment, a
+  moved function or a renamed task function reuses the result);
+* not the docstring: a string that is ``co_consts[0]`` and that no instruction loads is
+  the docstring, and editing it is like editing a comment;
+* defaults, keyword-only defaults and the contents of closure cells;
+* every global the code (or any code nested in it) names: a user function or class by
+  its own digest, recursively; a module by the attributes the code names on it (user
+  modules) or by name and ``__version__`` (libraries); builtins by name; other values by
+  their contents (see ``_Digester._value``).
+
+"User code" is any file outside the standard library and the site-packages directories
+(``sysconfig`` and ``site``), plus ``__main__`` and code without a real file (notebooks,
+``exec``). Library code is identified by its qualified name and the ``__version__`` of
+its top-level package: editing an installed library is not seen.
+
+Functions that reference each other (mutual recursion, a class whose method calls the
+function that uses the class) form cycles. They are digested as strongly connected
+components (Tarjan): every member of a cycle gets a digest derived from the whole cycle
+and its own position in it, the same whichever member is reached first, so a task's
+fingerprint does not depend on which other tasks are in the graph.
+"""
 
 from __future__ import annotations
 
+import builtins as _builtins
+import dis
+import functools
 import hashlib
+import os
+import site
+import struct
+import sys
+import sysconfig
+import types
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._graph import Graph
 
+__all__ = ["digests", "fingerprints", "function_digest"]
 
-def _code(fn: Any) -> bytes:
-    code = getattr(fn, "__code__", None)
-    return code.co_code if code is not None else repr(fn).encode()
+#: Bumped whenever the digest of anything changes meaning, so old stores rerun everything.
+_TAG = b"asyncgraph-fingerprint-1"
+#: Hex characters kept (128 bits): plenty against accidental collisions.
+_HEX = 32
+#: Nesting depth after which a value is treated as opaque (a guard, not a limit in use).
+_MAX_DEPTH = 60
+
+_CONST_OPS = frozenset(dis.hasconst)
+_EXTENDED_ARG = dis.opmap["EXTENDED_ARG"]
+# Class attributes that carry no behaviour, or that are caches filled at run time.
+_CLASS_SKIP = frozenset(
+    {
+        "__dict__",
+        "__doc__",
+        "__module__",
+        "__qualname__",
+        "__weakref__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "_abc_impl",
+    }
+)
+_ATOMS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+_DESCRIPTORS = (
+    types.BuiltinFunctionType,
+    types.MethodWrapperType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+    types.GetSetDescriptorType,
+    types.MemberDescriptorType,
+)
+
+#: ``id(obj) -> (obj, digest)`` of finished user functions and classes; holding ``obj``
+#: keeps its id from being reused by another object while the memo lives.
+Memo = dict[int, tuple[Any, bytes]]
+
+
+def fingerprints(graph: Graph) -> dict[str, str]:
+    """Each task's fingerprint (hex string), in one pass in topological order.
+
+    Function digests are memoized for the call, so many tasks sharing a function cost one
+    digest and a hash of their bindings each.
+    """
+    return {name: full for name, (_, full) in digests(graph).items()}
 
 
 def digests(graph: Graph) -> dict[str, tuple[str, str]]:
+    """Each task's ``(own, fingerprint)``: ``own`` covers the task alone (its code and
+    how its dependencies are bound, by name), the fingerprint adds the upstream
+    fingerprints. The store keeps both, so a plan can tell "code changed" from
+    "upstream changed"."""
+    digester = _Digester({})
+    tasks = graph.tasks
+    raw: dict[str, bytes] = {}
     out: dict[str, tuple[str, str]] = {}
     for name in graph.topological_order():
-        t = graph.tasks[name]
-        own = hashlib.sha256(_code(t.fn) + repr((t.args, t.kwargs, t.skip_none)).encode())
-        own_hex = own.hexdigest()[:32]
-        full = hashlib.sha256(own_hex.encode())
-        for d in t.deps:
-            full.update(out[d][1].encode())
-        out[name] = (own_hex, full.hexdigest()[:32])
+        task = tasks[name]
+        fn = digester.digest(task.fn)
+        own = hashlib.sha256(_TAG)
+        own.update(fn)
+        for dep in task.args:
+            own.update(b"A" + _str(dep))
+        for param, dep in task.kwargs:
+            own.update(b"K" + _str(param) + _str(dep))
+        own.update(b"N1" if task.skip_none else b"N0")
+        h = hashlib.sha256(_TAG)
+        h.update(fn)
+        h.update(b"A%d" % len(task.args))
+        for dep in task.args:
+            h.update(raw[dep])
+        h.update(b"K%d" % len(task.kwargs))
+        for param, dep in task.kwargs:
+            h.update(_str(param))
+            h.update(raw[dep])
+        h.update(b"N1" if task.skip_none else b"N0")
+        raw[name] = h.digest()
+        out[name] = (own.hexdigest()[:_HEX], raw[name].hex()[:_HEX])
     return out
+
+
+def function_digest(fn: Callable[..., Any], memo: Memo | None = None) -> str:
+    """The digest (hex string) of a function or any callable, as a task would use it.
+
+    Pass the same ``memo`` dict to several calls to share the work; it keeps the objects
+    it has digested alive, so an id in it is never reused by another object.
+    """
+    return _Digester({} if memo is None else memo).digest(fn).hex()[:_HEX]
+
+
+# -- encoding -------------------------------------------------------------------------
+# Every atom is written with a type tag and a length, so no two different values can
+# produce the same byte stream by concatenation.
+
+
+def _frame(tag: bytes, data: bytes) -> bytes:
+    return tag + struct.pack("<Q", len(data)) + data
+
+
+def _str(s: str) -> bytes:
+    return _frame(b"s", s.encode("utf-8", "surrogatepass"))
+
+
+def _int(n: int) -> bytes:
+    return _frame(b"i", n.to_bytes(n.bit_length() // 8 + 1, "little", signed=True))
+
+
+def _atom(obj: Any) -> bytes:
+    t = type(obj)
+    if t is str:
+        return _str(obj)
+    if t is int:
+        return _int(obj)
+    if t is bool or obj is None or obj is Ellipsis:
+        return _frame(b"c", repr(obj).encode())
+    if t is float or t is complex:
+        return _frame(b"f", repr(obj).encode())  # repr round-trips; -0.0 != 0.0
+    if t is bytes:
+        if len(obj) > 65536:  # array data: hash once rather than copy it into frames
+            return _frame(b"h", hashlib.sha256(obj).digest())
+        return _frame(b"b", obj)
+    raise TypeError(t)
+
+
+def _name_of(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
+    if module is None and (owner := getattr(obj, "__objclass__", None)) is not None:
+        module = getattr(owner, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+def _first_line(obj: Any) -> str:
+    co = getattr(obj, "__code__", None)
+    return str(co.co_firstlineno) if isinstance(co, types.CodeType) else "?"
+
+
+# -- what is user code ------------------------------------------------------------------
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    """Directories whose code is "library": stdlib and every site-packages directory.
+
+    The bare ``sys.prefix``/``sys.base_prefix`` are not used: on a system Python (prefix
+    ``/usr``) that would call a project in ``/usr/src/app`` library code and miss edits.
+    """
+    dirs = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # pragma: no cover - some embedded interpreters lack these
+        pass
+    out = set()
+    for d in dirs:
+        if d:
+            out.add(os.path.join(os.path.realpath(d), ""))
+            out.add(os.path.join(os.path.abspath(d), ""))
+    return tuple(sorted(out))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_user_file(filename: str | None) -> bool:
+    if not filename:
+        return True  # exec'd or interactive code: the user's
+    if filename.startswith("<"):
+        return not filename.startswith("<frozen")  # frozen modules are the stdlib's
+    paths = (os.path.abspath(filename), os.path.realpath(filename))
+    return not any(p.startswith(d) for d in _library_dirs() for p in paths)
+
+
+def _is_user_module(module: types.ModuleType | None) -> bool:
+    if module is None:
+        return True  # not registered (e.g. built by hand): digest it rather than trust it
+    if module.__name__ == "__main__":
+        return True
+    if module.__name__.partition(".")[0] in sys.stdlib_module_names:
+        return False
+    file = getattr(module, "__file__", None)
+    return file is not None and _is_user_file(file)
+
+
+def _is_user_function(fn: types.FunctionType) -> bool:
+    return fn.__module__ == "__main__" or _is_user_file(fn.__code__.co_filename)
+
+
+def _is_user_class(cls: type) -> bool:
+    return _is_user_module(sys.modules.get(cls.__module__))
+
+
+def _version(name: str | None) -> bytes:
+    """``__version__`` of the object's top-level package, if it has a cheap one."""
+    top = sys.modules.get((name or "").partition(".")[0])
+    v = getattr(top, "__version__", None)
+    return _str(v) if isinstance(v, str) else b""
+
+
+# -- code objects -------------------------------------------------------------------------
+
+
+def _loads_const_zero(co: types.CodeType) -> bool:
+    code = co.co_code
+    ext = 0
+    for i in range(0, len(code), 2):
+        op, arg = code[i], code[i + 1] | ext
+        if op == _EXTENDED_ARG:
+            ext = arg << 8
+            continue
+        ext = 0
+        if op in _CONST_OPS and arg == 0:
+            return True
+    return False
+
+
+def _all_names(co: types.CodeType) -> tuple[str, ...]:
+    """Names used by the code and all code nested in it (lambdas, comprehensions, ...)."""
+    names = set(co.co_names)
+    for c in co.co_consts:
+        if isinstance(c, types.CodeType):
+            names.update(_all_names(c))
+    return tuple(sorted(names))
+
+
+class _Node:
+    """A user function or class being digested: a vertex of Tarjan's algorithm."""
+
+    __slots__ = ("index", "key", "low", "obj", "on_stack", "parts")
+
+    def __init__(self, obj: Any, index: int) -> None:
+        self.obj = obj
+        self.index = index
+        self.low = index
+        self.on_stack = True
+        self.parts: list[bytes | _Node] = []
+        self.key = b""
+
+
+class _Digester:
+    """Digests callables and values; one per ``fingerprints`` call (or a shared memo).
+
+    ``memo`` holds the finished user functions and classes (see ``Memo``); ``_top`` the
+    digests of the callables asked for, which for a user function is a hash of its node
+    digest (kept apart so that a reference to the function always sees the node digest).
+    """
+
+    def __init__(self, memo: Memo) -> None:
+        self._memo = memo
+        self._top: Memo = {}
+        self._codes: dict[int, tuple[types.CodeType, bytes, tuple[str, ...]]] = {}
+        self._nodes: dict[int, _Node] = {}
+        self._stack: list[_Node] = []
+        self._building: list[_Node] = []
+        self._counter = 0
+        self._active: set[int] = set()  # values being digested: cycle guard (never output)
+
+    def digest(self, obj: Any) -> bytes:
+        hit = self._top.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        parts: list[bytes | _Node] = []
+        self._value(obj, parts, 0)
+        h = hashlib.sha256(b"top")
+        for p in parts:
+            assert isinstance(p, bytes), "every node is finished once the stack is empty"
+            h.update(p)
+        d = h.digest()
+        self._top[id(obj)] = (obj, d)
+        return d
+
+    # -- the Tarjan part ------------------------------------------------------------------
+
+    def _ref(self, obj: Any, out: list[bytes | _Node]) -> None:
+        """Append a user function's or class's digest, or a placeholder inside a cycle."""
+        hit = self._memo.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            out.append(hit[1])
+            return
+        parent = self._building[-1] if self._building else None
+        node = self._nodes.get(id(obj))
+        if node is None:
+            node = self._visit(obj)
+            if parent is not None and node.on_stack:
+                parent.low = min(parent.low, node.low)
+        elif node.on_stack and parent is not None:
+            parent.low = min(parent.low, node.index)
+        hit = self._memo.get(id(obj))
+        out.append(hit[1] if hit is not None else node)
+
+    def _visit(self, obj: Any) -> _Node:
+        node = _Node(obj, self._counter)
+        self._counter += 1
+        self._nodes[id(obj)] = node
+        self._stack.append(node)
+        self._building.append(node)
+        try:
+            if isinstance(obj, type):
+                self._class_parts(obj, node.parts)
+            else:
+                self._function_parts(obj, node.parts)
+        finally:
+            self._building.pop()
+        if node.low == node.index:
+            members = []
+            while True:
+                m = self._stack.pop()
+                m.on_stack = False
+                members.append(m)
+                if m is node:
+                    break
+            self._finish(members)
+        return node
+
+    def _finish(self, members: list[_Node]) -> None:
+        """Give each member of a strongly connected component its final digest.
+
+        A lone member refers to itself (if at all) as ``self``. In a cycle each member
+        refers to the others by qualified name (made unique), and the component's digest is
+        taken over the members sorted by name, and each member's digest is the
+        component's plus its own name: the same whichever member was reached first.
+        """
+        if len(members) == 1:
+            members[0].key = b"self"
+        else:
+            # The qualified name alone, so that moving a cycle to another module keeps its
+            # digest; the module, then the line, only to tell apart members that share it
+            # (two lambdas, or two modules' ``helper``), and only then.
+            keys = [str(getattr(m.obj, "__qualname__", "?")) for m in members]
+            for refine in (_name_of, _first_line):
+                keys = [
+                    k if keys.count(k) == 1 else f"{k}@{refine(m.obj)}"
+                    for m, k in zip(members, keys, strict=True)
+                ]
+            for m, k in zip(members, keys, strict=True):
+                m.key = k.encode()
+        in_scc = {id(m) for m in members}
+        partial = []
+        for m in members:
+            assert all(isinstance(p, bytes) or id(p) in in_scc for p in m.parts), (
+                "a pending node is always in the current cycle"
+            )
+            stream = b"".join(p if isinstance(p, bytes) else _frame(b"r", p.key) for p in m.parts)
+            partial.append((m.key, hashlib.sha256(b"node" + stream).digest()))
+        if len(members) == 1:
+            finals = [partial[0][1]]
+        else:
+            scc = hashlib.sha256(b"scc")
+            for key, d in sorted(partial):
+                scc.update(_frame(b"k", key) + d)
+            s = scc.digest()
+            finals = [hashlib.sha256(s + _frame(b"k", m.key)).digest() for m in members]
+        for m, d in zip(members, finals, strict=True):
+            self._memo[id(m.obj)] = (m.obj, d)
+            del self._nodes[id(m.obj)]
+            m.parts = []
+
+    # -- functions and classes ---------------------------------------------------------------
+
+    def _code(self, co: types.CodeType) -> tuple[bytes, tuple[str, ...]]:
+        hit = self._codes.get(id(co))
+        if hit is not None and hit[0] is co:
+            return hit[1], hit[2]
+        h = hashlib.sha256(b"code")
+        h.update(
+            struct.pack(
+                "<4q", co.co_argcount, co.co_posonlyargcount, co.co_kwonlyargcount, co.co_flags
+            )
+        )
+        h.update(_frame(b"b", co.co_code))
+        h.update(_frame(b"x", co.co_exceptiontable))
+        for names in (co.co_names, co.co_varnames, co.co_freevars, co.co_cellvars):
+            h.update(b"n%d" % len(names))
+            for n in names:
+                h.update(_str(n))
+        consts = co.co_consts
+        if consts and type(consts[0]) is str and not _loads_const_zero(co):
+            consts = consts[1:]  # the docstring: no instruction can see it
+            h.update(b"D")
+        h.update(b"c%d" % len(consts))
+        for c in consts:
+            h.update(self._const(c))
+        d = h.digest()
+        names = _all_names(co)
+        self._codes[id(co)] = (co, d, names)
+        return d, names
+
+    def _const(self, c: Any) -> bytes:
+        if isinstance(c, types.CodeType):
+            return b"C" + self._code(c)[0]
+        if type(c) is tuple:
+            return b"(%d" % len(c) + b"".join(self._const(x) for x in c) + b")"
+        if type(c) is frozenset:
+            return b"{%d" % len(c) + b"".join(sorted(self._const(x) for x in c)) + b"}"
+        return _atom(c)
+
+    def _function_parts(self, fn: types.FunctionType, out: list[bytes | _Node]) -> None:
+        code_digest, names = self._code(fn.__code__)
+        out.append(b"F" + code_digest)
+        self._value(fn.__defaults__, out, 0)
+        self._value(fn.__kwdefaults__, out, 0)
+        self._closure(fn, out)
+        wrapped = fn.__dict__.get("__wrapped__")
+        if wrapped is not None:
+            out.append(b"W")
+            self._value(wrapped, out, 0)
+        g = fn.__globals__
+        builtins = getattr(fn, "__builtins__", None) or vars(_builtins)  # not in typeshed
+        package = g.get("__package__") or ""
+        for name in names:
+            if name in g:
+                value = g[name]
+                out.append(b"g" + _str(name))
+                if isinstance(value, types.ModuleType):
+                    self._module(value, names, out, set())
+                else:
+                    self._value(value, out, 0)
+            elif name in builtins:
+                out.append(b"B" + _str(name))
+            else:  # an attribute name, or a module imported inside the function
+                module = sys.modules.get(name) or sys.modules.get(
+                    f"{package}.{name}" if name else package
+                )
+                if module is not None:
+                    out.append(b"I" + _str(name))
+                    self._module(module, names, out, set())
+
+    def _closure(self, fn: types.FunctionType, out: list[bytes | _Node]) -> None:
+        cells = fn.__closure__ or ()
+        out.append(b"z%d" % len(cells))
+        for cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell: the variable is not assigned yet
+                out.append(b"e")
+            else:
+                self._value(value, out, 0)
+
+    def _module(
+        self,
+        module: types.ModuleType,
+        names: Iterable[str],
+        out: list[bytes | _Node],
+        seen: set[int],
+    ) -> None:
+        """A module global: user modules by the attributes the code names on them."""
+        out.append(b"M" + _str(module.__name__))
+        if not _is_user_module(module) or id(module) in seen:
+            out.append(_version(module.__name__))
+            return
+        seen.add(id(module))
+        attrs = vars(module)
+        for name in names:
+            if name in attrs and not name.startswith("__"):
+                value = attrs[name]
+                out.append(b"a" + _str(name))
+                if isinstance(value, types.ModuleType):
+                    self._module(value, names, out, seen)
+                else:
+                    self._value(value, out, 0)
+
+    def _class_parts(self, cls: type, out: list[bytes | _Node]) -> None:
+        out.append(b"T" + _str(cls.__name__))
+        out.append(b"b%d" % len(cls.__bases__))
+        for base in cls.__bases__:
+            self._value(base, out, 0)
+        attrs = vars(cls)
+        for name in sorted(attrs):
+            if name not in _CLASS_SKIP:
+                out.append(b"a" + _str(name))
+                self._value(attrs[name], out, 0)
+
+    # -- values ---------------------------------------------------------------------------------
+
+    def _value(self, obj: Any, out: list[bytes | _Node], depth: int) -> None:
+        """Append the digest parts of any value; see the module docstring for the rules.
+
+        Anything not handled by type falls back to its pickle reduction
+        (``__reduce_ex__(4)``) digested by these same rules, so sets inside objects are
+        still sorted; an object that cannot be reduced counts by its type name only.
+        """
+        t = type(obj)
+        if t in _ATOMS:
+            out.append(_atom(obj))
+            return
+        if depth > _MAX_DEPTH:
+            out.append(b"?deep" + _str(_name_of(t)))
+            return
+        if t is types.FunctionType:
+            if _is_user_function(obj):
+                self._ref(obj, out)
+            else:  # a library function; a decorator's closure may still hold user code
+                out.append(b"L" + _str(_name_of(obj)) + _version(obj.__module__))
+                self._closure(obj, out)
+                wrapped = obj.__dict__.get("__wrapped__")
+                if wrapped is not None:
+                    self._value(wrapped, out, depth + 1)
+            return
+        if isinstance(obj, type):
+            if _is_user_class(obj):
+                self._ref(obj, out)
+            else:
+                out.append(b"L" + _str(_name_of(obj)) + _version(obj.__module__))
+            return
+        if t is types.ModuleType:
+            out.append(b"M" + _str(obj.__name__) + _version(obj.__name__))
+            return
+        if id(obj) in self._active:
+            out.append(b"?cycle")
+            return
+        self._active.add(id(obj))
+        try:
+            self._composite(obj, t, out, depth + 1)
+        finally:
+            self._active.discard(id(obj))
+
+    def _composite(self, obj: Any, t: type, out: list[bytes | _Node], depth: int) -> None:
+        if t is tuple or t is list:
+            out.append(b"(%d" % len(obj) if t is tuple else b"[%d" % len(obj))
+            for x in obj:
+                self._value(x, out, depth)
+            return
+        if t is dict:  # insertion order: iterating a dict in a task sees it
+            out.append(b"{%d" % len(obj))
+            for k, v in obj.items():
+                self._value(k, out, depth)
+                self._value(v, out, depth)
+            return
+        if t is set or t is frozenset:
+            out.append((b"<%d" if t is set else b">%d") % len(obj))
+            out.extend(self._sorted_elements(obj, depth))
+            return
+        if t is types.CodeType:
+            out.append(b"C" + self._code(obj)[0])
+            return
+        if t is types.MethodType:
+            out.append(b"m")
+            self._value(obj.__func__, out, depth)
+            self._value(obj.__self__, out, depth)
+            return
+        if t is functools.partial:
+            out.append(b"p")
+            self._value(obj.func, out, depth)
+            self._value(obj.args, out, depth)
+            self._value(obj.keywords, out, depth)
+            return
+        if t is staticmethod or t is classmethod:
+            out.append(b"S" + _str(t.__name__))
+            self._value(obj.__func__, out, depth)
+            return
+        if t is property:
+            out.append(b"P")
+            for f in (obj.fget, obj.fset, obj.fdel):
+                self._value(f, out, depth)
+            return
+        if isinstance(obj, _DESCRIPTORS):
+            out.append(b"L" + _str(_name_of(obj)))
+            owner = getattr(obj, "__self__", None)
+            if owner is not None and not isinstance(owner, types.ModuleType):
+                self._value(owner, out, depth)  # a bound builtin method: SEEN.add
+            return
+        self._reduced(obj, t, out, depth)
+
+    def _sorted_elements(self, items: Iterable[Any], depth: int) -> list[bytes]:
+        """Set elements in an order that does not depend on the process (hash seed)."""
+        encoded = []
+        for x in items:
+            parts: list[bytes | _Node] = []
+            self._value(x, parts, depth)
+            if all(isinstance(p, bytes) for p in parts):
+                encoded.append(hashlib.sha256(b"".join(parts)).digest())  # type: ignore[arg-type]
+            else:  # a function inside a cycle in progress: name it, stably
+                key = b"".join(p if isinstance(p, bytes) else _str(_name_of(p.obj)) for p in parts)
+                encoded.append(b"?pending" + hashlib.sha256(key).digest())
+        return sorted(encoded)
+
+    def _reduced(self, obj: Any, t: type, out: list[bytes | _Node], depth: int) -> None:
+        wrapped = getattr(obj, "__wrapped__", None)  # functools.cache and friends
+        if wrapped is not None and callable(obj) and not isinstance(obj, type):
+            out.append(b"w" + _str(_name_of(t)))
+            self._value(wrapped, out, depth)
+            return
+        try:
+            reduced = obj.__reduce_ex__(4)
+        except Exception:  # noqa: BLE001 - any failure means "cannot look inside"
+            reduced = None
+        if isinstance(reduced, str):  # a global singleton, pickled by name
+            out.append(b"R" + _str(_name_of(t)) + _str(reduced))
+            return
+        if not isinstance(reduced, tuple) or len(reduced) < 2:
+            out.append(b"?opaque" + _str(_name_of(t)))
+            return
+        out.append(b"R%d" % len(reduced))
+        self._value(t, out, depth)
+        for i, item in enumerate(reduced):
+            if i >= 3 and item is not None:  # listitems / dictitems iterators
+                item = list(item)
+            self._value(item, out, depth)
