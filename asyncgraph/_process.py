@@ -15,6 +15,7 @@ started with ``subprocess`` (never ``fork``), so they share nothing with the par
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import struct
@@ -92,27 +93,50 @@ class ProcessPool:
         self.size = size
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
+        self._starting: set[asyncio.Future[_Worker]] = set()
+        self._abandoned: list[_Worker] = []
 
     async def _start(self) -> _Worker:
-        """Start a worker, registered as busy before anything can interrupt us."""
+        """Start a worker; if the caller is cancelled meanwhile, the worker is killed.
+
+        The start runs as its own task: an anyio shield stops anyio cancellations but
+        not a plain ``Task.cancel()`` (how a run stops its children), which would land
+        inside ``open_process`` with the child already forked and lose its handle.
+        """
+        spawn = asyncio.ensure_future(self._spawn())
+        self._starting.add(spawn)
+        spawn.add_done_callback(self._starting.discard)
+        try:
+            return await asyncio.shield(spawn)
+        except BaseException:
+            spawn.add_done_callback(self._abandon)
+            raise
+
+    async def _spawn(self) -> _Worker:
         out_fd = _dup_stdout()
         try:
-            # Shielded: cancelled half-way, the child would exist without a handle here,
-            # and nobody would ever stop it.
-            with anyio.CancelScope(shield=True):
-                process = await anyio.open_process(
-                    [sys.executable, "-c", _BOOT, _WORKER, str(2 if out_fd is None else out_fd)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=None,
-                    pass_fds=() if out_fd is None else (out_fd,),
-                )
+            process = await anyio.open_process(
+                [sys.executable, "-c", _BOOT, _WORKER, str(2 if out_fd is None else out_fd)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
+                pass_fds=() if out_fd is None else (out_fd,),
+            )
         finally:
             if out_fd is not None:
                 os.close(out_fd)
         worker = _Worker(process)
-        self._busy.add(worker)
+        self._busy.add(worker)  # no await since the fork: aclose() always sees it
         return worker
+
+    def _abandon(self, spawn: asyncio.Future[_Worker]) -> None:
+        """A worker whose caller was cancelled while it started: kill it, reap it later."""
+        if spawn.cancelled() or spawn.exception() is not None:
+            return
+        worker = spawn.result()
+        self._busy.discard(worker)
+        worker.signal_kill()
+        self._abandoned.append(worker)
 
     async def call(self, task: str, fn_bytes: bytes, args: tuple[Any, ...]) -> Any:
         """Run one task in a worker and return its result, or raise its exception."""
@@ -181,8 +205,10 @@ class ProcessPool:
         for, so they die in parallel.
         """
         with anyio.CancelScope(shield=True):
-            workers = [*self._idle, *self._busy]
-            self._idle, self._busy = [], set()
+            while self._starting:  # a worker being started is stopped too
+                await asyncio.wait(list(self._starting))
+            workers = [*self._idle, *self._busy, *self._abandoned]
+            self._idle, self._busy, self._abandoned = [], set(), []
             for w in workers:
                 w.signal_kill()
             for w in workers:
