@@ -21,11 +21,38 @@ from asyncgraph._store import SQLiteStore, TaskRow
 
 
 class Flaky:
-    """Shared switches and a side-effect log for the graphs below."""
+    """A switch and a side-effect log for the graphs below, kept in files.
 
-    def __init__(self) -> None:
+    Not in the object itself: its tasks close over it, so its state is part of their
+    fingerprints, and a switch flipped in memory would count as a code change.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self.broken = True
-        self.ran: list[str] = []
+
+    @property
+    def broken(self) -> bool:
+        return (self.root / "broken").exists()
+
+    @broken.setter
+    def broken(self, value: bool) -> None:
+        if value:
+            (self.root / "broken").touch()
+        else:
+            (self.root / "broken").unlink(missing_ok=True)
+
+    def mark(self, name: str) -> None:
+        with open(self.root / "ran.log", "a") as log:
+            log.write(name + "\n")
+
+    @property
+    def ran(self) -> list[str]:
+        log = self.root / "ran.log"
+        return log.read_text().split() if log.exists() else []
+
+    def clear(self) -> None:
+        (self.root / "ran.log").unlink(missing_ok=True)
 
 
 def pipeline(flaky: Flaky) -> ag.Graph:
@@ -33,24 +60,24 @@ def pipeline(flaky: Flaky) -> ag.Graph:
 
     @g.task
     async def extract() -> list[int]:
-        flaky.ran.append("extract")
+        flaky.mark("extract")
         return [1, 2, 3]
 
     @g.task
     def load_db(extract: list[int]) -> int:
-        flaky.ran.append("load_db")
+        flaky.mark("load_db")
         if flaky.broken:
             raise ConnectionError("database is down")
         return sum(extract)
 
     @g.task
     async def report(load_db: int) -> str:
-        flaky.ran.append("report")
+        flaky.mark("report")
         return f"total {load_db}"
 
     @g.task
     async def side(extract: list[int]) -> int:
-        flaky.ran.append("side")
+        flaky.mark("side")
         return len(extract)
 
     return g
@@ -62,20 +89,20 @@ def digest(path: Path) -> str:
 
 async def test_resume_reruns_only_the_failed_task_and_its_descendants(tmp_path: Path) -> None:
     db = tmp_path / "nightly.db"
-    flaky = Flaky()
+    flaky = Flaky(tmp_path)
     first = await ag.run(pipeline(flaky), store=db)
     assert statuses(first) == {
         "extract": "done", "load_db": "failed", "report": "skipped", "side": "done"}
     assert flaky.ran.count("extract") == 1
 
     flaky.broken = False
-    flaky.ran.clear()
+    flaky.clear()
     second = await ag.run(pipeline(flaky), store=db)  # a fresh graph: load + reset_failed
     assert sorted(flaky.ran) == ["load_db", "report"]
     assert dict(second.results) == {
         "extract": [1, 2, 3], "load_db": 6, "report": "total 6", "side": 3}
 
-    flaky.ran.clear()
+    flaky.clear()
     third = await ag.run(pipeline(flaky), store=db)
     assert flaky.ran == []  # everything is done and unchanged
     assert third.status["report"] is ag.State.DONE
@@ -90,7 +117,7 @@ async def test_resume_reruns_only_the_failed_task_and_its_descendants(tmp_path: 
 
 async def test_load_gives_stored_state_and_leaves_results_in_the_store(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
-    flaky = Flaky()
+    flaky = Flaky(tmp_path)
     await ag.run(pipeline(flaky), store=db)
 
     g = ag.load(pipeline(flaky), db)
@@ -109,7 +136,7 @@ async def test_load_gives_stored_state_and_leaves_results_in_the_store(tmp_path:
 
     # The operator fixes the fault, resets the failed tasks and reruns.
     flaky.broken = False
-    flaky.ran.clear()
+    flaky.clear()
     done = await ag.run(ag.reset_failed(g), store=db)
     assert sorted(flaky.ran) == ["load_db", "report"]
     assert done.results["report"] == "total 6"
@@ -147,7 +174,7 @@ async def test_reading_status_never_unpickles(tmp_path: Path) -> None:
 
 async def test_rewrites_on_a_loaded_graph(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
-    flaky = Flaky()
+    flaky = Flaky(tmp_path)
     await ag.run(pipeline(flaky), store=db)
 
     g = ag.load(pipeline(flaky), db)
@@ -156,13 +183,13 @@ async def test_rewrites_on_a_loaded_graph(tmp_path: Path) -> None:
     assert plan.loc["load_db", "reason"] == "marked done by the user"
     assert plan.loc["report", "action"] == "run"
 
-    flaky.ran.clear()
+    flaky.clear()
     out = await ag.run(ag.mark_done(g, "load_db", results={"load_db": 60}), store=db)
     assert flaky.ran == ["report"]
     assert out.results["report"] == "total 60"
 
     # reset: a done task and its descendants run again, even though unchanged
-    flaky.ran.clear()
+    flaky.clear()
     g = ag.load(pipeline(flaky), db)
     plan = ag.plan(ag.reset(g, "extract"), db).set_index("name")
     assert set(plan["action"]) == {"run"}
