@@ -307,6 +307,12 @@ def test_parallel_runners_return_a_new_graph_and_leave_theirs_unchanged() -> Non
 # -- where tasks run ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["run", "run_async"])
+def test_a_coroutine_returned_by_a_plain_function_is_awaited(name: str) -> None:
+    g = taskmap.create_graph({"a": lambda: apair(1)}, {"a": []}, io_bound=["a"])
+    assert RUNNERS[name](g).results == {"a": (1,)}
+
+
 def test_run_is_sequential_on_the_calling_thread(probe: Probe) -> None:
     caller = threading.get_ident()
     threads: set[int] = set()

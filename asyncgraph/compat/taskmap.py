@@ -38,6 +38,7 @@ See ``docs/migrating-from-taskmap.md`` for the choices made where taskmap was am
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -358,6 +359,8 @@ def _logged(task: str, fn: F, spec: _LogSpec, *, inline: bool) -> F:
             lg.info("pid %s: starting task %s", os.getpid(), task)
             try:
                 result = await fn(*args) if is_async else fn(*args)
+                if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
+                    result = await result
             except Exception:
                 lg.exception("pid %s: failed task %s", os.getpid(), task)
                 raise
