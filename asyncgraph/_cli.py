@@ -171,7 +171,10 @@ def _import(module_part: str) -> Any:
             "(letters, digits and _, ending in .py) so worker processes can import it"
         )
     _path_first(str(path.resolve().parent))
-    module = _import_user_module(path.stem)
+    try:
+        module = _import_user_module(path.stem)
+    except ModuleNotFoundError as exc:  # the file imports something that is missing
+        raise UsageError(_import_failed(path.stem, exc)) from exc
     found = Path(getattr(module, "__file__", None) or "")
     if found.resolve() != path.resolve():
         raise UsageError(
@@ -476,7 +479,7 @@ def plan(args: argparse.Namespace) -> int:
             frame["kind"].tolist(),
             frame["action"].tolist(),
             frame["reason"].tolist(),
-            frame["last_status"].tolist(),
+            [v if isinstance(v, str) else None for v in frame["last_status"].tolist()],
             last_runs,
             strict=True,
         )
