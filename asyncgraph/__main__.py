@@ -43,7 +43,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _graph_options(sub: argparse.ArgumentParser, *, verb: str) -> None:
+def _graph_options(sub: argparse.ArgumentParser, *, verb: str, store_help: str) -> None:
     """The options plan and run share: what to run, where, and the rewrites before it."""
     sub.add_argument(
         "target",
@@ -51,9 +51,7 @@ def _graph_options(sub: argparse.ArgumentParser, *, verb: str) -> None:
         help="MODULE is a module name or a .py file; GRAPH an asyncgraph.Graph in it, or a "
         "function without arguments that returns one (e.g. jobs/nightly.py:graph)",
     )
-    sub.add_argument(
-        "--store", required=True, metavar="STORE", help="the store file (created if missing)"
-    )
+    sub.add_argument("--store", required=True, metavar="STORE", help=store_help)
     sub.add_argument(
         "--force",
         action="store_true",
@@ -116,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Show, for each task, what `asyncgraph run` with the same options would "
         "do (run, reuse a stored result, or keep a failure) and why. Writes nothing.",
     )
-    _graph_options(plan, verb="plan to run")
+    _graph_options(
+        plan, verb="plan to run", store_help="the store file (a missing one reads as empty)"
+    )
     plan.add_argument("--json", action="store_true", help="print a JSON object instead")
     plan.set_defaults(handler=_command("plan"))
 
@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         "2 bad input (the store is left as it was), 130 interrupted (running tasks are "
         "recorded as cancelled).",
     )
-    _graph_options(run, verb="run")
+    _graph_options(run, verb="run", store_help="the store file (created if missing)")
     run.add_argument(
         "--cpu-workers", type=_positive, metavar="N", help="worker processes (default: CPUs)"
     )

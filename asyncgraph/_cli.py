@@ -552,6 +552,8 @@ def _summary(
         "",
         _table(("status", "tasks"), [(k, counts[k]) for k in order if k in counts], ("tasks",)),
     ]
+    from shlex import quote
+
     records = result.records
     failed = [n for n, s in result.status.items() if s in (State.FAILED, State.CANCELLED)]
     if failed:
@@ -565,9 +567,9 @@ def _summary(
     if any(s is not State.DONE for s in result.status.values()):
         lines += [
             "",
-            f"tracebacks: asyncgraph status {args.store} --failed",
-            f"after fixing the cause: asyncgraph run {args.target} --store {args.store} "
-            "--reset-failed",
+            f"tracebacks: asyncgraph status {quote(args.store)} --failed",
+            f"after fixing the cause: asyncgraph run {quote(args.target)} --store "
+            f"{quote(args.store)} --reset-failed",
         ]
     return "\n".join(lines)
 
