@@ -628,3 +628,26 @@ def test_python_dash_m_asyncgraph(tmp_path: Path) -> None:
     assert status.returncode == 0 and "last run 2 done" in status.stdout
     missing = asyncgraph("history", str(tmp_path / "nope.db"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_store_another_run_holds(failed_store: Flow, capsys: pytest.CaptureFixture[str]):
+    flow = failed_store
+    holder = ag.SQLiteStore(flow.store)
+    holder.acquire()
+    try:
+        before = digest(flow.store)
+        code, _, err = cli(capsys, "run", flow.target, "--store", flow.store, "--reset-failed")
+    finally:
+        holder.release()
+    assert code == 2
+    assert f"store {flow.store!r} is in use" in err
+    assert digest(flow.store) == before and flow.calls() == []
+
+
+def test_import_asyncgraph_does_not_load_the_command() -> None:
+    code = "import sys, asyncgraph; print(sorted(m for m in sys.modules if 'asyncgraph._cli' in m))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
