@@ -1,11 +1,15 @@
 """The ``asyncgraph`` command (also ``python -m asyncgraph``).
 
-Subcommands import what they need when they run, so ``import asyncgraph`` stays cheap.
+The parser lives here; the subcommands live in ``_cli`` (``demo`` in ``_demo``) and are
+imported when they run, so ``import asyncgraph`` and ``asyncgraph --help`` stay cheap.
+Exit statuses: 0 all done, 1 a run left tasks not done, 2 bad input (argparse's own
+convention for usage errors), 130 Ctrl-C. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -17,15 +21,135 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main()
 
 
+def _command(name: str) -> object:
+    """The handler ``_cli.<name>``, imported only when that subcommand runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from . import _cli
+
+        code: int = _cli.guarded(getattr(_cli, name))(args)
+        return code
+
+    return handler
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _graph_options(sub: argparse.ArgumentParser, *, verb: str, store_help: str) -> None:
+    """The options plan and run share: what to run, where, and the rewrites before it."""
+    sub.add_argument(
+        "target",
+        metavar="MODULE:GRAPH",
+        help="MODULE is a module name or a .py file; GRAPH an asyncgraph.Graph in it, or a "
+        "function without arguments that returns one (e.g. jobs/nightly.py:graph)",
+    )
+    sub.add_argument("--store", required=True, metavar="STORE", help=store_help)
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="go on although the store holds tasks this graph lacks (renamed or removed "
+        "tasks, or a subgraph)",
+    )
+    sub.add_argument(
+        "--reset-failed",
+        action="store_true",
+        help=f"{verb} failed, skipped and cancelled tasks and their descendants again",
+    )
+    sub.add_argument(
+        "--reset",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME",
+        help=f"{verb} these tasks and their descendants again, even if done",
+    )
+    sub.add_argument(
+        "--mark-done",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME",
+        help="take these tasks as done (result: the stored one, else None) for this run",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="asyncgraph",
-        description="Run dependency graphs of functions and coroutines.",
+        description="Run dependency graphs of functions and coroutines, and inspect, "
+        "repair and resume their runs recorded in a store.",
+        epilog="exit status: 0 all done, 1 a run left tasks failed, skipped or cancelled, "
+        "2 bad input (the store is left as it was), 130 interrupted. See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"asyncgraph {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
+
+    status = commands.add_parser(
+        "status",
+        help="each task's latest state in a store, the last run's marked",
+        description="Show every task's latest record in STORE (status, attempts, duration, "
+        "the run that wrote it, the error), marking the tasks the last run wrote. Reads "
+        "the store only; the graph's code is not needed.",
+    )
+    status.add_argument("store", metavar="STORE", help="a store file a run wrote")
+    status.add_argument(
+        "--failed", action="store_true", help="only failed tasks, with their tracebacks"
+    )
+    status.add_argument("--json", action="store_true", help="print a JSON object instead")
+    status.set_defaults(handler=_command("status"))
+
+    plan = commands.add_parser(
+        "plan",
+        help="what a run would do with each task, and why",
+        description="Show, for each task, what `asyncgraph run` with the same options would "
+        "do (run, reuse a stored result, or keep a failure) and why. Writes nothing.",
+    )
+    _graph_options(
+        plan, verb="plan to run", store_help="the store file (a missing one reads as empty)"
+    )
+    plan.add_argument("--json", action="store_true", help="print a JSON object instead")
+    plan.set_defaults(handler=_command("plan"))
+
+    run = commands.add_parser(
+        "run",
+        help="run a graph on a store, reusing what is done there",
+        description="Load MODULE:GRAPH's state from STORE, apply --reset-failed, --reset "
+        "and --mark-done in that order, run what is pending and print a summary. Failed "
+        "tasks stay failed unless --reset-failed (or --reset) says to run them again.",
+        epilog="exit status: 0 every task done, 1 a task failed, was skipped or cancelled, "
+        "2 bad input (the store is left as it was), 130 interrupted (running tasks are "
+        "recorded as cancelled).",
+    )
+    _graph_options(run, verb="run", store_help="the store file (created if missing)")
+    run.add_argument(
+        "--cpu-workers", type=_positive, metavar="N", help="worker processes (default: CPUs)"
+    )
+    run.add_argument(
+        "--max-io", type=_positive, metavar="N", help="IO tasks at once (default: no cap)"
+    )
+    run.add_argument("--progress", action="store_true", help="show progress while running")
+    run.set_defaults(handler=_command("run"))
+
+    history = commands.add_parser(
+        "history",
+        help="every run recorded in a store",
+        description="List every run in STORE, oldest first: start, duration, how it "
+        "ended and its task counts.",
+    )
+    history.add_argument("store", metavar="STORE", help="a store file a run wrote")
+    history.add_argument("--json", action="store_true", help="print a JSON object instead")
+    history.set_defaults(handler=_command("history"))
+
     demo = commands.add_parser(
         "demo",
         help="run a small mixed IO/CPU graph in which one task fails on purpose",
@@ -43,7 +167,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``asyncgraph`` and ``python -m asyncgraph``; returns the exit code."""
     args = _parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        # run_sync has already recorded the running tasks as cancelled.
+        print(f"asyncgraph {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `asyncgraph status s.db --json | head`: the reader left; say nothing more.
+        # (Python's recipe: point stdout at devnull so the flush at exit cannot fail.)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return code
 
 

@@ -155,13 +155,13 @@ def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = F
     return load_from(graph, open_store(store), force=force).graph
 
 
-def for_run(graph: Graph, store: Store) -> Loaded:
+def for_run(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
     """What a run on ``store`` starts from (see the module docstring)."""
     if graph._origin == store_key(store):
         stored = store.tasks()
         check_names(graph, stored, store, force=True)
         return Loaded(graph, {}, stored, digests(graph))
-    loaded = load_from(graph, store)
+    loaded = load_from(graph, store, force=force)
     bad = [n for n, r in loaded.graph.records.items() if r.status in FINISHED_BADLY]
     records = dict(loaded.graph.records)
     for n in set(bad) | loaded.graph.descendants(bad):
@@ -189,7 +189,8 @@ def plan(graph: Graph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
         given = graph
         fresh = graph._derive(dict.fromkeys(graph.tasks, PENDING_RECORD))
         fresh._origin = None
-        natural = for_run(fresh, the_store)
+        # The graph was loaded, so a mismatch of names was already allowed (load's force).
+        natural = for_run(fresh, the_store, force=True)
     else:
         natural = for_run(graph, the_store)
         given = natural.graph
