@@ -35,6 +35,7 @@ import cloudpickle
 from ._events import Emit, Event, EventKind
 from ._exceptions import PicklingError, TaskCancelled, TaskError
 from ._graph import Graph
+from ._observe import OnEvent, Progress, Watch
 from ._process import ProcessPool
 from ._scheduler import Scheduler
 from ._state import State, TaskRecord
@@ -483,6 +484,7 @@ def _make_run(
     limits: Mapping[str, int] | None,
     fail_fast: bool,
     deadline: float | None,
+    emit: Emit | None = None,
 ) -> _Run:
     if not isinstance(graph, Graph):
         raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
@@ -507,6 +509,7 @@ def _make_run(
         limits=limits or {},
         fail_fast=fail_fast,
         deadline=deadline,
+        emit=emit,
     )
 
 
@@ -518,6 +521,8 @@ async def run(
     limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     deadline: float | None = None,
+    progress: Progress = False,
+    on_event: OnEvent | None = None,
 ) -> Graph:
     """Run every pending task of ``graph`` and return a new Graph with their states.
 
@@ -527,8 +532,12 @@ async def run(
     ``resources=("db",)``. A failed task's descendants are skipped and the rest goes on,
     unless ``fail_fast=True``, which cancels the rest and raises :class:`TaskFailures`.
     ``deadline`` (seconds) cancels whatever has not finished by then.
+    ``progress=True`` draws a progress bar and ``on_event`` is called with each
+    :class:`Event` (see docs/observing.md).
     """
-    return await _make_run(graph, max_io, cpu_workers, limits, fail_fast, deadline).run()
+    watch = Watch(progress, on_event)
+    the_run = _make_run(graph, max_io, cpu_workers, limits, fail_fast, deadline, watch.emit)
+    return await watch.observe(the_run.run)
 
 
 def run_sync(
@@ -539,6 +548,8 @@ def run_sync(
     limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     deadline: float | None = None,
+    progress: Progress = False,
+    on_event: OnEvent | None = None,
 ) -> Graph:
     """:func:`run` for scripts: runs on a new event loop (uvloop when installed).
 
@@ -546,7 +557,9 @@ def run_sync(
     and blocks until done. Ctrl-C cancels the run, records running tasks as cancelled,
     stops the workers and raises KeyboardInterrupt.
     """
-    the_run = _make_run(graph, max_io, cpu_workers, limits, fail_fast, deadline)
+    watch = Watch(progress, on_event)
+    the_run = _make_run(graph, max_io, cpu_workers, limits, fail_fast, deadline, watch.emit)
+    body = functools.partial(watch.observe, the_run.run)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -556,8 +569,8 @@ def run_sync(
     # Outside the except block, so the run's own errors carry no "no running event
     # loop" context in their tracebacks.
     if in_a_loop:
-        return _run_in_helper_thread(the_run.run)
-    return _run_on_new_loop(the_run.run)
+        return _run_in_helper_thread(body)
+    return _run_on_new_loop(body)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
