@@ -4,6 +4,8 @@ IO tasks run on the loop (or in threads), CPU tasks in a pool of worker processe
 result is a new Graph carrying every task's state. See README.md and docs/.
 """
 
+from ._events import Event as Event
+from ._events import EventKind as EventKind
 from ._exceptions import CycleError as CycleError
 from ._exceptions import DuplicateTaskError as DuplicateTaskError
 from ._exceptions import GraphError as GraphError
@@ -19,6 +21,8 @@ from ._exceptions import UnknownTaskError as UnknownTaskError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._graph import Graph as Graph
 from ._graph import create_graph as create_graph
+from ._observe import OpenRun as OpenRun
+from ._observe import open_run as open_run
 from ._rewrite import mark_done as mark_done
 from ._rewrite import mark_done_except as mark_done_except
 from ._rewrite import reset as reset
@@ -28,6 +32,7 @@ from ._runner import run as run
 from ._runner import run_sync as run_sync
 from ._state import State as State
 from ._state import TaskRecord as TaskRecord
+from ._summary import Summary as Summary
 from ._task import Kind as Kind
 from ._task import Task as Task
 
@@ -36,15 +41,19 @@ __version__ = "0.1.0"
 __all__ = [
     "CycleError",
     "DuplicateTaskError",
+    "Event",
+    "EventKind",
     "Graph",
     "GraphError",
     "InvalidTaskError",
     "Kind",
     "MissingDependencyError",
+    "OpenRun",
     "PicklingError",
     "RemoteError",
     "SignatureError",
     "State",
+    "Summary",
     "Task",
     "TaskCancelled",
     "TaskError",
@@ -55,6 +64,7 @@ __all__ = [
     "create_graph",
     "mark_done",
     "mark_done_except",
+    "open_run",
     "reset",
     "reset_failed",
     "run",
