@@ -417,10 +417,19 @@ class OpenRun:
             task.cancel()
             await _wait_out(task)
             raise
+        return self._result(task)
+
+    def _result(self, task: asyncio.Task[Graph]) -> Graph:
+        if task.cancelled():
+            # Only we cancel it (cancel(), or leaving the block on an error); the run
+            # recorded every unfinished task as cancelled before it ended.
+            assert self._run is not None
+            return self._run.graph._derive(self._run.records)
         return task.result()
 
     def cancel(self) -> None:
-        """Stop the run: running tasks are cancelled and recorded as ``cancelled``."""
+        """Stop the run: running tasks are cancelled and recorded as ``cancelled``, and
+        :meth:`wait` and :attr:`graph` give the Graph so far (they do not raise)."""
         self._started().cancel()
 
     @property
@@ -429,7 +438,7 @@ class OpenRun:
         task = self._started()
         if not task.done():
             raise RuntimeError("the run has not ended yet: await r.wait() first")
-        return task.result()
+        return self._result(task)
 
     @property
     def done(self) -> bool:
