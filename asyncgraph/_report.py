@@ -135,7 +135,7 @@ def timeline(graph: Graph) -> pd.DataFrame:
     """
     tasks = graph.tasks
     spans = [
-        (rec.started, rec.finished, i, name, rec.status.value)
+        (rec.started, i, rec.finished, name, rec.status.value)  # ties: definition order
         for i, (name, rec) in enumerate(graph.records.items())
         if rec.started is not None and rec.finished is not None
     ]
@@ -144,7 +144,7 @@ def timeline(graph: Graph) -> pd.DataFrame:
     busy: list[tuple[float, int]] = []  # (finish, lane) of tasks still running
     lanes = 0
     rows = []
-    for start, finish, _, name, status in spans:
+    for start, _, finish, name, status in spans:
         while busy and busy[0][0] <= start:
             heapq.heappush(free, heapq.heappop(busy)[1])
         if free:
