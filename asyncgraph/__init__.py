@@ -4,6 +4,8 @@ IO tasks run on the loop (or in threads), CPU tasks in a pool of worker processe
 result is a new Graph carrying every task's state. See README.md and docs/.
 """
 
+from ._events import Event as Event
+from ._events import EventKind as EventKind
 from ._exceptions import CycleError as CycleError
 from ._exceptions import DuplicateTaskError as DuplicateTaskError
 from ._exceptions import GraphError as GraphError
@@ -23,6 +25,8 @@ from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._graph import Graph as Graph
 from ._graph import create_graph as create_graph
+from ._observe import OpenRun as OpenRun
+from ._observe import open_run as open_run
 from ._resume import history as history
 from ._resume import load as load
 from ._resume import plan as plan
@@ -38,6 +42,7 @@ from ._state import StoredResult as StoredResult
 from ._state import TaskRecord as TaskRecord
 from ._store import SQLiteStore as SQLiteStore
 from ._store import Store as Store
+from ._summary import Summary as Summary
 from ._task import Kind as Kind
 from ._task import Task as Task
 
@@ -46,11 +51,14 @@ __version__ = "0.1.0"
 __all__ = [
     "CycleError",
     "DuplicateTaskError",
+    "Event",
+    "EventKind",
     "Graph",
     "GraphError",
     "InvalidTaskError",
     "Kind",
     "MissingDependencyError",
+    "OpenRun",
     "PicklingError",
     "RemoteError",
     "SQLiteStore",
@@ -61,6 +69,7 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StoredResult",
+    "Summary",
     "Task",
     "TaskCancelled",
     "TaskError",
@@ -74,6 +83,7 @@ __all__ = [
     "load",
     "mark_done",
     "mark_done_except",
+    "open_run",
     "plan",
     "reset",
     "reset_failed",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Event", "EventKind", "Emit"]
 
@@ -37,9 +37,13 @@ class EventKind(enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One transition of one task.
+class Event(NamedTuple):
+    """One transition of one task (immutable).
+
+    A NamedTuple, not a frozen dataclass: a run with a listener builds about three per
+    task (queued, started, done), and a frozen dataclass costs three times as much to
+    build (530 ns against 180 ns here), which alone was a 20 % slowdown of a 100k no-op
+    task run with a progress bar.
 
     ``attempt`` counts the attempts of this run (0 for ``queued`` and for tasks that
     never started); ``time`` is seconds since the epoch; ``error`` is set for

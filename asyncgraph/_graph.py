@@ -29,6 +29,9 @@ from ._task import Kind, Task, make_task
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ._observe import OnEvent, Progress
+    from ._pictures import SVG, MermaidText
+    from ._report import Summary
     from ._store import Store
 
 __all__ = ["Graph", "create_graph"]
@@ -350,6 +353,8 @@ class Graph:
         fail_fast: bool = False,
         deadline: float | None = None,
         store: str | os.PathLike[str] | Store | None = None,
+        progress: Progress = False,
+        on_event: OnEvent | None = None,
     ) -> Graph:
         """``await graph.run(...)`` is ``await asyncgraph.run(graph, ...)``."""
         from ._runner import run
@@ -362,6 +367,8 @@ class Graph:
             fail_fast=fail_fast,
             deadline=deadline,
             store=store,
+            progress=progress,
+            on_event=on_event,
         )
 
     def run_sync(
@@ -373,6 +380,8 @@ class Graph:
         fail_fast: bool = False,
         deadline: float | None = None,
         store: str | os.PathLike[str] | Store | None = None,
+        progress: Progress = False,
+        on_event: OnEvent | None = None,
     ) -> Graph:
         """``graph.run_sync(...)`` is ``asyncgraph.run_sync(graph, ...)``."""
         from ._runner import run_sync
@@ -385,6 +394,8 @@ class Graph:
             fail_fast=fail_fast,
             deadline=deadline,
             store=store,
+            progress=progress,
+            on_event=on_event,
         )
 
     def raise_for_failures(self) -> Graph:
@@ -426,6 +437,49 @@ class Graph:
         from ._report import to_frame
 
         return to_frame(self)
+
+    # Observing (see docs/observing.md); each lives in _report or _pictures.
+
+    def summary(self) -> Summary:
+        """Counts by status and kind, busy and wall time, and the critical path."""
+        from ._report import summary
+
+        return summary(self)
+
+    def timeline(self) -> pd.DataFrame:
+        """One row per task that ran: its interval and a lane (see ``docs/observing.md``)."""
+        from ._report import timeline
+
+        return timeline(self)
+
+    def plot_timeline(self, ax: Any = None) -> Any:
+        """A Gantt chart of :meth:`timeline` (needs matplotlib: the ``plot`` extra)."""
+        from ._pictures import plot_timeline
+
+        return plot_timeline(self, ax)
+
+    def to_mermaid(self) -> str:
+        """Mermaid flowchart text, tasks coloured by status (IO rounded, CPU boxes)."""
+        from ._pictures import to_mermaid
+
+        return to_mermaid(self)
+
+    def to_dot(self) -> str:
+        """Graphviz DOT text, tasks coloured by status (IO ellipses, CPU boxes)."""
+        from ._pictures import to_dot
+
+        return to_dot(self)
+
+    def visualize(self) -> SVG | MermaidText:
+        """An SVG picture via graphviz's ``dot``; without it, Mermaid text and a warning."""
+        from ._pictures import visualize
+
+        return visualize(self)
+
+    def _repr_html_(self) -> str:
+        from ._pictures import to_html
+
+        return to_html(self)
 
     def __repr__(self) -> str:
         counts: dict[str, int] = {}

@@ -1,15 +1,22 @@
-"""Reports on a Graph: the status table. The only module that imports pandas."""
+"""Reports on a Graph: the status table, the summary, the timeline, the HTML table.
+
+The only module that imports pandas (the HTML table does not need it, see ``_html``).
+"""
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ._state import State
+from ._summary import Summary
+
 if TYPE_CHECKING:
     from ._graph import Graph
 
-__all__ = ["to_frame"]
+__all__ = ["Summary", "summary", "timeline", "to_frame"]
 
 COLUMNS = ["name", "kind", "status", "attempts", "started", "finished", "duration_s", "error"]
 
@@ -47,4 +54,108 @@ def to_frame(graph: Graph) -> pd.DataFrame:
         frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
     frame["duration_s"] = frame["duration_s"].astype("float64")
     frame["attempts"] = frame["attempts"].astype("int64")
+    return frame
+
+
+# -- summary ---------------------------------------------------------------------------
+
+
+def summary(graph: Graph) -> Summary:
+    tasks = graph.tasks
+    records = graph.records
+    tally: dict[tuple[str, str], int] = {}
+    busy = 0.0
+    first: float | None = None
+    last: float | None = None
+    for name, rec in records.items():
+        key = (rec.status.value, tasks[name].kind.value)
+        tally[key] = tally.get(key, 0) + 1
+        duration = rec.duration
+        if duration is not None:
+            busy += duration
+        if rec.started is not None and (first is None or rec.started < first):
+            first = rec.started
+        if rec.finished is not None and (last is None or rec.finished > last):
+            last = rec.finished
+    counts = pd.DataFrame(
+        [[tally.get((s.value, k), 0) for k in ("io", "cpu")] for s in State],
+        index=pd.Index([s.value for s in State], name="status"),
+        columns=["io", "cpu"],
+        dtype="int64",
+    )
+    counts["total"] = counts["io"] + counts["cpu"]
+    path_s, path = critical_path(graph)
+    return Summary(
+        tasks=len(records),
+        counts=counts,
+        busy_s=busy,
+        wall_s=None if first is None or last is None else last - first,
+        critical_path_s=path_s,
+        critical_path=path,
+    )
+
+
+def critical_path(graph: Graph) -> tuple[float, tuple[str, ...]]:
+    """The longest duration-weighted chain of done tasks (ties: the earliest defined)."""
+    records = graph.records
+    best: dict[str, tuple[float, str | None]] = {}  # name -> (length, previous on path)
+    for name in graph.topological_order():
+        rec = records[name]
+        if rec.status is not State.DONE or rec.duration is None:
+            continue
+        length, prev = 0.0, None
+        for dep in graph.dependencies(name):
+            if dep in best and best[dep][0] > length:
+                length, prev = best[dep][0], dep
+        best[name] = (length + rec.duration, prev)
+    if not best:
+        return 0.0, ()
+    end = max(best, key=lambda n: best[n][0])  # max keeps the first of equals
+    total = best[end][0]
+    path: list[str] = []
+    step: str | None = end
+    while step is not None:
+        path.append(step)
+        step = best[step][1]
+    return total, tuple(reversed(path))
+
+
+# -- timeline --------------------------------------------------------------------------
+
+TIMELINE_COLUMNS = ["name", "kind", "status", "start", "finish", "duration_s", "lane"]
+
+
+def timeline(graph: Graph) -> pd.DataFrame:
+    """One row per task that ran (has a start and a finish), ordered by start.
+
+    ``lane`` (int64, from 0) puts each task on the lowest row free at its start, so
+    tasks that ran at the same time are on different lanes and the number of lanes is
+    the most tasks that ran at once. ``start``/``finish`` are UTC timestamps. A retried
+    task spans its first attempt's start to its last attempt's end.
+    """
+    tasks = graph.tasks
+    spans = [
+        (rec.started, i, rec.finished, name, rec.status.value)  # ties: definition order
+        for i, (name, rec) in enumerate(graph.records.items())
+        if rec.started is not None and rec.finished is not None
+    ]
+    spans.sort()
+    free: list[int] = []  # lanes free now (a heap: the lowest first)
+    busy: list[tuple[float, int]] = []  # (finish, lane) of tasks still running
+    lanes = 0
+    rows = []
+    for start, _, finish, name, status in spans:
+        while busy and busy[0][0] <= start:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            lane = heapq.heappop(free)
+        else:
+            lane, lanes = lanes, lanes + 1
+        heapq.heappush(busy, (finish, lane))
+        rows.append((name, tasks[name].kind.value, status, start, finish, finish - start, lane))
+    frame = pd.DataFrame.from_records(rows, columns=TIMELINE_COLUMNS)
+    for col in ("start", "finish"):
+        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+    frame["duration_s"] = frame["duration_s"].astype("float64")
+    frame["lane"] = frame["lane"].astype("int64")
     return frame

@@ -41,6 +41,7 @@ from ._exceptions import (
     UnstorableResultError,
 )
 from ._graph import Graph
+from ._observe import OnEvent, Progress, Watch
 from ._process import ProcessPool
 from ._scheduler import Scheduler
 from ._state import State, StoredResult, TaskRecord
@@ -726,7 +727,16 @@ def _check_options(
     return _Options(max_io, cpu_workers or os.cpu_count() or 1, limits or {}, fail_fast, deadline)
 
 
-async def _run_on_store(graph: Graph, options: _Options, store: Any) -> Graph:
+def _body(
+    graph: Graph, options: _Options, store: Any, emit: Emit | None
+) -> Callable[[], Coroutine[Any, Any, Graph]]:
+    """The run itself, as a coroutine function (what ``Watch.observe`` awaits)."""
+    if store is not None:
+        return functools.partial(_run_on_store, graph, options, store, emit)
+    return options.make(graph, emit=emit).run
+
+
+async def _run_on_store(graph: Graph, options: _Options, store: Any, emit: Emit | None) -> Graph:
     """A run that records itself in ``store`` and reuses what is done there."""
     from ._resume import durations, for_run
     from ._store import open_store
@@ -736,7 +746,7 @@ async def _run_on_store(graph: Graph, options: _Options, store: Any) -> Graph:
     try:
         loaded = await anyio.to_thread.run_sync(for_run, graph, the_store)
         weights = _weights(durations(loaded.stored), loaded.graph)
-        the_run = options.make(loaded.graph, weights=weights)
+        the_run = options.make(loaded.graph, weights=weights, emit=emit)
         the_run.session = _Session(the_store, loaded, the_run.emit)
         return await the_run.run()
     finally:
@@ -758,6 +768,20 @@ def _weights(known: Mapping[str, float], graph: Graph) -> dict[str, float] | Non
     return {n: known.get(n, typical) or 1e-6 for n in graph.tasks}
 
 
+def _make_run(
+    graph: Graph,
+    max_io: int | None = None,
+    cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    fail_fast: bool = False,
+    deadline: float | None = None,
+    emit: Emit | None = None,
+) -> _Run:
+    """A run without a store, checked (``open_run`` needs the _Run itself)."""
+    options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, None)
+    return options.make(graph, emit=emit)
+
+
 async def run(
     graph: Graph,
     *,
@@ -767,6 +791,8 @@ async def run(
     fail_fast: bool = False,
     deadline: float | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    progress: Progress = False,
+    on_event: OnEvent | None = None,
 ) -> Graph:
     """Run every pending task of ``graph`` and return a new Graph with their states.
 
@@ -777,14 +803,16 @@ async def run(
     unless ``fail_fast=True``, which cancels the rest and raises :class:`TaskFailures`.
     ``deadline`` (seconds) cancels whatever has not finished by then.
 
+    ``progress=True`` draws a progress bar and ``on_event`` is called with each
+    :class:`Event` (see docs/observing.md).
+
     ``store`` (a file path, or a :class:`Store`) makes the run durable: every outcome is
     recorded there, and tasks already done there with an unchanged fingerprint are
     reused instead of run (see :func:`load` and ``docs/store.md``).
     """
     options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, store)
-    if store is not None:
-        return await _run_on_store(graph, options, store)
-    return await options.make(graph).run()
+    watch = Watch(progress, on_event)
+    return await watch.observe(_body(graph, options, store, watch.emit))
 
 
 def run_sync(
@@ -796,6 +824,8 @@ def run_sync(
     fail_fast: bool = False,
     deadline: float | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    progress: Progress = False,
+    on_event: OnEvent | None = None,
 ) -> Graph:
     """:func:`run` for scripts: runs on a new event loop (uvloop when installed).
 
@@ -804,11 +834,8 @@ def run_sync(
     stops the workers and raises KeyboardInterrupt.
     """
     options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, store)
-    main: Callable[[], Coroutine[Any, Any, Graph]]
-    if store is not None:
-        main = functools.partial(_run_on_store, graph, options, store)
-    else:
-        main = options.make(graph).run
+    watch = Watch(progress, on_event)
+    body = functools.partial(watch.observe, _body(graph, options, store, watch.emit))
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -818,8 +845,8 @@ def run_sync(
     # Outside the except block, so the run's own errors carry no "no running event
     # loop" context in their tracebacks.
     if in_a_loop:
-        return _run_in_helper_thread(main)
-    return _run_on_new_loop(main)
+        return _run_in_helper_thread(body)
+    return _run_on_new_loop(body)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -10,13 +10,14 @@ import asyncgraph as ag
 
 def test_all_is_pinned():
     assert ag.__all__ == [
-        "CycleError", "DuplicateTaskError", "Graph", "GraphError", "InvalidTaskError",
-        "Kind", "MissingDependencyError", "PicklingError", "RemoteError", "SQLiteStore",
-        "SignatureError", "State", "Store", "StoreError", "StoreLockedError",
-        "StoreMismatchError", "StoredResult", "Task", "TaskCancelled", "TaskError",
-        "TaskFailures", "TaskRecord", "UnknownTaskError", "UnstorableResultError",
-        "WorkerDiedError", "create_graph", "history", "load", "mark_done",
-        "mark_done_except", "plan", "reset", "reset_failed", "run", "run_sync", "subgraph",
+        "CycleError", "DuplicateTaskError", "Event", "EventKind", "Graph", "GraphError",
+        "InvalidTaskError", "Kind", "MissingDependencyError", "OpenRun", "PicklingError",
+        "RemoteError", "SQLiteStore", "SignatureError", "State", "Store", "StoreError",
+        "StoreLockedError", "StoreMismatchError", "StoredResult", "Summary", "Task",
+        "TaskCancelled", "TaskError", "TaskFailures", "TaskRecord", "UnknownTaskError",
+        "UnstorableResultError", "WorkerDiedError", "create_graph", "history", "load",
+        "mark_done", "mark_done_except", "open_run", "plan", "reset", "reset_failed", "run",
+        "run_sync", "subgraph",
     ]
     for name in ag.__all__:
         assert getattr(ag, name).__module__.startswith("asyncgraph")
@@ -42,9 +43,10 @@ def test_error_tree():
 
 
 def test_import_is_cheap():
-    """``import asyncgraph`` must not pull in pandas (only to_frame needs it)."""
-    code = ("import sys, asyncgraph; print(*(m in sys.modules for m in "
-            "('pandas', 'uvloop', 'sqlite3')))")
+    """``import asyncgraph`` must not pull in pandas (only to_frame needs it), sqlite3
+    (only a store needs it), nor the optional libraries of observing a run."""
+    heavy = ["pandas", "uvloop", "sqlite3", "tqdm", "matplotlib", "IPython"]
+    code = f"import sys, asyncgraph; print(*[m in sys.modules for m in {heavy!r}])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split() == ["False", "False", "False"]
+    assert out.stdout.split() == ["False"] * len(heavy)

@@ -21,3 +21,16 @@ def test_overhead_benchmark_runs_on_a_tiny_graph(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "asyncgraph" in proc.stdout
     assert out.stat().st_size > 0
+
+
+def test_progress_benchmark_runs_on_a_tiny_graph(tmp_path):
+    out = tmp_path / "progress.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/progress.py", "--sizes", "300", "--reps", "1",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "progress/plain" in proc.stdout
+    assert out.stat().st_size > 0

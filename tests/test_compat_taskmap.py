@@ -128,7 +128,7 @@ async def blocking_until_file(path: str) -> tuple[int, bool]:
     """An ``async def`` that blocks its thread until ``path`` exists (bounded)."""
     deadline = time.monotonic() + GUARD
     while time.monotonic() < deadline:
-        if os.path.exists(path):  # noqa: ASYNC240 - blocking is what this task is for
+        if os.path.exists(path):
             return os.getpid(), True
         time.sleep(0.01)  # noqa: ASYNC251 - blocking is what this task is for
     return os.getpid(), False
@@ -136,7 +136,7 @@ async def blocking_until_file(path: str) -> tuple[int, bool]:
 
 async def write_file(path: str) -> int:
     await asyncio.sleep(0)
-    Path(path).touch()  # noqa: ASYNC240 - a tiny local file
+    Path(path).touch()
     return os.getpid()
 
 

@@ -1,0 +1,539 @@
+"""Watching a run: the ``on_event`` callback, the progress bar, logging, and open runs.
+
+Everything here is fed by the runner's one ``emit`` callable (see ``_events``), on the
+loop's thread, and by nothing else: no listener assumes *when* an event comes (with a
+store, ``done`` arrives once the result is durable, from a commit callback), only that
+it comes through ``emit``. A run without any listener gets ``emit=None`` and pays
+nothing.
+
+Listeners, each optional, fanned out by :func:`_fan_out`:
+
+* the progress bar (:class:`_Progress`): counts per kind, the running tasks, redrawn
+  at most every 0.1 s; the clock it reads is the event's own ``time``, so an event that
+  does not redraw costs a few dict operations;
+* a sync ``on_event`` callback, called inline; an async one is handed to one relay task
+  owned by the run (:class:`_Relay`), which awaits it event by event, in order, and is
+  drained before the run returns. An exception raised by either is logged on the
+  ``asyncgraph`` logger (with its traceback) and the run goes on: watching must not
+  change what the run does;
+* the ``asyncgraph`` logger, only when it is enabled for INFO (failures and retries) or
+  DEBUG (every event) at the start of the run; the library adds no handler;
+* an :class:`OpenRun`'s history, which its ``events()`` and ``as_completed()``
+  iterators read, woken by the emit itself (no polling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import inspect
+import itertools
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from ._events import Emit, Event, EventKind
+
+if TYPE_CHECKING:
+    from ._graph import Graph
+    from ._runner import _Run
+
+__all__ = ["OpenRun", "Progress", "OnEvent", "Watch", "open_run"]
+
+logger = logging.getLogger("asyncgraph")
+
+#: ``progress=``: False (no bar), True (a bar when stderr is a terminal or in Jupyter),
+#: or "force" (a bar on stderr whatever it is).
+Progress: TypeAlias = bool | Literal["force"]
+#: ``on_event=``: called with each Event; a coroutine function is awaited (in order).
+OnEvent: TypeAlias = Callable[[Event], Any]
+
+_QUEUED = EventKind.QUEUED
+_STARTED = EventKind.STARTED
+_SKIPPED = EventKind.SKIPPED
+_SETTLED = (EventKind.DONE, EventKind.FAILED, EventKind.SKIPPED, EventKind.CANCELLED)
+#: Seconds between two redraws of the bar (tqdm's own default).
+REDRAW_EVERY = 0.1
+
+
+def check_watch_options(progress: Any, on_event: Any) -> None:
+    """TypeError/ValueError naming the parameter, before anything starts."""
+    if isinstance(progress, str):
+        if progress != "force":
+            raise ValueError(f"progress must be True, False or 'force', not {progress!r}")
+    elif not isinstance(progress, bool):
+        raise TypeError(
+            f"progress must be True, False or 'force', not {type(progress).__name__} {progress!r}"
+        )
+    if on_event is not None and not callable(on_event):
+        raise TypeError(
+            f"on_event must be a function taking an Event (or None), not "
+            f"{type(on_event).__name__} {on_event!r}"
+        )
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+def _in_jupyter() -> bool:
+    """True inside a Jupyter kernel (not a plain IPython terminal)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if get is not None else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class _Progress:
+    """A progress bar fed by events: done / failed / skipped / cancelled, and running.
+
+    Its total is the tasks the run settles: those queued, plus those skipped before
+    anything started (a failed upstream task from an earlier run). Built only when it
+    will be shown (see :meth:`make`), so a silent bar costs nothing per event.
+    """
+
+    def __init__(self, open_bar: Callable[[], Any]) -> None:
+        self.open_bar = open_bar  # called when the run starts, so no bar is left over
+        self.bar: Any = None  # if the run's options turn out to be wrong
+        self.counts = dict.fromkeys(EventKind, 0)
+        self.running: dict[str, None] = {}  # insertion-ordered: the oldest first
+        self.extra = 0  # skipped before anything started: not queued, still settled
+        self.shown = 0  # settled tasks the bar has been told about
+        self.next_draw = 0.0
+
+    @classmethod
+    def make(cls, progress: Progress) -> _Progress | None:
+        if progress is False:
+            return None
+        jupyter = _in_jupyter()
+        if progress is True and not jupyter and not sys.stderr.isatty():
+            return None  # output is not a terminal: silent unless forced
+        try:
+            import tqdm  # noqa: F401 - only to say which extra is missing
+        except ImportError:
+            raise ImportError(
+                "progress=True needs tqdm: pip install 'asyncgraph[progress]'"
+            ) from None
+        options: dict[str, Any] = {
+            "total": 0,
+            "unit": "task",
+            "mininterval": 0,  # we throttle ourselves, on the events' clock
+            "miniters": 1,
+            "dynamic_ncols": True,
+        }
+        if jupyter:
+            try:
+                import ipywidgets  # noqa: F401 - tqdm's notebook bar is a widget
+                from tqdm.notebook import tqdm as notebook_tqdm
+
+                return cls(functools.partial(notebook_tqdm, **options))
+            except ImportError:
+                pass  # no ipywidgets: a text bar on the cell's stderr is next best
+        from tqdm import tqdm as text_tqdm
+
+        return cls(functools.partial(text_tqdm, file=sys.stderr, disable=False, **options))
+
+    def start(self) -> None:
+        self.bar = self.open_bar()
+
+    def __call__(self, event: Event) -> None:
+        # Per event: keep this to a few dict operations (see benchmarks/progress.py).
+        kind = event.kind
+        self.counts[kind] += 1
+        if kind is _STARTED:
+            self.running[event.task] = None
+        elif kind is not _QUEUED:
+            self.running.pop(event.task, None)
+            if kind is _SKIPPED and not self.counts[_STARTED]:
+                self.extra += 1
+        if event.time >= self.next_draw:
+            self.draw(event.time)
+
+    def text(self) -> str:
+        c = self.counts
+        parts = [
+            f"done {c[EventKind.DONE]}",
+            f"failed {c[EventKind.FAILED]}",
+            f"skipped {c[EventKind.SKIPPED]}",
+        ]
+        if c[EventKind.CANCELLED]:
+            parts.append(f"cancelled {c[EventKind.CANCELLED]}")
+        if self.running:
+            names = list(itertools.islice(self.running, 3))
+            shown = ", ".join(n if len(n) <= 24 else n[:23] + "…" for n in names)
+            more = len(self.running) - len(names)
+            parts.append(f"running {shown}" + (f" +{more}" if more else ""))
+        return " · ".join(parts)
+
+    def draw(self, now: float) -> None:
+        self.next_draw = now + REDRAW_EVERY
+        bar = self.bar
+        c = self.counts
+        settled = sum(c[k] for k in _SETTLED)
+        bar.total = c[_QUEUED] + self.extra
+        bar.set_postfix_str(self.text(), refresh=False)
+        if settled > self.shown:
+            bar.update(settled - self.shown)
+            self.shown = settled
+        else:
+            bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.draw(0.0)
+            self.bar.close()
+
+
+class _Relay:
+    """Awaits an async ``on_event`` callback for each event, in order, in one task.
+
+    ``push`` (from emit) never blocks: it appends and wakes the task. The run drains it
+    (``aclose``) before returning, so no callback is lost; a cancelled run cancels it.
+    """
+
+    def __init__(self, callback: Callable[[Event], Awaitable[Any]]) -> None:
+        self.callback = callback
+        self.queue: collections.deque[Event] = collections.deque()
+        self.wake: asyncio.Future[None] | None = None
+        self.closing = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._work(), name="on_event")
+
+    def push(self, event: Event) -> None:
+        self.queue.append(event)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self.queue:
+                event = self.queue.popleft()
+                try:
+                    await self.callback(event)
+                except Exception:
+                    logger.exception("on_event callback failed on %s of %r", event.kind, event.task)
+            if self.closing:
+                return
+            self.wake = loop.create_future()
+            await self.wake
+
+    async def aclose(self) -> None:
+        """Deliver what is queued, then stop. Cancelled meanwhile: stop at once."""
+        assert self.task is not None
+        self.closing = True
+        self._poke()
+        try:
+            await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+def _guarded(callback: Callable[[Event], Any]) -> Emit:
+    def call(event: Event) -> None:
+        try:
+            callback(event)
+        except Exception:
+            logger.exception("on_event callback failed on %s of %r", event.kind, event.task)
+
+    return call
+
+
+def _log_event(event: Event) -> None:
+    kind = event.kind
+    if kind is EventKind.FAILED or kind is EventKind.RETRYING:
+        error = event.error
+        logger.info(
+            "task %r %s (attempt %d): %s: %s",
+            event.task,
+            kind.value,
+            event.attempt,
+            type(error).__name__,
+            error,
+        )
+    else:
+        logger.debug("task %r %s (attempt %d)", event.task, kind.value, event.attempt)
+
+
+def _log_failures(event: Event) -> None:
+    if event.kind is EventKind.FAILED or event.kind is EventKind.RETRYING:
+        _log_event(event)
+
+
+def _fan_out(listeners: list[Emit]) -> Emit | None:
+    if not listeners:
+        return None
+    if len(listeners) == 1:
+        return listeners[0]
+    first, *rest = listeners
+
+    def emit(event: Event) -> None:
+        first(event)
+        for listener in rest:
+            listener(event)
+
+    return emit
+
+
+class Watch:
+    """The listeners of one run, and their lifetime (``observe``)."""
+
+    def __init__(
+        self, progress: Progress, on_event: OnEvent | None, extra: Emit | None = None
+    ) -> None:
+        check_watch_options(progress, on_event)
+        self.progress = _Progress.make(progress)
+        self.relay: _Relay | None = None
+        listeners: list[Emit] = []
+        if extra is not None:
+            listeners.append(extra)
+        if self.progress is not None:
+            listeners.append(self.progress)
+        if on_event is not None:
+            if _is_async(on_event):
+                self.relay = _Relay(on_event)
+                listeners.append(self.relay.push)
+            else:
+                listeners.append(_guarded(on_event))
+        if logger.isEnabledFor(logging.DEBUG):
+            listeners.append(_log_event)
+        elif logger.isEnabledFor(logging.INFO):
+            listeners.append(_log_failures)
+        self.emit = _fan_out(listeners)
+
+    async def observe(self, body: Callable[[], Awaitable[Graph]]) -> Graph:
+        """Run ``body`` (the run) with the listeners started, and settle them after."""
+        if self.progress is not None:
+            self.progress.start()
+        if self.relay is not None:
+            self.relay.start()
+        try:
+            result = await body()
+        except BaseException as exc:
+            if self.relay is not None:
+                if isinstance(exc, Exception):  # e.g. TaskFailures: the events still count
+                    await self.relay.aclose()
+                else:  # cancelled, Ctrl-C: stop listening now
+                    self.relay.cancel()
+            raise
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+        if self.relay is not None:
+            await self.relay.aclose()
+        return result
+
+
+class OpenRun:
+    """A run in progress, from :func:`open_run`: its events, its results as they come.
+
+    ::
+
+        async with ag.open_run(g) as r:
+            async for name, value in r.as_completed():
+                ...                    # use early results while the rest runs
+        r.graph                        # the resulting Graph
+
+    Leaving the block waits for the run to end (call :meth:`cancel` to stop it early);
+    an exception in the block cancels the run, waits for its cleanup, and propagates.
+    A ``fail_fast`` failure is raised when the block is left (and by :meth:`wait`).
+    """
+
+    def __init__(self, graph: Graph, options: dict[str, Any]) -> None:
+        self._graph = graph
+        self._options = options
+        check_watch_options(options["progress"], options["on_event"])
+        self._history: list[Event] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._closed = False
+        self._run: _Run | None = None
+        self._task: asyncio.Task[Graph] | None = None
+
+    # -- the run's lifetime ---------------------------------------------------------
+
+    async def __aenter__(self) -> OpenRun:
+        from ._runner import _make_run
+
+        if self._task is not None:
+            raise RuntimeError("an OpenRun can be entered only once")
+        opts = dict(self._options)
+        watch = Watch(opts.pop("progress"), opts.pop("on_event"), extra=self._record)
+        self._run = _make_run(self._graph, emit=watch.emit, **opts)
+        self._task = asyncio.get_running_loop().create_task(watch.observe(self._run.run))
+        self._task.add_done_callback(self._ended)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._task is not None
+        if exc is not None:
+            # The block failed (or we are being cancelled):
+            #     async with ag.open_run(g) as r:
+            #         raise ValueError   # <- here, while tasks run
+            # so cancel the run, wait for its cleanup, and let the block's error go on.
+            self._task.cancel()
+            await _wait_out(self._task)
+            if not self._task.cancelled():
+                with contextlib.suppress(Exception):
+                    self._task.result()  # the block's error wins
+            return
+        await self.wait()
+
+    def _ended(self, task: asyncio.Task[Graph]) -> None:
+        self._closed = True
+        self._wake()
+
+    async def wait(self) -> Graph:
+        """Wait for the run to end and return its Graph (or raise what the run raised).
+
+        Cancelled while waiting: the run is cancelled too, and its cleanup awaited.
+        """
+        task = self._started()
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            task.cancel()
+            await _wait_out(task)
+            raise
+        return self._result(task)
+
+    def _result(self, task: asyncio.Task[Graph]) -> Graph:
+        if task.cancelled():
+            # Only we cancel it (cancel(), or leaving the block on an error); the run
+            # recorded every unfinished task as cancelled before it ended.
+            assert self._run is not None
+            return self._run.graph._derive(self._run.records)
+        return task.result()
+
+    def cancel(self) -> None:
+        """Stop the run: running tasks are cancelled and recorded as ``cancelled``, and
+        :meth:`wait` and :attr:`graph` give the Graph so far (they do not raise)."""
+        self._started().cancel()
+
+    @property
+    def graph(self) -> Graph:
+        """The resulting Graph, once the run has ended (RuntimeError before)."""
+        task = self._started()
+        if not task.done():
+            raise RuntimeError("the run has not ended yet: await r.wait() first")
+        return self._result(task)
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has ended."""
+        return self._task is not None and self._task.done()
+
+    def _started(self) -> asyncio.Task[Graph]:
+        if self._task is None:
+            raise RuntimeError("use the OpenRun in 'async with ag.open_run(graph) as r:'")
+        return self._task
+
+    # -- events ---------------------------------------------------------------------
+
+    def _record(self, event: Event) -> None:
+        self._history.append(event)
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def _next(self, index: int) -> Event | None:
+        """The event at ``index``, waiting for it; None once the run has ended."""
+        while index >= len(self._history):
+            if self._closed:
+                return None
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return self._history[index]
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event of the run, from its first, as they happen; ends with the run.
+
+        Each call starts from the beginning, so iterating late loses nothing.
+        """
+        self._started()
+        index = 0
+        while (event := await self._next(index)) is not None:
+            index += 1
+            yield event
+
+    async def as_completed(self) -> AsyncIterator[tuple[str, Any]]:
+        """``(name, result)`` of each task as it is done, in the order they finish.
+
+        Failed, skipped and cancelled tasks are not yielded (read them from
+        :attr:`graph` afterwards); it ends when the run ends.
+        """
+        the_run = self._run
+        assert the_run is not None or self._task is None
+        async for event in self.events():
+            if event.kind is EventKind.DONE:
+                assert the_run is not None
+                yield event.task, the_run.records[event.task].result
+
+
+async def _wait_out(task: asyncio.Task[Any]) -> None:
+    """Wait until ``task`` has ended, however often we are cancelled meanwhile."""
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+
+
+def open_run(
+    graph: Graph,
+    *,
+    max_io: int | None = None,
+    cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    fail_fast: bool = False,
+    deadline: float | None = None,
+    progress: Progress = False,
+    on_event: OnEvent | None = None,
+) -> OpenRun:
+    """Start ``graph`` in ``async with``, to watch its events and use early results.
+
+    Takes :func:`asyncgraph.run`'s options. See :class:`OpenRun`.
+    """
+    return OpenRun(
+        graph,
+        {
+            "max_io": max_io,
+            "cpu_workers": cpu_workers,
+            "limits": limits,
+            "fail_fast": fail_fast,
+            "deadline": deadline,
+            "progress": progress,
+            "on_event": on_event,
+        },
+    )
