@@ -533,6 +533,13 @@ class _Session:
         self.the_run = the_run
         records = the_run.records
         tasks = the_run.tasks
+        # Done in the graph but not from the store (mark_done, create_graph(done=...), a
+        # run without a store): recorded as done now, so the next run reuses them too.
+        given = {
+            n: self._serialize(n, r.result)
+            for n, r in records.items()
+            if r.status is State.DONE and type(r.result) is not StoredResult
+        }
         needed = {
             d
             for n in the_run.core.pending()
@@ -557,6 +564,8 @@ class _Session:
             self._committed,
             self._write_failed,
         )
+        for n, blob in given.items():
+            self.writer.put(self._row(n, records[n], blob))
 
     def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
         error = rec.error
@@ -612,8 +621,8 @@ class _Session:
             return
         tries = self.the_run.tries
         for row in rows:
-            if row.status is State.DONE:
-                emit(Event(EventKind.DONE, row.name, tries.get(row.name, 0), row.finished or 0.0))
+            if row.status is State.DONE and row.name in tries:  # not the marked-done ones
+                emit(Event(EventKind.DONE, row.name, tries[row.name], row.finished or 0.0))
 
     def _write_failed(self, exc: BaseException) -> None:
         self.error = StoreError(

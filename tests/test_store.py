@@ -454,3 +454,51 @@ def test_sync_run_on_store_and_store_path_kinds(tmp_path: Path) -> None:
     with pytest.raises(ag.StoreError, match="is a directory"):
         ag.run_sync(versioned(1), store=tmp_path)
     assert os.listdir(tmp_path) == ["deep"]
+
+
+async def test_marked_done_tasks_are_recorded_for_the_next_run(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    flaky = Flaky(tmp_path)
+    await ag.run(pipeline(flaky), store=db)
+    fixed = ag.mark_done(ag.load(pipeline(flaky), db), "load_db", results={"load_db": 60})
+    await ag.run(fixed, store=db)
+    flaky.clear()
+    again = await ag.run(pipeline(flaky), store=db)  # a fresh graph: nothing left to run
+    assert flaky.ran == []
+    assert again.results["report"] == "total 60"
+    assert ag.load(pipeline(flaky), db).results["load_db"] == 60
+
+
+async def test_done_is_announced_only_once_its_result_is_committed(tmp_path: Path) -> None:
+    committed: list[str] = []
+    gate = threading.Event()
+
+    class Slow(SQLiteStore):
+        def write(self, run_id: int, rows: Any) -> None:
+            gate.wait()  # the disk is slow: nothing is durable until the gate opens
+            super().write(run_id, rows)
+            committed.extend(r.name for r in rows if r.status is ag.State.DONE)
+
+    announced: list[tuple[str, bool]] = []
+
+    def on_event(event: ag.Event) -> None:
+        if event.kind is ag.EventKind.DONE:
+            announced.append((event.task, event.task in committed))
+        if event.kind is ag.EventKind.STARTED and event.task == "other":
+            gate.set()  # open the gate only after a downstream task has started
+
+    g = ag.Graph()
+
+    @g.task
+    async def first() -> int:
+        return 1
+
+    @g.task
+    async def other(first: int) -> int:  # starts before first's result is durable
+        return first + 1
+
+    store = Slow(tmp_path / "s.db")
+    out = await ag.run(g, store=store, on_event=on_event)
+    store.close()
+    assert out.results["other"] == 2
+    assert announced == [("first", True), ("other", True)]
