@@ -514,7 +514,7 @@ def run(args: argparse.Namespace) -> int:
         before = graph.status
         options: dict[str, Any] = {"cpu_workers": args.cpu_workers, "max_io": args.max_io}
         if args.progress:
-            options.update(_progress_option(ag.run_sync))
+            options.update(_progress_option())
         result = ag.run_sync(graph, store=store, **options)
         runs = store.runs()
     finally:
@@ -524,18 +524,16 @@ def run(args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
-def _progress_option(run_sync: Callable[..., Any]) -> dict[str, Any]:
-    # WIRE-UP: `progress=` is being added to run/run_sync in parallel. Until a version
-    # has it, --progress is accepted and says it does nothing, so scripts that pass it
-    # keep working across versions.
-    if "progress" in inspect.signature(run_sync).parameters:
-        return {"progress": True}
-    print(
-        "asyncgraph run: note: progress display is not available in this version; "
-        "running without it",
-        file=sys.stderr,
-    )
-    return {}
+def _progress_option() -> dict[str, Any]:
+    """``--progress``: the bar of ``run(progress=True)``, on stderr when it is a terminal."""
+    import importlib.util
+
+    if importlib.util.find_spec("tqdm") is None:
+        raise UsageError(
+            "--progress needs tqdm, which is not installed; "
+            "install it with: pip install 'asyncgraph[progress]'"
+        )
+    return {"progress": True}
 
 
 def _summary(

@@ -305,24 +305,33 @@ def test_ctrl_c_exits_130(
     assert "interrupted" in err
 
 
-def test_progress_is_passed_only_when_run_sync_takes_it(
+def test_progress_asks_run_sync_for_a_bar(
     flow: Flow, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flow.fix()
     real = ag.run_sync
-    code, _, err = cli(capsys, "run", flow.target, "--store", flow.store, "--progress")
-    if "progress" not in __import__("inspect").signature(real).parameters:
-        assert code == 0 and "progress display is not available" in err
     seen: dict[str, Any] = {}
 
     def with_progress(graph: ag.Graph, *, progress: bool = False, **options: Any) -> ag.Graph:
         seen["progress"] = progress
-        return real(graph, **options)
+        return real(graph, progress=progress, **options)
 
     monkeypatch.setattr(ag, "run_sync", with_progress)
-    code, _, err = cli(capsys, "run", flow.target, "--store", flow.store, "--progress")
+    code, _, _err = cli(capsys, "run", flow.target, "--store", flow.store, "--progress")
     assert code == 0 and seen == {"progress": True}
-    assert "not available" not in err
+
+
+def test_progress_without_tqdm_is_a_usage_error(
+    flow: Flow, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "tqdm" else real_find_spec(n, *a)
+    )
+    code, _, err = cli(capsys, "run", flow.target, "--store", flow.store, "--progress")
+    assert code == 2 and "asyncgraph[progress]" in err
 
 
 # -- status ------------------------------------------------------------------------------
