@@ -14,7 +14,8 @@
     |   +-- UnknownTaskError       a rewrite or query names tasks the graph lacks; ``.names``
     |   +-- PicklingError          a ``kind="cpu"`` task cannot be sent to a worker process
     +-- TaskError                  base of errors that stand in for a task's own exception
-    |   +-- RemoteError            a worker's exception could not be pickled back
+    |   +-- RemoteError            an exception known by its text only (a worker's
+    |                              that could not be pickled back, or from a store)
     |   +-- WorkerDiedError        the worker process running the task died
     |   +-- TaskCancelled          recorded on a task that was cancelled (run cancelled,
     |                              ``fail_fast`` or the run's ``deadline``)
@@ -150,7 +151,8 @@ class TaskError(Exception):
 
 
 class RemoteError(TaskError):
-    """A task raised in a worker process and its exception could not be pickled back.
+    """An exception known only by its text: a worker's exception that could not be
+    pickled back, or a failure loaded from a store.
 
     Carries what could be recovered: ``type_name`` (qualified), ``message`` and the
     formatted ``traceback`` text from the worker.
