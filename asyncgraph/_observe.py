@@ -31,6 +31,7 @@ import functools
 import inspect
 import itertools
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
@@ -41,6 +42,7 @@ from ._events import Emit, Event, EventKind
 if TYPE_CHECKING:
     from ._graph import Graph
     from ._runner import _Run
+    from ._store import Store
 
 __all__ = ["OpenRun", "Progress", "OnEvent", "Watch", "open_run"]
 
@@ -370,14 +372,16 @@ class OpenRun:
     # -- the run's lifetime ---------------------------------------------------------
 
     async def __aenter__(self) -> OpenRun:
-        from ._runner import _make_run
+        from ._runner import _body, _check_options
 
         if self._task is not None:
             raise RuntimeError("an OpenRun can be entered only once")
         opts = dict(self._options)
         watch = Watch(opts.pop("progress"), opts.pop("on_event"), extra=self._record)
-        self._run = _make_run(self._graph, emit=watch.emit, **opts)
-        self._task = asyncio.get_running_loop().create_task(watch.observe(self._run.run))
+        store = opts.pop("store")
+        options = _check_options(self._graph, store=store, **opts)
+        body = _body(self._graph, options, store, watch.emit, on_run=self._attach)
+        self._task = asyncio.get_running_loop().create_task(watch.observe(body))
         self._task.add_done_callback(self._ended)
         return self
 
@@ -401,6 +405,11 @@ class OpenRun:
             return
         await self.wait()
 
+    def _attach(self, the_run: _Run) -> None:
+        # Called as soon as the run exists: at once without a store, after the store
+        # was read with one.
+        self._run = the_run
+
     def _ended(self, task: asyncio.Task[Graph]) -> None:
         self._closed = True
         self._wake()
@@ -422,8 +431,10 @@ class OpenRun:
     def _result(self, task: asyncio.Task[Graph]) -> Graph:
         if task.cancelled():
             # Only we cancel it (cancel(), or leaving the block on an error); the run
-            # recorded every unfinished task as cancelled before it ended.
-            assert self._run is not None
+            # recorded every unfinished task as cancelled before it ended. Cancelled
+            # while its store was still being read, nothing had started: the input.
+            if self._run is None:
+                return self._graph
             return self._run.graph._derive(self._run.records)
         return task.result()
 
@@ -490,10 +501,9 @@ class OpenRun:
         Failed, skipped and cancelled tasks are not yielded (read them from
         :attr:`graph` afterwards); it ends when the run ends.
         """
-        the_run = self._run
-        assert the_run is not None or self._task is None
         async for event in self.events():
             if event.kind is EventKind.DONE:
+                the_run = self._run
                 assert the_run is not None
                 yield event.task, the_run.records[event.task].result
 
@@ -520,6 +530,7 @@ def open_run(
     deadline: float | None = None,
     progress: Progress = False,
     on_event: OnEvent | None = None,
+    store: str | os.PathLike[str] | Store | None = None,
 ) -> OpenRun:
     """Start ``graph`` in ``async with``, to watch its events and use early results.
 
@@ -535,5 +546,6 @@ def open_run(
             "deadline": deadline,
             "progress": progress,
             "on_event": on_event,
+            "store": store,
         },
     )

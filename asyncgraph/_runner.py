@@ -702,12 +702,12 @@ class _Options(NamedTuple):
 
 def _check_options(
     graph: Graph,
-    max_io: int | None,
-    cpu_workers: int | None,
-    limits: Mapping[str, int] | None,
-    fail_fast: bool,
-    deadline: float | None,
-    store: Any,
+    max_io: int | None = None,
+    cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    fail_fast: bool = False,
+    deadline: float | None = None,
+    store: Any = None,
 ) -> _Options:
     if not isinstance(graph, Graph):
         raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
@@ -737,15 +737,31 @@ def _check_options(
 
 
 def _body(
-    graph: Graph, options: _Options, store: Any, emit: Emit | None
+    graph: Graph,
+    options: _Options,
+    store: Any,
+    emit: Emit | None,
+    on_run: Callable[[_Run], None] | None = None,
 ) -> Callable[[], Coroutine[Any, Any, Graph]]:
-    """The run itself, as a coroutine function (what ``Watch.observe`` awaits)."""
+    """The run itself, as a coroutine function (what ``Watch.observe`` awaits).
+
+    ``on_run`` is given the ``_Run`` once it exists (an open run reads its records).
+    """
     if store is not None:
-        return functools.partial(_run_on_store, graph, options, store, emit)
-    return options.make(graph, emit=emit).run
+        return functools.partial(_run_on_store, graph, options, store, emit, on_run)
+    the_run = options.make(graph, emit=emit)
+    if on_run is not None:
+        on_run(the_run)
+    return the_run.run
 
 
-async def _run_on_store(graph: Graph, options: _Options, store: Any, emit: Emit | None) -> Graph:
+async def _run_on_store(
+    graph: Graph,
+    options: _Options,
+    store: Any,
+    emit: Emit | None,
+    on_run: Callable[[_Run], None] | None = None,
+) -> Graph:
     """A run that records itself in ``store`` and reuses what is done there."""
     from ._resume import durations, for_run
     from ._store import open_store
@@ -757,6 +773,8 @@ async def _run_on_store(graph: Graph, options: _Options, store: Any, emit: Emit 
         weights = _weights(durations(loaded.stored), loaded.graph)
         the_run = options.make(loaded.graph, weights=weights, emit=emit)
         the_run.session = _Session(the_store, loaded, the_run.emit)
+        if on_run is not None:
+            on_run(the_run)
         return await the_run.run()
     finally:
         if the_store is store:
@@ -775,20 +793,6 @@ def _weights(known: Mapping[str, float], graph: Graph) -> dict[str, float] | Non
     ordered = sorted(known.values())
     typical = ordered[len(ordered) // 2] or 1e-6
     return {n: known.get(n, typical) or 1e-6 for n in graph.tasks}
-
-
-def _make_run(
-    graph: Graph,
-    max_io: int | None = None,
-    cpu_workers: int | None = None,
-    limits: Mapping[str, int] | None = None,
-    fail_fast: bool = False,
-    deadline: float | None = None,
-    emit: Emit | None = None,
-) -> _Run:
-    """A run without a store, checked (``open_run`` needs the _Run itself)."""
-    options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, None)
-    return options.make(graph, emit=emit)
 
 
 async def run(

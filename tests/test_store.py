@@ -502,3 +502,22 @@ async def test_done_is_announced_only_once_its_result_is_committed(tmp_path: Pat
     store.close()
     assert out.results["other"] == 2
     assert announced == [("first", True), ("other", True)]
+
+
+async def test_open_run_on_a_store_yields_results_as_they_are_durable(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    flaky = Flaky(tmp_path)
+    flaky.broken = False
+    seen: list[str] = []
+    async with ag.open_run(pipeline(flaky), store=db) as r:
+        async for name, value in r.as_completed():
+            seen.append(name)
+            assert ag.load(pipeline(flaky), db).status[name] is ag.State.DONE
+            if name == "load_db":
+                assert value == 6
+    assert sorted(seen) == ["extract", "load_db", "report", "side"]
+    assert r.graph.results["report"] == "total 6"
+    flaky.clear()
+    async with ag.open_run(pipeline(flaky), store=db) as again:
+        assert [n async for n, _ in again.as_completed()] == []  # all reused
+    assert flaky.ran == []
