@@ -9,6 +9,7 @@ convention for usage errors), 130 Ctrl-C. See ``docs/cli.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,7 +19,14 @@ __all__ = ["main"]
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import main as demo_main
 
-    return demo_main()
+    if args.store is not None and os.path.exists(args.store):
+        print(
+            f"asyncgraph demo: error: {args.store!r} exists; the demo starts from a new "
+            "store: give a path that does not exist yet",
+            file=sys.stderr,
+        )
+        return 2
+    return demo_main(store=args.store, progress=not args.no_progress)
 
 
 def _command(name: str) -> object:
@@ -152,14 +160,22 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run a small mixed IO/CPU graph in which one task fails on purpose",
+        help="a night and a morning: a mixed IO/CPU graph fails, then is recovered",
         description=(
-            "Run a graph of IO coroutines, a thread and CPU tasks in 2 worker processes. "
-            "One task fails on purpose and its descendants are skipped, while an "
-            "independent branch finishes; the status table is printed. Exits 0: the "
-            "failure is the point of the demo."
+            "Run a graph of IO coroutines, a thread and CPU tasks in 2 worker processes, "
+            "with a store. One task fails (its database is down) and its descendants are "
+            "skipped, while an independent branch finishes. Then the database comes back: "
+            "the stored state is loaded, the plan printed, and only the failed task and "
+            "what it skipped run again. Exits 0: the failure is the point of the demo."
         ),
     )
+    demo.add_argument(
+        "--store",
+        metavar="STORE",
+        help="keep the store in this file (default: a temporary file, removed at the end); "
+        "the file must not exist yet",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="draw no progress bar")
     demo.set_defaults(handler=_demo)
     return parser
 

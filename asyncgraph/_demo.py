@@ -10,22 +10,29 @@ r"""The graph behind ``python -m asyncgraph demo``: a small nightly report, one 
      (io: a thread)        (cpu)        (cpu: a worker process)
           |                      \        /
      load_to_db                    summary       done: the independent branch finishes
-     (fails: ConnectionError)
+     (a thread: fails, the database is down)
           |
      build_dashboard                              skipped
           |
      email_report                                 skipped
 
-The failure is the point of the demo, so the command exits 0: a failed task is data in
-the returned graph, not an exception. The CPU functions live in this module on purpose:
-worker processes receive the parent's ``sys.path`` and import them from here.
+The demo is a night and a morning. The night's run records everything in a store (one
+SQLite file); ``load_to_db`` fails because the database is down. In the morning the
+database is back: the recovery loads the stored state, shows the plan (what will run and
+why), resets the failed tasks and runs again, and only ``load_to_db`` and the two tasks it
+skipped run; every other result comes from the store.
+
+The CPU functions live in this module on purpose: worker processes receive the parent's
+``sys.path`` and import them from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING, TextIO
 
@@ -64,9 +71,17 @@ async def fetch_blog() -> str:
     return await _fetch("blog")
 
 
-async def load_to_db(word_counts: dict[str, int]) -> int:
-    await asyncio.sleep(0.05)
-    raise ConnectionError("db.internal:5432 refused the connection (simulated)")
+#: The "database" is down while this file exists (set by main(); a real pipeline would
+#: find out by connecting). Read at run time, so it is no part of any fingerprint.
+DB_DOWN_ENV = "ASYNCGRAPH_DEMO_DB_DOWN"
+
+
+def load_to_db(word_counts: dict[str, int]) -> int:  # a blocking client: runs in a thread
+    time.sleep(0.05)
+    flag = os.environ.get(DB_DOWN_ENV)
+    if flag and os.path.exists(flag):
+        raise ConnectionError("db.internal:5432 refused the connection (simulated)")
+    return len(word_counts)
 
 
 async def build_dashboard(load_to_db: int) -> str:  # never runs: its dependency fails
@@ -147,29 +162,78 @@ def _format_table(frame: pd.DataFrame) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines())
 
 
-def main(out: TextIO | None = None) -> int:
+def main(out: TextIO | None = None, store: str | None = None, progress: bool = True) -> int:
+    """The night and the morning (see the module docstring). ``store``: keep the store
+    there (default: a temporary directory, removed at the end)."""
     out = out if out is not None else sys.stdout
-    g = build_graph()
-    print(
-        f"Running a graph of {len(g)} tasks (cpu_workers=2); load_to_db fails on purpose.\n",
-        file=out,
-    )
-    t0 = time.perf_counter()
-    done = ag.run_sync(g, cpu_workers=2)
-    elapsed = time.perf_counter() - t0
+    if store is None:
+        with tempfile.TemporaryDirectory(prefix="asyncgraph-demo-") as tmp:
+            return _night_and_morning(out, os.path.join(tmp, "nightly.db"), progress)
+    return _night_and_morning(out, store, progress)
 
-    print(_format_table(done.to_frame()), file=out)
 
-    states = list(done.status.values())
-    detail = ", ".join(f"{states.count(s)} {s}" for s in ag.State if s in states)
-    print(f"\n{len(done)} tasks in {elapsed:.1f}s: {detail}", file=out)
-    if "summary" in done.results:
-        print(f"summary: {done.results['summary']}", file=out)
-    print(
-        "\nThe failure is recorded, not raised. To rerun only the failed task and what it"
-        " skipped,\nfix the cause and then:\n\n"
-        "    g = ag.reset_failed(done)      # failed/skipped/cancelled + descendants -> pending\n"
-        "    done = ag.run_sync(g)          # done results are reused, not recomputed",
-        file=out,
-    )
+def _night_and_morning(out: TextIO, store: str, progress: bool) -> int:
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    flag = f"{store}.db-down"
+    os.environ[DB_DOWN_ENV] = flag
+    open(flag, "w").close()  # the database is down tonight
+    try:
+        g = build_graph()
+        say(f"Night: running {len(g)} tasks (cpu_workers=2) with store {store}")
+        say("(the database is down: load_to_db fails, and what needs it is skipped)\n")
+        t0 = time.perf_counter()
+        night = ag.run_sync(g, cpu_workers=2, store=store, progress=progress)
+        elapsed = time.perf_counter() - t0
+        say(_format_table(night.to_frame()))
+        say(f"\n{_counts(night)} in {elapsed:.1f}s")
+
+        os.remove(flag)  # morning: the database is back
+        say("\nMorning: the database is back. The recovery script loads the stored state:")
+        say("\n    g = ag.load(build_graph(), store)\n    ag.plan(ag.reset_failed(g), store)\n")
+        g = ag.reset_failed(ag.load(build_graph(), store))
+        plan = ag.plan(g, store)
+        say(_format_plan(plan))
+        t0 = time.perf_counter()
+        morning = ag.run_sync(g, cpu_workers=2, store=store, progress=progress)
+        elapsed = time.perf_counter() - t0
+        ran = sorted(plan.loc[plan["action"] == "run", "name"])
+        say(f"\nRecovery: ran {', '.join(ran)}; reused the rest from the store.\n")
+        say(_format_table(morning.to_frame()))
+        say(f"\n{_counts(morning)} in {elapsed:.1f}s")
+        if "summary" in morning.results:
+            say(f"summary: {morning.results['summary']}")
+        history = ag.history(store)
+        say("\nRuns in the store (ag.history, or: asyncgraph history STORE):")
+        say(_plain(history[["run", "status", "tasks", "reused", "done", "failed", "skipped"]]))
+        say(
+            "\nFrom a shell, the same recovery is:\n\n"
+            "    asyncgraph status STORE\n"
+            "    asyncgraph run MODULE:GRAPH --store STORE --reset-failed"
+        )
+    finally:
+        if os.path.exists(flag):
+            os.remove(flag)
     return 0
+
+
+def _counts(graph: ag.Graph) -> str:
+    states = list(graph.status.values())
+    detail = ", ".join(f"{states.count(s)} {s}" for s in ag.State if s in states)
+    return f"{len(graph)} tasks: {detail}"
+
+
+def _format_plan(plan: pd.DataFrame) -> str:
+    return _plain(plan[["name", "kind", "action", "reason"]])
+
+
+def _plain(frame: pd.DataFrame) -> str:
+    table = frame.astype(str)
+    widths = {c: max(len(c), *map(len, table[c])) for c in table.columns}
+    text = table.to_string(
+        index=False,
+        justify="left",
+        formatters={c: (lambda cell, w=w: cell.ljust(w)) for c, w in widths.items()},
+    )
+    return "\n".join(line.rstrip() for line in text.splitlines())

@@ -64,11 +64,36 @@ def test_demo_prints_the_status_table(demo: subprocess.CompletedProcess[str]) ->
     assert rows["load_to_db"][2] == "2"  # attempts: one retry
 
 
-def test_demo_prints_a_summary_and_the_reset_hint(
-    demo: subprocess.CompletedProcess[str],
-) -> None:
-    assert re.search(r"10 tasks in [\d.]+s: 7 done, 1 failed, 2 skipped", demo.stdout)
-    assert "ag.reset_failed(" in demo.stdout
+def test_demo_recovers_only_what_failed(demo: subprocess.CompletedProcess[str]) -> None:
+    assert re.search(r"10 tasks: 7 done, 1 failed, 2 skipped in [\d.]+s", demo.stdout)
+    plan = {}
+    lines = demo.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(r"name\s+kind\s+action", line))
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        name, _kind, action, reason = line.split(maxsplit=3)
+        plan[name] = (action, reason)
+    assert plan["load_to_db"] == ("run", "failed last time")
+    assert plan["email_report"][0] == plan["build_dashboard"][0] == "run"
+    assert plan["hash_pages"] == ("reuse", "done, unchanged")
+    assert "Recovery: ran build_dashboard, email_report, load_to_db;" in demo.stdout
+    assert re.search(r"10 tasks: 10 done in [\d.]+s", demo.stdout)
+    history = lines[next(i for i, line in enumerate(lines) if line.startswith("run ")) :]
+    assert history[1].split() == ["1", "failed", "10", "0", "7", "1", "2"]
+    assert history[2].split() == ["2", "done", "10", "7", "3", "0", "0"]
+
+
+def test_demo_keeps_its_store_when_asked(tmp_path: Path) -> None:
+    store = tmp_path / "demo.db"
+    proc = _python("-m", "asyncgraph", "demo", "--store", str(store), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert store.exists()
+    status = _python("-m", "asyncgraph", "status", str(store))
+    assert status.returncode == 0, status.stderr
+    assert "load_to_db" in status.stdout
+    again = _python("-m", "asyncgraph", "demo", "--store", str(store))
+    assert again.returncode == 2 and "exists" in again.stderr
 
 
 def test_main_without_a_command_is_a_usage_error() -> None:
