@@ -198,3 +198,57 @@ def test_sigkill_then_resume_reruns_nothing_done(
     assert list(runs["status"]) == ["crashed", "done"]
     assert list(runs["reused"]) == [0, len(done)]
     assert list(runs["done"]) == [0, TOTAL - len(done)]
+
+
+KILLED_WHILE_CREATING = """
+import os, signal, sqlite3, sys
+import asyncgraph as ag
+
+real_connect = sqlite3.connect
+
+
+def connect(*args, **kwargs):
+    conn = real_connect(*args, **kwargs)
+
+    def trace(statement):
+        if statement.lstrip().startswith("CREATE TABLE"):  # inside the schema's transaction
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    conn.set_trace_callback(trace)
+    return conn
+
+
+sqlite3.connect = connect
+g = ag.Graph()
+g.add("a", lambda: 1)
+ag.run_sync(g, store=sys.argv[1])
+"""
+
+
+def test_a_run_killed_while_it_creates_its_store_leaves_one_that_opens(tmp_path: Path) -> None:
+    """The first run on a store is killed after SQLite wrote the file's first page
+    (``PRAGMA journal_mode=WAL`` does) and before the schema was committed: a file with
+    no tables. It is a store that was never created, so the next run creates it."""
+    script = tmp_path / "killed_while_creating.py"
+    script.write_text(KILLED_WHILE_CREATING)
+    store = tmp_path / "s.db"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(store)],
+        env=_env(tmp_path / "unused.log"),
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert store.stat().st_size > 0
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+
+    assert ag.history(store).empty
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    assert ag.load(g, store).status == {"a": ag.State.PENDING}
+    done = ag.run_sync(g, store=store)
+    assert done.results == {"a": 1}
+    assert list(ag.history(store)["status"]) == ["done"]
+    assert ag.load(g, store).status == {"a": ag.State.DONE}
