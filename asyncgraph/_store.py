@@ -306,6 +306,8 @@ class SQLiteStore:
                 f"{str(self.path)!r} is not an asyncgraph store, or it is damaged "
                 f"(SQLite says: {exc}); give another path, or restore the file from a backup"
             ) from exc
+        if not tables:
+            return  # a creation that never committed its schema: created on first write
         if meta.get("format") != FORMAT:
             raise StoreError(
                 f"{str(self.path)!r} is an SQLite database but not an asyncgraph store "
@@ -323,8 +325,7 @@ class SQLiteStore:
             return self._conn
         import sqlite3
 
-        exists = self.path.exists() and self.path.stat().st_size > 0
-        if not exists:
+        if not (self.path.exists() and self.path.stat().st_size > 0):
             if not create:
                 return None
             # Owner-only from the first byte: results are pickles, status may be private.
@@ -337,15 +338,22 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
-            if not exists:
+            # Whether the schema is there, not whether the file is empty: the WAL pragma
+            # writes the first page before the schema's transaction, so a run killed in
+            # between leaves a file with no tables, which is a store not yet created.
+            if not create and not _has_schema(conn):
+                conn.close()
+                return None
+            if create:
                 with _transaction(conn):
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.executemany(
-                        "INSERT INTO meta VALUES (?, ?)",
-                        [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
-                    )
+                    if not _has_schema(conn):
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        conn.executemany(
+                            "INSERT INTO meta VALUES (?, ?)",
+                            [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
+                        )
         except BaseException:
             conn.close()
             raise
@@ -558,6 +566,11 @@ def _transaction(conn: sqlite3.Connection) -> Any:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _has_schema(conn: sqlite3.Connection) -> bool:
+    tables: int = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    return tables > 0
 
 
 def _utc(ts: float) -> str:
