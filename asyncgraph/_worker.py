@@ -115,7 +115,12 @@ def main() -> None:
                 reply = ("bad_result", type(result).__qualname__, f"{type(exc).__name__}: {exc}")
         sys.stdout.flush()
         sys.stderr.flush()
-        _write(replies, pickle.dumps(reply))
+        try:
+            _write(replies, pickle.dumps(reply))
+        except BrokenPipeError:
+            # The parent is gone (killed, say): nobody wants the reply. Leave quietly
+            # instead of printing a traceback into the parent's terminal.
+            return
 
 
 if __name__ == "__asyncgraph_worker__":
