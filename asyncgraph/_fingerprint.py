@@ -51,6 +51,8 @@ import builtins as _builtins
 import dis
 import functools
 import hashlib
+import importlib
+import importlib.util
 import os
 import site
 import struct
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
 __all__ = ["digests", "fingerprints", "function_digest"]
 
 #: Bumped whenever the digest of anything changes meaning, so old stores rerun everything.
-_TAG = b"asyncgraph-fingerprint-1"
+_TAG = b"asyncgraph-fingerprint-2"
 #: Hex characters kept (128 bits): plenty against accidental collisions.
 _HEX = 32
 #: Nesting depth after which a value is treated as opaque (a guard, not a limit in use).
@@ -288,6 +290,45 @@ def _all_names(co: types.CodeType) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+@functools.lru_cache(maxsize=4096)
+def _imports(co: types.CodeType) -> tuple[tuple[int, str], ...]:
+    """``(level, module)`` of every ``import`` inside the code and the code nested in it."""
+    found: set[tuple[int, str]] = set()
+    consts: list[Any] = []
+    for ins in dis.get_instructions(co):
+        if ins.opname == "LOAD_CONST":
+            consts.append(ins.argval)
+        elif ins.opname == "IMPORT_NAME":
+            level = consts[-2] if len(consts) >= 2 and isinstance(consts[-2], int) else 0
+            found.add((level, ins.argval))
+    for c in co.co_consts:
+        if isinstance(c, types.CodeType):
+            found.update(_imports(c))
+    return tuple(sorted(found))
+
+
+def _imported_user_module(name: str) -> types.ModuleType | None:
+    """The module a function imports inside its body, if it is user code; else None.
+
+    Decided from the module's file, never from whether something imported it already:
+    the fingerprint must not depend on what a process happened to import. A user module
+    that is not imported yet is imported here, as the task itself would.
+    """
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or spec.origin is None or not _is_user_file(spec.origin):
+            return None
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - it fails when the task runs, too: name only
+            return None
+    return module if _is_user_module(module) else None
+
+
 class _Node:
     """A user function or class being digested: a vertex of Tarjan's algorithm."""
 
@@ -482,13 +523,18 @@ class _Digester:
                     self._value(value, out, 0)
             elif name in builtins:
                 out.append(b"B" + _str(name))
-            else:  # an attribute name, or a module imported inside the function
-                module = sys.modules.get(name) or sys.modules.get(
-                    f"{package}.{name}" if name else package
-                )
-                if module is not None:
-                    out.append(b"I" + _str(name))
-                    self._module(module, names, out, set())
+            # Any other name is an attribute name: it counts through the code alone.
+        for level, name in _imports(fn.__code__):
+            # A module imported inside the function: user modules by the attributes the
+            # code names on them, libraries by name (like a global module reference).
+            try:
+                full = importlib.util.resolve_name("." * level + name, package) if level else name
+            except (ImportError, ValueError):
+                full = name
+            out.append(b"I" + _str(full))
+            module = _imported_user_module(full)
+            if module is not None:
+                self._module(module, names, out, set())
 
     def _closure(self, fn: types.FunctionType, out: list[bytes | _Node]) -> None:
         cells = fn.__closure__ or ()

@@ -521,3 +521,53 @@ def test_stable_across_processes_with_different_hash_seeds(tmp_path):
         assert proc.returncode == 0, proc.stderr
         outputs.add(proc.stdout)
     assert len(outputs) == 1, outputs
+
+
+ATTRIBUTE_PROBE = """
+import sys
+if sys.argv[1] == "import-first":
+    __import__("json")  # imported (as a library might), but not a global of this module
+import asyncgraph as ag
+from asyncgraph._fingerprint import function_digest
+
+def task(resp):
+    return resp.json()
+
+print(function_digest(task))
+"""
+
+
+def test_an_attribute_named_like_a_module_does_not_depend_on_imports(tmp_path):
+    """``resp.json()``: whether some other code imported ``json`` must not matter."""
+    script = tmp_path / "attr_probe.py"
+    script.write_text(textwrap.dedent(ATTRIBUTE_PROBE))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    outputs = set()
+    for mode in ("plain", "import-first"):
+        proc = subprocess.run([sys.executable, str(script), mode], env=env,
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        outputs.add(proc.stdout)
+    assert len(outputs) == 1, outputs
+
+
+def test_a_user_module_imported_inside_is_seen_even_before_it_is_imported(tmp_path):
+    (tmp_path / "fp_lazy_helpers.py").write_text("def clean(x):\n    return x.strip()\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        sys.modules.pop("fp_lazy_helpers", None)
+        main = """
+            def task(x):
+                from fp_lazy_helpers import clean
+                return clean(x)
+        """
+        d1 = digest_of(tmp_path, main)  # imports the helper module to digest it
+        sys.modules.pop("fp_lazy_helpers", None)
+        assert digest_of(tmp_path, main) == d1
+        (tmp_path / "fp_lazy_helpers.py").write_text("def clean(x):\n    return x.lower()\n")
+        sys.modules.pop("fp_lazy_helpers", None)
+        importlib.invalidate_caches()
+        assert digest_of(tmp_path, main) != d1
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fp_lazy_helpers", None)
