@@ -250,6 +250,9 @@ def deserialize(fmt: str, data: bytes) -> Any:
 
 # -- the SQLite store -------------------------------------------------------------------
 
+#: What each state is stored as (``State.value`` is a Python-level property lookup).
+_VALUES = {state: state.value for state in State}
+
 
 class SQLiteStore:
     """The embedded store: one SQLite file in WAL mode, created readable by its owner only.
@@ -467,23 +470,39 @@ class SQLiteStore:
             return run_id
 
     def write(self, run_id: int, rows: Sequence[TaskRow]) -> None:
+        # A batch is a few rows per task (its "running" row, then its end), up to the
+        # whole run's when the writer lags behind the loop. One statement per table per
+        # batch (executemany binds in C) instead of four per row: on no-op tasks the
+        # per-row statements made the writer, not the run, the bottleneck (see
+        # docs/performance.md, "The store").
+        #
+        # Only a task's last row in the batch is written. That leaves the same file as
+        # writing every row in turn: state is keyed by name and history by (run, name),
+        # both written with INSERT OR REPLACE, so an earlier row of the same task in the
+        # same transaction would be replaced anyway, its result deleted with it, and
+        # history's rowids keep the order of each task's last write, as they did.
+        last: dict[str, TaskRow] = {}
+        for row in rows:
+            last.pop(row.name, None)
+            last[row.name] = row
         with self._lock:
             conn = self._conn
             assert conn is not None, "write() outside begin_run()/end_run()"
             with _transaction(conn):
-                for row in rows:
-                    old = conn.execute(
-                        "SELECT result_id FROM state WHERE name = ?", (row.name,)
-                    ).fetchone()
+                # New result ids start above every id in use, taken before the task's old
+                # results are deleted, so no id is handed out twice within a batch.
+                (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM results").fetchone()
+                results: list[tuple[int, str, bytes]] = []
+                state: list[tuple[Any, ...]] = []
+                history: list[tuple[Any, ...]] = []
+                for row in last.values():
                     result_id = None
                     if row.result is not None:
-                        result_id = conn.execute(
-                            "INSERT INTO results (format, data) VALUES (?, ?)", row.result
-                        ).lastrowid
-                    if old is not None and old[0] is not None:
-                        conn.execute("DELETE FROM results WHERE id = ?", (old[0],))
+                        top += 1
+                        result_id = top
+                        results.append((top, *row.result))
                     values = (
-                        row.status.value,
+                        _VALUES[row.status],
                         row.attempts,
                         row.started,
                         row.finished,
@@ -492,18 +511,27 @@ class SQLiteStore:
                         row.traceback,
                         row.fingerprint,
                     )
-                    conn.execute(
-                        "INSERT OR REPLACE INTO state (name, run_id, status, attempts, "
-                        "started, finished, error_type, error_message, traceback, "
-                        "fingerprint, code, result_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (row.name, run_id, *values, row.code, result_id),
-                    )
-                    conn.execute(
-                        "INSERT OR REPLACE INTO history (run_id, name, status, attempts, "
-                        "started, finished, error_type, error_message, traceback, "
-                        "fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (run_id, row.name, *values),
-                    )
+                    state.append((row.name, run_id, *values, row.code, result_id))
+                    history.append((run_id, row.name, *values))
+                # A task's previous result goes whatever its new row says: a running or
+                # failed task has none, a done one the result inserted below.
+                conn.executemany(
+                    "DELETE FROM results WHERE id = (SELECT result_id FROM state WHERE name = ?)",
+                    [(name,) for name in last],
+                )
+                conn.executemany("INSERT INTO results (id, format, data) VALUES (?, ?, ?)", results)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO state (name, run_id, status, attempts, "
+                    "started, finished, error_type, error_message, traceback, "
+                    "fingerprint, code, result_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    state,
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO history (run_id, name, status, attempts, "
+                    "started, finished, error_type, error_message, traceback, "
+                    "fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    history,
+                )
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
         keys = ("tasks", "reused", "done", "failed", "skipped", "cancelled")

@@ -34,3 +34,17 @@ def test_progress_benchmark_runs_on_a_tiny_graph(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "progress/plain" in proc.stdout
     assert out.stat().st_size > 0
+
+
+def test_store_benchmark_runs_on_a_tiny_graph(tmp_path):
+    out = tmp_path / "store.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/store.py", "--sizes", "300", "--reps", "1",
+         "--top", "3", "--dir", str(tmp_path), "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "store/plain" in proc.stdout
+    assert "resume/own" in proc.stdout
+    assert out.stat().st_size > 0
