@@ -100,6 +100,8 @@ def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
             # The caller's own state (mark_done, create_graph(done=...)) wins.
             if given.status is State.DONE:
                 reasons[name] = "marked done by the user"
+            elif given.status in _LAST_TIME:
+                reasons[name] = _LAST_TIME[given.status]
             continue
         if s is None:
             reasons[name] = "new"

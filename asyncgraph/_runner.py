@@ -27,7 +27,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 import cloudpickle
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from ._store import RunWriter, Store, TaskRow
 
 __all__ = ["run", "run_sync"]
+
+_T = TypeVar("_T")
 
 
 class _Outcome(NamedTuple):
@@ -343,7 +345,12 @@ class _Run:
                 return
             msg = self.session.unstorable(name)
         task = self.tasks[name]
-        if self.tries[name] <= task.retries and self.failure is None and not self.stopping:
+        if (
+            self.tries[name] <= task.retries
+            and self.failure is None
+            and not self.stopping
+            and not isinstance(msg.value, UnstorableResultError)  # would fail again
+        ):
             self.last_error[name] = (msg.value, msg.traceback)
             self.core.retry(name)
             if self.emit is not None:
@@ -503,11 +510,17 @@ class _Run:
 class _Session:
     """The store's side of one run.
 
-    Rows go to a writer thread (``RunWriter``) as tasks start and end; a ``done`` event
-    is sent only when the commit holding its result is reported back, so whoever
-    listens never hears of a result that a crash could still lose. Results are
-    serialized on the loop as each task ends, so a result that cannot be stored fails
-    its own task before anything downstream uses it.
+    Rows go to a writer thread (``RunWriter``) as tasks end; a ``done`` event is sent
+    only when the commit holding its result is reported back, so whoever listens never
+    hears of a result that a crash could still lose. Results are serialized on the loop
+    as each task ends, so a result that cannot be stored fails its own task before
+    anything downstream uses it.
+
+    A task's start is written only when the store says it is done (a reset task, or
+    one whose code changed): that row takes its stale "done" back before the new
+    attempt, so a crash mid-attempt cannot leave it looking reusable. Any other task
+    that a crash interrupts is already due to run again next time (new, failed,
+    skipped, cancelled), so its start costs no write.
     """
 
     def __init__(self, store: Store, loaded: Loaded, emit: Emit | None) -> None:
@@ -518,6 +531,7 @@ class _Session:
         self._run_writer = _store.RunWriter
         self.store = store
         self.digests = loaded.digests
+        self.stored = loaded.stored
         self.origin = loaded.graph._origin
         self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
         self.emit = emit
@@ -526,6 +540,8 @@ class _Session:
         self.writer: RunWriter | None = None
         self.run_id = 0
         self.error: BaseException | None = None
+        self.counts: dict[State, int] = {}
+        self.invalidate: set[str] = set()
         self.the_run: _Run
 
     async def start(self, the_run: _Run) -> None:
@@ -533,30 +549,51 @@ class _Session:
         self.the_run = the_run
         records = the_run.records
         tasks = the_run.tasks
+        pending = the_run.core.pending()
+        stored = self.stored
+        self.invalidate = {
+            n for n in pending if (s := stored.get(n)) is not None and s.status is State.DONE
+        }
         # Done in the graph but not from the store (mark_done, create_graph(done=...), a
         # run without a store): recorded as done now, so the next run reuses them too.
-        given = {
-            n: self._serialize(n, r.result)
-            for n, r in records.items()
-            if r.status is State.DONE and type(r.result) is not StoredResult
-        }
-        needed = {
-            d
-            for n in the_run.core.pending()
+        # Not the ones a run on this store recorded already (same outcome, same time).
+        given = {}
+        for n, r in records.items():
+            if r.status is not State.DONE or type(r.result) is StoredResult:
+                continue
+            s = stored.get(n)
+            if (
+                s is not None
+                and s.status is State.DONE
+                and s.fingerprint == self.digests[n][1]
+                and r.finished is not None
+                and s.finished == r.finished
+            ):
+                continue
+            given[n] = self._serialize(n, r.result, "was marked done with")
+        wanted = {
+            d: records[d].result.result_id
+            for n in pending
             for d in tasks[n].deps
             if type(records[d].result) is StoredResult
         }
-        if needed:
+        if wanted:
+            load_many = getattr(self.store, "load_results", None)
+            if load_many is None:
 
-            def load() -> dict[str, Any]:
-                return {d: records[d].result.load() for d in needed}
+                def load_many(w: Mapping[str, int]) -> dict[str, Any]:
+                    return {d: self.store.load_result(i, d) for d, i in w.items()}
 
-            for d, value in (await anyio.to_thread.run_sync(load)).items():
+            for d, value in (await anyio.to_thread.run_sync(load_many, wanted)).items():
                 r = records[d]
                 records[d] = TaskRecord(
                     r.status, value, r.error, r.traceback, r.attempts, r.started, r.finished
                 )
-        self.run_id = await anyio.to_thread.run_sync(self.store.begin_run)
+
+        def begin() -> None:
+            self.run_id = self.store.begin_run()  # kept even if we are cancelled meanwhile
+
+        await _in_thread_to_the_end(begin)
         self.writer = self._run_writer(
             self.store,
             self.run_id,
@@ -586,10 +623,14 @@ class _Session:
         return row
 
     def started(self, name: str, attempts_before: int, now: float) -> None:
-        if self.writer is None:
-            return  # the run did not begin (start() failed): nothing to record
-        rec = TaskRecord(State.RUNNING, None, None, None, attempts_before, now, None)
-        self.writer.put(self._row(name, rec, None))
+        if self.writer is None or name not in self.invalidate:
+            return
+        own, fp = self.digests[name]
+        self.writer.put(
+            self._task_row(
+                name, State.RUNNING, attempts_before, now, None, None, None, None, fp, own, None
+            )
+        )
 
     def keep(self, name: str, value: Any) -> bool:
         """Serialize a result; False (and the reason kept) if it cannot be stored."""
@@ -608,8 +649,9 @@ class _Session:
     def ended(self, name: str, rec: TaskRecord) -> None:
         if self.writer is None:
             return
-        self.writer.put(self._row(name, rec, self.blobs.pop(name, None)))
         status = rec.status
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.writer.put(self._row(name, rec, self.blobs.pop(name, None)))
         if self.emit is not None and status is not State.DONE and status is not State.SKIPPED:
             kind = _EVENT_OF[rec.status]
             when = rec.finished or time.time()
@@ -633,22 +675,52 @@ class _Session:
         self.the_run._end(self.error)
 
     async def finish(self, records: Mapping[str, TaskRecord]) -> None:
-        """Commit what is queued, record how the run ended, and let go of the store."""
+        """Commit what is queued and record how the run ended (called on every way out)."""
         if self.writer is not None:
             await anyio.to_thread.run_sync(self.writer.close)
-            counts = {"tasks": len(records), "reused": self.reused}
-            for r in records.values():
-                counts[r.status.value] = counts.get(r.status.value, 0) + 1
-            counts["done"] = counts.get("done", 0) - self.reused
-            if counts.get("cancelled"):
-                status = "cancelled"
-            elif counts.get("failed") or counts.get("skipped") or self.error is not None:
+        if self.run_id:
+            c = self.counts
+            counts = {
+                "tasks": len(records),
+                "reused": self.reused,
+                "done": c.get(State.DONE, 0),
+                "failed": c.get(State.FAILED, 0),
+                "skipped": c.get(State.SKIPPED, 0),
+                "cancelled": c.get(State.CANCELLED, 0),
+            }
+            if counts["cancelled"] or self.writer is None:
+                status = "cancelled"  # also: cancelled before its first task started
+            elif counts["failed"] or counts["skipped"] or self.error is not None:
                 status = "failed"
             else:
                 status = "done"
-            await anyio.to_thread.run_sync(self.store.end_run, self.run_id, status, counts)
+            try:
+                await anyio.to_thread.run_sync(self.store.end_run, self.run_id, status, counts)
+            except Exception:
+                if self.error is None:  # a failed write says more than this follow-up
+                    raise
         if self.error is not None:
             raise self.error
+
+
+async def _in_thread_to_the_end(fn: Callable[[], _T]) -> _T:
+    """Run a blocking call in a thread; cancelled meanwhile, wait for it, then re-raise.
+
+    For calls whose effect the caller must know about to undo it (taking the store's
+    lock, recording a run's start): a plain ``Task.cancel()`` would otherwise land while
+    the thread goes on and completes the call behind the caller's back.
+    """
+    call = asyncio.ensure_future(anyio.to_thread.run_sync(fn))
+    cancelled: asyncio.CancelledError | None = None
+    with anyio.CancelScope(shield=True):
+        while not call.done():
+            try:
+                await asyncio.wait((call,))
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    return call.result()
 
 
 async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
@@ -766,9 +838,17 @@ async def _run_on_store(
     from ._resume import durations, for_run
     from ._store import open_store
 
+    graph.topological_order()  # a cycle is reported before the store is touched
     the_store = await anyio.to_thread.run_sync(open_store, store)
-    await anyio.to_thread.run_sync(the_store.acquire)
+    held = False
+
+    def take() -> None:
+        nonlocal held
+        the_store.acquire()
+        held = True  # set in the thread: a cancelled caller still knows to let go
+
     try:
+        await _in_thread_to_the_end(take)
         loaded = await anyio.to_thread.run_sync(for_run, graph, the_store)
         weights = _weights(durations(loaded.stored), loaded.graph)
         the_run = options.make(loaded.graph, weights=weights, emit=emit)
@@ -777,13 +857,16 @@ async def _run_on_store(
             on_run(the_run)
         return await the_run.run()
     finally:
-        if the_store is store:
+        if the_store is not store:
+            # Ours: close it, so SQLite folds its WAL file back into the store and the
+            # lock goes. The run's StoredResults read it again if they are ever loaded.
+            close = getattr(the_store, "close", None)
+            if close is not None:
+                close()
+            elif held:
+                the_store.release()
+        elif held:
             the_store.release()  # the caller's object: the caller closes it
-        else:
-            # Ours: close it too, so SQLite folds its WAL file back into the store. The
-            # run's StoredResults open it again if they are ever loaded.
-            close = getattr(the_store, "close", the_store.release)
-            close()
 
 
 def _weights(known: Mapping[str, float], graph: Graph) -> dict[str, float] | None:

@@ -2,12 +2,11 @@
 
 Layout (see ``docs/store.md``)::
 
-    meta    (key, value)                 format marker and schema version
-    runs    (id, started, finished, status, pid, host, counts...)
-    state   (name -> latest record)      what load() reads: status, times, error text,
-                                         fingerprint, result id (never the result itself)
-    history (run_id, name -> record)     every task's record in every run
-    results (id -> format, data)         serialized results of the tasks done now
+    meta   (key, value)              format marker and schema version
+    runs   (id, started, finished, status, pid, host, counts...)
+    state  (name -> latest record)   status, times, error text, fingerprint, and the
+                                     result (its format, a random key, the bytes: the
+                                     last column, which status reads never touch)
 
 A run holds the store for its whole length through an ``flock`` on a ``-lock`` file beside
 it (the kernel drops it if the process dies, so a SIGKILLed run never leaves it held). The
@@ -19,16 +18,18 @@ committed result survives a crash of the process and of the machine.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import os
 import pickle
+import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import cloudpickle
 
@@ -54,7 +55,7 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE runs (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     started REAL NOT NULL,
     finished REAL,
     status TEXT NOT NULL,
@@ -67,7 +68,6 @@ CREATE TABLE runs (
     skipped INTEGER NOT NULL DEFAULT 0,
     cancelled INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE results (id INTEGER PRIMARY KEY, format TEXT NOT NULL, data BLOB NOT NULL);
 CREATE TABLE state (
     name TEXT PRIMARY KEY,
     run_id INTEGER NOT NULL,
@@ -80,21 +80,10 @@ CREATE TABLE state (
     traceback TEXT,
     fingerprint TEXT,
     code TEXT,
-    result_id INTEGER
-);
-CREATE TABLE history (
-    run_id INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    started REAL,
-    finished REAL,
-    error_type TEXT,
-    error_message TEXT,
-    traceback TEXT,
-    fingerprint TEXT,
-    PRIMARY KEY (run_id, name)
-);
+    result_id INTEGER,
+    result_format TEXT,
+    result BLOB
+)
 """
 
 
@@ -113,12 +102,14 @@ class StoredTask:
     traceback: str | None
     fingerprint: str | None
     code: str | None  # the digest of the task's own code and options
-    result_id: int | None
+    result_id: int | None  # a random key of the stored result (None: no result)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRow:
-    """One write: a task's record at the end (or start) of an attempt in a run."""
+class TaskRow(NamedTuple):
+    """One write: a task's record at the end (or the start) of its attempts in a run.
+
+    A NamedTuple, not a frozen dataclass: one is built per task on the loop's thread.
+    """
 
     name: str
     status: State
@@ -197,7 +188,7 @@ class Store(Protocol):
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
 
-def serialize(name: str, value: Any) -> tuple[str, bytes]:
+def serialize(name: str, value: Any, what: str = "returned") -> tuple[str, bytes]:
     """A result as ``(format, data)``; raise UnstorableResultError if it cannot be.
 
     Plain values go through :mod:`pickle`; anything else through cloudpickle, so a class
@@ -215,7 +206,7 @@ def serialize(name: str, value: Any) -> tuple[str, bytes]:
         return "pickle", cloudpickle.dumps(value, protocol=5)
     except Exception as exc:
         raise UnstorableResultError(
-            f"task {name!r} returned a {type(value).__name__} that cannot be stored "
+            f"task {name!r} {what} a {type(value).__name__} that cannot be stored "
             f"({type(exc).__name__}: {exc}); return a picklable value (plain data, a "
             "DataFrame) or run without a store"
         ) from exc
@@ -252,6 +243,9 @@ def deserialize(fmt: str, data: bytes) -> Any:
 
 #: What each state is stored as (``State.value`` is a Python-level property lookup).
 _VALUES = {state: state.value for state in State}
+#: Result keys: random (seeded from the OS), so no key is handed out again for another
+#: result, in this process or another.
+_random = random.Random()
 
 
 class SQLiteStore:
@@ -259,12 +253,14 @@ class SQLiteStore:
 
     ``SQLiteStore("nightly.db")`` opens (or, on first write, creates) the file. Opening
     checks that an existing file is an asyncgraph store and raises :class:`StoreError`
-    otherwise, without changing it.
+    otherwise, without changing it. Reads open a short read-only connection each (no file
+    is created or changed by reading); a run keeps one connection from ``acquire`` to
+    ``release``.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()  # one connection, used from a few threads
+        self._lock = threading.Lock()  # the run's connection, used from a few threads
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._check()
@@ -284,7 +280,18 @@ class SQLiteStore:
         self._conn = None
         self._lock_fd = None
 
+    def __del__(self) -> None:
+        # A store dropped while held (a run that could not clean up) lets go of its
+        # lock and connection rather than keep them until the process ends.
+        with contextlib.suppress(Exception):
+            self.close()
+
     # -- opening ------------------------------------------------------------------------
+
+    def _uri(self) -> str:
+        # as_uri() percent-encodes '#' and '?', which a plain f"file:{path}" would take
+        # as the URI's fragment and query (and open another file).
+        return Path(os.path.abspath(self.path)).as_uri() + "?mode=ro"
 
     def _check(self) -> None:
         """Raise StoreError if the file exists and is not a readable asyncgraph store."""
@@ -295,20 +302,17 @@ class SQLiteStore:
         import sqlite3  # here, not at the top: `import asyncgraph` stays cheap
 
         try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            conn = sqlite3.connect(self._uri(), uri=True)
             try:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
                 meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
                 if meta.get("format") == FORMAT:
                     conn.execute("SELECT count(*) FROM state").fetchone()
-                    conn.execute("SELECT count(*) FROM results").fetchone()
+                    conn.execute("SELECT count(*) FROM runs").fetchone()
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"{str(self.path)!r} is not an asyncgraph store, or it is damaged "
-                f"(SQLite says: {exc}); give another path, or restore the file from a backup"
-            ) from exc
+            raise self._damaged(exc) from exc
         if not tables:
             return  # a creation that never committed its schema: created on first write
         if meta.get("format") != FORMAT:
@@ -317,23 +321,54 @@ class SQLiteStore:
                 f"(it has the tables {sorted(tables)}); give another path"
             )
         version = int(meta.get("version", "0"))
-        if version > SCHEMA_VERSION:
+        if version != SCHEMA_VERSION:
             raise StoreError(
-                f"store {str(self.path)!r} has schema version {version}, newer than this "
-                f"asyncgraph understands ({SCHEMA_VERSION}); upgrade asyncgraph"
+                f"store {str(self.path)!r} has schema version {version}, and this "
+                f"asyncgraph reads version {SCHEMA_VERSION}; use the asyncgraph that wrote "
+                "it, or start a new store"
             )
 
-    def _connect(self, *, create: bool) -> sqlite3.Connection | None:
-        if self._conn is not None:
-            return self._conn
+    def _damaged(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"{str(self.path)!r} is not an asyncgraph store, or it is damaged "
+            f"(SQLite says: {exc}); give another path, or restore the file from a backup"
+        )
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection | None]:
+        """A connection to read with (None: no store yet); never creates or changes it."""
         import sqlite3
 
+        if self._conn is not None:
+            with self._lock:
+                yield self._conn
+            return
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            yield None
+            return
+        try:
+            conn = sqlite3.connect(self._uri(), uri=True)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
+        try:
+            if not _has_schema(conn):
+                yield None
+            else:
+                yield conn
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
+        finally:
+            conn.close()
+
+    def _open_for_run(self) -> sqlite3.Connection:
+        """The run's connection: creates the file (owner-only) and the schema if need be."""
+        import sqlite3
+
+        if self._conn is not None:
+            return self._conn
         if not (self.path.exists() and self.path.stat().st_size > 0):
-            if not create:
-                return None
             # Owner-only from the first byte: results are pickles, status may be private.
             # SQLite gives its -wal and -shm files the same permissions.
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -344,19 +379,18 @@ class SQLiteStore:
             # Whether the schema is there, not whether the file is empty: the WAL pragma
             # writes the first page before the schema's transaction, so a run killed in
             # between leaves a file with no tables, which is a store not yet created.
-            if not create and not _has_schema(conn):
-                conn.close()
-                return None
-            if create:
-                with _transaction(conn):
-                    if not _has_schema(conn):
-                        for statement in _SCHEMA.split(";"):
-                            if statement.strip():
-                                conn.execute(statement)
-                        conn.executemany(
-                            "INSERT INTO meta VALUES (?, ?)",
-                            [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
-                        )
+            with _transaction(conn):
+                if not _has_schema(conn):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.executemany(
+                        "INSERT INTO meta VALUES (?, ?)",
+                        [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
+                    )
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise self._damaged(exc) from exc
         except BaseException:
             conn.close()
             raise
@@ -364,6 +398,7 @@ class SQLiteStore:
         return conn
 
     def close(self) -> None:
+        """Close the run's connection and let go of the lock (idempotent)."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -373,8 +408,7 @@ class SQLiteStore:
     # -- reading (never unpickles) ------------------------------------------------------
 
     def tasks(self) -> dict[str, StoredTask]:
-        with self._lock:
-            conn = self._connect(create=False)
+        with self._reading() as conn:
             if conn is None:
                 return {}
             rows = conn.execute(
@@ -382,11 +416,11 @@ class SQLiteStore:
                 "error_message, traceback, fingerprint, code, result_id FROM state "
                 "ORDER BY rowid"
             ).fetchall()
-        return {r[0]: StoredTask(r[0], r[1], State(r[2]), *r[3:]) for r in rows}
+        states = {s.value: s for s in State}
+        return {r[0]: StoredTask(r[0], r[1], states[r[2]], *r[3:]) for r in rows}
 
     def runs(self) -> list[RunInfo]:
-        with self._lock:
-            conn = self._connect(create=False)
+        with self._reading() as conn:
             if conn is None:
                 return []
             rows = conn.execute(
@@ -395,33 +429,14 @@ class SQLiteStore:
             ).fetchall()
         return [RunInfo(*r) for r in rows]
 
-    def run_tasks(self, run_id: int) -> list[StoredTask]:
-        """The records one run wrote (the tasks it ran), in the order it wrote them."""
-        with self._lock:
-            conn = self._connect(create=False)
-            if conn is None:
-                return []
-            rows = conn.execute(
-                "SELECT name, run_id, status, attempts, started, finished, error_type, "
-                "error_message, traceback, fingerprint FROM history WHERE run_id = ? "
-                "ORDER BY rowid",
-                (run_id,),
-            ).fetchall()
-        return [
-            StoredTask(
-                r[0], r[1], State(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], None, None
-            )
-            for r in rows
-        ]
-
     def load_result(self, result_id: int, task: str) -> Any:
-        with self._lock:
-            conn = self._connect(create=False)
+        with self._reading() as conn:
             row = (
                 None
                 if conn is None
                 else conn.execute(
-                    "SELECT format, data FROM results WHERE id = ?", (result_id,)
+                    "SELECT result_format, result FROM state WHERE name = ? AND result_id = ?",
+                    (task, result_id),
                 ).fetchone()
             )
         if row is None:
@@ -429,16 +444,39 @@ class SQLiteStore:
                 f"the result of task {task!r} is no longer in store {str(self.path)!r} "
                 "(a later run replaced it); load the graph again"
             )
-        try:
-            return deserialize(row[0], row[1])
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise StoreError(
-                f"the stored result of task {task!r} in {str(self.path)!r} cannot be "
-                f"loaded ({type(exc).__name__}: {exc}); is the code that defines its "
-                f"type importable here? Or rerun the task: ag.reset(graph, [{task!r}])"
-            ) from exc
+        return self._decode({task: row})[task]
+
+    def load_results(self, wanted: Mapping[str, int]) -> dict[str, Any]:
+        """Several results at once (task name -> result id), on one connection."""
+        out: dict[str, Any] = {}
+        with self._reading() as conn:
+            if conn is not None:
+                for name, result_id in wanted.items():
+                    row = conn.execute(
+                        "SELECT result_format, result FROM state WHERE name = ? AND result_id = ?",
+                        (name, result_id),
+                    ).fetchone()
+                    if row is not None:
+                        out[name] = row
+        missing = [n for n in wanted if n not in out]
+        if missing:
+            return {**{n: self.load_result(wanted[n], n) for n in missing}, **self._decode(out)}
+        return self._decode(out)
+
+    def _decode(self, rows: Mapping[str, tuple[str, bytes]]) -> dict[str, Any]:
+        out = {}
+        for name, (fmt, data) in rows.items():
+            try:
+                out[name] = deserialize(fmt, data)
+            except StoreError:
+                raise
+            except Exception as exc:
+                raise StoreError(
+                    f"the stored result of task {name!r} in {str(self.path)!r} cannot be "
+                    f"loaded ({type(exc).__name__}: {exc}); is the code that defines its "
+                    f"type importable here? Or rerun the task: ag.reset(graph, [{name!r}])"
+                ) from exc
+        return out
 
     # -- one run ------------------------------------------------------------------------
 
@@ -447,90 +485,64 @@ class SQLiteStore:
             self._acquire()
 
     def release(self) -> None:
-        with self._lock:
-            self._release()
+        self.close()
 
     def begin_run(self) -> int:
         import socket
 
-        with self._lock:
-            assert self._lock_fd is not None, "begin_run() without acquire()"
-            conn = self._connect(create=True)
-            assert conn is not None
-            with _transaction(conn):
-                # We hold the lock, so a run still marked running died with its process;
-                # its running tasks are pending on the next load.
-                conn.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
-                cur = conn.execute(
-                    "INSERT INTO runs (started, status, pid, host) VALUES (?, 'running', ?, ?)",
-                    (time.time(), os.getpid(), socket.gethostname()),
-                )
-            run_id = cur.lastrowid
-            assert run_id is not None
-            return run_id
+        assert self._lock_fd is not None, "begin_run() without acquire()"
+        conn = self._open_for_run()
+        with self._lock, _transaction(conn):
+            # We hold the lock, so a run still marked running died with its process;
+            # its running tasks are pending on the next load.
+            conn.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
+            cur = conn.execute(
+                "INSERT INTO runs (started, status, pid, host) VALUES (?, 'running', ?, ?)",
+                (time.time(), os.getpid(), socket.gethostname()),
+            )
+        run_id = cur.lastrowid
+        assert run_id is not None
+        return run_id
 
     def write(self, run_id: int, rows: Sequence[TaskRow]) -> None:
-        # A batch is a few rows per task (its "running" row, then its end), up to the
-        # whole run's when the writer lags behind the loop. One statement per table per
-        # batch (executemany binds in C) instead of four per row: on no-op tasks the
-        # per-row statements made the writer, not the run, the bottleneck (see
-        # docs/performance.md, "The store").
-        #
-        # Only a task's last row in the batch is written. That leaves the same file as
-        # writing every row in turn: state is keyed by name and history by (run, name),
-        # both written with INSERT OR REPLACE, so an earlier row of the same task in the
-        # same transaction would be replaced anyway, its result deleted with it, and
-        # history's rowids keep the order of each task's last write, as they did.
+        # One statement per batch (executemany binds in C), and only a task's last row:
+        # state is keyed by name, so an earlier row of the same task in the batch would
+        # be replaced anyway. A result gets a new random key, so a StoredResult of the
+        # result it replaces can never load this one.
         last: dict[str, TaskRow] = {}
         for row in rows:
-            last.pop(row.name, None)
             last[row.name] = row
+        values = []
+        for row in last.values():
+            if row.result is None:
+                key, fmt, data = None, None, None
+            else:
+                key = _random.getrandbits(62) + 1
+                fmt, data = row.result
+            values.append(
+                (
+                    row.name,
+                    run_id,
+                    _VALUES[row.status],
+                    row.attempts,
+                    row.started,
+                    row.finished,
+                    row.error_type,
+                    row.error_message,
+                    row.traceback,
+                    row.fingerprint,
+                    row.code,
+                    key,
+                    fmt,
+                    data,
+                )
+            )
         with self._lock:
             conn = self._conn
             assert conn is not None, "write() outside begin_run()/end_run()"
             with _transaction(conn):
-                # New result ids start above every id in use, taken before the task's old
-                # results are deleted, so no id is handed out twice within a batch.
-                (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM results").fetchone()
-                results: list[tuple[int, str, bytes]] = []
-                state: list[tuple[Any, ...]] = []
-                history: list[tuple[Any, ...]] = []
-                for row in last.values():
-                    result_id = None
-                    if row.result is not None:
-                        top += 1
-                        result_id = top
-                        results.append((top, *row.result))
-                    values = (
-                        _VALUES[row.status],
-                        row.attempts,
-                        row.started,
-                        row.finished,
-                        row.error_type,
-                        row.error_message,
-                        row.traceback,
-                        row.fingerprint,
-                    )
-                    state.append((row.name, run_id, *values, row.code, result_id))
-                    history.append((run_id, row.name, *values))
-                # A task's previous result goes whatever its new row says: a running or
-                # failed task has none, a done one the result inserted below.
                 conn.executemany(
-                    "DELETE FROM results WHERE id = (SELECT result_id FROM state WHERE name = ?)",
-                    [(name,) for name in last],
-                )
-                conn.executemany("INSERT INTO results (id, format, data) VALUES (?, ?, ?)", results)
-                conn.executemany(
-                    "INSERT OR REPLACE INTO state (name, run_id, status, attempts, "
-                    "started, finished, error_type, error_message, traceback, "
-                    "fingerprint, code, result_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    state,
-                )
-                conn.executemany(
-                    "INSERT OR REPLACE INTO history (run_id, name, status, attempts, "
-                    "started, finished, error_type, error_message, traceback, "
-                    "fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    history,
+                    "INSERT OR REPLACE INTO state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values
                 )
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
@@ -548,8 +560,14 @@ class SQLiteStore:
     def _acquire(self) -> None:
         import fcntl
 
+        if self._lock_fd is not None:
+            return
         lock_path = f"{self.path}-lock"
-        Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.is_dir():
+            raise StoreError(
+                f"store {str(self.path)!r}: the directory {str(self.path.parent)!r} does not "
+                "exist; create it first (a typo in the path?)"
+            )
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -571,15 +589,16 @@ class SQLiteStore:
     def _holder(self) -> str:
         import sqlite3
 
-        with contextlib.suppress(sqlite3.DatabaseError):
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            try:
-                row = conn.execute(
-                    "SELECT id, pid, host, started FROM runs WHERE status = 'running' "
-                    "ORDER BY id DESC LIMIT 1"
-                ).fetchone()
-            finally:
-                conn.close()
+        with contextlib.suppress(sqlite3.DatabaseError, StoreError):
+            with self._reading() as conn:
+                row = (
+                    None
+                    if conn is None
+                    else conn.execute(
+                        "SELECT id, pid, host, started FROM runs WHERE status = 'running' "
+                        "ORDER BY id DESC LIMIT 1"
+                    ).fetchone()
+                )
             if row is not None:
                 return f"run {row[0]} (pid {row[1]} on {row[2]}, started {_utc(row[3])})"
         return "another run that is starting"
@@ -623,8 +642,9 @@ def open_store(store: Any, parameter: str = "store") -> Store:
 class RunWriter:
     """Writes one run's rows from a thread, in batches, and reports each commit.
 
-    ``put`` is called on the loop's thread and never blocks; the thread takes everything
-    queued, writes it in one transaction, then calls ``on_commit(rows)`` on the loop (via
+    ``put`` is called on the loop's thread and never blocks: an append to a deque, and
+    a wake-up only when the writer is asleep. The thread takes everything queued, writes
+    it in one transaction, then calls ``on_commit(rows)`` on the loop (via
     ``call_soon_threadsafe``). A failed write is handed to ``on_error`` the same way and
     the writer stops: nothing later is reported durable.
     """
@@ -642,42 +662,48 @@ class RunWriter:
         self.loop = loop
         self.on_commit = on_commit
         self.on_error = on_error
-        self._queue: list[TaskRow] = []
-        self._cond = threading.Condition()
+        self._queue: collections.deque[TaskRow] = collections.deque()
+        self._wake = threading.Event()
+        self._asleep = False  # read without a lock: a spare wake-up costs nothing
         self._closing = False
         self.failed: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="asyncgraph-store", daemon=True)
         self._thread.start()
 
     def put(self, row: TaskRow) -> None:
-        with self._cond:
-            self._queue.append(row)
-            if len(self._queue) == 1:
-                self._cond.notify()
+        self._queue.append(row)  # deque.append is atomic
+        if self._asleep:
+            self._wake.set()
 
     def _work(self) -> None:
+        queue = self._queue
         while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                batch, self._queue = self._queue, []
-                closing = self._closing
-            if batch:
-                try:
-                    self.store.write(self.run_id, batch)
-                except BaseException as exc:  # noqa: BLE001 - handed to the run
-                    self.failed = exc
-                    with contextlib.suppress(RuntimeError):  # the loop is closed
-                        self.loop.call_soon_threadsafe(self.on_error, exc)
+            if not queue:
+                if self._closing:
                     return
-                with contextlib.suppress(RuntimeError):
-                    self.loop.call_soon_threadsafe(self.on_commit, batch)
-            if closing and not batch:
+                # Say we sleep, then look once more: a put() in between either sees the
+                # flag and wakes us, or its row is seen here.
+                self._asleep = True
+                if not queue and not self._closing:
+                    self._wake.wait()
+                self._asleep = False
+                self._wake.clear()
+                continue
+            batch = []
+            while queue:
+                batch.append(queue.popleft())
+            try:
+                self.store.write(self.run_id, batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to the run
+                self.failed = exc
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    self.loop.call_soon_threadsafe(self.on_error, exc)
                 return
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.on_commit, batch)
 
     def close(self) -> None:
         """Write what is queued and stop the thread (blocking: call it in a thread)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        self._closing = True
+        self._wake.set()
         self._thread.join()

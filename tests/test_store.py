@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import pickle
@@ -391,7 +392,7 @@ async def test_a_store_object_can_be_passed(tmp_path: Path) -> None:
     assert isinstance(store, ag.Store)
     out = await ag.run(versioned(1), store=store)
     assert out.results["middle"] == 2
-    assert store.rows == 6  # a running row and a final row per task
+    assert store.rows == 3  # one final row per task (no start rows for new tasks)
     with pytest.raises(TypeError, match="store must be a file path or a Store"):
         await ag.run(versioned(1), store=42)  # type: ignore[arg-type]
 
@@ -438,7 +439,8 @@ async def test_dataframe_results_are_stored_as_parquet(tmp_path: Path) -> None:
     g.add("mixed", lambda: pd.DataFrame({"x": [1, "a"]}))  # parquet cannot: pickled
     await ag.run(g, store=db)
     with sqlite3.connect(db) as conn:
-        formats = sorted(r[0] for r in conn.execute("SELECT format FROM results"))
+        rows = conn.execute("SELECT result_format FROM state WHERE result_format IS NOT NULL")
+        formats = sorted(r[0] for r in rows)
     conn.close()
     assert formats == ["parquet", "pickle"]
     loaded = ag.load(g, db)
@@ -447,13 +449,16 @@ async def test_dataframe_results_are_stored_as_parquet(tmp_path: Path) -> None:
 
 
 def test_sync_run_on_store_and_store_path_kinds(tmp_path: Path) -> None:
-    db = tmp_path / "deep" / "dir" / "s.db"
+    db = tmp_path / "s.db"
     out = ag.run_sync(versioned(1), store=str(db))
     assert out.results["middle"] == 2
     assert db.exists()
     with pytest.raises(ag.StoreError, match="is a directory"):
         ag.run_sync(versioned(1), store=tmp_path)
-    assert os.listdir(tmp_path) == ["deep"]
+    typo = tmp_path / "nigthly" / "s.db"
+    with pytest.raises(ag.StoreError, match="nigthly' does not exist; create it first"):
+        ag.run_sync(versioned(1), store=typo)
+    assert sorted(os.listdir(tmp_path)) == ["s.db", "s.db-lock"]  # no directory made
 
 
 async def test_marked_done_tasks_are_recorded_for_the_next_run(tmp_path: Path) -> None:
@@ -521,3 +526,138 @@ async def test_open_run_on_a_store_yields_results_as_they_are_durable(tmp_path: 
     async with ag.open_run(pipeline(flaky), store=db) as again:
         assert [n async for n, _ in again.as_completed()] == []  # all reused
     assert flaky.ran == []
+
+
+# -- found by review -----------------------------------------------------------------------
+
+
+async def test_a_replaced_result_is_never_read_as_another_tasks(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    g = ag.Graph()
+    g.add("a", lambda: "A")
+    g.add("b", lambda: "B")
+    await ag.run(g, store=db)
+    old = ag.load(g, db)  # holds b's stored result
+
+    def fail() -> str:
+        raise RuntimeError("b is broken now")
+
+    g2 = ag.Graph()
+    g2.add("a", lambda: "A")
+    g2.add("b", fail)
+    g2.add("c", lambda: "C-result")
+    await ag.run(g2, store=db)  # b's result goes, c's arrives
+    with pytest.raises(ag.StoreError, match="'b' is no longer in store"):
+        old.results["b"]
+
+
+def _fds_on(path: Path) -> int:
+    target = str(path)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(target):
+                count += 1
+    return count
+
+
+async def test_reading_a_store_keeps_no_file_open(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    await ag.run(versioned(1), store=db)
+    graphs = [ag.load(versioned(1), db) for _ in range(5)]
+    for _ in range(5):
+        ag.plan(versioned(1), db)
+        ag.history(db)
+    assert graphs[0].results["middle"] == 2
+    assert _fds_on(db) == 0
+
+
+async def test_a_store_path_with_uri_characters(tmp_path: Path) -> None:
+    db = tmp_path / "nightly#1?.db"
+    ag.plan(versioned(1), db)
+    assert os.listdir(tmp_path) == []  # plan reads only, and opened no other file
+    out = await ag.run(versioned(1), store=db)
+    assert out.results["middle"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["nightly#1?.db", "nightly#1?.db-lock"]
+    assert ag.load(versioned(1), db).results["middle"] == 2
+
+
+async def test_rerunning_a_returned_graph_rewrites_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    first = await ag.run(versioned(1), store=db)
+    again = await ag.run(first, store=db)
+    assert again.results["middle"] == 2
+    runs = ag.history(db)
+    assert list(runs["done"]) == [3, 0]
+    assert list(runs["reused"]) == [0, 3]
+    assert list(runs["status"]) == ["done", "done"]
+    assert {t.run_id for t in SQLiteStore(db).tasks().values()} == {1}
+
+
+async def test_plan_reasons_for_failures_from_a_run_without_a_store(tmp_path: Path) -> None:
+    flaky = Flaky(tmp_path)
+    out = await ag.run(pipeline(flaky))  # no store
+    plan = ag.plan(out, tmp_path / "s.db").set_index("name")
+    assert plan.loc["load_db", "reason"] == "failed last time"
+    assert plan.loc["report", "reason"] == "skipped last time (an upstream task failed)"
+    assert plan.loc["extract", "reason"] == "marked done by the user"
+
+
+async def test_an_unstorable_result_is_not_retried(tmp_path: Path) -> None:
+    flaky = Flaky(tmp_path)
+    g = ag.Graph()
+
+    @g.task(retries=2, retry_delay=0.001)
+    async def handle() -> Any:
+        flaky.mark("handle")
+        return threading.Lock()
+
+    out = await ag.run(g, store=tmp_path / "s.db")
+    assert isinstance(out.errors["handle"], ag.UnstorableResultError)
+    assert flaky.ran == ["handle"]  # the same result would fail again: no retry
+
+
+class _Slow(SQLiteStore):
+    """A store whose acquire / begin_run block until told, to cancel a run there."""
+
+    def __init__(self, path: Path, where: str) -> None:
+        super().__init__(path)
+        self.where = where
+        self.inside = threading.Event()
+        self.go_on = threading.Event()
+
+    def acquire(self) -> None:
+        super().acquire()
+        if self.where == "acquire":
+            self.inside.set()
+            self.go_on.wait()
+
+    def begin_run(self) -> int:
+        run_id = super().begin_run()
+        if self.where == "begin_run":
+            self.inside.set()
+            self.go_on.wait()
+        return run_id
+
+
+@pytest.mark.parametrize("where", ["acquire", "begin_run"])
+async def test_a_run_cancelled_while_it_takes_the_store_lets_go(
+    tmp_path: Path, where: str
+) -> None:
+    db = tmp_path / "s.db"
+    slow = _Slow(db, where)
+    run = asyncio.ensure_future(ag.run(versioned(1), store=slow))
+    await asyncio.get_running_loop().run_in_executor(None, slow.inside.wait)
+    run.cancel()
+    await asyncio.sleep(0)  # let the cancellation land while the thread is blocked
+    slow.go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    slow.close()
+    out = await ag.run(versioned(1), store=db)  # not locked
+    assert out.results["middle"] == 2
+    statuses_of_runs = list(ag.history(db)["status"])
+    if where == "begin_run":
+        assert statuses_of_runs == ["cancelled", "done"]  # not left "running"
+    else:
+        assert statuses_of_runs == ["done"]
