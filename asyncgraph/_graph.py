@@ -47,7 +47,7 @@ class Graph:
     results, errors and timings.
     """
 
-    __slots__ = ("_children", "_order", "_origin", "_paths", "_records", "_tasks")
+    __slots__ = ("_bindings", "_children", "_order", "_origin", "_paths", "_records", "_tasks")
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
@@ -57,6 +57,7 @@ class Graph:
         self._order: tuple[str, ...] | None = None  # topological order
         self._children: dict[str, tuple[str, ...]] | None = None
         self._paths: Any = None  # critical paths with unit weights (see _unit_paths)
+        self._bindings: dict[str, bytes] | None = None  # see _binding_bytes
         # The store this graph's records were loaded from (see _resume.store_key): a run
         # on that store takes the records as they are instead of loading them again.
         self._origin: str | None = None
@@ -104,6 +105,7 @@ class Graph:
         self._order = None
         self._children = None
         self._paths = None
+        self._bindings = None
 
     @overload
     def task(self, fn: F, /) -> F: ...
@@ -276,6 +278,18 @@ class Graph:
             self._paths = critical_paths(self._tasks, self.topological_order(), self._child_map())
         return self._paths
 
+    def _binding_bytes(self) -> dict[str, bytes]:
+        """How each task binds its dependencies, as bytes for its fingerprint (cached).
+
+        The repr of tuples of str and a bool: the same in every process, and it tells
+        every binding apart.
+        """
+        if self._bindings is None:
+            self._bindings = {
+                n: repr((t.args, t.kwargs, t.skip_none)).encode() for n, t in self._tasks.items()
+            }
+        return self._bindings
+
     def _find_cycle(self, stuck: set[str]) -> list[str]:
         # Every task left with a positive in-degree lies on or below a cycle, and each has
         # a dependency that is also stuck: walk dependencies until a task repeats.
@@ -300,6 +314,7 @@ class Graph:
         new._order = self._order
         new._children = self._children
         new._paths = self._paths
+        new._bindings = self._bindings
         new._origin = self._origin
         return new
 

@@ -76,6 +76,7 @@ class _Requeue(NamedTuple):
     name: str
 
 
+_VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
 _EVENT_OF = {
     State.DONE: EventKind.DONE,
     State.FAILED: EventKind.FAILED,
@@ -528,6 +529,7 @@ class _Session:
 
         self._serialize = _store.serialize
         self._task_row = _store.TaskRow
+        self._new_result_id = _store.new_result_id
         self._run_writer = _store.RunWriter
         self.store = store
         self.digests = loaded.digests
@@ -607,30 +609,38 @@ class _Session:
     def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
         error = rec.error
         own, fp = self.digests[name]
-        row: TaskRow = self._task_row(
-            name,
-            rec.status,
-            rec.attempts,
-            rec.started,
-            rec.finished,
-            None if error is None else getattr(error, "type_name", type(error).__name__),
-            None if error is None else getattr(error, "message", str(error)),
-            rec.traceback,
-            fp,
-            own,
-            blob,
+        if blob is None:
+            result_id = fmt = data = None
+        else:
+            result_id = self._new_result_id()
+            fmt, data = blob
+        # tuple.__new__: a NamedTuple's own __new__ is Python code, and this runs per task.
+        row: TaskRow = tuple.__new__(
+            self._task_row,
+            (
+                name,
+                self.run_id,
+                _VALUE_OF[rec.status],
+                rec.attempts,
+                rec.started,
+                rec.finished,
+                None if error is None else getattr(error, "type_name", type(error).__name__),
+                None if error is None else getattr(error, "message", str(error)),
+                rec.traceback,
+                fp,
+                own,
+                result_id,
+                fmt,
+                data,
+            ),
         )
         return row
 
     def started(self, name: str, attempts_before: int, now: float) -> None:
         if self.writer is None or name not in self.invalidate:
             return
-        own, fp = self.digests[name]
-        self.writer.put(
-            self._task_row(
-                name, State.RUNNING, attempts_before, now, None, None, None, None, fp, own, None
-            )
-        )
+        rec = TaskRecord(State.RUNNING, None, None, None, attempts_before, now, None)
+        self.writer.put(self._row(name, rec, None))
 
     def keep(self, name: str, value: Any) -> bool:
         """Serialize a result; False (and the reason kept) if it cannot be stored."""
@@ -663,8 +673,9 @@ class _Session:
             return
         tries = self.the_run.tries
         for row in rows:
-            if row.status is State.DONE and row.name in tries:  # not the marked-done ones
-                emit(Event(EventKind.DONE, row.name, tries[row.name], row.finished or 0.0))
+            name = row[0]
+            if row[2] == "done" and name in tries:  # not the marked-done ones
+                emit(Event(EventKind.DONE, name, tries[name], row[5] or 0.0))
 
     def _write_failed(self, exc: BaseException) -> None:
         self.error = StoreError(

@@ -45,6 +45,7 @@ __all__ = [
     "Store",
     "StoredTask",
     "TaskRow",
+    "new_result_id",
     "open_store",
     "serialize",
 ]
@@ -108,11 +109,13 @@ class StoredTask:
 class TaskRow(NamedTuple):
     """One write: a task's record at the end (or the start) of its attempts in a run.
 
-    A NamedTuple, not a frozen dataclass: one is built per task on the loop's thread.
+    Its fields are the columns of the ``state`` table, in order, so a batch goes to
+    SQLite as it is. A NamedTuple: one is built per task on the loop's thread.
     """
 
     name: str
-    status: State
+    run_id: int
+    status: str  # a State's value
     attempts: int
     started: float | None
     finished: float | None
@@ -121,7 +124,14 @@ class TaskRow(NamedTuple):
     traceback: str | None
     fingerprint: str | None
     code: str | None
-    result: tuple[str, bytes] | None  # (format, data) for a done task
+    result_id: int | None  # a new random key (new_result_id()) for a done task's result
+    result_format: str | None
+    result: bytes | None
+
+
+def new_result_id() -> int:
+    """A key for a new result: random, so no key is ever handed out twice."""
+    return _random.getrandbits(62) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +196,7 @@ class Store(Protocol):
 # -- serialization ---------------------------------------------------------------------
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
+_NONE = ("pickle", pickle.dumps(None, protocol=5))
 
 
 def serialize(name: str, value: Any, what: str = "returned") -> tuple[str, bytes]:
@@ -196,6 +207,8 @@ def serialize(name: str, value: Any, what: str = "returned") -> tuple[str, bytes
     process. A pandas DataFrame is stored as Parquet when pyarrow is installed (smaller,
     faster, readable by other tools), and pickled if Parquet cannot represent it.
     """
+    if value is None:
+        return _NONE  # the most common result of all (a task run for its side effects)
     if type(value) in _PLAIN:
         return "pickle", pickle.dumps(value, protocol=5)
     if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
@@ -505,44 +518,15 @@ class SQLiteStore:
         return run_id
 
     def write(self, run_id: int, rows: Sequence[TaskRow]) -> None:
-        # One statement per batch (executemany binds in C), and only a task's last row:
-        # state is keyed by name, so an earlier row of the same task in the batch would
-        # be replaced anyway. A result gets a new random key, so a StoredResult of the
-        # result it replaces can never load this one.
-        last: dict[str, TaskRow] = {}
-        for row in rows:
-            last[row.name] = row
-        values = []
-        for row in last.values():
-            if row.result is None:
-                key, fmt, data = None, None, None
-            else:
-                key = _random.getrandbits(62) + 1
-                fmt, data = row.result
-            values.append(
-                (
-                    row.name,
-                    run_id,
-                    _VALUES[row.status],
-                    row.attempts,
-                    row.started,
-                    row.finished,
-                    row.error_type,
-                    row.error_message,
-                    row.traceback,
-                    row.fingerprint,
-                    row.code,
-                    key,
-                    fmt,
-                    data,
-                )
-            )
+        # One statement per batch: the rows are the table's columns, bound in C. A
+        # task's later row in the same batch replaces its earlier one (INSERT OR
+        # REPLACE, applied in order).
         with self._lock:
             conn = self._conn
             assert conn is not None, "write() outside begin_run()/end_run()"
             with _transaction(conn):
                 conn.executemany(
-                    "INSERT OR REPLACE INTO state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values
+                    "INSERT OR REPLACE INTO state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
                 )
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:

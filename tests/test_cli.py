@@ -404,7 +404,9 @@ def test_status_of_a_run_that_stopped_while_it_ran(
     store = ag.SQLiteStore(path)
     store.acquire()
     run_id = store.begin_run()
-    row = _store.TaskRow("slow", ag.State.RUNNING, 0, 1.0, None, None, None, None, "f", "c", None)
+    row = _store.TaskRow(
+        "slow", run_id, "running", 0, 1.0, None, None, None, None, "f", "c", None, None, None
+    )
     store.write(run_id, [row])
     store.close()  # no end_run: the process "died" here
     code, out, _ = cli(capsys, "status", path)

@@ -18,7 +18,7 @@ import pytest
 from conftest import statuses
 
 import asyncgraph as ag
-from asyncgraph._store import SQLiteStore, TaskRow
+from asyncgraph._store import SQLiteStore, TaskRow, new_result_id
 
 
 class Flaky:
@@ -253,8 +253,8 @@ async def test_a_crashed_run_leaves_running_tasks_pending(tmp_path: Path) -> Non
     store.acquire()
     run_id = store.begin_run()
     fps = {t.name: (t.fingerprint, t.code) for t in store.tasks().values()}
-    store.write(run_id, [TaskRow("middle", ag.State.RUNNING, 1, 1.0, None, None, None, None,
-                                 *fps["middle"], None)])
+    store.write(run_id, [TaskRow("middle", run_id, "running", 1, 1.0, None, None, None, None,
+                                 *fps["middle"], None, None, None)])
     store.close()
 
     assert ag.history(db)["status"].iloc[-1] == "running"
@@ -409,10 +409,10 @@ async def test_past_durations_order_the_next_run(tmp_path: Path, probe: Any) -> 
     run_id = store.begin_run()
     fps = {t.name: (t.fingerprint, t.code) for t in store.tasks().values()}
     store.write(run_id, [
-        TaskRow("short", ag.State.DONE, 1, 0.0, 0.1, None, None, None, *fps["short"],
-                ("pickle", pickle.dumps(None))),
-        TaskRow("long", ag.State.DONE, 1, 0.0, 10.0, None, None, None, *fps["long"],
-                ("pickle", pickle.dumps(None))),
+        TaskRow("short", run_id, "done", 1, 0.0, 0.1, None, None, None, *fps["short"],
+                new_result_id(), "pickle", pickle.dumps(None)),
+        TaskRow("long", run_id, "done", 1, 0.0, 10.0, None, None, None, *fps["long"],
+                new_result_id(), "pickle", pickle.dumps(None)),
     ])
     store.end_run(run_id, "done", {})
     store.close()
@@ -482,7 +482,7 @@ async def test_done_is_announced_only_once_its_result_is_committed(tmp_path: Pat
         def write(self, run_id: int, rows: Any) -> None:
             gate.wait()  # the disk is slow: nothing is durable until the gate opens
             super().write(run_id, rows)
-            committed.extend(r.name for r in rows if r.status is ag.State.DONE)
+            committed.extend(r.name for r in rows if r.status == "done")
 
     announced: list[tuple[str, bool]] = []
 
