@@ -349,6 +349,8 @@ async def test_a_store_of_another_graph_is_refused_unless_forced(tmp_path: Path)
     assert "force=True" in str(caught.value)
     assert digest(db) == before
 
+    with pytest.raises(TypeError, match="force must be True or False, not 'yes'"):
+        ag.load(other, db, force="yes")  # type: ignore[arg-type]
     forced = await ag.run(ag.load(other, db, force=True), store=db)
     assert dict(forced.results) == {"alpha": 1, "middle": 2}
 
