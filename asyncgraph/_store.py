@@ -25,7 +25,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -361,8 +361,28 @@ class SQLiteStore:
 
     # -- reading (never unpickles) ------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn SQLite's own errors while reading into a StoreError naming the file.
+
+        Opening checks the tables a store must have, but a damaged page deeper in the
+        file shows only when it is read:
+            ag.load(g, "nightly.db")   # <- sqlite3.DatabaseError: disk image is malformed
+        and the caller was promised a StoreError (docs/api.md).
+        """
+        import sqlite3
+
+        try:
+            yield
+        except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: a bad status
+            raise StoreError(
+                f"store {str(self.path)!r} is damaged (reading it failed: "
+                f"{type(exc).__name__}: {exc}); restore the file from a backup, or move it "
+                "aside to start afresh"
+            ) from exc
+
     def tasks(self) -> dict[str, StoredTask]:
-        with self._lock:
+        with self._lock, self._reading():
             conn = self._connect(create=False)
             if conn is None:
                 return {}
@@ -371,10 +391,10 @@ class SQLiteStore:
                 "error_message, traceback, fingerprint, code, result_id FROM state "
                 "ORDER BY rowid"
             ).fetchall()
-        return {r[0]: StoredTask(r[0], r[1], State(r[2]), *r[3:]) for r in rows}
+            return {r[0]: StoredTask(r[0], r[1], State(r[2]), *r[3:]) for r in rows}
 
     def runs(self) -> list[RunInfo]:
-        with self._lock:
+        with self._lock, self._reading():
             conn = self._connect(create=False)
             if conn is None:
                 return []
@@ -386,7 +406,7 @@ class SQLiteStore:
 
     def run_tasks(self, run_id: int) -> list[StoredTask]:
         """The records one run wrote (the tasks it ran), in the order it wrote them."""
-        with self._lock:
+        with self._lock, self._reading():
             conn = self._connect(create=False)
             if conn is None:
                 return []
@@ -396,15 +416,15 @@ class SQLiteStore:
                 "ORDER BY rowid",
                 (run_id,),
             ).fetchall()
-        return [
-            StoredTask(
-                r[0], r[1], State(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], None, None
-            )
-            for r in rows
-        ]
+            return [
+                StoredTask(
+                    r[0], r[1], State(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], None, None
+                )
+                for r in rows
+            ]
 
     def load_result(self, result_id: int, task: str) -> Any:
-        with self._lock:
+        with self._lock, self._reading():
             conn = self._connect(create=False)
             row = (
                 None
