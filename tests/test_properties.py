@@ -1,10 +1,11 @@
 """Property tests on random DAGs: the scheduler core, full runs, and the rewrites.
 
-Section 4 cancels runs on a store at random events (an in-process stand-in for a crash;
-the real SIGKILL is in tests/test_reliability_crash.py) and resumes them, after random
-rewrites. Random DAGs come from ``tests/strategies.py``: 1..25 tasks, each depending on a subset of
+Random DAGs come from ``tests/strategies.py``: 1..25 tasks, each depending on a subset of
 earlier ones, some "broken" (raising on every call). Full runs use IO tasks only (mostly
 coroutines, some plain functions in threads): process start-up would make CPU tasks slow.
+Section 4 cancels runs on a store at random events (an in-process stand-in for a crash;
+the real SIGKILL is in tests/test_reliability_crash.py) and resumes them after random
+rewrites.
 """
 
 from __future__ import annotations
