@@ -232,7 +232,11 @@ def test_sigkill_the_driver_and_resume_long(tmp_path: Path) -> None:
     seed = int(os.environ.get("ASYNCGRAPH_CRASH_SEED", "7000"))
     trials = run_trials(tmp_path, count, n, base_seed=seed)
     kills = [k for t in trials for k in t.kills]
-    print(f"\n{len(trials)} trials of {n} tasks, {len(kills)} kills, after done lines: {kills}")
+    reruns = sum(t.reruns for t in trials)
+    print(
+        f"\n{len(trials)} trials of {n} tasks, {len(kills)} kills, after done lines: {kills};"
+        f" {reruns} started-but-unfinished tasks ran again, 0 done tasks did"
+    )
 
 
 @pytest.mark.xfail(
