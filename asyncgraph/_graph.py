@@ -228,7 +228,18 @@ class Graph:
         return _reach(start, lambda n: self._tasks[n].deps)
 
     def _check_names(self, names: Iterable[str] | str, where: str) -> list[str]:
-        out = [names] if isinstance(names, str) else list(names)
+        if isinstance(names, str):
+            out = [names]
+        elif isinstance(names, Iterable):
+            out = list(names)
+        else:
+            raise TypeError(
+                f"{where}: expected a task name or a list of task names, "
+                f"not {type(names).__name__} {names!r}"
+            )
+        wrong = [n for n in out if not isinstance(n, str)]
+        if wrong:
+            raise TypeError(f"{where}: task names are strings, not {wrong[0]!r}")
         unknown = [n for n in out if n not in self._tasks]
         if unknown:
             raise UnknownTaskError(unknown, where=where)
@@ -608,7 +619,7 @@ def create_graph(
         )
     io = _name_set(io_bound, "io_bound")
     done_set = _name_set(done, "done")
-    given = dict(results or {})
+    given = _results_dict(results, "create_graph")
     unknown = (set(dependencies) | io | done_set | set(given)) - set(funcs)
     if unknown:
         raise UnknownTaskError(
@@ -638,6 +649,16 @@ def create_graph(
         g._insert(task, record)
     g.validate()
     return g
+
+
+def _results_dict(results: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    if results is None:
+        return {}
+    if not isinstance(results, Mapping):
+        raise TypeError(
+            f"{where}: results must be a dict of task name -> result, not {type(results).__name__}"
+        )
+    return dict(results)
 
 
 def _name_set(names: Iterable[str] | None, what: str) -> set[str]:

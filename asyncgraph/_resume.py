@@ -154,6 +154,8 @@ def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = F
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"load() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be True or False, not {force!r}")
     return load_from(graph, open_store(store), force=force).graph
 
 

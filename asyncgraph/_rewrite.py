@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._graph import Graph
+from ._graph import Graph, _results_dict
 from ._state import FINISHED_BADLY, PENDING_RECORD, State, TaskRecord
 
 __all__ = ["mark_done", "mark_done_except", "reset", "reset_failed", "subgraph"]
@@ -18,13 +18,14 @@ __all__ = ["mark_done", "mark_done_except", "reset", "reset_failed", "subgraph"]
 
 def reset_failed(graph: Graph) -> Graph:
     """Failed, skipped and cancelled tasks, and all their descendants, back to pending."""
+    _check_graph(graph, "reset_failed")
     bad = [n for n, r in graph.records.items() if r.status in FINISHED_BADLY]
     return _to_pending(graph, set(bad) | graph.descendants(bad))
 
 
 def reset(graph: Graph, names: Iterable[str] | str) -> Graph:
     """``names`` and all their descendants back to pending, whatever their state."""
-    start = graph._check_names(names, "reset")
+    start = _check_graph(graph, "reset")._check_names(names, "reset")
     return _to_pending(graph, set(start) | graph.descendants(start))
 
 
@@ -37,8 +38,8 @@ def mark_done(
     Descendants that were skipped because of these tasks go back to pending, so the next
     run runs them; a run skips them again if another of their ancestors is still failed.
     """
-    marked = graph._check_names(names, "mark_done")
-    given = dict(results or {})
+    marked = _check_graph(graph, "mark_done")._check_names(names, "mark_done")
+    given = _results_dict(results, "mark_done")
     stray = [n for n in given if n not in marked]
     if stray:
         graph._check_names(stray, "mark_done results")  # unknown names first
@@ -62,7 +63,7 @@ def mark_done_except(graph: Graph, names: Iterable[str] | str) -> Graph:
     Tasks that are already done keep their results. This runs exactly ``names`` next
     time, as taskmap's ``mark_as_done_except`` does.
     """
-    keep = set(graph._check_names(names, "mark_done_except"))
+    keep = set(_check_graph(graph, "mark_done_except")._check_names(names, "mark_done_except"))
     records = {}
     for n, r in graph.records.items():
         if n in keep:
@@ -76,8 +77,14 @@ def mark_done_except(graph: Graph, names: Iterable[str] | str) -> Graph:
 
 def subgraph(graph: Graph, targets: Iterable[str] | str) -> Graph:
     """The ``targets`` and all their ancestors, with their current states."""
-    start = graph._check_names(targets, "subgraph")
+    start = _check_graph(graph, "subgraph")._check_names(targets, "subgraph")
     return graph._subset(set(start) | graph.ancestors(start))
+
+
+def _check_graph(graph: Graph, where: str) -> Graph:
+    if not isinstance(graph, Graph):
+        raise TypeError(f"{where}() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    return graph
 
 
 def _to_pending(graph: Graph, names: set[str]) -> Graph:

@@ -800,6 +800,8 @@ def _check_options(
         if not isinstance(limits, Mapping):
             raise TypeError(f"limits must be a dict of name -> int, not {type(limits).__name__}")
         for key, value in limits.items():
+            if not isinstance(key, str):
+                raise TypeError(f"limits keys are resource names (str), not {key!r}")
             _check_int(f"limits[{key!r}]", value, allow_none=False)
     if not isinstance(fail_fast, bool):
         raise TypeError(f"fail_fast must be True or False, not {fail_fast!r}")

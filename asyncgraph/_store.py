@@ -349,29 +349,38 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection | None]:
-        """A connection to read with (None: no store yet); never creates or changes it."""
+        """A connection to read with (None: no store yet); never creates or changes it.
+
+        SQLite's own errors while reading become a StoreError naming the file: opening
+        checks the tables a store must have, but a damaged page deeper in the file shows
+        only when it is read::
+
+            ag.load(g, "nightly.db")   # <- sqlite3.DatabaseError: disk image is malformed
+        """
         import sqlite3
 
-        if self._conn is not None:
-            with self._lock:
-                yield self._conn
-            return
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            yield None
-            return
         try:
-            conn = sqlite3.connect(self._uri(), uri=True)
-        except sqlite3.DatabaseError as exc:
-            raise self._damaged(exc) from exc
-        try:
-            if not _has_schema(conn):
+            if self._conn is not None:
+                with self._lock:
+                    yield self._conn
+                return
+            if not self.path.exists() or self.path.stat().st_size == 0:
                 yield None
-            else:
-                yield conn
-        except sqlite3.DatabaseError as exc:
-            raise self._damaged(exc) from exc
-        finally:
-            conn.close()
+                return
+            try:
+                conn = sqlite3.connect(self._uri(), uri=True)
+            except sqlite3.DatabaseError as exc:
+                raise self._damaged(exc) from exc
+            try:
+                yield conn if _has_schema(conn) else None
+            finally:
+                conn.close()
+        except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: a bad status
+            raise StoreError(
+                f"store {str(self.path)!r} is damaged (reading it failed: "
+                f"{type(exc).__name__}: {exc}); restore the file from a backup, or move it "
+                "aside to start afresh"
+            ) from exc
 
     def _open_for_run(self) -> sqlite3.Connection:
         """The run's connection: creates the file (owner-only) and the schema if need be."""
@@ -429,8 +438,11 @@ class SQLiteStore:
                 "error_message, traceback, fingerprint, code, result_id FROM state "
                 "ORDER BY rowid"
             ).fetchall()
-        states = {s.value: s for s in State}
-        return {r[0]: StoredTask(r[0], r[1], states[r[2]], *r[3:]) for r in rows}
+            states = {s.value: s for s in State}
+            # State(...) for an unknown value: its ValueError says what it read
+            return {
+                r[0]: StoredTask(r[0], r[1], states.get(r[2]) or State(r[2]), *r[3:]) for r in rows
+            }
 
     def runs(self) -> list[RunInfo]:
         with self._reading() as conn:

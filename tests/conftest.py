@@ -1,13 +1,47 @@
-"""Shared test setup: every async test runs on the default asyncio loop and on uvloop."""
+"""Shared test setup: every async test runs on the default asyncio loop and on uvloop.
+
+Tests marked ``long`` (the reliability suite's long trials, see docs/reliability.md) are
+skipped unless pytest gets ``--long`` or the environment has ``ASYNCGRAPH_LONG=1``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 import uvloop
+
+
+def long_mode(config: pytest.Config) -> bool:
+    return bool(config.getoption("--long")) or os.environ.get("ASYNCGRAPH_LONG") == "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="also run the long reliability trials (tests marked 'long'); "
+        "ASYNCGRAPH_LONG=1 does the same",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if long_mode(config):
+        return
+    skip = pytest.mark.skip(reason="a long trial: run with --long or ASYNCGRAPH_LONG=1")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def long(request: pytest.FixtureRequest) -> bool:
+    """Whether the suite runs in long mode (tests may scale their trials with it)."""
+    return long_mode(request.config)
 
 
 def pytest_asyncio_loop_factories(

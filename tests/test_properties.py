@@ -3,6 +3,9 @@
 Random DAGs come from ``tests/strategies.py``: 1..25 tasks, each depending on a subset of
 earlier ones, some "broken" (raising on every call). Full runs use IO tasks only (mostly
 coroutines, some plain functions in threads): process start-up would make CPU tasks slow.
+Section 4 cancels runs on a store at random events (an in-process stand-in for a crash;
+the real SIGKILL is in tests/test_reliability_crash.py) and resumes them after random
+rewrites.
 """
 
 from __future__ import annotations
@@ -765,3 +768,133 @@ def test_queries_unknown_names(gr: tuple[Dag, ag.Graph], data: st.DataObject) ->
         assert g.dependencies(n) == dag.dep_names(n)
         assert set(g.children(n)) == set(dag.children(n))
         assert all(pos[d] < pos[n] for d in dag.dep_names(n))
+
+
+# ======================================================================================
+# 4. Random crash points on a store, random rewrites, then a resume
+# ======================================================================================
+
+
+class CrashProbe:
+    """What ran in which run, and whether each task's dependencies were done when it
+    started. Its fingerprint is constant (``__reduce_ex__``): the tasks close over it,
+    and its changing counters must not count as a code change."""
+
+    def __init__(self, dag: Dag) -> None:
+        self.dag = dag
+        self.run = 0
+        self.finished: set[str] = set()  # returned a result, in any run
+        self.calls: list[tuple[int, str]] = []  # (run, task)
+        self.early: list[str] = []  # started before a dependency had finished
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (str, ("crash-probe",))
+
+    def start(self, name: str) -> None:
+        self.calls.append((self.run, name))
+        if any(d not in self.finished for d in self.dag.dep_names(name)):
+            self.early.append(name)
+
+    def ran_in(self, run: int) -> set[str]:
+        return {n for r, n in self.calls if r == run}
+
+
+def _crash_graph(case: RunCase, broken: frozenset[str], probe: CrashProbe) -> ag.Graph:
+    g = ag.Graph()
+    for i in case.dag.add_order:
+        name = case.dag.names[i]
+
+        async def fn(*args: Any, name: str = name) -> int:
+            probe.start(name)
+            for _ in range(case.yields[name]):
+                await asyncio.sleep(0)
+            if name in broken:
+                raise Boom(name)
+            probe.finished.add(name)
+            return value_of(name, args)
+
+        g.add(name, fn, deps=list(case.dag.dep_names(name)))
+    return g
+
+
+async def _run_until(g: ag.Graph, db: str, crash_at: int) -> list[ag.Event]:
+    """Run on ``db`` and cancel the run at its ``crash_at``-th event (if it gets there)."""
+    events: list[ag.Event] = []
+
+    def on_event(event: ag.Event) -> None:
+        events.append(event)
+        if len(events) == crash_at:
+            run.cancel()
+
+    run = asyncio.ensure_future(ag.run(g, store=db, deadline=GUARD, on_event=on_event))
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    return events
+
+
+def _check_events(events: list[ag.Event]) -> None:
+    """Within a run, a task's terminal event is its last one."""
+    terminal = {"done", "failed", "skipped", "cancelled"}
+    ended: set[str] = set()
+    for e in events:
+        assert e.task not in ended, f"{e.kind.value} after {e.task} had ended"
+        if e.kind.value in terminal:
+            ended.add(e.task)
+
+
+@settings(RUNS, max_examples=40)
+@given(case=run_cases(max_tasks=15), data=st.data())
+def test_random_crash_points_and_rewrites_then_resume(case: RunCase, data: st.DataObject) -> None:
+    _crash_then_resume(case, data)
+
+
+@pytest.mark.long
+@settings(RUNS, max_examples=1000)
+@given(case=run_cases(), data=st.data())
+def test_random_crash_points_and_rewrites_then_resume_long(
+    case: RunCase, data: st.DataObject
+) -> None:
+    _crash_then_resume(case, data)
+
+
+def _crash_then_resume(case: RunCase, data: st.DataObject) -> None:
+    r"""Cancel a run on a store at a random event, maybe reset random tasks of the loaded
+    graph, then resume: no task starts before its dependencies are done, a terminal
+    state is final within a run, nothing done in the store runs again unless the rewrite
+    asked for it, and the end is what a clean run gives (skipped exactly below a failure).
+    """
+    import tempfile
+
+    dag = case.dag
+    broken = frozenset(case.failing)
+    probe = CrashProbe(dag)
+    crash_at = data.draw(st.integers(1, 4 * len(dag)), label="crash at event")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = f"{tmp}/store.db"
+        first = asyncio.run(_run_until(_crash_graph(case, broken, probe), db, crash_at))
+        _check_events(first)
+        stored = ag.load(_crash_graph(case, broken, probe), db)
+        held = {n for n, s in stored.status.items() if s is S.DONE}
+
+        again: set[str] = set()
+        if data.draw(st.booleans(), label="rewrite"):
+            names = data.draw(subsets(dag.names), label="reset names")
+            again = set(names) | dag.descendants(names)
+            resumed = ag.reset_failed(ag.reset(stored, names))
+        else:
+            resumed = _crash_graph(case, broken, probe)  # a plain rerun on the store
+        probe.run = 1
+        second: list[ag.Event] = []
+        out = asyncio.run(ag.run(resumed, store=db, deadline=GUARD, on_event=second.append))
+        _check_events(second)
+        results = dict(out.results)  # reused results load from the store: read them here
+
+    assert probe.early == [], f"started before their dependencies were done: {probe.early}"
+    reran = probe.ran_in(1) & held
+    assert reran <= again, f"done in the store, ran again: {sorted(reran - again)}"
+    exp_status, exp_results = reference_run(dag, broken)
+    assert out.status == exp_status
+    assert results == exp_results
+    failed = {n for n, s in out.status.items() if s is S.FAILED}
+    for n in dag.names:
+        assert (out.status[n] is S.SKIPPED) == bool(dag.ancestors([n]) & failed), n

@@ -100,6 +100,42 @@ def test_unknown_names_are_listed(ran, rewrite):
     assert statuses(ran) == before
 
 
+@pytest.mark.parametrize("rewrite", ["reset", "mark_done", "mark_done_except", "subgraph"])
+@pytest.mark.parametrize(
+    ("names", "match"),
+    [
+        (3, "expected a task name or a list of task names, not int 3"),
+        (None, "expected a task name or a list of task names, not NoneType None"),
+        ([1, "zz"], "task names are strings, not 1"),
+    ],
+)
+def test_names_of_the_wrong_type_are_refused_by_name(ran, rewrite, names, match):
+    with pytest.raises(TypeError, match=f"^{rewrite}: {match}$"):
+        getattr(ag, rewrite)(ran, names)
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda: ag.reset_failed({}),
+        lambda: ag.reset({}, ["a"]),
+        lambda: ag.mark_done({}, ["a"]),
+        lambda: ag.mark_done_except({}, ["a"]),
+        lambda: ag.subgraph({}, ["a"]),
+    ],
+)
+def test_a_rewrite_needs_a_graph(rewrite):
+    with pytest.raises(TypeError, match=r"^\w+\(\) needs an asyncgraph.Graph, not dict$"):
+        rewrite()
+
+
+def test_results_must_be_a_mapping(ran):
+    with pytest.raises(TypeError, match="mark_done: results must be a dict of task name"):
+        ag.mark_done(ran, ["a"], [1])
+    with pytest.raises(TypeError, match="create_graph: results must be a dict of task name"):
+        ag.create_graph({"a": lambda: 1}, {"a": []}, done=["a"], results=[1])
+
+
 def test_added_task_on_a_derived_graph_does_not_leak_back(ran):
     new = ag.reset_failed(ran)
     new.add("extra", lambda: 1)

@@ -494,6 +494,7 @@ def test_run_sync_uses_uvloop_in_a_script():
         ({"cpu_workers": -1}, ValueError, "cpu_workers must be at least 1"),
         ({"limits": {"db": 0}}, ValueError, r"limits\['db'\] must be at least 1"),
         ({"limits": [("db", 1)]}, TypeError, "limits must be a dict"),
+        ({"limits": {1: 2}}, TypeError, r"limits keys are resource names \(str\), not 1"),
         ({"fail_fast": "yes"}, TypeError, "fail_fast must be True or False"),
         ({"deadline": 0}, ValueError, "deadline must be a number of seconds > 0"),
         ({"deadline": float("nan")}, ValueError, "deadline"),

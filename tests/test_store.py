@@ -335,6 +335,41 @@ async def test_a_truncated_store_is_refused_untouched(tmp_path: Path) -> None:
     assert digest(db) == before
 
 
+async def test_damage_deep_in_a_store_is_a_store_error(tmp_path: Path) -> None:
+    """Damage that opening does not see (it reads only a few tables) shows when the
+    store is read: a StoreError naming the file, never SQLite's own exception."""
+    db = tmp_path / "s.db"
+    g = ag.Graph()
+    for i in range(300):
+        g.add(f"t{i}", lambda i=i: "x" * 500 + str(i))
+    await ag.run(g, store=db)
+    pristine = db.read_bytes()
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE state SET status = 'bogus' WHERE name = 't7'")
+    conn.close()
+    with pytest.raises(ag.StoreError, match=r"s.db' is damaged .*'bogus' is not a valid State"):
+        ag.load(g, db)
+
+    import random
+
+    rng = random.Random(5)
+    damaged = 0
+    for _ in range(12):
+        data = bytearray(pristine)
+        start = rng.randrange(1, len(data) // 4096) * 4096 + rng.randrange(0, 4000)
+        data[start : start + 64] = bytes(rng.randrange(256) for _ in range(64))
+        db.write_bytes(bytes(data))
+        for call in (lambda: dict(ag.load(g, db).results), lambda: ag.plan(g, db),
+                     lambda: ag.history(db), lambda: ag.run_sync(g, store=db)):
+            try:
+                call()
+            except ag.StoreError as exc:
+                assert "s.db" in str(exc)
+                damaged += 1
+    assert damaged  # the seed hits pages that matter
+
+
 async def test_a_store_of_another_graph_is_refused_unless_forced(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     await ag.run(versioned(1), store=db)
@@ -350,6 +385,8 @@ async def test_a_store_of_another_graph_is_refused_unless_forced(tmp_path: Path)
     assert "force=True" in str(caught.value)
     assert digest(db) == before
 
+    with pytest.raises(TypeError, match="force must be True or False, not 'yes'"):
+        ag.load(other, db, force="yes")  # type: ignore[arg-type]
     forced = await ag.run(ag.load(other, db, force=True), store=db)
     assert dict(forced.results) == {"alpha": 1, "middle": 2}
 
