@@ -329,6 +329,33 @@ def _imported_user_module(name: str) -> types.ModuleType | None:
     return module if _is_user_module(module) else None
 
 
+@functools.cache
+def _opaque_types() -> tuple[type, ...]:
+    """Types counted by name only, never by their state (see _Digester._reduced)."""
+    import asyncio
+    import concurrent.futures
+    import io
+    import selectors
+    import socket
+    import threading
+
+    lock_types = (type(threading.Lock()), type(threading.RLock()))
+    return (
+        asyncio.AbstractEventLoop,
+        asyncio.Future,  # tasks too
+        asyncio.Handle,
+        threading.Thread,
+        threading.Condition,
+        threading.Event,
+        threading.Semaphore,
+        *lock_types,
+        socket.socket,
+        selectors.BaseSelector,
+        io.IOBase,
+        concurrent.futures.Executor,
+    )
+
+
 class _Node:
     """A user function or class being digested: a vertex of Tarjan's algorithm."""
 
@@ -686,6 +713,13 @@ class _Digester:
         return sorted(encoded)
 
     def _reduced(self, obj: Any, t: type, out: list[bytes | _Node], depth: int) -> None:
+        if isinstance(obj, _opaque_types()):
+            # Run-time machinery, not data: an event loop (its ready queue and timers
+            # change by the moment), a thread, a lock, a socket, an open file. Its state
+            # says nothing about a task's result, and digesting it made a done task
+            # rerun (and took seconds for a client holding a loop).
+            out.append(b"?opaque" + _str(_name_of(t)))
+            return
         wrapped = getattr(obj, "__wrapped__", None)  # functools.cache and friends
         if wrapped is not None and callable(obj) and not isinstance(obj, type):
             out.append(b"w" + _str(_name_of(t)))

@@ -239,12 +239,6 @@ def test_sigkill_the_driver_and_resume_long(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a closure over an object holding the running asyncio loop is "
-    "fingerprinted by the loop's contents (its timers and ready queue), so a done task "
-    "reruns as 'code changed'; see docs/reliability.md",
-)
 def test_a_closure_over_the_loop_keeps_its_fingerprint(tmp_path: Path) -> None:
     """A task done in the store must be reused by the next run if nothing changed, even
     when its function closes over an object that holds the event loop (a client)."""
