@@ -360,9 +360,14 @@ class OpenRun:
     """
 
     def __init__(self, graph: Graph, options: dict[str, Any]) -> None:
+        from ._runner import _check_options
+
         self._graph = graph
         self._options = options
         check_watch_options(options["progress"], options["on_event"])
+        # Bad options are reported by open_run() itself, not later by `async with`.
+        run_options = {k: v for k, v in options.items() if k not in ("progress", "on_event")}
+        _check_options(graph, **run_options)
         self._history: list[Event] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False

@@ -272,6 +272,8 @@ class SQLiteStore:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"SQLiteStore(path): path must be a file path, not {path!r}")
         self.path = Path(path)
         self._lock = threading.Lock()  # the run's connection, used from a few threads
         self._conn: sqlite3.Connection | None = None

@@ -698,3 +698,12 @@ async def test_a_run_cancelled_while_it_takes_the_store_lets_go(
         assert statuses_of_runs == ["cancelled", "done"]  # not left "running"
     else:
         assert statuses_of_runs == ["done"]
+
+
+def test_bad_store_and_open_run_arguments_are_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="SQLiteStore.path.: path must be a file path, not 3"):
+        SQLiteStore(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="store must be a file path or a Store"):
+        ag.open_run(versioned(1), store=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_io must be at least 1"):
+        ag.open_run(versioned(1), max_io=0)
