@@ -77,6 +77,10 @@ class _Requeue(NamedTuple):
 
 
 _VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
+# Events on the hot paths are built with tuple.__new__: a NamedTuple's own __new__ is
+# Python code, and a watched run builds about three events per task.
+_new = tuple.__new__
+_QUEUED, _STARTED, _DONE = EventKind.QUEUED, EventKind.STARTED, EventKind.DONE
 _EVENT_OF = {
     State.DONE: EventKind.DONE,
     State.FAILED: EventKind.FAILED,
@@ -294,7 +298,7 @@ class _Run:
                 if self.session is not None:
                     self.session.started(name, records[name].attempts, now)
             if self.emit is not None:
-                self.emit(Event(EventKind.STARTED, name, tries[name], now))
+                self.emit(_new(Event, (_STARTED, name, tries[name], now, None)))
             if task.deps:
                 args, kwargs = task.bind(records)
             else:
@@ -325,7 +329,7 @@ class _Run:
         if self.session is not None:
             self.session.ended(name, new)  # sends the event (a done one once durable)
         elif self.emit is not None:
-            self.emit(Event(_EVENT_OF[status], name, self.tries[name], end, error))
+            self.emit(_new(Event, (_EVENT_OF[status], name, self.tries[name], end, error)))
 
     def _skipped(self, name: str, when: float) -> None:
         self.records[name] = rec = TaskRecord(State.SKIPPED)
@@ -379,7 +383,7 @@ class _Run:
         assert self.emit is not None
         now = time.time()
         for n in self.core.pending():
-            self.emit(Event(EventKind.QUEUED, n, 0, now))
+            self.emit(_new(Event, (_QUEUED, n, 0, now, None)))
         for n in self.core.initially_skipped:
             self.emit(Event(EventKind.SKIPPED, n, 0, now))
 
@@ -675,7 +679,7 @@ class _Session:
         for row in rows:
             name = row[0]
             if row[2] == "done" and name in tries:  # not the marked-done ones
-                emit(Event(EventKind.DONE, name, tries[name], row[5] or 0.0))
+                emit(_new(Event, (_DONE, name, tries[name], row[5] or 0.0, None)))
 
     def _write_failed(self, exc: BaseException) -> None:
         self.error = StoreError(
