@@ -33,9 +33,12 @@ import itertools
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import anyio
 
 from ._events import Emit, Event, EventKind
 
@@ -226,6 +229,13 @@ class _Relay:
                 event = self.queue.popleft()
                 try:
                     await self.callback(event)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the relay itself is being stopped
+                    # The callback awaited something that was cancelled: its own
+                    # failure, which must not pass for the run's cancellation.
+                    logger.exception("on_event callback failed on %s of %r", event.kind, event.task)
                 except Exception:
                     logger.exception("on_event callback failed on %s of %r", event.kind, event.task)
             if self.closing:
@@ -321,8 +331,16 @@ class Watch:
             listeners.append(_log_failures)
         self.emit = _fan_out(listeners)
 
-    async def observe(self, body: Callable[[], Awaitable[Graph]]) -> Graph:
-        """Run ``body`` (the run) with the listeners started, and settle them after."""
+    async def observe(
+        self, body: Callable[[], Awaitable[Graph]], deadline: float | None = None
+    ) -> Graph:
+        """Run ``body`` (the run) with the listeners started, and settle them after.
+
+        Async callbacks still queued when the run ends are delivered before returning,
+        within the run's ``deadline`` if it has one: what is left then is dropped (and
+        logged), so a slow or stuck callback cannot hold the run past its deadline.
+        """
+        until = None if deadline is None else time.monotonic() + deadline
         if self.progress is not None:
             self.progress.start()
         if self.relay is not None:
@@ -332,7 +350,7 @@ class Watch:
         except BaseException as exc:
             if self.relay is not None:
                 if isinstance(exc, Exception):  # e.g. TaskFailures: the events still count
-                    await self.relay.aclose()
+                    await self._drain(until)
                 else:  # cancelled, Ctrl-C: stop listening now
                     self.relay.cancel()
             raise
@@ -340,8 +358,22 @@ class Watch:
             if self.progress is not None:
                 self.progress.close()
         if self.relay is not None:
-            await self.relay.aclose()
+            await self._drain(until)
         return result
+
+    async def _drain(self, until: float | None) -> None:
+        assert self.relay is not None
+        if until is None:
+            await self.relay.aclose()
+            return
+        with anyio.move_on_after(max(0.0, until - time.monotonic())) as scope:
+            await self.relay.aclose()
+        if scope.cancelled_caught:
+            logger.warning(
+                "on_event: the run's deadline passed with %d event(s) not delivered to "
+                "the async callback; they were dropped",
+                len(self.relay.queue) + 1,
+            )
 
 
 class OpenRun:
@@ -386,7 +418,7 @@ class OpenRun:
         store = opts.pop("store")
         options = _check_options(self._graph, store=store, **opts)
         body = _body(self._graph, options, store, watch.emit, on_run=self._attach)
-        self._task = asyncio.get_running_loop().create_task(watch.observe(body))
+        self._task = asyncio.get_running_loop().create_task(watch.observe(body, options.deadline))
         self._task.add_done_callback(self._ended)
         return self
 

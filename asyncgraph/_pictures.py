@@ -54,7 +54,15 @@ def _mermaid_label(name: str) -> str:
     # Inside "...", Mermaid reads #code; entities: escape '#' first, then what would
     # end the string or be read as markup.
     out = name.replace("#", "#35;")
-    for char, code in (('"', "#quot;"), ("<", "#lt;"), (">", "#gt;"), ("\n", " ")):
+    for char, code in (
+        ('"', "#quot;"),
+        ("&", "#amp;"),  # else "&lt;" in a name would show as "<"
+        ("<", "#lt;"),
+        (">", "#gt;"),
+        ("`", "#96;"),  # else a `name` turns into a Markdown string
+        ("\r", " "),
+        ("\n", " "),
+    ):
         out = out.replace(char, code)
     return f'"{out}"'
 
@@ -81,7 +89,9 @@ def to_mermaid(graph: Graph) -> str:
 
 
 def _dot_string(text: str) -> str:
-    out = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    # Graphviz decodes HTML entities even in quoted strings: "&lt;" would show as "<".
+    out = text.replace("&", "&amp;")
+    out = out.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{out}"'
 
 

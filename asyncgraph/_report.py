@@ -96,7 +96,8 @@ def summary(graph: Graph) -> Summary:
 
 
 def critical_path(graph: Graph) -> tuple[float, tuple[str, ...]]:
-    """The longest duration-weighted chain of done tasks (ties: the earliest defined)."""
+    """The longest duration-weighted chain of done tasks (ties: the first found in
+    topological order, following dependencies in binding order)."""
     records = graph.records
     best: dict[str, tuple[float, str | None]] = {}  # name -> (length, previous on path)
     for name in graph.topological_order():

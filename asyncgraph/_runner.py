@@ -548,6 +548,7 @@ class _Session:
         self.error: BaseException | None = None
         self.counts: dict[State, int] = {}
         self.invalidate: set[str] = set()
+        self.reported: set[str] = set()  # done events sent (their commit came back)
         self.the_run: _Run
 
     async def start(self, the_run: _Run) -> None:
@@ -676,9 +677,11 @@ class _Session:
         if emit is None:
             return
         tries = self.the_run.tries
+        reported = self.reported
         for row in rows:
             name = row[0]
             if row[2] == "done" and name in tries:  # not the marked-done ones
+                reported.add(name)
                 emit(_new(Event, (_DONE, name, tries[name], row[5] or 0.0, None)))
 
     def _write_failed(self, exc: BaseException) -> None:
@@ -693,6 +696,14 @@ class _Session:
         """Commit what is queued and record how the run ended (called on every way out)."""
         if self.writer is not None:
             await anyio.to_thread.run_sync(self.writer.close)
+        if self.error is not None and self.emit is not None:
+            # A write failed: tasks that ended done but were never committed get their
+            # terminal event now, a failed one, since their result is not durable.
+            now = time.time()
+            for name, tries in self.the_run.tries.items():
+                rec = records.get(name)
+                if rec is not None and rec.status is State.DONE and name not in self.reported:
+                    self.emit(Event(EventKind.FAILED, name, tries, now, self.error))
         if self.run_id:
             c = self.counts
             counts = {
@@ -925,7 +936,7 @@ async def run(
     """
     options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, store)
     watch = Watch(progress, on_event)
-    return await watch.observe(_body(graph, options, store, watch.emit))
+    return await watch.observe(_body(graph, options, store, watch.emit), options.deadline)
 
 
 def run_sync(
@@ -948,7 +959,9 @@ def run_sync(
     """
     options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, store)
     watch = Watch(progress, on_event)
-    body = functools.partial(watch.observe, _body(graph, options, store, watch.emit))
+    body = functools.partial(
+        watch.observe, _body(graph, options, store, watch.emit), options.deadline
+    )
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -285,3 +285,64 @@ async def test_open_run_misuse_is_explained() -> None:
     async with ag.open_run(small_graph(), max_io=2) as r:
         with pytest.raises(RuntimeError, match="not ended"):
             r.graph  # noqa: B018
+
+
+# -- found by review ------------------------------------------------------------------------
+
+
+async def test_a_callback_awaiting_something_cancelled_does_not_cancel_the_run(caplog) -> None:
+    async def callback(event: ag.Event) -> None:
+        if event.kind is K.DONE:
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            await cancelled  # raises CancelledError inside the callback only
+
+    g = ag.Graph()
+    g.add("a", lambda: 1, deps=[])
+    with caplog.at_level(logging.ERROR, logger="asyncgraph"):
+        out = await ag.run(g, on_event=callback)
+    assert out.results["a"] == 1
+    assert "on_event callback failed" in caplog.text
+
+
+async def test_a_stuck_async_callback_cannot_hold_a_run_past_its_deadline(caplog) -> None:
+    never = asyncio.Event()
+
+    async def stuck(event: ag.Event) -> None:
+        await never.wait()
+
+    g = ag.Graph()
+    for i in range(3):
+        g.add(f"t{i}", lambda: None, deps=[])
+    with caplog.at_level(logging.WARNING, logger="asyncgraph"), anyio_guard():
+        out = await ag.run(g, on_event=stuck, deadline=0.2)
+    assert set(out.status.values()) == {ag.State.DONE}
+    assert "deadline passed" in caplog.text and "not delivered" in caplog.text
+
+
+def anyio_guard() -> contextlib.AbstractContextManager[object]:
+    import anyio
+
+    return anyio.fail_after(60)  # a hang fails the test instead of the whole suite
+
+
+async def test_a_failed_store_write_still_settles_every_task(tmp_path) -> None:
+    from asyncgraph._store import SQLiteStore
+
+    class Failing(SQLiteStore):
+        def write(self, run_id: int, rows: object) -> None:
+            raise OSError("disk full")
+
+    events: list[ag.Event] = []
+    g = ag.Graph()
+    g.add("a", lambda: 1, deps=[])
+    g.add("b", lambda a: a + 1, deps=["a"])
+    store = Failing(tmp_path / "s.db")
+    with pytest.raises(ag.StoreError, match="disk full"):
+        await ag.run(g, store=store, on_event=events.append)
+    store.close()
+    terminal = {K.DONE, K.FAILED, K.SKIPPED, K.CANCELLED}
+    ended = {e.task for e in events if e.kind in terminal}
+    started = {e.task for e in events if e.kind is K.STARTED}
+    assert started <= ended  # every task that started got its terminal event
+    assert all(e.kind is not K.DONE for e in events)  # nothing was durable

@@ -195,3 +195,12 @@ def test_plot_timeline_without_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"asyncgraph\[plot\]"):
         SMALL.plot_timeline()
+
+
+def test_entities_and_backticks_in_names_are_shown_as_typed() -> None:
+    g = ag.Graph()
+    g.add("x&lt;y", lambda: 1)
+    g.add("`md`", lambda: 2)
+    mermaid = g.to_mermaid()
+    assert '"x#amp;lt;y"' in mermaid and '"#96;md#96;"' in mermaid
+    assert 'label="x&amp;lt;y"' in g.to_dot()
