@@ -166,6 +166,15 @@ def main(out: TextIO | None = None, store: str | None = None, progress: bool = T
     """The night and the morning (see the module docstring). ``store``: keep the store
     there (default: a temporary directory, removed at the end)."""
     out = out if out is not None else sys.stdout
+    if progress:
+        import importlib.util
+
+        if importlib.util.find_spec("tqdm") is None:
+            print(
+                "(no progress bar: tqdm is not installed; pip install 'asyncgraph[progress]')",
+                file=sys.stderr,
+            )
+            progress = False
     if store is None:
         with tempfile.TemporaryDirectory(prefix="asyncgraph-demo-") as tmp:
             return _night_and_morning(out, os.path.join(tmp, "nightly.db"), progress)
