@@ -7,6 +7,8 @@ Layout (see ``docs/store.md``)::
     state  (name -> latest record)   status, times, error text, fingerprint, and the
                                      result (its format, a random key, the bytes: the
                                      last column, which status reads never touch)
+    history (run_id, name, ...)      every record every run wrote, without results:
+                                     appended by a trigger on state, in SQLite itself
 
 A run holds the store for its whole length through an ``flock`` on a ``-lock`` file beside
 it (the kernel drops it if the process dies, so a SIGKILLed run never leaves it held). The
@@ -84,7 +86,25 @@ CREATE TABLE state (
     result_id INTEGER,
     result_format TEXT,
     result BLOB
-)
+);
+CREATE TABLE history (
+    run_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started REAL,
+    finished REAL,
+    error_type TEXT,
+    error_message TEXT,
+    traceback TEXT,
+    fingerprint TEXT
+);
+CREATE TRIGGER state_history AFTER INSERT ON state BEGIN
+    INSERT INTO history VALUES (
+        NEW.run_id, NEW.name, NEW.status, NEW.attempts, NEW.started, NEW.finished,
+        NEW.error_type, NEW.error_message, NEW.traceback, NEW.fingerprint
+    );
+END
 """
 
 
@@ -405,9 +425,8 @@ class SQLiteStore:
             # between leaves a file with no tables, which is a store not yet created.
             with _transaction(conn):
                 if not _has_schema(conn):
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    for statement in _statements(_SCHEMA):
+                        conn.execute(statement)
                     conn.executemany(
                         "INSERT INTO meta VALUES (?, ?)",
                         [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
@@ -455,6 +474,25 @@ class SQLiteStore:
                 "failed, skipped, cancelled FROM runs ORDER BY id"
             ).fetchall()
         return [RunInfo(*r) for r in rows]
+
+    def run_tasks(self, run_id: int) -> list[StoredTask]:
+        """The records one run wrote, in the order it wrote them (results not included:
+        only the latest result of each task is kept)."""
+        with self._reading() as conn:
+            if conn is None:
+                return []
+            rows = conn.execute(
+                "SELECT name, run_id, status, attempts, started, finished, error_type, "
+                "error_message, traceback, fingerprint FROM history WHERE run_id = ? "
+                "ORDER BY rowid",
+                (run_id,),
+            ).fetchall()
+            return [
+                StoredTask(
+                    r[0], r[1], State(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], None, None
+                )
+                for r in rows
+            ]
 
     def load_result(self, result_id: int, task: str) -> Any:
         with self._reading() as conn:
@@ -611,6 +649,20 @@ def _transaction(conn: sqlite3.Connection) -> Any:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script (a trigger's body has semicolons of its own)."""
+    import sqlite3
+
+    out, buf = [], ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
 
 
 def _has_schema(conn: sqlite3.Connection) -> bool:

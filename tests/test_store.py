@@ -707,3 +707,19 @@ def test_bad_store_and_open_run_arguments_are_reported_at_once(tmp_path: Path) -
         ag.open_run(versioned(1), store=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_io must be at least 1"):
         ag.open_run(versioned(1), max_io=0)
+
+
+async def test_every_run_keeps_its_own_task_records(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    flaky = Flaky(tmp_path)
+    await ag.run(pipeline(flaky), store=db)
+    flaky.broken = False
+    await ag.run(pipeline(flaky), store=db)
+    store = SQLiteStore(db)
+    first = {t.name: t.status.value for t in store.run_tasks(1)}
+    second = {t.name: t.status.value for t in store.run_tasks(2)}
+    assert first == {"extract": "done", "load_db": "failed", "report": "skipped", "side": "done"}
+    assert second == {"load_db": "done", "report": "done"}  # what run 2 ran
+    failed = next(t for t in store.run_tasks(1) if t.name == "load_db")
+    assert failed.error_type == "ConnectionError" and "database is down" in (
+        failed.error_message or "")
