@@ -723,3 +723,53 @@ async def test_every_run_keeps_its_own_task_records(tmp_path: Path) -> None:
     failed = next(t for t in store.run_tasks(1) if t.name == "load_db")
     assert failed.error_type == "ConnectionError" and "database is down" in (
         failed.error_message or "")
+
+
+HOLDER = """
+import sys
+import asyncgraph as ag
+
+g = ag.Graph()
+
+def wait_for_stdin():
+    sys.stdin.readline()  # the test says when to finish
+    return 1
+
+g.add("slow", wait_for_stdin)
+
+def on_event(event):
+    if event.kind is ag.EventKind.STARTED:
+        print("started", flush=True)
+
+ag.run_sync(g, store=sys.argv[1], on_event=on_event)
+print("finished", flush=True)
+"""
+
+
+def test_a_second_process_on_a_held_store_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "s.db"
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    holder = subprocess.Popen(
+        [sys.executable, str(script), str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "started"
+        before = digest(db)
+        with pytest.raises(ag.StoreLockedError, match=rf"in use by run 1 \(pid {holder.pid} "):
+            ag.run_sync(versioned(1), store=db)
+        assert digest(db) == before
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "finished"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ag.run_sync(ag.load(versioned(1), db, force=True), store=db).results["middle"] == 2
