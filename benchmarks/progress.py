@@ -30,18 +30,15 @@ import asyncio
 import contextlib
 import gc
 import io
-import random
 import sys
 import time
 from typing import Any
 
 import uvloop
 from _common import median, table, write_json  # first: it may put the repo on sys.path
+from overhead import SHAPES
 
 import asyncgraph as ag
-
-SEED = 12345
-LAYER = 100
 
 
 async def noop(*a: Any) -> None:
@@ -49,17 +46,7 @@ async def noop(*a: Any) -> None:
 
 
 def shape(kind: str, n: int) -> dict[str, list[str]]:
-    if kind == "wide":
-        return {f"t{i}": [] for i in range(n)}
-    rnd = random.Random(SEED)
-    deps: dict[str, list[str]] = {}
-    prev: list[str] = []
-    for start in range(0, n, LAYER):
-        cur = [f"t{i}" for i in range(start, min(n, start + LAYER))]
-        for name in cur:
-            deps[name] = rnd.sample(prev, rnd.randint(1, min(3, len(prev)))) if prev else []
-        prev = cur
-    return deps
+    return SHAPES[kind](n)  # overhead.py's graphs, so the figures compare
 
 
 def build(deps: dict[str, list[str]]) -> ag.Graph:
@@ -147,21 +134,35 @@ def main() -> None:
                 flush=True,
             )
     runner.close()
-    headers = ["clock", "shape", "tasks", "plain us", "progress us", "on_event us",
-               "progress/plain", "on_event/plain"]
+    headers = [
+        "clock",
+        "shape",
+        "tasks",
+        "plain us",
+        "progress us",
+        "on_event us",
+        "progress/plain",
+        "on_event/plain",
+    ]
     body: list[list[Any]] = []
     for clock, key, pre in (("wall", "us_per_task", ""), ("cpu", "cpu_us_per_task", "cpu_")):
         body += [
-            [clock, r["shape"], r["n"], r[key]["plain"], r[key]["progress"],
-             r[key]["on_event"], r[pre + "progress_over_plain"],
-             r[pre + "on_event_over_plain"]]
+            [
+                clock,
+                r["shape"],
+                r["n"],
+                r[key]["plain"],
+                r[key]["progress"],
+                r[key]["on_event"],
+                r[pre + "progress_over_plain"],
+                r[pre + "on_event_over_plain"],
+            ]
             for r in rows
         ]
     print(f"\nCost of watching a run, per no-op task (median of {reps}; us = microseconds)")
     print(table(headers, body))
     print("\ntarget: progress/plain <= 1.10")
     write_json(args.json, {"benchmark": "progress", "reps": reps, "rows": rows})
-
 
 
 if __name__ == "__main__":
