@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ._exceptions import RemoteError, StoreMismatchError
 from ._fingerprint import digests
 from ._graph import Graph
+from ._rewrite import reset_failed
 from ._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
 from ._store import SQLiteStore, Store, StoredTask, open_store
 
@@ -162,16 +163,10 @@ def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = F
 def for_run(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
     """What a run on ``store`` starts from (see the module docstring)."""
     if graph._origin == store_key(store):
-        stored = store.tasks()
-        check_names(graph, stored, store, force=True)
-        return Loaded(graph, {}, stored, digests(graph))
+        # Loaded from this store already (its names were checked then): as it is.
+        return Loaded(graph, {}, store.tasks(), digests(graph))
     loaded = load_from(graph, store, force=force)
-    bad = [n for n, r in loaded.graph.records.items() if r.status in FINISHED_BADLY]
-    records = dict(loaded.graph.records)
-    for n in set(bad) | loaded.graph.descendants(bad):
-        records[n] = PENDING_RECORD
-    ready = loaded.graph._derive(records)
-    ready._origin = loaded.graph._origin
+    ready = reset_failed(loaded.graph)  # keeps _origin: _derive copies it
     return Loaded(ready, loaded.reasons, loaded.stored, loaded.digests)
 
 

@@ -51,7 +51,10 @@ async def test_on_event_sync_sees_every_transition_in_order() -> None:
     events: list[ag.Event] = []
     out = await ag.run(small_graph(), on_event=events.append)
     assert [(e.kind, e.task, e.attempt) for e in events] == EXPECTED
+    assert isinstance(events[6].error, ValueError)  # retrying carries the error
     assert isinstance(events[-2].error, ValueError)
+    times = [e.time for e in events]
+    assert times == sorted(times)
     assert out.status["c"] is ag.State.SKIPPED
 
 
