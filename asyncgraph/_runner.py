@@ -88,9 +88,23 @@ _EVENT_OF = {
 }
 
 
+#: The longest wait before a retry, in seconds, before jitter: the exponential growth
+#: stops there (or at ``retry_delay`` itself, if that is longer). Celery's default cap.
+MAX_BACKOFF = 600.0
+
+
 def _backoff(task: Task, attempt: int) -> float:
-    """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, times 0.5-1.5."""
-    return float(task.retry_delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+    """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, capped at
+    ``max(MAX_BACKOFF, retry_delay)``, times 0.5-1.5.
+
+    The exponent is bounded and the power is a float, so attempt 2000 costs what
+    attempt 2 costs (an int ``2**1024`` does not fit in a float: OverflowError).
+    """
+    delay = task.retry_delay
+    if delay == 0:
+        return 0.0
+    grown = delay * 2.0 ** min(attempt - 1, 64)  # 2**64 passes any cap; inf at worst
+    return min(grown, max(MAX_BACKOFF, delay)) * random.uniform(0.5, 1.5)
 
 
 class _Run:
