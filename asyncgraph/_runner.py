@@ -46,6 +46,7 @@ from ._process import ProcessPool
 from ._scheduler import Scheduler
 from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
+from ._threads import Threads
 
 if TYPE_CHECKING:
     from ._resume import Loaded
@@ -159,6 +160,7 @@ class _Run:
                     raise PicklingError(n, f"{type(exc).__name__}: {exc}") from exc
         self.pool = ProcessPool(cpu_workers) if self.fn_bytes else None
         self.thread_limiter = anyio.CapacityLimiter(max_io) if max_io else None
+        self.threads: Threads | None = None  # started with the first plain function
         self.tries: dict[str, int] = {}  # attempts in this run
         self.started: dict[str, float] = {}  # start of the first attempt in this run
         self.last_error: dict[str, tuple[BaseException, str | None]] = {}  # before a retry
@@ -280,12 +282,12 @@ class _Run:
         if task.is_async:
             return await task.fn(*args, **kwargs)
         # A plain function runs in a thread. A thread cannot be stopped: on cancellation
-        # or timeout the run stops waiting for it and it finishes on its own.
-        result = await anyio.to_thread.run_sync(
-            functools.partial(task.fn, *args, **kwargs),
-            abandon_on_cancel=True,
-            limiter=self.thread_limiter,
-        )
+        # or timeout the run stops waiting for it and it finishes on its own (a daemon
+        # thread, so it does not hold the process open; see _threads).
+        threads = self.threads
+        if threads is None:
+            threads = self.threads = Threads(self.thread_limiter)
+        result = await threads.run(functools.partial(task.fn, *args, **kwargs))
         if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
             result = await result
         return result
@@ -473,6 +475,8 @@ class _Run:
         await self._stop_children()
         if self.core.is_active():
             self._close(reason)
+        if self.threads is not None:
+            self.threads.close()
         if self.pool is not None:
             await self.pool.aclose()
         if self.session is not None:

@@ -14,6 +14,7 @@ its "started" line, send the signal and then read the store and the process tabl
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -90,3 +91,41 @@ def test_the_backoff_is_capped_and_jittered() -> None:
     slow = ag.Graph().add("t", lambda: None, retry_delay=5000.0)
     assert _runner._backoff(slow, 1) <= 1.5 * 5000.0
     assert _runner._backoff(slow, 3000) <= 1.5 * 5000.0
+
+
+# -- 12: an abandoned thread does not hold the process open ----------------------------
+
+
+def start_driver(mode: str, directory: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(DRIVER), mode, str(directory), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    try:
+        out, err = proc.communicate(timeout=GUARD)
+    finally:
+        proc.kill()
+    return out, err
+
+
+@pytest.mark.parametrize("mode", ["abandon-plain", "abandon-helper", "abandon-await"])
+def test_an_abandoned_thread_does_not_keep_the_process_alive(
+    tmp_path: Path, mode: str
+) -> None:
+    r"""
+      abandoned (sleeps an hour, timeout=0.1)    normal (sleeps 50 ms, writes a marker)
+
+    The script ends right after the run: the process must end too, long before the hour
+    (GUARD is the hang guard), and the normal thread still ran to its end first.
+    """
+    out, err = finish(start_driver(mode, tmp_path))
+    lines = out.splitlines()
+    assert lines[-1] == "returned", out + err
+    assert json.loads(lines[-2]) == {"abandoned": "failed", "normal": "done"}
+    assert (tmp_path / "normal.done").exists()
