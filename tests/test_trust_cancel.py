@@ -178,17 +178,48 @@ def test_sigterm_cancels_run_sync_like_ctrl_c_and_exits_143(tmp_path: Path) -> N
     assert_cancelled_cleanly(tmp_path, worker, "stopped by SIGTERM")
 
 
-def test_ctrl_c_stops_run_sync_called_under_asyncio_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "raised", "why"),
+    [
+        (signal.SIGINT, "KeyboardInterrupt", "stopped by Ctrl-C (SIGINT)"),
+        (signal.SIGTERM, "Terminated", "stopped by SIGTERM"),
+    ],
+)
+def test_a_signal_stops_run_sync_called_under_asyncio_run(
+    tmp_path: Path, signum: int, raised: str, why: str
+) -> None:
     r"""
     asyncio.run(main()), main calling run_sync (helper-thread mode): asyncio's own SIGINT
     handler would only cancel main, which is blocked in run_sync until the run's end.
     """
     proc = start_driver("sigint-helper", tmp_path)
-    worker, out, err = signal_after_start(proc, signal.SIGINT)
+    worker, out, err = signal_after_start(proc, signum)
     assert "the run ended by itself" not in out
-    assert "interrupted KeyboardInterrupt" in out, out + err
+    assert f"interrupted {raised}" in out, out + err
     assert proc.returncode == 0, err
-    assert_cancelled_cleanly(tmp_path, worker, "stopped by Ctrl-C (SIGINT)")
+    assert_cancelled_cleanly(tmp_path, worker, why)
+
+
+def test_run_sync_restores_the_signal_handlers_and_keeps_the_programs_own() -> None:
+    r"""
+    A program's own SIGTERM handler is left in place (run_sync takes only a signal left
+    at Python's default), and the default ones are back after the run.
+    """
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        g = ag.Graph()
+        g.add("signal_myself", lambda: os.kill(os.getpid(), signal.SIGTERM))
+        out = ag.run_sync(g)
+        assert statuses(out) == {"signal_myself": "done"}
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    quiet = ag.Graph()
+    quiet.add("a", lambda: 1)
+    ag.run_sync(quiet)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_sigterm_to_the_cli_exits_143_with_the_store_cancelled(tmp_path: Path) -> None:
