@@ -1170,6 +1170,7 @@ def _run_on_new_loop(
     loop = _loop_factory()()
     result: Graph | None = None
     error: BaseException | None = None
+    task: asyncio.Task[Graph] | None = None
     try:
         task = loop.create_task(fn())
         signals.attach(loop, task)
@@ -1185,7 +1186,7 @@ def _run_on_new_loop(
             error = exc  # it ended by itself as the signal came: the signal wins
     finally:
         try:
-            _shut_down(loop, grace)
+            _shut_down(loop, grace, task)
         finally:
             loop.close()
     stopped = signals.exception()
@@ -1199,21 +1200,30 @@ def _run_on_new_loop(
     return result
 
 
-def _shut_down(loop: asyncio.AbstractEventLoop, grace: float) -> None:
-    """What ``asyncio.Runner.close`` does, each step bounded by ``grace`` seconds.
+def _shut_down(
+    loop: asyncio.AbstractEventLoop, grace: float, main: asyncio.Task[Graph] | None
+) -> None:
+    """What ``asyncio.Runner.close`` does, each step but one bounded by ``grace`` seconds.
 
     Cancel the tasks left on the loop, then shut down the async generators and the
-    default executor. A task left here is one the run abandoned because it caught its
-    cancellation (see ``_Run._stop_children``); asyncio.Runner would wait for it
-    forever. After ``grace`` it is left pending and the loop is closed anyway.
+    default executor. The run's own task (``main``) is left only if a KeyboardInterrupt
+    or SystemExit escaped the loop; it is waited for to its end, since its cleanup (the
+    store's last commit) is bounded already. Any other task left here is one the run
+    abandoned because it caught its cancellation (see ``_Run._stop_children``):
+    asyncio.Runner would wait for it forever. After ``grace`` it is left pending and the
+    loop is closed anyway.
     """
     timeout = None if math.isinf(grace) else grace
     left = asyncio.all_tasks(loop)
     for task in left:
         task.cancel()
+    if main is not None and not main.done():
+        loop.run_until_complete(asyncio.wait({main}))
     if left:
         loop.run_until_complete(asyncio.wait(left, timeout=timeout))
         for task in left:
+            if task is main:  # its error is already on its way to the caller
+                continue
             if task.done() and not task.cancelled() and task.exception() is not None:
                 loop.call_exception_handler(
                     {
