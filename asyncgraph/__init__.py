@@ -20,6 +20,7 @@ from ._exceptions import StoreMismatchError as StoreMismatchError
 from ._exceptions import TaskCancelled as TaskCancelled
 from ._exceptions import TaskError as TaskError
 from ._exceptions import TaskFailures as TaskFailures
+from ._exceptions import Terminated as Terminated
 from ._exceptions import UnknownTaskError as UnknownTaskError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
@@ -75,6 +76,7 @@ __all__ = [
     "TaskError",
     "TaskFailures",
     "TaskRecord",
+    "Terminated",
     "UnknownTaskError",
     "UnstorableResultError",
     "WorkerDiedError",

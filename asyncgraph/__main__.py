@@ -3,7 +3,8 @@
 The parser lives here; the subcommands live in ``_cli`` (``demo`` in ``_demo``) and are
 imported when they run, so ``import asyncgraph`` and ``asyncgraph --help`` stay cheap.
 Exit statuses: 0 all done, 1 a run left tasks not done, 2 bad input (argparse's own
-convention for usage errors), 130 Ctrl-C. See ``docs/cli.md``.
+convention for usage errors), 130 Ctrl-C, 143 SIGTERM (128 + the signal, as a shell
+reports a process the signal ended). See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run dependency graphs of functions and coroutines, and inspect, "
         "repair and resume their runs recorded in a store.",
         epilog="exit status: 0 all done, 1 a run left tasks failed, skipped or cancelled, "
-        "2 bad input (the store is left as it was), 130 interrupted. See docs/cli.md.",
+        "2 bad input (the store is left as it was), 130 interrupted, 143 terminated (SIGTERM). "
+        "See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"asyncgraph {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
@@ -135,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
         "and --mark-done in that order, run what is pending and print a summary. Failed "
         "tasks stay failed unless --reset-failed (or --reset) says to run them again.",
         epilog="exit status: 0 every task done, 1 a task failed, was skipped or cancelled, "
-        "2 bad input (the store is left as it was), 130 interrupted (running tasks are "
-        "recorded as cancelled).",
+        "2 bad input (the store is left as it was), 130 interrupted, 143 terminated by SIGTERM "
+        "(running tasks are recorded as cancelled either way).",
     )
     _graph_options(run, verb="run", store_help="the store file (created if missing)")
     run.add_argument(
@@ -182,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``asyncgraph`` and ``python -m asyncgraph``; returns the exit code."""
+    from ._exceptions import Terminated
+
     args = _parser().parse_args(argv)
     try:
         code: int = args.handler(args)
@@ -189,6 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # run_sync has already recorded the running tasks as cancelled.
         print(f"asyncgraph {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        # SIGTERM (docker stop, systemd) during run_sync: cancelled and cleaned up as
+        # for Ctrl-C; 143 is what a supervisor expects of a process SIGTERM stopped.
+        print(
+            f"asyncgraph {args.command}: terminated by SIGTERM; running tasks were "
+            "recorded as cancelled",
+            file=sys.stderr,
+        )
+        return int(exc.code) if isinstance(exc.code, int) else 143
     except BrokenPipeError:
         # `asyncgraph status s.db --json | head`: the reader left; say nothing more.
         # (Python's recipe: point stdout at devnull so the flush at exit cannot fail.)

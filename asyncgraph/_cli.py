@@ -4,8 +4,8 @@
 handler returns the exit status: 0 when all is well, 1 when a run left tasks that are not
 done, 2 for a problem with what the command was given (a bad path, a store that is not a
 store, a graph that cannot be imported, unknown task names). Errors of the last kind are
-found before anything is written, so the store is left as it was. Ctrl-C is 130, handled
-in ``__main__``.
+found before anything is written, so the store is left as it was. Ctrl-C is 130 and
+SIGTERM 143, handled in ``__main__``.
 
 The tables are plain text built here (no pandas): ``status`` and ``history`` read the
 store through :class:`~asyncgraph.SQLiteStore`, which never unpickles anything, so they

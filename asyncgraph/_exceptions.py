@@ -28,6 +28,10 @@
         +-- TaskFailures           ``raise_for_failures()`` and ``fail_fast=True``;
                                    ``.graph`` is the graph as it ended
 
+    SystemExit
+    +-- Terminated                 SIGTERM stopped ``run_sync`` (after the run's cleanup);
+                                   exit status 143 if nothing catches it
+
 Bad arguments (a negative limit, a wrong type) raise the built-in ``ValueError`` or
 ``TypeError`` with a message naming the parameter, as the standard library does.
 """
@@ -224,6 +228,24 @@ class StoreMismatchError(StoreError):
         super().__init__(message)
         self.only_in_store = tuple(only_in_store)
         self.only_in_graph = tuple(only_in_graph)
+
+
+class Terminated(SystemExit):
+    """SIGTERM stopped ``run_sync`` (``docker stop``, systemd, ``kill``).
+
+    Raised once the run has cleaned up, as Ctrl-C's ``KeyboardInterrupt`` is: running
+    tasks were recorded ``cancelled`` (in the store too) and the worker processes
+    stopped. A ``SystemExit`` whose ``code`` is 143 (128 + SIGTERM), so a program that
+    does not catch it ends with the status a process supervisor expects of a process
+    stopped by SIGTERM, after its ``finally`` blocks and ``atexit`` handlers ran.
+    """
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(128 + signum)
+        self.signal = signum
+
+    def __str__(self) -> str:
+        return f"the run was cancelled by signal {self.signal} (SIGTERM)"
 
 
 class TaskFailures(ExceptionGroup[Exception]):

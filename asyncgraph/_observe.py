@@ -31,14 +31,13 @@ import functools
 import inspect
 import itertools
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
-
-import anyio
 
 from ._events import Emit, Event, EventKind
 
@@ -219,6 +218,8 @@ class _Relay:
     def __init__(self, callback: Callable[[Event], Awaitable[Any]]) -> None:
         self.callback = callback
         self.queue: collections.deque[Event] = collections.deque()
+        self.current: Event | None = None  # the event the callback is being given
+        self.since = 0.0  # time.monotonic() when that call began
         self.wake: asyncio.Future[None] | None = None
         self.closing = False
         self.task: asyncio.Task[None] | None = None
@@ -238,7 +239,8 @@ class _Relay:
         loop = asyncio.get_running_loop()
         while True:
             while self.queue:
-                event = self.queue.popleft()
+                event = self.current = self.queue.popleft()
+                self.since = time.monotonic()
                 try:
                     await self.callback(event)
                 except asyncio.CancelledError:
@@ -250,21 +252,44 @@ class _Relay:
                     logger.exception("on_event callback failed on %s of %r", event.kind, event.task)
                 except Exception:
                     logger.exception("on_event callback failed on %s of %r", event.kind, event.task)
+            self.current = None
             if self.closing:
                 return
             self.wake = loop.create_future()
             await self.wake
 
-    async def aclose(self) -> None:
-        """Deliver what is queued, then stop. Cancelled meanwhile: stop at once."""
-        assert self.task is not None
+    async def aclose(self, until: float | None, grace: float | None) -> str | None:
+        """Deliver what is queued, then stop. Cancelled meanwhile: stop at once.
+
+        Bounded twice: by ``until`` (the run's deadline, on ``time.monotonic()``), and
+        by ``grace`` for each call, counted from the later of its start and now. When a
+        bound passes, the relay is cancelled (and not waited for: a callback may catch
+        the cancellation too) and "deadline" or "grace" is returned.
+        """
+        task = self.task
+        assert task is not None
         self.closing = True
         self._poke()
+        began = time.monotonic()
         try:
-            await asyncio.shield(self.task)
+            while not task.done():
+                now = time.monotonic()
+                bounds = {}
+                if until is not None:
+                    bounds["deadline"] = until - now
+                if grace is not None and self.current is not None:
+                    bounds["grace"] = max(self.since, began) + grace - now
+                wait = min(bounds.values()) if bounds else None
+                if wait is not None and wait <= 0:
+                    self.cancel()
+                    return min(bounds, key=bounds.__getitem__)
+                # Wakes when the relay is done, or when the current call's bound passes
+                # (a later call, if one began meanwhile, gets its own bound).
+                await asyncio.wait((task,), timeout=wait)
         except asyncio.CancelledError:
             self.cancel()
             raise
+        return None
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -344,13 +369,18 @@ class Watch:
         self.emit = _fan_out(listeners)
 
     async def observe(
-        self, body: Callable[[], Awaitable[Graph]], deadline: float | None = None
+        self,
+        body: Callable[[], Awaitable[Graph]],
+        deadline: float | None = None,
+        grace: float | None = None,
     ) -> Graph:
         """Run ``body`` (the run) with the listeners started, and settle them after.
 
         Async callbacks still queued when the run ends are delivered before returning,
-        within the run's ``deadline`` if it has one: what is left then is dropped (and
-        logged), so a slow or stuck callback cannot hold the run past its deadline.
+        within the run's ``deadline`` if it has one, and each call within ``grace``
+        seconds (the run's ``cancel_grace``) of the run's end or of its own start,
+        whichever is later: what is left then is dropped (and logged), so a slow or
+        stuck callback cannot hold the run past its deadline, nor forever.
         """
         until = None if deadline is None else time.monotonic() + deadline
         if self.progress is not None:
@@ -362,7 +392,7 @@ class Watch:
         except BaseException as exc:
             if self.relay is not None:
                 if isinstance(exc, Exception):  # e.g. TaskFailures: the events still count
-                    await self._drain(until)
+                    await self._drain(until, grace)
                 else:  # cancelled, Ctrl-C: stop listening now
                     self.relay.cancel()
             raise
@@ -370,22 +400,38 @@ class Watch:
             if self.progress is not None:
                 self.progress.close()
         if self.relay is not None:
-            await self._drain(until)
+            await self._drain(until, grace)
         return result
 
-    async def _drain(self, until: float | None) -> None:
-        assert self.relay is not None
-        if until is None:
-            await self.relay.aclose()
-            return
-        with anyio.move_on_after(max(0.0, until - time.monotonic())) as scope:
-            await self.relay.aclose()
-        if scope.cancelled_caught:
+    async def _drain(self, until: float | None, grace: float | None) -> None:
+        relay = self.relay
+        assert relay is not None
+        bound = await relay.aclose(until, None if grace is None or math.isinf(grace) else grace)
+        if bound == "deadline":
             logger.warning(
                 "on_event: the run's deadline passed with %d event(s) not delivered to "
                 "the async callback; they were dropped",
-                len(self.relay.queue) + 1,
+                len(relay.queue) + 1,
             )
+        elif bound == "grace":
+            event = relay.current
+            assert event is not None
+            logger.warning(
+                "on_event: the async callback %s did not return within cancel_grace=%ss "
+                "(on %s of %r) after the run ended; it was cancelled and %d event(s) "
+                "were dropped",
+                _callback_name(relay.callback),
+                grace,
+                event.kind.value,
+                event.task,
+                len(relay.queue) + 1,
+            )
+
+
+def _callback_name(callback: Callable[..., Any]) -> str:
+    name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
+    module = getattr(callback, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
 
 
 class OpenRun:
@@ -430,7 +476,9 @@ class OpenRun:
         store = opts.pop("store")
         options = _check_options(self._graph, store=store, **opts)
         body = _body(self._graph, options, store, watch.emit, on_run=self._attach)
-        self._task = asyncio.get_running_loop().create_task(watch.observe(body, options.deadline))
+        self._task = asyncio.get_running_loop().create_task(
+            watch.observe(body, options.deadline, options.cancel_grace)
+        )
         self._task.add_done_callback(self._ended)
         return self
 
@@ -580,6 +628,7 @@ def open_run(
     progress: Progress = False,
     on_event: OnEvent | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    cancel_grace: float = 5.0,
 ) -> OpenRun:
     """Start ``graph`` in ``async with``, to watch its events and use early results.
 
@@ -596,5 +645,6 @@ def open_run(
             "progress": progress,
             "on_event": on_event,
             "store": store,
+            "cancel_grace": cancel_grace,
         },
     )

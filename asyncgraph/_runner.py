@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import logging
 import math
 import os
 import random
+import signal
 import threading
 import time
 import traceback
@@ -38,6 +40,7 @@ from ._exceptions import (
     StoreError,
     TaskCancelled,
     TaskError,
+    Terminated,
     UnstorableResultError,
 )
 from ._graph import Graph
@@ -46,6 +49,7 @@ from ._process import ProcessPool
 from ._scheduler import Scheduler
 from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
+from ._threads import Threads
 
 if TYPE_CHECKING:
     from ._resume import Loaded
@@ -54,6 +58,13 @@ if TYPE_CHECKING:
 __all__ = ["run", "run_sync"]
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("asyncgraph")
+
+#: ``cancel_grace=``'s default, in seconds: how long a stopping run waits for a cancelled
+#: task to end before abandoning it (a coroutine that catches CancelledError and goes
+#: on). Half of ``docker stop``'s 10 s, so the cleanup after it fits before the SIGKILL.
+CANCEL_GRACE = 5.0
 
 
 class _Outcome(NamedTuple):
@@ -88,9 +99,23 @@ _EVENT_OF = {
 }
 
 
+#: The longest wait before a retry, in seconds, before jitter: the exponential growth
+#: stops there (or at ``retry_delay`` itself, if that is longer). Celery's default cap.
+MAX_BACKOFF = 600.0
+
+
 def _backoff(task: Task, attempt: int) -> float:
-    """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, times 0.5-1.5."""
-    return float(task.retry_delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+    """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, capped at
+    ``max(MAX_BACKOFF, retry_delay)``, times 0.5-1.5.
+
+    The exponent is bounded and the power is a float, so attempt 2000 costs what
+    attempt 2 costs (an int ``2**1024`` does not fit in a float: OverflowError).
+    """
+    delay = task.retry_delay
+    if delay == 0:
+        return 0.0
+    grown = delay * 2.0 ** min(attempt - 1, 64)  # 2**64 passes any cap; inf at worst
+    return min(grown, max(MAX_BACKOFF, delay)) * random.uniform(0.5, 1.5)
 
 
 class _Run:
@@ -105,6 +130,7 @@ class _Run:
         limits: Mapping[str, int],
         fail_fast: bool,
         deadline: float | None,
+        cancel_grace: float = CANCEL_GRACE,
         emit: Emit | None = None,
         weights: Mapping[str, float] | None = None,
     ) -> None:
@@ -121,6 +147,7 @@ class _Run:
         self.records: dict[str, TaskRecord] = graph._records
         self.fail_fast = fail_fast
         self.deadline = deadline
+        self.cancel_grace = cancel_grace
         self.core = Scheduler(
             self.tasks,
             order,
@@ -145,6 +172,7 @@ class _Run:
                     raise PicklingError(n, f"{type(exc).__name__}: {exc}") from exc
         self.pool = ProcessPool(cpu_workers) if self.fn_bytes else None
         self.thread_limiter = anyio.CapacityLimiter(max_io) if max_io else None
+        self.threads: Threads | None = None  # started with the first plain function
         self.tries: dict[str, int] = {}  # attempts in this run
         self.started: dict[str, float] = {}  # start of the first attempt in this run
         self.last_error: dict[str, tuple[BaseException, str | None]] = {}  # before a retry
@@ -155,6 +183,7 @@ class _Run:
         self.timers: dict[str, asyncio.TimerHandle] = {}  # retry backoffs by task
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.stopping = False  # set once the run cancels its own children
+        self.abandoned: set[str] = set()  # did not end within cancel_grace of a cancel
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
         #: Where events go; None (no listener) costs one check per transition.
         self.emit = emit
@@ -266,12 +295,12 @@ class _Run:
         if task.is_async:
             return await task.fn(*args, **kwargs)
         # A plain function runs in a thread. A thread cannot be stopped: on cancellation
-        # or timeout the run stops waiting for it and it finishes on its own.
-        result = await anyio.to_thread.run_sync(
-            functools.partial(task.fn, *args, **kwargs),
-            abandon_on_cancel=True,
-            limiter=self.thread_limiter,
-        )
+        # or timeout the run stops waiting for it and it finishes on its own (a daemon
+        # thread, so it does not hold the process open; see _threads).
+        threads = self.threads
+        if threads is None:
+            threads = self.threads = Threads(self.thread_limiter)
+        result = await threads.run(functools.partial(task.fn, *args, **kwargs))
         if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
             result = await result
         return result
@@ -414,11 +443,26 @@ class _Run:
         children = list(self.children)
         for child in children:
             child.cancel()
-        if children:
-            # Shielded: we may be here because the run itself is being cancelled, and
-            # the children (a worker to kill, a thread to abandon) must end first.
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(children)
+        if not children:
+            return
+        # Shielded: we may be here because the run itself is being cancelled, and the
+        # children (a worker to kill, a thread to abandon) must end first. Bounded: a
+        # coroutine can catch the cancellation and go on,
+        #     try: await forever() except BaseException: await forever()
+        # and the run must still end; such a child is abandoned (still a task of the
+        # loop, no longer the run's) and recorded cancelled by _close.
+        grace = None if math.isinf(self.cancel_grace) else self.cancel_grace
+        with anyio.CancelScope(shield=True):
+            _, stuck = await asyncio.wait(children, timeout=grace)
+        for child in stuck:
+            name = self.children[child]
+            self.abandoned.add(name)
+            logger.warning(
+                "task %r did not end within cancel_grace=%ss of being cancelled (does it "
+                "catch CancelledError?): the run abandoned it and recorded it cancelled",
+                name,
+                self.cancel_grace,
+            )
 
     def _close(self, reason: str) -> None:
         """Record every task that has not ended as cancelled, with ``reason``."""
@@ -434,7 +478,13 @@ class _Run:
         running, rest = self.core.cancel()
         now = time.time()
         for n in running:
-            why = TaskCancelled(f"task {n!r} was cancelled: {reason}")
+            if n in self.abandoned:
+                why = TaskCancelled(
+                    f"task {n!r} was cancelled: {reason}; it did not end within "
+                    f"cancel_grace={self.cancel_grace}s and was abandoned"
+                )
+            else:
+                why = TaskCancelled(f"task {n!r} was cancelled: {reason}")
             self._ended(n, State.CANCELLED, None, why, None, now)
         for n in rest:
             if n in self.tries:  # waiting out a retry's backoff
@@ -459,6 +509,8 @@ class _Run:
         await self._stop_children()
         if self.core.is_active():
             self._close(reason)
+        if self.threads is not None:
+            self.threads.close()
         if self.pool is not None:
             await self.pool.aclose()
         if self.session is not None:
@@ -487,6 +539,11 @@ class _Run:
                 reason = f"the run's deadline of {self.deadline}s passed"
             if self.failure is not None:
                 reason = f"task {self.failure!r} failed and fail_fast=True"
+        except asyncio.CancelledError as exc:
+            # run_sync's signal handler says which signal it was (see _Signals).
+            if exc.args and exc.args[0] in _STOPPED_BY.values():
+                reason = f"the run was stopped by {exc.args[0]}"
+            raise
         finally:
             # However the run ends (done, fail_fast, deadline, or cancelled from outside:
             #     task = asyncio.create_task(ag.run(g)); task.cancel()
@@ -785,6 +842,7 @@ class _Options(NamedTuple):
     limits: Mapping[str, int]
     fail_fast: bool
     deadline: float | None
+    cancel_grace: float = CANCEL_GRACE
 
     def make(self, graph: Graph, **extra: Any) -> _Run:
         return _Run(
@@ -794,6 +852,7 @@ class _Options(NamedTuple):
             limits=self.limits,
             fail_fast=self.fail_fast,
             deadline=self.deadline,
+            cancel_grace=self.cancel_grace,
             **extra,
         )
 
@@ -806,6 +865,7 @@ def _check_options(
     fail_fast: bool = False,
     deadline: float | None = None,
     store: Any = None,
+    cancel_grace: float = CANCEL_GRACE,
 ) -> _Options:
     if not isinstance(graph, Graph):
         raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
@@ -825,6 +885,12 @@ def _check_options(
             raise TypeError(f"deadline must be a number of seconds, not {type(deadline).__name__}")
         if not deadline > 0 or math.isinf(deadline):
             raise ValueError(f"deadline must be a number of seconds > 0, not {deadline!r}")
+    if isinstance(cancel_grace, bool) or not isinstance(cancel_grace, (int, float)):
+        raise TypeError(
+            f"cancel_grace must be a number of seconds, not {type(cancel_grace).__name__}"
+        )
+    if not cancel_grace > 0:
+        raise ValueError(f"cancel_grace must be a number of seconds > 0, not {cancel_grace!r}")
     if store is not None and not isinstance(store, (str, os.PathLike)):
         from ._store import Store
 
@@ -833,7 +899,14 @@ def _check_options(
                 "store must be a file path or a Store object (see asyncgraph.Store), "
                 f"not {type(store).__name__} {store!r}"
             )
-    return _Options(max_io, cpu_workers or os.cpu_count() or 1, limits or {}, fail_fast, deadline)
+    return _Options(
+        max_io,
+        cpu_workers or os.cpu_count() or 1,
+        limits or {},
+        fail_fast,
+        deadline,
+        float(cancel_grace),
+    )
 
 
 def _body(
@@ -917,6 +990,7 @@ async def run(
     store: str | os.PathLike[str] | Store | None = None,
     progress: Progress = False,
     on_event: OnEvent | None = None,
+    cancel_grace: float = CANCEL_GRACE,
 ) -> Graph:
     """Run every pending task of ``graph`` and return a new Graph with their states.
 
@@ -934,9 +1008,13 @@ async def run(
     recorded there, and tasks already done there with an unchanged fingerprint are
     reused instead of run (see :func:`load` and ``docs/store.md``).
     """
-    options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, store)
+    options = _check_options(
+        graph, max_io, cpu_workers, limits, fail_fast, deadline, store, cancel_grace
+    )
     watch = Watch(progress, on_event)
-    return await watch.observe(_body(graph, options, store, watch.emit), options.deadline)
+    return await watch.observe(
+        _body(graph, options, store, watch.emit), options.deadline, options.cancel_grace
+    )
 
 
 def run_sync(
@@ -950,17 +1028,26 @@ def run_sync(
     store: str | os.PathLike[str] | Store | None = None,
     progress: Progress = False,
     on_event: OnEvent | None = None,
+    cancel_grace: float = CANCEL_GRACE,
 ) -> Graph:
     """:func:`run` for scripts: runs on a new event loop (uvloop when installed).
 
-    Inside a running loop (a Jupyter cell) it runs on its own loop in a helper thread
-    and blocks until done. Ctrl-C cancels the run, records running tasks as cancelled,
-    stops the workers and raises KeyboardInterrupt.
+    Inside a running loop (a Jupyter cell, a coroutine under ``asyncio.run``) it runs on
+    its own loop in a helper thread and blocks until done. Ctrl-C cancels the run,
+    records running tasks as cancelled, stops the workers and raises KeyboardInterrupt;
+    SIGTERM does the same and raises :class:`Terminated` (a ``SystemExit`` with code
+    143). Each signal is handled so only while the run runs, in the main thread, and
+    only if the program left it to Python's default.
     """
-    options = _check_options(graph, max_io, cpu_workers, limits, fail_fast, deadline, store)
+    options = _check_options(
+        graph, max_io, cpu_workers, limits, fail_fast, deadline, store, cancel_grace
+    )
     watch = Watch(progress, on_event)
     body = functools.partial(
-        watch.observe, _body(graph, options, store, watch.emit), options.deadline
+        watch.observe,
+        _body(graph, options, store, watch.emit),
+        options.deadline,
+        options.cancel_grace,
     )
     try:
         asyncio.get_running_loop()
@@ -971,8 +1058,13 @@ def run_sync(
     # Outside the except block, so the run's own errors carry no "no running event
     # loop" context in their tracebacks.
     if in_a_loop:
-        return _run_in_helper_thread(body)
-    return _run_on_new_loop(body)
+        return _run_in_helper_thread(body, options.cancel_grace)
+    signals = _Signals()
+    signals.install()
+    try:
+        return _run_on_new_loop(body, options.cancel_grace, signals)
+    finally:
+        signals.restore()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -983,49 +1075,202 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def _run_on_new_loop(fn: Callable[[], Coroutine[Any, Any, Graph]]) -> Graph:
-    # asyncio.Runner turns Ctrl-C into a cancellation of the main task, so the run's
-    # cleanup runs, and then raises KeyboardInterrupt.
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(fn())
+def _is_asyncio_sigint_handler(handler: Any) -> bool:
+    """asyncio.Runner's own (``asyncio.run``): it only cancels the main task, which a
+    ``run_sync`` in helper-thread mode blocks, so Ctrl-C would wait for the run's end."""
+    return isinstance(handler, functools.partial) and getattr(
+        handler.func, "__func__", None
+    ) is getattr(asyncio.Runner, "_on_sigint", object())
 
 
-def _run_in_helper_thread(fn: Callable[[], Coroutine[Any, Any, Graph]]) -> Graph:
-    # We are inside a running loop (a notebook cell calling run_sync):
+#: The reasons recorded on the tasks a signal cancelled (the cancellation's message).
+_STOPPED_BY: dict[int, str] = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+def _left_as_python_has_it(signum: int, handler: Any) -> bool:
+    if signum == signal.SIGINT:
+        return handler is signal.default_int_handler or _is_asyncio_sigint_handler(handler)
+    return bool(handler == signal.SIG_DFL)
+
+
+class _Signals:
+    """SIGINT and SIGTERM while a ``run_sync`` runs: each asks the run to stop.
+
+    Installed in the main thread only (where Python runs signal handlers), and each only
+    if the program left it as Python has it: SIGINT raising KeyboardInterrupt (or
+    ``asyncio.run``'s handler, see ``_is_asyncio_sigint_handler``), SIGTERM ending the
+    process. A program that set its own handler keeps it. ``await ag.run()`` installs
+    nothing: the loop and its signals are the application's.
+
+    The handler cancels the run's main task on its loop (``call_soon_threadsafe``: the
+    loop may run in the helper thread); the run cleans up as for any cancellation, and
+    ``run_sync`` raises KeyboardInterrupt or :class:`Terminated` afterwards. No lock:
+    the handler writes ``signum`` and then reads ``task``; ``attach`` (on the loop's
+    thread) writes ``task`` and then reads ``signum``, so one of them sees the other.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Future[Any] | None = None
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                if _left_as_python_has_it(signum, signal.getsignal(signum)):
+                    self.previous[signum] = signal.signal(signum, self.handle)
+            except ValueError:  # an embedded interpreter without signals (gh-91880)
+                continue
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            if signal.getsignal(signum) == self.handle:  # not replaced meanwhile
+                signal.signal(signum, handler)
+        self.previous.clear()
+
+    def attach(self, loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
+        """The run's main task (called on its loop's thread, before the loop runs)."""
+        self.loop = loop
+        self.task = task
+        if self.signum is not None:  # a signal came before the run started
+            task.cancel(self.why())
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum != signal.SIGTERM:  # SIGTERM wins: the supervisor's word
+            self.signum = signum
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        loop, task = self.loop, self.task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to stop
+                loop.call_soon_threadsafe(task.cancel, self.why())
+
+    def why(self) -> str | None:
+        """The cancellation's message: the run records it as the reason."""
+        return None if self.signum is None else _STOPPED_BY.get(self.signum)
+
+    def exception(self) -> BaseException | None:
+        """What run_sync raises after a signal stopped it (or None)."""
+        if self.signum == signal.SIGTERM:
+            return Terminated(signal.SIGTERM)
+        if self.signum is not None:
+            return KeyboardInterrupt()
+        return None
+
+
+def _run_on_new_loop(
+    fn: Callable[[], Coroutine[Any, Any, Graph]], grace: float, signals: _Signals
+) -> Graph:
+    """``asyncio.Runner(...).run(fn())``, with signals that stop the run (see _Signals)
+    and a close that cannot hang (see _shut_down)."""
+    loop = _loop_factory()()
+    result: Graph | None = None
+    error: BaseException | None = None
+    task: asyncio.Task[Graph] | None = None
+    try:
+        task = loop.create_task(fn())
+        signals.attach(loop, task)
+        try:
+            result = loop.run_until_complete(task)
+        except asyncio.CancelledError as exc:
+            if signals.signum is None:
+                raise
+            error = exc
+        except BaseException as exc:
+            if signals.signum is None:
+                raise
+            error = exc  # it ended by itself as the signal came: the signal wins
+    finally:
+        try:
+            _shut_down(loop, grace, task)
+        finally:
+            loop.close()
+    stopped = signals.exception()
+    if stopped is not None:
+        # A signal asked the run to stop: whatever it returned or raised meanwhile,
+        # the program is told it was interrupted, after the cleanup.
+        if isinstance(error, asyncio.CancelledError):
+            error = None  # the cancellation is how the signal stopped it: no news
+        raise stopped from error
+    assert result is not None
+    return result
+
+
+def _shut_down(
+    loop: asyncio.AbstractEventLoop, grace: float, main: asyncio.Task[Graph] | None
+) -> None:
+    """What ``asyncio.Runner.close`` does, each step but one bounded by ``grace`` seconds.
+
+    Cancel the tasks left on the loop, then shut down the async generators and the
+    default executor. The run's own task (``main``) is left only if a KeyboardInterrupt
+    or SystemExit escaped the loop; it is waited for to its end, since its cleanup (the
+    store's last commit) is bounded already. Any other task left here is one the run
+    abandoned because it caught its cancellation (see ``_Run._stop_children``):
+    asyncio.Runner would wait for it forever. After ``grace`` it is left pending and the
+    loop is closed anyway.
+    """
+    timeout = None if math.isinf(grace) else grace
+    left = asyncio.all_tasks(loop)
+    for task in left:
+        task.cancel()
+    if main is not None and not main.done():
+        loop.run_until_complete(asyncio.wait({main}))
+    if left:
+        loop.run_until_complete(asyncio.wait(left, timeout=timeout))
+        for task in left:
+            if task is main:  # its error is already on its way to the caller
+                continue
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                loop.call_exception_handler(
+                    {
+                        "message": "unhandled exception during run_sync() shutdown",
+                        "exception": task.exception(),
+                        "task": task,
+                    }
+                )
+    for step in (loop.shutdown_asyncgens, loop.shutdown_default_executor):
+        loop.run_until_complete(asyncio.wait({loop.create_task(step())}, timeout=timeout))
+
+
+def _run_in_helper_thread(fn: Callable[[], Coroutine[Any, Any, Graph]], grace: float) -> Graph:
+    # We are inside a running loop (a notebook cell calling run_sync, or a coroutine
+    # under asyncio.run):
     #     ag.run_sync(g)   # <- asyncio.run() would raise "cannot be called from a
     #                      #    running event loop"
-    # so run on a fresh loop in a helper thread and block this one until it ends.
+    # so run on a fresh loop in a helper thread and block this one until it ends. The
+    # signals are caught here, in the main thread, and passed on to the helper's loop:
+    # the calling loop cannot act on them while we block it (asyncio.run's own SIGINT
+    # handler would only cancel a task that is stuck in this call).
     outcome: dict[str, Any] = {}
-    started = threading.Event()
-
-    async def main() -> Graph:
-        outcome["loop"] = asyncio.get_running_loop()
-        outcome["task"] = asyncio.current_task()
-        started.set()
-        return await fn()
+    signals = _Signals()
 
     def target() -> None:
         try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                outcome["value"] = runner.run(main())
+            outcome["value"] = _run_on_new_loop(fn, grace, signals)
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             outcome["error"] = exc
-        finally:
-            started.set()
 
     thread = threading.Thread(target=target, name="asyncgraph-run_sync", daemon=True)
-    thread.start()
+    signals.install()
     try:
-        thread.join()
-    except KeyboardInterrupt:
-        # Ctrl-C (or a notebook's interrupt) reaches this thread, not the helper:
-        # cancel the run there, wait for its cleanup, then re-raise.
-        started.wait()
-        if "task" in outcome:
-            with contextlib.suppress(RuntimeError):  # the run ended meanwhile: loop closed
-                outcome["loop"].call_soon_threadsafe(outcome["task"].cancel)
-        thread.join()
-        raise
+        thread.start()
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            # A KeyboardInterrupt that did not come through our handler (the program's
+            # own SIGINT handler raised it, or we are not in the main thread): stop the
+            # run there, wait for its cleanup, then re-raise.
+            if signals.signum is None:
+                signals.signum = signal.SIGINT
+            signals.request_stop()
+            thread.join()
+            raise
+    finally:
+        signals.restore()
     if "error" in outcome:
         raise outcome["error"]
     value: Graph = outcome["value"]
