@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import RemoteError, StoreMismatchError
+from ._exceptions import RemoteError, StoreError, StoreMismatchError
 from ._fingerprint import digests
 from ._graph import Graph
 from ._rewrite import reset_failed
@@ -160,9 +160,42 @@ def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = F
     return load_from(graph, open_store(store), force=force).graph
 
 
+def check_origin(graph: Graph, store: Store) -> None:
+    """Raise StoreError if ``graph`` was loaded from (or run on) a store other than this.
+
+    Its reused tasks' results are in that store, under keys this one does not have, and
+    the states it carries are that store's: mixing them into this one would record
+    results nobody computed here. A careful user means one of the two stores; we say
+    which two, and how to use either.
+    """
+    origin = graph._origin
+    if origin is None or origin == store_key(store) or _same_file(origin, store):
+        return
+    where = origin.removeprefix("sqlite:") if origin.startswith("sqlite:") else None
+    other = repr(where) if where is not None else "another Store object"
+    fix = f"store={where!r}" if where is not None else "that Store object"
+    raise StoreError(
+        f"this graph was loaded from store {other} (or returned by a run on it), and "
+        f"this run is on store {str(store)!r}; its done tasks' results are in {other}. "
+        f"Run it on the store it came from ({fix}), or load it from this one first: "
+        f"ag.load(graph, {str(store)!r})"
+    )
+
+
+def _same_file(origin: str, store: Store) -> bool:
+    """Two spellings of one file (a hard link: realpath differs, the inode does not)."""
+    if not (origin.startswith("sqlite:") and isinstance(store, SQLiteStore)):
+        return False
+    try:
+        return os.path.samefile(origin.removeprefix("sqlite:"), store.path)
+    except OSError:
+        return False
+
+
 def for_run(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
     """What a run on ``store`` starts from (see the module docstring)."""
-    if graph._origin == store_key(store):
+    check_origin(graph, store)
+    if graph._origin is not None:
         # Loaded from this store already (its names were checked then): as it is.
         return Loaded(graph, {}, store.tasks(), digests(graph))
     loaded = load_from(graph, store, force=force)
@@ -182,7 +215,8 @@ def plan(graph: Graph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
     if not isinstance(graph, Graph):
         raise TypeError(f"plan() needs an asyncgraph.Graph, not {type(graph).__name__}")
     the_store = open_store(store)
-    if graph._origin == store_key(the_store):
+    check_origin(graph, the_store)
+    if graph._origin is not None:
         # A loaded (perhaps rewritten) graph runs as it is: compare it with what a run
         # of the bare definitions would do, to tell the user's rewrites apart.
         given = graph
