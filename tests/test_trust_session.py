@@ -352,3 +352,16 @@ async def test_after_a_failed_write_history_counts_only_what_was_committed(
     done_in_store = [t for t in SQLiteStore(db).tasks().values() if t.status is ag.State.DONE]
     assert len(done_in_store) == counts["done"]
     assert ag.history(db)["status"].iloc[0] == "failed"
+
+
+async def test_a_too_big_result_marked_done_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.db"
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    g.add("b", lambda a: a + 1)
+    marked = ag.mark_done(g, ["a"], results={"a": b"x" * (LIMIT + 1)})
+    with pytest.raises(ag.UnstorableResultError, match="'a' was marked done with a result"):
+        await ag.run(marked, store=SmallRows(db))
+    assert not db.exists()
