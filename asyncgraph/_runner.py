@@ -592,6 +592,8 @@ class _Session:
         self.counts: dict[State, int] = {}  # tasks ended, by state (committed or not)
         self.room: int | None = None  # the largest result the store takes, in bytes
         self.limit: int | None = None  # the store's own limit for a row
+        sqlite = isinstance(store, _store.SQLiteStore)
+        self.limit_name = " (SQLite's SQLITE_LIMIT_LENGTH)" if sqlite else ""
         self.reported: set[str] = set()  # done events sent (their commit came back)
         self.the_run: _Run
 
@@ -702,10 +704,9 @@ class _Session:
             return
         raise UnstorableResultError(
             f"task {name!r} {what} a result of {size:,} bytes ({blob[0]}), too big for store "
-            f"{self.store}: a row there holds at most {self.limit:,} bytes (SQLite's "
-            "SQLITE_LIMIT_LENGTH), and the result needs room beside it for the task's "
-            "record; write large data to a file and return its path, or run without "
-            "a store"
+            f"{self.store}: a row there holds at most {self.limit:,} bytes{self.limit_name}, "
+            "and the result needs room beside it for the task's record; write large "
+            "data to a file and return its path, or run without a store"
         )
 
     def unstorable(self, name: str) -> _Outcome:
