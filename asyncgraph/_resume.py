@@ -3,8 +3,9 @@
 A store keeps the latest record of every task with its fingerprint. Loading a graph from a
 store gives each task its stored state, with one rule: a task stored as done is done only
 while its fingerprint (its code, the helpers and constants it uses, its options and its
-upstream fingerprints; see ``_fingerprint``) is unchanged, and all its dependencies are
-done; otherwise it is pending again. Results stay in the store (:class:`StoredResult`)
+upstream fingerprints; see ``_fingerprint``) is unchanged, all its dependencies are
+done, and none of those was computed in a later run than it (a subgraph that reran a
+dependency without it); otherwise it is pending again. Results stay in the store (:class:`StoredResult`)
 until something needs them.
 
 A run on a store (``run(g, store=...)``) with a graph that was not loaded from that store
@@ -107,9 +108,11 @@ def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
         if s is None:
             reasons[name] = "new"
             continue
-        deps_done = all(records[d].status is State.DONE for d in graph.tasks[name].deps)
+        deps = graph.tasks[name].deps
+        deps_done = all(records[d].status is State.DONE for d in deps)
         if s.status is State.DONE:
-            if s.fingerprint == fp and deps_done and s.result_id is not None:
+            reran = deps_done and _upstream_reran(s, deps, records, stored)
+            if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
                 records[name] = TaskRecord(
                     State.DONE,
                     StoredResult(store, s.result_id, name),
@@ -123,6 +126,8 @@ def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
                 reasons[name] = "code changed"
             elif s.fingerprint != fp:
                 reasons[name] = "upstream changed"
+            elif reran:
+                reasons[name] = "upstream result changed"
             else:
                 reasons[name] = "upstream reruns"
             continue
@@ -141,6 +146,31 @@ def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
     loaded = graph._derive(records)
     loaded._origin = store_key(store)
     return Loaded(loaded, reasons, stored, fps)
+
+
+def _upstream_reran(
+    s: StoredTask,
+    deps: Any,
+    records: Mapping[str, TaskRecord],
+    stored: Mapping[str, StoredTask],
+) -> bool:
+    """Whether a dependency reused from the store was computed in a later run than ``s``.
+
+    Then ``s`` was computed from that dependency's earlier result: a run that reran the
+    dependency without it (a subgraph that left it out) would otherwise leave it looking
+    reusable, as fingerprints cover code, not results. Run ids only grow. A result the
+    user gave (``mark_done``: no start time) is not a computation and does not count.
+    """
+    for d in deps:
+        sd = stored.get(d)
+        if (
+            sd is not None
+            and sd.run_id > s.run_id
+            and sd.started is not None
+            and type(records[d].result) is StoredResult
+        ):
+            return True
+    return False
 
 
 def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = False) -> Graph:

@@ -365,3 +365,37 @@ async def test_a_too_big_result_marked_done_is_refused_before_anything_is_writte
     with pytest.raises(ag.UnstorableResultError, match="'a' was marked done with a result"):
         await ag.run(marked, store=SmallRows(db))
     assert not db.exists()
+
+
+# -- 1, the stronger side: a rerun upstream outside the descendant's run ----------------
+
+
+async def test_a_subgraph_that_reran_a_task_leaves_its_dropped_descendants_to_rerun(
+    tmp_path: Path,
+) -> None:
+    """A subgraph of a reset graph reruns ``source`` without ``derived``: the store then
+    holds a ``derived`` computed in an earlier run than the ``source`` it depends on, and
+    the next run must not reuse it. Tasks the user marks done keep the user's word."""
+    db = tmp_path / "s.db"
+    value = tmp_path / "value"
+    value.write_text("1")
+    g = ag.Graph()
+    g.add("source", lambda: int(value.read_text()))
+    g.add("derived", lambda source: source * 10)
+    g.add("other", lambda: 0)
+    assert (await ag.run(g, store=db)).results["derived"] == 10
+
+    value.write_text("2")
+    sub = ag.subgraph(ag.reset(ag.load(g, db), ["source"]), ["source"])
+    assert dict((await ag.run(sub, store=db)).results) == {"source": 2}
+
+    plan = ag.plan(g, db).set_index("name")
+    assert tuple(plan.loc["derived", ["action", "reason"]]) == ("run", "upstream result changed")
+    assert plan.loc["other", "action"] == "reuse"
+    again = await ag.run(g, store=db)
+    assert dict(again.results) == {"source": 2, "derived": 20, "other": 0}
+
+    # mark_done of the upstream (no start time: not a computation) is the user's word.
+    marked = ag.mark_done(ag.load(g, db), ["source"], results={"source": 5})
+    await ag.run(ag.subgraph(marked, ["source"]), store=db)
+    assert ag.load(g, db).status["derived"] is ag.State.DONE
