@@ -5,8 +5,8 @@ store gives each task its stored state, with one rule: a task stored as done is 
 while its fingerprint (its code, the helpers and constants it uses, its options and its
 upstream fingerprints; see ``_fingerprint``) is unchanged, all its dependencies are
 done, and none of those was computed in a later run than it (a subgraph that reran a
-dependency without it); otherwise it is pending again. Results stay in the store (:class:`StoredResult`)
-until something needs them.
+dependency without it); otherwise it is pending again. Results stay in the store
+(:class:`StoredResult`) until something needs them.
 
 A run on a store (``run(g, store=...)``) with a graph that was not loaded from that store
 runs ``reset_failed(load(g, store))``: it reuses what is done and unchanged, and runs the
