@@ -903,7 +903,9 @@ def _body(
     the_run = options.make(graph, emit=emit)
     if on_run is not None:
         on_run(the_run)
-    if any(type(r.result) is StoredResult for r in the_run.records.values()):
+    if graph._origin is not None and any(
+        type(r.result) is StoredResult for r in the_run.records.values()
+    ):
         # A graph loaded from a store, run without one: its tasks take values, so the
         # results they need are read from that store first.
         async def load_then_run() -> Graph:

@@ -288,6 +288,8 @@ def deserialize(fmt: str, data: bytes) -> Any:
 
 #: What each state is stored as (``State.value`` is a Python-level property lookup).
 _VALUES = {state: state.value for state in State}
+#: SQLite's limit for a row on a new connection (SQLITE_LIMIT_LENGTH), once read.
+_built_in_limit: int | None = None
 #: Result keys: random (seeded from the OS), so no key is handed out again for another
 #: result, in this process or another.
 _random = random.Random()
@@ -608,14 +610,17 @@ class SQLiteStore:
         10**9 bytes unless SQLite was built otherwise); a result must fit in it."""
         import sqlite3
 
+        global _built_in_limit
         with self._lock:
             if self._conn is not None:
                 return self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-        conn = sqlite3.connect(":memory:")  # a new connection's limit: the built-in one
-        try:
-            return conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-        finally:
-            conn.close()
+        if _built_in_limit is None:
+            conn = sqlite3.connect(":memory:")  # a new connection's limit: the built-in one
+            try:
+                _built_in_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+            finally:
+                conn.close()
+        return _built_in_limit
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
         keys = COUNTS
