@@ -597,13 +597,10 @@ class SQLiteStore:
                 conn.executemany(
                     "INSERT OR REPLACE INTO state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
                 )
-                if counts:
-                    conn.execute(
-                        "UPDATE runs SET tasks = tasks + ?, reused = reused + ?, "
-                        "done = done + ?, failed = failed + ?, skipped = skipped + ?, "
-                        "cancelled = cancelled + ? WHERE id = ?",
-                        (*(counts.get(k, 0) for k in COUNTS), run_id),
-                    )
+                add = {k: n for k in COUNTS if (n := (counts or {}).get(k, 0))}
+                if add:  # only the columns that change (sqlite3 caches each statement)
+                    columns = ", ".join(f"{k} = {k} + ?" for k in add)
+                    conn.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*add.values(), run_id))
 
     def result_size_limit(self) -> int:
         """The largest row SQLite takes on this store's connection (SQLITE_LIMIT_LENGTH,
