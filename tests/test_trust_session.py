@@ -234,7 +234,8 @@ async def test_a_graph_loaded_from_one_store_is_refused_on_another(tmp_path: Pat
         assert str(a_db) in message and str(b_db) in message
         assert "loaded from" in message and "ag.load(" in message
         assert "replaced" not in message
-        assert not b_db.exists()  # nothing written to the other store
+        assert not b_db.exists()  # nothing written to the other store,
+        assert not (tmp_path / "b.db-lock").exists()  # which was not even held
     with pytest.raises(ag.StoreError, match="loaded from"):
         ag.plan(loaded, b_db)
     # The same file by another spelling is the same store.
