@@ -3,9 +3,10 @@
 A store keeps the latest record of every task with its fingerprint. Loading a graph from a
 store gives each task its stored state, with one rule: a task stored as done is done only
 while its fingerprint (its code, the helpers and constants it uses, its options and its
-upstream fingerprints; see ``_fingerprint``) is unchanged, and all its dependencies are
-done; otherwise it is pending again. Results stay in the store (:class:`StoredResult`)
-until something needs them.
+upstream fingerprints; see ``_fingerprint``) is unchanged, all its dependencies are
+done, and none of those was computed in a later run than it (a subgraph that reran a
+dependency without it); otherwise it is pending again. Results stay in the store
+(:class:`StoredResult`) until something needs them.
 
 A run on a store (``run(g, store=...)``) with a graph that was not loaded from that store
 runs ``reset_failed(load(g, store))``: it reuses what is done and unchanged, and runs the
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import RemoteError, StoreMismatchError
+from ._exceptions import RemoteError, StoreError, StoreMismatchError
 from ._fingerprint import digests
 from ._graph import Graph
 from ._rewrite import reset_failed
@@ -107,9 +108,11 @@ def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
         if s is None:
             reasons[name] = "new"
             continue
-        deps_done = all(records[d].status is State.DONE for d in graph.tasks[name].deps)
+        deps = graph.tasks[name].deps
+        deps_done = all(records[d].status is State.DONE for d in deps)
         if s.status is State.DONE:
-            if s.fingerprint == fp and deps_done and s.result_id is not None:
+            reran = deps_done and _upstream_reran(s, deps, records, stored)
+            if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
                 records[name] = TaskRecord(
                     State.DONE,
                     StoredResult(store, s.result_id, name),
@@ -123,6 +126,8 @@ def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
                 reasons[name] = "code changed"
             elif s.fingerprint != fp:
                 reasons[name] = "upstream changed"
+            elif reran:
+                reasons[name] = "upstream result changed"
             else:
                 reasons[name] = "upstream reruns"
             continue
@@ -143,6 +148,31 @@ def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
     return Loaded(loaded, reasons, stored, fps)
 
 
+def _upstream_reran(
+    s: StoredTask,
+    deps: Any,
+    records: Mapping[str, TaskRecord],
+    stored: Mapping[str, StoredTask],
+) -> bool:
+    """Whether a dependency reused from the store was computed in a later run than ``s``.
+
+    Then ``s`` was computed from that dependency's earlier result: a run that reran the
+    dependency without it (a subgraph that left it out) would otherwise leave it looking
+    reusable, as fingerprints cover code, not results. Run ids only grow. A result the
+    user gave (``mark_done``: no start time) is not a computation and does not count.
+    """
+    for d in deps:
+        sd = stored.get(d)
+        if (
+            sd is not None
+            and sd.run_id > s.run_id
+            and sd.started is not None
+            and type(records[d].result) is StoredResult
+        ):
+            return True
+    return False
+
+
 def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = False) -> Graph:
     """``graph`` with the state its store recorded, ready to inspect, rewrite and run.
 
@@ -160,9 +190,42 @@ def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = F
     return load_from(graph, open_store(store), force=force).graph
 
 
+def check_origin(graph: Graph, store: Store) -> None:
+    """Raise StoreError if ``graph`` was loaded from (or run on) a store other than this.
+
+    Its reused tasks' results are in that store, under keys this one does not have, and
+    the states it carries are that store's: mixing them into this one would record
+    results nobody computed here. A careful user means one of the two stores; we say
+    which two, and how to use either.
+    """
+    origin = graph._origin
+    if origin is None or origin == store_key(store) or _same_file(origin, store):
+        return
+    where = origin.removeprefix("sqlite:") if origin.startswith("sqlite:") else None
+    other = repr(where) if where is not None else "another Store object"
+    fix = f"store={where!r}" if where is not None else "that Store object"
+    raise StoreError(
+        f"this graph was loaded from store {other} (or returned by a run on it), and "
+        f"this run is on store {str(store)!r}; its done tasks' results are in {other}. "
+        f"Run it on the store it came from ({fix}), or load it from this one first: "
+        f"ag.load(graph, {str(store)!r})"
+    )
+
+
+def _same_file(origin: str, store: Store) -> bool:
+    """Two spellings of one file (a hard link: realpath differs, the inode does not)."""
+    if not (origin.startswith("sqlite:") and isinstance(store, SQLiteStore)):
+        return False
+    try:
+        return os.path.samefile(origin.removeprefix("sqlite:"), store.path)
+    except OSError:
+        return False
+
+
 def for_run(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
     """What a run on ``store`` starts from (see the module docstring)."""
-    if graph._origin == store_key(store):
+    check_origin(graph, store)
+    if graph._origin is not None:
         # Loaded from this store already (its names were checked then): as it is.
         return Loaded(graph, {}, store.tasks(), digests(graph))
     loaded = load_from(graph, store, force=force)
@@ -182,7 +245,8 @@ def plan(graph: Graph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
     if not isinstance(graph, Graph):
         raise TypeError(f"plan() needs an asyncgraph.Graph, not {type(graph).__name__}")
     the_store = open_store(store)
-    if graph._origin == store_key(the_store):
+    check_origin(graph, the_store)
+    if graph._origin is not None:
         # A loaded (perhaps rewritten) graph runs as it is: compare it with what a run
         # of the bare definitions would do, to tell the user's rewrites apart.
         given = graph

@@ -324,8 +324,6 @@ class _Run:
             else:
                 tries[name] = 1
                 self.started[name] = now
-                if self.session is not None:
-                    self.session.started(name, records[name].attempts, now)
             if self.emit is not None:
                 self.emit(_new(Event, (_STARTED, name, tries[name], now, None)))
             if task.deps:
@@ -569,20 +567,65 @@ class _Run:
         return result
 
 
+#: What a row of a done task holds beside its result, at most (its name, times, digests
+#: and SQLite's record header), with a wide margin: the room a result leaves for them.
+_ROW_OVERHEAD = 16 * 1024
+
+
+async def _load_inputs(
+    records: dict[str, TaskRecord], tasks: Mapping[str, Task], pending: Any
+) -> None:
+    """Replace the StoredResults the pending tasks take as inputs with their values.
+
+    Each is read from its own store (the one the graph was loaded from), in a thread,
+    several at once where the store can, before any task starts.
+    """
+    by_store: dict[int, tuple[Any, dict[str, int]]] = {}
+    for n in pending:
+        for d in tasks[n].deps:
+            placeholder = records[d].result
+            if type(placeholder) is StoredResult:
+                store = placeholder.store
+                by_store.setdefault(id(store), (store, {}))[1][d] = placeholder.result_id
+    if not by_store:
+        return
+
+    def load_all() -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for store, wanted in by_store.values():
+            load_many = getattr(store, "load_results", None)
+            if load_many is not None:
+                values.update(load_many(wanted))
+            else:
+                values.update({d: store.load_result(i, d) for d, i in wanted.items()})
+        return values
+
+    for d, value in (await anyio.to_thread.run_sync(load_all)).items():
+        r = records[d]
+        records[d] = TaskRecord(
+            r.status, value, r.error, r.traceback, r.attempts, r.started, r.finished
+        )
+
+
 class _Session:
     """The store's side of one run.
 
     Rows go to a writer thread (``RunWriter``) as tasks end; a ``done`` event is sent
     only when the commit holding its result is reported back, so whoever listens never
     hears of a result that a crash could still lose. Results are serialized on the loop
-    as each task ends, so a result that cannot be stored fails its own task before
-    anything downstream uses it.
+    as each task ends, so a result that cannot be stored (or is too big for the store)
+    fails its own task before anything downstream uses it.
 
-    A task's start is written only when the store says it is done (a reset task, or
-    one whose code changed): that row takes its stale "done" back before the new
-    attempt, so a crash mid-attempt cannot leave it looking reusable. Any other task
-    that a crash interrupts is already due to run again next time (new, failed,
-    skipped, cancelled), so its start costs no write.
+    Every task this run will run that the store says is done (a reset task and its
+    descendants, one whose code or upstream changed) gets a ``pending`` row in the
+    writer's first transaction, ahead of every row of a task that ran: its stale "done"
+    is gone before any new result of the run is committed, so a crash at any later
+    point cannot leave a descendant looking reusable next to its rerun upstream. Any
+    other task that a crash interrupts is already due to run again next time (new,
+    failed, skipped, cancelled), so it costs no write until it ends.
+
+    The run's counts are those of its committed rows: the writer counts them as it
+    commits (in the same transaction, for a store that takes ``counts``).
     """
 
     def __init__(self, store: Store, loaded: Loaded, emit: Emit | None) -> None:
@@ -603,8 +646,11 @@ class _Session:
         self.writer: RunWriter | None = None
         self.run_id = 0
         self.error: BaseException | None = None
-        self.counts: dict[State, int] = {}
-        self.invalidate: set[str] = set()
+        self.counts: dict[State, int] = {}  # tasks ended, by state (committed or not)
+        self.room: int | None = None  # the largest result the store takes, in bytes
+        self.limit: int | None = None  # the store's own limit for a row
+        sqlite = isinstance(store, _store.SQLiteStore)
+        self.limit_name = " (SQLite's SQLITE_LIMIT_LENGTH)" if sqlite else ""
         self.reported: set[str] = set()  # done events sent (their commit came back)
         self.the_run: _Run
 
@@ -615,9 +661,16 @@ class _Session:
         tasks = the_run.tasks
         pending = the_run.core.pending()
         stored = self.stored
-        self.invalidate = {
+        invalidate = [
             n for n in pending if (s := stored.get(n)) is not None and s.status is State.DONE
-        }
+        ]
+        limit = getattr(self.store, "result_size_limit", None)
+        if limit is not None:
+            self.limit = await anyio.to_thread.run_sync(limit)
+            if self.limit is not None:
+                # The row holds more than the result: its name, times, digests and
+                # SQLite's record header; what the room leaves is far more than those.
+                self.room = self.limit - _ROW_OVERHEAD
         # Done in the graph but not from the store (mark_done, create_graph(done=...), a
         # run without a store): recorded as done now, so the next run reuses them too.
         # Not the ones a run on this store recorded already (same outcome, same time).
@@ -634,39 +687,30 @@ class _Session:
                 and s.finished == r.finished
             ):
                 continue
-            given[n] = self._serialize(n, r.result, "was marked done with")
-        wanted = {
-            d: records[d].result.result_id
-            for n in pending
-            for d in tasks[n].deps
-            if type(records[d].result) is StoredResult
-        }
-        if wanted:
-            load_many = getattr(self.store, "load_results", None)
-            if load_many is None:
-
-                def load_many(w: Mapping[str, int]) -> dict[str, Any]:
-                    return {d: self.store.load_result(i, d) for d, i in w.items()}
-
-            for d, value in (await anyio.to_thread.run_sync(load_many, wanted)).items():
-                r = records[d]
-                records[d] = TaskRecord(
-                    r.status, value, r.error, r.traceback, r.attempts, r.started, r.finished
-                )
+            given[n] = blob = self._serialize(n, r.result, "was marked done with")
+            self._check_size(n, blob, "was marked done with")
+        await _load_inputs(records, tasks, pending)
 
         def begin() -> None:
             self.run_id = self.store.begin_run()  # kept even if we are cancelled meanwhile
 
         await _in_thread_to_the_end(begin)
+        # The resets first, then the tasks marked done: one transaction, before any row
+        # of a task that runs (see the class's docstring).
+        first = [
+            self._row(n, TaskRecord(State.PENDING, attempts=records[n].attempts), None)
+            for n in invalidate
+        ]
+        first += [self._row(n, records[n], blob) for n, blob in given.items()]
         self.writer = self._run_writer(
             self.store,
             self.run_id,
             asyncio.get_running_loop(),
             self._committed,
             self._write_failed,
+            first=first,
+            first_counts={"tasks": len(records), "reused": self.reused},
         )
-        for n, blob in given.items():
-            self.writer.put(self._row(n, records[n], blob))
 
     def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
         error = rec.error
@@ -698,20 +742,29 @@ class _Session:
         )
         return row
 
-    def started(self, name: str, attempts_before: int, now: float) -> None:
-        if self.writer is None or name not in self.invalidate:
-            return
-        rec = TaskRecord(State.RUNNING, None, None, None, attempts_before, now, None)
-        self.writer.put(self._row(name, rec, None))
-
     def keep(self, name: str, value: Any) -> bool:
         """Serialize a result; False (and the reason kept) if it cannot be stored."""
         try:
-            self.blobs[name] = self._serialize(name, value)
+            self.blobs[name] = blob = self._serialize(name, value)
+            if self.room is not None and len(blob[1]) > self.room:
+                self._check_size(name, blob, "returned")
         except UnstorableResultError as exc:
+            self.blobs.pop(name, None)
             self.unstorable_errors[name] = exc
             return False
         return True
+
+    def _check_size(self, name: str, blob: tuple[str, bytes], what: str) -> None:
+        """Raise UnstorableResultError if a serialized result does not fit the store."""
+        size = len(blob[1])
+        if self.room is None or size <= self.room:
+            return
+        raise UnstorableResultError(
+            f"task {name!r} {what} a result of {size:,} bytes ({blob[0]}), too big for store "
+            f"{self.store}: a row there holds at most {self.limit:,} bytes{self.limit_name}, "
+            "and the result needs room beside it for the task's record; write large "
+            "data to a file and return its path, or run without a store"
+        )
 
     def unstorable(self, name: str) -> _Outcome:
         exc = self.unstorable_errors.pop(name)
@@ -763,20 +816,18 @@ class _Session:
                     self.emit(Event(EventKind.FAILED, name, tries, now, self.error))
         if self.run_id:
             c = self.counts
-            counts = {
-                "tasks": len(records),
-                "reused": self.reused,
-                "done": c.get(State.DONE, 0),
-                "failed": c.get(State.FAILED, 0),
-                "skipped": c.get(State.SKIPPED, 0),
-                "cancelled": c.get(State.CANCELLED, 0),
-            }
-            if counts["cancelled"] or self.writer is None:
+            if self.error is not None:
+                status = "failed"  # a write failed: the store stopped the run
+            elif c.get(State.CANCELLED) or self.writer is None:
                 status = "cancelled"  # also: cancelled before its first task started
-            elif counts["failed"] or counts["skipped"] or self.error is not None:
+            elif c.get(State.FAILED) or c.get(State.SKIPPED):
                 status = "failed"
             else:
                 status = "done"
+            # What the store holds: the rows committed, not the tasks that ended (after
+            # a failed write, the last ones never reached the store).
+            committed = {} if self.writer is None else self.writer.committed
+            counts = {"tasks": len(records), "reused": self.reused, **committed}
             try:
                 await anyio.to_thread.run_sync(self.store.end_run, self.run_id, status, counts)
             except Exception:
@@ -925,6 +976,16 @@ def _body(
     the_run = options.make(graph, emit=emit)
     if on_run is not None:
         on_run(the_run)
+    if graph._origin is not None and any(
+        type(r.result) is StoredResult for r in the_run.records.values()
+    ):
+        # A graph loaded from a store, run without one: its tasks take values, so the
+        # results they need are read from that store first.
+        async def load_then_run() -> Graph:
+            await _load_inputs(the_run.records, the_run.tasks, the_run.core.pending())
+            return await the_run.run()
+
+        return load_then_run
     return the_run.run
 
 
@@ -936,11 +997,12 @@ async def _run_on_store(
     on_run: Callable[[_Run], None] | None = None,
 ) -> Graph:
     """A run that records itself in ``store`` and reuses what is done there."""
-    from ._resume import durations, for_run
+    from ._resume import check_origin, durations, for_run
     from ._store import open_store
 
     graph.topological_order()  # a cycle is reported before the store is touched
     the_store = await anyio.to_thread.run_sync(open_store, store)
+    check_origin(graph, the_store)  # and a graph of another store, before it is held
     held = False
 
     def take() -> None:

@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 FORMAT = "asyncgraph-store"
+#: The counts of a run, in the order of the ``runs`` table's columns.
+COUNTS = ("tasks", "reused", "done", "failed", "skipped", "cancelled")
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -178,6 +180,16 @@ class Store(Protocol):
 
     Every method may block (they run in threads, never on the event loop); ``write`` is
     called from one writer thread at a time and must be atomic: all rows or none.
+
+    Two optional extras a store may have (:class:`SQLiteStore` has both):
+
+    - ``result_size_limit() -> int | None``: the largest row it can hold, in bytes. A
+      result that does not fit fails its own task with UnstorableResultError before it
+      reaches ``write``, instead of failing the write (and so the run).
+    - a ``counts`` keyword on ``write``: how many of the run's tasks ended in each state
+      with these rows (and, with the first batch, ``tasks`` and ``reused``), to add to
+      the run's counts in the same transaction, so the counts of a run that never
+      reaches ``end_run`` (killed) are those of its committed rows.
     """
 
     def tasks(self) -> dict[str, StoredTask]:
@@ -205,7 +217,7 @@ class Store(Protocol):
         ...
 
     def write(self, run_id: int, rows: Sequence[TaskRow]) -> None:
-        """Record these rows durably, in one transaction."""
+        """Record these rows durably, in one transaction (see above for ``counts``)."""
         ...
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
@@ -276,6 +288,8 @@ def deserialize(fmt: str, data: bytes) -> Any:
 
 #: What each state is stored as (``State.value`` is a Python-level property lookup).
 _VALUES = {state: state.value for state in State}
+#: SQLite's limit for a row on a new connection (SQLITE_LIMIT_LENGTH), once read.
+_built_in_limit: int | None = None
 #: Result keys: random (seeded from the OS), so no key is handed out again for another
 #: result, in this process or another.
 _random = random.Random()
@@ -569,7 +583,10 @@ class SQLiteStore:
         assert run_id is not None
         return run_id
 
-    def write(self, run_id: int, rows: Sequence[TaskRow]) -> None:
+    def write(
+        self, run_id: int, rows: Sequence[TaskRow], counts: Mapping[str, int] | None = None
+    ) -> None:
+        """Record ``rows``, and add ``counts`` to the run's counts, in one transaction."""
         # One statement per batch: the rows are the table's columns, bound in C. A
         # task's later row in the same batch replaces its earlier one (INSERT OR
         # REPLACE, applied in order).
@@ -580,9 +597,30 @@ class SQLiteStore:
                 conn.executemany(
                     "INSERT OR REPLACE INTO state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
                 )
+                add = {k: n for k in COUNTS if (n := (counts or {}).get(k, 0))}
+                if add:  # only the columns that change (sqlite3 caches each statement)
+                    columns = ", ".join(f"{k} = {k} + ?" for k in add)
+                    conn.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*add.values(), run_id))
+
+    def result_size_limit(self) -> int:
+        """The largest row SQLite takes on this store's connection (SQLITE_LIMIT_LENGTH,
+        10**9 bytes unless SQLite was built otherwise); a result must fit in it."""
+        import sqlite3
+
+        global _built_in_limit
+        with self._lock:
+            if self._conn is not None:
+                return self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        if _built_in_limit is None:
+            conn = sqlite3.connect(":memory:")  # a new connection's limit: the built-in one
+            try:
+                _built_in_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+            finally:
+                conn.close()
+        return _built_in_limit
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
-        keys = ("tasks", "reused", "done", "failed", "skipped", "cancelled")
+        keys = COUNTS
         with self._lock:
             conn = self._conn
             assert conn is not None
@@ -688,6 +726,20 @@ def open_store(store: Any, parameter: str = "store") -> Store:
 
 # -- the writer of one run ---------------------------------------------------------------
 
+#: The states a task's last row in a run can count as (the runs table's columns).
+_ENDED = ("done", "failed", "skipped", "cancelled")
+
+
+def _takes_counts(store: Store) -> bool:
+    """Whether ``store.write`` takes the ``counts`` keyword (see :class:`Store`)."""
+    import inspect
+
+    try:
+        params = inspect.signature(store.write).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "counts" or p.kind is p.VAR_KEYWORD for p in params)
+
 
 class RunWriter:
     """Writes one run's rows from a thread, in batches, and reports each commit.
@@ -697,6 +749,14 @@ class RunWriter:
     it in one transaction, then calls ``on_commit(rows)`` on the loop (via
     ``call_soon_threadsafe``). A failed write is handed to ``on_error`` the same way and
     the writer stops: nothing later is reported durable.
+
+    ``first`` rows are queued before the thread starts, so they are in the first
+    transaction, ahead of every row ``put`` later (a run's resets: see ``_Session``).
+    They are not counted; each later row that ends a task (done, failed, skipped,
+    cancelled) is, and ``committed`` holds the counts of the rows committed so far
+    (read it once ``close`` returned). A store whose ``write`` takes ``counts`` gets
+    each batch's counts (and ``first_counts`` with the first batch) in the same
+    transaction as its rows.
     """
 
     def __init__(
@@ -706,13 +766,21 @@ class RunWriter:
         loop: Any,
         on_commit: Callable[[list[TaskRow]], None],
         on_error: Callable[[BaseException], None],
+        *,
+        first: Sequence[TaskRow] = (),
+        first_counts: Mapping[str, int] | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.loop = loop
         self.on_commit = on_commit
         self.on_error = on_error
-        self._queue: collections.deque[TaskRow] = collections.deque()
+        self._queue: collections.deque[TaskRow] = collections.deque(first)
+        self._uncounted = len(first)  # the first rows the thread takes are not counted
+        self._extra: dict[str, int] = dict(first_counts or {})
+        self._with_counts = _takes_counts(store)
+        #: Tasks that ended in each state with a committed row (done, failed, ...).
+        self.committed: dict[str, int] = dict.fromkeys(_ENDED, 0)
         self._wake = threading.Event()
         self._asleep = False  # read without a lock: a spare wake-up costs nothing
         self._closing = False
@@ -742,13 +810,26 @@ class RunWriter:
             batch = []
             while queue:
                 batch.append(queue.popleft())
+            counts, self._extra = self._extra, {}
+            skip = min(self._uncounted, len(batch))
+            self._uncounted -= skip
+            for row in batch[skip:] if skip else batch:
+                status = row[2]
+                if status in _ENDED:
+                    counts[status] = counts.get(status, 0) + 1
             try:
-                self.store.write(self.run_id, batch)
+                if counts and self._with_counts:
+                    self.store.write(self.run_id, batch, counts=counts)  # type: ignore[call-arg]
+                else:
+                    self.store.write(self.run_id, batch)
             except BaseException as exc:  # noqa: BLE001 - handed to the run
                 self.failed = exc
                 with contextlib.suppress(RuntimeError):  # the loop is closed
                     self.loop.call_soon_threadsafe(self.on_error, exc)
                 return
+            committed = self.committed
+            for status in _ENDED:
+                committed[status] += counts.get(status, 0)
             with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(self.on_commit, batch)
 

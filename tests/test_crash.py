@@ -197,7 +197,8 @@ def test_sigkill_then_resume_reruns_nothing_done(
     runs = ag.history(store)
     assert list(runs["status"]) == ["crashed", "done"]
     assert list(runs["reused"]) == [0, len(done)]
-    assert list(runs["done"]) == [0, TOTAL - len(done)]
+    # The crashed run counts what it committed (issue 10, item 21; it showed 0 before).
+    assert list(runs["done"]) == [len(done), TOTAL - len(done)]
 
 
 KILLED_WHILE_CREATING = """
