@@ -16,8 +16,10 @@ added, so a mismatch is reported before anything runs.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import math
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,12 +76,40 @@ class Task:
         return args, kwargs
 
 
-def is_async_callable(fn: Any) -> bool:
-    while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial
+def _unwrap_partial(fn: Any) -> Any:
+    # By type, never by attribute or isinstance (which reads ``__class__``): a Mock
+    # answers ``fn.func`` with another Mock, forever, and a proxy raises on any lookup.
+    while issubclass(type(fn), functools.partial):
         fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an instance with async __call__
-    )
+    return fn
+
+
+def _call_of(fn: Any) -> Any:
+    """What calling ``fn`` runs: a function or method itself, else its class's ``__call__``.
+
+    Looked up on the type, statically, so an object whose attributes raise or answer
+    every name (a proxy, a Mock) is asked nothing.
+    """
+    fn = _unwrap_partial(fn)
+    t = type(fn)
+    if t is types.FunctionType or t is types.MethodType or issubclass(t, type):
+        return fn
+    call = inspect.getattr_static(t, "__call__", None)
+    if isinstance(call, (staticmethod, classmethod)):
+        call = call.__func__
+    return fn if call is None else _unwrap_partial(call)
+
+
+def is_async_callable(fn: Any) -> bool:
+    call = _call_of(fn)
+    if inspect.iscoroutinefunction(call):
+        return True
+    if call is fn:
+        return False
+    try:  # an object that says so itself (unittest.mock.AsyncMock)
+        return inspect.iscoroutinefunction(fn)
+    except Exception:  # noqa: BLE001 - an object that cannot be asked is not async
+        return False
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
