@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import keyword
 import math
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -112,6 +113,23 @@ def is_async_callable(fn: Any) -> bool:
         return False
 
 
+def _check_not_a_generator(name: str, fn: Any) -> None:
+    """Refuse generator functions: calling one runs none of its body."""
+    call = _call_of(fn)
+    for what, test, instead in (
+        ("an async generator function", inspect.isasyncgenfunction, "[x async for x in ...]"),
+        ("a generator function", inspect.isgeneratorfunction, "list(...)"),
+    ):
+        if test(call):
+            raise InvalidTaskError(
+                name,
+                f"its function is {what}: calling it only creates a generator and runs "
+                "none of its body, so the task would end done with an unstarted generator "
+                f"as its result; return a list instead (collect the items: return "
+                f"{instead}), since asyncgraph has no streaming tasks yet",
+            )
+
+
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     try:
         return inspect.signature(fn)
@@ -174,6 +192,23 @@ def _as_names(name: str, what: str, value: Any, kind: str = "task names") -> tup
     return out
 
 
+def _param_name(name: str, key: Any) -> str:
+    """A ``deps={"param": "task"}`` key: a parameter name, so an identifier, not a keyword."""
+    if not isinstance(key, str):
+        why = f"keys must be parameter names (str), not {type(key).__name__} {key!r}"
+    elif not key.isidentifier():
+        why = f"{key!r} is not a Python identifier, so it cannot be a parameter name"
+    elif keyword.iskeyword(key):
+        why = f"{key!r} is a Python keyword, so it cannot be a parameter name"
+    else:
+        return key
+    raise InvalidTaskError(
+        name,
+        f"deps key {key!r}: {why}; deps={{'param': 'task'}} maps the function's parameter "
+        "names to task names (pass deps=[...] to give results positionally)",
+    )
+
+
 def make_task(
     name: str,
     fn: Callable[..., Any],
@@ -192,6 +227,7 @@ def make_task(
         raise InvalidTaskError(str(name), "a task name must be a non-empty string")
     if not callable(fn):
         raise InvalidTaskError(name, f"the function must be callable, not {type(fn).__name__}")
+    _check_not_a_generator(name, fn)
     is_async = is_async_callable(fn)
     if kind is None:
         the_kind = Kind.IO
@@ -228,7 +264,7 @@ def make_task(
         if sig is not None:
             kwargs = _params_as_deps(name, sig)
     elif isinstance(deps, Mapping):
-        kwargs = tuple((str(p), t) for p, t in deps.items())
+        kwargs = tuple((_param_name(name, p), t) for p, t in deps.items())
         _as_names(name, "deps", [t for _, t in kwargs])
     else:
         args = _as_names(name, "deps", deps)

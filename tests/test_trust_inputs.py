@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -176,3 +177,127 @@ def test_an_unforeseen_fingerprint_failure_names_the_task_and_the_global(
     assert "'HOLDER'" in message
     assert "a bug in the digester" in message
     assert info.value.task == "reader"
+
+
+# -- 23: generators are not tasks -----------------------------------------------------------
+
+
+def gen() -> Any:
+    yield 1
+
+
+async def agen() -> Any:
+    yield 1
+
+
+class GenCall:
+    def __call__(self) -> Any:
+        yield 1
+
+
+class AgenCall:
+    async def __call__(self) -> Any:
+        yield 1
+
+
+def gen_of(x: int) -> Any:
+    yield x
+
+
+GENERATORS = {
+    "generator function": (gen, "generator function"),
+    "async generator function": (agen, "async generator function"),
+    "__call__ a generator": (GenCall(), "generator function"),
+    "__call__ an async generator": (AgenCall(), "async generator function"),
+    "partial of a generator function": (functools.partial(gen_of, 1), "generator function"),
+    "partial of a partial": (functools.partial(functools.partial(gen_of), 1), "generator"),
+    "partial of an async generator": (functools.partial(agen), "async generator function"),
+}
+
+
+@pytest.mark.parametrize("case", list(GENERATORS))
+@pytest.mark.parametrize("how", ["add", "decorator", "create_graph"])
+def test_generators_are_refused_when_the_task_is_defined(case: str, how: str) -> None:
+    fn, what = GENERATORS[case]
+    g = ag.Graph()
+    with pytest.raises(ag.InvalidTaskError) as info:
+        if how == "add":
+            g.add("stream", fn, deps=[])
+        elif how == "decorator":
+            g.task(name="stream", deps=[])(fn)
+        else:
+            ag.create_graph({"stream": fn}, {"stream": []}, io_bound=["stream"])
+    message = str(info.value)
+    assert info.value.task == "stream"
+    assert message.startswith("task 'stream': ")
+    assert what in message
+    assert "return a list" in message
+    assert len(g) == 0
+
+
+def test_functions_that_only_return_iterables_are_still_tasks() -> None:
+    def returns_list() -> list[int]:
+        return list(range(3))  # returns an iterable: not a generator function
+
+    class Listify:
+        def __call__(self) -> list[int]:
+            return list(gen())
+
+    @functools.wraps(gen)
+    def wrapped() -> list[int]:  # __wrapped__ is a generator function: not followed
+        return list(gen())
+
+    g = ag.Graph()
+    g.add("a", returns_list)
+    g.add("b", Listify(), deps=[])
+    g.add("c", wrapped, deps=[])
+    g.add("d", functools.partial(returns_list))
+    assert ag.run_sync(g).results == {"a": [0, 1, 2], "b": [1], "c": [1], "d": [0, 1, 2]}
+
+
+# -- 24: deps keys are parameter names ------------------------------------------------------
+
+
+def takes_x(x: int) -> int:
+    return x
+
+
+def takes_any(**kwargs: Any) -> Any:
+    return kwargs
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        (1, "not int 1"),
+        (None, "not NoneType None"),
+        (("x",), "not tuple ('x',)"),
+        ("1", "'1' is not a Python identifier"),
+        ("a-b", "'a-b' is not a Python identifier"),
+        ("", "'' is not a Python identifier"),
+        ("class", "'class' is a Python keyword"),
+        ("None", "'None' is a Python keyword"),
+    ],
+)
+@pytest.mark.parametrize("fn", [takes_x, takes_any, print])
+def test_deps_keys_must_be_parameter_names(key: Any, why: str, fn: Any) -> None:
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    with pytest.raises(ag.InvalidTaskError) as info:
+        g.add("t", fn, deps={key: "a"})
+    message = str(info.value)
+    assert info.value.task == "t"
+    assert message.startswith("task 't': deps key ")
+    assert why in message
+    assert "parameter" in message
+    assert "t" not in g
+
+
+def test_soft_keywords_and_unicode_names_are_parameter_names() -> None:
+    def f(match: int, case: int, _: int, π: int) -> int:
+        return match + case + _ + π
+
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    g.add("f", f, deps={"match": "a", "case": "a", "_": "a", "π": "a"})
+    assert ag.run_sync(g).results["f"] == 4
