@@ -31,7 +31,10 @@ A function digest is taken from the code object, not the source text, and it cov
 * every global the code (or any code nested in it) names: a user function or class by
   its own digest, recursively; a module by the attributes the code names on it (user
   modules) or by name and ``__version__`` (libraries); builtins by name; other values by
-  their contents (see ``_Digester._value``).
+  their contents (see ``_Digester._value``), except those that cannot be read: a proxy
+  whose lookups raise, an object whose reduction raises, a ``unittest.mock`` object
+  (its state is its calls) count by their type's name, and a lazy module whose loading
+  fails by its name (see ``_Digester._reduced``).
 
 "User code" is any file outside the standard library and the site-packages directories
 (``sysconfig`` and ``site``), plus ``__main__`` and code without a real file (notebooks,

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import InvalidTaskError, SignatureError
+from ._exceptions import InvalidTaskError, MissingResultError, SignatureError
+from ._state import NO_RESULT
 
 if TYPE_CHECKING:
     from ._state import TaskRecord
@@ -67,14 +68,31 @@ class Task:
     deps: tuple[str, ...] = ()
 
     def bind(self, records: Mapping[str, TaskRecord]) -> tuple[list[Any], dict[str, Any]]:
-        """The call arguments, from the records of the (done) dependencies."""
+        """The call arguments, from the records of the (done) dependencies.
+
+        Raises :class:`MissingResultError` if a dependency was marked done without a
+        result (``NO_RESULT``): its dependents must be told, not handed ``None``.
+        """
         if self.skip_none:
             args = [r for r in (records[d].result for d in self.args) if r is not None]
             kwargs = {p: r for p, t in self.kwargs if (r := records[t].result) is not None}
         else:
             args = [records[d].result for d in self.args]
             kwargs = {p: records[t].result for p, t in self.kwargs} if self.kwargs else {}
+        # Identity, in a plain loop: ``NO_RESULT in args`` would call each result's
+        # __eq__ (an array's raises), and this runs for every task, on every run.
+        for r in args:
+            if r is NO_RESULT:
+                raise self._missing(records)
+        if kwargs:
+            for r in kwargs.values():
+                if r is NO_RESULT:
+                    raise self._missing(records)
         return args, kwargs
+
+    def _missing(self, records: Mapping[str, TaskRecord]) -> MissingResultError:
+        missing = tuple(d for d in self.deps if records[d].result is NO_RESULT)
+        return MissingResultError(self.name, missing)
 
 
 def _unwrap_partial(fn: Any) -> Any:

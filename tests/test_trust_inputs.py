@@ -301,3 +301,173 @@ def test_soft_keywords_and_unicode_names_are_parameter_names() -> None:
     g.add("a", lambda: 1)
     g.add("f", f, deps={"match": "a", "case": "a", "_": "a", "π": "a"})
     assert ag.run_sync(g).results["f"] == 4
+
+
+# -- 27: marked done without a result -------------------------------------------------------
+
+
+def chain() -> ag.Graph:
+    """a -> b -> c, and lone."""
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    g.add("b", lambda a: a + 1)
+    g.add("c", lambda b: b * 10)
+    g.add("lone", lambda: "L")
+    return g
+
+
+def _missing(out: ag.Graph, task: str) -> ag.MissingResultError:
+    error = out.errors[task]
+    assert isinstance(error, ag.MissingResultError)
+    return error
+
+
+def test_the_error_is_a_task_error_exported_from_asyncgraph() -> None:
+    assert issubclass(ag.MissingResultError, ag.TaskError)
+    assert "MissingResultError" in ag.__all__
+
+
+async def test_mark_done_without_a_result_fails_the_task_below() -> None:
+    marked = ag.mark_done(chain(), ["a"])
+    assert marked.status["a"] is ag.State.DONE
+    out = await ag.run(marked)
+    assert out.status == {
+        "a": ag.State.DONE,
+        "b": ag.State.FAILED,
+        "c": ag.State.SKIPPED,
+        "lone": ag.State.DONE,
+    }
+    error = _missing(out, "b")
+    assert (error.task, error.missing) == ("b", ("a",))
+    message = str(error)
+    assert "task 'b'" in message and "'a'" in message
+    assert "mark_done(g, ['a'], results={'a': value})" in message
+    assert "results={'a': None}" in message
+    assert out.records["b"].attempts == 1
+
+
+async def test_none_given_on_purpose_is_passed() -> None:
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    g.add("b", lambda a: repr(a))
+    out = await ag.run(ag.mark_done(g, ["a"], results={"a": None}))
+    assert out.results == {"a": None, "b": "None"}
+
+
+async def test_a_result_given_or_already_there_is_passed() -> None:
+    ran = await ag.run(chain())
+    # a ran (result 1): marking it done keeps that result; reset b and c to run them.
+    again = await ag.run(ag.reset(ag.mark_done(ran, ["a"]), ["b"]))
+    assert again.results["c"] == 20
+    given = await ag.run(ag.mark_done(chain(), ["a"], results={"a": 5}))
+    assert given.results["c"] == 60
+
+
+async def test_mark_done_except_without_results_fails_what_runs_below() -> None:
+    out = await ag.run(ag.mark_done_except(chain(), ["c"]))
+    error = _missing(out, "c")
+    assert error.missing == ("b",)
+    assert out.status["c"] is ag.State.FAILED
+
+
+async def test_the_missing_result_is_shown_for_what_it_is() -> None:
+    marked = ag.mark_done(chain(), ["lone"])
+    shown = marked.results["lone"]
+    assert shown is not None
+    assert "no result" in repr(shown)
+    assert "no result" in repr(marked.results)
+
+
+async def test_every_missing_dependency_is_named_and_not_retried() -> None:
+    calls: list[str] = []
+    g = ag.Graph()
+    g.add("x", lambda: 1)
+    g.add("y", lambda: 2)
+
+    def both(x: int, y: int) -> int:
+        calls.append("both")
+        return x + y
+
+    g.add("both", both, retries=3, retry_delay=0)
+    out = await ag.run(ag.mark_done(g, ["x", "y"]))
+    error = _missing(out, "both")
+    assert error.missing == ("x", "y")
+    assert "'x', 'y'" in str(error)
+    assert out.records["both"].attempts == 1
+    assert calls == []
+
+
+@pytest.mark.parametrize("style", ["positional", "keyword", "dict"])
+async def test_every_binding_style_is_checked(style: str) -> None:
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    if style == "positional":
+        g.add("b", lambda v: v, deps=["a"])
+    elif style == "keyword":
+        g.add("b", lambda a: a)
+    else:
+        g.add("b", lambda v: v, deps={"v": "a"})
+    out = await ag.run(ag.mark_done(g, ["a"]))
+    assert _missing(out, "b").missing == ("a",)
+
+
+async def test_a_cpu_task_below_is_told_too() -> None:
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    g.add("b", abs, deps=["a"], kind="cpu")
+    out = await ag.run(ag.mark_done(g, ["a"]), cpu_workers=1)
+    assert _missing(out, "b").missing == ("a",)
+
+
+async def test_fail_fast_stops_on_a_missing_result() -> None:
+    with pytest.raises(ag.TaskFailures) as info:
+        await ag.run(ag.mark_done(chain(), ["a"]), fail_fast=True)
+    assert isinstance(info.value.exceptions[0], ag.MissingResultError)
+
+
+def test_create_graph_done_without_results() -> None:
+    funcs = {"a": lambda: 1, "b": lambda a=0: a + 1, "c": lambda b=0: b + 1}
+    deps = {"b": ["a"], "c": ["b"]}
+    out = ag.run_sync(ag.create_graph(funcs, deps, io_bound=list(funcs), done=["a"]))
+    error = _missing(out, "b")
+    assert error.missing == ("a",)
+    assert "create_graph" in str(error)
+    # None on purpose: taskmap's rule, a None result is not passed (b uses its default).
+    given = ag.create_graph(funcs, deps, io_bound=list(funcs), done=["a"], results={"a": None})
+    assert ag.run_sync(given).results["c"] == 2
+
+
+def test_taskmap_compat_still_passes_nothing_for_a_done_task_without_a_result() -> None:
+    import asyncgraph.compat.taskmap as taskmap
+
+    def b(*args: Any) -> int:
+        return len(args)
+
+    g = taskmap.create_graph({"a": lambda: 1, "b": b}, {"a": [], "b": ["a"]}, done=["a"])
+    out = taskmap.run(g)
+    assert out.results["b"] == 0
+
+
+async def test_marked_without_a_result_stays_so_in_a_store(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    g = chain()
+    first = await ag.run(ag.mark_done(g, ["a"]), store=db)
+    assert first.status["b"] is ag.State.FAILED
+    loaded = ag.load(g, db)
+    assert loaded.status["a"] is ag.State.DONE  # recorded as marked done...
+    assert "no result" in repr(loaded.results["a"])  # ...without a result
+    again = await ag.run(g, store=db)  # a is reused as marked; b fails again
+    assert _missing(again, "b").missing == ("a",)
+    given = ag.mark_done(ag.load(g, db), ["a"], results={"a": 4})
+    fixed = await ag.run(ag.reset_failed(given), store=db)
+    assert fixed.results["c"] == 50
+    assert ag.load(g, db).results["a"] == 4
+
+
+async def test_a_stored_none_is_still_none(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    g = chain()
+    await ag.run(ag.mark_done(g, ["a", "b"], results={"a": None, "b": 7}), store=db)
+    loaded = ag.load(g, db)
+    assert loaded.results["a"] is None
+    assert loaded.results["c"] == 70
