@@ -11,6 +11,7 @@ from ._exceptions import DuplicateTaskError as DuplicateTaskError
 from ._exceptions import GraphError as GraphError
 from ._exceptions import InvalidTaskError as InvalidTaskError
 from ._exceptions import MissingDependencyError as MissingDependencyError
+from ._exceptions import MissingResultError as MissingResultError
 from ._exceptions import PicklingError as PicklingError
 from ._exceptions import RemoteError as RemoteError
 from ._exceptions import SignatureError as SignatureError
@@ -38,6 +39,7 @@ from ._rewrite import reset_failed as reset_failed
 from ._rewrite import subgraph as subgraph
 from ._runner import run as run
 from ._runner import run_sync as run_sync
+from ._state import NO_RESULT as NO_RESULT
 from ._state import State as State
 from ._state import StoredResult as StoredResult
 from ._state import TaskRecord as TaskRecord
@@ -59,6 +61,8 @@ __all__ = [
     "InvalidTaskError",
     "Kind",
     "MissingDependencyError",
+    "MissingResultError",
+    "NO_RESULT",
     "OpenRun",
     "PicklingError",
     "RemoteError",

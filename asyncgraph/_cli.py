@@ -442,7 +442,10 @@ def _prepared(args: argparse.Namespace, store: SQLiteStore) -> Graph:
     if args.reset:
         loaded = ag.reset(loaded, args.reset)
     if args.mark_done:
-        loaded = ag.mark_done(loaded, args.mark_done)
+        # The command line cannot give a value: a task without one passes None (as
+        # docs/cli.md says), on purpose, rather than failing its dependents.
+        nones = {n: None for n in args.mark_done if loaded.status[n] is not ag.State.DONE}
+        loaded = ag.mark_done(loaded, args.mark_done, results=nones)
     return loaded
 
 

@@ -20,6 +20,8 @@
     |   +-- TaskCancelled          recorded on a task that was cancelled (run cancelled,
     |                              ``fail_fast`` or the run's ``deadline``)
     |   +-- UnstorableResultError  a task's result cannot be written to the store
+    |   +-- MissingResultError     a dependency was marked done without a result;
+    |                              ``.task``, ``.missing``
     +-- StoreError                 a store cannot be used: not a store, damaged, unreadable
     |   +-- StoreLockedError       another run holds the store; ``.holder`` says which
     |   +-- StoreMismatchError     the store was written by a graph with other task names;
@@ -50,6 +52,7 @@ __all__ = [
     "GraphError",
     "InvalidTaskError",
     "MissingDependencyError",
+    "MissingResultError",
     "PicklingError",
     "RemoteError",
     "SignatureError",
@@ -202,6 +205,37 @@ class UnstorableResultError(TaskError):
     The task is recorded as failed (its result was not kept, so nothing may build on
     it) and the run goes on.
     """
+
+
+class MissingResultError(TaskError):
+    """A task's dependency was marked done without a result, so there is nothing to pass.
+
+    Recorded as the task's error (it is not retried; its descendants are skipped).
+    ``task`` is the task that needed the results, ``missing`` the dependencies marked
+    done without one (by ``mark_done`` or ``create_graph(done=...)`` without
+    ``results``, or by ``mark_done_except``).
+    """
+
+    def __init__(self, task: str, missing: Sequence[str]) -> None:
+        self.task = task
+        self.missing = tuple(missing)
+        names = ", ".join(repr(m) for m in self.missing)
+        plural = len(self.missing) > 1
+        first = self.missing[0] if self.missing else "name"
+        given = ", ".join(f"{m!r}: value" for m in self.missing)
+        nones = ", ".join(f"{m!r}: None" for m in self.missing)
+        super().__init__(
+            f"task {task!r} needs the result{'s' if plural else ''} of {names}, which "
+            f"{'were' if plural else 'was'} marked done without a result (mark_done or "
+            "create_graph(done=...) without results, or mark_done_except), so there is "
+            f"nothing to pass; give the result: mark_done(g, {list(self.missing)!r}, "
+            f"results={{{given}}}) (create_graph(..., results={{{given}}})), pass "
+            f"results={{{nones}}} if None is what {task!r} should get, or reset(g, "
+            f"[{first!r}]) to run it"
+        )
+
+    def __reduce__(self) -> tuple[type[MissingResultError], tuple[str, tuple[str, ...]]]:
+        return (type(self), (self.task, self.missing))
 
 
 class StoreError(Exception):

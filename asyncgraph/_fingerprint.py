@@ -31,7 +31,10 @@ A function digest is taken from the code object, not the source text, and it cov
 * every global the code (or any code nested in it) names: a user function or class by
   its own digest, recursively; a module by the attributes the code names on it (user
   modules) or by name and ``__version__`` (libraries); builtins by name; other values by
-  their contents (see ``_Digester._value``).
+  their contents (see ``_Digester._value``), except those that cannot be read: a proxy
+  whose lookups raise, an object whose reduction raises, a ``unittest.mock`` object
+  (its state is its calls) count by their type's name, and a lazy module whose loading
+  fails by its name (see ``_Digester._reduced``).
 
 "User code" is any file outside the standard library and the site-packages directories
 (``sysconfig`` and ``site``), plus ``__main__`` and code without a real file (notebooks,
@@ -63,6 +66,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._exceptions import InvalidTaskError
     from ._graph import Graph
 
 __all__ = ["digests", "fingerprints", "function_digest"]
@@ -133,7 +137,10 @@ def digests(graph: Graph) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for name in graph.topological_order():
         task = tasks[name]
-        code = digest(task.fn)
+        try:
+            code = digest(task.fn)
+        except Exception as exc:  # named for the user, with its task
+            raise _unfingerprintable(name, exc) from exc
         own = hexes.get(code)
         if own is None:
             own = hexes[code] = code.hex()[:_HEX]
@@ -146,6 +153,22 @@ def digests(graph: Graph) -> dict[str, tuple[str, str]]:
         raw[name] = f = full.digest()
         out[name] = (own, f.hex()[:_HEX])
     return out
+
+
+def _unfingerprintable(task: str, exc: Exception) -> InvalidTaskError:
+    from ._exceptions import InvalidTaskError
+
+    if isinstance(exc, _Unreadable):
+        what = f"reading the global {exc.name!r} of {exc.where} raised {_error_text(exc.error)}"
+    else:
+        what = _error_text(exc)
+    return InvalidTaskError(
+        task,
+        f"its fingerprint (for the store) cannot be taken: {what}. asyncgraph reads an "
+        "object it cannot inspect by its type only, so this is a bug: please report it. "
+        "Meanwhile, import the object inside the task function instead of using a "
+        "module-level global (an import inside is fingerprinted by the module's name)",
+    )
 
 
 def function_digest(fn: Callable[..., Any], memo: Memo | None = None) -> str:
@@ -191,12 +214,73 @@ def _atom(obj: Any) -> bytes:
     raise TypeError(t)
 
 
+_TYPE_MODULE = type.__dict__["__module__"]
+_TYPE_QUALNAME = type.__dict__["__qualname__"]
+
+
+def _type_module(t: type) -> str | None:
+    """A class's ``__module__``, read with ``type``'s own descriptor (no metaclass tricks)."""
+    try:
+        module = _TYPE_MODULE.__get__(t)
+    except Exception:  # noqa: BLE001 - a class that cannot say where it is from
+        return None
+    return module if type(module) is str else None
+
+
+def _type_name(t: type) -> str:
+    """``module.qualname`` of a class, safely: what identifies an object we cannot read."""
+    module = _type_module(t)
+    try:
+        qualname = _TYPE_QUALNAME.__get__(t)
+    except Exception:  # noqa: BLE001
+        qualname = "?"
+    if type(qualname) is not str:
+        qualname = "?"
+    return f"{module}.{qualname}" if module else qualname
+
+
 def _name_of(obj: Any) -> str:
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
-    if module is None and (owner := getattr(obj, "__objclass__", None)) is not None:
-        module = getattr(owner, "__module__", None)
-    return f"{module}.{qualname}" if module else str(qualname)
+    if issubclass(type(obj), type):
+        return _type_name(obj)
+    try:
+        module = getattr(obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
+        if module is None and (owner := getattr(obj, "__objclass__", None)) is not None:
+            module = getattr(owner, "__module__", None)
+        return f"{module}.{qualname}" if module else str(qualname)
+    except Exception:  # noqa: BLE001 - an object that cannot be asked: its type's name
+        return "?" + _type_name(type(obj))
+
+
+def _module_name(module: types.ModuleType) -> str:
+    """A module's name, even for a lazy module whose loading fails on first access."""
+    try:
+        name = module.__name__
+    except Exception:  # noqa: BLE001 - e.g. importlib.util.LazyLoader: the load raised
+        name = None
+    if type(name) is not str:
+        try:
+            name = object.__getattribute__(module, "__dict__").get("__name__")
+        except Exception:  # noqa: BLE001
+            name = None
+    return name if type(name) is str else "?"
+
+
+def _error_text(exc: BaseException) -> str:
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        return type(exc).__name__
+
+
+class _Unreadable(Exception):  # noqa: N818 - internal, never escapes digests()
+    """Reading a global failed in a way the digester did not foresee (a bug of ours)."""
+
+    def __init__(self, name: str, where: str, error: BaseException) -> None:
+        super().__init__(name, where)
+        self.name = name
+        self.where = where
+        self.error = error
 
 
 def _first_line(obj: Any) -> str:
@@ -241,12 +325,16 @@ def _is_user_file(filename: str | None) -> bool:
 def _is_user_module(module: types.ModuleType | None) -> bool:
     if module is None:
         return True  # not registered (e.g. built by hand): digest it rather than trust it
-    if module.__name__ == "__main__":
+    name = _module_name(module)
+    if name == "__main__":
         return True
-    if module.__name__.partition(".")[0] in sys.stdlib_module_names:
+    if name.partition(".")[0] in sys.stdlib_module_names:
         return False
-    file = getattr(module, "__file__", None)
-    return file is not None and _is_user_file(file)
+    try:
+        file = getattr(module, "__file__", None)
+    except Exception:  # noqa: BLE001 - a module that cannot be read: known by name
+        return False
+    return type(file) is str and _is_user_file(file)
 
 
 def _is_user_function(fn: types.FunctionType) -> bool:
@@ -254,14 +342,18 @@ def _is_user_function(fn: types.FunctionType) -> bool:
 
 
 def _is_user_class(cls: type) -> bool:
-    return _is_user_module(sys.modules.get(cls.__module__))
+    module = _type_module(cls)
+    return _is_user_module(sys.modules.get(module) if module else None)
 
 
 def _version(name: str | None) -> bytes:
     """``__version__`` of the object's top-level package, if it has a cheap one."""
     top = sys.modules.get((name or "").partition(".")[0])
-    v = getattr(top, "__version__", None)
-    return _str(v) if isinstance(v, str) else b""
+    try:
+        v = getattr(top, "__version__", None)
+    except Exception:  # noqa: BLE001 - a lazy package whose loading fails
+        return b""
+    return _str(v) if type(v) is str else b""
 
 
 # -- code objects -------------------------------------------------------------------------
@@ -544,10 +636,15 @@ class _Digester:
             if name in g:
                 value = g[name]
                 out.append(b"g" + _str(name))
-                if isinstance(value, types.ModuleType):
-                    self._module(value, names, out, set())
-                else:
-                    self._value(value, out, 0)
+                try:
+                    if issubclass(type(value), types.ModuleType):
+                        self._module(value, names, out, set())
+                    else:
+                        self._value(value, out, 0)
+                except _Unreadable:
+                    raise
+                except Exception as exc:  # not foreseen: name the global
+                    raise _Unreadable(name, _name_of(fn), exc) from exc
             elif name in builtins:
                 out.append(b"B" + _str(name))
             # Any other name is an attribute name: it counts through the code alone.
@@ -581,18 +678,28 @@ class _Digester:
         out: list[bytes | _Node],
         seen: set[int],
     ) -> None:
-        """A module global: user modules by the attributes the code names on them."""
-        out.append(b"M" + _str(module.__name__))
+        """A module global: user modules by the attributes the code names on them.
+
+        A module that cannot be read (a lazy module whose loading fails) counts by name.
+        """
+        name = _module_name(module)
+        out.append(b"M" + _str(name))
         if not _is_user_module(module) or id(module) in seen:
-            out.append(_version(module.__name__))
+            out.append(_version(name))
             return
         seen.add(id(module))
-        attrs = vars(module)
+        try:
+            attrs = object.__getattribute__(module, "__dict__")
+        except Exception:  # noqa: BLE001
+            attrs = None
+        if type(attrs) is not dict:
+            out.append(b"?unreadable")
+            return
         for name in names:
             if name in attrs and not name.startswith("__"):
                 value = attrs[name]
                 out.append(b"a" + _str(name))
-                if isinstance(value, types.ModuleType):
+                if issubclass(type(value), types.ModuleType):
                     self._module(value, names, out, seen)
                 else:
                     self._value(value, out, 0)
@@ -634,14 +741,15 @@ class _Digester:
                 if wrapped is not None:
                     self._value(wrapped, out, depth + 1)
             return
-        if isinstance(obj, type):
+        if issubclass(t, type):  # a class (not isinstance: that reads obj.__class__)
             if _is_user_class(obj):
                 self._ref(obj, out)
             else:
-                out.append(b"L" + _str(_name_of(obj)) + _version(obj.__module__))
+                out.append(b"L" + _str(_type_name(obj)) + _version(_type_module(obj)))
             return
         if t is types.ModuleType:
-            out.append(b"M" + _str(obj.__name__) + _version(obj.__name__))
+            name = _module_name(obj)
+            out.append(b"M" + _str(name) + _version(name))
             return
         if id(obj) in self._active:
             out.append(b"?cycle")
@@ -691,10 +799,10 @@ class _Digester:
             for f in (obj.fget, obj.fset, obj.fdel):
                 self._value(f, out, depth)
             return
-        if isinstance(obj, _DESCRIPTORS):
+        if issubclass(t, _DESCRIPTORS):
             out.append(b"L" + _str(_name_of(obj)))
             owner = getattr(obj, "__self__", None)
-            if owner is not None and not isinstance(owner, types.ModuleType):
+            if owner is not None and not issubclass(type(owner), types.ModuleType):
                 self._value(owner, out, depth)  # a bound builtin method: SEEN.add
             return
         self._reduced(obj, t, out, depth)
@@ -713,31 +821,72 @@ class _Digester:
         return sorted(encoded)
 
     def _reduced(self, obj: Any, t: type, out: list[bytes | _Node], depth: int) -> None:
-        if isinstance(obj, _opaque_types()):
+        """An object of any other type, by its pickle reduction.
+
+        The object itself is asked nothing that could raise, lie or change it: the test
+        is on its type (``isinstance`` would read ``obj.__class__``, which a proxy
+        forwards), ``__wrapped__`` is looked up in its instance dict only, and the
+        reduction is called through its type. Whatever fails or returns something that is
+        not a reduction counts the object by its type's name (``?opaque``): a proxy like
+        ``flask.current_app`` outside its context, an object whose ``__reduce__`` raises.
+        """
+        if issubclass(t, _opaque_types()) or _is_mock_type(t):
             # Run-time machinery, not data: an event loop (its ready queue and timers
             # change by the moment), a thread, a lock, a socket, an open file. Its state
             # says nothing about a task's result, and digesting it made a done task
-            # rerun (and took seconds for a client holding a loop).
-            out.append(b"?opaque" + _str(_name_of(t)))
+            # rerun (and took seconds for a client holding a loop). A unittest.mock
+            # object too: its state is the calls made on it, which change as it is used.
+            out.append(b"?opaque" + _str(_type_name(t)))
             return
-        wrapped = getattr(obj, "__wrapped__", None)  # functools.cache and friends
-        if wrapped is not None and callable(obj) and not isinstance(obj, type):
-            out.append(b"w" + _str(_name_of(t)))
+        wrapped = _instance_attr(obj, "__wrapped__")  # functools.cache and friends
+        if wrapped is not None and callable(obj):
+            out.append(b"w" + _str(_type_name(t)))
             self._value(wrapped, out, depth)
             return
-        try:
-            reduced = obj.__reduce_ex__(4)
-        except Exception:  # noqa: BLE001 - any failure means "cannot look inside"
-            reduced = None
-        if isinstance(reduced, str):  # a global singleton, pickled by name
-            out.append(b"R" + _str(_name_of(t)) + _str(reduced))
+        items = _reduction(obj, t)
+        if type(items) is str:  # a global singleton, pickled by name
+            out.append(b"R" + _str(_type_name(t)) + _str(items))
             return
-        if not isinstance(reduced, tuple) or len(reduced) < 2:
-            out.append(b"?opaque" + _str(_name_of(t)))
+        if items is None:
+            out.append(b"?opaque" + _str(_type_name(t)))
             return
-        out.append(b"R%d" % len(reduced))
+        out.append(b"R%d" % len(items))
         self._value(t, out, depth)
-        for i, item in enumerate(reduced):
-            if i >= 3 and item is not None:  # listitems / dictitems iterators
-                item = list(item)
+        for item in items:
             self._value(item, out, depth)
+
+
+def _is_mock_type(t: type) -> bool:
+    mock = sys.modules.get("unittest.mock")  # not imported: nothing can be a Mock
+    return mock is not None and issubclass(t, mock.NonCallableMock)
+
+
+def _instance_attr(obj: Any, name: str) -> Any:
+    """``obj.__dict__[name]`` or None, without calling any of the object's own code."""
+    try:
+        d = object.__getattribute__(obj, "__dict__")
+    except Exception:  # noqa: BLE001 - no instance dict, or a __dict__ that raises
+        return None
+    return d.get(name) if type(d) is dict else None
+
+
+def _reduction(obj: Any, t: type) -> str | list[Any] | None:
+    """``obj``'s ``__reduce_ex__(4)`` with its iterators listed; None if it cannot be had.
+
+    All of the object's code that this calls runs here, under one ``try``, before
+    anything is digested: nothing of it is left half-written if it raises.
+    """
+    try:
+        reduce_ex: Any = t.__reduce_ex__  # through the type: unbound, given obj
+        reduced = reduce_ex(obj, 4)
+        if type(reduced) is str:
+            return reduced
+        if type(reduced) is not tuple or not 2 <= len(reduced) <= 6:
+            return None
+        items = list(reduced)
+        for i in range(3, len(items)):  # listitems / dictitems iterators
+            if items[i] is not None:
+                items[i] = list(items[i])
+        return items
+    except Exception:  # noqa: BLE001 - any failure means "cannot look inside"
+        return None

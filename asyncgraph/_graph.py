@@ -23,7 +23,7 @@ from ._exceptions import (
     TaskFailures,
     UnknownTaskError,
 )
-from ._state import PENDING_RECORD, State, StoredResult, TaskRecord
+from ._state import NO_RESULT, PENDING_RECORD, State, StoredResult, TaskRecord
 from ._task import Kind, Task, make_task
 
 if TYPE_CHECKING:
@@ -607,8 +607,10 @@ def create_graph(
     ``dependencies[name]`` lists the tasks whose results are passed positionally, in that
     order; a ``None`` result is not passed. Tasks in ``io_bound`` are IO tasks (coroutines
     on the loop, plain functions in threads); the others run in the process pool.
-    ``done`` tasks do not run; ``results`` gives their results to their dependents.
-    Everything is checked here, before anything runs.
+    ``done`` tasks do not run; ``results`` gives their results to their dependents. A
+    done task left out of ``results`` has no result (``NO_RESULT``): a task that depends
+    on it fails with :class:`MissingResultError`; give ``results={name: None}`` to pass
+    nothing on purpose (taskmap's rule). Everything is checked here, before anything runs.
     """
     if not isinstance(funcs, Mapping):
         raise TypeError(f"funcs must be a dict of name -> function, not {type(funcs).__name__}")
@@ -642,7 +644,7 @@ def create_graph(
             skip_none=True,
         )
         record = (
-            TaskRecord(status=State.DONE, result=given.get(name))
+            TaskRecord(status=State.DONE, result=given.get(name, NO_RESULT))
             if name in done_set
             else PENDING_RECORD
         )

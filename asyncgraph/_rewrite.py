@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._graph import Graph, _results_dict
-from ._state import FINISHED_BADLY, PENDING_RECORD, State, TaskRecord
+from ._state import FINISHED_BADLY, NO_RESULT, PENDING_RECORD, State, TaskRecord
 
 __all__ = ["mark_done", "mark_done_except", "reset", "reset_failed", "subgraph"]
 
@@ -34,9 +34,13 @@ def mark_done(
 ) -> Graph:
     """Mark ``names`` done, with ``results[name]`` as their result.
 
-    A task without a given result keeps the result it has (``None`` if it never ran).
-    Descendants that were skipped because of these tasks go back to pending, so the next
-    run runs them; a run skips them again if another of their ancestors is still failed.
+    A task without a given result keeps the one it has if it is done already (it ran, or
+    was loaded done from a store); any other gets no result at all (``NO_RESULT``), and
+    a task that depends on it then fails with :class:`~asyncgraph.MissingResultError`
+    naming both, instead of being handed ``None``. To pass ``None`` on purpose, give it:
+    ``results={name: None}``. Descendants that were skipped because of these tasks go
+    back to pending, so the next run runs them; a run skips them again if another of
+    their ancestors is still failed.
     """
     marked = _check_graph(graph, "mark_done")._check_names(names, "mark_done")
     given = _results_dict(results, "mark_done")
@@ -49,7 +53,12 @@ def mark_done(
         )
     records = dict(graph.records)
     for n in marked:
-        result = given[n] if n in given else records[n].result
+        if n in given:
+            result = given[n]
+        elif records[n].status is State.DONE:
+            result = records[n].result
+        else:
+            result = NO_RESULT
         records[n] = TaskRecord(status=State.DONE, result=result)
     for n in graph.descendants(marked):
         if records[n].status in (State.SKIPPED, State.CANCELLED):
@@ -60,8 +69,11 @@ def mark_done(
 def mark_done_except(graph: Graph, names: Iterable[str] | str) -> Graph:
     """Mark every task done except ``names``, which go back to pending.
 
-    Tasks that are already done keep their results. This runs exactly ``names`` next
-    time, as taskmap's ``mark_as_done_except`` does.
+    Tasks that are already done keep their results; the others are done without a
+    result (``NO_RESULT``), so a task of ``names`` below one of them fails with
+    :class:`~asyncgraph.MissingResultError` (use :func:`mark_done` with ``results`` to
+    give them one). This runs exactly ``names`` next time, as taskmap's
+    ``mark_as_done_except`` does.
     """
     keep = set(_check_graph(graph, "mark_done_except")._check_names(names, "mark_done_except"))
     records = {}
@@ -71,7 +83,7 @@ def mark_done_except(graph: Graph, names: Iterable[str] | str) -> Graph:
         elif r.status is State.DONE:
             records[n] = r
         else:
-            records[n] = TaskRecord(status=State.DONE, result=r.result)
+            records[n] = TaskRecord(status=State.DONE, result=NO_RESULT)
     return graph._derive(records)
 
 

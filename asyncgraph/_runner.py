@@ -36,6 +36,7 @@ import cloudpickle
 
 from ._events import Emit, Event, EventKind
 from ._exceptions import (
+    MissingResultError,
     PicklingError,
     StoreError,
     TaskCancelled,
@@ -326,11 +327,18 @@ class _Run:
                 self.started[name] = now
             if self.emit is not None:
                 self.emit(_new(Event, (_STARTED, name, tries[name], now, None)))
+            child: asyncio.Future[Any]
             if task.deps:
-                args, kwargs = task.bind(records)
+                try:
+                    args, kwargs = task.bind(records)
+                except MissingResultError as exc:  # a dependency marked done without one
+                    child = loop.create_future()
+                    child.set_exception(exc)
+                    self.children[child] = name
+                    child.add_done_callback(self._child_done)
+                    continue
             else:
                 args, kwargs = [], {}
-            child: asyncio.Future[Any]
             if task.is_async and task.kind is Kind.IO and task.timeout is None:
                 # The hot path: a coroutine is its own child, with no wrapper frame.
                 try:
@@ -381,7 +389,8 @@ class _Run:
             self.tries[name] <= task.retries
             and self.failure is None
             and not self.stopping
-            and not isinstance(msg.value, UnstorableResultError)  # would fail again
+            # these two would fail again
+            and not isinstance(msg.value, (UnstorableResultError, MissingResultError))
         ):
             self.last_error[name] = (msg.value, msg.traceback)
             self.core.retry(name)

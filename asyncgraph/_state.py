@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["State", "StoredResult", "TaskRecord", "TERMINAL", "FINISHED_BADLY"]
+__all__ = ["NO_RESULT", "State", "StoredResult", "TaskRecord", "TERMINAL", "FINISHED_BADLY"]
 
 
 class State(enum.Enum):
@@ -60,6 +60,29 @@ class TaskRecord:
 
 
 PENDING_RECORD = TaskRecord()
+
+
+class _NoResult:
+    """The type of :data:`NO_RESULT`; there is one instance."""
+
+    __slots__ = ()
+
+    def __new__(cls) -> _NoResult:
+        return NO_RESULT
+
+    def __repr__(self) -> str:
+        return "<no result: marked done without one>"
+
+    def __reduce__(self) -> str:
+        # Pickled by reference (a store keeps the mark): unpickling gives NO_RESULT again.
+        return "NO_RESULT"
+
+
+#: The result of a task marked done without one (``mark_done`` without ``results``,
+#: ``mark_done_except``, ``create_graph(done=...)`` without ``results``). A task that
+#: depends on it fails with :class:`~asyncgraph.MissingResultError` instead of being
+#: handed ``None``; ``None`` given on purpose (``results={name: None}``) is passed.
+NO_RESULT: _NoResult = object.__new__(_NoResult)
 
 
 class StoredResult:

@@ -16,13 +16,17 @@ added, so a mismatch is reported before anything runs.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
+import keyword
 import math
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import InvalidTaskError, SignatureError
+from ._exceptions import InvalidTaskError, MissingResultError, SignatureError
+from ._state import NO_RESULT
 
 if TYPE_CHECKING:
     from ._state import TaskRecord
@@ -64,22 +68,84 @@ class Task:
     deps: tuple[str, ...] = ()
 
     def bind(self, records: Mapping[str, TaskRecord]) -> tuple[list[Any], dict[str, Any]]:
-        """The call arguments, from the records of the (done) dependencies."""
+        """The call arguments, from the records of the (done) dependencies.
+
+        Raises :class:`MissingResultError` if a dependency was marked done without a
+        result (``NO_RESULT``): its dependents must be told, not handed ``None``.
+        """
         if self.skip_none:
             args = [r for r in (records[d].result for d in self.args) if r is not None]
             kwargs = {p: r for p, t in self.kwargs if (r := records[t].result) is not None}
         else:
             args = [records[d].result for d in self.args]
             kwargs = {p: records[t].result for p, t in self.kwargs} if self.kwargs else {}
+        # Identity, in a plain loop: ``NO_RESULT in args`` would call each result's
+        # __eq__ (an array's raises), and this runs for every task, on every run.
+        for r in args:
+            if r is NO_RESULT:
+                raise self._missing(records)
+        if kwargs:
+            for r in kwargs.values():
+                if r is NO_RESULT:
+                    raise self._missing(records)
         return args, kwargs
+
+    def _missing(self, records: Mapping[str, TaskRecord]) -> MissingResultError:
+        missing = tuple(d for d in self.deps if records[d].result is NO_RESULT)
+        return MissingResultError(self.name, missing)
+
+
+def _unwrap_partial(fn: Any) -> Any:
+    # By type, never by attribute or isinstance (which reads ``__class__``): a Mock
+    # answers ``fn.func`` with another Mock, forever, and a proxy raises on any lookup.
+    while issubclass(type(fn), functools.partial):
+        fn = fn.func
+    return fn
+
+
+def _call_of(fn: Any) -> Any:
+    """What calling ``fn`` runs: a function or method itself, else its class's ``__call__``.
+
+    Looked up on the type, statically, so an object whose attributes raise or answer
+    every name (a proxy, a Mock) is asked nothing.
+    """
+    fn = _unwrap_partial(fn)
+    t = type(fn)
+    if t is types.FunctionType or t is types.MethodType or issubclass(t, type):
+        return fn
+    call = inspect.getattr_static(t, "__call__", None)
+    if isinstance(call, (staticmethod, classmethod)):
+        call = call.__func__
+    return fn if call is None else _unwrap_partial(call)
 
 
 def is_async_callable(fn: Any) -> bool:
-    while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an instance with async __call__
-    )
+    call = _call_of(fn)
+    if inspect.iscoroutinefunction(call):
+        return True
+    if call is fn:
+        return False
+    try:  # an object that says so itself (unittest.mock.AsyncMock)
+        return inspect.iscoroutinefunction(fn)
+    except Exception:  # noqa: BLE001 - an object that cannot be asked is not async
+        return False
+
+
+def _check_not_a_generator(name: str, fn: Any) -> None:
+    """Refuse generator functions: calling one runs none of its body."""
+    call = _call_of(fn)
+    for what, test, instead in (
+        ("an async generator function", inspect.isasyncgenfunction, "[x async for x in ...]"),
+        ("a generator function", inspect.isgeneratorfunction, "list(...)"),
+    ):
+        if test(call):
+            raise InvalidTaskError(
+                name,
+                f"its function is {what}: calling it only creates a generator and runs "
+                "none of its body, so the task would end done with an unstarted generator "
+                f"as its result; return a list instead (collect the items: return "
+                f"{instead}), since asyncgraph has no streaming tasks yet",
+            )
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
@@ -144,6 +210,23 @@ def _as_names(name: str, what: str, value: Any, kind: str = "task names") -> tup
     return out
 
 
+def _param_name(name: str, key: Any) -> str:
+    """A ``deps={"param": "task"}`` key: a parameter name, so an identifier, not a keyword."""
+    if not isinstance(key, str):
+        why = f"keys must be parameter names (str), not {type(key).__name__} {key!r}"
+    elif not key.isidentifier():
+        why = f"{key!r} is not a Python identifier, so it cannot be a parameter name"
+    elif keyword.iskeyword(key):
+        why = f"{key!r} is a Python keyword, so it cannot be a parameter name"
+    else:
+        return key
+    raise InvalidTaskError(
+        name,
+        f"deps key {key!r}: {why}; deps={{'param': 'task'}} maps the function's parameter "
+        "names to task names (pass deps=[...] to give results positionally)",
+    )
+
+
 def make_task(
     name: str,
     fn: Callable[..., Any],
@@ -162,6 +245,7 @@ def make_task(
         raise InvalidTaskError(str(name), "a task name must be a non-empty string")
     if not callable(fn):
         raise InvalidTaskError(name, f"the function must be callable, not {type(fn).__name__}")
+    _check_not_a_generator(name, fn)
     is_async = is_async_callable(fn)
     if kind is None:
         the_kind = Kind.IO
@@ -198,7 +282,7 @@ def make_task(
         if sig is not None:
             kwargs = _params_as_deps(name, sig)
     elif isinstance(deps, Mapping):
-        kwargs = tuple((str(p), t) for p, t in deps.items())
+        kwargs = tuple((_param_name(name, p), t) for p, t in deps.items())
         _as_names(name, "deps", [t for _, t in kwargs])
     else:
         args = _as_names(name, "deps", deps)

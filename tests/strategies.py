@@ -20,6 +20,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 import asyncgraph as ag
+from asyncgraph._state import NO_RESULT
 
 MAX_TASKS = 25
 RESOURCE_NAMES = ("db", "net", "disk")
@@ -218,7 +219,8 @@ def reference_run(
 
     ``initial`` gives tasks' states before the run (default: all pending). Pending and
     running tasks run; a task whose dependency did not end done is skipped; a broken task
-    fails; done tasks keep their result; failed, skipped and cancelled ones stay so.
+    fails; done tasks keep their result; failed, skipped and cancelled ones stay so. A
+    task below one done without a result (``NO_RESULT``) fails without being called.
     """
     broken = set(broken)
     initial = initial or {}
@@ -234,7 +236,7 @@ def reference_run(
         deps = dag.dep_names(name)
         if any(status[d] is not ag.State.DONE for d in deps):
             status[name] = ag.State.SKIPPED
-        elif name in broken:
+        elif any(results[d] is NO_RESULT for d in deps) or name in broken:
             status[name] = ag.State.FAILED
         else:
             status[name] = ag.State.DONE

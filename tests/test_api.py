@@ -11,11 +11,11 @@ import asyncgraph as ag
 def test_all_is_pinned():
     assert ag.__all__ == [
         "CycleError", "DuplicateTaskError", "Event", "EventKind", "Graph", "GraphError",
-        "InvalidTaskError", "Kind", "MissingDependencyError", "OpenRun", "PicklingError",
-        "RemoteError", "SQLiteStore", "SignatureError", "State", "Store", "StoreError",
-        "StoreLockedError", "StoreMismatchError", "StoredResult", "Summary", "Task",
-        "TaskCancelled", "TaskError", "TaskFailures", "TaskRecord", "Terminated",
-        "UnknownTaskError",
+        "InvalidTaskError", "Kind", "MissingDependencyError", "MissingResultError",
+        "NO_RESULT", "OpenRun", "PicklingError", "RemoteError", "SQLiteStore",
+        "SignatureError", "State", "Store", "StoreError", "StoreLockedError",
+        "StoreMismatchError", "StoredResult", "Summary", "Task", "TaskCancelled",
+        "TaskError", "TaskFailures", "TaskRecord", "Terminated", "UnknownTaskError",
         "UnstorableResultError", "WorkerDiedError", "create_graph", "history", "load",
         "mark_done", "mark_done_except", "open_run", "plan", "reset", "reset_failed", "run",
         "run_sync", "subgraph",
@@ -38,6 +38,7 @@ def test_error_tree():
     for cls in (ag.RemoteError, ag.WorkerDiedError, ag.TaskCancelled):
         assert issubclass(cls, ag.TaskError)
     assert issubclass(ag.UnstorableResultError, ag.TaskError)
+    assert issubclass(ag.MissingResultError, ag.TaskError)
     for cls in (ag.StoreLockedError, ag.StoreMismatchError):
         assert issubclass(cls, ag.StoreError)
     assert issubclass(ag.TaskFailures, ExceptionGroup)

@@ -37,6 +37,7 @@ from strategies import (
 
 import asyncgraph as ag
 from asyncgraph._scheduler import Scheduler
+from asyncgraph._state import NO_RESULT
 from asyncgraph._task import make_task
 
 S = ag.State
@@ -605,8 +606,18 @@ def test_mark_done_and_mark_done_except_then_run(case: RunCase, data: st.DataObj
     exp_status, exp_results = reference_run(dag, broken, initial)
     assert out3.status == exp_status
     assert out3.results == exp_results
+    # A task of names below one marked done without a result fails with
+    # MissingResultError without being called (issue 10, item 27).
+    missing = {
+        n
+        for n in names
+        if exp_status[n] is S.FAILED
+        and any(exp_results.get(d) is NO_RESULT for d in dag.dep_names(n))
+    }
+    for n in missing:
+        assert isinstance(out3.errors[n], ag.MissingResultError), n
     ran = {n for n in dag.names if probe.calls[n] != calls2[n]}
-    assert ran == {n for n in names if exp_status[n] is not S.SKIPPED}
+    assert ran == {n for n in names if exp_status[n] is not S.SKIPPED} - missing
     assert ran <= set(names)
 
 
@@ -702,7 +713,10 @@ def test_mark_done_semantics(gr: tuple[Dag, ag.Graph], data: st.DataObject) -> N
         old, rec = g.records[n], new.records[n]
         if n in names:
             assert rec.status is S.DONE
-            assert rec.result == (results[n] if n in results else old.result)
+            # Without a given result a task keeps its own only if it was done already;
+            # any other is done without one (issue 10, item 27).
+            kept = old.result if old.status is S.DONE else NO_RESULT
+            assert rec.result == (results[n] if n in results else kept)
         elif n in below and old.status in (S.SKIPPED, S.CANCELLED):
             assert rec == ag.TaskRecord()
         else:
@@ -728,7 +742,7 @@ def test_mark_done_except_semantics(gr: tuple[Dag, ag.Graph], data: st.DataObjec
             assert rec == old
         else:
             assert rec.status is S.DONE
-            assert rec.result == old.result
+            assert rec.result is NO_RESULT  # not done before: no result (issue 10, item 27)
 
 
 @FAST
