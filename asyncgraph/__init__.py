@@ -21,6 +21,7 @@ from ._exceptions import TaskCancelled as TaskCancelled
 from ._exceptions import TaskError as TaskError
 from ._exceptions import TaskFailures as TaskFailures
 from ._exceptions import UnknownTaskError as UnknownTaskError
+from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._graph import Graph as Graph
@@ -76,6 +77,7 @@ __all__ = [
     "TaskFailures",
     "TaskRecord",
     "UnknownTaskError",
+    "UnpicklingError",
     "UnstorableResultError",
     "WorkerDiedError",
     "create_graph",
