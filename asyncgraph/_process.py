@@ -222,9 +222,10 @@ class _Worker:
         self.exitcode = code
         self.popen.returncode = code if code is not None else -1  # reaped: Popen must not
         self._drain()
-        for transport in (self.reader, self.writer):
-            if transport is not None:
-                transport.close()
+        if self.reader is not None:
+            self.reader.close()
+        if self.writer is not None:
+            self.writer.abort()  # what it was sent and did not read goes too
         if not self.exited.done():
             self.exited.set_result(code)
         self.replies.wake()
@@ -236,6 +237,7 @@ class _Worker:
             return
         assert self.popen.stdout is not None
         fd = self.popen.stdout.fileno()
+        os.set_blocking(fd, False)  # an escaped fork may hold the pipe open: never wait
         for _ in range(64):  # a pipe holds at most 1 MiB; the dead write no more
             try:
                 data = os.read(fd, 1 << 20)
@@ -471,11 +473,13 @@ def _modules_named(payload: bytes) -> set[str]:
     """The modules a pickle refers to by name (what the unpickler will import).
 
     A global is ``GLOBAL "module name"`` or, from protocol 4, two strings pushed (or
-    fetched from the memo) just before ``STACK_GLOBAL``.
+    fetched from the memo) just before ``STACK_GLOBAL``; a module that a function uses
+    as a global is ``cloudpickle``'s ``subimport`` global, then the module's name.
     """
     memo: dict[int, object] = {}
     last: list[object] = [None, None]  # the two values pushed most recently
     found: set[str] = set()
+    subimport = False  # the next string pushed names a module
     for op, arg, _ in pickletools.genops(payload):
         name = op.name
         if name in _SILENT:
@@ -494,8 +498,12 @@ def _modules_named(payload: bytes) -> set[str]:
         elif name == "STACK_GLOBAL":
             if isinstance(last[0], str):
                 found.add(last[0])
+                subimport = last[1] == "subimport" and last[0].startswith("cloudpickle")
         elif name in ("GLOBAL", "INST") and isinstance(arg, str):
             found.add(arg.split(" ", 1)[0])
+        if subimport and isinstance(value, str):
+            found.add(value)
+            subimport = False
         last = [last[1], value]
     return found
 

@@ -458,6 +458,7 @@ async def test_a_function_from_a_module_workers_cannot_import_is_refused_before_
 ):
     r"""
       first (io)    from_file (cpu: its module was loaded from a path not on sys.path)
+                    uses_module (cpu: a closure that uses that module)
                     holds_lock (cpu: cannot be pickled)    fine (cpu)
     Nothing runs; the error names every task that cannot be shipped and says what to do.
     """
@@ -469,15 +470,19 @@ async def test_a_function_from_a_module_workers_cannot_import_is_refused_before_
     g = ag.Graph()
     g.add("first", lambda: ran.append(1))
     g.add("from_file", module.work, kind="cpu")
+    g.add("uses_module", lambda: module.work() + 1, kind="cpu")
     g.add("holds_lock", lambda: lock.locked(), kind="cpu")
     g.add("fine", lambda: 2, kind="cpu")
     with pytest.raises(ag.PicklingError) as info:
         await ag.run(g, cpu_workers=1)
     err = info.value
-    assert err.tasks == ("from_file", "holds_lock")
+    assert err.tasks == ("from_file", "uses_module", "holds_lock")
     assert err.task == "from_file"
     text = str(err)
-    assert "task 'from_file'" in text and "task 'holds_lock'" in text
+    assert "3 tasks run in worker processes" in text
+    for name in err.tasks:
+        assert f"task {name!r}" in text
+        assert name in err.problems
     assert "'loaded_by_path'" in text and "sys.path" in text
     assert "register_pickle_by_value" in text
     assert "cannot be pickled" in text
