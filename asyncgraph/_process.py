@@ -221,14 +221,16 @@ class _Worker:
     def _exited(self, code: int | None) -> None:
         self.exitcode = code
         self.popen.returncode = code if code is not None else -1  # reaped: Popen must not
-        self._drain()
-        if self.reader is not None:
-            self.reader.close()
-        if self.writer is not None:
-            self.writer.abort()  # what it was sent and did not read goes too
-        if not self.exited.done():
-            self.exited.set_result(code)
-        self.replies.wake()
+        try:
+            self._drain()
+            if self.reader is not None and not self.reader.is_closing():
+                self.reader.close()
+            if self.writer is not None and not self.writer.is_closing():
+                self.writer.abort()  # what it was sent and did not read goes too
+        finally:  # whatever happens above, whoever waits for the exit hears of it
+            if not self.exited.done():
+                self.exited.set_result(code)
+            self.replies.wake()
 
     def _drain(self) -> None:
         """Read what the dead worker wrote and the loop has not read yet (a ``started``
