@@ -165,6 +165,9 @@ class PicklingError(GraphError):
         self._setup(problems)
         return self
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (PicklingError.for_tasks, (self.problems,))
+
     def _setup(self, problems: Mapping[str, str]) -> None:
         self.problems = dict(problems)
         self.tasks = tuple(self.problems)

@@ -144,6 +144,7 @@ class _Worker:
         self.writer, _ = await self.loop.connect_write_pipe(asyncio.Protocol, self.popen.stdin)
         if self.exited.done():  # it died while we connected: take what it wrote
             self._drain()
+            self._close_pipes()
 
     @property
     def alive(self) -> bool:
@@ -223,14 +224,18 @@ class _Worker:
         self.popen.returncode = code if code is not None else -1  # reaped: Popen must not
         try:
             self._drain()
-            if self.reader is not None and not self.reader.is_closing():
-                self.reader.close()
-            if self.writer is not None and not self.writer.is_closing():
-                self.writer.abort()  # what it was sent and did not read goes too
+            self._close_pipes()
         finally:  # whatever happens above, whoever waits for the exit hears of it
             if not self.exited.done():
                 self.exited.set_result(code)
             self.replies.wake()
+
+    def _close_pipes(self) -> None:
+        # Either may be closed already: asyncio closes a write pipe whose reader went.
+        if self.reader is not None and not self.reader.is_closing():
+            self.reader.close()
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.abort()  # what it was sent and did not read goes too
 
     def _drain(self) -> None:
         """Read what the dead worker wrote and the loop has not read yet (a ``started``
