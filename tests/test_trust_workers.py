@@ -32,6 +32,8 @@ import asyncgraph as ag
 from asyncgraph import _process
 
 GUARD = 60  # seconds: a guard against a hang, not a bound
+# The programs tasks start sleep far longer than any guard: one that is gone when a
+# test looks was killed, it did not end on its own.
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
@@ -201,12 +203,12 @@ async def test_a_cpu_timeout_also_kills_the_program_the_task_started(tmp_path: P
     r"""
       warm (cpu) --> starts_sleep (cpu, timeout=1)
     ``warm`` starts the only worker, so the timeout runs on a warm worker; the task starts
-    ``sleep 30``, notes its pid and blocks. The timeout must kill the sleep too.
+    ``sleep 300``, notes its pid and blocks. The timeout must kill the sleep too.
     """
     marker = tmp_path / "child"
 
     def starts_sleep(_, path=str(marker)):
-        child = subprocess.Popen(["sleep", "30"])
+        child = subprocess.Popen(["sleep", "300"])
         write_atomically(Path(path), str(child.pid))
         time.sleep(3600)
 
@@ -221,30 +223,43 @@ async def test_a_cpu_timeout_also_kills_the_program_the_task_started(tmp_path: P
     assert children_now() == []
 
 
-async def test_cancelling_a_run_kills_the_program_a_cpu_task_started(tmp_path: Path):
+@pytest.mark.parametrize("how", ["cancel", "fail_fast"])
+async def test_stopping_a_run_kills_the_program_a_cpu_task_started(tmp_path: Path, how: str):
+    r"""
+      starts_sleep (cpu: starts `sleep 300`, notes it, blocks)    trips (io, fail_fast)
+    The run is cancelled from outside, or ``trips`` fails once the sleep runs and
+    ``fail_fast`` cancels the rest (the path a deadline takes too): the sleep goes.
+    """
     marker = tmp_path / "child"
 
     def starts_sleep(path=str(marker)):
-        child = subprocess.Popen(["sleep", "30"])
+        child = subprocess.Popen(["sleep", "300"])
         write_atomically(Path(path), f"{os.getpid()} {child.pid}")
         time.sleep(3600)
 
+    async def trips():
+        await wait_for_file(marker)
+        raise ValueError("tripped")
+
     g = ag.Graph()
     g.add("starts_sleep", starts_sleep, kind="cpu")
-    run = asyncio.ensure_future(ag.run(g, cpu_workers=1))
+    if how == "fail_fast":
+        g.add("trips", trips)
+    run = asyncio.ensure_future(ag.run(g, cpu_workers=1, fail_fast=how == "fail_fast"))
     pids = [int(p) for p in (await wait_for_file(marker)).split()]
-    run.cancel()
-    with anyio.fail_after(GUARD), pytest.raises(asyncio.CancelledError):
+    if how == "cancel":
+        run.cancel()
+    with anyio.fail_after(GUARD), pytest.raises((asyncio.CancelledError, ag.TaskFailures)):
         await run
     assert wait_gone(pids) == []
     assert children_now() == []
 
 
 async def test_a_program_left_running_by_a_cpu_task_ends_with_the_run(tmp_path: Path):
-    r"""The task returns and leaves ``sleep 30`` running: it goes when the pool closes."""
+    r"""The task returns and leaves ``sleep 300`` running: it goes when the pool closes."""
 
     def leaves_sleep():
-        return subprocess.Popen(["sleep", "30"]).pid
+        return subprocess.Popen(["sleep", "300"]).pid
 
     g = ag.Graph()
     g.add("leaves_sleep", leaves_sleep, kind="cpu")
@@ -258,7 +273,7 @@ async def test_a_program_left_running_by_a_cpu_task_ends_with_the_run(tmp_path: 
 
 async def test_a_worker_that_forks_and_dies_fails_its_task_at_once(tmp_path: Path):
     r"""
-      forks_and_dies (cpu): fork a child that sleeps 60 s holding the worker's pipes,
+      forks_and_dies (cpu): fork a child that sleeps 300 s holding the worker's pipes,
       then os._exit(3)        fine (cpu) runs afterwards in a fresh worker
     The run must not wait for the fork (the guard is shorter than its sleep), and the
     fork goes with its worker's process group.
@@ -268,7 +283,7 @@ async def test_a_worker_that_forks_and_dies_fails_its_task_at_once(tmp_path: Pat
     def forks_and_dies(path=str(marker)):
         pid = os.fork()
         if pid == 0:
-            time.sleep(60)
+            time.sleep(300)
             os._exit(0)
         write_atomically(Path(path), str(pid))
         os._exit(3)
