@@ -204,18 +204,25 @@ class _Worker:
     def _wait_exit(self) -> None:
         """In the worker's own thread: wait for its exit, kill its group, reap it."""
         pid = self.pid
-        with contextlib.suppress(ChildProcessError, AttributeError):
-            # Exited, not yet reaped: its pid, and so its group's id, is still ours.
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-        code: int | None
-        with self._lock:
-            _kill_group(pid)  # what its task started (a fork, a program) goes with it
-            try:
+        code: int | None = None
+        try:
+            waitid = getattr(os, "waitid", None)
+            if waitid is not None:
+                # Exited, not yet reaped: its pid, and so its group's id, is still ours.
+                waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            with self._lock:
+                if waitid is not None:
+                    _kill_group(pid)  # what its task started (a fork, a program) goes too
                 _, status = os.waitpid(pid, 0)
                 code = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:  # someone else reaped it: how it ended is lost
-                code = None
-            self._reaped = True
+                self._reaped = True
+            if waitid is None:
+                _kill_group(pid)  # best effort: no way to keep the group's id reserved
+        except ChildProcessError:
+            # Someone else reaped it (a child watcher that reaps every child): how it
+            # ended is lost, and its group's id may be reused, so it is left alone.
+            with self._lock:
+                self._reaped = True
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             self.loop.call_soon_threadsafe(self._exited, code)
 
