@@ -545,3 +545,28 @@ async def test_a_function_a_worker_fails_to_load_fails_at_once_without_retries(
     assert "driver_only refuses to load" in text
     assert out.records["cannot_load"].attempts == 1
     assert out.results == {"fine": 2}
+
+
+async def test_run_sync_in_a_helper_thread_keeps_its_workers_for_the_whole_run():
+    r"""
+      first (cpu) -> pause (io, 0.3 s) -> second (cpu)
+    ``run_sync`` inside a running loop runs on a helper thread; the workers it starts
+    there must not get the parent-death signal while the run goes on (the signal follows
+    the thread that started a process): one worker serves both tasks.
+    """
+
+    async def pause(_):
+        await asyncio.sleep(0.3)
+
+    g = ag.Graph()
+    g.add("first", os.getpid, kind="cpu")
+    g.add("pause", pause, deps=["first"])
+    g.add("second", lambda _: os.getpid(), deps=["pause"], kind="cpu")
+    out = await anyio.to_thread.run_sync(lambda: asyncio.run(_in_a_loop(g)))
+    assert statuses(out) == dict.fromkeys(g.tasks, "done"), out.errors
+    assert out.results["first"] == out.results["second"]
+    assert children_now() == []
+
+
+async def _in_a_loop(g: ag.Graph) -> ag.Graph:
+    return ag.run_sync(g, cpu_workers=1)  # a loop runs here: the helper-thread mode
