@@ -23,6 +23,7 @@ from ._exceptions import TaskError as TaskError
 from ._exceptions import TaskFailures as TaskFailures
 from ._exceptions import Terminated as Terminated
 from ._exceptions import UnknownTaskError as UnknownTaskError
+from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._graph import Graph as Graph
@@ -82,6 +83,7 @@ __all__ = [
     "TaskRecord",
     "Terminated",
     "UnknownTaskError",
+    "UnpicklingError",
     "UnstorableResultError",
     "WorkerDiedError",
     "create_graph",

@@ -12,11 +12,14 @@
     |   +-- InvalidTaskError       a bad task option: unknown ``kind``, negative ``retries``,
     |                              a function that is not callable (also a ``ValueError``)
     |   +-- UnknownTaskError       a rewrite or query names tasks the graph lacks; ``.names``
-    |   +-- PicklingError          a ``kind="cpu"`` task cannot be sent to a worker process
+    |   +-- PicklingError          ``kind="cpu"`` tasks cannot be sent to a worker process;
+    |                              ``.tasks`` lists every one
     +-- TaskError                  base of errors that stand in for a task's own exception
     |   +-- RemoteError            an exception known by its text only (a worker's
     |                              that could not be pickled back, or from a store)
     |   +-- WorkerDiedError        the worker process running the task died
+    |   +-- UnpicklingError        a CPU task's function, arguments or result could not
+    |                              be unpickled on the other side (never retried)
     |   +-- TaskCancelled          recorded on a task that was cancelled (run cancelled,
     |                              ``fail_fast`` or the run's ``deadline``)
     |   +-- UnstorableResultError  a task's result cannot be written to the store
@@ -40,7 +43,7 @@ Bad arguments (a negative limit, a wrong type) raise the built-in ``ValueError``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ __all__ = [
     "TaskError",
     "TaskFailures",
     "UnknownTaskError",
+    "UnpicklingError",
     "UnstorableResultError",
     "WorkerDiedError",
 ]
@@ -143,14 +147,49 @@ class UnknownTaskError(GraphError, KeyError):
 
 
 class PicklingError(GraphError):
-    """A ``kind="cpu"`` task's function cannot be pickled for the process pool."""
+    """``kind="cpu"`` tasks that cannot be sent to a worker process: a function that
+    cannot be pickled, or one that refers by name to a module a worker cannot import.
+
+    Raised before anything runs, naming every such task: ``tasks`` lists them all (in
+    the graph's order), ``task`` is the first, and ``problems`` maps each to what is
+    wrong with it and what to do. ``PicklingError(task, reason)`` is the one-task form
+    for a function that cannot be pickled for ``reason``.
+    """
 
     def __init__(self, task: str, reason: str) -> None:
-        self.task = task
-        super().__init__(
-            f"task {task!r} runs in a worker process (kind='cpu') but its function "
-            f"cannot be pickled: {reason}; use kind='io' or make the function picklable"
+        self._setup(
+            {
+                task: f"its function cannot be pickled: {reason}; use kind='io' or make "
+                "the function picklable"
+            }
         )
+
+    @classmethod
+    def for_tasks(cls, problems: Mapping[str, str]) -> PicklingError:
+        """One error for several tasks; ``problems`` maps each to a clause (what is
+        wrong, what to do) that completes "task 't' runs in a worker process but ..."."""
+        self = cls.__new__(cls)
+        self._setup(problems)
+        return self
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (PicklingError.for_tasks, (self.problems,))
+
+    def _setup(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        self.tasks = tuple(self.problems)
+        self.task = self.tasks[0]
+        if len(self.tasks) == 1:
+            message = (
+                f"task {self.task!r} runs in a worker process (kind='cpu') but "
+                f"{self.problems[self.task]}"
+            )
+        else:
+            message = f"{len(self.tasks)} tasks run in worker processes (kind='cpu') but " + (
+                "cannot be sent to them:"
+                + "".join(f"\n  task {t!r}: {p}" for t, p in self.problems.items())
+            )
+        GraphError.__init__(self, message)
 
 
 class TaskError(Exception):
@@ -193,6 +232,38 @@ class WorkerDiedError(TaskError):
             f"the worker process running task {task!r} {how} before returning a result"
             " (os._exit, a signal or running out of memory); a new worker takes its place"
         )
+
+
+class UnpicklingError(TaskError):
+    """A ``kind="cpu"`` task's function or arguments could not be loaded in its worker
+    process (``what`` is ``"function"`` or ``"arguments"``), or its result could not be
+    loaded back in the driver (``what == "result"``): a module or class the other side
+    cannot import, a ``__setstate__`` that raises there. Never retried: it would fail
+    the same way again. ``task`` names the task.
+    """
+
+    def __init__(self, task: str, what: str, reason: str) -> None:
+        self.task = task
+        self.what = what
+        self.reason = reason
+        if what == "result":
+            text = (
+                f"the result of task {task!r} was computed in its worker process but "
+                f"cannot be unpickled in the driver: {reason}; return a value this "
+                "process can rebuild (plain data, or classes from modules it imports), "
+                "or use kind='io'; not retried"
+            )
+        else:
+            text = (
+                f"the {what} of task {task!r} cannot be unpickled in its worker process: "
+                f"{reason}; make the modules it needs importable from sys.path (or call "
+                "cloudpickle.register_pickle_by_value(module) to send one by value), or "
+                "use kind='io'; not retried"
+            )
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.what, self.reason))
 
 
 class TaskCancelled(TaskError):  # noqa: N818 - reads as the state it records

@@ -11,81 +11,269 @@ Workers start on demand, at most ``size`` of them, and are reused. The runner gu
 no more than ``size`` calls at once, so a call never waits for a worker. Workers are
 started with ``subprocess`` (never ``fork``), so they share nothing with the parent but
 ``sys.path``; functions and values cross with cloudpickle.
+
+Process groups. Each worker starts in a session, and so a process group, of its own; a
+worker is always stopped by killing its whole group, so a program its task started
+(``subprocess.run(["sleep", "30"])``, a fork) goes with it: on a timeout, a cancel, the
+pool's end, the worker's own death, and the driver's death (see asyncgraph/_worker.py).
+A program that starts a session of its own (``start_new_session=True``) leaves the group
+and is not stopped.
+
+Exits. Each worker has a thread of the driver blocked in ``waitid(WNOWAIT)`` on it, which
+hears of its exit at once, kills its group while the dead worker's pid still reserves the
+group's id, reaps it, and tells the loop (``call_soon_threadsafe``). A call races the
+worker's replies against that exit, so a worker whose fork still holds the reply pipe
+is noticed when it dies, not when the fork does. asyncio's own subprocess support could
+not do this: before Python 3.12 its ``wait()`` returns only once every pipe has closed.
+
+Starts. A worker answers each call with a ``started`` frame (and its clock) before it
+loads the task. A worker that dies before that frame arrives never began the task (an
+idle worker the out-of-memory killer took, say): the call moves to a fresh worker, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
+import pickletools
+import signal
 import struct
 import subprocess
 import sys
+import threading
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import cloudpickle
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ._exceptions import RemoteError, WorkerDiedError
+from ._exceptions import RemoteError, UnpicklingError, WorkerDiedError
 
-__all__ = ["ProcessPool"]
+__all__ = ["ProcessPool", "shipping_problem"]
 
 _HEADER = struct.Struct(">Q")
 _WORKER = str(Path(__file__).with_name("_worker.py"))
 _BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__asyncgraph_worker__')"
-_STREAM_ERRORS = (
-    anyio.EndOfStream,
-    anyio.IncompleteRead,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    OSError,
-)
+
+
+class _Replies(asyncio.Protocol):
+    """The reading end of a worker's reply pipe: bytes in, whole frames out."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.frames: deque[bytes] = deque()
+        self.eof = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            (n,) = _HEADER.unpack_from(buffer)
+            if len(buffer) < _HEADER.size + n:
+                break
+            self.frames.append(bytes(buffer[_HEADER.size : _HEADER.size + n]))
+            del buffer[: _HEADER.size + n]
+        if self.frames:
+            self.wake()
+
+    def eof_received(self) -> None:
+        self.eof = True
+        self.wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.wake()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class _Worker:
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        assert process.stdout is not None
-        assert process.stdin is not None
-        self.reader = BufferedByteReceiveStream(process.stdout)
-        self.stdin = process.stdin
+    """One worker process: its pipes, and the thread that waits for its exit."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, watch_fd: int) -> None:
+        out_fd = _dup_stdout()
+        fds = [watch_fd] if out_fd is None else [watch_fd, out_fd]
+        try:
+            # Started from the loop's thread, never from a helper thread: the worker's
+            # parent-death signal fires when the *thread* that started it exits.
+            self.popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _BOOT,
+                    _WORKER,
+                    str(2 if out_fd is None else out_fd),
+                    str(os.getpid()),
+                    str(watch_fd),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
+                bufsize=0,
+                pass_fds=fds,
+                start_new_session=True,  # its own group: killpg(pid) stops what it started
+            )
+        finally:
+            if out_fd is not None:
+                os.close(out_fd)
+        self.pid = self.popen.pid
+        self.loop = loop
+        self.replies = _Replies()
+        self.reader: asyncio.ReadTransport | None = None
+        self.writer: asyncio.WriteTransport | None = None
         self.initialised = False  # has it been sent the parent's sys.path yet?
-        self.signalled = False
+        self.exitcode: int | None = None
+        self.exited: asyncio.Future[int | None] = loop.create_future()
+        self._lock = threading.Lock()  # orders our kills against the reaping
+        self._reaped = False
+        threading.Thread(
+            target=self._wait_exit, name=f"asyncgraph-worker-{self.pid}", daemon=True
+        ).start()
 
-    async def send(self, payload: bytes) -> None:
-        await self.stdin.send(_HEADER.pack(len(payload)) + payload)
+    async def connect(self) -> None:
+        assert self.popen.stdout is not None
+        assert self.popen.stdin is not None
+        self.reader, _ = await self.loop.connect_read_pipe(lambda: self.replies, self.popen.stdout)
+        self.writer, _ = await self.loop.connect_write_pipe(asyncio.Protocol, self.popen.stdin)
+        if self.exited.done():  # it died while we connected: take what it wrote
+            self._drain()
+            self._close_pipes()
 
-    async def receive(self) -> Any:
-        (n,) = _HEADER.unpack(await self.reader.receive_exactly(_HEADER.size))
-        return pickle.loads(await self.reader.receive_exactly(n))
+    @property
+    def alive(self) -> bool:
+        return not self.exited.done() and not self.replies.eof
+
+    def send(self, message: Any) -> None:
+        """Queue one frame; the transport writes it as the pipe drains. A dead worker's
+        pipe drops it, and the race in ``next`` reports the death."""
+        payload = pickle.dumps(message)
+        assert self.writer is not None
+        if not self.writer.is_closing():
+            self.writer.write(_HEADER.pack(len(payload)) + payload)
+
+    async def next(self) -> Any:
+        """The next reply frame, or None if the worker is gone first (exited, or its
+        reply pipe closed and it then exited)."""
+        replies = self.replies
+        while not replies.frames:
+            if self.exited.done():
+                return None
+            if replies.eof:
+                # Its end of the pipe closed: it is dead or about to be. Let it say how
+                # it ended; one that closed the pipe and lives on is killed.
+                with anyio.CancelScope(shield=True):
+                    with anyio.move_on_after(5):
+                        await asyncio.shield(self.exited)
+                    await self.kill()
+                if not replies.frames:
+                    return None
+                break
+            replies.waiter = self.loop.create_future()
+            await replies.waiter
+        return pickle.loads(replies.frames.popleft())
 
     def signal_kill(self) -> None:
-        """Send SIGKILL once. Never twice: a second kill polls, and may reap the process
-        before the event loop's child watcher does (see reap)."""
-        if not self.signalled and self.process.returncode is None:
-            self.signalled = True
-            self.process.kill()
+        """SIGKILL the worker's process group, unless the worker was already reaped."""
+        with self._lock:
+            if not self._reaped:
+                _kill_group(self.pid)
 
     async def kill(self) -> None:
+        """Kill the worker's group and wait for the worker's exit (however we are
+        cancelled meanwhile: the exit is a moment away)."""
+        self.signal_kill()
+        cancelled: asyncio.CancelledError | None = None
         with anyio.CancelScope(shield=True):
-            self.signal_kill()
-            await self.process.wait()
-            await self.process.aclose()
+            while not self.exited.done():
+                try:
+                    await asyncio.wait((self.exited,))
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+        if cancelled is not None:
+            raise cancelled
 
-    async def reap(self) -> None:
-        """Collect a worker whose pipes closed: it is dead or about to be.
+    # -- the exit ---------------------------------------------------------------------
 
-        Not kill() first: killing polls the process, which can reap it before the
-        event loop's child watcher does, and the watcher then reports status 255
-        instead of how the worker really ended.
-        """
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(5):
-                await self.process.wait()
-            await self.kill()
+    def _wait_exit(self) -> None:
+        """In the worker's own thread: wait for its exit, kill its group, reap it."""
+        pid = self.pid
+        code: int | None = None
+        try:
+            waitid = getattr(os, "waitid", None)
+            if waitid is not None:
+                # Exited, not yet reaped: its pid, and so its group's id, is still ours.
+                waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            with self._lock:
+                if waitid is not None:
+                    _kill_group(pid)  # what its task started (a fork, a program) goes too
+                _, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                self._reaped = True
+            if waitid is None:
+                _kill_group(pid)  # best effort: no way to keep the group's id reserved
+        except ChildProcessError:
+            # Someone else reaped it (a child watcher that reaps every child): how it
+            # ended is lost, and its group's id may be reused, so it is left alone.
+            with self._lock:
+                self._reaped = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(self._exited, code)
+
+    def _exited(self, code: int | None) -> None:
+        self.exitcode = code
+        self.popen.returncode = code if code is not None else -1  # reaped: Popen must not
+        try:
+            self._drain()
+            self._close_pipes()
+        finally:  # whatever happens above, whoever waits for the exit hears of it
+            if not self.exited.done():
+                self.exited.set_result(code)
+            self.replies.wake()
+
+    def _close_pipes(self) -> None:
+        # Either may be closed already: asyncio closes a write pipe whose reader went.
+        if self.reader is not None and not self.reader.is_closing():
+            self.reader.close()
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.abort()  # what it was sent and did not read goes too
+
+    def _drain(self) -> None:
+        """Read what the dead worker wrote and the loop has not read yet (a ``started``
+        frame, a whole reply), so a death is judged on everything the worker said."""
+        if self.reader is None or self.reader.is_closing() or self.replies.eof:
+            return
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        os.set_blocking(fd, False)  # an escaped fork may hold the pipe open: never wait
+        for _ in range(64):  # a pipe holds at most 1 MiB; the dead write no more
+            try:
+                data = os.read(fd, 1 << 20)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            if not data:
+                return
+            self.replies.data_received(data)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # the group's processes are gone (a zombie leader, macOS)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class _NotStartedError(Exception):
+    """The worker died before it acknowledged the call: the task never began there."""
 
 
 class ProcessPool:
@@ -95,13 +283,30 @@ class ProcessPool:
         self._busy: set[_Worker] = set()
         self._starting: set[asyncio.Future[_Worker]] = set()
         self._abandoned: list[_Worker] = []
+        self._dead: list[_Worker] = []  # died while idle: reaped by their threads
+        self._watch: tuple[int, int] | None = None  # the watchdog pipe (read, write)
+
+    def _watch_fd(self) -> int:
+        """The read end of the watchdog pipe every worker of this pool inherits; only
+        this process holds the write end (not inheritable), so a worker reads
+        end-of-file exactly when this process is gone (or the pool closed it)."""
+        if self._watch is None:
+            self._watch = os.pipe()
+        return self._watch[0]
+
+    def _close_watchdog(self) -> None:
+        if self._watch is not None:
+            for fd in self._watch:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._watch = None
 
     async def _start(self) -> _Worker:
         """Start a worker; if the caller is cancelled meanwhile, the worker is killed.
 
         The start runs as its own task: an anyio shield stops anyio cancellations but
         not a plain ``Task.cancel()`` (how a run stops its children), which would land
-        inside ``open_process`` with the child already forked and lose its handle.
+        inside the start with the child already forked and lose its handle.
         """
         spawn = asyncio.ensure_future(self._spawn())
         self._starting.add(spawn)
@@ -113,20 +318,9 @@ class ProcessPool:
             raise
 
     async def _spawn(self) -> _Worker:
-        out_fd = _dup_stdout()
-        try:
-            process = await anyio.open_process(
-                [sys.executable, "-c", _BOOT, _WORKER, str(2 if out_fd is None else out_fd)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=None,
-                pass_fds=() if out_fd is None else (out_fd,),
-            )
-        finally:
-            if out_fd is not None:
-                os.close(out_fd)
-        worker = _Worker(process)
+        worker = _Worker(asyncio.get_running_loop(), self._watch_fd())
         self._busy.add(worker)  # no await since the fork: aclose() always sees it
+        await worker.connect()
         return worker
 
     def _abandon(self, spawn: asyncio.Future[_Worker]) -> None:
@@ -138,8 +332,29 @@ class ProcessPool:
         worker.signal_kill()
         self._abandoned.append(worker)
 
-    async def call(self, task: str, fn_bytes: bytes, args: tuple[Any, ...]) -> Any:
-        """Run one task in a worker and return its result, or raise its exception."""
+    async def _acquire(self) -> _Worker:
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.alive:
+                self._busy.add(worker)
+                return worker
+            # It died while idle (the out-of-memory killer, say): its thread reaps it.
+            self._dead.append(worker)
+        if len(self._busy) >= self.size:
+            raise RuntimeError("ProcessPool.call: more calls than workers")  # a runner bug
+        return await self._start()
+
+    async def call(
+        self,
+        task: str,
+        fn_bytes: bytes,
+        args: tuple[Any, ...],
+        on_start: Callable[[float], None] | None = None,
+    ) -> Any:
+        """Run one task in a worker and return its result, or raise its exception.
+
+        ``on_start`` is called with the worker's clock when the worker begins the task.
+        """
         try:
             args_bytes = cloudpickle.dumps(args)
         except Exception as exc:
@@ -147,53 +362,54 @@ class ProcessPool:
                 f"the arguments of task {task!r} cannot be pickled for its worker process"
                 f" (kind='cpu'): {exc}"
             ) from exc
-        if len(self._idle) + len(self._busy) >= self.size and not self._idle:
-            raise RuntimeError("ProcessPool.call: more calls than workers")  # a runner bug
-        if self._idle:
-            worker = self._idle.pop()
-            self._busy.add(worker)
-        else:
-            worker = await self._start()
-        try:
-            if not worker.initialised:
-                await worker.send(pickle.dumps(("init", list(sys.path))))
-                worker.initialised = True
-            await worker.send(pickle.dumps(("call", fn_bytes, args_bytes)))
-            reply = await worker.receive()
-        except _STREAM_ERRORS:
+        for fresh_try in (False, True):
+            worker = await self._acquire()
+            try:
+                reply = await self._converse(worker, fn_bytes, args_bytes, on_start)
+            except _NotStartedError:
+                # The worker was dead before it read the call:
+                #     idle worker <- SIGKILL (OOM killer); next task -> that worker
+                # the task never began; a fresh worker takes it, once (never a loop).
+                self._busy.discard(worker)
+                await worker.kill()
+                if fresh_try:
+                    raise WorkerDiedError(task, worker.exitcode) from None
+                continue
+            except BaseException:
+                # Cancelled or timed out while the worker computes: kill it (its group),
+                # which is the only way to stop the work, then let the cancellation go on.
+                self._busy.discard(worker)
+                await worker.kill()
+                raise
+            break
+        self._busy.discard(worker)
+        if reply is None:
             # The task's worker died:
             #     g.add("t", lambda: os._exit(1), kind="cpu")
-            # its pipes closed under us; report how it ended and start afresh next time.
-            self._busy.discard(worker)
-            await worker.reap()
-            raise WorkerDiedError(task, worker.process.returncode) from None
-        except BaseException:
-            # Cancelled or timed out while the worker computes: kill it, which is the only
-            # way to stop the work, then let the cancellation go on.
-            self._busy.discard(worker)
+            # (or a fork of it lives on, holding its pipes); report how it ended.
             await worker.kill()
-            raise
-        self._busy.discard(worker)
+            raise WorkerDiedError(task, worker.exitcode)
         self._idle.append(worker)
-        if reply[0] == "ok":
-            return cloudpickle.loads(reply[1])
-        if reply[0] == "bad_result":
-            raise TypeError(
-                f"the result of task {task!r} ({reply[1]}) cannot be pickled to return it "
-                f"from its worker process: {reply[2]}; return a picklable value or use "
-                "kind='io'"
-            )
-        _, type_name, message, tb, exc_bytes = reply
-        error: object = None
-        if exc_bytes is not None:
-            try:
-                error = pickle.loads(exc_bytes)
-            except Exception:  # noqa: BLE001 - e.g. its class cannot be imported here
-                error = None
-        if not isinstance(error, BaseException):
-            error = RemoteError(type_name, message, tb)
-        error.__asyncgraph_traceback__ = tb  # type: ignore[attr-defined]
-        raise error
+        return _outcome(task, reply)
+
+    @staticmethod
+    async def _converse(
+        worker: _Worker,
+        fn_bytes: bytes,
+        args_bytes: bytes,
+        on_start: Callable[[float], None] | None,
+    ) -> Any:
+        """Send a call; the worker's reply, or None if it died after it began the task."""
+        if not worker.initialised:
+            worker.send(("init", list(sys.path)))
+            worker.initialised = True
+        worker.send(("call", fn_bytes, args_bytes))
+        started = await worker.next()
+        if started is None:
+            raise _NotStartedError
+        if on_start is not None:
+            on_start(started[1])
+        return await worker.next()
 
     async def aclose(self) -> None:
         """Stop every worker and wait until each has exited.
@@ -202,17 +418,49 @@ class ProcessPool:
         after its last task), and an interpreter's orderly exit took 60-110 ms of every
         run's wall time (benchmarks/mixed.py) for no benefit. Workers still computing
         (a cancelled run) must be killed anyway. All are signalled first, then waited
-        for, so they die in parallel.
+        for, so they die in parallel; their groups go with them.
         """
         with anyio.CancelScope(shield=True):
             while self._starting:  # a worker being started is stopped too
                 await asyncio.wait(list(self._starting))
-            workers = [*self._idle, *self._busy, *self._abandoned]
-            self._idle, self._busy, self._abandoned = [], set(), []
+            workers = [*self._idle, *self._busy, *self._abandoned, *self._dead]
+            self._idle, self._busy, self._abandoned, self._dead = [], set(), [], []
             for w in workers:
                 w.signal_kill()
             for w in workers:
                 await w.kill()
+            self._close_watchdog()
+
+
+def _outcome(task: str, reply: Any) -> Any:
+    """The result a worker's reply carries, or raise the error it reports."""
+    kind = reply[0]
+    if kind == "ok":
+        try:
+            return cloudpickle.loads(reply[1])
+        except Exception as exc:  # any failure: it cannot come back here
+            raise UnpicklingError(task, "result", f"{type(exc).__name__}: {exc}") from exc
+    if kind == "bad_result":
+        raise TypeError(
+            f"the result of task {task!r} ({reply[1]}) cannot be pickled to return it "
+            f"from its worker process: {reply[2]}; return a picklable value or use "
+            "kind='io'"
+        )
+    if kind == "unloadable":
+        _, what, type_name, message, tb = reply
+        error: BaseException = UnpicklingError(task, what, f"{type_name}: {message}")
+        error.__asyncgraph_traceback__ = tb  # type: ignore[attr-defined]
+        raise error
+    _, type_name, message, tb, exc_bytes = reply
+    found: object = None
+    if exc_bytes is not None:
+        try:
+            found = pickle.loads(exc_bytes)
+        except Exception:  # noqa: BLE001 - e.g. its class cannot be imported here
+            found = None
+    error = found if isinstance(found, BaseException) else RemoteError(type_name, message, tb)
+    error.__asyncgraph_traceback__ = tb  # type: ignore[attr-defined]
+    raise error
 
 
 def _dup_stdout() -> int | None:
@@ -224,3 +472,109 @@ def _dup_stdout() -> int | None:
         return os.dup(fd)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+# -- before the run: can a worker load this function? --------------------------------
+
+
+_STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+_GETS = frozenset({"BINGET", "LONG_BINGET", "GET"})
+_PUTS = frozenset({"BINPUT", "LONG_BINPUT", "PUT"})
+_SILENT = frozenset({"FRAME", "PROTO", "STOP", "MARK"})
+
+
+def _modules_named(payload: bytes) -> set[str]:
+    """The modules a pickle refers to by name (what the unpickler will import).
+
+    A global is ``GLOBAL "module name"`` or, from protocol 4, two strings pushed (or
+    fetched from the memo) just before ``STACK_GLOBAL``; a module that a function uses
+    as a global is ``cloudpickle``'s ``subimport`` global, then the module's name.
+    """
+    memo: dict[int, object] = {}
+    last: list[object] = [None, None]  # the two values pushed most recently
+    found: set[str] = set()
+    subimport = False  # the next string pushed names a module
+    for op, arg, _ in pickletools.genops(payload):
+        name = op.name
+        if name in _SILENT:
+            continue
+        if name == "MEMOIZE":
+            memo[len(memo)] = last[1]
+            continue
+        if name in _PUTS:
+            memo[int(arg)] = last[1]  # type: ignore[arg-type]
+            continue
+        value: object = None
+        if name in _STRINGS:
+            value = arg
+        elif name in _GETS:
+            value = memo.get(int(arg))  # type: ignore[arg-type]
+        elif name == "STACK_GLOBAL":
+            if isinstance(last[0], str):
+                found.add(last[0])
+                subimport = last[1] == "subimport" and last[0].startswith("cloudpickle")
+        elif name in ("GLOBAL", "INST") and isinstance(arg, str):
+            found.add(arg.split(" ", 1)[0])
+        if subimport and isinstance(value, str):
+            found.add(value)
+            subimport = False
+        last = [last[1], value]
+    return found
+
+
+def _findable(name: str, path: Any) -> bool:
+    """Whether a finder on ``sys.meta_path`` finds module ``name`` (True when unsure)."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        try:
+            if find(name, path) is not None:
+                return True
+        except Exception:  # noqa: BLE001 - a finder that fails: we cannot tell
+            return True
+    return False
+
+
+def _unimportable(name: str) -> str | None:
+    """The first part of module ``name`` that a fresh interpreter with our ``sys.path``
+    could not import (loaded from a file outside ``sys.path``, say), or None.
+
+    Only what the finders cannot find at all is reported, never a guess: a module that
+    is found may still fail to import in the worker, which the worker then reports.
+    """
+    if name == "__main__" or name in sys.builtin_module_names:
+        return None
+    parts = name.split(".")
+    path: Any = None
+    for i in range(len(parts)):
+        prefix = ".".join(parts[: i + 1])
+        if not _findable(prefix, path):
+            return prefix
+        path = getattr(sys.modules.get(prefix), "__path__", None)
+        if path is None:
+            return None  # not a package we know: we cannot look further
+    return None
+
+
+def shipping_problem(payload: bytes, seen: dict[str, str | None]) -> str | None:
+    """What stops a worker from loading this pickled function, as a clause of a
+    :class:`PicklingError`, or None. ``seen`` caches the verdict on each module."""
+    try:
+        modules = _modules_named(payload)
+    except Exception:  # noqa: BLE001 - a pickle we cannot read: the worker will say
+        return None
+    for module in sorted(modules):
+        if module not in seen:
+            seen[module] = _unimportable(module)
+        bad = seen[module]
+        if bad is not None:
+            where = getattr(sys.modules.get(bad), "__file__", None)
+            loaded = f" (loaded from {where})" if where else ""
+            return (
+                f"its function refers by name to module {bad!r}{loaded}, which a worker "
+                "process cannot import: no directory on sys.path holds it; add its "
+                "directory to sys.path (or PYTHONPATH) before the run, or call "
+                f"cloudpickle.register_pickle_by_value({bad}) so it is sent by value"
+            )
+    return None

@@ -42,11 +42,12 @@ from ._exceptions import (
     TaskCancelled,
     TaskError,
     Terminated,
+    UnpicklingError,
     UnstorableResultError,
 )
 from ._graph import Graph
 from ._observe import OnEvent, Progress, Watch
-from ._process import ProcessPool
+from ._process import ProcessPool, shipping_problem
 from ._scheduler import Scheduler
 from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
@@ -162,15 +163,31 @@ class _Run:
         )
         for n in self.core.initially_skipped:
             self.records[n] = TaskRecord(status=State.SKIPPED)
-        # Check that every CPU task can travel to a worker before anything starts.
+        # Check that every CPU task can travel to a worker before anything starts: its
+        # function pickles, and names no module a worker could not import. All of them
+        # are reported at once.
         self.fn_bytes: dict[str, bytes] = {}
+        problems: dict[str, str] = {}
+        verdicts: dict[bytes, str | None] = {}  # the same function in many tasks: once
+        modules: dict[str, str | None] = {}
+        first_error: Exception | None = None
         for n in self.core.pending():
             t = self.tasks[n]
             if t.kind is Kind.CPU:
                 try:
-                    self.fn_bytes[n] = cloudpickle.dumps(t.fn)
-                except Exception as exc:
-                    raise PicklingError(n, f"{type(exc).__name__}: {exc}") from exc
+                    data = cloudpickle.dumps(t.fn)
+                except Exception as exc:  # noqa: BLE001 - whatever stops pickling
+                    first_error = first_error or exc
+                    problems[n] = PicklingError(n, f"{type(exc).__name__}: {exc}").problems[n]
+                    continue
+                if data not in verdicts:
+                    verdicts[data] = shipping_problem(data, modules)
+                if verdicts[data] is not None:
+                    problems[n] = verdicts[data]  # type: ignore[assignment]
+                    continue
+                self.fn_bytes[n] = data
+        if problems:
+            raise PicklingError.for_tasks(problems) from first_error
         self.pool = ProcessPool(cpu_workers) if self.fn_bytes else None
         self.thread_limiter = anyio.CapacityLimiter(max_io) if max_io else None
         self.threads: Threads | None = None  # started with the first plain function
@@ -292,7 +309,9 @@ class _Run:
     async def _call_once(self, task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if task.kind is Kind.CPU:
             assert self.pool is not None
-            return await self.pool.call(task.name, self.fn_bytes[task.name], (args, kwargs))
+            name = task.name
+            began = functools.partial(self._began, name)
+            return await self.pool.call(name, self.fn_bytes[name], (args, kwargs), began)
         if task.is_async:
             return await task.fn(*args, **kwargs)
         # A plain function runs in a thread. A thread cannot be stopped: on cancellation
@@ -305,6 +324,17 @@ class _Run:
         if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
             result = await result
         return result
+
+    def _began(self, name: str, when: float) -> None:
+        """A CPU task's worker began its attempt (``when``, by the worker's clock).
+
+        The task's record (and stored row) is timed from its first attempt's start in
+        the worker, not from its dispatch, so a worker's start-up (a fresh interpreter:
+        100 ms and more) is not counted as the task's own time. The ``started`` event
+        stays at the dispatch: the attempt began then, for whoever watches the run.
+        """
+        if self.tries.get(name) == 1:
+            self.started[name] = min(max(when, self.started[name]), time.time())
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -389,8 +419,10 @@ class _Run:
             self.tries[name] <= task.retries
             and self.failure is None
             and not self.stopping
-            # these two would fail again
-            and not isinstance(msg.value, (UnstorableResultError, MissingResultError))
+            # these would fail again
+            and not isinstance(
+                msg.value, (UnstorableResultError, MissingResultError, UnpicklingError)
+            )
         ):
             self.last_error[name] = (msg.value, msg.traceback)
             self.core.retry(name)

@@ -16,9 +16,9 @@ def test_all_is_pinned():
         "SignatureError", "State", "Store", "StoreError", "StoreLockedError",
         "StoreMismatchError", "StoredResult", "Summary", "Task", "TaskCancelled",
         "TaskError", "TaskFailures", "TaskRecord", "Terminated", "UnknownTaskError",
-        "UnstorableResultError", "WorkerDiedError", "create_graph", "history", "load",
-        "mark_done", "mark_done_except", "open_run", "plan", "reset", "reset_failed", "run",
-        "run_sync", "subgraph",
+        "UnpicklingError", "UnstorableResultError", "WorkerDiedError", "create_graph",
+        "history", "load", "mark_done", "mark_done_except", "open_run", "plan", "reset",
+        "reset_failed", "run", "run_sync", "subgraph",
     ]
     for name in ag.__all__:
         assert getattr(ag, name).__module__.startswith("asyncgraph")
@@ -35,7 +35,7 @@ def test_error_tree():
                 ag.SignatureError, ag.InvalidTaskError, ag.UnknownTaskError,
                 ag.PicklingError):
         assert issubclass(cls, ag.GraphError)
-    for cls in (ag.RemoteError, ag.WorkerDiedError, ag.TaskCancelled):
+    for cls in (ag.RemoteError, ag.WorkerDiedError, ag.TaskCancelled, ag.UnpicklingError):
         assert issubclass(cls, ag.TaskError)
     assert issubclass(ag.UnstorableResultError, ag.TaskError)
     assert issubclass(ag.MissingResultError, ag.TaskError)

@@ -671,9 +671,9 @@ async def test_io_tasks_start_before_cpu_tasks_end_to_end(monkeypatch):
     order: list[str] = []
     real_call = _process.ProcessPool.call
 
-    async def recording_call(self, task, fn_bytes, args):
+    async def recording_call(self, task, fn_bytes, args, *rest):
         order.append(task)
-        return await real_call(self, task, fn_bytes, args)
+        return await real_call(self, task, fn_bytes, args, *rest)
 
     monkeypatch.setattr(_process.ProcessPool, "call", recording_call)
     g = ag.Graph()
