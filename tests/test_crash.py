@@ -76,13 +76,18 @@ def _ran(log: Path) -> list[str]:
 
 
 def _group(pgid: int) -> list[int]:
-    """The pids of the live (not zombie) processes in a process group."""
+    """The pids of the live (not zombie) processes of a driver: its process group, and
+    its CPU workers, which run in sessions of their own (each a group, killed whole)
+    and name the driver's pid on their command line (``python -c BOOT _worker.py
+    OUT_FD PARENT_PID WATCH_FD``)."""
     alive = []
     for p in psutil.process_iter():
         try:
-            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+            argv = p.cmdline()
+            worker = len(argv) > 5 and argv[3].endswith("_worker.py") and argv[5] == str(pgid)
+            if (worker or os.getpgid(p.pid) == pgid) and p.status() != psutil.STATUS_ZOMBIE:
                 alive.append(p.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return alive
 
