@@ -10,8 +10,9 @@ Layout (see ``docs/store.md``)::
     history (run_id, name, ...)      every record every run wrote, without results:
                                      appended by a trigger on state, in SQLite itself
 
-A run holds the store for its whole length through an ``flock`` on a ``-lock`` file beside
-it (the kernel drops it if the process dies, so a SIGKILLed run never leaves it held). The
+A run holds the store for its whole length through an ``flock`` on the store file itself,
+so every name of the file finds the same lock (the kernel drops it if the process dies, so
+a SIGKILLed run never leaves it held; see ``_OpenFiles`` for closing it safely). The
 run's writes go through one writer thread (:class:`RunWriter`) that commits in batches, so
 the event loop never waits for the disk; a task counts as done (its ``done`` event, the
 returned graph) only once its result is committed. WAL mode with ``synchronous=FULL``: a
