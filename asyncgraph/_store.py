@@ -810,7 +810,8 @@ class SQLiteStore:
             _open_files.close_later(key, fd)
             raise
         self._lock_fd, self._lock_key, self._legacy_fd = fd, key, legacy
-        _holding.add(self)
+        with _open_files.mutex:
+            _holding.add(self)
 
     def _cannot_open(self, exc: OSError, existed: bool) -> StoreError:
         path = str(self.path)
@@ -880,7 +881,8 @@ class SQLiteStore:
         if fd is None or key is None:
             return
         self._lock_fd = self._lock_key = self._legacy_fd = None
-        _holding.discard(self)
+        with _open_files.mutex:
+            _holding.discard(self)
         if legacy is not None:
             os.close(legacy)
         _unlock(fd)  # the lock goes now, even if closing its descriptor has to wait
@@ -961,16 +963,16 @@ class _OpenFiles:
     """
 
     def __init__(self) -> None:
-        self._mutex = threading.Lock()
+        self.mutex = threading.Lock()
         self._connections: dict[tuple[int, int], int] = {}
         self._unused: dict[tuple[int, int], list[int]] = {}
 
     def opened(self, key: tuple[int, int]) -> None:
-        with self._mutex:
+        with self.mutex:
             self._connections[key] = self._connections.get(key, 0) + 1
 
     def closed(self, key: tuple[int, int]) -> None:
-        with self._mutex:
+        with self.mutex:
             left = self._connections.get(key, 1) - 1
             if left > 0:
                 self._connections[key] = left
@@ -982,7 +984,7 @@ class _OpenFiles:
 
     def close_later(self, key: tuple[int, int], fd: int) -> None:
         """Close ``fd``, a descriptor of the file ``key``, once it cannot unlock SQLite."""
-        with self._mutex:
+        with self.mutex:
             if self._connections.get(key):
                 self._unused.setdefault(key, []).append(fd)
                 return
@@ -994,13 +996,14 @@ class _OpenFiles:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._mutex = threading.Lock()  # a thread of the parent may have held it
+        self.mutex = threading.Lock()  # a thread of the parent may have held it
         self._connections = {}
         self._unused = {}
 
 
 _open_files = _OpenFiles()
-#: The SQLiteStores that hold a lock in this process (for a forked child to let go of).
+#: The SQLiteStores that hold a lock in this process (for a forked child to let go of),
+#: changed under ``_open_files.mutex``.
 _holding: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 

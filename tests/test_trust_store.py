@@ -254,6 +254,38 @@ def test_an_older_asyncgraphs_lock_file_is_honoured(tmp_path: Path) -> None:
     assert ag.run_sync(small(), store=db).results["b"] == 2
 
 
+def _posix_locks_of_this_process(path: Path) -> list[str]:
+    ino = os.stat(path).st_ino
+    with open("/proc/locks") as f:
+        return [
+            line
+            for line in f
+            if " POSIX " in line and f" {os.getpid()} " in line and f":{ino} " in line
+        ]
+
+
+def test_letting_go_of_the_lock_keeps_sqlites_own_locks(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process has on it, and
+    SQLite holds one for each open connection: the lock's descriptor waits for them."""
+    db = tmp_path / "s.db"
+    ag.run_sync(small(), store=db)
+    reader = ag.SQLiteStore(db)
+    with reader._reading() as conn:  # an open connection, as a load in another thread has
+        assert conn is not None
+        conn.execute("SELECT count(*) FROM state").fetchone()
+        assert _posix_locks_of_this_process(db)  # SQLite's read lock (WAL mode)
+        ag.run_sync(ag.load(small(), db), store=db)  # takes and lets go of the store
+        other = ag.SQLiteStore(db)
+        other.acquire()
+        third = ag.SQLiteStore(db)
+        with pytest.raises(ag.StoreLockedError):
+            third.acquire()  # a refused descriptor is closed later too
+        other.release()
+        assert _posix_locks_of_this_process(db), "the reader's lock was dropped"
+    assert not _posix_locks_of_this_process(db)
+    assert ag.run_sync(ag.load(small(), db), store=db).results["b"] == 2
+
+
 # -- item 5: one SQLiteStore object, two runs ------------------------------------------
 
 
