@@ -373,7 +373,8 @@ try:
 except ag.StoreError as exc:
     out["run"] = f"{type(exc).__name__}: {exc}"
 cli = {}
-for command in (["status", db], ["history", db], ["run", sys.argv[2], "--store", db]):
+for command in (["status", db], ["history", db], ["plan", target, "--store", db],
+                ["run", target, "--store", db]):
     p = subprocess.run([sys.executable, "-m", "asyncgraph", *command],
                        capture_output=True, text=True)
     cli[command[0]] = [p.returncode, p.stderr]
@@ -464,7 +465,7 @@ def test_a_store_in_a_read_only_directory_can_be_read(tmp_path: Path, leftover: 
     assert got["tasks"] == ["a", "b"]
     assert got["run"].startswith(f"StoreError: store '{db}' is read-only"), got["run"]
     assert f"directory '{data}'" in got["run"]
-    for command in ("status", "history"):
+    for command in ("status", "history", "plan"):
         assert got["cli"][command] == [0, ""], (command, got["cli"][command])
     code, err = got["cli"]["run"]
     assert code == 2 and err.startswith("asyncgraph run: error: store "), err
