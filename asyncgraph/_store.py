@@ -10,8 +10,9 @@ Layout (see ``docs/store.md``)::
     history (run_id, name, ...)      every record every run wrote, without results:
                                      appended by a trigger on state, in SQLite itself
 
-A run holds the store for its whole length through an ``flock`` on a ``-lock`` file beside
-it (the kernel drops it if the process dies, so a SIGKILLed run never leaves it held). The
+A run holds the store for its whole length through an ``flock`` on the store file itself,
+so every name of the file finds the same lock (the kernel drops it if the process dies, so
+a SIGKILLed run never leaves it held; see ``_OpenFiles`` for closing it safely). The
 run's writes go through one writer thread (:class:`RunWriter`) that commits in batches, so
 the event loop never waits for the disk; a task counts as done (its ``done`` event, the
 returned graph) only once its result is committed. WAL mode with ``synchronous=FULL``: a
@@ -23,11 +24,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import errno
 import os
 import pickle
 import random
+import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,7 +315,9 @@ class SQLiteStore:
         self.path = Path(path)
         self._lock = threading.Lock()  # the run's connection, used from a few threads
         self._conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
+        self._lock_fd: int | None = None  # an flock on the store file (see _acquire)
+        self._lock_key: tuple[int, int] | None = None  # that file's device and inode
+        self._legacy_fd: int | None = None  # an older asyncgraph's STORE-lock, if any
         self._check()
 
     def __repr__(self) -> str:
@@ -328,6 +334,8 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._conn = None
         self._lock_fd = None
+        self._lock_key = None
+        self._legacy_fd = None
 
     def __del__(self) -> None:
         # A store dropped while held (a run that could not clean up) lets go of its
@@ -337,31 +345,56 @@ class SQLiteStore:
 
     # -- opening ------------------------------------------------------------------------
 
-    def _uri(self) -> str:
+    def _uri(self, immutable: bool = False) -> str:
         # as_uri() percent-encodes '#' and '?', which a plain f"file:{path}" would take
         # as the URI's fragment and query (and open another file).
-        return Path(os.path.abspath(self.path)).as_uri() + "?mode=ro"
+        uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=ro"
+        return uri + "&immutable=1" if immutable else uri
+
+    def _stat(self) -> os.stat_result | None:
+        """The store file's status (None: no file yet); StoreError if it cannot be one.
+
+        ``os.stat`` opens nothing, so a FIFO is refused here without blocking (SQLite
+        would wait on it, or say "disk I/O error").
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None  # also a dangling symlink: the file it names is created on first write
+        except OSError as exc:
+            raise StoreError(
+                f"store {str(self.path)!r} cannot be opened ({exc.strerror}); check the path"
+            ) from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"store {str(self.path)!r} is a directory; give a file name")
+        if not stat.S_ISREG(st.st_mode):
+            raise self._not_regular(st.st_mode)
+        return st
+
+    def _not_regular(self, mode: int) -> StoreError:
+        kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device"}
+        kind = kinds.get(stat.S_IFMT(mode), "a device")
+        return StoreError(
+            f"store {str(self.path)!r} is not a regular file (it is {kind}); give the path "
+            "of a file, which the first run creates"
+        )
 
     def _check(self) -> None:
         """Raise StoreError if the file exists and is not a readable asyncgraph store."""
-        if self.path.is_dir():
-            raise StoreError(f"store {str(self.path)!r} is a directory; give a file name")
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        st = self._stat()
+        if st is None or st.st_size == 0:
             return  # created on first write
         import sqlite3  # here, not at the top: `import asyncgraph` stays cheap
 
         try:
-            conn = sqlite3.connect(self._uri(), uri=True)
-            try:
+            with self._connected(st) as conn:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
                 meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
                 if meta.get("format") == FORMAT:
                     conn.execute("SELECT count(*) FROM state").fetchone()
                     conn.execute("SELECT count(*) FROM runs").fetchone()
-            finally:
-                conn.close()
         except sqlite3.DatabaseError as exc:
-            raise self._damaged(exc) from exc
+            raise self._unreadable(exc, damaged=self._damaged(exc)) from exc
         if not tables:
             return  # a creation that never committed its schema: created on first write
         if meta.get("format") != FORMAT:
@@ -369,8 +402,14 @@ class SQLiteStore:
                 f"{str(self.path)!r} is an SQLite database but not an asyncgraph store "
                 f"(it has the tables {sorted(tables)}); give another path"
             )
-        version = int(meta.get("version", "0"))
-        if version != SCHEMA_VERSION:
+        version = str(meta.get("version", "0"))
+        if not version.isdigit():
+            raise StoreError(
+                f"store {str(self.path)!r} has schema version {version!r}, which is not a "
+                "number: something other than asyncgraph changed the file; restore it from "
+                "a backup, or start a new store"
+            )
+        if int(version) != SCHEMA_VERSION:
             raise StoreError(
                 f"store {str(self.path)!r} has schema version {version}, and this "
                 f"asyncgraph reads version {SCHEMA_VERSION}; use the asyncgraph that wrote "
@@ -383,6 +422,86 @@ class SQLiteStore:
             f"(SQLite says: {exc}); give another path, or restore the file from a backup"
         )
 
+    def _unreadable(self, exc: sqlite3.Error, damaged: StoreError) -> StoreError:
+        """``damaged``, unless SQLite's error is about access to the file, not its bytes."""
+        import sqlite3
+
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return StoreError(f"store {str(self.path)!r} is busy (SQLite says: {exc}); try again")
+        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR):
+            return StoreError(
+                f"store {str(self.path)!r} cannot be read (SQLite says: {exc}); check that "
+                "the file and its directory can be read"
+            )
+        return damaged
+
+    @contextlib.contextmanager
+    def _connected(self, st: os.stat_result) -> Iterator[sqlite3.Connection]:
+        """A read-only connection to the store file ``st`` describes; never changes it.
+
+        SQLite reads a WAL store through its ``-shm`` file, which it creates if need be.
+        In a read-only directory it cannot, and then:
+
+        * with no ``-wal`` file, or an empty one, the file alone is the whole store: it is
+          opened ``immutable=1`` (no -shm, no locks), and its size and times are checked
+          again afterwards, since that mode cannot see a run writing it from elsewhere
+          (through a writable mount of the same directory, say);
+        * a ``-wal`` with commits in it cannot be read without the -shm: StoreError,
+          saying so (``immutable=1`` would silently skip those commits).
+        """
+        import sqlite3
+
+        key = (st.st_dev, st.st_ino)
+        _open_files.opened(key)
+        conn: sqlite3.Connection | None = None
+        seen: tuple[int, int, int] | None = None  # the file as an immutable read found it
+        try:
+            if not _writable(str(self.path), file=True) and not _has_wal(self.path):
+                # A file we cannot write (chmod 0444, chattr +i): SQLite would leave a
+                # -shm and an empty -wal beside it, unable to remove them.
+                seen = _identity(self.path)
+                conn = sqlite3.connect(self._uri(immutable=True), uri=True)
+            else:
+                conn = sqlite3.connect(self._uri(), uri=True)
+                try:
+                    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                except sqlite3.OperationalError as exc:
+                    if (exc.sqlite_errorcode & 0xFF) != sqlite3.SQLITE_CANTOPEN:
+                        raise
+                    conn.close()
+                    conn = None
+                    seen = self._unchanging(exc)
+                    conn = sqlite3.connect(self._uri(immutable=True), uri=True)
+            yield conn
+        finally:
+            if conn is not None:
+                conn.close()
+            _open_files.closed(key)
+        if seen is not None and _identity(self.path) != seen:
+            raise StoreError(
+                f"store {str(self.path)!r} changed while it was read (is a run writing it "
+                "from another mount?); read it again"
+            )
+
+    def _unchanging(self, exc: sqlite3.Error) -> tuple[int, int, int] | None:
+        """The file's identity if it can be read as immutable; StoreError if it cannot."""
+        wal = f"{self.path}-wal"
+        if not _has_wal(self.path):
+            return _identity(self.path)
+        directory = os.path.dirname(os.path.realpath(self.path))
+        why = (
+            f"the directory {directory!r} is read-only"
+            if not _writable(directory)
+            else f"SQLite says: {exc}"
+        )
+        raise StoreError(
+            f"store {str(self.path)!r} cannot be read here: its last commits are in "
+            f"{wal!r}, and SQLite needs to create {str(self.path) + '-shm'!r} to read "
+            f"them, which it cannot ({why}); read it once where its directory is writable, "
+            "or copy the store with its -wal file to a writable directory"
+        ) from exc
+
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection | None]:
         """A connection to read with (None: no store yet); never creates or changes it.
@@ -391,7 +510,10 @@ class SQLiteStore:
         checks the tables a store must have, but a damaged page deeper in the file shows
         only when it is read::
 
-            ag.load(g, "nightly.db")   # <- sqlite3.DatabaseError: disk image is malformed
+            conn.execute("SELECT ... FROM state")   # DatabaseError: disk image is malformed
+
+        The run's connection is used while a run holds the store (it sees the run's own
+        writes); otherwise a short read-only one (see ``_connected``).
         """
         import sqlite3
 
@@ -400,36 +522,49 @@ class SQLiteStore:
                 with self._lock:
                     yield self._conn
                 return
-            if not self.path.exists() or self.path.stat().st_size == 0:
+            st = self._stat()
+            if st is None or st.st_size == 0:
                 yield None
                 return
-            try:
-                conn = sqlite3.connect(self._uri(), uri=True)
-            except sqlite3.DatabaseError as exc:
-                raise self._damaged(exc) from exc
-            try:
+            with self._connected(st) as conn:
                 yield conn if _has_schema(conn) else None
-            finally:
-                conn.close()
         except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: a bad status
-            raise StoreError(
+            damaged = StoreError(
                 f"store {str(self.path)!r} is damaged (reading it failed: "
                 f"{type(exc).__name__}: {exc}); restore the file from a backup, or move it "
                 "aside to start afresh"
-            ) from exc
+            )
+            if isinstance(exc, sqlite3.Error):
+                raise self._unreadable(exc, damaged) from exc
+            raise damaged from exc
 
     def _open_for_run(self) -> sqlite3.Connection:
-        """The run's connection: creates the file (owner-only) and the schema if need be."""
+        """The run's connection: creates the schema if need be (the lock made the file).
+
+        An empty file the user created beforehand (``touch nightly.db``, mode 0644) is
+        made owner-only before SQLite creates its ``-wal`` and ``-shm`` files, which take
+        the store's mode: results are pickles, and status may be private. An existing
+        store that others can read or write keeps its mode (the owner chose it), with a
+        warning.
+        """
         import sqlite3
 
         if self._conn is not None:
             return self._conn
-        if not (self.path.exists() and self.path.stat().st_size > 0):
-            # Owner-only from the first byte: results are pickles, status may be private.
-            # SQLite gives its -wal and -shm files the same permissions.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        fd, key = self._lock_fd, self._lock_key
+        assert fd is not None, "_open_for_run() without acquire()"
+        assert key is not None
+        st = os.fstat(fd)
+        if st.st_size == 0 and st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)
+        _open_files.opened(key)
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except BaseException as exc:
+            _open_files.closed(key)
+            if isinstance(exc, sqlite3.Error):
+                raise self._write_error(exc) from exc
+            raise
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
@@ -437,22 +572,48 @@ class SQLiteStore:
             # Whether the schema is there, not whether the file is empty: the WAL pragma
             # writes the first page before the schema's transaction, so a run killed in
             # between leaves a file with no tables, which is a store not yet created.
-            with _transaction(conn):
-                if not _has_schema(conn):
+            with _transaction(conn, str(self.path)):
+                created = not _has_schema(conn)
+                if created:
                     for statement in _statements(_SCHEMA):
                         conn.execute(statement)
                     conn.executemany(
                         "INSERT INTO meta VALUES (?, ?)",
                         [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
                     )
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
             conn.close()
-            raise self._damaged(exc) from exc
-        except BaseException:
-            conn.close()
+            _open_files.closed(key)
+            if isinstance(exc, sqlite3.Error):
+                raise self._write_error(exc) from exc
             raise
+        if not created:
+            self._warn_if_shared(st)
         self._conn = conn
         return conn
+
+    def _warn_if_shared(self, st: os.stat_result) -> None:
+        mode = stat.S_IMODE(st.st_mode)
+        what = [w for w, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits]
+        if not what:
+            return
+        import warnings
+
+        warnings.warn(
+            f"store {str(self.path)!r} is {' and '.join(what)} by other users (mode "
+            f"{mode:04o}): its results are pickles, so whoever can write it can run code "
+            "as the user who loads them, and whoever can read it can read every result; "
+            f"if that is not meant, chmod 600 {str(self.path)!r}",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def _write_error(self, exc: sqlite3.Error) -> StoreError:
+        """A StoreError for SQLite's error opening the run's connection."""
+        mapped = _disk_error(exc, str(self.path))
+        if mapped is not None:
+            return mapped
+        return self._damaged(exc)
 
     def close(self) -> None:
         """Close the run's connection and let go of the lock (idempotent)."""
@@ -460,6 +621,8 @@ class SQLiteStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+                if self._lock_key is not None:
+                    _open_files.closed(self._lock_key)
             self._release()
 
     # -- reading (never unpickles) ------------------------------------------------------
@@ -632,61 +795,448 @@ class SQLiteStore:
                 )
 
     def _acquire(self) -> None:
+        """Hold the store: an ``flock`` on the store file itself, so any name of it (a
+        symlink, a hard link, ``..``, a bind mount) finds the same lock; see the notes
+        on ``_OpenFiles`` for why its descriptor is closed with care."""
         import fcntl
 
         if self._lock_fd is not None:
-            return
-        lock_path = f"{self.path}-lock"
+            # This object holds the store for a run already: one SQLiteStore given to
+            # two runs (on one loop, or from two threads).
+            holder, advice = self._holder(self._lock_key)
+            raise StoreLockedError(
+                f"store {str(self.path)!r} is in use by {holder}; {advice}", holder
+            )
         if not self.path.parent.is_dir():
             raise StoreError(
                 f"store {str(self.path)!r}: the directory {str(self.path.parent)!r} does not "
                 "exist; create it first (a typo in the path?)"
             )
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._stat()  # a directory, a FIFO, a socket: refused before anything is opened
+        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        existed = os.path.exists(self.path)
+        try:
+            # Owner-only from the first byte; O_NONBLOCK: a FIFO put here meanwhile
+            # must not block us (it is refused just below).
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            raise self._cannot_open(exc, existed) from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)  # not a store file: SQLite holds no lock on it
+            raise self._not_regular(st.st_mode)
+        key = (st.st_dev, st.st_ino)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = self._holder()
+        except OSError as exc:
+            _open_files.close_later(key, fd)
+            if not isinstance(exc, BlockingIOError):
+                raise StoreError(
+                    f"store {str(self.path)!r} cannot be locked ({exc.strerror}); is it on "
+                    "a network file system? A store must be on a local disk, as SQLite's "
+                    "WAL mode needs"
+                ) from exc
+            holder, advice = self._holder(key)
             raise StoreLockedError(
-                f"store {str(self.path)!r} is in use by {holder}; wait for that run to "
-                "end (or stop it) and try again",
+                f"store {str(self.path)!r} is in use by {holder}; {advice}", holder
+            ) from None
+        try:
+            self._check_directory()
+            legacy = self._legacy_lock(key)
+        except BaseException:
+            _unlock(fd)
+            _open_files.close_later(key, fd)
+            raise
+        self._lock_fd, self._lock_key, self._legacy_fd = fd, key, legacy
+        with _open_files.mutex:
+            _holding.add(self)
+
+    def _cannot_open(self, exc: OSError, existed: bool) -> StoreError:
+        path = str(self.path)
+        directory = os.path.dirname(os.path.realpath(self.path))
+        if exc.errno == errno.EROFS:
+            return StoreError(
+                f"store {path!r} is read-only: its directory {directory!r} is on a read-only "
+                "file system, and a run writes every outcome to its store; run where it is "
+                "mounted read-write, or on a copy (reading it works as it is)"
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            if not existed:
+                return StoreError(
+                    f"store {path!r} cannot be created: the directory {directory!r} is "
+                    f"read-only ({exc.strerror}); give a path in a writable directory"
+                )
+            return StoreError(
+                f"store {path!r} is read-only ({exc.strerror}), and a run writes every "
+                "outcome to its store; make it writable (chmod u+w, chattr -i) or run on a "
+                "copy (reading it works as it is)"
+            )
+        if exc.errno == errno.ENXIO:  # a socket
+            return StoreError(
+                f"store {path!r} is not a regular file (it is a socket); give the path of a "
+                "file, which the first run creates"
+            )
+        return StoreError(f"store {path!r} cannot be opened ({exc.strerror}); check the path")
+
+    def _check_directory(self) -> None:
+        """A run needs to create ``STORE-wal`` and ``STORE-shm`` beside the store."""
+        directory = os.path.dirname(os.path.realpath(self.path))
+        if not _writable(directory):
+            raise StoreError(
+                f"store {str(self.path)!r} is read-only here: its directory {directory!r} "
+                "is read-only, and a run needs to create the store's -wal and -shm files "
+                "in it; run where the directory is writable, or on a copy (reading it "
+                "works as it is)"
+            )
+
+    def _legacy_lock(self, key: tuple[int, int]) -> int | None:
+        """Also take ``STORE-lock``, the lock file of older asyncgraph versions, if it is
+        there: an older version still running on this store keeps this one out, and
+        while this one runs, that file (if it exists) keeps an older one out."""
+        import fcntl
+
+        legacy = f"{self.path}-lock"
+        if not os.path.isfile(legacy):
+            return None  # none (or something else by that name, which no lock uses)
+        try:
+            fd = os.open(legacy, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None  # not ours to read: not an older asyncgraph's run of this user
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # SQLite never opens this file: closing it loses no lock
+            holder, advice = self._holder(key)
+            raise StoreLockedError(
+                f"store {str(self.path)!r} is in use by {holder}, through {legacy!r}, the "
+                f"lock file of an older asyncgraph; {advice}",
                 holder,
             ) from None
-        self._lock_fd = fd
+        return fd
 
     def _release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
+        fd, key, legacy = self._lock_fd, self._lock_key, self._legacy_fd
+        if fd is None or key is None:
+            return
+        self._lock_fd = self._lock_key = self._legacy_fd = None
+        with _open_files.mutex:
+            _holding.discard(self)
+        if legacy is not None:
+            os.close(legacy)
+        _unlock(fd)  # the lock goes now, even if closing its descriptor has to wait
+        _open_files.close_later(key, fd)
 
-    def _holder(self) -> str:
+    def _holder(self, key: tuple[int, int] | None) -> tuple[str, str]:
+        """Who holds the store, and what to do about it: the run recorded as running, or
+        the process that holds the lock if that run's process is gone (a process it
+        forked kept the lock, say)."""
+        import socket
+
+        wait = "wait for that run to end (or stop it) and try again"
+        row = self._running_run(self.path)
+        holders, names = ([], []) if key is None else _lock_holders(key)
+        for name in names:  # the holder's name of the file: a hard link keeps its own -wal
+            if row is not None:
+                break
+            if name != os.path.realpath(self.path):
+                row = self._running_run(Path(name))
+        if row is None:
+            if holders:
+                return f"another run that is starting ({_processes(holders)})", wait
+            return "another run that is starting", wait
+        run_id, pid, host, started = row
+        run = f"run {run_id} (pid {pid} on {host}, started {_utc(started)})"
+        if host != socket.gethostname():
+            return run, wait
+        if any(p == pid for p, _ in holders) or (not holders and _alive(pid)):
+            return run, wait
+        state = "no longer exists" if not _alive(pid) else "does not hold the lock"
+        who = (
+            _processes(holders)
+            if holders
+            else f"a process that could not be found (try: fuser {str(self.path)!r})"
+        )
+        return (
+            f"{who}, which holds the store's lock: the store records {run} as running, but "
+            f"that process {state}; a process it started may have kept the lock",
+            "stop that process and try again",
+        )
+
+    def _running_run(self, path: Path) -> tuple[int, int, str, float] | None:
+        """The last run recorded as running in the store at ``path`` (this store's path,
+        or another name of its file), read on a connection of its own."""
         import sqlite3
 
-        with contextlib.suppress(sqlite3.DatabaseError, StoreError):
-            with self._reading() as conn:
-                row = (
-                    None
-                    if conn is None
-                    else conn.execute(
-                        "SELECT id, pid, host, started FROM runs WHERE status = 'running' "
-                        "ORDER BY id DESC LIMIT 1"
-                    ).fetchone()
-                )
-            if row is not None:
-                return f"run {row[0]} (pid {row[1]} on {row[2]}, started {_utc(row[3])})"
-        return "another run that is starting"
+        store = self if path == self.path else SQLiteStore.__new__(SQLiteStore)
+        if store is not self:
+            store.__setstate__({"path": path})
+        with contextlib.suppress(sqlite3.Error, StoreError, OSError):
+            st = store._stat()
+            if st is None or st.st_size == 0:
+                return None
+            with store._connected(st) as conn:
+                if not _has_schema(conn):
+                    return None
+                row = conn.execute(
+                    "SELECT id, pid, host, started FROM runs WHERE status = 'running' "
+                    "ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+                return None if row is None else (row[0], row[1], row[2], row[3])
+        return None
+
+
+class _OpenFiles:
+    """The store files this process has SQLite connections to, by device and inode.
+
+    Why it exists: SQLite holds POSIX (``fcntl``) locks on a store file (in WAL mode a
+    read lock for as long as a connection is open), and POSIX drops *all* of a process's
+    locks on a file as soon as the process closes *any* descriptor of that file. The
+    run's lock is such a descriptor (an ``flock``, which SQLite's locks do not touch, on
+    the store file itself). Closing it while a connection of this process is open would
+    silently unlock that connection, and another process could then fold the WAL away
+    under it. So a lock descriptor is closed only once no connection of this process
+    has the file open (SQLite keeps descriptors open for the same reason); it is
+    unlocked (``LOCK_UN``) at once. This state is per process by nature, as POSIX locks
+    are: connections opened outside asyncgraph are not counted.
+    """
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self._connections: dict[tuple[int, int], int] = {}
+        self._unused: dict[tuple[int, int], list[int]] = {}
+
+    def opened(self, key: tuple[int, int]) -> None:
+        with self.mutex:
+            self._connections[key] = self._connections.get(key, 0) + 1
+
+    def closed(self, key: tuple[int, int]) -> None:
+        with self.mutex:
+            left = self._connections.get(key, 1) - 1
+            if left > 0:
+                self._connections[key] = left
+                return
+            self._connections.pop(key, None)
+            unused = self._unused.pop(key, [])
+        for fd in unused:
+            os.close(fd)
+
+    def close_later(self, key: tuple[int, int], fd: int) -> None:
+        """Close ``fd``, a descriptor of the file ``key``, once it cannot unlock SQLite."""
+        with self.mutex:
+            if self._connections.get(key):
+                self._unused.setdefault(key, []).append(fd)
+                return
+        os.close(fd)
+
+    def after_fork_in_child(self) -> None:
+        # The child holds no POSIX locks (they are not inherited): nothing to protect.
+        for fds in self._unused.values():
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.mutex = threading.Lock()  # a thread of the parent may have held it
+        self._connections = {}
+        self._unused = {}
+
+
+_open_files = _OpenFiles()
+#: The SQLiteStores that hold a lock in this process (for a forked child to let go of),
+#: changed under ``_open_files.mutex``.
+_holding: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child drops the run's lock: a process that a task forks (``os.fork``,
+    multiprocessing's fork) would otherwise hold the store after its run ended or died.
+
+    Closing the child's copy of the descriptor leaves the parent's lock in place (an
+    ``flock`` belongs to the open file, which the parent still has open). A program
+    started with ``subprocess`` never gets it: the descriptor is close-on-exec.
+    """
+    for store in list(_holding):
+        for fd in (store._lock_fd, store._legacy_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        store._lock_fd = store._lock_key = store._legacy_fd = None
+    _holding.clear()
+    _open_files.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _unlock(fd: int) -> None:
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _writable(path: str, file: bool = False) -> bool:
+    """Whether this process may write the directory (or the file) ``path``: what the
+    kernel says for its user, so root may write a 0555 directory but not a read-only
+    mount or a ``chattr +i`` file."""
+    effective = os.access in os.supports_effective_ids
+    mode = os.W_OK if file else os.W_OK | os.X_OK
+    return os.access(path, mode, effective_ids=effective)
+
+
+def _has_wal(path: Path) -> bool:
+    """Whether the store has a ``-wal`` file with commits in it (or may have)."""
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine exists (a zombie does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _lock_holders(key: tuple[int, int]) -> tuple[list[tuple[int, str]], list[str]]:
+    """The processes that hold an ``flock`` on the file ``key`` (Linux: /proc), by pid.
+
+    Each open descriptor of the file is looked at, with the ``lock:`` lines of its
+    fdinfo, so a child that inherited the lock is found (``/proc/locks`` shows the pid
+    that took it, which may be long gone). Processes of other users stay unseen. Also
+    returns the names the holders opened the file by.
+    """
+    found: dict[int, str] = {}
+    names: list[str] = []
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return [], []
+    for pid in sorted(pids):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                if (st.st_dev, st.st_ino) != key:
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    info = f.read()
+            except OSError:
+                continue
+            if any(line.startswith("lock:") and "FLOCK" in line for line in info.splitlines()):
+                found[pid] = _command(pid)
+                with contextlib.suppress(OSError):
+                    names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                break
+    return list(found.items()), names
+
+
+def _command(pid: int) -> str:
+    if pid == os.getpid():
+        return "this process"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(w.decode(errors="replace") for w in words if w)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _processes(holders: Sequence[tuple[int, str]]) -> str:
+    shown = ", ".join(f"process {pid} ({cmd})" for pid, cmd in holders[:3])
+    return shown + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+
+
+def _disk_error(exc: BaseException, path: str) -> StoreError | None:
+    """A StoreError naming the file for SQLite's errors about the disk, not the data."""
+    import sqlite3
+
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return StoreError(
+            f"store {path!r} is full: there is no room on its disk (or in its quota, or "
+            f"under its size limit) for this write (SQLite says: {exc}); free some space "
+            "and run again: what was committed before is kept"
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
+        return StoreError(
+            f"store {path!r} is read-only, or its directory is (SQLite says: {exc}); a run "
+            "writes every outcome to its store: make both writable, or run on a copy"
+        )
+    if code == sqlite3.SQLITE_IOERR:
+        return StoreError(
+            f"store {path!r}: the disk failed a read or write (SQLite says: {exc}); check "
+            "the disk, then run again: what was committed before is kept"
+        )
+    return None
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Any:
-    conn.execute("BEGIN IMMEDIATE")
+def _transaction(conn: sqlite3.Connection, path: str | None = None) -> Any:
+    """One write transaction. SQLite's errors about the disk (full, read-only, I/O)
+    become a StoreError naming the file; other errors pass as they are.
+
+    After some errors (a full disk, an I/O error) SQLite has rolled the transaction
+    back already: a ROLLBACK then fails ("no transaction is active") and would hide the
+    cause, so it is issued only if the transaction is still open.
+    """
+    import sqlite3
+
     try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        mapped = _disk_error(exc, path if path is not None else _file_of(conn))
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _file_of(conn: sqlite3.Connection) -> str:
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error):
+        for _, name, file in conn.execute("PRAGMA database_list"):
+            if name == "main":
+                return str(file)
+    return "?"
 
 
 def _statements(script: str) -> list[str]:
