@@ -85,8 +85,10 @@ def _graph_options(sub: argparse.ArgumentParser, *, verb: str, store_help: str) 
         nargs="+",
         action="extend",
         default=[],
-        metavar="NAME",
-        help="take these tasks as done (result: the stored one, else None) for this run",
+        metavar="NAME[=JSON]",
+        help="take these tasks as done, with the result they have, or the JSON value "
+        "given (NAME=null passes None); a task marked with no result fails the tasks that "
+        "take it (MissingResultError)",
     )
 
 

@@ -426,9 +426,10 @@ def _prepared(args: argparse.Namespace, store: SQLiteStore) -> Graph:
     import asyncgraph as ag
 
     graph = load_target(args.target)
+    marked, values = _mark_values(args.mark_done, graph)
     unknown = {
         option: [n for n in names if n not in graph.tasks]
-        for option, names in (("--reset", args.reset), ("--mark-done", args.mark_done))
+        for option, names in (("--reset", args.reset), ("--mark-done", marked))
     }
     if any(unknown.values()):
         detail = "; ".join(f"{o} {_names(u)}" for o, u in unknown.items() if u)
@@ -441,12 +442,35 @@ def _prepared(args: argparse.Namespace, store: SQLiteStore) -> Graph:
         loaded = ag.reset_failed(loaded)
     if args.reset:
         loaded = ag.reset(loaded, args.reset)
-    if args.mark_done:
-        # The command line cannot give a value: a task without one passes None (as
-        # docs/cli.md says), on purpose, rather than failing its dependents.
-        nones = {n: None for n in args.mark_done if loaded.status[n] is not ag.State.DONE}
-        loaded = ag.mark_done(loaded, args.mark_done, results=nones)
+    if marked:
+        # A task marked with no value keeps the result it has; one that has none is
+        # marked without a result, and a task taking it fails with MissingResultError
+        # (which says how to give one: NAME=JSON), rather than silently getting None.
+        loaded = ag.mark_done(loaded, marked, results=values)
     return loaded
+
+
+def _mark_values(items: Sequence[str], graph: Graph) -> tuple[list[str], dict[str, Any]]:
+    """``--mark-done NAME`` or ``NAME=JSON``: the names, and the values given.
+
+    A task's name may itself hold ``=``: an item that is a task's name is that task.
+    """
+    names: list[str] = []
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if item in graph.tasks or not sep:
+            names.append(item)
+            continue
+        try:
+            values[name] = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(
+                f"--mark-done {item!r}: the value after '=' must be JSON ({exc}); for "
+                f"example {name}=null, {name}=42 or {name}='\"text\"'"
+            ) from None
+        names.append(name)
+    return names, values
 
 
 def _store_for_graph(path: str) -> SQLiteStore:

@@ -302,7 +302,8 @@ class MissingResultError(TaskError):
             f"nothing to pass; give the result: mark_done(g, {list(self.missing)!r}, "
             f"results={{{given}}}) (create_graph(..., results={{{given}}})), pass "
             f"results={{{nones}}} if None is what {task!r} should get, or reset(g, "
-            f"[{first!r}]) to run it"
+            f"[{first!r}]) to run it (on the command line: --mark-done {first}=JSON, "
+            f"{first}=null for None)"
         )
 
     def __reduce__(self) -> tuple[type[MissingResultError], tuple[str, tuple[str, ...]]]:

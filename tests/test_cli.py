@@ -214,10 +214,53 @@ def test_mark_done_takes_a_failed_task_as_done(
     failed_store: Flow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     flow = failed_store
-    code, out, err = cli(capsys, "run", flow.target, "--store", flow.store, "--mark-done", "load")
+    code, out, err = cli(
+        capsys, "run", flow.target, "--store", flow.store, "--mark-done", "load=null"
+    )
     assert code == 0, err
-    assert flow.calls() == ["report"]  # load is not run; report gets None for its result
+    assert flow.calls() == ["report"]  # load is not run; report gets None, as asked
     assert rows(out)["reused"] == ["3"]
+
+
+def test_mark_done_without_a_value_fails_the_tasks_that_take_the_result(
+    failed_store: Flow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed task has no result to take: marked done without a value, the task that
+    takes it fails with MissingResultError (never a silent None), and the message says
+    how to give the value on the command line."""
+    flow = failed_store
+    code, out, err = cli(capsys, "run", flow.target, "--store", flow.store, "--mark-done", "load")
+    assert code == 1, err
+    assert flow.calls() == []  # report is never called with a missing input
+    assert rows(out)["report"][0] == "failed"
+    assert "MissingResultError" in out
+    final = ag.load(sys.modules[flow.name].graph, flow.store)
+    assert final.errors["report"].type_name.endswith("MissingResultError")
+    assert "--mark-done load=JSON" in str(final.errors["report"])
+
+
+def test_mark_done_takes_a_json_value(
+    failed_store: Flow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = failed_store
+    code, _, err = cli(
+        capsys, "run", flow.target, "--store", flow.store, "--mark-done", "load=21"
+    )
+    assert code == 0, err
+    assert flow.calls() == ["report"]
+    done = ag.load(sys.modules[flow.name].graph, flow.store)
+    assert (done.results["load"], done.results["report"]) == (21, 42)
+
+
+def test_mark_done_with_a_value_that_is_not_json_is_a_usage_error(
+    failed_store: Flow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = failed_store
+    before = ag.history(flow.store)
+    code, _, err = cli(capsys, "run", flow.target, "--store", flow.store, "--mark-done", "load=x")
+    assert code == 2
+    assert "--mark-done 'load=x'" in err and "JSON" in err
+    assert len(ag.history(flow.store)) == len(before)  # nothing ran, nothing recorded
 
 
 def test_rewrites_apply_in_order_reset_failed_reset_mark_done(
@@ -235,7 +278,7 @@ def test_rewrites_apply_in_order_reset_failed_reset_mark_done(
         "--reset",
         "fetch",
         "--mark-done",
-        "load",
+        "load=null",
     )
     assert code == 0, err
     # reset fetch sends everything back to pending; mark_done then takes load as done.
