@@ -38,6 +38,7 @@ from ._events import Emit, Event, EventKind
 from ._exceptions import (
     MissingResultError,
     PicklingError,
+    RemoteError,
     StoreError,
     TaskCancelled,
     TaskError,
@@ -286,13 +287,14 @@ class _Run:
             tb = getattr(exc, "__asyncgraph_traceback__", None) or "".join(
                 traceback.format_exception(exc)
             )
-            self._post(_Outcome(name, False, exc, tb, time.time()))
+            self._post(_Outcome(name, False, _printable(exc, tb), tb, time.time()))
         elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
             # asyncio re-raises these from the loop too; the run ends with them.
             self._post(_Outcome(name, False, exc, None, time.time()))
         else:  # another BaseException (GeneratorExit, a library's own): a failure
             wrapped = TaskError(
-                f"task {name!r} raised {type(exc).__name__}, which is not an Exception: {exc}"
+                f"task {name!r} raised {type(exc).__name__}, which is not an Exception: "
+                f"{_printable(exc, '')}"
             )
             wrapped.__cause__ = exc
             tb = "".join(traceback.format_exception(exc))
@@ -648,6 +650,56 @@ async def _load_inputs(
         )
 
 
+def _printable(exc: BaseException, tb: str) -> BaseException:
+    """``exc``, or, if its ``str()`` raises, a RemoteError that says so (as a CPU worker
+    reports it), with ``exc`` as its cause: every table, log line and store row formats
+    a task's error, and one that cannot be formatted must not stop the run::
+
+        class Odd(Exception):
+            def __str__(self): raise RuntimeError("no")
+    """
+    try:
+        str(exc)
+    except Exception as inner:  # noqa: BLE001 - whatever str() raises, it is reported
+        cls = type(exc)
+        wrapped = RemoteError(
+            f"{cls.__module__}.{cls.__qualname__}", f"<str() raised {type(inner).__name__}>", tb
+        )
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
+#: The most of a failed task's error message, and of its traceback, that a row keeps.
+#: Past it the text is cut (saying how much): an error is not a result, and a message
+#: the store cannot hold must not stop the run. Far below SQLite's limit for a row.
+MAX_ERROR_TEXT = 100_000
+
+
+def _type_name(error: BaseException) -> str:
+    name = getattr(error, "type_name", None)
+    return name if isinstance(name, str) else type(error).__name__
+
+
+def _message(error: BaseException) -> str:
+    message = getattr(error, "message", None)
+    return message if isinstance(message, str) else str(error)
+
+
+def _text(text: str) -> str:
+    """Error text as a row can hold it: at most MAX_ERROR_TEXT characters, and UTF-8
+    (a lone surrogate, as ``os.fsdecode`` makes of a file name that is not UTF-8, is
+    written as its escape: SQLite takes UTF-8 only)."""
+    if len(text) > MAX_ERROR_TEXT:
+        cut = len(text) - MAX_ERROR_TEXT
+        text = f"{text[:MAX_ERROR_TEXT]}... [{cut:,} more characters not stored]"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class _Session:
     """The store's side of one run.
 
@@ -771,9 +823,9 @@ class _Session:
                 rec.attempts,
                 rec.started,
                 rec.finished,
-                None if error is None else getattr(error, "type_name", type(error).__name__),
-                None if error is None else getattr(error, "message", str(error)),
-                rec.traceback,
+                None if error is None else _text(_type_name(error)),
+                None if error is None else _text(_message(error)),
+                None if rec.traceback is None else _text(rec.traceback),
                 fp,
                 own,
                 result_id,

@@ -682,6 +682,13 @@ class SQLiteStore:
                 ).fetchone()
             )
         if row is None:
+            if conn is None:  # no file there, or an empty one: not a replaced result
+                raise StoreError(
+                    f"the result of task {task!r} was in store {str(self.path)!r}, which "
+                    f"{'does not exist any more' if not self.path.exists() else 'is now empty'}"
+                    " (moved, deleted or replaced?); put the store back, or rerun the task: "
+                    f"ag.reset(graph, [{task!r}])"
+                )
             raise StoreError(
                 f"the result of task {task!r} is no longer in store {str(self.path)!r} "
                 "(a later run replaced it); load the graph again"

@@ -198,10 +198,33 @@ def _check_binding(
     )
 
 
+def _check_encodable(name: str) -> None:
+    """A task name is stored (SQLite: UTF-8 only) and printed: refuse a lone surrogate,
+    as ``os.fsdecode`` makes of a file name that is not UTF-8, before anything runs."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTaskError(
+            name,  # its repr (in the message) escapes the surrogate
+            f"a task name must be text UTF-8 can encode; it has {name[exc.start]!r} at "
+            f"position {exc.start} (a lone surrogate, as os.fsdecode gives for bytes that "
+            "are not UTF-8): name the task without it",
+        ) from None
+
+
 def _as_names(name: str, what: str, value: Any, kind: str = "task names") -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise InvalidTaskError(
             name, f"{what} must be a list of {kind}, not {type(value).__name__} {value!r}"
+        )
+    if what == "deps" and isinstance(value, (set, frozenset)) and len(value) > 1:
+        # Results are passed positionally, in the order of deps; a set's order changes
+        # from one process to the next (hash randomisation), and so would the call.
+        raise InvalidTaskError(
+            name,
+            f"deps is a {type(value).__name__} ({sorted(map(repr, value))}), which has no "
+            "order, and a list of deps passes the results positionally in its order; pass "
+            "a list, or a dict {'param': 'task'} to pass them by keyword",
         )
     out = tuple(value)
     for v in out:
@@ -243,6 +266,7 @@ def make_task(
     """Build and check a Task; every error names the task and the offending option."""
     if not isinstance(name, str) or not name:
         raise InvalidTaskError(str(name), "a task name must be a non-empty string")
+    _check_encodable(name)
     if not callable(fn):
         raise InvalidTaskError(name, f"the function must be callable, not {type(fn).__name__}")
     _check_not_a_generator(name, fn)
