@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,3 +79,28 @@ def probe() -> Probe:
 
 def statuses(graph: Any) -> dict[str, str]:
     return {n: s.value for n, s in graph.status.items()}
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait until these processes (not our children) exit; return those still alive.
+
+    A pidfd becomes readable when its process exits, zombie or not: an event to wait on,
+    where psutil would poll (and count an unreaped zombie as alive).
+    """
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue
+    try:
+        waiting = set(fds)
+        while waiting:
+            ready, _, _ = select.select(list(waiting), [], [], timeout)
+            if not ready:
+                break
+            waiting -= set(ready)
+        return sorted(fds[fd] for fd in waiting)
+    finally:
+        for fd in fds:
+            os.close(fd)

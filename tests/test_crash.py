@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import signal
 import sqlite3
 import subprocess
@@ -30,6 +29,7 @@ from typing import Any
 import crash_driver
 import psutil
 import pytest
+from conftest import wait_gone as _wait_gone
 
 import asyncgraph as ag
 
@@ -90,31 +90,6 @@ def _group(pgid: int) -> list[int]:
         except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return alive
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    """Wait until these processes (not our children) exit; return those still alive.
-
-    A pidfd becomes readable when its process exits, zombie or not: an event to wait on,
-    where psutil would poll (and count an unreaped zombie as alive).
-    """
-    fds = {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except ProcessLookupError:
-            continue
-    try:
-        waiting = set(fds)
-        while waiting:
-            ready, _, _ = select.select(list(waiting), [], [], timeout)
-            if not ready:
-                break
-            waiting -= set(ready)
-        return sorted(fds[fd] for fd in waiting)
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 @pytest.fixture(scope="module")

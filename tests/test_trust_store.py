@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_store import HOLDER
 
 import asyncgraph as ag
 
@@ -65,26 +66,6 @@ def small():
     g.add("a", one)
     g.add("b", plus_one, deps=["a"])
     return g
-"""
-
-HOLDER = """
-import sys
-import asyncgraph as ag
-
-g = ag.Graph()
-
-def wait_for_stdin():
-    sys.stdin.readline()  # the test says when to finish
-    return 1
-
-g.add("slow", wait_for_stdin)
-
-def on_event(event):
-    if event.kind is ag.EventKind.STARTED:
-        print("started", flush=True)
-
-ag.run_sync(g, store=sys.argv[1], on_event=on_event)
-print("finished", flush=True)
 """
 
 

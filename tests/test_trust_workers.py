@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import anyio
 import psutil
 import pytest
 from conftest import statuses
+from conftest import wait_gone as _wait_gone
 
 import asyncgraph as ag
 from asyncgraph import _process
@@ -54,27 +54,7 @@ def gone(pid: int) -> bool:
 
 
 def wait_gone(pids: list[int], timeout: float = GUARD) -> list[int]:
-    """Wait until these processes exit (zombies count as gone); return those still alive.
-
-    A pidfd becomes readable when its process exits: an event to wait on.
-    """
-    fds = {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except ProcessLookupError:
-            continue
-    try:
-        waiting = set(fds)
-        while waiting:
-            ready, _, _ = select.select(list(waiting), [], [], timeout)
-            if not ready:
-                break
-            waiting -= set(ready)
-        return sorted(fds[fd] for fd in waiting)
-    finally:
-        for fd in fds:
-            os.close(fd)
+    return _wait_gone(pids, timeout)
 
 
 def kill_quietly(*pids: int) -> None:
