@@ -1351,10 +1351,15 @@ def _check_history(trial: ScenarioTrial, phase: Stage, runs_before: int) -> None
             v(phase, item, what, key=("counts", run_id, status))
     new = runs[runs_before:]
     if phase.fired == "term" and new:
+        # Cancelled as by Ctrl-C; or, if the signal came as the run ended, done or failed
+        # (then nothing was cancelled).
         run_id, status = new[-1][0], new[-1][1]
-        if status != "cancelled":
+        rows_of_run = {n: s for (r, n), (s, _) in last.items() if r == run_id}
+        if status != "cancelled" and (
+            status not in ("done", "failed") or "cancelled" in rows_of_run.values()
+        ):
             v(phase, "item 6", f"SIGTERM: run {run_id} is recorded {status}, not cancelled")
-        ended = {n for (r, n), (s, _) in last.items() if r == run_id and s != "running"}
+        ended = {n for n, s in rows_of_run.items() if s != "running"}
         started = {n for n, _, _ in trial.log_lines(phase)}
         if started - ended:
             v(phase, "item 6", f"SIGTERM: started, no end row: {sorted(started - ended)}")
@@ -1403,6 +1408,9 @@ def _draw_phase(trial: ScenarioTrial, rng: random.Random, index: int, final: boo
         if not aim and rng.randint(1, 3) == 1:
             ops["subgraph"] = sorted(rng.sample(trial.names, rng.randint(1, len(trial.names))))
     cpu = [n for n in trial.names if spec["kinds"].get(n) == "cpu"]
+    # A victim must run to be caught busy: prefer CPU tasks the store would not reuse.
+    targets = set(ops.get("reset", ())) | trial.descendants(ops.get("reset", ()))
+    cpu = [n for n in cpu if n not in trial.done_before or n in targets] or cpu
     kind = rng.choice(["none", "killpg", "kill", "term", *(["worker"] if cpu else [])])
     fault = Fault(kind, 0)
     if aim_at_hold(ops, holder) and kind != "worker":
@@ -1416,7 +1424,7 @@ def _draw_phase(trial: ScenarioTrial, rng: random.Random, index: int, final: boo
             fault = Fault(kind, rng.randint(0, len(trial.names)))
     phase = Stage(index, ops, fault)
     if ops.get("load"):
-        phase.targets = set(ops.get("reset", ())) | trial.descendants(ops.get("reset", ()))
+        phase.targets = targets
     return phase
 
 
