@@ -911,6 +911,7 @@ def _crash_then_resume(case: RunCase, data: st.DataObject) -> None:
             marks = {n: given_results[n] for n in failed_before}
             resumed = ag.mark_done(ag.reset_failed(stored), failed_before, marks)
             initial = {n: (S.DONE, v) for n, v in marks.items()}
+            probe.finished.update(marks)  # done without running: their children may start
         else:
             resumed = _crash_graph(case, broken, probe)  # a plain rerun on the store
         probe.run = 1
