@@ -1416,8 +1416,9 @@ def _draw_phase(trial: ScenarioTrial, rng: random.Random, index: int, final: boo
     else:
         ops = {"load": True}
         # Aim at the window of item 1: reset the holder's `after` (so its waiting child
-        # too) and the holder, and strike when `after`'s new result is committed.
-        aim = bool(holder) and rng.random() < 0.5
+        # too) and the holder, and strike when `after`'s new result is committed. Only
+        # worth it while the store holds the waiter done (its result could go stale).
+        aim = bool(holder) and holder["waiter"] in trial.done_before and rng.random() < 0.6
         if aim:
             ops["reset"] = [holder["after"], HOLDER]
         else:
