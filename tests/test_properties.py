@@ -1462,9 +1462,10 @@ def _scenario(tmp: Path, dag: Dag, spec: dict[str, Any], seed: int, phases: int)
     _play(ScenarioTrial(tmp, dag, spec, seed), next_phase)
 
 
-def _play(trial: ScenarioTrial, next_phase: Any) -> None:
+def _play(trial: ScenarioTrial, next_phase: Any, *, tally: Tally | None = None) -> None:
     """Run the phases ``next_phase(trial, index)`` gives (until None), checking each;
-    the last must end with every task done."""
+    the last must end with every task done. With a ``tally``, count the trial there and
+    leave the verdict to it."""
     index = 0
     while (phase := next_phase(trial, index)) is not None:
         trial.phases.append(phase)
@@ -1478,7 +1479,47 @@ def _play(trial: ScenarioTrial, next_phase: Any) -> None:
     if trial.done_before != set(trial.names):
         missing = sorted(set(trial.names) - trial.done_before)
         trial.violation(last, "end", f"not done in the store at the end: {missing}")
+    if tally is not None:
+        tally.add(trial)
+        return
     assert not trial.violations, "\n".join([str(trial), *trial.violations])
+
+
+class Tally:
+    """The figures of many trials (docs/reliability.md): phases, faults struck, the
+    examples with each kind of violation, and the first few reports of each."""
+
+    def __init__(self) -> None:
+        self.examples = 0
+        self.tasks = 0
+        self.phases = 0
+        self.struck: Counter[str] = Counter()
+        self.finished = 0
+        self.by_item: Counter[str] = Counter()
+        self.reports: dict[str, list[str]] = {}
+
+    def add(self, trial: ScenarioTrial) -> None:
+        self.examples += 1
+        self.tasks += len(trial.names)
+        self.phases += len(trial.phases)
+        self.finished += sum(p.finished is not None for p in trial.phases)
+        self.struck.update(p.fired for p in trial.phases if p.fired)
+        items = set()
+        for line in trial.violations:
+            item = line.split("[", 1)[1].split("]", 1)[0]
+            items.add(item)
+            shown = self.reports.setdefault(item, [])
+            if len(shown) < 2:
+                shown.append(f"{line}\n{trial}")
+        self.by_item.update(items)
+
+    def __str__(self) -> str:
+        items = ", ".join(f"{item}: {n}" for item, n in self.by_item.most_common()) or "none"
+        return (
+            f"{self.examples} examples ({self.tasks} tasks), {self.phases} phases "
+            f"({self.finished} ran to the end), faults struck {dict(self.struck)}; "
+            f"examples with violations by item: {items}"
+        )
 
 
 SCENARIOS = settings(
@@ -1497,12 +1538,31 @@ def test_random_faults_in_a_driver_after_rewrites(
 
 
 @pytest.mark.long
-@settings(SCENARIOS, max_examples=int(os.environ.get("ASYNCGRAPH_SCENARIOS", "150")))
-@given(case=scenario_specs(max_tasks=16), seed=st.integers(0, 2**32))
 def test_random_faults_in_a_driver_after_rewrites_long(
-    tmp_path_factory: pytest.TempPathFactory, case: tuple[Dag, dict[str, Any]], seed: int
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    _scenario(tmp_path_factory.mktemp("scenario"), *case, seed, phases=6)
+    """``ASYNCGRAPH_SCENARIOS`` (150) examples of up to 16 tasks and 6 random phases. All
+    are run, whatever fails, and the figures printed (``-s``); any violation fails."""
+    tally = Tally()
+
+    @settings(SCENARIOS, max_examples=int(os.environ.get("ASYNCGRAPH_SCENARIOS", "150")))
+    @given(case=scenario_specs(max_tasks=16), seed=st.integers(0, 2**32))
+    def one(case: tuple[Dag, dict[str, Any]], seed: int) -> None:
+        rng = random.Random(seed)
+        count = rng.randint(1, 6)
+
+        def next_phase(trial: ScenarioTrial, index: int) -> Stage | None:
+            if index > count:
+                return None
+            return _draw_phase(trial, rng, index, final=index == count)
+
+        trial = ScenarioTrial(tmp_path_factory.mktemp("scenario"), *case, seed)
+        _play(trial, next_phase, tally=tally)
+
+    one()
+    print(f"\n{tally}")
+    reports = [r for shown in tally.reports.values() for r in shown]
+    assert not tally.by_item, "\n\n".join([str(tally), *reports])
 
 
 # The same harness on fixed scripts: one window or fault each, every time.
