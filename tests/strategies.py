@@ -301,7 +301,12 @@ def scenario_specs(draw: st.DrawFn, max_tasks: int = 10) -> tuple[Dag, dict[str,
     rest = [n for n in names if n not in big]
     if rest and draw(st.integers(1, 6), label="a frame") == 6:
         rows[draw(st.sampled_from(rest), label="frame task")] = 1 << 18  # 2 MiB of int64
-    edges = [(p, c) for c in names for p in dag.dep_names(c)]
+    broken = draw(sparse_subsets(names, one_in=8), label="broken")
+    # The waiter must be able to end done (no broken task above it): else its result
+    # never exists and the window of a stale result never opens.
+    edges = [
+        (p, c) for c in names for p in dag.dep_names(c) if not ({c} | dag.ancestors([c])) & broken
+    ]
     holder = None
     if edges and draw(st.integers(1, 4), label="holder") > 1:
         after, waiter = draw(st.sampled_from(edges), label="holder edge")
@@ -313,7 +318,7 @@ def scenario_specs(draw: st.DrawFn, max_tasks: int = 10) -> tuple[Dag, dict[str,
         "kinds": kinds,
         "big": big,
         "rows": rows,
-        "broken": sorted(draw(sparse_subsets(names, one_in=8), label="broken")),
+        "broken": sorted(broken),
         "retries": {
             n: draw(st.integers(0, 1), label=f"retries {n}") for n in names if kinds[n] == "cpu"
         },

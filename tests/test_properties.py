@@ -1418,7 +1418,7 @@ def _draw_phase(trial: ScenarioTrial, rng: random.Random, index: int, final: boo
         # Aim at the window of item 1: reset the holder's `after` (so its waiting child
         # too) and the holder, and strike when `after`'s new result is committed. Only
         # worth it while the store holds the waiter done (its result could go stale).
-        aim = bool(holder) and holder["waiter"] in trial.done_before and rng.random() < 0.6
+        aim = bool(holder) and holder["waiter"] in trial.done_before and rng.random() < 0.7
         if aim:
             ops["reset"] = [holder["after"], HOLDER]
         else:
@@ -1433,6 +1433,8 @@ def _draw_phase(trial: ScenarioTrial, rng: random.Random, index: int, final: boo
     targets = set(ops.get("reset", ())) | trial.descendants(ops.get("reset", ()))
     cpu = [n for n in cpu if n not in trial.done_before or n in targets] or cpu
     kind = rng.choice(["none", "killpg", "kill", "term", *(["worker"] if cpu else [])])
+    if index == 0 and rng.random() < 0.5:
+        kind = "none"  # half the first runs finish: later scripts have results to go stale
     fault = Fault(kind, 0)
     if aim_at_hold(ops, holder) and kind != "worker":
         fault = Fault(rng.choice(DRIVER_FAULTS), "hold")
