@@ -117,7 +117,7 @@ def main() -> None:
     def on_event(event: ag.Event) -> None:
         # A done event comes only after the result is committed to the store.
         if event.kind is ag.EventKind.DONE:
-            print("done", event.task, flush=True)
+            say(f"done {event.task}")
 
     print("ready", flush=True)
     out = ag.run_sync(g, store=store, cpu_workers=2, max_io=64, on_event=on_event)
@@ -197,6 +197,14 @@ def make_value(header: str, big: int, rows: int) -> Any:
     return header
 
 
+def say(line: str) -> None:
+    """One line to the test, in one ``os.write`` to fd 1: the victim's worker writes
+    there too, and a line that ``print`` writes in parts can be torn by it."""
+    data = f"{line}\n".encode()
+    while data:
+        data = data[os.write(1, data) :]
+
+
 def _note_start(name: str, kind: str) -> None:
     """``<phase> <name> <pid> <kind>`` to the side-effect log, written and fsynced."""
     phase = os.environ.get("RELIABILITY_PHASE", "?")
@@ -218,7 +226,7 @@ def _hold_victim(name: str) -> None:
         os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         return  # a retry after the kill: run normally
-    os.write(1, f"hold {name} {os.getpid()}\n".encode())  # fd 1: the driver's stdout
+    say(f"hold {name} {os.getpid()}")  # fd 1: the driver's stdout
     import threading
 
     threading.Event().wait()
@@ -304,7 +312,7 @@ class _Gates:
     async def hold(self, name: str) -> None:
         self.loop = asyncio.get_running_loop()
         event = self._event(self.go, name)
-        print("hold", name, os.getpid(), flush=True)
+        say(f"hold {name} {os.getpid()}")
         await event.wait()
 
     def read_stdin(self) -> None:
@@ -365,9 +373,14 @@ def rewrite(g: ag.Graph, store: str, ops: dict[str, Any]) -> ag.Graph:
 
 
 def scenario_main() -> None:
+    import faulthandler
     import json
+    import signal
     import threading
 
+    # The test's watchdog sends SIGUSR1 before it kills a hung driver: every thread's
+    # stack goes to stderr, to say where it hung.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     spec_path, phase_path, store, log = sys.argv[1:5]
     with open(spec_path) as f:
         spec = json.load(f)
@@ -389,7 +402,7 @@ def scenario_main() -> None:
 
     def on_event(event: ag.Event) -> None:
         if event.kind is ag.EventKind.DONE:
-            print("done", event.task, flush=True)
+            say(f"done {event.task}")
         if event.kind in (
             ag.EventKind.DONE,
             ag.EventKind.FAILED,
@@ -398,7 +411,7 @@ def scenario_main() -> None:
         ):
             gates.task_ended(event.task)
 
-    print("ready", flush=True)
+    say("ready")
     out = ag.run_sync(
         g, store=store, cpu_workers=2, limits={SLOT: 1}, on_event=on_event, deadline=300
     )
@@ -406,4 +419,4 @@ def scenario_main() -> None:
         n: [s.value, None if n not in out.errors else type(out.errors[n]).__name__]
         for n, s in out.status.items()
     }
-    print("finished", json.dumps(ends), flush=True)
+    say(f"finished {json.dumps(ends)}")

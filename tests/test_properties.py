@@ -979,6 +979,8 @@ class Stage:
     fired: str | None = None  # the fault that struck, if one did
     killed_worker: str | None = None  # the victim whose worker was killed
     finished: dict[str, list[Any]] | None = None  # {name: [status, error type]}
+    lines: list[str] = field(default_factory=list)  # what the driver printed
+    hung: bool = False  # the watchdog killed it
     targets: set[str] = field(default_factory=set)  # reset names and their descendants
 
     @property
@@ -1071,8 +1073,13 @@ class ScenarioTrial:
         return runs, rows
 
 
-def _watchdog(proc: subprocess.Popen[str]) -> threading.Timer:
+def _watchdog(proc: subprocess.Popen[str], phase: Stage) -> threading.Timer:
     def kill() -> None:
+        phase.hung = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGUSR1)  # the driver dumps its threads' stacks
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(proc.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
@@ -1121,7 +1128,7 @@ def _run_phase(trial: ScenarioTrial, phase: Stage) -> None:
         env=env,
         start_new_session=True,
     )
-    timer = _watchdog(proc)
+    timer = _watchdog(proc, phase)
     fault = phase.fault
     busy_workers: list[psutil.Process] = []
 
@@ -1137,6 +1144,7 @@ def _run_phase(trial: ScenarioTrial, phase: Stage) -> None:
     try:
         assert proc.stdout is not None and proc.stdin is not None
         for line in proc.stdout:
+            phase.lines.append(line.strip())
             word, _, rest = line.strip().partition(" ")
             if word == "finished":
                 phase.finished = json.loads(rest)
@@ -1166,7 +1174,13 @@ def _run_phase(trial: ScenarioTrial, phase: Stage) -> None:
                 strike(fault.kind)
                 break
         else:
-            trial.violation(phase, "driver", f"the driver ended without a word: {proc.wait()}")
+            what = "was killed by the watchdog (hung)" if phase.hung else "ended without a word"
+            trial.violation(
+                phase,
+                "driver",
+                f"the driver {what}: {proc.wait()}; it printed {phase.lines[-6:]} (the "
+                "stacks of its threads are on stderr)",
+            )
         try:
             proc.wait(timeout=DRIVER_GUARD)
         except subprocess.TimeoutExpired:
