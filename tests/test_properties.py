@@ -959,7 +959,7 @@ def _crash_then_resume(case: RunCase, data: st.DataObject) -> None:
 TESTS = Path(__file__).resolve().parent
 SCENARIO_BOOT = "import reliability_driver as d; d.scenario_main()"
 DRIVER_GUARD = 120.0  # seconds: a watchdog against a hung driver, not a bound on the run
-LEAK_WAIT = 15.0  # seconds a worker may take to die after its driver (a bounded wait)
+LEAK_WAIT = 10.0  # seconds a worker may take to die after its driver (a bounded wait)
 DRIVER_FAULTS = ("killpg", "kill", "term")
 
 
