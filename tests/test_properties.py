@@ -972,6 +972,9 @@ class Fault:
 
 @dataclass
 class Stage:
+    """One phase: its recovery script (``ops``, as the driver reads it), its fault, and
+    what happened."""
+
     index: int
     ops: dict[str, Any]
     fault: Fault
@@ -1007,7 +1010,6 @@ class ScenarioTrial:
         self.violations: list[str] = []
         self.seen: set[Any] = set()
         self.done_before: set[str] = set()  # what the store would reuse (load's view)
-        self.failed_before: set[str] = set()
 
     # -- the model ----------------------------------------------------------------------
 
@@ -1248,7 +1250,6 @@ def _check_phase(trial: ScenarioTrial, phase: Stage, runs_before: int) -> None:
     if lost:
         v(phase, "done event", f"announced done, not done in the store: {sorted(lost)}")
     reusable = set() if g is None else {n for n, s in g.status.items() if s is S.DONE}
-    failed = set() if g is None else {n for n, s in g.status.items() if s is S.FAILED}
 
     # No stale result: every result the store would reuse chains with its inputs'.
     ran = trial.log_lines(phase)
@@ -1307,7 +1308,6 @@ def _check_phase(trial: ScenarioTrial, phase: Stage, runs_before: int) -> None:
     if trial.db.exists():
         _check_history(trial, phase, runs_before)
     trial.done_before = reusable
-    trial.failed_before = failed
 
 
 def _stale_item(trial: ScenarioTrial, name: str, stamps: Iterable[str]) -> str:
