@@ -273,3 +273,57 @@ def records_for(draw: st.DrawFn, dag: Dag, *, consistent: bool = False) -> dict[
             status=s, result=result, error=error, attempts=draw(st.integers(0, 2))
         )
     return out
+
+
+# -- driver scenarios (test_properties.py section 5) ------------------------------------
+
+HOLDER = "hold"  # the extra task that holds the named limit while its sibling waits
+
+
+@st.composite
+def scenario_specs(draw: st.DrawFn, max_tasks: int = 10) -> tuple[Dag, dict[str, Any]]:
+    """A random graph for ``reliability_driver.scenario_main``, as its JSON spec.
+
+    Mostly coroutines, some plain functions (threads) and CPU tasks; up to two results
+    of 2-5 MB (bytes) and sometimes a DataFrame of a few MB; a few broken tasks; and, in
+    most specs, a holder: an extra task that takes the named limit ``slot`` (1) and
+    keeps it until a chosen task ``after`` has ended, while ``after``'s child ``waiter``
+    also needs ``slot``: the waiter starts only after its parent's result is committed,
+    and the driver can be killed in between.
+    """
+    dag = draw(dags(min_tasks=2, max_tasks=max_tasks))
+    names = dag.names
+    kind_st = st.sampled_from(["io", "io", "io", "thread", "cpu"])
+    kinds = {n: draw(kind_st, label=f"kind {n}") for n in names}
+    if "cpu" not in kinds.values() and draw(st.booleans(), label="one cpu task"):
+        kinds[draw(st.sampled_from(names), label="cpu task")] = "cpu"
+    big_names = draw(st.lists(st.sampled_from(names), unique=True, max_size=2), label="big")
+    big = {n: draw(st.integers(2, 5), label=f"MB {n}") << 20 for n in big_names}
+    rows: dict[str, int] = {}
+    rest = [n for n in names if n not in big]
+    if rest and draw(st.integers(1, 6), label="a frame") == 6:
+        rows[draw(st.sampled_from(rest), label="frame task")] = 1 << 18  # 2 MiB of int64
+    broken = draw(sparse_subsets(names, one_in=8), label="broken")
+    # The waiter must be able to end done (no broken task above it): else its result
+    # never exists and the window of a stale result never opens.
+    edges = [
+        (p, c) for c in names for p in dag.dep_names(c) if not ({c} | dag.ancestors([c])) & broken
+    ]
+    holder = None
+    if edges and draw(st.integers(1, 4), label="holder") > 1:
+        after, waiter = draw(st.sampled_from(edges), label="holder edge")
+        holder = {"name": HOLDER, "after": after, "waiter": waiter}
+    spec = {
+        "names": list(names),
+        "deps": [list(ds) for ds in dag.deps],
+        "add_order": list(dag.add_order),
+        "kinds": kinds,
+        "big": big,
+        "rows": rows,
+        "broken": sorted(broken),
+        "retries": {
+            n: draw(st.integers(0, 1), label=f"retries {n}") for n in names if kinds[n] == "cpu"
+        },
+        "holder": holder,
+    }
+    return dag, spec

@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+import reliability_driver as driver
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from strategies import (
+    HOLDER,
     Dag,
     RunCase,
     SchedCase,
@@ -30,6 +41,7 @@ from strategies import (
     records_for,
     reference_run,
     run_cases,
+    scenario_specs,
     sched_cases,
     subsets,
     value_of,
@@ -872,10 +884,12 @@ def test_random_crash_points_and_rewrites_then_resume_long(
 
 
 def _crash_then_resume(case: RunCase, data: st.DataObject) -> None:
-    r"""Cancel a run on a store at a random event, maybe reset random tasks of the loaded
-    graph, then resume: no task starts before its dependencies are done, a terminal
-    state is final within a run, nothing done in the store runs again unless the rewrite
-    asked for it, and the end is what a clean run gives (skipped exactly below a failure).
+    r"""Cancel a run on a store at a random event, rewrite the loaded graph at random
+    (nothing; reset random tasks; mark the failed tasks done with given results; reset,
+    then run only a subgraph of random targets), then resume: no task starts before its
+    dependencies are done, a terminal state is final within a run, nothing done in the
+    store runs again unless the rewrite asked for it, and the end is what a clean run
+    gives from the same inputs (skipped exactly below a failure).
     """
     import tempfile
 
@@ -883,6 +897,15 @@ def _crash_then_resume(case: RunCase, data: st.DataObject) -> None:
     broken = frozenset(case.failing)
     probe = CrashProbe(dag)
     crash_at = data.draw(st.integers(1, 4 * len(dag)), label="crash at event")
+    # Drawn whatever the crash left, so that the draws never depend on commit timing.
+    rewrite = data.draw(st.sampled_from(["none", "reset", "mark", "subgraph"]), label="rewrite")
+    names = data.draw(subsets(dag.names), label="reset names")
+    given_results = {n: data.draw(st.integers(0, 1000), label=f"mark {n}") for n in dag.names}
+    targets = data.draw(
+        st.lists(st.sampled_from(dag.names), min_size=1, unique=True), label="subgraph targets"
+    )
+    initial: dict[str, tuple[ag.State, Any]] = {}
+    keep = set(dag.names)
     with tempfile.TemporaryDirectory() as tmp:
         db = f"{tmp}/store.db"
         first = asyncio.run(_run_until(_crash_graph(case, broken, probe), db, crash_at))
@@ -891,10 +914,18 @@ def _crash_then_resume(case: RunCase, data: st.DataObject) -> None:
         held = {n for n, s in stored.status.items() if s is S.DONE}
 
         again: set[str] = set()
-        if data.draw(st.booleans(), label="rewrite"):
-            names = data.draw(subsets(dag.names), label="reset names")
+        if rewrite in ("reset", "subgraph"):
             again = set(names) | dag.descendants(names)
             resumed = ag.reset_failed(ag.reset(stored, names))
+            if rewrite == "subgraph":
+                resumed = ag.subgraph(resumed, targets)
+                keep = set(targets) | dag.ancestors(targets)
+        elif rewrite == "mark":
+            failed_before = [n for n, s in stored.status.items() if s is S.FAILED]
+            marks = {n: given_results[n] for n in failed_before}
+            resumed = ag.mark_done(ag.reset_failed(stored), failed_before, marks)
+            initial = {n: (S.DONE, v) for n, v in marks.items()}
+            probe.finished.update(marks)  # done without running: their children may start
         else:
             resumed = _crash_graph(case, broken, probe)  # a plain rerun on the store
         probe.run = 1
@@ -906,9 +937,786 @@ def _crash_then_resume(case: RunCase, data: st.DataObject) -> None:
     assert probe.early == [], f"started before their dependencies were done: {probe.early}"
     reran = probe.ran_in(1) & held
     assert reran <= again, f"done in the store, ran again: {sorted(reran - again)}"
-    exp_status, exp_results = reference_run(dag, broken)
-    assert out.status == exp_status
-    assert results == exp_results
+    assert not probe.ran_in(1) & set(initial), "a task marked done ran"
+    exp_status, exp_results = reference_run(dag, broken, initial)
+    assert out.status == {n: s for n, s in exp_status.items() if n in keep}
+    assert results == {n: v for n, v in exp_results.items() if n in keep}
     failed = {n for n, s in out.status.items() if s is S.FAILED}
-    for n in dag.names:
+    for n in keep:
         assert (out.status[n] is S.SKIPPED) == bool(dag.ancestors([n]) & failed), n
+
+
+# ======================================================================================
+# 5. Random faults in a driver process: rewrites, then SIGKILL, SIGTERM, dead workers
+# ======================================================================================
+#
+# Each example draws a graph (strategies.scenario_specs) and 1-3 phases (more in long
+# mode), then a final phase. A phase is one run of tests/reliability_driver.py's
+# scenario driver in a process of its own, after a random recovery script: a plain run,
+# or load + reset(random tasks) + mark_done(random not-done tasks, with tokens as
+# results) + reset_failed + subgraph(random targets). During the run one random fault
+# may strike: SIGKILL the driver's process group, SIGKILL only the driver (as the OOM
+# killer does), SIGTERM the driver (docker stop), or SIGKILL a busy worker; at a random
+# done line, or when the holder waits (its sibling's parent has just committed, the
+# sibling has not started), or when a CPU task is busy. The final phase marks the
+# broken tasks done and runs to the end without a fault.
+#
+# After every phase (see _check_phase): the store opens; every task announced done is
+# done in the store; every result the store would reuse chains with its inputs' results
+# (no stale descendant); nothing done in the store before the phase ran in it unless the
+# phase reset it; a phase that ran to its end recomputed what it reset and kept what it
+# marked, failed only broken tasks (or the killed worker's, with WorkerDiedError),
+# skipped only below those; each finished run's counts in history equal its rows; after
+# a SIGTERM the run is recorded cancelled, every task it started has an end row, and no
+# worker outlives the driver, as after a SIGKILL of the driver alone.
+
+TESTS = Path(__file__).resolve().parent
+SCENARIO_BOOT = "import reliability_driver as d; d.scenario_main()"
+DRIVER_GUARD = 120.0  # seconds: a watchdog against a hung driver, not a bound on the run
+LEAK_WAIT = 10.0  # seconds a worker may take to die after its driver (a bounded wait)
+DRIVER_FAULTS = ("killpg", "kill", "term")
+
+
+@dataclass
+class Fault:
+    kind: str  # none, killpg, kill (the driver only), term, worker
+    at: int | str  # the number of done lines, or "hold" (the holder), "victim" (a CPU task)
+    victim: str | None = None
+
+
+@dataclass
+class Stage:
+    """One phase: its recovery script (``ops``, as the driver reads it), its fault, and
+    what happened."""
+
+    index: int
+    ops: dict[str, Any]
+    fault: Fault
+    announced: list[str] = field(default_factory=list)
+    fired: str | None = None  # the fault that struck, if one did
+    killed_worker: str | None = None  # the victim whose worker was killed
+    finished: dict[str, list[Any]] | None = None  # {name: [status, error type]}
+    lines: list[str] = field(default_factory=list)  # what the driver printed
+    hung: bool = False  # the watchdog killed it
+    targets: set[str] = field(default_factory=set)  # reset names and their descendants
+
+    @property
+    def name(self) -> str:
+        return f"p{self.index}"
+
+
+class ScenarioTrial:
+    def __init__(self, tmp: Path, dag: Dag, spec: dict[str, Any], seed: int = 0) -> None:
+        self.tmp = tmp
+        self.seed = seed  # of the phases' scripts and faults
+        self.dag = dag
+        self.spec = spec
+        self.db = tmp / "store.db"
+        self.log = tmp / "ran.log"
+        self.spec_path = tmp / "spec.json"
+        self.spec_path.write_text(json.dumps(spec))
+        self.names = [*dag.names, *([HOLDER] if spec["holder"] else [])]
+        self.deps = {n: dag.dep_names(n) for n in dag.names}
+        if spec["holder"]:
+            self.deps[HOLDER] = ()
+        self.phases: list[Stage] = []
+        self.tokens: dict[str, set[str]] = {}  # the mark tokens handed out, per task
+        self.violations: list[str] = []
+        self.seen: set[Any] = set()
+        self.done_before: set[str] = set()  # what the store would reuse (load's view)
+
+    # -- the model ----------------------------------------------------------------------
+
+    def descendants(self, names: Iterable[str]) -> set[str]:
+        return self.dag.descendants([n for n in names if n != HOLDER])
+
+    def ancestors(self, names: Iterable[str]) -> set[str]:
+        return self.dag.ancestors([n for n in names if n != HOLDER])
+
+    def token(self, name: str, phase: int) -> str:
+        digest = driver.chain_digest(name, f"mark-{phase}", ())
+        tok = f"{name}|m{phase}|{digest}"
+        self.tokens.setdefault(name, set()).add(tok)
+        return tok
+
+    def violation(self, phase: Stage, item: str, what: str, key: Any = None) -> None:
+        """Record a broken invariant (once per ``key``, if given: a run's counts, say)."""
+        if key is not None:
+            if key in self.seen:
+                return
+            self.seen.add(key)
+        self.violations.append(f"{phase.name} [{item}] {what}")
+
+    def __str__(self) -> str:
+        lines = [f"seed {self.seed}, spec {json.dumps(self.spec)}"]
+        for p in self.phases:
+            lines.append(
+                f"  {p.name}: ops {p.ops}, fault {p.fault}, fired {p.fired}, "
+                f"announced {len(p.announced)}, finished {p.finished is not None}"
+            )
+        return "\n".join(lines)
+
+    # -- the log and the store -----------------------------------------------------------
+
+    def log_lines(self, phase: Stage) -> list[tuple[str, int, str]]:
+        """(task, pid, kind) of each start the side-effect log has for ``phase``."""
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text().splitlines():
+            p, name, pid, kind = line.split()
+            if p == phase.name:
+                out.append((name, int(pid), kind))
+        return out
+
+    def loaded(self) -> ag.Graph | None:
+        if not self.db.exists():
+            return None
+        return ag.load(driver.build_scenario(self.spec), self.db)
+
+    def history_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """(runs, history) read straight from the file (read-only)."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            runs = conn.execute(
+                "SELECT id, status, done, failed, skipped, cancelled FROM runs ORDER BY id"
+            ).fetchall()
+            rows = conn.execute(
+                "SELECT run_id, name, status, attempts FROM history ORDER BY rowid"
+            ).fetchall()
+        finally:
+            conn.close()
+        return runs, rows
+
+
+def _watchdog(proc: subprocess.Popen[str], phase: Stage) -> threading.Timer:
+    def kill() -> None:
+        phase.hung = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGUSR1)  # the driver dumps its threads' stacks
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(DRIVER_GUARD, kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _worker_processes(pids: Iterable[int]) -> list[psutil.Process]:
+    """The live worker processes among ``pids`` (by their command line)."""
+    out = []
+    for pid in set(pids):
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE and any(
+                "_worker.py" in part for part in p.cmdline()
+            ):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _run_phase(trial: ScenarioTrial, phase: Stage) -> None:
+    """One driver process: start it, strike the phase's fault, wait for it to end."""
+    phase_path = trial.tmp / f"{phase.name}.json"
+    phase_path.write_text(json.dumps(phase.ops))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
+        "RELIABILITY_PHASE": phase.name,
+        "RELIABILITY_DIR": str(trial.tmp),
+        "RELIABILITY_VICTIM": phase.fault.victim or "",
+    }
+    args = [str(trial.spec_path), str(phase_path), str(trial.db), str(trial.log)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCENARIO_BOOT, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    timer = _watchdog(proc, phase)
+    fault = phase.fault
+    busy_workers: list[psutil.Process] = []
+
+    def strike(kind: str) -> None:
+        phase.fired = kind
+        if kind == "killpg":
+            os.killpg(proc.pid, signal.SIGKILL)
+        elif kind == "kill":
+            os.kill(proc.pid, signal.SIGKILL)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        for line in proc.stdout:
+            phase.lines.append(line.strip())
+            word, _, rest = line.strip().partition(" ")
+            if word == "finished":
+                phase.finished = json.loads(rest)
+                break
+            if word == "done":
+                phase.announced.append(rest)
+            struck_here = fault.kind in DRIVER_FAULTS and fault.at == len(phase.announced)
+            if word in ("ready", "done") and struck_here:
+                strike(fault.kind)
+                break
+            if word == "hold":
+                name, pid = rest.split()
+                if name == HOLDER:
+                    if fault.at == "hold" and fault.kind in DRIVER_FAULTS:
+                        strike(fault.kind)
+                        break
+                    proc.stdin.write(f"go {name}\n")
+                    proc.stdin.flush()
+                    continue
+                # The victim is busy in its worker: kill the worker, or the driver now.
+                busy_workers.extend(_worker_processes([int(pid)]))
+                if fault.kind == "worker":
+                    phase.fired = "worker"
+                    phase.killed_worker = name
+                    os.kill(int(pid), signal.SIGKILL)
+                    continue
+                strike(fault.kind)
+                break
+        else:
+            what = "was killed by the watchdog (hung)" if phase.hung else "ended without a word"
+            trial.violation(
+                phase,
+                "driver",
+                f"the driver {what}: {proc.wait()}; it printed {phase.lines[-6:]} (the "
+                "stacks of its threads are on stderr)",
+            )
+        try:
+            proc.wait(timeout=DRIVER_GUARD)
+        except subprocess.TimeoutExpired:
+            trial.violation(phase, "item 6", f"the driver did not exit after {phase.fired}")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    finally:
+        timer.cancel()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        if phase.fired is not None and phase.fired != "worker":
+            _check_no_worker_left(trial, phase, proc.pid, busy_workers)
+        with contextlib.suppress(OSError):
+            proc.stdout.close()  # type: ignore[union-attr]
+    if phase.finished is None and phase.fired in (None, "worker"):
+        trial.violation(phase, "driver", f"the driver exited {proc.returncode} unfinished")
+
+
+def _check_no_worker_left(
+    trial: ScenarioTrial, phase: Stage, pgid: int, busy: list[psutil.Process]
+) -> None:
+    """No worker of the dead driver is left: the ones its tasks wrote in the log (and the
+    busy victim), waited for a bounded time (reaping orphans is init's job)."""
+    pids = [pid for _, pid, kind in trial.log_lines(phase) if kind == "cpu"]
+    left = _worker_processes(pids) + [p for p in busy if p.is_running()]
+    _, alive = psutil.wait_procs(left, timeout=LEAK_WAIT)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if alive:
+        trial.violation(
+            phase,
+            "item 6",
+            f"{len(alive)} worker(s) outlived the driver after {phase.fired}: "
+            f"{[p.pid for p in alive]}",
+        )
+        for p in alive:  # ours (the driver's children): clean up for the next phase
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=LEAK_WAIT)
+    if phase.fired == "killpg":
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)  # a fork a task made, say: not this test's topic
+
+
+def _parse(value: Any) -> tuple[str, str, str]:
+    name, stamp, digest = driver.header_of(value).split("|")
+    return name, stamp, digest
+
+
+def _check_phase(trial: ScenarioTrial, phase: Stage, runs_before: int) -> None:
+    """Every invariant after one phase (violations are collected, not raised)."""
+    v = trial.violation
+    g = trial.loaded()
+    stored: dict[str, Any] = {}  # every done row's result (not only what load reuses)
+    if trial.db.exists():
+        store = ag.SQLiteStore(trial.db)
+        try:
+            for n, t in store.tasks().items():
+                if t.status is S.DONE and t.result_id is not None:
+                    stored[n] = store.load_result(t.result_id, n)
+        finally:
+            store.close()
+    stored_done = set(stored)
+    # A done event is a promise: the result is in the store.
+    lost = set(phase.announced) - stored_done
+    if lost:
+        v(phase, "done event", f"announced done, not done in the store: {sorted(lost)}")
+    reusable = set() if g is None else {n for n, s in g.status.items() if s is S.DONE}
+
+    # No stale result: every result the store would reuse chains with its inputs'.
+    ran = trial.log_lines(phase)
+    ran_where = {p.name: {n for n, _, _ in trial.log_lines(p)} for p in trial.phases}
+    digests: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for n in trial.names:
+        if n in reusable:
+            assert g is not None
+            values[n] = g.results[n]
+            name, stamp, digests[n] = _parse(values[n])
+            if name != n:
+                v(phase, "result", f"{n}'s stored result is {name}'s")
+    for n in trial.names:
+        if n not in values:
+            continue
+        name, stamp, digest = _parse(values[n])
+        if stamp.startswith("m"):
+            if values[n] not in trial.tokens.get(n, ()):
+                v(phase, "mark", f"{n} holds a mark token it was never given: {values[n]}")
+            continue
+        if n not in ran_where.get(stamp, ()):
+            v(phase, "result", f"{n}'s result says it ran in {stamp}, the log does not")
+        want = driver.chain_digest(n, stamp, [digests[d] for d in trial.deps[n]])
+        if digest != want:
+            now = {d: _parse(values[d])[1] for d in trial.deps[n]}
+            v(
+                phase,
+                _stale_item(trial, n, now.values()),
+                f"stale result: {n} (computed in {stamp}) would be reused, but its inputs "
+                f"were recomputed since: now from {now}",
+                key=("stale", n, stamp, tuple(now.values())),
+            )
+        expect = driver.make_value(
+            driver.header_of(values[n]),
+            trial.spec["big"].get(n, 0),
+            trial.spec["rows"].get(n, 0),
+        )
+        same = expect.equals(values[n]) if hasattr(expect, "equals") else expect == values[n]
+        if not same:
+            v(phase, "result", f"{n}'s stored result is damaged (size or content)")
+
+    # Nothing the store would have reused ran in this phase unless the phase reset it.
+    counts = Counter(n for n, _, _ in ran)
+    again = {n for n in counts if n in trial.done_before} - phase.targets
+    if again:
+        v(phase, "rerun", f"done in the store, not reset, ran again: {sorted(again)}")
+    allowed = {n: 1 + trial.spec["retries"].get(n, 0) for n in counts}  # retries
+    twice = {n for n, c in counts.items() if c > allowed[n]}
+    if twice:
+        v(phase, "rerun", f"ran more than once in one run: {sorted(twice)}")
+
+    if phase.finished is not None:
+        _check_finished(trial, phase, stored)
+
+    if trial.db.exists():
+        _check_history(trial, phase, runs_before)
+    trial.done_before = reusable
+
+
+def _stale_item(trial: ScenarioTrial, name: str, stamps: Iterable[str]) -> str:
+    """Which fault left ``name`` stale: a crash between its parent's new commit and its
+    own start (item 1), or a subgraph run that recomputed a parent and left it out."""
+    for stamp in stamps:
+        if not stamp.startswith("p"):
+            continue
+        ops = trial.phases[int(stamp[1:])].ops
+        if ops.get("subgraph"):
+            closure = set(ops["subgraph"]) | trial.ancestors(ops["subgraph"])
+            if name not in closure:
+                return "new: reset, then a subgraph run, leaves a stale descendant"
+    return "item 1"
+
+
+def _check_finished(trial: ScenarioTrial, phase: Stage, values: Mapping[str, Any]) -> None:
+    """A phase that ran to its end did what its script asked, and nothing else failed.
+
+    ``values``: the store's done rows' results. Not load's view: a task marked done
+    below a task that failed again is done in the store but not reused by load."""
+    v = trial.violation
+    ends = phase.finished or {}
+    broken = set(trial.spec["broken"])
+    bad = {n for n, (s, _) in ends.items() if s == "failed"}
+    for n, (status, error) in ends.items():
+        if status == "done":
+            if n in phase.targets and n not in phase.ops.get("mark", {}):
+                stamp = _parse(values[n])[1] if n in values else None
+                if stamp != phase.name:
+                    v(phase, "reset", f"{n} was reset, ended done, result from {stamp}")
+            if n in phase.ops.get("mark", {}) and values.get(n) != phase.ops["mark"][n]:
+                v(phase, "mark", f"{n} was marked done with a token, holds {values.get(n)!r}")
+        elif status == "failed":
+            if n == phase.killed_worker and n not in broken:
+                if error != "WorkerDiedError":
+                    v(phase, "worker kill", f"{n}'s worker was killed; it failed with {error}")
+            elif n not in broken:
+                v(phase, "worker kill", f"{n} failed with {error}; only broken tasks may")
+        elif status == "skipped":
+            if not trial.ancestors([n]) & bad:
+                v(phase, "skipped", f"{n} was skipped with no failed ancestor")
+        else:
+            v(phase, "run", f"{n} ended {status} in a run that ran to its end")
+    victim = phase.killed_worker
+    if victim is not None and victim not in broken:
+        retries = trial.spec["retries"].get(victim, 0)
+        want = "done" if retries else "failed"
+        if ends.get(victim, ["?"])[0] != want:
+            v(phase, "worker kill", f"{victim} ({retries} retries) ended {ends.get(victim)}")
+
+
+def _check_history(trial: ScenarioTrial, phase: Stage, runs_before: int) -> None:
+    """Each run that has ended: its counts equal its rows (the last row of each task in
+    the run; marks, recorded done with no attempt, are not counted as done)."""
+    v = trial.violation
+    runs, rows = trial.history_rows()
+    last: dict[tuple[int, str], tuple[str, int]] = {}
+    for run_id, name, status, attempts in rows:
+        last[(run_id, name)] = (status, attempts)
+    per_run: dict[int, Counter[str]] = {}
+    for (run_id, _), (status, attempts) in last.items():
+        c = per_run.setdefault(run_id, Counter())
+        if status != "done" or attempts > 0:
+            c[status] += 1
+    for run_id, status, done, failed, skipped, cancelled in runs:
+        if status == "running":
+            continue
+        c = per_run.get(run_id, Counter())
+        have = {"done": done, "failed": failed, "skipped": skipped, "cancelled": cancelled}
+        want = {k: c[k] for k in have}
+        if have != want:
+            item = "item 21" if status == "crashed" else "item 18"
+            what = f"run {run_id} ({status}): history counts {have}, rows {want}"
+            v(phase, item, what, key=("counts", run_id, status))
+    new = runs[runs_before:]
+    if phase.fired == "term" and new:
+        # Cancelled as by Ctrl-C; or, if the signal came as the run ended, done or failed
+        # (then nothing was cancelled).
+        run_id, status = new[-1][0], new[-1][1]
+        rows_of_run = {n: s for (r, n), (s, _) in last.items() if r == run_id}
+        if status != "cancelled" and (
+            status not in ("done", "failed") or "cancelled" in rows_of_run.values()
+        ):
+            v(phase, "item 6", f"SIGTERM: run {run_id} is recorded {status}, not cancelled")
+        ended = {n for n, s in rows_of_run.items() if s != "running"}
+        started = {n for n, _, _ in trial.log_lines(phase)}
+        if started - ended:
+            v(phase, "item 6", f"SIGTERM: started, no end row: {sorted(started - ended)}")
+
+
+def aim_at_hold(ops: Mapping[str, Any], holder: Mapping[str, str] | None) -> bool:
+    return bool(holder) and ops.get("reset") == [holder["after"], HOLDER]  # type: ignore[index]
+
+
+def _some(rng: random.Random, items: Iterable[str]) -> list[str]:
+    """A random subset (sorted), of a random density."""
+    p = rng.choice([0.15, 0.3, 0.6])
+    return sorted(n for n in items if rng.random() < p)
+
+
+def _draw_phase(trial: ScenarioTrial, rng: random.Random, index: int, final: bool) -> Stage:
+    """A random recovery script and fault for the next phase, from what the store holds.
+
+    From a seeded ``random.Random``, not from Hypothesis: the choices depend on what the
+    store holds after a fault, which varies from one run of the same example to the next.
+    """
+    spec = trial.spec
+    holder = spec["holder"]
+    prev = trial.phases[-1] if trial.phases else None
+    if final:
+        broken = [n for n in spec["broken"] if n not in trial.done_before]
+        ops = {"load": True, "mark": {n: trial.token(n, index) for n in broken}}
+        return Stage(index, ops, Fault("none", 0))
+    crashed = prev is not None and prev.finished is None
+    if prev is not None and crashed and rng.randint(1, 3) == 1:
+        ops = prev.ops  # the user runs the same recovery script again
+    elif prev is None or rng.randint(1, 4) == 1:
+        ops = {"load": False}
+    else:
+        ops = {"load": True}
+        # Aim at the window of item 1: reset the holder's `after` (so its waiting child
+        # too) and the holder, and strike when `after`'s new result is committed. Only
+        # worth it while the store holds the waiter done (its result could go stale).
+        aim = bool(holder) and holder["waiter"] in trial.done_before and rng.random() < 0.7
+        if aim:
+            ops["reset"] = [holder["after"], HOLDER]
+        else:
+            ops["reset"] = _some(rng, trial.names)
+        targets = set(ops["reset"]) | trial.descendants(ops["reset"])
+        markable = [n for n in trial.names if n not in trial.done_before | targets]
+        ops["mark"] = {n: trial.token(n, index) for n in _some(rng, markable)}
+        if not aim and rng.randint(1, 3) == 1:
+            ops["subgraph"] = sorted(rng.sample(trial.names, rng.randint(1, len(trial.names))))
+    cpu = [n for n in trial.names if spec["kinds"].get(n) == "cpu"]
+    # A victim must run to be caught busy: prefer CPU tasks the store would not reuse.
+    targets = set(ops.get("reset", ())) | trial.descendants(ops.get("reset", ()))
+    cpu = [n for n in cpu if n not in trial.done_before or n in targets] or cpu
+    kind = rng.choice(["none", "killpg", "kill", "term", *(["worker"] if cpu else [])])
+    if index == 0 and rng.random() < 0.5:
+        kind = "none"  # half the first runs finish: later scripts have results to go stale
+    fault = Fault(kind, 0)
+    if aim_at_hold(ops, holder) and kind != "worker":
+        fault = Fault(rng.choice(DRIVER_FAULTS), "hold")
+    elif kind == "worker":
+        fault = Fault(kind, "victim", rng.choice(cpu))
+    elif kind != "none":
+        if cpu and rng.randint(1, 3) == 1:
+            fault = Fault(kind, "victim", rng.choice(cpu))
+        else:
+            fault = Fault(kind, rng.randint(0, len(trial.names)))
+    phase = Stage(index, ops, fault)
+    if ops.get("load"):
+        phase.targets = targets
+    return phase
+
+
+def _scenario(tmp: Path, dag: Dag, spec: dict[str, Any], seed: int, phases: int) -> None:
+    """1..``phases`` random phases, then the final one."""
+    rng = random.Random(seed)
+    count = rng.randint(1, phases)
+
+    def next_phase(trial: ScenarioTrial, index: int) -> Stage | None:
+        if index > count:
+            return None
+        return _draw_phase(trial, rng, index, final=index == count)
+
+    _play(ScenarioTrial(tmp, dag, spec, seed), next_phase)
+
+
+def _play(trial: ScenarioTrial, next_phase: Any, *, tally: Tally | None = None) -> None:
+    """Run the phases ``next_phase(trial, index)`` gives (until None), checking each;
+    the last must end with every task done. With a ``tally``, count the trial there and
+    leave the verdict to it."""
+    index = 0
+    while (phase := next_phase(trial, index)) is not None:
+        trial.phases.append(phase)
+        runs_before = len(trial.history_rows()[0]) if trial.db.exists() else 0
+        _run_phase(trial, phase)
+        _check_phase(trial, phase, runs_before)
+        index += 1
+    last = trial.phases[-1]
+    if last.finished is None or {s for s, _ in last.finished.values()} != {"done"}:
+        trial.violation(last, "end", f"the final run did not end all done: {last.finished}")
+    if trial.done_before != set(trial.names):
+        missing = sorted(set(trial.names) - trial.done_before)
+        trial.violation(last, "end", f"not done in the store at the end: {missing}")
+    if tally is not None:
+        tally.add(trial)
+        return
+    assert not trial.violations, "\n".join([str(trial), *trial.violations])
+
+
+class Tally:
+    """The figures of many trials (docs/reliability.md): phases, faults struck, the
+    examples with each kind of violation, and the first few reports of each."""
+
+    def __init__(self) -> None:
+        self.examples = 0
+        self.tasks = 0
+        self.phases = 0
+        self.struck: Counter[str] = Counter()
+        self.finished = 0
+        self.by_item: Counter[str] = Counter()
+        self.reports: dict[str, list[str]] = {}
+
+    def add(self, trial: ScenarioTrial) -> None:
+        self.examples += 1
+        self.tasks += len(trial.names)
+        self.phases += len(trial.phases)
+        self.finished += sum(p.finished is not None for p in trial.phases)
+        self.struck.update(p.fired for p in trial.phases if p.fired)
+        items = set()
+        for line in trial.violations:
+            item = line.split("[", 1)[1].split("]", 1)[0]
+            items.add(item)
+            shown = self.reports.setdefault(item, [])
+            if len(shown) < 2:
+                shown.append(f"{line}\n{trial}")
+        self.by_item.update(items)
+
+    def __str__(self) -> str:
+        items = ", ".join(f"{item}: {n}" for item, n in self.by_item.most_common()) or "none"
+        return (
+            f"{self.examples} examples ({self.tasks} tasks), {self.phases} phases "
+            f"({self.finished} ran to the end), faults struck {dict(self.struck)}; "
+            f"examples with violations by item: {items}"
+        )
+
+
+SCENARIOS = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: processes are slow
+)
+
+
+@settings(SCENARIOS, max_examples=4)
+@given(case=scenario_specs(max_tasks=8), seed=st.integers(0, 2**32))
+def test_random_faults_in_a_driver_after_rewrites(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[Dag, dict[str, Any]], seed: int
+) -> None:
+    _scenario(tmp_path_factory.mktemp("scenario"), *case, seed, phases=3)
+
+
+@pytest.mark.long
+def test_random_faults_in_a_driver_after_rewrites_long(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``ASYNCGRAPH_SCENARIOS`` (150) examples of up to 16 tasks and 6 random phases. All
+    are run, whatever fails, and the figures printed (``-s``); any violation fails."""
+    tally = Tally()
+
+    @settings(SCENARIOS, max_examples=int(os.environ.get("ASYNCGRAPH_SCENARIOS", "150")))
+    @given(case=scenario_specs(max_tasks=16), seed=st.integers(0, 2**32))
+    def one(case: tuple[Dag, dict[str, Any]], seed: int) -> None:
+        rng = random.Random(seed)
+        count = rng.randint(1, 6)
+
+        def next_phase(trial: ScenarioTrial, index: int) -> Stage | None:
+            if index > count:
+                return None
+            return _draw_phase(trial, rng, index, final=index == count)
+
+        trial = ScenarioTrial(tmp_path_factory.mktemp("scenario"), *case, seed)
+        _play(trial, next_phase, tally=tally)
+
+    one()
+    print(f"\n{tally}")
+    reports = [r for shown in tally.reports.values() for r in shown]
+    assert not tally.by_item, "\n\n".join([str(tally), *reports])
+
+
+# The same harness on fixed scripts: one window or fault each, every time.
+
+
+def _spec(
+    deps: Mapping[str, Iterable[str]],
+    kinds: Mapping[str, str] | None = None,
+    holder: tuple[str, str] | None = None,
+    retries: Mapping[str, int] | None = None,
+    big: Mapping[str, int] | None = None,
+) -> tuple[Dag, dict[str, Any]]:
+    names = tuple(deps)
+    index = {n: i for i, n in enumerate(names)}
+    dag = Dag(
+        names=names,
+        deps=tuple(tuple(index[d] for d in deps[n]) for n in names),
+        add_order=tuple(range(len(names))),
+    )
+    spec = {
+        "names": list(names),
+        "deps": [list(ds) for ds in dag.deps],
+        "add_order": list(dag.add_order),
+        "kinds": {n: (kinds or {}).get(n, "io") for n in names},
+        "big": dict(big or {}),
+        "rows": {},
+        "broken": [],
+        "retries": dict(retries or {}),
+        "holder": holder and {"name": HOLDER, "after": holder[0], "waiter": holder[1]},
+    }
+    return dag, spec
+
+
+def _fixed(tmp: Path, case: tuple[Dag, dict[str, Any]], stages: list[Stage]) -> None:
+    for s in stages:
+        if s.ops.get("load"):
+            s.targets = set(s.ops.get("reset", ())) | case[0].descendants(
+                [n for n in s.ops.get("reset", ()) if n != HOLDER]
+            )
+    _play(ScenarioTrial(tmp, *case), lambda _, i: stages[i] if i < len(stages) else None)
+
+
+PLAIN = {"load": False}
+
+
+def test_crash_between_a_reset_parents_commit_and_its_childs_start(tmp_path: Path) -> None:
+    """Item 1's window, every time: ``source`` (a few MB) and the holder are reset, so
+    ``derived`` is reset too; ``derived`` waits on the named limit the holder keeps
+    until ``source``'s new result is committed; SIGKILL then. The resume must not reuse
+    ``derived``'s old result."""
+    case = _spec(
+        {"source": [], "derived": ["source"], "tail": ["derived"]},
+        holder=("source", "derived"),
+        big={"source": 3 << 20},
+    )
+    reset = {"load": True, "reset": ["source", HOLDER], "mark": {}}
+    _fixed(
+        tmp_path,
+        case,
+        [
+            Stage(0, PLAIN, Fault("none", 0)),
+            Stage(1, reset, Fault("killpg", "hold")),
+            Stage(2, PLAIN, Fault("none", 0)),
+        ],
+    )
+
+
+def test_sigterm_while_a_cpu_task_computes(tmp_path: Path) -> None:
+    """SIGTERM to the driver (docker stop) while a CPU task is busy: the run is recorded
+    cancelled with an end row for each started task, and the worker dies too (item 6)."""
+    case = _spec({"a": [], "busy": ["a"], "b": ["busy"]}, kinds={"busy": "cpu"})
+    _fixed(
+        tmp_path,
+        case,
+        [Stage(0, PLAIN, Fault("term", "victim", "busy")), Stage(1, PLAIN, Fault("none", 0))],
+    )
+
+
+def test_sigkill_of_the_driver_alone_while_a_cpu_task_computes(tmp_path: Path) -> None:
+    """SIGKILL to the driver only (the OOM killer), a CPU task busy: its worker must not
+    keep computing (item 6); the resume reruns it."""
+    case = _spec({"a": [], "busy": ["a"], "b": ["busy"]}, kinds={"busy": "cpu"})
+    _fixed(
+        tmp_path,
+        case,
+        [Stage(0, PLAIN, Fault("kill", "victim", "busy")), Stage(1, PLAIN, Fault("none", 0))],
+    )
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_killed_worker_fails_only_its_task(tmp_path: Path, retries: int) -> None:
+    """SIGKILL a busy worker: its task fails with WorkerDiedError (or its retry
+    succeeds), its child is skipped, the rest of the run and the store are unaffected."""
+    case = _spec(
+        {"a": [], "busy": ["a"], "b": ["busy"], "c": ["a"], "d": []},
+        kinds={"busy": "cpu", "d": "cpu"},
+        retries={"busy": retries},
+    )
+    _fixed(
+        tmp_path,
+        case,
+        [Stage(0, PLAIN, Fault("worker", "victim", "busy")), Stage(1, PLAIN, Fault("none", 0))],
+    )
+
+
+def test_reset_then_a_subgraph_run_leaves_no_stale_descendant() -> None:
+    """``reset(g, ["a"])`` resets ``b`` too; running only ``subgraph(..., ["a"])``
+    recomputes ``a``. A later run must not reuse ``b``'s result computed from the old
+    ``a`` (found by section 5; kin of item 1, with no crash at all)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp, "input")
+        db = str(Path(tmp, "store.db"))
+
+        def build() -> ag.Graph:
+            g = ag.Graph()
+            g.add("a", source.read_text)  # data read at run time: reset to rerun
+            g.add("b", lambda a: a + "!", deps=["a"])
+            return g
+
+        source.write_text("v1")
+        ag.run_sync(build(), store=db)
+        source.write_text("v2")
+        ag.run_sync(ag.subgraph(ag.reset(ag.load(build(), db), ["a"]), ["a"]), store=db)
+        out = ag.run_sync(build(), store=db)
+        assert dict(out.results) == {"a": "v2", "b": "v2!"}
