@@ -1091,7 +1091,7 @@ async def _run_on_store(
 ) -> Graph:
     """A run that records itself in ``store`` and reuses what is done there."""
     from ._resume import check_origin, durations, for_run
-    from ._store import open_store
+    from ._store import SQLiteStore, open_store
 
     graph.topological_order()  # a cycle is reported before the store is touched
     the_store = await anyio.to_thread.run_sync(open_store, store)
@@ -1102,6 +1102,8 @@ async def _run_on_store(
         nonlocal held
         the_store.acquire()
         held = True  # set in the thread: a cancelled caller still knows to let go
+        if isinstance(the_store, SQLiteStore):
+            the_store._held_by_run = True  # its close() is refused until the run ends
 
     try:
         await _in_thread_to_the_end(take)
@@ -1113,16 +1115,15 @@ async def _run_on_store(
             on_run(the_run)
         return await the_run.run()
     finally:
+        if held:
+            the_store.release()  # the lock goes, and the run's connection
         if the_store is not store:
-            # Ours: close it, so SQLite folds its WAL file back into the store and the
-            # lock goes. The run's StoredResults read it again if they are ever loaded.
+            # Ours: close it too, so SQLite folds its WAL file back into the store. The
+            # run's StoredResults read it again if they are ever loaded. (The caller's
+            # own object is the caller's to close.)
             close = getattr(the_store, "close", None)
             if close is not None:
                 close()
-            elif held:
-                the_store.release()
-        elif held:
-            the_store.release()  # the caller's object: the caller closes it
 
 
 def _weights(known: Mapping[str, float], graph: Graph) -> dict[str, float] | None:

@@ -312,12 +312,14 @@ class SQLiteStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"SQLiteStore(path): path must be a file path, not {path!r}")
+        _check_path(path)
         self.path = Path(path)
         self._lock = threading.Lock()  # the run's connection, used from a few threads
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None  # an flock on the store file (see _acquire)
         self._lock_key: tuple[int, int] | None = None  # that file's device and inode
         self._legacy_fd: int | None = None  # an older asyncgraph's STORE-lock, if any
+        self._held_by_run = False  # by a run of asyncgraph's (set by it), until release
         self._check()
 
     def __repr__(self) -> str:
@@ -336,19 +338,23 @@ class SQLiteStore:
         self._lock_fd = None
         self._lock_key = None
         self._legacy_fd = None
+        self._held_by_run = False
 
     def __del__(self) -> None:
         # A store dropped while held (a run that could not clean up) lets go of its
         # lock and connection rather than keep them until the process ends.
         with contextlib.suppress(Exception):
-            self.close()
+            self._close()
 
     # -- opening ------------------------------------------------------------------------
 
-    def _uri(self, immutable: bool = False) -> str:
+    def _uri(self, immutable: bool = False, writable: bool = False) -> str:
         # as_uri() percent-encodes '#' and '?', which a plain f"file:{path}" would take
         # as the URI's fragment and query (and open another file).
-        uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=ro"
+        uri = Path(os.path.abspath(self.path)).as_uri()
+        if writable:
+            return uri
+        uri += "?mode=ro"
         return uri + "&immutable=1" if immutable else uri
 
     def _stat(self) -> os.stat_result | None:
@@ -559,7 +565,12 @@ class SQLiteStore:
             os.fchmod(fd, 0o600)
         _open_files.opened(key)
         try:
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # As a file: URI, so the name is always a file's name. A plain name such as
+            # "file:nightly.db" would be taken as a URI by an SQLite built to take them
+            # (and open nightly.db, beside the file the lock is on).
+            conn = sqlite3.connect(
+                self._uri(writable=True), uri=True, check_same_thread=False, isolation_level=None
+            )
         except BaseException as exc:
             _open_files.closed(key)
             if isinstance(exc, sqlite3.Error):
@@ -587,10 +598,22 @@ class SQLiteStore:
             if isinstance(exc, sqlite3.Error):
                 raise self._write_error(exc) from exc
             raise
-        if not created:
+        if created:
+            self._tighten(st)  # a file with no store in it yet is ours to make private
+        else:
             self._warn_if_shared(st)
         self._conn = conn
         return conn
+
+    def _tighten(self, st: os.stat_result) -> None:
+        """An SQLite file with no tables made beforehand (``sqlite3 x.db VACUUM``), which
+        SQLite opened with its mode and gave its ``-wal`` and ``-shm`` files: all three
+        are made owner-only now that the store's schema is in it."""
+        if not st.st_mode & 0o077 or st.st_uid != os.geteuid():
+            return
+        for name in (str(self.path), f"{self.path}-wal", f"{self.path}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(name, 0o600)
 
     def _warn_if_shared(self, st: os.stat_result) -> None:
         mode = stat.S_IMODE(st.st_mode)
@@ -616,6 +639,24 @@ class SQLiteStore:
         return self._damaged(exc)
 
     def close(self) -> None:
+        """Close the store's connection (idempotent); refused while a run holds it.
+
+        A run lets go of the store itself when it ends (``release``). Closing it under a
+        running run would drop its lock and let another run in on the same store::
+
+            store = ag.SQLiteStore("nightly.db")
+            ... ag.run(g, store=store) running ...
+            store.close()   # <- StoreError: a run of this process holds it
+        """
+        if self._held_by_run:
+            raise StoreError(
+                f"store {str(self.path)!r} is held by a run of this process; it cannot be "
+                "closed under it (another run could then take it): the run lets go of it "
+                "when it ends, so close it after that (or cancel the run first)"
+            )
+        self._close()
+
+    def _close(self) -> None:
         """Close the run's connection and let go of the lock (idempotent)."""
         with self._lock:
             if self._conn is not None:
@@ -730,11 +771,12 @@ class SQLiteStore:
     # -- one run ------------------------------------------------------------------------
 
     def acquire(self) -> None:
-        with self._lock:
+        with self._lock, _fork_guard:
             self._acquire()
 
     def release(self) -> None:
-        self.close()
+        self._held_by_run = False
+        self._close()
 
     def begin_run(self) -> int:
         import socket
@@ -899,12 +941,25 @@ class SQLiteStore:
     def _legacy_lock(self, key: tuple[int, int]) -> int | None:
         """Also take ``STORE-lock``, the lock file of older asyncgraph versions, if it is
         there: an older version still running on this store keeps this one out, and
-        while this one runs, that file (if it exists) keeps an older one out."""
+        while this one runs, that file (if it exists) keeps an older one out. (Through
+        a hard link's name an older run's lock file cannot be found.)"""
+        # An older version named the lock after the path it was given: look beside
+        # this spelling and beside the file's real path (a symlink's target).
+        spellings = dict.fromkeys((f"{self.path}-lock", f"{os.path.realpath(self.path)}-lock"))
+        found = [name for name in spellings if os.path.isfile(name)]
+        if not found:
+            return None  # none (or something else by that name, which no lock uses)
+        legacy = found[0]
+        if len(found) > 1 and not os.path.samefile(found[0], found[1]):
+            # Both: take the second too, for the time this check runs.
+            other = self._take_legacy(found[1], key)
+            if other is not None:
+                os.close(other)
+        return self._take_legacy(legacy, key)
+
+    def _take_legacy(self, legacy: str, key: tuple[int, int]) -> int | None:
         import fcntl
 
-        legacy = f"{self.path}-lock"
-        if not os.path.isfile(legacy):
-            return None  # none (or something else by that name, which no lock uses)
         try:
             fd = os.open(legacy, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
@@ -922,6 +977,10 @@ class SQLiteStore:
         return fd
 
     def _release(self) -> None:
+        with _fork_guard:
+            self._let_go()
+
+    def _let_go(self) -> None:
         fd, key, legacy = self._lock_fd, self._lock_key, self._legacy_fd
         if fd is None or key is None:
             return
@@ -1052,6 +1111,14 @@ _open_files = _OpenFiles()
 _holding: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 
+#: Held from opening the store file to recording it in ``_holding`` (and while letting
+#: go), and by a thread that forks: a child forked in between would keep a copy of the
+#: lock's descriptor that ``_after_fork_in_child`` does not know of, and hold the store
+#: after its parent died. Re-entrant: a store dropped meanwhile (``__del__``, run by the
+#: garbage collector at any point, in the thread that takes the guard) lets go under it.
+_fork_guard = threading.RLock()
+
+
 def _after_fork_in_child() -> None:
     """A forked child drops the run's lock: a process that a task forks (``os.fork``,
     multiprocessing's fork) would otherwise hold the store after its run ended or died.
@@ -1070,7 +1137,17 @@ def _after_fork_in_child() -> None:
     _open_files.after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+def _after_fork_in_child_guarded() -> None:
+    global _fork_guard
+    _after_fork_in_child()
+    _fork_guard = threading.RLock()  # the parent's is held: it is released there
+
+
+os.register_at_fork(
+    before=lambda: _fork_guard.acquire(),
+    after_in_parent=lambda: _fork_guard.release(),
+    after_in_child=_after_fork_in_child_guarded,
+)
 
 
 def _unlock(fd: int) -> None:
@@ -1200,6 +1277,24 @@ def _disk_error(exc: BaseException, path: str) -> StoreError | None:
             "the disk, then run again: what was committed before is kept"
         )
     return None
+
+
+def _check_path(path: str | os.PathLike[str]) -> None:
+    """Refuse what cannot name a store file, before anything is opened."""
+    text = os.fspath(path)
+    text = text if isinstance(text, str) else os.fsdecode(text)
+    if "\0" in text:
+        raise StoreError(
+            f"SQLiteStore(path): the path {text!r} holds a NUL byte, which no file name "
+            "can; give the store's file path"
+        )
+    if text == ":memory:" or text.startswith("file:"):
+        raise StoreError(
+            f"SQLiteStore(path): {text!r} is SQLite's "
+            f"{'in-memory database' if text == ':memory:' else 'URI'} syntax, and a store is "
+            "a file that outlives the run; give its file path (nightly.db), or run without "
+            "a store"
+        )
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,173 @@ async def test_a_removed_store_is_named_as_removed_not_replaced(tmp_path: Path) 
     with pytest.raises(ag.StoreError, match="does not exist any more") as info:
         await ag.run(loaded)
     assert "replaced it" not in str(info.value) and "'a'" in str(info.value)
+
+
+# -- the store file, tried from outside (items 4, 5, 19, 26) ----------------------------
+
+
+@pytest.mark.parametrize("spelling", ["file:nightly.db", ":memory:", "a\0b.db"])
+def test_a_path_that_sqlite_would_read_otherwise_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """``file:nightly.db`` was locked as a file of that name while SQLite (built to take
+    URIs) opened nightly.db: two runs on one store at once. ``:memory:`` kept nothing."""
+    monkeypatch.chdir(tmp_path)
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    with pytest.raises(ag.StoreError, match="give its file path|give the store's file path"):
+        ag.run_sync(g, store=spelling)
+    with pytest.raises(ag.StoreError):
+        ag.history(spelling)
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_the_runs_connection_opens_the_file_the_lock_is_on(tmp_path: Path) -> None:
+    """A name SQLite could take for a URI or its options ('?', '#', 'file:' inside a
+    directory name) is the file of that name, for the lock, the run and the readers."""
+    odd = tmp_path / "file:odd?mode=ro#x"
+    odd.mkdir()
+    db = odd / "s.db"
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    assert ag.run_sync(g, store=db).results["a"] == 1
+    assert sorted(p.name for p in odd.iterdir()) == ["s.db"]
+    assert [p.name for p in tmp_path.iterdir()] == [odd.name]
+    assert ag.history(db)["status"].tolist() == ["done"]
+
+
+async def test_closing_a_store_a_run_holds_is_refused(tmp_path: Path) -> None:
+    """``store.close()`` under a running run dropped its lock: another process's run got
+    in, and the first died on an internal AssertionError."""
+    import asyncio
+
+    store = SQLiteStore(tmp_path / "s.db")
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> int:
+        started.set()
+        await finish.wait()
+        return 1
+
+    g = ag.Graph()
+    g.add("slow", slow)
+    run = asyncio.ensure_future(ag.run(g, store=store))
+    await started.wait()
+    with pytest.raises(ag.StoreError, match="held by a run of this process"):
+        store.close()
+    with pytest.raises(ag.StoreLockedError):  # still held: nobody else gets in
+        SQLiteStore(tmp_path / "s.db").acquire()
+    finish.set()
+    out = await run
+    assert out.results["slow"] == 1
+    assert ag.history(store)["status"].tolist() == ["done"]
+    store.close()  # after the run: fine, and idempotent
+    store.close()
+
+
+_forking = threading.Event()  # set by the fork below, before asyncgraph's own handler
+_armed = threading.Event()
+
+
+def _before_fork() -> None:
+    if _armed.is_set():
+        _forking.set()
+
+
+# Registered after asyncgraph's handler, so it runs before it ("before" handlers run in
+# the reverse order of registration).
+os.register_at_fork(before=_before_fork)
+
+
+def test_a_fork_while_another_thread_takes_the_store_does_not_keep_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child forked between opening the store file and recording that it holds it kept
+    the lock's descriptor, and held the store after its parent was killed. Here the
+    store's flock waits until a fork has begun, so the child is forked in that window
+    unless the fork waits for the store to be taken."""
+    import fcntl
+
+    db = tmp_path / "s.db"
+    store = SQLiteStore(db)
+    in_window = threading.Event()
+    real_flock = fcntl.flock
+
+    def flock_once_forking(fd: int, op: int) -> None:
+        if op & fcntl.LOCK_EX and not in_window.is_set():
+            in_window.set()
+            assert _forking.wait(30)
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_once_forking)
+    taker = threading.Thread(target=store.acquire)
+    taker.start()
+    assert in_window.wait(30)
+    r, w = os.pipe()
+    _armed.set()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: has it a descriptor of the store file?
+            real = os.path.realpath(db)
+            held = any(
+                os.path.realpath(f"/proc/self/fd/{fd}") == real
+                for fd in os.listdir("/proc/self/fd")
+            )
+            os.write(w, b"held" if held else b"free")
+            os._exit(0)
+    finally:
+        _armed.clear()
+    os.close(w)
+    answer = os.read(r, 16)
+    os.close(r)
+    os.waitpid(pid, 0)
+    taker.join(30)
+    _forking.clear()
+    try:
+        assert store._lock_fd is not None  # the taker got the store
+        assert answer == b"free"
+    finally:
+        store.release()
+
+
+def test_a_sqlite_file_with_no_store_in_it_is_made_private(tmp_path: Path) -> None:
+    """An SQLite file made beforehand (``sqlite3 x.db VACUUM``, mode 0644) is a store not
+    created yet: the run that creates the schema makes it and its -wal/-shm owner-only."""
+    db = tmp_path / "x.db"
+    sqlite3.connect(db).execute("VACUUM")
+    os.chmod(db, 0o644)
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    store = SQLiteStore(db)
+    seen = {}
+
+    def modes() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(f"{db}{suffix}")
+            if f.exists():
+                seen[suffix] = oct(f.stat().st_mode & 0o777)
+
+    g.add("look", lambda a: modes())
+    ag.run_sync(g, store=store)
+    assert seen == {"": "0o600", "-wal": "0o600", "-shm": "0o600"}
+
+
+def test_an_older_versions_lock_file_is_found_through_a_symlink(tmp_path: Path) -> None:
+    """An older asyncgraph locked ``STORE-lock`` beside the name it was given; a run
+    through a symlink looked for ``link.db-lock`` and went in beside it."""
+    import fcntl
+
+    db = tmp_path / "s.db"
+    g = ag.Graph()
+    g.add("a", lambda: 1)
+    ag.run_sync(g, store=db)
+    link = tmp_path / "link.db"
+    link.symlink_to(db)
+    old = os.open(f"{db}-lock", os.O_RDWR | os.O_CREAT, 0o600)  # an older run holds it
+    try:
+        fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ag.StoreLockedError, match="lock file of an older asyncgraph"):
+            ag.run_sync(ag.reset(ag.load(g, link), ["a"]), store=link)
+    finally:
+        os.close(old)
+    assert ag.history(db)["status"].tolist() == ["done"]  # nothing ran beside it
