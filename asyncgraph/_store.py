@@ -429,6 +429,13 @@ class SQLiteStore:
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return StoreError(f"store {str(self.path)!r} is busy (SQLite says: {exc}); try again")
+        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL):
+            full = _full_because(os.path.dirname(os.path.realpath(self.path)))
+            if full is not None:
+                return StoreError(
+                    f"store {str(self.path)!r} cannot be read: {full} (SQLite says: {exc}); "
+                    "free some space there and read it again"
+                )
         if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR):
             return StoreError(
                 f"store {str(self.path)!r} cannot be read (SQLite says: {exc}); check that "
@@ -449,6 +456,9 @@ class SQLiteStore:
           (through a writable mount of the same directory, say);
         * a ``-wal`` with commits in it cannot be read without the -shm: StoreError,
           saying so (``immutable=1`` would silently skip those commits).
+
+        The same goes for a full disk (no room for the -shm, or no inode), found before
+        SQLite tries (it would leave a -shm of a few bytes behind) or from its error.
         """
         import sqlite3
 
@@ -457,9 +467,13 @@ class SQLiteStore:
         conn: sqlite3.Connection | None = None
         seen: tuple[int, int, int] | None = None  # the file as an immutable read found it
         try:
-            if not _writable(str(self.path), file=True) and not _has_wal(self.path):
+            if not _has_wal(self.path) and (
+                not _writable(str(self.path), file=True) or _no_room(self.path) is not None
+            ):
                 # A file we cannot write (chmod 0444, chattr +i): SQLite would leave a
-                # -shm and an empty -wal beside it, unable to remove them.
+                # -shm and an empty -wal beside it, unable to remove them. A full disk
+                # (no room or no inode for the -shm): SQLite would fail as "disk I/O
+                # error", leaving a -shm of a few bytes and an empty -wal.
                 seen = _identity(self.path)
                 conn = sqlite3.connect(self._uri(immutable=True), uri=True)
             else:
@@ -467,7 +481,7 @@ class SQLiteStore:
                 try:
                     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 except sqlite3.OperationalError as exc:
-                    if (exc.sqlite_errorcode & 0xFF) != sqlite3.SQLITE_CANTOPEN:
+                    if not _no_shm(exc):
                         raise
                     conn.close()
                     conn = None
@@ -490,16 +504,22 @@ class SQLiteStore:
         if not _has_wal(self.path):
             return _identity(self.path)
         directory = os.path.dirname(os.path.realpath(self.path))
-        why = (
-            f"the directory {directory!r} is read-only"
-            if not _writable(directory)
-            else f"SQLite says: {exc}"
+        full = _full_because(directory)
+        advice = (
+            "read it once where its directory is writable, or copy the store with its "
+            "-wal file to a writable directory"
         )
+        if not _writable(directory):
+            why = f"the directory {directory!r} is read-only"
+        elif full is not None:
+            why = f"{full}; SQLite says: {exc}"
+            advice = "free some space there and read it again: nothing is lost"
+        else:
+            why = f"SQLite says: {exc}"
         raise StoreError(
             f"store {str(self.path)!r} cannot be read here: its last commits are in "
             f"{wal!r}, and SQLite needs to create {str(self.path) + '-shm'!r} to read "
-            f"them, which it cannot ({why}); read it once where its directory is writable, "
-            "or copy the store with its -wal file to a writable directory"
+            f"them, which it cannot ({why}); {advice}"
         ) from exc
 
     @contextlib.contextmanager
@@ -878,6 +898,13 @@ class SQLiteStore:
                 "outcome to its store; make it writable (chmod u+w, chattr -i) or run on a "
                 "copy (reading it works as it is)"
             )
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = _full_because(directory, size=0) or "its disk (or its quota) is full"
+            return StoreError(
+                f"store {path!r} cannot be {'opened' if existed else 'created'}: {full} "
+                f"({exc.strerror}); free some space there (delete files) and run again, or "
+                "give a path on another disk"
+            )
         if exc.errno == errno.ENXIO:  # a socket
             return StoreError(
                 f"store {path!r} is not a regular file (it is a socket); give the path of a "
@@ -886,7 +913,10 @@ class SQLiteStore:
         return StoreError(f"store {path!r} cannot be opened ({exc.strerror}); check the path")
 
     def _check_directory(self) -> None:
-        """A run needs to create ``STORE-wal`` and ``STORE-shm`` beside the store."""
+        """A run needs to create ``STORE-wal`` and ``STORE-shm`` beside the store: the
+        directory must be writable, with room (and inodes) for them, and any there must
+        be the store's own (see ``_check_beside``). Checked before SQLite tries, so a
+        store refused leaves no -wal or -shm behind."""
         directory = os.path.dirname(os.path.realpath(self.path))
         if not _writable(directory):
             raise StoreError(
@@ -894,6 +924,13 @@ class SQLiteStore:
                 "is read-only, and a run needs to create the store's -wal and -shm files "
                 "in it; run where the directory is writable, or on a copy (reading it "
                 "works as it is)"
+            )
+        full = _no_room(self.path)
+        if full is not None:
+            raise StoreError(
+                f"store {str(self.path)!r} is full: {full}, and a run needs room there "
+                "for the store's -wal and -shm files; free some space there (delete files) "
+                "and run again: nothing was written, and what was committed before is kept"
             )
 
     def _legacy_lock(self, key: tuple[int, int]) -> int | None:
@@ -1107,6 +1144,52 @@ def _has_wal(path: Path) -> bool:
         return True
 
 
+#: What SQLite's -shm takes at first (its first region, for up to 4096 pages of -wal);
+#: it writes to each page of it as it creates the file, so a full disk fails it.
+_SHM_SIZE = 32768
+
+
+def _full_because(directory: str, files: int = 1, size: int = _SHM_SIZE) -> str | None:
+    """Why the file system of ``directory`` cannot take ``files`` new files and ``size``
+    more bytes, or None (it can, or it cannot tell: a file system with no inode count,
+    btrfs say, reports 0 inodes of 0)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    if files and st.f_files > 0 and st.f_favail < files:
+        return "its file system has no free inodes (no new file can be created on it)"
+    # root may use the blocks a file system keeps back for it (ext4's 5 %)
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    if size and st.f_blocks > 0 and blocks * st.f_frsize < size:
+        return f"no space is left on its disk ({blocks * st.f_frsize} bytes free)"
+    return None
+
+
+def _no_room(path: Path) -> str | None:
+    """Why SQLite cannot create (or grow) the ``-wal`` and ``-shm`` it needs beside the
+    store ``path`` to read or write it, or None."""
+    files = 0 if os.path.lexists(f"{path}-wal") else 1
+    try:
+        size = max(0, _SHM_SIZE - os.stat(f"{path}-shm").st_size)
+    except FileNotFoundError:
+        files, size = files + 1, _SHM_SIZE
+    except OSError:
+        return None
+    if not files and not size:
+        return None
+    return _full_because(os.path.dirname(os.path.realpath(path)), files, size)
+
+
+def _no_shm(exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error says it could not open, create or grow the ``-shm``."""
+    import sqlite3
+
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    shm = (sqlite3.SQLITE_IOERR_SHMOPEN, sqlite3.SQLITE_IOERR_SHMSIZE, sqlite3.SQLITE_IOERR_SHMMAP)
+    return code in shm or (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL)
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` of this machine exists (a zombie does not count)."""
     try:
@@ -1183,6 +1266,18 @@ def _disk_error(exc: BaseException, path: str) -> StoreError | None:
     if not isinstance(exc, sqlite3.Error):
         return None
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR):
+        # SQLite says "unable to open database file" when it cannot create the -wal or
+        # -shm for want of an inode, and "disk I/O error" when it cannot fill the -shm.
+        directory = os.path.dirname(os.path.realpath(path))
+        cantopen = code == sqlite3.SQLITE_CANTOPEN
+        full = _full_because(directory, files=1, size=0 if cantopen else _SHM_SIZE)
+        if full is not None:
+            return StoreError(
+                f"store {path!r} is full: {full}, and a run needs room there for the "
+                f"store's -wal and -shm files (SQLite says: {exc}); free some space there "
+                "(delete files) and run again: what was committed before is kept"
+            )
     if code == sqlite3.SQLITE_FULL:
         return StoreError(
             f"store {path!r} is full: there is no room on its disk (or in its quota, or "

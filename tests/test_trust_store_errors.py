@@ -1,0 +1,141 @@
+"""Clear errors of the SQLite store file, from an outside review of issue 10 (items 15,
+17 and 19): a full disk, a file system out of inodes.
+
+The full disks are tiny tmpfs mounts in a private mount namespace (``unshare -m``), as
+in tests/test_trust_store.py; they are skipped where mounting is not allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_trust_store import ENV, GUARD, _can_bind_mount, _graph_module
+
+# -- a full disk, a file system out of inodes (items 15 and 17) ----------------------
+
+ON_A_TINY_DISK = """
+import json, os, subprocess, sys
+
+disk, options, scenario, target = sys.argv[1:5]
+subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", disk], check=True)
+db = os.path.join(disk, "s.db")
+
+def cli(*args):
+    p = subprocess.run([sys.executable, "-m", "asyncgraph", *args], capture_output=True,
+                       text=True)
+    return [p.returncode, p.stderr]
+
+def fill_bytes():
+    fd = os.open(os.path.join(disk, "filler"), os.O_WRONLY | os.O_CREAT)
+    for chunk in (65536, 4096, 1):
+        try:
+            while True:
+                os.write(fd, b"0" * chunk)
+        except OSError:
+            pass
+    os.close(fd)
+
+def fill_inodes():
+    i = 0
+    try:
+        while True:
+            open(os.path.join(disk, f"f{i}"), "w").close()
+            i += 1
+    except OSError:
+        pass
+
+out = {}
+if scenario == "new":
+    out["run"] = cli("run", target, "--store", db)
+else:
+    module, _, name = target.rpartition(":")
+    sys.path.insert(0, os.path.dirname(module))
+    import asyncgraph as ag
+    ag.run_sync(getattr(__import__("trust_small"), name)(), store=db)
+    assert os.listdir(disk) == ["s.db"], os.listdir(disk)  # closed cleanly
+    fill_bytes() if scenario == "bytes" else fill_inodes()
+    for command in ("status", "history"):
+        out[command] = cli(command, db)
+    out["plan"] = cli("plan", target, "--store", db)
+    out["run"] = cli("run", target, "--store", db)
+out["files"] = sorted(f for f in os.listdir(disk) if f.startswith("s.db"))
+print(json.dumps(out))
+"""
+
+
+def on_a_tiny_disk(tmp_path: Path, options: str, scenario: str) -> dict[str, list[object]]:
+    """Run ``ON_A_TINY_DISK`` on a fresh tmpfs mounted with ``options``."""
+    if not _can_bind_mount(tmp_path):
+        pytest.skip("cannot mount a tmpfs here (no unshare, or no CAP_SYS_ADMIN)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = tmp_path / "tiny.py"
+    script.write_text(ON_A_TINY_DISK)
+    target = _graph_module(tmp_path)
+    out = subprocess.run(
+        ["unshare", "-m", sys.executable, str(script), str(disk), options, scenario, target],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=GUARD,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    got: dict[str, list[object]] = json.loads(out.stdout)
+    return got
+
+
+def _one_line_error(result: list[object], db: str) -> str:
+    code, err = result
+    assert isinstance(err, str)
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert err.startswith("asyncgraph run: error: store "), err
+    assert f"'{db}'" in err, err
+    return err
+
+
+def test_a_sound_store_on_a_full_disk_can_be_read(tmp_path: Path) -> None:
+    """A store closed cleanly (no -wal, no -shm), then its disk filled to the last byte:
+    SQLite cannot create the -shm it reads through, so the file alone is read (it is the
+    whole store); a run says the store is full; nothing is left beside it."""
+    got = on_a_tiny_disk(tmp_path, "size=1m", "bytes")
+    for command in ("status", "history", "plan"):
+        assert got[command] == [0, ""], (command, got[command])
+    err = _one_line_error(got["run"], str(tmp_path / "disk" / "s.db"))
+    assert "is full" in err and "disk I/O error" not in err, err
+    assert "cannot be read" not in err, err
+    assert got["files"] == ["s.db"]  # no stray -wal, -shm
+
+
+def test_a_sound_store_on_a_file_system_out_of_inodes(tmp_path: Path) -> None:
+    """No inode left for the -wal and -shm: reading works, a run says no free inodes
+    (not "read-only")."""
+    got = on_a_tiny_disk(tmp_path, "size=4m,nr_inodes=64", "inodes")
+    for command in ("status", "history", "plan"):
+        assert got[command] == [0, ""], (command, got[command])
+    err = _one_line_error(got["run"], str(tmp_path / "disk" / "s.db"))
+    assert "is full" in err and "inodes" in err, err
+    assert "read-only" not in err, err
+    assert got["files"] == ["s.db"]
+
+
+def test_a_new_store_with_no_inodes_for_its_wal(tmp_path: Path) -> None:
+    """Room for the store file but not its -wal and -shm: refused before SQLite creates
+    any of them, so no -wal is left to belong to nothing."""
+    got = on_a_tiny_disk(tmp_path, "size=4m,nr_inodes=3", "new")
+    err = _one_line_error(got["run"], str(tmp_path / "disk" / "s.db"))
+    assert "is full" in err and "inodes" in err, err
+    assert "read-only" not in err, err
+    assert "s.db-wal" not in got["files"] and "s.db-shm" not in got["files"], got["files"]
+
+
+def test_a_new_store_with_no_inode_at_all(tmp_path: Path) -> None:
+    got = on_a_tiny_disk(tmp_path, "size=4m,nr_inodes=1", "new")
+    err = _one_line_error(got["run"], str(tmp_path / "disk" / "s.db"))
+    assert "cannot be created" in err and "inodes" in err, err
+    assert got["files"] == []
