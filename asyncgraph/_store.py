@@ -979,6 +979,11 @@ class SQLiteStore:
         wait = "wait for that run to end (or stop it) and try again"
         row = self._running_run(self.path)
         holders, names = ([], []) if key is None else _lock_holders(key)
+        if key is not None and not self._held_here(key):
+            # This process has just locked the file itself, then found an older
+            # asyncgraph's STORE-lock held (see _legacy_lock): it is not the holder.
+            holders = [(pid, cmd) for pid, cmd in holders if pid != os.getpid()]
+        holders += [h for h in self._legacy_holders() if h not in holders]
         for name in names:  # the holder's name of the file: a hard link keeps its own -wal
             if row is not None:
                 break
@@ -1005,6 +1010,24 @@ class SQLiteStore:
             f"that process {state}; a process it started may have kept the lock",
             "stop that process and try again",
         )
+
+    def _held_here(self, key: tuple[int, int]) -> bool:
+        """Whether an SQLiteStore of this process holds the file ``key`` for a run."""
+        if self._lock_key == key:
+            return True
+        with _open_files.mutex:
+            stores = list(_holding)
+        return any(store._lock_key == key for store in stores)
+
+    def _legacy_holders(self) -> list[tuple[int, str]]:
+        """The processes that hold ``STORE-lock``, an older asyncgraph's lock file."""
+        try:
+            st = os.stat(f"{self.path}-lock")
+        except OSError:
+            return []
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        return _lock_holders((st.st_dev, st.st_ino))[0]
 
     def _running_run(self, path: Path) -> tuple[int, int, str, float] | None:
         """The last run recorded as running in the store at ``path`` (this store's path,

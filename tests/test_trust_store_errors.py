@@ -1,5 +1,5 @@
 """Clear errors of the SQLite store file, from an outside review of issue 10 (items 15,
-17 and 19): a full disk, a file system out of inodes.
+17 and 19): a full disk, a file system out of inodes, an older asyncgraph's lock file.
 
 The full disks are tiny tmpfs mounts in a private mount namespace (``unshare -m``), as
 in tests/test_trust_store.py; they are skipped where mounting is not allowed.
@@ -8,12 +8,15 @@ in tests/test_trust_store.py; they are skipped where mounting is not allowed.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_trust_store import ENV, GUARD, _can_bind_mount, _graph_module
+from test_trust_store import ENV, GUARD, _can_bind_mount, _graph_module, small
+
+import asyncgraph as ag
 
 # -- a full disk, a file system out of inodes (items 15 and 17) ----------------------
 
@@ -139,3 +142,52 @@ def test_a_new_store_with_no_inode_at_all(tmp_path: Path) -> None:
     err = _one_line_error(got["run"], str(tmp_path / "disk" / "s.db"))
     assert "cannot be created" in err and "inodes" in err, err
     assert got["files"] == []
+
+
+# -- an older asyncgraph's lock file (item 19) ----------------------------------------
+
+OLDER_RUN = """
+import fcntl, os, sqlite3, sys, time
+
+db = sys.argv[1]
+fd = os.open(db + "-lock", os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what an older asyncgraph's run does
+conn = sqlite3.connect(db, isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute(
+    "INSERT INTO runs (started, status, pid, host) VALUES (?, 'running', ?, ?)",
+    (time.time(), os.getpid(), os.uname().nodename),
+)
+print("running", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_an_older_asyncgraphs_run_is_named_as_the_holder(tmp_path: Path) -> None:
+    """The refused process takes the lock on the store file before it finds the older
+    version's lock file held: the older run is the holder, not the refused process."""
+    db = tmp_path / "s.db"
+    ag.run_sync(small(), store=db)
+    script = tmp_path / "older.py"
+    script.write_text(OLDER_RUN)
+    older = subprocess.Popen(
+        [sys.executable, str(script), str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert older.stdout is not None and older.stdin is not None
+        assert older.stdout.readline().strip() == "running"
+        with pytest.raises(ag.StoreLockedError) as caught:
+            ag.run_sync(small(), store=db)
+        message = str(caught.value)
+        assert "this process" not in message, message
+        assert str(os.getpid()) not in message, message
+        assert caught.value.holder.startswith(f"run 2 (pid {older.pid} "), message
+        assert f"through '{db}-lock', the lock file of an older asyncgraph" in message
+        assert "wait for that run to end" in message, message
+    finally:
+        older.kill()
+        older.communicate()
+    assert ag.run_sync(small(), store=db).results["b"] == 2  # its lock is gone with it
