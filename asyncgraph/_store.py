@@ -932,6 +932,64 @@ class SQLiteStore:
                 "for the store's -wal and -shm files; free some space there (delete files) "
                 "and run again: nothing was written, and what was committed before is kept"
             )
+        self._check_beside()
+
+    def _check_beside(self) -> None:
+        """Refuse a ``-wal`` or ``-shm`` beside an empty store file that are not its own.
+
+        SQLite finds them by name. A store moved or removed while a run held it (``mv
+        s.db old.db``) leaves them under the old name, in use by that run, and after it
+        ends still holding its last commits (SQLite does not fold a moved store's -wal
+        back). A new store created under that name would take them as its own: read
+        that store's commits, or share its -shm with the run. An empty -wal that no
+        process has open (what reads leave beside a store, which was then removed) holds
+        nothing: SQLite starts afresh over it.
+        """
+        try:
+            if os.stat(self.path).st_size > 0:
+                return
+        except OSError:
+            return
+        found: dict[str, os.stat_result] = {}
+        for name in (f"{self.path}-wal", f"{self.path}-shm"):
+            with contextlib.suppress(OSError):
+                found[name] = os.stat(name)
+        if not found:
+            return
+        users = _opened_by({(st.st_dev, st.st_ino) for st in found.values()})
+        wal = found.get(f"{self.path}-wal")
+        if not users and (wal is None or wal.st_size == 0):
+            return
+        path = str(self.path)
+        files = " and ".join(repr(name) for name in found)
+        verb = "belong" if len(found) > 1 else "belongs"
+        if not users:
+            raise StoreError(
+                f"store {path!r} cannot be used: {files} beside it {verb} to another store "
+                "file, which was moved or removed without them (after a crash, or while a "
+                "run held it): its last commits are in the -wal, and a new store here "
+                "would take them as its own; put that store back under this name (or move "
+                f"{files} beside it, renamed to match), or remove {files} if that store "
+                "is gone for good"
+            )
+        holder = _processes([(pid, cmd) for pid, cmd, _ in users])
+        own = os.path.realpath(self.path)  # this process has just locked it
+        stores = [name for _, _, names in users for name in names if name != own]
+        match = f"move {files} beside it, renamed to match"
+        if not stores:
+            where, then = "has open (under another name, or removed)", f"put it back, or {match}"
+        elif stores[0].endswith(" (deleted)"):
+            where, then = f"has open as {stores[0]!r}", f"remove {files}: their store is gone"
+        else:
+            where = f"has open as {stores[0]!r}"
+            then = f"put that store back under this name (mv {stores[0]!r} {path!r}), or {match}"
+        raise StoreLockedError(
+            f"store {path!r} cannot be used: {files} beside it {verb} to another store "
+            f"file, which {holder} {where} (was the store moved or removed while a run "
+            "held it?); a run here would take that store's commits as its own. Wait for "
+            f"that process to end, then {then}, and try again",
+            holder,
+        )
 
     def _legacy_lock(self, key: tuple[int, int]) -> int | None:
         """Also take ``STORE-lock``, the lock file of older asyncgraph versions, if it is
@@ -1265,6 +1323,40 @@ def _lock_holders(key: tuple[int, int]) -> tuple[list[tuple[int, str]], list[str
     return list(found.items()), names
 
 
+def _opened_by(keys: set[tuple[int, int]]) -> list[tuple[int, str, list[str]]]:
+    """The processes that have one of the files ``keys`` open (Linux: /proc), each with
+    the names of the files it holds an ``flock`` on (a run's store, by its name now)."""
+    found: list[tuple[int, str, list[str]]] = []
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    for pid in sorted(pids):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        stats: dict[str, os.stat_result] = {}
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                stats[fd] = os.stat(f"/proc/{pid}/fd/{fd}")
+        if not any((st.st_dev, st.st_ino) in keys for st in stats.values()):
+            continue
+        locked = []
+        for fd, st in stats.items():
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in keys:
+                continue
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    info = f.read()
+                if any(ln.startswith("lock:") and "FLOCK" in ln for ln in info.splitlines()):
+                    locked.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+        found.append((pid, _command(pid), locked))
+    return found
+
+
 def _command(pid: int) -> str:
     if pid == os.getpid():
         return "this process"
@@ -1273,7 +1365,7 @@ def _command(pid: int) -> str:
             words = f.read().split(b"\0")
     except OSError:
         return "?"
-    text = " ".join(w.decode(errors="replace") for w in words if w)
+    text = " ".join(" ".join(w.decode(errors="replace").split()) for w in words if w)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -1,5 +1,6 @@
 """Clear errors of the SQLite store file, from an outside review of issue 10 (items 15,
-17 and 19): a full disk, a file system out of inodes, an older asyncgraph's lock file.
+17 and 19): a full disk, a file system out of inodes, an older asyncgraph's lock file,
+a store moved while a run held it.
 
 The full disks are tiny tmpfs mounts in a private mount namespace (``unshare -m``), as
 in tests/test_trust_store.py; they are skipped where mounting is not allowed.
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_trust_store import ENV, GUARD, _can_bind_mount, _graph_module, small
+from test_trust_store import ENV, GUARD, _can_bind_mount, _graph_module, holding, small
 
 import asyncgraph as ag
 
@@ -191,3 +192,73 @@ def test_an_older_asyncgraphs_run_is_named_as_the_holder(tmp_path: Path) -> None
         older.kill()
         older.communicate()
     assert ag.run_sync(small(), store=db).results["b"] == 2  # its lock is gone with it
+
+
+# -- a store moved or removed while a run held it (item 19) ----------------------------
+
+
+def test_a_new_store_beside_a_moved_stores_wal(tmp_path: Path) -> None:
+    """``mv s.db old.db`` while run A holds it; its -wal and -shm stay named s.db-wal,
+    s.db-shm (SQLite opened them by name). A run B on s.db must not take them as its own:
+    refused, naming them, the process that has them open, and the name it moved to."""
+    db, moved = tmp_path / "s.db", tmp_path / "old.db"
+    with holding(tmp_path, db) as proc:
+        wal = Path(f"{db}-wal")
+        assert wal.exists() and Path(f"{db}-shm").exists()
+        os.rename(db, moved)
+        before = wal.read_bytes()
+        with pytest.raises(ag.StoreLockedError) as caught:
+            ag.run_sync(small(), store=db)
+        message = str(caught.value)
+        assert f"'{db}-wal'" in message and f"'{db}-shm'" in message, message
+        assert f"process {proc.pid} " in message, message
+        assert f"'{moved}'" in message, message
+        assert "moved" in message and "disk I/O" not in message, message
+        assert wal.read_bytes() == before  # not touched
+        assert caught.value.holder.startswith(f"process {proc.pid} ")
+
+
+def test_a_new_store_beside_a_wal_left_by_a_moved_store(tmp_path: Path) -> None:
+    """A crashed run's -wal (with commits) and -shm, its store file moved or removed and
+    nobody using them: a new store there would read those commits as its own."""
+    import sqlite3
+
+    db, moved = tmp_path / "s.db", tmp_path / "old.db"
+    ag.run_sync(small(), store=db)
+    code = (
+        "import os, sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "conn.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "conn.execute(\"UPDATE runs SET status = 'running'\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(db)], check=True)
+    assert os.path.getsize(f"{db}-wal") > 0
+    os.rename(db, moved)
+    with pytest.raises(ag.StoreError) as caught:
+        ag.run_sync(small(), store=db)
+    assert not isinstance(caught.value, ag.StoreLockedError)
+    message = str(caught.value)
+    assert f"'{db}-wal'" in message and "moved or removed" in message, message
+    assert "disk I/O" not in message, message
+    # put them back together: the moved store is whole, with its last commit
+    os.rename(moved, db)
+    assert list(ag.history(db)["status"]) == ["running"]
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+
+
+async def test_leftover_empty_wal_and_shm_of_a_removed_store_do_not_matter(
+    tmp_path: Path,
+) -> None:
+    """What reads leave beside a store (an empty -wal, a -shm), the store then removed to
+    start afresh: nothing uses them, no commit is in them, so a new store starts there."""
+    db = tmp_path / "s.db"
+    await ag.run(small(), store=db)
+    assert list(ag.history(db)["status"]) == ["done"]  # a read: leaves -wal and -shm
+    assert os.path.exists(f"{db}-shm") and os.path.getsize(f"{db}-wal") == 0
+    os.unlink(db)
+    out = await ag.run(small(), store=db)
+    assert out.results["b"] == 2
+    assert list(ag.history(db)["status"]) == ["done"]
