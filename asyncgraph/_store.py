@@ -500,7 +500,7 @@ class SQLiteStore:
 
     def _unchanging(self, exc: sqlite3.Error) -> tuple[int, int, int] | None:
         """The file's identity if it can be read as immutable; StoreError if it cannot."""
-        wal = f"{self.path}-wal"
+        wal, shm = _beside(self.path)
         if not _has_wal(self.path):
             return _identity(self.path)
         directory = os.path.dirname(os.path.realpath(self.path))
@@ -518,7 +518,7 @@ class SQLiteStore:
             why = f"SQLite says: {exc}"
         raise StoreError(
             f"store {str(self.path)!r} cannot be read here: its last commits are in "
-            f"{wal!r}, and SQLite needs to create {str(self.path) + '-shm'!r} to read "
+            f"{wal!r}, and SQLite needs to create {shm!r} to read "
             f"them, which it cannot ({why}); {advice}"
         ) from exc
 
@@ -951,13 +951,13 @@ class SQLiteStore:
         except OSError:
             return
         found: dict[str, os.stat_result] = {}
-        for name in (f"{self.path}-wal", f"{self.path}-shm"):
+        for name in _beside(self.path):
             with contextlib.suppress(OSError):
                 found[name] = os.stat(name)
         if not found:
             return
         users = _opened_by({(st.st_dev, st.st_ino) for st in found.values()})
-        wal = found.get(f"{self.path}-wal")
+        wal = found.get(_beside(self.path)[0])
         if not users and (wal is None or wal.st_size == 0):
             return
         path = str(self.path)
@@ -1215,10 +1215,18 @@ def _writable(path: str, file: bool = False) -> bool:
     return os.access(path, mode, effective_ids=effective)
 
 
+def _beside(path: Path) -> tuple[str, str]:
+    """The store's ``-wal`` and ``-shm`` files: SQLite puts them beside the file that
+    the path names once symlinks are resolved (a store opened as link.db -> s.db has
+    s.db-wal), so they are looked for there."""
+    real = os.path.realpath(path)
+    return f"{real}-wal", f"{real}-shm"
+
+
 def _has_wal(path: Path) -> bool:
     """Whether the store has a ``-wal`` file with commits in it (or may have)."""
     try:
-        return os.stat(f"{path}-wal").st_size > 0
+        return os.stat(_beside(path)[0]).st_size > 0
     except FileNotFoundError:
         return False
     except OSError:
@@ -1250,9 +1258,10 @@ def _full_because(directory: str, files: int = 1, size: int = _SHM_SIZE) -> str 
 def _no_room(path: Path) -> str | None:
     """Why SQLite cannot create (or grow) the ``-wal`` and ``-shm`` it needs beside the
     store ``path`` to read or write it, or None."""
-    files = 0 if os.path.lexists(f"{path}-wal") else 1
+    wal, shm = _beside(path)
+    files = 0 if os.path.lexists(wal) else 1
     try:
-        size = max(0, _SHM_SIZE - os.stat(f"{path}-shm").st_size)
+        size = max(0, _SHM_SIZE - os.stat(shm).st_size)
     except FileNotFoundError:
         files, size = files + 1, _SHM_SIZE
     except OSError:

@@ -15,7 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_trust_store import ENV, GUARD, _can_bind_mount, _graph_module, holding, small
+from test_trust_store import (
+    ENV,
+    GUARD,
+    _can_bind_mount,
+    _graph_module,
+    holding,
+    in_read_only,
+    leave_a_wal,
+    small,
+)
 
 import asyncgraph as ag
 
@@ -197,18 +206,22 @@ def test_an_older_asyncgraphs_run_is_named_as_the_holder(tmp_path: Path) -> None
 # -- a store moved or removed while a run held it (item 19) ----------------------------
 
 
-def test_a_new_store_beside_a_moved_stores_wal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spelling", ["s.db", "link.db"])
+def test_a_new_store_beside_a_moved_stores_wal(tmp_path: Path, spelling: str) -> None:
     """``mv s.db old.db`` while run A holds it; its -wal and -shm stay named s.db-wal,
     s.db-shm (SQLite opened them by name). A run B on s.db must not take them as its own:
-    refused, naming them, the process that has them open, and the name it moved to."""
+    refused, naming them, the process that has them open, and the name it moved to.
+    Through a symlink link.db -> s.db, they are beside the file it names (as SQLite
+    puts them)."""
     db, moved = tmp_path / "s.db", tmp_path / "old.db"
-    with holding(tmp_path, db) as proc:
+    (tmp_path / "link.db").symlink_to(db)
+    with holding(tmp_path, tmp_path / spelling) as proc:
         wal = Path(f"{db}-wal")
         assert wal.exists() and Path(f"{db}-shm").exists()
         os.rename(db, moved)
         before = wal.read_bytes()
         with pytest.raises(ag.StoreLockedError) as caught:
-            ag.run_sync(small(), store=db)
+            ag.run_sync(small(), store=tmp_path / spelling)
         message = str(caught.value)
         assert f"'{db}-wal'" in message and f"'{db}-shm'" in message, message
         assert f"process {proc.pid} " in message, message
@@ -262,3 +275,19 @@ async def test_leftover_empty_wal_and_shm_of_a_removed_store_do_not_matter(
     out = await ag.run(small(), store=db)
     assert out.results["b"] == 2
     assert list(ag.history(db)["status"]) == ["done"]
+
+
+def test_a_symlinked_stores_wal_is_found_beside_the_file_it_names(tmp_path: Path) -> None:
+    """A store read through link.db -> data/s.db in a read-only directory, its last
+    commit in data/s.db-wal: read with that -wal (not immutable, which would skip it)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "s.db"
+    ag.run_sync(small(), store=db)
+    leave_a_wal(db)  # the last run marked running, in a commit that stays in the -wal
+    link = tmp_path / "link.db"
+    link.symlink_to(db)
+    script = "import sys, asyncgraph as ag; print(list(ag.history(sys.argv[1])['status']))"
+    out = in_read_only(tmp_path, data, script, str(link))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['running']"
