@@ -435,6 +435,13 @@ class SQLiteStore:
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return StoreError(f"store {str(self.path)!r} is busy (SQLite says: {exc}); try again")
+        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL):
+            full = _full_because(os.path.dirname(os.path.realpath(self.path)))
+            if full is not None:
+                return StoreError(
+                    f"store {str(self.path)!r} cannot be read: {full} (SQLite says: {exc}); "
+                    "free some space there and read it again"
+                )
         if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR):
             return StoreError(
                 f"store {str(self.path)!r} cannot be read (SQLite says: {exc}); check that "
@@ -455,6 +462,9 @@ class SQLiteStore:
           (through a writable mount of the same directory, say);
         * a ``-wal`` with commits in it cannot be read without the -shm: StoreError,
           saying so (``immutable=1`` would silently skip those commits).
+
+        The same goes for a full disk (no room for the -shm, or no inode), found before
+        SQLite tries (it would leave a -shm of a few bytes behind) or from its error.
         """
         import sqlite3
 
@@ -463,9 +473,13 @@ class SQLiteStore:
         conn: sqlite3.Connection | None = None
         seen: tuple[int, int, int] | None = None  # the file as an immutable read found it
         try:
-            if not _writable(str(self.path), file=True) and not _has_wal(self.path):
+            if not _has_wal(self.path) and (
+                not _writable(str(self.path), file=True) or _no_room(self.path) is not None
+            ):
                 # A file we cannot write (chmod 0444, chattr +i): SQLite would leave a
-                # -shm and an empty -wal beside it, unable to remove them.
+                # -shm and an empty -wal beside it, unable to remove them. A full disk
+                # (no room or no inode for the -shm): SQLite would fail as "disk I/O
+                # error", leaving a -shm of a few bytes and an empty -wal.
                 seen = _identity(self.path)
                 conn = sqlite3.connect(self._uri(immutable=True), uri=True)
             else:
@@ -473,7 +487,7 @@ class SQLiteStore:
                 try:
                     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 except sqlite3.OperationalError as exc:
-                    if (exc.sqlite_errorcode & 0xFF) != sqlite3.SQLITE_CANTOPEN:
+                    if not _no_shm(exc):
                         raise
                     conn.close()
                     conn = None
@@ -492,20 +506,26 @@ class SQLiteStore:
 
     def _unchanging(self, exc: sqlite3.Error) -> tuple[int, int, int] | None:
         """The file's identity if it can be read as immutable; StoreError if it cannot."""
-        wal = f"{self.path}-wal"
+        wal, shm = _beside(self.path)
         if not _has_wal(self.path):
             return _identity(self.path)
         directory = os.path.dirname(os.path.realpath(self.path))
-        why = (
-            f"the directory {directory!r} is read-only"
-            if not _writable(directory)
-            else f"SQLite says: {exc}"
+        full = _full_because(directory)
+        advice = (
+            "read it once where its directory is writable, or copy the store with its "
+            "-wal file to a writable directory"
         )
+        if not _writable(directory):
+            why = f"the directory {directory!r} is read-only"
+        elif full is not None:
+            why = f"{full}; SQLite says: {exc}"
+            advice = "free some space there and read it again: nothing is lost"
+        else:
+            why = f"SQLite says: {exc}"
         raise StoreError(
             f"store {str(self.path)!r} cannot be read here: its last commits are in "
-            f"{wal!r}, and SQLite needs to create {str(self.path) + '-shm'!r} to read "
-            f"them, which it cannot ({why}); read it once where its directory is writable, "
-            "or copy the store with its -wal file to a writable directory"
+            f"{wal!r}, and SQLite needs to create {shm!r} to read "
+            f"them, which it cannot ({why}); {advice}"
         ) from exc
 
     @contextlib.contextmanager
@@ -920,6 +940,13 @@ class SQLiteStore:
                 "outcome to its store; make it writable (chmod u+w, chattr -i) or run on a "
                 "copy (reading it works as it is)"
             )
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = _full_because(directory, size=0) or "its disk (or its quota) is full"
+            return StoreError(
+                f"store {path!r} cannot be {'opened' if existed else 'created'}: {full} "
+                f"({exc.strerror}); free some space there (delete files) and run again, or "
+                "give a path on another disk"
+            )
         if exc.errno == errno.ENXIO:  # a socket
             return StoreError(
                 f"store {path!r} is not a regular file (it is a socket); give the path of a "
@@ -928,7 +955,10 @@ class SQLiteStore:
         return StoreError(f"store {path!r} cannot be opened ({exc.strerror}); check the path")
 
     def _check_directory(self) -> None:
-        """A run needs to create ``STORE-wal`` and ``STORE-shm`` beside the store."""
+        """A run needs to create ``STORE-wal`` and ``STORE-shm`` beside the store: the
+        directory must be writable, with room (and inodes) for them, and any there must
+        be the store's own (see ``_check_beside``). Checked before SQLite tries, so a
+        store refused leaves no -wal or -shm behind."""
         directory = os.path.dirname(os.path.realpath(self.path))
         if not _writable(directory):
             raise StoreError(
@@ -937,6 +967,71 @@ class SQLiteStore:
                 "in it; run where the directory is writable, or on a copy (reading it "
                 "works as it is)"
             )
+        full = _no_room(self.path)
+        if full is not None:
+            raise StoreError(
+                f"store {str(self.path)!r} is full: {full}, and a run needs room there "
+                "for the store's -wal and -shm files; free some space there (delete files) "
+                "and run again: nothing was written, and what was committed before is kept"
+            )
+        self._check_beside()
+
+    def _check_beside(self) -> None:
+        """Refuse a ``-wal`` or ``-shm`` beside an empty store file that are not its own.
+
+        SQLite finds them by name. A store moved or removed while a run held it (``mv
+        s.db old.db``) leaves them under the old name, in use by that run, and after it
+        ends still holding its last commits (SQLite does not fold a moved store's -wal
+        back). A new store created under that name would take them as its own: read
+        that store's commits, or share its -shm with the run. An empty -wal that no
+        process has open (what reads leave beside a store, which was then removed) holds
+        nothing: SQLite starts afresh over it.
+        """
+        try:
+            if os.stat(self.path).st_size > 0:
+                return
+        except OSError:
+            return
+        found: dict[str, os.stat_result] = {}
+        for name in _beside(self.path):
+            with contextlib.suppress(OSError):
+                found[name] = os.stat(name)
+        if not found:
+            return
+        users = _opened_by({(st.st_dev, st.st_ino) for st in found.values()})
+        wal = found.get(_beside(self.path)[0])
+        if not users and (wal is None or wal.st_size == 0):
+            return
+        path = str(self.path)
+        files = " and ".join(repr(name) for name in found)
+        verb = "belong" if len(found) > 1 else "belongs"
+        if not users:
+            raise StoreError(
+                f"store {path!r} cannot be used: {files} beside it {verb} to another store "
+                "file, which was moved or removed without them (after a crash, or while a "
+                "run held it): its last commits are in the -wal, and a new store here "
+                "would take them as its own; put that store back under this name (or move "
+                f"{files} beside it, renamed to match), or remove {files} if that store "
+                "is gone for good"
+            )
+        holder = _processes([(pid, cmd) for pid, cmd, _ in users])
+        own = os.path.realpath(self.path)  # this process has just locked it
+        stores = [name for _, _, names in users for name in names if name != own]
+        match = f"move {files} beside it, renamed to match"
+        if not stores:
+            where, then = "has open (under another name, or removed)", f"put it back, or {match}"
+        elif stores[0].endswith(" (deleted)"):
+            where, then = f"has open as {stores[0]!r}", f"remove {files}: their store is gone"
+        else:
+            where = f"has open as {stores[0]!r}"
+            then = f"put that store back under this name (mv {stores[0]!r} {path!r}), or {match}"
+        raise StoreLockedError(
+            f"store {path!r} cannot be used: {files} beside it {verb} to another store "
+            f"file, which {holder} {where} (was the store moved or removed while a run "
+            "held it?); a run here would take that store's commits as its own. Wait for "
+            f"that process to end, then {then}, and try again",
+            holder,
+        )
 
     def _legacy_lock(self, key: tuple[int, int]) -> int | None:
         """Also take ``STORE-lock``, the lock file of older asyncgraph versions, if it is
@@ -1001,6 +1096,11 @@ class SQLiteStore:
         wait = "wait for that run to end (or stop it) and try again"
         row = self._running_run(self.path)
         holders, names = ([], []) if key is None else _lock_holders(key)
+        if key is not None and not self._held_here(key):
+            # This process has just locked the file itself, then found an older
+            # asyncgraph's STORE-lock held (see _legacy_lock): it is not the holder.
+            holders = [(pid, cmd) for pid, cmd in holders if pid != os.getpid()]
+        holders += [h for h in self._legacy_holders() if h not in holders]
         for name in names:  # the holder's name of the file: a hard link keeps its own -wal
             if row is not None:
                 break
@@ -1027,6 +1127,24 @@ class SQLiteStore:
             f"that process {state}; a process it started may have kept the lock",
             "stop that process and try again",
         )
+
+    def _held_here(self, key: tuple[int, int]) -> bool:
+        """Whether an SQLiteStore of this process holds the file ``key`` for a run."""
+        if self._lock_key == key:
+            return True
+        with _open_files.mutex:
+            stores = list(_holding)
+        return any(store._lock_key == key for store in stores)
+
+    def _legacy_holders(self) -> list[tuple[int, str]]:
+        """The processes that hold ``STORE-lock``, an older asyncgraph's lock file."""
+        try:
+            st = os.stat(f"{self.path}-lock")
+        except OSError:
+            return []
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        return _lock_holders((st.st_dev, st.st_ino))[0]
 
     def _running_run(self, path: Path) -> tuple[int, int, str, float] | None:
         """The last run recorded as running in the store at ``path`` (this store's path,
@@ -1174,14 +1292,69 @@ def _writable(path: str, file: bool = False) -> bool:
     return os.access(path, mode, effective_ids=effective)
 
 
+def _beside(path: Path) -> tuple[str, str]:
+    """The store's ``-wal`` and ``-shm`` files: SQLite puts them beside the file that
+    the path names once symlinks are resolved (a store opened as link.db -> s.db has
+    s.db-wal), so they are looked for there."""
+    real = os.path.realpath(path)
+    return f"{real}-wal", f"{real}-shm"
+
+
 def _has_wal(path: Path) -> bool:
     """Whether the store has a ``-wal`` file with commits in it (or may have)."""
     try:
-        return os.stat(f"{path}-wal").st_size > 0
+        return os.stat(_beside(path)[0]).st_size > 0
     except FileNotFoundError:
         return False
     except OSError:
         return True
+
+
+#: What SQLite's -shm takes at first (its first region, for up to 4096 pages of -wal);
+#: it writes to each page of it as it creates the file, so a full disk fails it.
+_SHM_SIZE = 32768
+
+
+def _full_because(directory: str, files: int = 1, size: int = _SHM_SIZE) -> str | None:
+    """Why the file system of ``directory`` cannot take ``files`` new files and ``size``
+    more bytes, or None (it can, or it cannot tell: a file system with no inode count,
+    btrfs say, reports 0 inodes of 0)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    if files and st.f_files > 0 and st.f_favail < files:
+        return "its file system has no free inodes (no new file can be created on it)"
+    # root may use the blocks a file system keeps back for it (ext4's 5 %)
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    if size and st.f_blocks > 0 and blocks * st.f_frsize < size:
+        return f"no space is left on its disk ({blocks * st.f_frsize} bytes free)"
+    return None
+
+
+def _no_room(path: Path) -> str | None:
+    """Why SQLite cannot create (or grow) the ``-wal`` and ``-shm`` it needs beside the
+    store ``path`` to read or write it, or None."""
+    wal, shm = _beside(path)
+    files = 0 if os.path.lexists(wal) else 1
+    try:
+        size = max(0, _SHM_SIZE - os.stat(shm).st_size)
+    except FileNotFoundError:
+        files, size = files + 1, _SHM_SIZE
+    except OSError:
+        return None
+    if not files and not size:
+        return None
+    return _full_because(os.path.dirname(os.path.realpath(path)), files, size)
+
+
+def _no_shm(exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error says it could not open, create or grow the ``-shm``."""
+    import sqlite3
+
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    shm = (sqlite3.SQLITE_IOERR_SHMOPEN, sqlite3.SQLITE_IOERR_SHMSIZE, sqlite3.SQLITE_IOERR_SHMMAP)
+    return code in shm or (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL)
 
 
 def _alive(pid: int) -> bool:
@@ -1236,6 +1409,40 @@ def _lock_holders(key: tuple[int, int]) -> tuple[list[tuple[int, str]], list[str
     return list(found.items()), names
 
 
+def _opened_by(keys: set[tuple[int, int]]) -> list[tuple[int, str, list[str]]]:
+    """The processes that have one of the files ``keys`` open (Linux: /proc), each with
+    the names of the files it holds an ``flock`` on (a run's store, by its name now)."""
+    found: list[tuple[int, str, list[str]]] = []
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    for pid in sorted(pids):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        stats: dict[str, os.stat_result] = {}
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                stats[fd] = os.stat(f"/proc/{pid}/fd/{fd}")
+        if not any((st.st_dev, st.st_ino) in keys for st in stats.values()):
+            continue
+        locked = []
+        for fd, st in stats.items():
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in keys:
+                continue
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    info = f.read()
+                if any(ln.startswith("lock:") and "FLOCK" in ln for ln in info.splitlines()):
+                    locked.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+        found.append((pid, _command(pid), locked))
+    return found
+
+
 def _command(pid: int) -> str:
     if pid == os.getpid():
         return "this process"
@@ -1244,7 +1451,7 @@ def _command(pid: int) -> str:
             words = f.read().split(b"\0")
     except OSError:
         return "?"
-    text = " ".join(w.decode(errors="replace") for w in words if w)
+    text = " ".join(" ".join(w.decode(errors="replace").split()) for w in words if w)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -1260,6 +1467,18 @@ def _disk_error(exc: BaseException, path: str) -> StoreError | None:
     if not isinstance(exc, sqlite3.Error):
         return None
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR):
+        # SQLite says "unable to open database file" when it cannot create the -wal or
+        # -shm for want of an inode, and "disk I/O error" when it cannot fill the -shm.
+        directory = os.path.dirname(os.path.realpath(path))
+        cantopen = code == sqlite3.SQLITE_CANTOPEN
+        full = _full_because(directory, files=1, size=0 if cantopen else _SHM_SIZE)
+        if full is not None:
+            return StoreError(
+                f"store {path!r} is full: {full}, and a run needs room there for the "
+                f"store's -wal and -shm files (SQLite says: {exc}); free some space there "
+                "(delete files) and run again: what was committed before is kept"
+            )
     if code == sqlite3.SQLITE_FULL:
         return StoreError(
             f"store {path!r} is full: there is no room on its disk (or in its quota, or "
