@@ -238,15 +238,7 @@ def test_a_new_store_beside_a_wal_left_by_a_moved_store(tmp_path: Path) -> None:
 
     db, moved = tmp_path / "s.db", tmp_path / "old.db"
     ag.run_sync(small(), store=db)
-    code = (
-        "import os, sqlite3, sys\n"
-        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "conn.execute('PRAGMA wal_autocheckpoint=0')\n"
-        "conn.execute(\"UPDATE runs SET status = 'running'\")\n"
-        "os._exit(0)\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(db)], check=True)
-    assert os.path.getsize(f"{db}-wal") > 0
+    leave_a_wal(db)
     os.rename(db, moved)
     with pytest.raises(ag.StoreError) as caught:
         ag.run_sync(small(), store=db)
