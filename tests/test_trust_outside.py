@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import test_trust_session
 
 import asyncgraph as ag
 from asyncgraph import SQLiteStore
@@ -108,17 +109,10 @@ async def test_an_error_text_sqlite_cannot_encode_fails_only_its_task(
 ROW_LIMIT = 1_000_000
 
 
-class SmallRows(SQLiteStore):
-    """Rows of at most ROW_LIMIT bytes: the stand-in for SQLite's default 10**9."""
+class SmallRows(test_trust_session.SmallRows):
+    """Rows of at most ROW_LIMIT bytes: room for the error texts a row keeps."""
 
-    def begin_run(self) -> int:
-        run_id = super().begin_run()
-        assert self._conn is not None
-        self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, ROW_LIMIT)
-        return run_id
-
-    def result_size_limit(self) -> int:
-        return ROW_LIMIT
+    limit = ROW_LIMIT
 
 
 def _huge_error() -> None:

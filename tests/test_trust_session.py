@@ -251,17 +251,19 @@ LIMIT = 60_000
 
 
 class SmallRows(SQLiteStore):
-    """A store whose SQLite connection holds rows of at most LIMIT bytes (the test's
+    """A store whose SQLite connection holds rows of at most ``limit`` bytes (the test's
     stand-in for SQLite's default 10**9), and says so."""
+
+    limit = LIMIT
 
     def begin_run(self) -> int:
         run_id = super().begin_run()
         assert self._conn is not None
-        self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, LIMIT)
+        self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.limit)
         return run_id
 
     def result_size_limit(self) -> int:
-        return LIMIT
+        return self.limit
 
 
 async def test_a_result_too_big_for_the_store_fails_its_own_task_only(tmp_path: Path) -> None:

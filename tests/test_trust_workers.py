@@ -27,6 +27,7 @@ import psutil
 import pytest
 from conftest import statuses
 from conftest import wait_gone as _wait_gone
+from trust_workers_driver import write_atomically
 
 import asyncgraph as ag
 from asyncgraph import _process
@@ -61,15 +62,6 @@ def kill_quietly(*pids: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
 
 
 async def wait_for_file(path: Path) -> str:
