@@ -48,3 +48,16 @@ def test_store_benchmark_runs_on_a_tiny_graph(tmp_path):
     assert "store/plain" in proc.stdout
     assert "resume/own" in proc.stdout
     assert out.stat().st_size > 0
+
+
+def test_compare_benchmark_runs_a_tree_against_itself(tmp_path):
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/compare.py", str(ROOT), str(ROOT), "--pairs", "1",
+         "--inner", "1", "--n", "200", "--cases", "build wide,run layered",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "run layered" in proc.stdout
+    assert out.stat().st_size > 0
