@@ -340,13 +340,26 @@ async def test_after_a_failed_write_history_counts_only_what_was_committed(
                 raise sqlite3.OperationalError("database or disk is full")
             super().write(run_id, rows, **kw)
 
+    # b waits for a's commit (its done event is sent once the row is durable), so a is
+    # committed in a batch of its own before c, whose batch fails, can exist: without
+    # that, a, b and c could all end before the writer wakes and go in one failed batch.
+    a_committed = threading.Event()
+
+    def on_event(event: ag.Event) -> None:
+        if event.kind is ag.EventKind.DONE and event.task == "a":
+            a_committed.set()
+
+    def b(a: int) -> int:
+        assert a_committed.wait(60), "a's commit was never reported"
+        return a + 1
+
     g = ag.Graph()
     g.add("a", lambda: 1)
-    g.add("b", lambda a: a + 1)
+    g.add("b", b)
     g.add("c", lambda b: b + 1)
     g.add("d", lambda c: c + 1)
     with pytest.raises(ag.StoreError, match="disk is full"):
-        await ag.run(g, store=FullDisk(db))
+        await ag.run(g, store=FullDisk(db), on_event=on_event)
     committed = _committed_counts(db, 1)
     assert committed["done"] >= 1  # a, at least, was stored
     counts = _run_counts(db, 1)
