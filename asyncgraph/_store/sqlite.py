@@ -1,4 +1,4 @@
-"""The durable store: one SQLite file that records every run and every task's outcome.
+"""The embedded store: one SQLite file that records every run and every task's outcome.
 
 Layout (see ``docs/store.md``)::
 
@@ -13,52 +13,39 @@ Layout (see ``docs/store.md``)::
 A run holds the store for its whole length through an ``flock`` on the store file itself,
 so every name of the file finds the same lock (the kernel drops it if the process dies, so
 a SIGKILLed run never leaves it held; see ``_OpenFiles`` for closing it safely). The
-run's writes go through one writer thread (:class:`RunWriter`) that commits in batches, so
-the event loop never waits for the disk; a task counts as done (its ``done`` event, the
-returned graph) only once its result is committed. WAL mode with ``synchronous=FULL``: a
-committed result survives a crash of the process and of the machine.
+run's writes come from one writer thread (``writer.RunWriter``) in batches, each one
+transaction. WAL mode with ``synchronous=FULL``: a committed result survives a crash of
+the process and of the machine.
+
+The only module of the package that uses :mod:`sqlite3`, and only inside functions, so
+``import asyncgraph`` does not load it.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as dt
 import errno
 import os
-import pickle
-import random
 import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
-from ._exceptions import StoreError, StoreLockedError, UnstorableResultError
-from ._state import State
+from .._exceptions import StoreError, StoreLockedError
+from .._state import State
+from .protocol import COUNTS, Batch, RunInfo, Store, StoredTask, TaskRow
+from .serialize import deserialize
 
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = [
-    "RunInfo",
-    "SQLiteStore",
-    "Store",
-    "StoredTask",
-    "TaskRow",
-    "new_result_id",
-    "open_store",
-    "serialize",
-]
+__all__ = ["FORMAT", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
 
 FORMAT = "asyncgraph-store"
-#: The counts of a run, in the order of the ``runs`` table's columns.
-COUNTS = ("tasks", "reused", "done", "failed", "skipped", "cancelled")
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -114,189 +101,10 @@ END
 """
 
 
-@dataclass(frozen=True, slots=True)
-class StoredTask:
-    """What the store knows about one task (its result stays in the store)."""
-
-    name: str
-    run_id: int
-    status: State
-    attempts: int
-    started: float | None
-    finished: float | None
-    error_type: str | None
-    error_message: str | None
-    traceback: str | None
-    fingerprint: str | None
-    code: str | None  # the digest of the task's own code and options
-    result_id: int | None  # a random key of the stored result (None: no result)
-
-
-class TaskRow(NamedTuple):
-    """One write: a task's record at the end (or the start) of its attempts in a run.
-
-    Its fields are the columns of the ``state`` table, in order, so a batch goes to
-    SQLite as it is. A NamedTuple: one is built per task on the loop's thread.
-    """
-
-    name: str
-    run_id: int
-    status: str  # a State's value
-    attempts: int
-    started: float | None
-    finished: float | None
-    error_type: str | None
-    error_message: str | None
-    traceback: str | None
-    fingerprint: str | None
-    code: str | None
-    result_id: int | None  # a new random key (new_result_id()) for a done task's result
-    result_format: str | None
-    result: bytes | None
-
-
-def new_result_id() -> int:
-    """A key for a new result: random, so no key is ever handed out twice."""
-    return _random.getrandbits(62) + 1
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """One run in a store's history."""
-
-    id: int
-    started: float
-    finished: float | None
-    status: str  # running, done, failed, cancelled, crashed
-    pid: int
-    host: str
-    tasks: int
-    reused: int
-    done: int
-    failed: int
-    skipped: int
-    cancelled: int
-
-
-@runtime_checkable
-class Store(Protocol):
-    """What a run needs from a store. :class:`SQLiteStore` is the embedded default.
-
-    Every method may block (they run in threads, never on the event loop); ``write`` is
-    called from one writer thread at a time and must be atomic: all rows or none.
-
-    Two optional extras a store may have (:class:`SQLiteStore` has both):
-
-    - ``result_size_limit() -> int | None``: the largest row it can hold, in bytes. A
-      result that does not fit fails its own task with UnstorableResultError before it
-      reaches ``write``, instead of failing the write (and so the run).
-    - a ``counts`` keyword on ``write``: how many of the run's tasks ended in each state
-      with these rows (and, with the first batch, ``tasks`` and ``reused``), to add to
-      the run's counts in the same transaction, so the counts of a run that never
-      reaches ``end_run`` (killed) are those of its committed rows.
-    """
-
-    def tasks(self) -> dict[str, StoredTask]:
-        """The latest record of every task, without loading any result."""
-        ...
-
-    def load_result(self, result_id: int, task: str) -> Any:
-        """Deserialize one stored result."""
-        ...
-
-    def runs(self) -> list[RunInfo]:
-        """Every run, oldest first."""
-        ...
-
-    def acquire(self) -> None:
-        """Hold the store for one run, or raise StoreLockedError naming who holds it."""
-        ...
-
-    def release(self) -> None:
-        """Let go of the store (also when no run began)."""
-        ...
-
-    def begin_run(self) -> int:
-        """Record that a run starts (the store is held) and return its id."""
-        ...
-
-    def write(self, run_id: int, rows: Sequence[TaskRow]) -> None:
-        """Record these rows durably, in one transaction (see above for ``counts``)."""
-        ...
-
-    def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
-        """Record how the run ended."""
-        ...
-
-
-# -- serialization ---------------------------------------------------------------------
-
-_PLAIN = (type(None), bool, int, float, str, bytes)
-_NONE = ("pickle", pickle.dumps(None, protocol=5))
-
-
-def serialize(name: str, value: Any, what: str = "returned") -> tuple[str, bytes]:
-    """A result as ``(format, data)``; raise UnstorableResultError if it cannot be.
-
-    Plain values go through :mod:`pickle`; anything else through cloudpickle, so a class
-    or function defined in a script or a notebook is stored by value and loads in another
-    process. A pandas DataFrame is stored as Parquet when pyarrow is installed (smaller,
-    faster, readable by other tools), and pickled if Parquet cannot represent it.
-    """
-    if value is None:
-        return _NONE  # the most common result of all (a task run for its side effects)
-    if type(value) in _PLAIN:
-        return "pickle", pickle.dumps(value, protocol=5)
-    if type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas"):
-        data = _to_parquet(value)
-        if data is not None:
-            return "parquet", data
-    try:
-        return "pickle", cloudpickle.dumps(value, protocol=5)
-    except Exception as exc:
-        raise UnstorableResultError(
-            f"task {name!r} {what} a {type(value).__name__} that cannot be stored "
-            f"({type(exc).__name__}: {exc}); return a picklable value (plain data, a "
-            "DataFrame) or run without a store"
-        ) from exc
-
-
-def _to_parquet(frame: Any) -> bytes | None:
-    import importlib.util
-    import io
-
-    if importlib.util.find_spec("pyarrow") is None:
-        return None
-
-    buf = io.BytesIO()
-    try:
-        frame.to_parquet(buf)
-    except Exception:  # noqa: BLE001 - e.g. mixed-type columns: fall back to a pickle
-        return None
-    return buf.getvalue()
-
-
-def deserialize(fmt: str, data: bytes) -> Any:
-    if fmt == "pickle":
-        return pickle.loads(data)
-    if fmt == "parquet":
-        import io
-
-        import pandas as pd
-
-        return pd.read_parquet(io.BytesIO(data))
-    raise StoreError(f"unknown result format {fmt!r}; was the store written by a newer asyncgraph?")
-
-
 # -- the SQLite store -------------------------------------------------------------------
 
-#: What each state is stored as (``State.value`` is a Python-level property lookup).
-_VALUES = {state: state.value for state in State}
 #: SQLite's limit for a row on a new connection (SQLITE_LIMIT_LENGTH), once read.
 _built_in_limit: int | None = None
-#: Result keys: random (seeded from the OS), so no key is handed out again for another
-#: result, in this process or another.
-_random = random.Random()
 
 
 class SQLiteStore:
@@ -818,7 +626,13 @@ class SQLiteStore:
     def write(
         self, run_id: int, rows: Sequence[TaskRow], counts: Mapping[str, int] | None = None
     ) -> None:
-        """Record ``rows``, and add ``counts`` to the run's counts, in one transaction."""
+        """Record ``rows``, and add ``counts`` to the run's counts, in one transaction.
+
+        ``counts`` defaults to a :class:`Batch`'s own (what a run writes); plain rows
+        with no counts change no count.
+        """
+        if counts is None and isinstance(rows, Batch):
+            counts = rows.counts
         # One statement per batch: the rows are the table's columns, bound in C. A
         # task's later row in the same batch replaces its earlier one (INSERT OR
         # REPLACE, applied in order).
@@ -1593,119 +1407,3 @@ def open_store(store: Any, parameter: str = "store") -> Store:
         f"{parameter} must be a file path or a Store object (see asyncgraph.Store), "
         f"not {type(store).__name__} {store!r}"
     )
-
-
-# -- the writer of one run ---------------------------------------------------------------
-
-#: The states a task's last row in a run can count as (the runs table's columns).
-_ENDED = ("done", "failed", "skipped", "cancelled")
-
-
-def _takes_counts(store: Store) -> bool:
-    """Whether ``store.write`` takes the ``counts`` keyword (see :class:`Store`)."""
-    import inspect
-
-    try:
-        params = inspect.signature(store.write).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "counts" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-class RunWriter:
-    """Writes one run's rows from a thread, in batches, and reports each commit.
-
-    ``put`` is called on the loop's thread and never blocks: an append to a deque, and
-    a wake-up only when the writer is asleep. The thread takes everything queued, writes
-    it in one transaction, then calls ``on_commit(rows)`` on the loop (via
-    ``call_soon_threadsafe``). A failed write is handed to ``on_error`` the same way and
-    the writer stops: nothing later is reported durable.
-
-    ``first`` rows are queued before the thread starts, so they are in the first
-    transaction, ahead of every row ``put`` later (a run's resets: see ``_Session``).
-    They are not counted; each later row that ends a task (done, failed, skipped,
-    cancelled) is, and ``committed`` holds the counts of the rows committed so far
-    (read it once ``close`` returned). A store whose ``write`` takes ``counts`` gets
-    each batch's counts (and ``first_counts`` with the first batch) in the same
-    transaction as its rows.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        run_id: int,
-        loop: Any,
-        on_commit: Callable[[list[TaskRow]], None],
-        on_error: Callable[[BaseException], None],
-        *,
-        first: Sequence[TaskRow] = (),
-        first_counts: Mapping[str, int] | None = None,
-    ) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.loop = loop
-        self.on_commit = on_commit
-        self.on_error = on_error
-        self._queue: collections.deque[TaskRow] = collections.deque(first)
-        self._uncounted = len(first)  # the first rows the thread takes are not counted
-        self._extra: dict[str, int] = dict(first_counts or {})
-        self._with_counts = _takes_counts(store)
-        #: Tasks that ended in each state with a committed row (done, failed, ...).
-        self.committed: dict[str, int] = dict.fromkeys(_ENDED, 0)
-        self._wake = threading.Event()
-        self._asleep = False  # read without a lock: a spare wake-up costs nothing
-        self._closing = False
-        self.failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="asyncgraph-store", daemon=True)
-        self._thread.start()
-
-    def put(self, row: TaskRow) -> None:
-        self._queue.append(row)  # deque.append is atomic
-        if self._asleep:
-            self._wake.set()
-
-    def _work(self) -> None:
-        queue = self._queue
-        while True:
-            if not queue:
-                if self._closing:
-                    return
-                # Say we sleep, then look once more: a put() in between either sees the
-                # flag and wakes us, or its row is seen here.
-                self._asleep = True
-                if not queue and not self._closing:
-                    self._wake.wait()
-                self._asleep = False
-                self._wake.clear()
-                continue
-            batch = []
-            while queue:
-                batch.append(queue.popleft())
-            counts, self._extra = self._extra, {}
-            skip = min(self._uncounted, len(batch))
-            self._uncounted -= skip
-            for row in batch[skip:] if skip else batch:
-                status = row[2]
-                if status in _ENDED:
-                    counts[status] = counts.get(status, 0) + 1
-            try:
-                if counts and self._with_counts:
-                    self.store.write(self.run_id, batch, counts=counts)  # type: ignore[call-arg]
-                else:
-                    self.store.write(self.run_id, batch)
-            except BaseException as exc:  # noqa: BLE001 - handed to the run
-                self.failed = exc
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    self.loop.call_soon_threadsafe(self.on_error, exc)
-                return
-            committed = self.committed
-            for status in _ENDED:
-                committed[status] += counts.get(status, 0)
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.on_commit, batch)
-
-    def close(self) -> None:
-        """Write what is queued and stop the thread (blocking: call it in a thread)."""
-        self._closing = True
-        self._wake.set()
-        self._thread.join()
