@@ -208,7 +208,7 @@ class SQLiteStore:
                     conn.execute("SELECT count(*) FROM state").fetchone()
                     conn.execute("SELECT count(*) FROM runs").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise self._unreadable(exc, damaged=self._damaged(exc)) from exc
+            raise _trouble(exc, str(self.path), writing=False) or self._damaged(exc) from exc
         if not tables:
             return  # a creation that never committed its schema: created on first write
         if meta.get("format") != FORMAT:
@@ -235,27 +235,6 @@ class SQLiteStore:
             f"{str(self.path)!r} is not an asyncgraph store, or it is damaged "
             f"(SQLite says: {exc}); give another path, or restore the file from a backup"
         )
-
-    def _unreadable(self, exc: sqlite3.Error, damaged: StoreError) -> StoreError:
-        """``damaged``, unless SQLite's error is about access to the file, not its bytes."""
-        import sqlite3
-
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return StoreError(f"store {str(self.path)!r} is busy (SQLite says: {exc}); try again")
-        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL):
-            full = _full_because(os.path.dirname(os.path.realpath(self.path)))
-            if full is not None:
-                return StoreError(
-                    f"store {str(self.path)!r} cannot be read: {full} (SQLite says: {exc}); "
-                    "free some space there and read it again"
-                )
-        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR):
-            return StoreError(
-                f"store {str(self.path)!r} cannot be read (SQLite says: {exc}); check that "
-                "the file and its directory can be read"
-            )
-        return damaged
 
     @contextlib.contextmanager
     def _connected(self, st: os.stat_result) -> Iterator[sqlite3.Connection]:
@@ -369,7 +348,7 @@ class SQLiteStore:
                 "aside to start afresh"
             )
             if isinstance(exc, sqlite3.Error):
-                raise self._unreadable(exc, damaged) from exc
+                raise _trouble(exc, str(self.path), writing=False) or damaged from exc
             raise damaged from exc
 
     def _open_for_run(self) -> sqlite3.Connection:
@@ -461,10 +440,7 @@ class SQLiteStore:
 
     def _write_error(self, exc: sqlite3.Error) -> StoreError:
         """A StoreError for SQLite's error opening the run's connection."""
-        mapped = _disk_error(exc, str(self.path))
-        if mapped is not None:
-            return mapped
-        return self._damaged(exc)
+        return _trouble(exc, str(self.path), writing=True) or self._damaged(exc)
 
     def close(self) -> None:
         """Close the store's connection (idempotent); refused while a run holds it.
@@ -1166,7 +1142,7 @@ def _no_shm(exc: sqlite3.Error) -> bool:
     """Whether SQLite's error says it could not open, create or grow the ``-shm``."""
     import sqlite3
 
-    code = getattr(exc, "sqlite_errorcode", None) or 0
+    code = _code(exc)
     shm = (sqlite3.SQLITE_IOERR_SHMOPEN, sqlite3.SQLITE_IOERR_SHMSIZE, sqlite3.SQLITE_IOERR_SHMMAP)
     return code in shm or (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL)
 
@@ -1274,40 +1250,66 @@ def _processes(holders: Sequence[tuple[int, str]]) -> str:
     return shown + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
 
 
-def _disk_error(exc: BaseException, path: str) -> StoreError | None:
-    """A StoreError naming the file for SQLite's errors about the disk, not the data."""
+def _code(exc: sqlite3.Error) -> int:
+    """SQLite's extended result code of ``exc`` (0 for an error sqlite3 did not raise)."""
+    return getattr(exc, "sqlite_errorcode", None) or 0
+
+
+def _trouble(exc: sqlite3.Error, path: str, *, writing: bool) -> StoreError | None:
+    """A StoreError naming the file, for SQLite's errors about access to the store file
+    and the disk under it rather than about its bytes, worded for a read or for a run's
+    write (``writing``); None for the others (the caller's: damaged, or as they are).
+
+    The one place that reads SQLite's result codes for a message. A read tells apart:
+    busy; a full disk (the file system says so); no access to the file. A write: a full
+    disk (the file system says so, or SQLite: SQLITE_FULL is also a quota or a size
+    limit); read-only; a failed disk.
+    """
     import sqlite3
 
-    if not isinstance(exc, sqlite3.Error):
-        return None
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR):
+    code = _code(exc) & 0xFF
+    where, says = f"store {path!r}", f"SQLite says: {exc}"
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return None if writing else StoreError(f"{where} is busy ({says}); try again")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR) or (
+        code == sqlite3.SQLITE_FULL and not writing
+    ):
         # SQLite says "unable to open database file" when it cannot create the -wal or
         # -shm for want of an inode, and "disk I/O error" when it cannot fill the -shm.
-        directory = os.path.dirname(os.path.realpath(path))
-        cantopen = code == sqlite3.SQLITE_CANTOPEN
-        full = _full_because(directory, files=1, size=0 if cantopen else _SHM_SIZE)
+        size = 0 if writing and code == sqlite3.SQLITE_CANTOPEN else _SHM_SIZE
+        full = _full_because(os.path.dirname(os.path.realpath(path)), files=1, size=size)
+        if full is not None and writing:
+            return StoreError(
+                f"{where} is full: {full}, and a run needs room there for the store's -wal "
+                f"and -shm files ({says}); free some space there (delete files) and run "
+                "again: what was committed before is kept"
+            )
         if full is not None:
             return StoreError(
-                f"store {path!r} is full: {full}, and a run needs room there for the "
-                f"store's -wal and -shm files (SQLite says: {exc}); free some space there "
-                "(delete files) and run again: what was committed before is kept"
+                f"{where} cannot be read: {full} ({says}); free some space there and read it again"
             )
+    if not writing:
+        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR):
+            return StoreError(
+                f"{where} cannot be read ({says}); check that the file and its directory "
+                "can be read"
+            )
+        return None
     if code == sqlite3.SQLITE_FULL:
         return StoreError(
-            f"store {path!r} is full: there is no room on its disk (or in its quota, or "
-            f"under its size limit) for this write (SQLite says: {exc}); free some space "
-            "and run again: what was committed before is kept"
+            f"{where} is full: there is no room on its disk (or in its quota, or under its "
+            f"size limit) for this write ({says}); free some space and run again: what was "
+            "committed before is kept"
         )
     if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
         return StoreError(
-            f"store {path!r} is read-only, or its directory is (SQLite says: {exc}); a run "
-            "writes every outcome to its store: make both writable, or run on a copy"
+            f"{where} is read-only, or its directory is ({says}); a run writes every "
+            "outcome to its store: make both writable, or run on a copy"
         )
     if code == sqlite3.SQLITE_IOERR:
         return StoreError(
-            f"store {path!r}: the disk failed a read or write (SQLite says: {exc}); check "
-            "the disk, then run again: what was committed before is kept"
+            f"{where}: the disk failed a read or write ({says}); check the disk, then run "
+            "again: what was committed before is kept"
         )
     return None
 
@@ -1358,7 +1360,7 @@ def _transaction(conn: sqlite3.Connection, path: str | None = None) -> Any:
                     conn.execute("ROLLBACK")
             raise
     except sqlite3.Error as exc:
-        mapped = _disk_error(exc, path if path is not None else _file_of(conn))
+        mapped = _trouble(exc, path if path is not None else _file_of(conn), writing=True)
         if mapped is None:
             raise
         raise mapped from exc
