@@ -25,18 +25,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import os
 import stat
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import StoreError, StoreLockedError
+from .._exceptions import StoreError
 from .._state import State
+from .files import (
+    SHM_SIZE,
+    FileLock,
+    alive,
+    beside,
+    full_because,
+    has_wal,
+    identity,
+    legacy_holders,
+    lock_holders,
+    no_room,
+    open_files,
+    processes,
+    stat_of,
+    writable,
+)
 from .protocol import COUNTS, Batch, RunInfo, Store, StoredTask, TaskRow
 from .serialize import deserialize
 
@@ -124,9 +138,7 @@ class SQLiteStore:
         self.path = Path(path)
         self._lock = threading.Lock()  # the run's connection, used from a few threads
         self._conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None  # an flock on the store file (see _acquire)
-        self._lock_key: tuple[int, int] | None = None  # that file's device and inode
-        self._legacy_fd: int | None = None  # an older asyncgraph's STORE-lock, if any
+        self._file = FileLock(self.path)  # the run's hold on the store file
         self._held_by_run = False  # by a run of asyncgraph's (set by it), until release
         self._check()
 
@@ -143,9 +155,7 @@ class SQLiteStore:
         self.path = state["path"]
         self._lock = threading.Lock()
         self._conn = None
-        self._lock_fd = None
-        self._lock_key = None
-        self._legacy_fd = None
+        self._file = FileLock(self.path)
         self._held_by_run = False
 
     def __del__(self) -> None:
@@ -165,33 +175,19 @@ class SQLiteStore:
         uri += "?mode=ro"
         return uri + "&immutable=1" if immutable else uri
 
+    @property
+    def _lock_fd(self) -> int | None:
+        """The descriptor that holds the store file's lock (None: not held)."""
+        return self._file.fd
+
+    @property
+    def _lock_key(self) -> tuple[int, int] | None:
+        """The held store file's device and inode (None: not held)."""
+        return self._file.key
+
     def _stat(self) -> os.stat_result | None:
-        """The store file's status (None: no file yet); StoreError if it cannot be one.
-
-        ``os.stat`` opens nothing, so a FIFO is refused here without blocking (SQLite
-        would wait on it, or say "disk I/O error").
-        """
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None  # also a dangling symlink: the file it names is created on first write
-        except OSError as exc:
-            raise StoreError(
-                f"store {str(self.path)!r} cannot be opened ({exc.strerror}); check the path"
-            ) from exc
-        if stat.S_ISDIR(st.st_mode):
-            raise StoreError(f"store {str(self.path)!r} is a directory; give a file name")
-        if not stat.S_ISREG(st.st_mode):
-            raise self._not_regular(st.st_mode)
-        return st
-
-    def _not_regular(self, mode: int) -> StoreError:
-        kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device"}
-        kind = kinds.get(stat.S_IFMT(mode), "a device")
-        return StoreError(
-            f"store {str(self.path)!r} is not a regular file (it is {kind}); give the path "
-            "of a file, which the first run creates"
-        )
+        """The store file's status (None: no file yet); StoreError if it cannot be one."""
+        return stat_of(self.path)
 
     def _check(self) -> None:
         """Raise StoreError if the file exists and is not a readable asyncgraph store."""
@@ -256,18 +252,18 @@ class SQLiteStore:
         import sqlite3
 
         key = (st.st_dev, st.st_ino)
-        _open_files.opened(key)
+        open_files.opened(key)
         conn: sqlite3.Connection | None = None
         seen: tuple[int, int, int] | None = None  # the file as an immutable read found it
         try:
-            if not _has_wal(self.path) and (
-                not _writable(str(self.path), file=True) or _no_room(self.path) is not None
+            if not has_wal(self.path) and (
+                not writable(str(self.path), file=True) or no_room(self.path) is not None
             ):
                 # A file we cannot write (chmod 0444, chattr +i): SQLite would leave a
                 # -shm and an empty -wal beside it, unable to remove them. A full disk
                 # (no room or no inode for the -shm): SQLite would fail as "disk I/O
                 # error", leaving a -shm of a few bytes and an empty -wal.
-                seen = _identity(self.path)
+                seen = identity(self.path)
                 conn = sqlite3.connect(self._uri(immutable=True), uri=True)
             else:
                 conn = sqlite3.connect(self._uri(), uri=True)
@@ -284,8 +280,8 @@ class SQLiteStore:
         finally:
             if conn is not None:
                 conn.close()
-            _open_files.closed(key)
-        if seen is not None and _identity(self.path) != seen:
+            open_files.closed(key)
+        if seen is not None and identity(self.path) != seen:
             raise StoreError(
                 f"store {str(self.path)!r} changed while it was read (is a run writing it "
                 "from another mount?); read it again"
@@ -293,16 +289,16 @@ class SQLiteStore:
 
     def _unchanging(self, exc: sqlite3.Error) -> tuple[int, int, int] | None:
         """The file's identity if it can be read as immutable; StoreError if it cannot."""
-        wal, shm = _beside(self.path)
-        if not _has_wal(self.path):
-            return _identity(self.path)
+        wal, shm = beside(self.path)
+        if not has_wal(self.path):
+            return identity(self.path)
         directory = os.path.dirname(os.path.realpath(self.path))
-        full = _full_because(directory)
+        full = full_because(directory)
         advice = (
             "read it once where its directory is writable, or copy the store with its "
             "-wal file to a writable directory"
         )
-        if not _writable(directory):
+        if not writable(directory):
             why = f"the directory {directory!r} is read-only"
         elif full is not None:
             why = f"{full}; SQLite says: {exc}"
@@ -370,7 +366,7 @@ class SQLiteStore:
         st = os.fstat(fd)
         if st.st_size == 0 and st.st_mode & 0o077 and st.st_uid == os.geteuid():
             os.fchmod(fd, 0o600)
-        _open_files.opened(key)
+        open_files.opened(key)
         try:
             # As a file: URI, so the name is always a file's name. A plain name such as
             # "file:nightly.db" would be taken as a URI by an SQLite built to take them
@@ -379,7 +375,7 @@ class SQLiteStore:
                 self._uri(writable=True), uri=True, check_same_thread=False, isolation_level=None
             )
         except BaseException as exc:
-            _open_files.closed(key)
+            open_files.closed(key)
             if isinstance(exc, sqlite3.Error):
                 raise self._write_error(exc) from exc
             raise
@@ -401,7 +397,7 @@ class SQLiteStore:
                     )
         except BaseException as exc:
             conn.close()
-            _open_files.closed(key)
+            open_files.closed(key)
             if isinstance(exc, sqlite3.Error):
                 raise self._write_error(exc) from exc
             raise
@@ -467,8 +463,8 @@ class SQLiteStore:
                 self._conn.close()
                 self._conn = None
                 if self._lock_key is not None:
-                    _open_files.closed(self._lock_key)
-            self._release()
+                    open_files.closed(self._lock_key)
+            self._file.let_go()
 
     # -- reading (never unpickles) ------------------------------------------------------
 
@@ -575,8 +571,8 @@ class SQLiteStore:
     # -- one run ------------------------------------------------------------------------
 
     def acquire(self) -> None:
-        with self._lock, _fork_guard:
-            self._acquire()
+        with self._lock:
+            self._file.take(self._holder)
 
     def release(self) -> None:
         self._held_by_run = False
@@ -653,230 +649,6 @@ class SQLiteStore:
                     (time.time(), status, *(counts.get(k, 0) for k in keys), run_id),
                 )
 
-    def _acquire(self) -> None:
-        """Hold the store: an ``flock`` on the store file itself, so any name of it (a
-        symlink, a hard link, ``..``, a bind mount) finds the same lock; see the notes
-        on ``_OpenFiles`` for why its descriptor is closed with care."""
-        import fcntl
-
-        if self._lock_fd is not None:
-            # This object holds the store for a run already: one SQLiteStore given to
-            # two runs (on one loop, or from two threads).
-            holder, advice = self._holder(self._lock_key)
-            raise StoreLockedError(
-                f"store {str(self.path)!r} is in use by {holder}; {advice}", holder
-            )
-        if not self.path.parent.is_dir():
-            raise StoreError(
-                f"store {str(self.path)!r}: the directory {str(self.path.parent)!r} does not "
-                "exist; create it first (a typo in the path?)"
-            )
-        self._stat()  # a directory, a FIFO, a socket: refused before anything is opened
-        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-        existed = os.path.exists(self.path)
-        try:
-            # Owner-only from the first byte; O_NONBLOCK: a FIFO put here meanwhile
-            # must not block us (it is refused just below).
-            fd = os.open(self.path, flags, 0o600)
-        except OSError as exc:
-            raise self._cannot_open(exc, existed) from exc
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)  # not a store file: SQLite holds no lock on it
-            raise self._not_regular(st.st_mode)
-        key = (st.st_dev, st.st_ino)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            _open_files.close_later(key, fd)
-            if not isinstance(exc, BlockingIOError):
-                raise StoreError(
-                    f"store {str(self.path)!r} cannot be locked ({exc.strerror}); is it on "
-                    "a network file system? A store must be on a local disk, as SQLite's "
-                    "WAL mode needs"
-                ) from exc
-            holder, advice = self._holder(key)
-            raise StoreLockedError(
-                f"store {str(self.path)!r} is in use by {holder}; {advice}", holder
-            ) from None
-        try:
-            self._check_directory()
-            legacy = self._legacy_lock(key)
-        except BaseException:
-            _unlock(fd)
-            _open_files.close_later(key, fd)
-            raise
-        self._lock_fd, self._lock_key, self._legacy_fd = fd, key, legacy
-        with _open_files.mutex:
-            _holding.add(self)
-
-    def _cannot_open(self, exc: OSError, existed: bool) -> StoreError:
-        path = str(self.path)
-        directory = os.path.dirname(os.path.realpath(self.path))
-        if exc.errno == errno.EROFS:
-            return StoreError(
-                f"store {path!r} is read-only: its directory {directory!r} is on a read-only "
-                "file system, and a run writes every outcome to its store; run where it is "
-                "mounted read-write, or on a copy (reading it works as it is)"
-            )
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            if not existed:
-                return StoreError(
-                    f"store {path!r} cannot be created: the directory {directory!r} is "
-                    f"read-only ({exc.strerror}); give a path in a writable directory"
-                )
-            return StoreError(
-                f"store {path!r} is read-only ({exc.strerror}), and a run writes every "
-                "outcome to its store; make it writable (chmod u+w, chattr -i) or run on a "
-                "copy (reading it works as it is)"
-            )
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            full = _full_because(directory, size=0) or "its disk (or its quota) is full"
-            return StoreError(
-                f"store {path!r} cannot be {'opened' if existed else 'created'}: {full} "
-                f"({exc.strerror}); free some space there (delete files) and run again, or "
-                "give a path on another disk"
-            )
-        if exc.errno == errno.ENXIO:  # a socket
-            return StoreError(
-                f"store {path!r} is not a regular file (it is a socket); give the path of a "
-                "file, which the first run creates"
-            )
-        return StoreError(f"store {path!r} cannot be opened ({exc.strerror}); check the path")
-
-    def _check_directory(self) -> None:
-        """A run needs to create ``STORE-wal`` and ``STORE-shm`` beside the store: the
-        directory must be writable, with room (and inodes) for them, and any there must
-        be the store's own (see ``_check_beside``). Checked before SQLite tries, so a
-        store refused leaves no -wal or -shm behind."""
-        directory = os.path.dirname(os.path.realpath(self.path))
-        if not _writable(directory):
-            raise StoreError(
-                f"store {str(self.path)!r} is read-only here: its directory {directory!r} "
-                "is read-only, and a run needs to create the store's -wal and -shm files "
-                "in it; run where the directory is writable, or on a copy (reading it "
-                "works as it is)"
-            )
-        full = _no_room(self.path)
-        if full is not None:
-            raise StoreError(
-                f"store {str(self.path)!r} is full: {full}, and a run needs room there "
-                "for the store's -wal and -shm files; free some space there (delete files) "
-                "and run again: nothing was written, and what was committed before is kept"
-            )
-        self._check_beside()
-
-    def _check_beside(self) -> None:
-        """Refuse a ``-wal`` or ``-shm`` beside an empty store file that are not its own.
-
-        SQLite finds them by name. A store moved or removed while a run held it (``mv
-        s.db old.db``) leaves them under the old name, in use by that run, and after it
-        ends still holding its last commits (SQLite does not fold a moved store's -wal
-        back). A new store created under that name would take them as its own: read
-        that store's commits, or share its -shm with the run. An empty -wal that no
-        process has open (what reads leave beside a store, which was then removed) holds
-        nothing: SQLite starts afresh over it.
-        """
-        try:
-            if os.stat(self.path).st_size > 0:
-                return
-        except OSError:
-            return
-        found: dict[str, os.stat_result] = {}
-        for name in _beside(self.path):
-            with contextlib.suppress(OSError):
-                found[name] = os.stat(name)
-        if not found:
-            return
-        users = _opened_by({(st.st_dev, st.st_ino) for st in found.values()})
-        wal = found.get(_beside(self.path)[0])
-        if not users and (wal is None or wal.st_size == 0):
-            return
-        path = str(self.path)
-        files = " and ".join(repr(name) for name in found)
-        verb = "belong" if len(found) > 1 else "belongs"
-        if not users:
-            raise StoreError(
-                f"store {path!r} cannot be used: {files} beside it {verb} to another store "
-                "file, which was moved or removed without them (after a crash, or while a "
-                "run held it): its last commits are in the -wal, and a new store here "
-                "would take them as its own; put that store back under this name (or move "
-                f"{files} beside it, renamed to match), or remove {files} if that store "
-                "is gone for good"
-            )
-        holder = _processes([(pid, cmd) for pid, cmd, _ in users])
-        own = os.path.realpath(self.path)  # this process has just locked it
-        stores = [name for _, _, names in users for name in names if name != own]
-        match = f"move {files} beside it, renamed to match"
-        if not stores:
-            where, then = "has open (under another name, or removed)", f"put it back, or {match}"
-        elif stores[0].endswith(" (deleted)"):
-            where, then = f"has open as {stores[0]!r}", f"remove {files}: their store is gone"
-        else:
-            where = f"has open as {stores[0]!r}"
-            then = f"put that store back under this name (mv {stores[0]!r} {path!r}), or {match}"
-        raise StoreLockedError(
-            f"store {path!r} cannot be used: {files} beside it {verb} to another store "
-            f"file, which {holder} {where} (was the store moved or removed while a run "
-            "held it?); a run here would take that store's commits as its own. Wait for "
-            f"that process to end, then {then}, and try again",
-            holder,
-        )
-
-    def _legacy_lock(self, key: tuple[int, int]) -> int | None:
-        """Also take ``STORE-lock``, the lock file of older asyncgraph versions, if it is
-        there: an older version still running on this store keeps this one out, and
-        while this one runs, that file (if it exists) keeps an older one out. (Through
-        a hard link's name an older run's lock file cannot be found.)"""
-        # An older version named the lock after the path it was given: look beside
-        # this spelling and beside the file's real path (a symlink's target).
-        spellings = dict.fromkeys((f"{self.path}-lock", f"{os.path.realpath(self.path)}-lock"))
-        found = [name for name in spellings if os.path.isfile(name)]
-        if not found:
-            return None  # none (or something else by that name, which no lock uses)
-        legacy = found[0]
-        if len(found) > 1 and not os.path.samefile(found[0], found[1]):
-            # Both: take the second too, for the time this check runs.
-            other = self._take_legacy(found[1], key)
-            if other is not None:
-                os.close(other)
-        return self._take_legacy(legacy, key)
-
-    def _take_legacy(self, legacy: str, key: tuple[int, int]) -> int | None:
-        import fcntl
-
-        try:
-            fd = os.open(legacy, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return None  # not ours to read: not an older asyncgraph's run of this user
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)  # SQLite never opens this file: closing it loses no lock
-            holder, advice = self._holder(key)
-            raise StoreLockedError(
-                f"store {str(self.path)!r} is in use by {holder}, through {legacy!r}, the "
-                f"lock file of an older asyncgraph; {advice}",
-                holder,
-            ) from None
-        return fd
-
-    def _release(self) -> None:
-        with _fork_guard:
-            self._let_go()
-
-    def _let_go(self) -> None:
-        fd, key, legacy = self._lock_fd, self._lock_key, self._legacy_fd
-        if fd is None or key is None:
-            return
-        self._lock_fd = self._lock_key = self._legacy_fd = None
-        with _open_files.mutex:
-            _holding.discard(self)
-        if legacy is not None:
-            os.close(legacy)
-        _unlock(fd)  # the lock goes now, even if closing its descriptor has to wait
-        _open_files.close_later(key, fd)
-
     def _holder(self, key: tuple[int, int] | None) -> tuple[str, str]:
         """Who holds the store, and what to do about it: the run recorded as running, or
         the process that holds the lock if that run's process is gone (a process it
@@ -885,12 +657,12 @@ class SQLiteStore:
 
         wait = "wait for that run to end (or stop it) and try again"
         row = self._running_run(self.path)
-        holders, names = ([], []) if key is None else _lock_holders(key)
-        if key is not None and not self._held_here(key):
+        holders, names = ([], []) if key is None else lock_holders(key)
+        if key is not None and not self._file.held_here(key):
             # This process has just locked the file itself, then found an older
             # asyncgraph's STORE-lock held (see _legacy_lock): it is not the holder.
             holders = [(pid, cmd) for pid, cmd in holders if pid != os.getpid()]
-        holders += [h for h in self._legacy_holders() if h not in holders]
+        holders += [h for h in legacy_holders(self.path) if h not in holders]
         for name in names:  # the holder's name of the file: a hard link keeps its own -wal
             if row is not None:
                 break
@@ -898,17 +670,17 @@ class SQLiteStore:
                 row = self._running_run(Path(name))
         if row is None:
             if holders:
-                return f"another run that is starting ({_processes(holders)})", wait
+                return f"another run that is starting ({processes(holders)})", wait
             return "another run that is starting", wait
         run_id, pid, host, started = row
         run = f"run {run_id} (pid {pid} on {host}, started {_utc(started)})"
         if host != socket.gethostname():
             return run, wait
-        if any(p == pid for p, _ in holders) or (not holders and _alive(pid)):
+        if any(p == pid for p, _ in holders) or (not holders and alive(pid)):
             return run, wait
-        state = "no longer exists" if not _alive(pid) else "does not hold the lock"
+        state = "no longer exists" if not alive(pid) else "does not hold the lock"
         who = (
-            _processes(holders)
+            processes(holders)
             if holders
             else f"a process that could not be found (try: fuser {str(self.path)!r})"
         )
@@ -917,24 +689,6 @@ class SQLiteStore:
             f"that process {state}; a process it started may have kept the lock",
             "stop that process and try again",
         )
-
-    def _held_here(self, key: tuple[int, int]) -> bool:
-        """Whether an SQLiteStore of this process holds the file ``key`` for a run."""
-        if self._lock_key == key:
-            return True
-        with _open_files.mutex:
-            stores = list(_holding)
-        return any(store._lock_key == key for store in stores)
-
-    def _legacy_holders(self) -> list[tuple[int, str]]:
-        """The processes that hold ``STORE-lock``, an older asyncgraph's lock file."""
-        try:
-            st = os.stat(f"{self.path}-lock")
-        except OSError:
-            return []
-        if not stat.S_ISREG(st.st_mode):
-            return []
-        return _lock_holders((st.st_dev, st.st_ino))[0]
 
     def _running_run(self, path: Path) -> tuple[int, int, str, float] | None:
         """The last run recorded as running in the store at ``path`` (this store's path,
@@ -959,185 +713,6 @@ class SQLiteStore:
         return None
 
 
-class _OpenFiles:
-    """The store files this process has SQLite connections to, by device and inode.
-
-    Why it exists: SQLite holds POSIX (``fcntl``) locks on a store file (in WAL mode a
-    read lock for as long as a connection is open), and POSIX drops *all* of a process's
-    locks on a file as soon as the process closes *any* descriptor of that file. The
-    run's lock is such a descriptor (an ``flock``, which SQLite's locks do not touch, on
-    the store file itself). Closing it while a connection of this process is open would
-    silently unlock that connection, and another process could then fold the WAL away
-    under it. So a lock descriptor is closed only once no connection of this process
-    has the file open (SQLite keeps descriptors open for the same reason); it is
-    unlocked (``LOCK_UN``) at once. This state is per process by nature, as POSIX locks
-    are: connections opened outside asyncgraph are not counted.
-    """
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self._connections: dict[tuple[int, int], int] = {}
-        self._unused: dict[tuple[int, int], list[int]] = {}
-
-    def opened(self, key: tuple[int, int]) -> None:
-        with self.mutex:
-            self._connections[key] = self._connections.get(key, 0) + 1
-
-    def closed(self, key: tuple[int, int]) -> None:
-        with self.mutex:
-            left = self._connections.get(key, 1) - 1
-            if left > 0:
-                self._connections[key] = left
-                return
-            self._connections.pop(key, None)
-            unused = self._unused.pop(key, [])
-        for fd in unused:
-            os.close(fd)
-
-    def close_later(self, key: tuple[int, int], fd: int) -> None:
-        """Close ``fd``, a descriptor of the file ``key``, once it cannot unlock SQLite."""
-        with self.mutex:
-            if self._connections.get(key):
-                self._unused.setdefault(key, []).append(fd)
-                return
-        os.close(fd)
-
-    def after_fork_in_child(self) -> None:
-        # The child holds no POSIX locks (they are not inherited): nothing to protect.
-        for fds in self._unused.values():
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.mutex = threading.Lock()  # a thread of the parent may have held it
-        self._connections = {}
-        self._unused = {}
-
-
-_open_files = _OpenFiles()
-#: The SQLiteStores that hold a lock in this process (for a forked child to let go of),
-#: changed under ``_open_files.mutex``.
-_holding: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-
-
-#: Held from opening the store file to recording it in ``_holding`` (and while letting
-#: go), and by a thread that forks: a child forked in between would keep a copy of the
-#: lock's descriptor that ``_after_fork_in_child`` does not know of, and hold the store
-#: after its parent died. Re-entrant: a store dropped meanwhile (``__del__``, run by the
-#: garbage collector at any point, in the thread that takes the guard) lets go under it.
-_fork_guard = threading.RLock()
-
-
-def _after_fork_in_child() -> None:
-    """A forked child drops the run's lock: a process that a task forks (``os.fork``,
-    multiprocessing's fork) would otherwise hold the store after its run ended or died.
-
-    Closing the child's copy of the descriptor leaves the parent's lock in place (an
-    ``flock`` belongs to the open file, which the parent still has open). A program
-    started with ``subprocess`` never gets it: the descriptor is close-on-exec.
-    """
-    for store in list(_holding):
-        for fd in (store._lock_fd, store._legacy_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        store._lock_fd = store._lock_key = store._legacy_fd = None
-    _holding.clear()
-    _open_files.after_fork_in_child()
-
-
-def _after_fork_in_child_guarded() -> None:
-    global _fork_guard
-    _after_fork_in_child()
-    _fork_guard = threading.RLock()  # the parent's is held: it is released there
-
-
-os.register_at_fork(
-    before=lambda: _fork_guard.acquire(),
-    after_in_parent=lambda: _fork_guard.release(),
-    after_in_child=_after_fork_in_child_guarded,
-)
-
-
-def _unlock(fd: int) -> None:
-    import fcntl
-
-    with contextlib.suppress(OSError):
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _writable(path: str, file: bool = False) -> bool:
-    """Whether this process may write the directory (or the file) ``path``: what the
-    kernel says for its user, so root may write a 0555 directory but not a read-only
-    mount or a ``chattr +i`` file."""
-    effective = os.access in os.supports_effective_ids
-    mode = os.W_OK if file else os.W_OK | os.X_OK
-    return os.access(path, mode, effective_ids=effective)
-
-
-def _beside(path: Path) -> tuple[str, str]:
-    """The store's ``-wal`` and ``-shm`` files: SQLite puts them beside the file that
-    the path names once symlinks are resolved (a store opened as link.db -> s.db has
-    s.db-wal), so they are looked for there."""
-    real = os.path.realpath(path)
-    return f"{real}-wal", f"{real}-shm"
-
-
-def _has_wal(path: Path) -> bool:
-    """Whether the store has a ``-wal`` file with commits in it (or may have)."""
-    try:
-        return os.stat(_beside(path)[0]).st_size > 0
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-
-
-#: What SQLite's -shm takes at first (its first region, for up to 4096 pages of -wal);
-#: it writes to each page of it as it creates the file, so a full disk fails it.
-_SHM_SIZE = 32768
-
-
-def _full_because(directory: str, files: int = 1, size: int = _SHM_SIZE) -> str | None:
-    """Why the file system of ``directory`` cannot take ``files`` new files and ``size``
-    more bytes, or None (it can, or it cannot tell: a file system with no inode count,
-    btrfs say, reports 0 inodes of 0)."""
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return None
-    if files and st.f_files > 0 and st.f_favail < files:
-        return "its file system has no free inodes (no new file can be created on it)"
-    # root may use the blocks a file system keeps back for it (ext4's 5 %)
-    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
-    if size and st.f_blocks > 0 and blocks * st.f_frsize < size:
-        return f"no space is left on its disk ({blocks * st.f_frsize} bytes free)"
-    return None
-
-
-def _no_room(path: Path) -> str | None:
-    """Why SQLite cannot create (or grow) the ``-wal`` and ``-shm`` it needs beside the
-    store ``path`` to read or write it, or None."""
-    wal, shm = _beside(path)
-    files = 0 if os.path.lexists(wal) else 1
-    try:
-        size = max(0, _SHM_SIZE - os.stat(shm).st_size)
-    except FileNotFoundError:
-        files, size = files + 1, _SHM_SIZE
-    except OSError:
-        return None
-    if not files and not size:
-        return None
-    return _full_because(os.path.dirname(os.path.realpath(path)), files, size)
-
-
 def _no_shm(exc: sqlite3.Error) -> bool:
     """Whether SQLite's error says it could not open, create or grow the ``-shm``."""
     import sqlite3
@@ -1145,109 +720,6 @@ def _no_shm(exc: sqlite3.Error) -> bool:
     code = _code(exc)
     shm = (sqlite3.SQLITE_IOERR_SHMOPEN, sqlite3.SQLITE_IOERR_SHMSIZE, sqlite3.SQLITE_IOERR_SHMMAP)
     return code in shm or (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this machine exists (a zombie does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-
-
-def _lock_holders(key: tuple[int, int]) -> tuple[list[tuple[int, str]], list[str]]:
-    """The processes that hold an ``flock`` on the file ``key`` (Linux: /proc), by pid.
-
-    Each open descriptor of the file is looked at, with the ``lock:`` lines of its
-    fdinfo, so a child that inherited the lock is found (``/proc/locks`` shows the pid
-    that took it, which may be long gone). Processes of other users stay unseen. Also
-    returns the names the holders opened the file by.
-    """
-    found: dict[int, str] = {}
-    names: list[str] = []
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return [], []
-    for pid in sorted(pids):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                st = os.stat(f"/proc/{pid}/fd/{fd}")
-                if (st.st_dev, st.st_ino) != key:
-                    continue
-                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                    info = f.read()
-            except OSError:
-                continue
-            if any(line.startswith("lock:") and "FLOCK" in line for line in info.splitlines()):
-                found[pid] = _command(pid)
-                with contextlib.suppress(OSError):
-                    names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-                break
-    return list(found.items()), names
-
-
-def _opened_by(keys: set[tuple[int, int]]) -> list[tuple[int, str, list[str]]]:
-    """The processes that have one of the files ``keys`` open (Linux: /proc), each with
-    the names of the files it holds an ``flock`` on (a run's store, by its name now)."""
-    found: list[tuple[int, str, list[str]]] = []
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return []
-    for pid in sorted(pids):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        stats: dict[str, os.stat_result] = {}
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                stats[fd] = os.stat(f"/proc/{pid}/fd/{fd}")
-        if not any((st.st_dev, st.st_ino) in keys for st in stats.values()):
-            continue
-        locked = []
-        for fd, st in stats.items():
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in keys:
-                continue
-            try:
-                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                    info = f.read()
-                if any(ln.startswith("lock:") and "FLOCK" in ln for ln in info.splitlines()):
-                    locked.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-            except OSError:
-                continue
-        found.append((pid, _command(pid), locked))
-    return found
-
-
-def _command(pid: int) -> str:
-    if pid == os.getpid():
-        return "this process"
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            words = f.read().split(b"\0")
-    except OSError:
-        return "?"
-    text = " ".join(" ".join(w.decode(errors="replace").split()) for w in words if w)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _processes(holders: Sequence[tuple[int, str]]) -> str:
-    shown = ", ".join(f"process {pid} ({cmd})" for pid, cmd in holders[:3])
-    return shown + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
 
 
 def _code(exc: sqlite3.Error) -> int:
@@ -1276,8 +748,8 @@ def _trouble(exc: sqlite3.Error, path: str, *, writing: bool) -> StoreError | No
     ):
         # SQLite says "unable to open database file" when it cannot create the -wal or
         # -shm for want of an inode, and "disk I/O error" when it cannot fill the -shm.
-        size = 0 if writing and code == sqlite3.SQLITE_CANTOPEN else _SHM_SIZE
-        full = _full_because(os.path.dirname(os.path.realpath(path)), files=1, size=size)
+        size = 0 if writing and code == sqlite3.SQLITE_CANTOPEN else SHM_SIZE
+        full = full_because(os.path.dirname(os.path.realpath(path)), files=1, size=size)
         if full is not None and writing:
             return StoreError(
                 f"{where} is full: {full}, and a run needs room there for the store's -wal "
