@@ -12,10 +12,11 @@ Layout (see ``docs/store.md``)::
 
 A run holds the store for its whole length through an ``flock`` on the store file itself,
 so every name of the file finds the same lock (the kernel drops it if the process dies, so
-a SIGKILLed run never leaves it held; see ``_OpenFiles`` for closing it safely). The
-run's writes come from one writer thread (``writer.RunWriter``) in batches, each one
-transaction. WAL mode with ``synchronous=FULL``: a committed result survives a crash of
-the process and of the machine.
+a SIGKILLed run never leaves it held): ``files.FileLock``, a collaborator with the rest of
+what concerns the file rather than its SQL. The run's writes come from one writer thread
+(``writer.RunWriter``) in batches, each one transaction. WAL mode with
+``synchronous=FULL``: a committed result survives a crash of the process and of the
+machine.
 
 The only module of the package that uses :mod:`sqlite3`, and only inside functions, so
 ``import asyncgraph`` does not load it.
@@ -140,7 +141,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._file = FileLock(self.path)  # the run's hold on the store file
         self._held_by_run = False  # by a run of asyncgraph's (set by it), until release
-        self._check()
+        _check_store(self.path)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -166,15 +167,6 @@ class SQLiteStore:
 
     # -- opening ------------------------------------------------------------------------
 
-    def _uri(self, immutable: bool = False, writable: bool = False) -> str:
-        # as_uri() percent-encodes '#' and '?', which a plain f"file:{path}" would take
-        # as the URI's fragment and query (and open another file).
-        uri = Path(os.path.abspath(self.path)).as_uri()
-        if writable:
-            return uri
-        uri += "?mode=ro"
-        return uri + "&immutable=1" if immutable else uri
-
     @property
     def _lock_fd(self) -> int | None:
         """The descriptor that holds the store file's lock (None: not held)."""
@@ -188,128 +180,6 @@ class SQLiteStore:
     def _stat(self) -> os.stat_result | None:
         """The store file's status (None: no file yet); StoreError if it cannot be one."""
         return stat_of(self.path)
-
-    def _check(self) -> None:
-        """Raise StoreError if the file exists and is not a readable asyncgraph store."""
-        st = self._stat()
-        if st is None or st.st_size == 0:
-            return  # created on first write
-        import sqlite3  # here, not at the top: `import asyncgraph` stays cheap
-
-        try:
-            with self._connected(st) as conn:
-                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-                meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
-                if meta.get("format") == FORMAT:
-                    conn.execute("SELECT count(*) FROM state").fetchone()
-                    conn.execute("SELECT count(*) FROM runs").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise _trouble(exc, str(self.path), writing=False) or self._damaged(exc) from exc
-        if not tables:
-            return  # a creation that never committed its schema: created on first write
-        if meta.get("format") != FORMAT:
-            raise StoreError(
-                f"{str(self.path)!r} is an SQLite database but not an asyncgraph store "
-                f"(it has the tables {sorted(tables)}); give another path"
-            )
-        version = str(meta.get("version", "0"))
-        if not version.isdigit():
-            raise StoreError(
-                f"store {str(self.path)!r} has schema version {version!r}, which is not a "
-                "number: something other than asyncgraph changed the file; restore it from "
-                "a backup, or start a new store"
-            )
-        if int(version) != SCHEMA_VERSION:
-            raise StoreError(
-                f"store {str(self.path)!r} has schema version {version}, and this "
-                f"asyncgraph reads version {SCHEMA_VERSION}; use the asyncgraph that wrote "
-                "it, or start a new store"
-            )
-
-    def _damaged(self, exc: BaseException) -> StoreError:
-        return StoreError(
-            f"{str(self.path)!r} is not an asyncgraph store, or it is damaged "
-            f"(SQLite says: {exc}); give another path, or restore the file from a backup"
-        )
-
-    @contextlib.contextmanager
-    def _connected(self, st: os.stat_result) -> Iterator[sqlite3.Connection]:
-        """A read-only connection to the store file ``st`` describes; never changes it.
-
-        SQLite reads a WAL store through its ``-shm`` file, which it creates if need be.
-        In a read-only directory it cannot, and then:
-
-        * with no ``-wal`` file, or an empty one, the file alone is the whole store: it is
-          opened ``immutable=1`` (no -shm, no locks), and its size and times are checked
-          again afterwards, since that mode cannot see a run writing it from elsewhere
-          (through a writable mount of the same directory, say);
-        * a ``-wal`` with commits in it cannot be read without the -shm: StoreError,
-          saying so (``immutable=1`` would silently skip those commits).
-
-        The same goes for a full disk (no room for the -shm, or no inode), found before
-        SQLite tries (it would leave a -shm of a few bytes behind) or from its error.
-        """
-        import sqlite3
-
-        key = (st.st_dev, st.st_ino)
-        open_files.opened(key)
-        conn: sqlite3.Connection | None = None
-        seen: tuple[int, int, int] | None = None  # the file as an immutable read found it
-        try:
-            if not has_wal(self.path) and (
-                not writable(str(self.path), file=True) or no_room(self.path) is not None
-            ):
-                # A file we cannot write (chmod 0444, chattr +i): SQLite would leave a
-                # -shm and an empty -wal beside it, unable to remove them. A full disk
-                # (no room or no inode for the -shm): SQLite would fail as "disk I/O
-                # error", leaving a -shm of a few bytes and an empty -wal.
-                seen = identity(self.path)
-                conn = sqlite3.connect(self._uri(immutable=True), uri=True)
-            else:
-                conn = sqlite3.connect(self._uri(), uri=True)
-                try:
-                    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                except sqlite3.OperationalError as exc:
-                    if not _no_shm(exc):
-                        raise
-                    conn.close()
-                    conn = None
-                    seen = self._unchanging(exc)
-                    conn = sqlite3.connect(self._uri(immutable=True), uri=True)
-            yield conn
-        finally:
-            if conn is not None:
-                conn.close()
-            open_files.closed(key)
-        if seen is not None and identity(self.path) != seen:
-            raise StoreError(
-                f"store {str(self.path)!r} changed while it was read (is a run writing it "
-                "from another mount?); read it again"
-            )
-
-    def _unchanging(self, exc: sqlite3.Error) -> tuple[int, int, int] | None:
-        """The file's identity if it can be read as immutable; StoreError if it cannot."""
-        wal, shm = beside(self.path)
-        if not has_wal(self.path):
-            return identity(self.path)
-        directory = os.path.dirname(os.path.realpath(self.path))
-        full = full_because(directory)
-        advice = (
-            "read it once where its directory is writable, or copy the store with its "
-            "-wal file to a writable directory"
-        )
-        if not writable(directory):
-            why = f"the directory {directory!r} is read-only"
-        elif full is not None:
-            why = f"{full}; SQLite says: {exc}"
-            advice = "free some space there and read it again: nothing is lost"
-        else:
-            why = f"SQLite says: {exc}"
-        raise StoreError(
-            f"store {str(self.path)!r} cannot be read here: its last commits are in "
-            f"{wal!r}, and SQLite needs to create {shm!r} to read "
-            f"them, which it cannot ({why}); {advice}"
-        ) from exc
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection | None]:
@@ -335,7 +205,7 @@ class SQLiteStore:
             if st is None or st.st_size == 0:
                 yield None
                 return
-            with self._connected(st) as conn:
+            with _connected(self.path, st) as conn:
                 yield conn if _has_schema(conn) else None
         except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: a bad status
             damaged = StoreError(
@@ -372,7 +242,10 @@ class SQLiteStore:
             # "file:nightly.db" would be taken as a URI by an SQLite built to take them
             # (and open nightly.db, beside the file the lock is on).
             conn = sqlite3.connect(
-                self._uri(writable=True), uri=True, check_same_thread=False, isolation_level=None
+                _uri(self.path, writable=True),
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
             )
         except BaseException as exc:
             open_files.closed(key)
@@ -402,41 +275,15 @@ class SQLiteStore:
                 raise self._write_error(exc) from exc
             raise
         if created:
-            self._tighten(st)  # a file with no store in it yet is ours to make private
+            _tighten(self.path, st)  # a file with no store in it yet is ours to make private
         else:
-            self._warn_if_shared(st)
+            _warn_if_shared(self.path, st)
         self._conn = conn
         return conn
 
-    def _tighten(self, st: os.stat_result) -> None:
-        """An SQLite file with no tables made beforehand (``sqlite3 x.db VACUUM``), which
-        SQLite opened with its mode and gave its ``-wal`` and ``-shm`` files: all three
-        are made owner-only now that the store's schema is in it."""
-        if not st.st_mode & 0o077 or st.st_uid != os.geteuid():
-            return
-        for name in (str(self.path), f"{self.path}-wal", f"{self.path}-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(name, 0o600)
-
-    def _warn_if_shared(self, st: os.stat_result) -> None:
-        mode = stat.S_IMODE(st.st_mode)
-        what = [w for w, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits]
-        if not what:
-            return
-        import warnings
-
-        warnings.warn(
-            f"store {str(self.path)!r} is {' and '.join(what)} by other users (mode "
-            f"{mode:04o}): its results are pickles, so whoever can write it can run code "
-            "as the user who loads them, and whoever can read it can read every result; "
-            f"if that is not meant, chmod 600 {str(self.path)!r}",
-            UserWarning,
-            stacklevel=2,
-        )
-
     def _write_error(self, exc: sqlite3.Error) -> StoreError:
         """A StoreError for SQLite's error opening the run's connection."""
-        return _trouble(exc, str(self.path), writing=True) or self._damaged(exc)
+        return _trouble(exc, str(self.path), writing=True) or _damaged(self.path, exc)
 
     def close(self) -> None:
         """Close the store's connection (idempotent); refused while a run holds it.
@@ -534,7 +381,7 @@ class SQLiteStore:
                 f"the result of task {task!r} is no longer in store {str(self.path)!r} "
                 "(a later run replaced it); load the graph again"
             )
-        return self._decode({task: row})[task]
+        return _decode(self.path, {task: row})[task]
 
     def load_results(self, wanted: Mapping[str, int]) -> dict[str, Any]:
         """Several results at once (task name -> result id), on one connection."""
@@ -550,23 +397,11 @@ class SQLiteStore:
                         out[name] = row
         missing = [n for n in wanted if n not in out]
         if missing:
-            return {**{n: self.load_result(wanted[n], n) for n in missing}, **self._decode(out)}
-        return self._decode(out)
-
-    def _decode(self, rows: Mapping[str, tuple[str, bytes]]) -> dict[str, Any]:
-        out = {}
-        for name, (fmt, data) in rows.items():
-            try:
-                out[name] = deserialize(fmt, data)
-            except StoreError:
-                raise
-            except Exception as exc:
-                raise StoreError(
-                    f"the stored result of task {name!r} in {str(self.path)!r} cannot be "
-                    f"loaded ({type(exc).__name__}: {exc}); is the code that defines its "
-                    f"type importable here? Or rerun the task: ag.reset(graph, [{name!r}])"
-                ) from exc
-        return out
+            return {
+                **{n: self.load_result(wanted[n], n) for n in missing},
+                **_decode(self.path, out),
+            }
+        return _decode(self.path, out)
 
     # -- one run ------------------------------------------------------------------------
 
@@ -656,18 +491,18 @@ class SQLiteStore:
         import socket
 
         wait = "wait for that run to end (or stop it) and try again"
-        row = self._running_run(self.path)
+        row = _running_run(self.path)
         holders, names = ([], []) if key is None else lock_holders(key)
         if key is not None and not self._file.held_here(key):
             # This process has just locked the file itself, then found an older
-            # asyncgraph's STORE-lock held (see _legacy_lock): it is not the holder.
+            # asyncgraph's STORE-lock held (see FileLock._legacy_lock): it is not the holder.
             holders = [(pid, cmd) for pid, cmd in holders if pid != os.getpid()]
         holders += [h for h in legacy_holders(self.path) if h not in holders]
         for name in names:  # the holder's name of the file: a hard link keeps its own -wal
             if row is not None:
                 break
             if name != os.path.realpath(self.path):
-                row = self._running_run(Path(name))
+                row = _running_run(Path(name))
         if row is None:
             if holders:
                 return f"another run that is starting ({processes(holders)})", wait
@@ -690,27 +525,211 @@ class SQLiteStore:
             "stop that process and try again",
         )
 
-    def _running_run(self, path: Path) -> tuple[int, int, str, float] | None:
-        """The last run recorded as running in the store at ``path`` (this store's path,
-        or another name of its file), read on a connection of its own."""
-        import sqlite3
 
-        store = self if path == self.path else SQLiteStore.__new__(SQLiteStore)
-        if store is not self:
-            store.__setstate__({"path": path})
-        with contextlib.suppress(sqlite3.Error, StoreError, OSError):
-            st = store._stat()
-            if st is None or st.st_size == 0:
+# -- the store file, read-only -------------------------------------------------------
+
+
+def _check_store(path: Path) -> None:
+    """Raise StoreError if the file exists and is not a readable asyncgraph store."""
+    st = stat_of(path)
+    if st is None or st.st_size == 0:
+        return  # created on first write
+    import sqlite3  # here, not at the top: `import asyncgraph` stays cheap
+
+    try:
+        with _connected(path, st) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+            if meta.get("format") == FORMAT:
+                conn.execute("SELECT count(*) FROM state").fetchone()
+                conn.execute("SELECT count(*) FROM runs").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise _trouble(exc, str(path), writing=False) or _damaged(path, exc) from exc
+    if not tables:
+        return  # a creation that never committed its schema: created on first write
+    if meta.get("format") != FORMAT:
+        raise StoreError(
+            f"{str(path)!r} is an SQLite database but not an asyncgraph store "
+            f"(it has the tables {sorted(tables)}); give another path"
+        )
+    version = str(meta.get("version", "0"))
+    if not version.isdigit():
+        raise StoreError(
+            f"store {str(path)!r} has schema version {version!r}, which is not a "
+            "number: something other than asyncgraph changed the file; restore it from "
+            "a backup, or start a new store"
+        )
+    if int(version) != SCHEMA_VERSION:
+        raise StoreError(
+            f"store {str(path)!r} has schema version {version}, and this "
+            f"asyncgraph reads version {SCHEMA_VERSION}; use the asyncgraph that wrote "
+            "it, or start a new store"
+        )
+
+
+def _damaged(path: Path, exc: BaseException) -> StoreError:
+    return StoreError(
+        f"{str(path)!r} is not an asyncgraph store, or it is damaged "
+        f"(SQLite says: {exc}); give another path, or restore the file from a backup"
+    )
+
+
+def _uri(path: Path, immutable: bool = False, writable: bool = False) -> str:
+    # as_uri() percent-encodes '#' and '?', which a plain f"file:{path}" would take
+    # as the URI's fragment and query (and open another file).
+    uri = Path(os.path.abspath(path)).as_uri()
+    if writable:
+        return uri
+    uri += "?mode=ro"
+    return uri + "&immutable=1" if immutable else uri
+
+
+@contextlib.contextmanager
+def _connected(path: Path, st: os.stat_result) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the store file ``st`` describes; never changes it.
+
+    SQLite reads a WAL store through its ``-shm`` file, which it creates if need be.
+    In a read-only directory it cannot, and then:
+
+    * with no ``-wal`` file, or an empty one, the file alone is the whole store: it is
+      opened ``immutable=1`` (no -shm, no locks), and its size and times are checked
+      again afterwards, since that mode cannot see a run writing it from elsewhere
+      (through a writable mount of the same directory, say);
+    * a ``-wal`` with commits in it cannot be read without the -shm: StoreError,
+      saying so (``immutable=1`` would silently skip those commits).
+
+    The same goes for a full disk (no room for the -shm, or no inode), found before
+    SQLite tries (it would leave a -shm of a few bytes behind) or from its error.
+    """
+    import sqlite3
+
+    key = (st.st_dev, st.st_ino)
+    open_files.opened(key)
+    conn: sqlite3.Connection | None = None
+    seen: tuple[int, int, int] | None = None  # the file as an immutable read found it
+    try:
+        if not has_wal(path) and (not writable(str(path), file=True) or no_room(path) is not None):
+            # A file we cannot write (chmod 0444, chattr +i): SQLite would leave a
+            # -shm and an empty -wal beside it, unable to remove them. A full disk
+            # (no room or no inode for the -shm): SQLite would fail as "disk I/O
+            # error", leaving a -shm of a few bytes and an empty -wal.
+            seen = identity(path)
+            conn = sqlite3.connect(_uri(path, immutable=True), uri=True)
+        else:
+            conn = sqlite3.connect(
+                _uri(
+                    path,
+                ),
+                uri=True,
+            )
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _no_shm(exc):
+                    raise
+                conn.close()
+                conn = None
+                seen = _unchanging(path, exc)
+                conn = sqlite3.connect(_uri(path, immutable=True), uri=True)
+        yield conn
+    finally:
+        if conn is not None:
+            conn.close()
+        open_files.closed(key)
+    if seen is not None and identity(path) != seen:
+        raise StoreError(
+            f"store {str(path)!r} changed while it was read (is a run writing it "
+            "from another mount?); read it again"
+        )
+
+
+def _unchanging(path: Path, exc: sqlite3.Error) -> tuple[int, int, int] | None:
+    """The file's identity if it can be read as immutable; StoreError if it cannot."""
+    wal, shm = beside(path)
+    if not has_wal(path):
+        return identity(path)
+    directory = os.path.dirname(os.path.realpath(path))
+    full = full_because(directory)
+    advice = (
+        "read it once where its directory is writable, or copy the store with its "
+        "-wal file to a writable directory"
+    )
+    if not writable(directory):
+        why = f"the directory {directory!r} is read-only"
+    elif full is not None:
+        why = f"{full}; SQLite says: {exc}"
+        advice = "free some space there and read it again: nothing is lost"
+    else:
+        why = f"SQLite says: {exc}"
+    raise StoreError(
+        f"store {str(path)!r} cannot be read here: its last commits are in "
+        f"{wal!r}, and SQLite needs to create {shm!r} to read "
+        f"them, which it cannot ({why}); {advice}"
+    ) from exc
+
+
+def _running_run(path: Path) -> tuple[int, int, str, float] | None:
+    """The last run recorded as running in the store at ``path`` (a store's path, or
+    another name of its file), read on a connection of its own."""
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error, StoreError, OSError):
+        st = stat_of(path)
+        if st is None or st.st_size == 0:
+            return None
+        with _connected(path, st) as conn:
+            if not _has_schema(conn):
                 return None
-            with store._connected(st) as conn:
-                if not _has_schema(conn):
-                    return None
-                row = conn.execute(
-                    "SELECT id, pid, host, started FROM runs WHERE status = 'running' "
-                    "ORDER BY id DESC LIMIT 1"
-                ).fetchone()
-                return None if row is None else (row[0], row[1], row[2], row[3])
-        return None
+            row = conn.execute(
+                "SELECT id, pid, host, started FROM runs WHERE status = 'running' "
+                "ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else (row[0], row[1], row[2], row[3])
+    return None
+
+
+def _decode(path: Path, rows: Mapping[str, tuple[str, bytes]]) -> dict[str, Any]:
+    out = {}
+    for name, (fmt, data) in rows.items():
+        try:
+            out[name] = deserialize(fmt, data)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"the stored result of task {name!r} in {str(path)!r} cannot be "
+                f"loaded ({type(exc).__name__}: {exc}); is the code that defines its "
+                f"type importable here? Or rerun the task: ag.reset(graph, [{name!r}])"
+            ) from exc
+    return out
+
+
+def _tighten(path: Path, st: os.stat_result) -> None:
+    """An SQLite file with no tables made beforehand (``sqlite3 x.db VACUUM``), which
+    SQLite opened with its mode and gave its ``-wal`` and ``-shm`` files: all three
+    are made owner-only now that the store's schema is in it."""
+    if not st.st_mode & 0o077 or st.st_uid != os.geteuid():
+        return
+    for name in (str(path), f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
+
+
+def _warn_if_shared(path: Path, st: os.stat_result) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    what = [w for w, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits]
+    if not what:
+        return
+    import warnings
+
+    warnings.warn(
+        f"store {str(path)!r} is {' and '.join(what)} by other users (mode "
+        f"{mode:04o}): its results are pickles, so whoever can write it can run code "
+        "as the user who loads them, and whoever can read it can read every result; "
+        f"if that is not meant, chmod 600 {str(path)!r}",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def _no_shm(exc: sqlite3.Error) -> bool:
