@@ -218,72 +218,13 @@ class SQLiteStore:
             raise damaged from exc
 
     def _open_for_run(self) -> sqlite3.Connection:
-        """The run's connection: creates the schema if need be (the lock made the file).
-
-        An empty file the user created beforehand (``touch nightly.db``, mode 0644) is
-        made owner-only before SQLite creates its ``-wal`` and ``-shm`` files, which take
-        the store's mode: results are pickles, and status may be private. An existing
-        store that others can read or write keeps its mode (the owner chose it), with a
-        warning.
-        """
-        import sqlite3
-
-        if self._conn is not None:
-            return self._conn
-        fd, key = self._lock_fd, self._lock_key
-        assert fd is not None, "_open_for_run() without acquire()"
-        assert key is not None
-        st = os.fstat(fd)
-        if st.st_size == 0 and st.st_mode & 0o077 and st.st_uid == os.geteuid():
-            os.fchmod(fd, 0o600)
-        open_files.opened(key)
-        try:
-            # As a file: URI, so the name is always a file's name. A plain name such as
-            # "file:nightly.db" would be taken as a URI by an SQLite built to take them
-            # (and open nightly.db, beside the file the lock is on).
-            conn = sqlite3.connect(
-                _uri(self.path, writable=True),
-                uri=True,
-                check_same_thread=False,
-                isolation_level=None,
-            )
-        except BaseException as exc:
-            open_files.closed(key)
-            if isinstance(exc, sqlite3.Error):
-                raise self._write_error(exc) from exc
-            raise
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
-            # Whether the schema is there, not whether the file is empty: the WAL pragma
-            # writes the first page before the schema's transaction, so a run killed in
-            # between leaves a file with no tables, which is a store not yet created.
-            with _transaction(conn, str(self.path)):
-                created = not _has_schema(conn)
-                if created:
-                    for statement in _statements(_SCHEMA):
-                        conn.execute(statement)
-                    conn.executemany(
-                        "INSERT INTO meta VALUES (?, ?)",
-                        [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
-                    )
-        except BaseException as exc:
-            conn.close()
-            open_files.closed(key)
-            if isinstance(exc, sqlite3.Error):
-                raise self._write_error(exc) from exc
-            raise
-        if created:
-            _tighten(self.path, st)  # a file with no store in it yet is ours to make private
-        else:
-            _warn_if_shared(self.path, st)
-        self._conn = conn
-        return conn
-
-    def _write_error(self, exc: sqlite3.Error) -> StoreError:
-        """A StoreError for SQLite's error opening the run's connection."""
-        return _trouble(exc, str(self.path), writing=True) or _damaged(self.path, exc)
+        """The run's connection (see ``_connect_for_run``), opened once per hold."""
+        if self._conn is None:
+            fd, key = self._lock_fd, self._lock_key
+            assert fd is not None, "_open_for_run() without acquire()"
+            assert key is not None
+            self._conn = _connect_for_run(self.path, fd, key)
+        return self._conn
 
     def close(self) -> None:
         """Close the store's connection (idempotent); refused while a run holds it.
@@ -460,17 +401,10 @@ class SQLiteStore:
         10**9 bytes unless SQLite was built otherwise); a result must fit in it."""
         import sqlite3
 
-        global _built_in_limit
         with self._lock:
             if self._conn is not None:
                 return self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-        if _built_in_limit is None:
-            conn = sqlite3.connect(":memory:")  # a new connection's limit: the built-in one
-            try:
-                _built_in_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-            finally:
-                conn.close()
-        return _built_in_limit
+        return _built_in_row_limit()
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
         keys = COUNTS
@@ -485,48 +419,132 @@ class SQLiteStore:
                 )
 
     def _holder(self, key: tuple[int, int] | None) -> tuple[str, str]:
-        """Who holds the store, and what to do about it: the run recorded as running, or
-        the process that holds the lock if that run's process is gone (a process it
-        forked kept the lock, say)."""
-        import socket
-
-        wait = "wait for that run to end (or stop it) and try again"
-        row = _running_run(self.path)
-        holders, names = ([], []) if key is None else lock_holders(key)
-        if key is not None and not self._file.held_here(key):
-            # This process has just locked the file itself, then found an older
-            # asyncgraph's STORE-lock held (see FileLock._legacy_lock): it is not the holder.
-            holders = [(pid, cmd) for pid, cmd in holders if pid != os.getpid()]
-        holders += [h for h in legacy_holders(self.path) if h not in holders]
-        for name in names:  # the holder's name of the file: a hard link keeps its own -wal
-            if row is not None:
-                break
-            if name != os.path.realpath(self.path):
-                row = _running_run(Path(name))
-        if row is None:
-            if holders:
-                return f"another run that is starting ({processes(holders)})", wait
-            return "another run that is starting", wait
-        run_id, pid, host, started = row
-        run = f"run {run_id} (pid {pid} on {host}, started {_utc(started)})"
-        if host != socket.gethostname():
-            return run, wait
-        if any(p == pid for p, _ in holders) or (not holders and alive(pid)):
-            return run, wait
-        state = "no longer exists" if not alive(pid) else "does not hold the lock"
-        who = (
-            processes(holders)
-            if holders
-            else f"a process that could not be found (try: fuser {str(self.path)!r})"
-        )
-        return (
-            f"{who}, which holds the store's lock: the store records {run} as running, but "
-            f"that process {state}; a process it started may have kept the lock",
-            "stop that process and try again",
-        )
+        """Who holds the store, and what to do about it (see ``_describe_holder``)."""
+        return _describe_holder(self.path, self._file, key)
 
 
 # -- the store file, read-only -------------------------------------------------------
+
+
+def _connect_for_run(path: Path, fd: int, key: tuple[int, int]) -> sqlite3.Connection:
+    """The run's connection to the store file ``fd`` holds the lock of (``key``: its
+    device and inode): creates the schema if need be (the lock made the file).
+
+    An empty file the user created beforehand (``touch nightly.db``, mode 0644) is
+    made owner-only before SQLite creates its ``-wal`` and ``-shm`` files, which take
+    the store's mode: results are pickles, and status may be private. An existing
+    store that others can read or write keeps its mode (the owner chose it), with a
+    warning.
+    """
+    import sqlite3
+
+    st = os.fstat(fd)
+    if st.st_size == 0 and st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.fchmod(fd, 0o600)
+    open_files.opened(key)
+    try:
+        # As a file: URI, so the name is always a file's name. A plain name such as
+        # "file:nightly.db" would be taken as a URI by an SQLite built to take them
+        # (and open nightly.db, beside the file the lock is on).
+        conn = sqlite3.connect(
+            _uri(path, writable=True),
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+        )
+    except BaseException as exc:
+        open_files.closed(key)
+        if isinstance(exc, sqlite3.Error):
+            raise _write_error(path, exc) from exc
+        raise
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        # Whether the schema is there, not whether the file is empty: the WAL pragma
+        # writes the first page before the schema's transaction, so a run killed in
+        # between leaves a file with no tables, which is a store not yet created.
+        with _transaction(conn, str(path)):
+            created = not _has_schema(conn)
+            if created:
+                for statement in _statements(_SCHEMA):
+                    conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
+                )
+    except BaseException as exc:
+        conn.close()
+        open_files.closed(key)
+        if isinstance(exc, sqlite3.Error):
+            raise _write_error(path, exc) from exc
+        raise
+    if created:
+        _tighten(path, st)  # a file with no store in it yet is ours to make private
+    else:
+        _warn_if_shared(path, st)
+    return conn
+
+
+def _write_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A StoreError for SQLite's error opening the run's connection."""
+    return _trouble(exc, str(path), writing=True) or _damaged(path, exc)
+
+
+def _describe_holder(path: Path, lock: FileLock, key: tuple[int, int] | None) -> tuple[str, str]:
+    """Who holds the store, and what to do about it: the run recorded as running, or
+    the process that holds the lock if that run's process is gone (a process it
+    forked kept the lock, say)."""
+    import socket
+
+    wait = "wait for that run to end (or stop it) and try again"
+    row = _running_run(path)
+    holders, names = ([], []) if key is None else lock_holders(key)
+    if key is not None and not lock.held_here(key):
+        # This process has just locked the file itself, then found an older
+        # asyncgraph's STORE-lock held (see FileLock._legacy_lock): it is not the holder.
+        holders = [(pid, cmd) for pid, cmd in holders if pid != os.getpid()]
+    holders += [h for h in legacy_holders(path) if h not in holders]
+    for name in names:  # the holder's name of the file: a hard link keeps its own -wal
+        if row is not None:
+            break
+        if name != os.path.realpath(path):
+            row = _running_run(Path(name))
+    if row is None:
+        if holders:
+            return f"another run that is starting ({processes(holders)})", wait
+        return "another run that is starting", wait
+    run_id, pid, host, started = row
+    run = f"run {run_id} (pid {pid} on {host}, started {_utc(started)})"
+    if host != socket.gethostname():
+        return run, wait
+    if any(p == pid for p, _ in holders) or (not holders and alive(pid)):
+        return run, wait
+    state = "no longer exists" if not alive(pid) else "does not hold the lock"
+    who = (
+        processes(holders)
+        if holders
+        else f"a process that could not be found (try: fuser {str(path)!r})"
+    )
+    return (
+        f"{who}, which holds the store's lock: the store records {run} as running, but "
+        f"that process {state}; a process it started may have kept the lock",
+        "stop that process and try again",
+    )
+
+
+def _built_in_row_limit() -> int:
+    """SQLite's limit for a row on a new connection (SQLITE_LIMIT_LENGTH), read once."""
+    import sqlite3
+
+    global _built_in_limit
+    if _built_in_limit is None:
+        conn = sqlite3.connect(":memory:")  # a new connection's limit: the built-in one
+        try:
+            _built_in_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        finally:
+            conn.close()
+    return _built_in_limit
 
 
 def _check_store(path: Path) -> None:
