@@ -2,7 +2,9 @@
 
     protocol   the ``Store`` protocol and its records (StoredTask, TaskRow, Batch, RunInfo)
     serialize  a result to ``(format, bytes)`` and back (pickle, parquet)
-    sqlite     ``SQLiteStore``, the embedded store, and ``open_store``
+    sqlite     ``SQLiteStore``, the embedded store (its SQL), and ``open_store``
+    files      the store file for the file system: ``FileLock`` (a run's hold on it), the
+               -wal/-shm beside it, the room on its disk, who has it open, forks
     writer     ``RunWriter``: one run's rows to the store, from a thread
     resume     ``load``, ``plan``, ``history``: a graph and what a store says of it
 
