@@ -30,9 +30,6 @@ from ._graph import Graph as Graph
 from ._graph import create_graph as create_graph
 from ._observe import OpenRun as OpenRun
 from ._observe import open_run as open_run
-from ._resume import history as history
-from ._resume import load as load
-from ._resume import plan as plan
 from ._rewrite import mark_done as mark_done
 from ._rewrite import mark_done_except as mark_done_except
 from ._rewrite import reset as reset
@@ -46,6 +43,9 @@ from ._state import StoredResult as StoredResult
 from ._state import TaskRecord as TaskRecord
 from ._store import SQLiteStore as SQLiteStore
 from ._store import Store as Store
+from ._store.resume import history as history
+from ._store.resume import load as load
+from ._store.resume import plan as plan
 from ._summary import Summary as Summary
 from ._task import Kind as Kind
 from ._task import Task as Task

@@ -1,0 +1,362 @@
+"""Resuming from a store: ``load``, ``plan`` and ``history``.
+
+A store keeps the latest record of every task with its fingerprint. Loading a graph from a
+store gives each task its stored state, with one rule: a task stored as done is done only
+while its fingerprint (its code, the helpers and constants it uses, its options and its
+upstream fingerprints; see ``_fingerprint``) is unchanged, all its dependencies are
+done, and none of those was computed in a later run than it (a subgraph that reran a
+dependency without it); otherwise it is pending again. Results stay in the store
+(:class:`StoredResult`) until something needs them.
+
+A run on a store (``run(g, store=...)``) with a graph that was not loaded from that store
+runs ``reset_failed(load(g, store))``: it reuses what is done and unchanged, and runs the
+rest. A graph that was loaded (and perhaps rewritten) runs as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import RemoteError, StoreError, StoreMismatchError
+from .._fingerprint import digests
+from .._graph import Graph
+from .._rewrite import reset_failed
+from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
+from .protocol import Store, StoredTask
+from .sqlite import SQLiteStore, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "Loaded",
+    "check_origin",
+    "durations",
+    "for_run",
+    "history",
+    "load",
+    "load_from",
+    "plan",
+    "store_key",
+]
+
+_LAST_TIME = {
+    State.FAILED: "failed last time",
+    State.SKIPPED: "skipped last time (an upstream task failed)",
+    State.CANCELLED: "cancelled last time",
+    State.RUNNING: "never finished (the run stopped while it ran)",
+    State.PENDING: "never finished",
+}
+
+
+def store_key(store: Store) -> str:
+    """What identifies a store for ``Graph._origin``."""
+    if isinstance(store, SQLiteStore):
+        return f"sqlite:{os.path.realpath(store.path)}"
+    return f"object:{id(store)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A graph with its stored state, and what load() found out on the way."""
+
+    graph: Graph
+    reasons: dict[str, str]  # why each task that is not done will run
+    stored: dict[str, StoredTask]
+    digests: dict[str, tuple[str, str]]  # name -> (own code digest, fingerprint)
+
+
+def check_names(graph: Graph, stored: Mapping[str, StoredTask], store: Store, force: bool) -> None:
+    """Raise StoreMismatchError if the store holds tasks the graph lacks (unless forced)."""
+    if force or not stored:
+        return
+    only_in_store = [n for n in stored if n not in graph.tasks]
+    if not only_in_store:
+        return
+    only_in_graph = [n for n in graph.tasks if n not in stored]
+    shared = len(stored) - len(only_in_store)
+    what = "another graph's store" if shared == 0 else "a store of an earlier version"
+    raise StoreMismatchError(
+        f"store {store} was written by a graph with other task names ({what}?): "
+        f"only in the store: {_names(only_in_store)}; only in this graph: "
+        f"{_names(only_in_graph)}. If tasks were renamed or removed, or you run a "
+        "subgraph, pass force=True (the command line's --force): tasks only in the "
+        "store are left as they are, tasks only in the graph run as new",
+        only_in_store,
+        only_in_graph,
+    )
+
+
+def _names(names: list[str]) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(repr(n) for n in names[:10])
+    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
+def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
+    """The work of :func:`load`; blocking (reads the store), so runs call it in a thread."""
+    stored = store.tasks()
+    check_names(graph, stored, store, force)
+    fps = digests(graph)
+    records = dict(graph.records)
+    reasons: dict[str, str] = {}
+    for name in graph.topological_order():
+        given = records[name]
+        s = stored.get(name)
+        own, fp = fps[name]
+        if given.status is not State.PENDING:
+            # The caller's own state (mark_done, create_graph(done=...)) wins.
+            if given.status is State.DONE:
+                reasons[name] = "marked done by the user"
+            elif given.status in _LAST_TIME:
+                reasons[name] = _LAST_TIME[given.status]
+            continue
+        if s is None:
+            reasons[name] = "new"
+            continue
+        deps = graph.tasks[name].deps
+        deps_done = all(records[d].status is State.DONE for d in deps)
+        if s.status is State.DONE:
+            reran = deps_done and _upstream_reran(s, deps, records, stored)
+            if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
+                records[name] = TaskRecord(
+                    State.DONE,
+                    StoredResult(store, s.result_id, name),
+                    None,
+                    None,
+                    s.attempts,
+                    s.started,
+                    s.finished,
+                )
+            elif s.code != own:
+                reasons[name] = "code changed"
+            elif s.fingerprint != fp:
+                reasons[name] = "upstream changed"
+            elif reran:
+                reasons[name] = "upstream result changed"
+            else:
+                reasons[name] = "upstream reruns"
+            continue
+        reasons[name] = _LAST_TIME.get(s.status, "never finished")
+        if s.status in FINISHED_BADLY:
+            error = RemoteError(s.error_type or "Error", s.error_message or "", s.traceback or "")
+            records[name] = TaskRecord(
+                s.status,
+                None,
+                error if s.status is not State.SKIPPED else None,
+                s.traceback,
+                s.attempts,
+                s.started,
+                s.finished,
+            )
+    loaded = graph._derive(records)
+    loaded._origin = store_key(store)
+    return Loaded(loaded, reasons, stored, fps)
+
+
+def _upstream_reran(
+    s: StoredTask,
+    deps: Any,
+    records: Mapping[str, TaskRecord],
+    stored: Mapping[str, StoredTask],
+) -> bool:
+    """Whether a dependency reused from the store was computed in a later run than ``s``.
+
+    Then ``s`` was computed from that dependency's earlier result: a run that reran the
+    dependency without it (a subgraph that left it out) would otherwise leave it looking
+    reusable, as fingerprints cover code, not results. Run ids only grow. A result the
+    user gave (``mark_done``: no start time) is not a computation and does not count.
+    """
+    for d in deps:
+        sd = stored.get(d)
+        if (
+            sd is not None
+            and sd.run_id > s.run_id
+            and sd.started is not None
+            and type(records[d].result) is StoredResult
+        ):
+            return True
+    return False
+
+
+def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = False) -> Graph:
+    """``graph`` with the state its store recorded, ready to inspect, rewrite and run.
+
+    Tasks done in the store with an unchanged fingerprint are done (their results are
+    loaded when a run or ``graph.results[name]`` needs them); failed, skipped and
+    cancelled tasks keep that state (``reset_failed`` sends them back to pending); tasks
+    that are new, changed, downstream of a change or never finished are pending.
+    Raises :class:`StoreMismatchError` if the store holds tasks the graph does not have,
+    unless ``force=True``.
+    """
+    if not isinstance(graph, Graph):
+        raise TypeError(f"load() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be True or False, not {force!r}")
+    return load_from(graph, open_store(store), force=force).graph
+
+
+def check_origin(graph: Graph, store: Store) -> None:
+    """Raise StoreError if ``graph`` was loaded from (or run on) a store other than this.
+
+    Its reused tasks' results are in that store, under keys this one does not have, and
+    the states it carries are that store's: mixing them into this one would record
+    results nobody computed here. A careful user means one of the two stores; we say
+    which two, and how to use either.
+    """
+    origin = graph._origin
+    if origin is None or origin == store_key(store) or _same_file(origin, store):
+        return
+    where = origin.removeprefix("sqlite:") if origin.startswith("sqlite:") else None
+    other = repr(where) if where is not None else "another Store object"
+    fix = f"store={where!r}" if where is not None else "that Store object"
+    raise StoreError(
+        f"this graph was loaded from store {other} (or returned by a run on it), and "
+        f"this run is on store {str(store)!r}; its done tasks' results are in {other}. "
+        f"Run it on the store it came from ({fix}), or load it from this one first: "
+        f"ag.load(graph, {str(store)!r})"
+    )
+
+
+def _same_file(origin: str, store: Store) -> bool:
+    """Two spellings of one file (a hard link: realpath differs, the inode does not)."""
+    if not (origin.startswith("sqlite:") and isinstance(store, SQLiteStore)):
+        return False
+    try:
+        return os.path.samefile(origin.removeprefix("sqlite:"), store.path)
+    except OSError:
+        return False
+
+
+def for_run(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
+    """What a run on ``store`` starts from (see the module docstring)."""
+    check_origin(graph, store)
+    if graph._origin is not None:
+        # Loaded from this store already (its names were checked then): as it is.
+        return Loaded(graph, {}, store.tasks(), digests(graph))
+    loaded = load_from(graph, store, force=force)
+    ready = reset_failed(loaded.graph)  # keeps _origin: _derive copies it
+    return Loaded(ready, loaded.reasons, loaded.stored, loaded.digests)
+
+
+def plan(graph: Graph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
+    """What a run of ``graph`` on ``store`` would do: for each task ``run`` or ``reuse``
+    (or ``keep`` for a failed task a loaded graph has not reset), and why.
+
+    Columns: name, kind, action, reason, last_status (in the store, or None), last_run.
+    Reads the store only; nothing is unpickled or written.
+    """
+    import pandas as pd
+
+    if not isinstance(graph, Graph):
+        raise TypeError(f"plan() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    the_store = open_store(store)
+    check_origin(graph, the_store)
+    if graph._origin is not None:
+        # A loaded (perhaps rewritten) graph runs as it is: compare it with what a run
+        # of the bare definitions would do, to tell the user's rewrites apart.
+        given = graph
+        fresh = graph._derive(dict.fromkeys(graph.tasks, PENDING_RECORD))
+        fresh._origin = None
+        # The graph was loaded, so a mismatch of names was already allowed (load's force).
+        natural = for_run(fresh, the_store, force=True)
+    else:
+        natural = for_run(graph, the_store)
+        given = natural.graph
+    rows = []
+    for name, task in graph.tasks.items():
+        s = natural.stored.get(name)
+        want = given.records[name].status
+        would = natural.graph.records[name].status
+        if want is State.DONE:
+            action = "reuse"
+            reason = natural.reasons.get(name, "done, unchanged")
+            if would is not State.DONE:
+                reason = "marked done by the user"
+        elif want is State.PENDING:
+            action = "run"
+            if would is State.DONE:
+                reason = "reset by the user"
+            else:
+                reason = natural.reasons.get(name, "never finished")
+        else:
+            action = "keep"
+            reason = f"{want.value} last time; not reset (reset_failed() reruns it)"
+        rows.append(
+            {
+                "name": name,
+                "kind": task.kind.value,
+                "action": action,
+                "reason": reason,
+                "last_status": None if s is None else s.status.value,
+                "last_run": None if s is None else s.run_id,
+            }
+        )
+    frame = pd.DataFrame(
+        rows, columns=["name", "kind", "action", "reason", "last_status", "last_run"]
+    )
+    return frame.astype({"last_run": "Int64"})
+
+
+def history(store: str | os.PathLike[str] | Store) -> pd.DataFrame:
+    """Every run in ``store``: run id, start, end (UTC), status and counts by status."""
+    import pandas as pd
+
+    the_store = open_store(store)
+    runs = the_store.runs()
+    columns = [
+        "run",
+        "started",
+        "finished",
+        "duration_s",
+        "status",
+        "tasks",
+        "reused",
+        "done",
+        "failed",
+        "skipped",
+        "cancelled",
+        "pid",
+        "host",
+    ]
+    rows: list[dict[str, Any]] = []
+    for r in runs:
+        rows.append(
+            {
+                "run": r.id,
+                "started": _ts(r.started),
+                "finished": _ts(r.finished),
+                "duration_s": None if r.finished is None else r.finished - r.started,
+                "status": r.status,
+                "tasks": r.tasks,
+                "reused": r.reused,
+                "done": r.done,
+                "failed": r.failed,
+                "skipped": r.skipped,
+                "cancelled": r.cancelled,
+                "pid": r.pid,
+                "host": r.host,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["started"] = pd.to_datetime(frame["started"], utc=True)
+    frame["finished"] = pd.to_datetime(frame["finished"], utc=True)
+    return frame.astype({"duration_s": "float64"})
+
+
+def _ts(value: float | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+def durations(stored: Mapping[str, StoredTask]) -> dict[str, float]:
+    """Past durations, for the scheduler's critical-path estimate."""
+    out: dict[str, float] = {}
+    for n, s in stored.items():
+        if s.status is State.DONE and s.started is not None and s.finished is not None:
+            out[n] = max(s.finished - s.started, 0.0)
+    return out

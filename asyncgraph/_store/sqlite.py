@@ -1,0 +1,920 @@
+"""The embedded store: one SQLite file that records every run and every task's outcome.
+
+Layout (see ``docs/store.md``)::
+
+    meta   (key, value)              format marker and schema version
+    runs   (id, started, finished, status, pid, host, counts...)
+    state  (name -> latest record)   status, times, error text, fingerprint, and the
+                                     result (its format, a random key, the bytes: the
+                                     last column, which status reads never touch)
+    history (run_id, name, ...)      every record every run wrote, without results:
+                                     appended by a trigger on state, in SQLite itself
+
+A run holds the store for its whole length through an ``flock`` on the store file itself,
+so every name of the file finds the same lock (the kernel drops it if the process dies, so
+a SIGKILLed run never leaves it held): ``files.FileLock``, a collaborator with the rest of
+what concerns the file rather than its SQL. The run's writes come from one writer thread
+(``writer.RunWriter``) in batches, each one transaction. WAL mode with
+``synchronous=FULL``: a committed result survives a crash of the process and of the
+machine.
+
+The only module of the package that uses :mod:`sqlite3`, and only inside functions, so
+``import asyncgraph`` does not load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import StoreError
+from .._state import State
+from .files import (
+    SHM_SIZE,
+    FileLock,
+    alive,
+    beside,
+    full_because,
+    has_wal,
+    identity,
+    legacy_holders,
+    lock_holders,
+    no_room,
+    open_files,
+    processes,
+    stat_of,
+    writable,
+)
+from .protocol import COUNTS, Batch, RunInfo, Store, StoredTask, TaskRow
+from .serialize import deserialize
+
+if TYPE_CHECKING:
+    import sqlite3
+
+__all__ = ["FORMAT", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
+
+FORMAT = "asyncgraph-store"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    tasks INTEGER NOT NULL DEFAULT 0,
+    reused INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE state (
+    name TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started REAL,
+    finished REAL,
+    error_type TEXT,
+    error_message TEXT,
+    traceback TEXT,
+    fingerprint TEXT,
+    code TEXT,
+    result_id INTEGER,
+    result_format TEXT,
+    result BLOB
+);
+CREATE TABLE history (
+    run_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started REAL,
+    finished REAL,
+    error_type TEXT,
+    error_message TEXT,
+    traceback TEXT,
+    fingerprint TEXT
+);
+CREATE TRIGGER state_history AFTER INSERT ON state BEGIN
+    INSERT INTO history VALUES (
+        NEW.run_id, NEW.name, NEW.status, NEW.attempts, NEW.started, NEW.finished,
+        NEW.error_type, NEW.error_message, NEW.traceback, NEW.fingerprint
+    );
+END
+"""
+
+
+# -- the SQLite store -------------------------------------------------------------------
+
+#: SQLite's limit for a row on a new connection (SQLITE_LIMIT_LENGTH), once read.
+_built_in_limit: int | None = None
+
+
+class SQLiteStore:
+    """The embedded store: one SQLite file in WAL mode, created readable by its owner only.
+
+    ``SQLiteStore("nightly.db")`` opens (or, on first write, creates) the file. Opening
+    checks that an existing file is an asyncgraph store and raises :class:`StoreError`
+    otherwise, without changing it. Reads open a short read-only connection each (no file
+    is created or changed by reading); a run keeps one connection from ``acquire`` to
+    ``release``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"SQLiteStore(path): path must be a file path, not {path!r}")
+        _check_path(path)
+        self.path = Path(path)
+        self._lock = threading.Lock()  # the run's connection, used from a few threads
+        self._conn: sqlite3.Connection | None = None
+        self._file = FileLock(self.path)  # the run's hold on the store file
+        self._held_by_run = False  # by a run of asyncgraph's (set by it), until release
+        _check_store(self.path)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}  # a StoredResult travels with its store's path only
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._lock = threading.Lock()
+        self._conn = None
+        self._file = FileLock(self.path)
+        self._held_by_run = False
+
+    def __del__(self) -> None:
+        # A store dropped while held (a run that could not clean up) lets go of its
+        # lock and connection rather than keep them until the process ends.
+        with contextlib.suppress(Exception):
+            self._close()
+
+    # -- opening ------------------------------------------------------------------------
+
+    @property
+    def _lock_fd(self) -> int | None:
+        """The descriptor that holds the store file's lock (None: not held)."""
+        return self._file.fd
+
+    @property
+    def _lock_key(self) -> tuple[int, int] | None:
+        """The held store file's device and inode (None: not held)."""
+        return self._file.key
+
+    def _stat(self) -> os.stat_result | None:
+        """The store file's status (None: no file yet); StoreError if it cannot be one."""
+        return stat_of(self.path)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection | None]:
+        """A connection to read with (None: no store yet); never creates or changes it.
+
+        SQLite's own errors while reading become a StoreError naming the file: opening
+        checks the tables a store must have, but a damaged page deeper in the file shows
+        only when it is read::
+
+            conn.execute("SELECT ... FROM state")   # DatabaseError: disk image is malformed
+
+        The run's connection is used while a run holds the store (it sees the run's own
+        writes); otherwise a short read-only one (see ``_connected``).
+        """
+        import sqlite3
+
+        try:
+            if self._conn is not None:
+                with self._lock:
+                    yield self._conn
+                return
+            st = self._stat()
+            if st is None or st.st_size == 0:
+                yield None
+                return
+            with _connected(self.path, st) as conn:
+                yield conn if _has_schema(conn) else None
+        except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: a bad status
+            damaged = StoreError(
+                f"store {str(self.path)!r} is damaged (reading it failed: "
+                f"{type(exc).__name__}: {exc}); restore the file from a backup, or move it "
+                "aside to start afresh"
+            )
+            if isinstance(exc, sqlite3.Error):
+                raise _trouble(exc, str(self.path), writing=False) or damaged from exc
+            raise damaged from exc
+
+    def _open_for_run(self) -> sqlite3.Connection:
+        """The run's connection (see ``_connect_for_run``), opened once per hold."""
+        if self._conn is None:
+            fd, key = self._lock_fd, self._lock_key
+            assert fd is not None, "_open_for_run() without acquire()"
+            assert key is not None
+            self._conn = _connect_for_run(self.path, fd, key)
+        return self._conn
+
+    def close(self) -> None:
+        """Close the store's connection (idempotent); refused while a run holds it.
+
+        A run lets go of the store itself when it ends (``release``). Closing it under a
+        running run would drop its lock and let another run in on the same store::
+
+            store = ag.SQLiteStore("nightly.db")
+            ... ag.run(g, store=store) running ...
+            store.close()   # <- StoreError: a run of this process holds it
+        """
+        if self._held_by_run:
+            raise StoreError(
+                f"store {str(self.path)!r} is held by a run of this process; it cannot be "
+                "closed under it (another run could then take it): the run lets go of it "
+                "when it ends, so close it after that (or cancel the run first)"
+            )
+        self._close()
+
+    def _close(self) -> None:
+        """Close the run's connection and let go of the lock (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+                if self._lock_key is not None:
+                    open_files.closed(self._lock_key)
+            self._file.let_go()
+
+    # -- reading (never unpickles) ------------------------------------------------------
+
+    def tasks(self) -> dict[str, StoredTask]:
+        with self._reading() as conn:
+            if conn is None:
+                return {}
+            rows = conn.execute(
+                "SELECT name, run_id, status, attempts, started, finished, error_type, "
+                "error_message, traceback, fingerprint, code, result_id FROM state "
+                "ORDER BY rowid"
+            ).fetchall()
+            states = {s.value: s for s in State}
+            # State(...) for an unknown value: its ValueError says what it read
+            return {
+                r[0]: StoredTask(r[0], r[1], states.get(r[2]) or State(r[2]), *r[3:]) for r in rows
+            }
+
+    def runs(self) -> list[RunInfo]:
+        with self._reading() as conn:
+            if conn is None:
+                return []
+            rows = conn.execute(
+                "SELECT id, started, finished, status, pid, host, tasks, reused, done, "
+                "failed, skipped, cancelled FROM runs ORDER BY id"
+            ).fetchall()
+        return [RunInfo(*r) for r in rows]
+
+    def run_tasks(self, run_id: int) -> list[StoredTask]:
+        """The records one run wrote, in the order it wrote them (results not included:
+        only the latest result of each task is kept)."""
+        with self._reading() as conn:
+            if conn is None:
+                return []
+            rows = conn.execute(
+                "SELECT name, run_id, status, attempts, started, finished, error_type, "
+                "error_message, traceback, fingerprint FROM history WHERE run_id = ? "
+                "ORDER BY rowid",
+                (run_id,),
+            ).fetchall()
+            return [
+                StoredTask(
+                    r[0], r[1], State(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], None, None
+                )
+                for r in rows
+            ]
+
+    def load_result(self, result_id: int, task: str) -> Any:
+        with self._reading() as conn:
+            row = (
+                None
+                if conn is None
+                else conn.execute(
+                    "SELECT result_format, result FROM state WHERE name = ? AND result_id = ?",
+                    (task, result_id),
+                ).fetchone()
+            )
+        if row is None:
+            if conn is None:  # no file there, or an empty one: not a replaced result
+                raise StoreError(
+                    f"the result of task {task!r} was in store {str(self.path)!r}, which "
+                    f"{'does not exist any more' if not self.path.exists() else 'is now empty'}"
+                    " (moved, deleted or replaced?); put the store back, or rerun the task: "
+                    f"ag.reset(graph, [{task!r}])"
+                )
+            raise StoreError(
+                f"the result of task {task!r} is no longer in store {str(self.path)!r} "
+                "(a later run replaced it); load the graph again"
+            )
+        return _decode(self.path, {task: row})[task]
+
+    def load_results(self, wanted: Mapping[str, int]) -> dict[str, Any]:
+        """Several results at once (task name -> result id), on one connection."""
+        out: dict[str, Any] = {}
+        with self._reading() as conn:
+            if conn is not None:
+                for name, result_id in wanted.items():
+                    row = conn.execute(
+                        "SELECT result_format, result FROM state WHERE name = ? AND result_id = ?",
+                        (name, result_id),
+                    ).fetchone()
+                    if row is not None:
+                        out[name] = row
+        missing = [n for n in wanted if n not in out]
+        if missing:
+            return {
+                **{n: self.load_result(wanted[n], n) for n in missing},
+                **_decode(self.path, out),
+            }
+        return _decode(self.path, out)
+
+    # -- one run ------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._file.take(self._holder)
+
+    def release(self) -> None:
+        self._held_by_run = False
+        self._close()
+
+    def begin_run(self) -> int:
+        import socket
+
+        assert self._lock_fd is not None, "begin_run() without acquire()"
+        conn = self._open_for_run()
+        with self._lock, _transaction(conn):
+            # We hold the lock, so a run still marked running died with its process;
+            # its running tasks are pending on the next load.
+            conn.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
+            cur = conn.execute(
+                "INSERT INTO runs (started, status, pid, host) VALUES (?, 'running', ?, ?)",
+                (time.time(), os.getpid(), socket.gethostname()),
+            )
+        run_id = cur.lastrowid
+        assert run_id is not None
+        return run_id
+
+    def write(
+        self, run_id: int, rows: Sequence[TaskRow], counts: Mapping[str, int] | None = None
+    ) -> None:
+        """Record ``rows``, and add ``counts`` to the run's counts, in one transaction.
+
+        ``counts`` defaults to a :class:`Batch`'s own (what a run writes); plain rows
+        with no counts change no count.
+        """
+        if counts is None and isinstance(rows, Batch):
+            counts = rows.counts
+        # One statement per batch: the rows are the table's columns, bound in C. A
+        # task's later row in the same batch replaces its earlier one (INSERT OR
+        # REPLACE, applied in order).
+        with self._lock:
+            conn = self._conn
+            assert conn is not None, "write() outside begin_run()/end_run()"
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                )
+                add = {k: n for k in COUNTS if (n := (counts or {}).get(k, 0))}
+                if add:  # only the columns that change (sqlite3 caches each statement)
+                    columns = ", ".join(f"{k} = {k} + ?" for k in add)
+                    conn.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*add.values(), run_id))
+
+    def result_size_limit(self) -> int:
+        """The largest row SQLite takes on this store's connection (SQLITE_LIMIT_LENGTH,
+        10**9 bytes unless SQLite was built otherwise); a result must fit in it."""
+        import sqlite3
+
+        with self._lock:
+            if self._conn is not None:
+                return self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        return _built_in_row_limit()
+
+    def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
+        keys = COUNTS
+        with self._lock:
+            conn = self._conn
+            assert conn is not None
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE runs SET finished = ?, status = ?, tasks = ?, reused = ?, "
+                    "done = ?, failed = ?, skipped = ?, cancelled = ? WHERE id = ?",
+                    (time.time(), status, *(counts.get(k, 0) for k in keys), run_id),
+                )
+
+    def _holder(self, key: tuple[int, int] | None) -> tuple[str, str]:
+        """Who holds the store, and what to do about it (see ``_describe_holder``)."""
+        return _describe_holder(self.path, self._file, key)
+
+
+# -- the store file, read-only -------------------------------------------------------
+
+
+def _connect_for_run(path: Path, fd: int, key: tuple[int, int]) -> sqlite3.Connection:
+    """The run's connection to the store file ``fd`` holds the lock of (``key``: its
+    device and inode): creates the schema if need be (the lock made the file).
+
+    An empty file the user created beforehand (``touch nightly.db``, mode 0644) is
+    made owner-only before SQLite creates its ``-wal`` and ``-shm`` files, which take
+    the store's mode: results are pickles, and status may be private. An existing
+    store that others can read or write keeps its mode (the owner chose it), with a
+    warning.
+    """
+    import sqlite3
+
+    st = os.fstat(fd)
+    if st.st_size == 0 and st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.fchmod(fd, 0o600)
+    open_files.opened(key)
+    try:
+        # As a file: URI, so the name is always a file's name. A plain name such as
+        # "file:nightly.db" would be taken as a URI by an SQLite built to take them
+        # (and open nightly.db, beside the file the lock is on).
+        conn = sqlite3.connect(
+            _uri(path, writable=True),
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+        )
+    except BaseException as exc:
+        open_files.closed(key)
+        if isinstance(exc, sqlite3.Error):
+            raise _write_error(path, exc) from exc
+        raise
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        # Whether the schema is there, not whether the file is empty: the WAL pragma
+        # writes the first page before the schema's transaction, so a run killed in
+        # between leaves a file with no tables, which is a store not yet created.
+        with _transaction(conn, str(path)):
+            created = not _has_schema(conn)
+            if created:
+                for statement in _statements(_SCHEMA):
+                    conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
+                )
+    except BaseException as exc:
+        conn.close()
+        open_files.closed(key)
+        if isinstance(exc, sqlite3.Error):
+            raise _write_error(path, exc) from exc
+        raise
+    if created:
+        _tighten(path, st)  # a file with no store in it yet is ours to make private
+    else:
+        _warn_if_shared(path, st)
+    return conn
+
+
+def _write_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A StoreError for SQLite's error opening the run's connection."""
+    return _trouble(exc, str(path), writing=True) or _damaged(path, exc)
+
+
+def _describe_holder(path: Path, lock: FileLock, key: tuple[int, int] | None) -> tuple[str, str]:
+    """Who holds the store, and what to do about it: the run recorded as running, or
+    the process that holds the lock if that run's process is gone (a process it
+    forked kept the lock, say)."""
+    import socket
+
+    wait = "wait for that run to end (or stop it) and try again"
+    row = _running_run(path)
+    holders, names = ([], []) if key is None else lock_holders(key)
+    if key is not None and not lock.held_here(key):
+        # This process has just locked the file itself, then found an older
+        # asyncgraph's STORE-lock held (see FileLock._legacy_lock): it is not the holder.
+        holders = [(pid, cmd) for pid, cmd in holders if pid != os.getpid()]
+    holders += [h for h in legacy_holders(path) if h not in holders]
+    for name in names:  # the holder's name of the file: a hard link keeps its own -wal
+        if row is not None:
+            break
+        if name != os.path.realpath(path):
+            row = _running_run(Path(name))
+    if row is None:
+        if holders:
+            return f"another run that is starting ({processes(holders)})", wait
+        return "another run that is starting", wait
+    run_id, pid, host, started = row
+    run = f"run {run_id} (pid {pid} on {host}, started {_utc(started)})"
+    if host != socket.gethostname():
+        return run, wait
+    if any(p == pid for p, _ in holders) or (not holders and alive(pid)):
+        return run, wait
+    state = "no longer exists" if not alive(pid) else "does not hold the lock"
+    who = (
+        processes(holders)
+        if holders
+        else f"a process that could not be found (try: fuser {str(path)!r})"
+    )
+    return (
+        f"{who}, which holds the store's lock: the store records {run} as running, but "
+        f"that process {state}; a process it started may have kept the lock",
+        "stop that process and try again",
+    )
+
+
+def _built_in_row_limit() -> int:
+    """SQLite's limit for a row on a new connection (SQLITE_LIMIT_LENGTH), read once."""
+    import sqlite3
+
+    global _built_in_limit
+    if _built_in_limit is None:
+        conn = sqlite3.connect(":memory:")  # a new connection's limit: the built-in one
+        try:
+            _built_in_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        finally:
+            conn.close()
+    return _built_in_limit
+
+
+def _check_store(path: Path) -> None:
+    """Raise StoreError if the file exists and is not a readable asyncgraph store."""
+    st = stat_of(path)
+    if st is None or st.st_size == 0:
+        return  # created on first write
+    import sqlite3  # here, not at the top: `import asyncgraph` stays cheap
+
+    try:
+        with _connected(path, st) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+            if meta.get("format") == FORMAT:
+                conn.execute("SELECT count(*) FROM state").fetchone()
+                conn.execute("SELECT count(*) FROM runs").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise _trouble(exc, str(path), writing=False) or _damaged(path, exc) from exc
+    if not tables:
+        return  # a creation that never committed its schema: created on first write
+    if meta.get("format") != FORMAT:
+        raise StoreError(
+            f"{str(path)!r} is an SQLite database but not an asyncgraph store "
+            f"(it has the tables {sorted(tables)}); give another path"
+        )
+    version = str(meta.get("version", "0"))
+    if not version.isdigit():
+        raise StoreError(
+            f"store {str(path)!r} has schema version {version!r}, which is not a "
+            "number: something other than asyncgraph changed the file; restore it from "
+            "a backup, or start a new store"
+        )
+    if int(version) != SCHEMA_VERSION:
+        raise StoreError(
+            f"store {str(path)!r} has schema version {version}, and this "
+            f"asyncgraph reads version {SCHEMA_VERSION}; use the asyncgraph that wrote "
+            "it, or start a new store"
+        )
+
+
+def _damaged(path: Path, exc: BaseException) -> StoreError:
+    return StoreError(
+        f"{str(path)!r} is not an asyncgraph store, or it is damaged "
+        f"(SQLite says: {exc}); give another path, or restore the file from a backup"
+    )
+
+
+def _uri(path: Path, immutable: bool = False, writable: bool = False) -> str:
+    # as_uri() percent-encodes '#' and '?', which a plain f"file:{path}" would take
+    # as the URI's fragment and query (and open another file).
+    uri = Path(os.path.abspath(path)).as_uri()
+    if writable:
+        return uri
+    uri += "?mode=ro"
+    return uri + "&immutable=1" if immutable else uri
+
+
+@contextlib.contextmanager
+def _connected(path: Path, st: os.stat_result) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the store file ``st`` describes; never changes it.
+
+    SQLite reads a WAL store through its ``-shm`` file, which it creates if need be.
+    In a read-only directory it cannot, and then:
+
+    * with no ``-wal`` file, or an empty one, the file alone is the whole store: it is
+      opened ``immutable=1`` (no -shm, no locks), and its size and times are checked
+      again afterwards, since that mode cannot see a run writing it from elsewhere
+      (through a writable mount of the same directory, say);
+    * a ``-wal`` with commits in it cannot be read without the -shm: StoreError,
+      saying so (``immutable=1`` would silently skip those commits).
+
+    The same goes for a full disk (no room for the -shm, or no inode), found before
+    SQLite tries (it would leave a -shm of a few bytes behind) or from its error.
+    """
+    import sqlite3
+
+    key = (st.st_dev, st.st_ino)
+    open_files.opened(key)
+    conn: sqlite3.Connection | None = None
+    seen: tuple[int, int, int] | None = None  # the file as an immutable read found it
+    try:
+        if not has_wal(path) and (not writable(str(path), file=True) or no_room(path) is not None):
+            # A file we cannot write (chmod 0444, chattr +i): SQLite would leave a
+            # -shm and an empty -wal beside it, unable to remove them. A full disk
+            # (no room or no inode for the -shm): SQLite would fail as "disk I/O
+            # error", leaving a -shm of a few bytes and an empty -wal.
+            seen = identity(path)
+            conn = sqlite3.connect(_uri(path, immutable=True), uri=True)
+        else:
+            conn = sqlite3.connect(
+                _uri(
+                    path,
+                ),
+                uri=True,
+            )
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _no_shm(exc):
+                    raise
+                conn.close()
+                conn = None
+                seen = _unchanging(path, exc)
+                conn = sqlite3.connect(_uri(path, immutable=True), uri=True)
+        yield conn
+    finally:
+        if conn is not None:
+            conn.close()
+        open_files.closed(key)
+    if seen is not None and identity(path) != seen:
+        raise StoreError(
+            f"store {str(path)!r} changed while it was read (is a run writing it "
+            "from another mount?); read it again"
+        )
+
+
+def _unchanging(path: Path, exc: sqlite3.Error) -> tuple[int, int, int] | None:
+    """The file's identity if it can be read as immutable; StoreError if it cannot."""
+    wal, shm = beside(path)
+    if not has_wal(path):
+        return identity(path)
+    directory = os.path.dirname(os.path.realpath(path))
+    full = full_because(directory)
+    advice = (
+        "read it once where its directory is writable, or copy the store with its "
+        "-wal file to a writable directory"
+    )
+    if not writable(directory):
+        why = f"the directory {directory!r} is read-only"
+    elif full is not None:
+        why = f"{full}; SQLite says: {exc}"
+        advice = "free some space there and read it again: nothing is lost"
+    else:
+        why = f"SQLite says: {exc}"
+    raise StoreError(
+        f"store {str(path)!r} cannot be read here: its last commits are in "
+        f"{wal!r}, and SQLite needs to create {shm!r} to read "
+        f"them, which it cannot ({why}); {advice}"
+    ) from exc
+
+
+def _running_run(path: Path) -> tuple[int, int, str, float] | None:
+    """The last run recorded as running in the store at ``path`` (a store's path, or
+    another name of its file), read on a connection of its own."""
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error, StoreError, OSError):
+        st = stat_of(path)
+        if st is None or st.st_size == 0:
+            return None
+        with _connected(path, st) as conn:
+            if not _has_schema(conn):
+                return None
+            row = conn.execute(
+                "SELECT id, pid, host, started FROM runs WHERE status = 'running' "
+                "ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else (row[0], row[1], row[2], row[3])
+    return None
+
+
+def _decode(path: Path, rows: Mapping[str, tuple[str, bytes]]) -> dict[str, Any]:
+    out = {}
+    for name, (fmt, data) in rows.items():
+        try:
+            out[name] = deserialize(fmt, data)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"the stored result of task {name!r} in {str(path)!r} cannot be "
+                f"loaded ({type(exc).__name__}: {exc}); is the code that defines its "
+                f"type importable here? Or rerun the task: ag.reset(graph, [{name!r}])"
+            ) from exc
+    return out
+
+
+def _tighten(path: Path, st: os.stat_result) -> None:
+    """An SQLite file with no tables made beforehand (``sqlite3 x.db VACUUM``), which
+    SQLite opened with its mode and gave its ``-wal`` and ``-shm`` files: all three
+    are made owner-only now that the store's schema is in it."""
+    if not st.st_mode & 0o077 or st.st_uid != os.geteuid():
+        return
+    for name in (str(path), f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
+
+
+def _warn_if_shared(path: Path, st: os.stat_result) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    what = [w for w, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits]
+    if not what:
+        return
+    import warnings
+
+    warnings.warn(
+        f"store {str(path)!r} is {' and '.join(what)} by other users (mode "
+        f"{mode:04o}): its results are pickles, so whoever can write it can run code "
+        "as the user who loads them, and whoever can read it can read every result; "
+        f"if that is not meant, chmod 600 {str(path)!r}",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+def _no_shm(exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error says it could not open, create or grow the ``-shm``."""
+    import sqlite3
+
+    code = _code(exc)
+    shm = (sqlite3.SQLITE_IOERR_SHMOPEN, sqlite3.SQLITE_IOERR_SHMSIZE, sqlite3.SQLITE_IOERR_SHMMAP)
+    return code in shm or (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL)
+
+
+def _code(exc: sqlite3.Error) -> int:
+    """SQLite's extended result code of ``exc`` (0 for an error sqlite3 did not raise)."""
+    return getattr(exc, "sqlite_errorcode", None) or 0
+
+
+def _trouble(exc: sqlite3.Error, path: str, *, writing: bool) -> StoreError | None:
+    """A StoreError naming the file, for SQLite's errors about access to the store file
+    and the disk under it rather than about its bytes, worded for a read or for a run's
+    write (``writing``); None for the others (the caller's: damaged, or as they are).
+
+    The one place that reads SQLite's result codes for a message. A read tells apart:
+    busy; a full disk (the file system says so); no access to the file. A write: a full
+    disk (the file system says so, or SQLite: SQLITE_FULL is also a quota or a size
+    limit); read-only; a failed disk.
+    """
+    import sqlite3
+
+    code = _code(exc) & 0xFF
+    where, says = f"store {path!r}", f"SQLite says: {exc}"
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return None if writing else StoreError(f"{where} is busy ({says}); try again")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR) or (
+        code == sqlite3.SQLITE_FULL and not writing
+    ):
+        # SQLite says "unable to open database file" when it cannot create the -wal or
+        # -shm for want of an inode, and "disk I/O error" when it cannot fill the -shm.
+        size = 0 if writing and code == sqlite3.SQLITE_CANTOPEN else SHM_SIZE
+        full = full_because(os.path.dirname(os.path.realpath(path)), files=1, size=size)
+        if full is not None and writing:
+            return StoreError(
+                f"{where} is full: {full}, and a run needs room there for the store's -wal "
+                f"and -shm files ({says}); free some space there (delete files) and run "
+                "again: what was committed before is kept"
+            )
+        if full is not None:
+            return StoreError(
+                f"{where} cannot be read: {full} ({says}); free some space there and read it again"
+            )
+    if not writing:
+        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR):
+            return StoreError(
+                f"{where} cannot be read ({says}); check that the file and its directory "
+                "can be read"
+            )
+        return None
+    if code == sqlite3.SQLITE_FULL:
+        return StoreError(
+            f"{where} is full: there is no room on its disk (or in its quota, or under its "
+            f"size limit) for this write ({says}); free some space and run again: what was "
+            "committed before is kept"
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
+        return StoreError(
+            f"{where} is read-only, or its directory is ({says}); a run writes every "
+            "outcome to its store: make both writable, or run on a copy"
+        )
+    if code == sqlite3.SQLITE_IOERR:
+        return StoreError(
+            f"{where}: the disk failed a read or write ({says}); check the disk, then run "
+            "again: what was committed before is kept"
+        )
+    return None
+
+
+def _check_path(path: str | os.PathLike[str]) -> None:
+    """Refuse what cannot name a store file, before anything is opened."""
+    text = os.fspath(path)
+    text = text if isinstance(text, str) else os.fsdecode(text)
+    if "\0" in text:
+        raise StoreError(
+            f"SQLiteStore(path): the path {text!r} holds a NUL byte, which no file name "
+            "can; give the store's file path"
+        )
+    if text == ":memory:" or text.startswith("file:"):
+        raise StoreError(
+            f"SQLiteStore(path): {text!r} is SQLite's "
+            f"{'in-memory database' if text == ':memory:' else 'URI'} syntax, and a store is "
+            "a file that outlives the run; give its file path (nightly.db), or run without "
+            "a store"
+        )
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, path: str | None = None) -> Any:
+    """One write transaction. SQLite's errors about the disk (full, read-only, I/O)
+    become a StoreError naming the file; other errors pass as they are.
+
+    After some errors (a full disk, an I/O error) SQLite has rolled the transaction
+    back already: a ROLLBACK then fails ("no transaction is active") and would hide the
+    cause, so it is issued only if the transaction is still open.
+    """
+    import sqlite3
+
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        mapped = _trouble(exc, path if path is not None else _file_of(conn), writing=True)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _file_of(conn: sqlite3.Connection) -> str:
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error):
+        for _, name, file in conn.execute("PRAGMA database_list"):
+            if name == "main":
+                return str(file)
+    return "?"
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script (a trigger's body has semicolons of its own)."""
+    import sqlite3
+
+    out, buf = [], ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
+def _has_schema(conn: sqlite3.Connection) -> bool:
+    tables: int = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    return tables > 0
+
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def open_store(store: Any, parameter: str = "store") -> Store:
+    """A Store from what the user passed: a path, or an object with the Store methods."""
+    if isinstance(store, (str, os.PathLike)):
+        return SQLiteStore(store)
+    if isinstance(store, Store):
+        return store
+    raise TypeError(
+        f"{parameter} must be a file path or a Store object (see asyncgraph.Store), "
+        f"not {type(store).__name__} {store!r}"
+    )
