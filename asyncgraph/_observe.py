@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._events import Emit, Event, EventKind
+from ._shield import wait_to_the_end
 
 if TYPE_CHECKING:
     from ._graph import Graph
@@ -495,7 +496,7 @@ class OpenRun:
             #         raise ValueError   # <- here, while tasks run
             # so cancel the run, wait for its cleanup, and let the block's error go on.
             self._task.cancel()
-            await _wait_out(self._task)
+            await wait_to_the_end(asyncio.wait((self._task,)))
             if not self._task.cancelled():
                 with contextlib.suppress(Exception):
                     self._task.result()  # the block's error wins
@@ -521,7 +522,7 @@ class OpenRun:
             await asyncio.wait((task,))
         except asyncio.CancelledError:
             task.cancel()
-            await _wait_out(task)
+            await wait_to_the_end(asyncio.wait((task,)))
             raise
         return self._result(task)
 
@@ -603,18 +604,6 @@ class OpenRun:
                 the_run = self._run
                 assert the_run is not None
                 yield event.task, the_run.records[event.task].result
-
-
-async def _wait_out(task: asyncio.Task[Any]) -> None:
-    """Wait until ``task`` has ended, however often we are cancelled meanwhile."""
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.wait((task,))
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-    if cancelled is not None:
-        raise cancelled
 
 
 def open_run(

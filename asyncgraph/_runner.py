@@ -50,6 +50,8 @@ from ._graph import Graph
 from ._observe import OnEvent, Progress, Watch
 from ._process import ProcessPool, shipping_problem
 from ._scheduler import Scheduler
+from ._shield import in_thread_to_the_end as _in_thread_to_the_end
+from ._shield import wait_to_the_end as _to_the_end
 from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
 from ._threads import Threads
@@ -928,47 +930,6 @@ class _Session:
                     raise
         if self.error is not None:
             raise self.error
-
-
-async def _in_thread_to_the_end(fn: Callable[[], _T]) -> _T:
-    """Run a blocking call in a thread; cancelled meanwhile, wait for it, then re-raise.
-
-    For calls whose effect the caller must know about to undo it (taking the store's
-    lock, recording a run's start): a plain ``Task.cancel()`` would otherwise land while
-    the thread goes on and completes the call behind the caller's back.
-    """
-    call = asyncio.ensure_future(anyio.to_thread.run_sync(fn))
-    cancelled: asyncio.CancelledError | None = None
-    with anyio.CancelScope(shield=True):
-        while not call.done():
-            try:
-                await asyncio.wait((call,))
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-    if cancelled is not None:
-        raise cancelled
-    return call.result()
-
-
-async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Run ``cleanup`` to its end even if we are cancelled meanwhile, then re-raise.
-
-    A shielded scope stops anyio's cancellations but not a plain ``Task.cancel()``:
-        task.cancel(); ...; task.cancel()   # <- the second lands during the cleanup
-    so the cleanup runs as its own task, and we wait for it however often we are
-    cancelled; the last cancellation is raised when it is done.
-    """
-    task = asyncio.ensure_future(cleanup)
-    cancelled: asyncio.CancelledError | None = None
-    with anyio.CancelScope(shield=True):
-        while not task.done():
-            try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-    task.result()  # a bug in the cleanup is not to be lost either
-    if cancelled is not None:
-        raise cancelled
 
 
 def _check_int(name: str, value: Any, *, allow_none: bool = True) -> None:
