@@ -37,9 +37,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from ._events import Emit, Event, EventKind
+from ._options import OnEvent, Progress, RunOptions
 from ._shield import wait_to_the_end
 
 if TYPE_CHECKING:
@@ -51,11 +52,6 @@ __all__ = ["OpenRun", "Progress", "OnEvent", "Watch", "open_run"]
 
 logger = logging.getLogger("asyncgraph")
 
-#: ``progress=``: False (no bar), True (a bar when stderr is a terminal or in Jupyter),
-#: or "force" (a bar on stderr whatever it is).
-Progress: TypeAlias = bool | Literal["force"]
-#: ``on_event=``: called with each Event; a coroutine function is awaited (in order).
-OnEvent: TypeAlias = Callable[[Event], Any]
 
 _QUEUED = EventKind.QUEUED
 _STARTED = EventKind.STARTED
@@ -63,22 +59,6 @@ _SKIPPED = EventKind.SKIPPED
 _SETTLED = (EventKind.DONE, EventKind.FAILED, EventKind.SKIPPED, EventKind.CANCELLED)
 #: Seconds between two redraws of the bar (tqdm's own default).
 REDRAW_EVERY = 0.1
-
-
-def check_watch_options(progress: Any, on_event: Any) -> None:
-    """TypeError/ValueError naming the parameter, before anything starts."""
-    if isinstance(progress, str):
-        if progress != "force":
-            raise ValueError(f"progress must be True, False or 'force', not {progress!r}")
-    elif not isinstance(progress, bool):
-        raise TypeError(
-            f"progress must be True, False or 'force', not {type(progress).__name__} {progress!r}"
-        )
-    if on_event is not None and not callable(on_event):
-        raise TypeError(
-            f"on_event must be a function taking an Event (or None), not "
-            f"{type(on_event).__name__} {on_event!r}"
-        )
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -349,7 +329,6 @@ class Watch:
     def __init__(
         self, progress: Progress, on_event: OnEvent | None, extra: Emit | None = None
     ) -> None:
-        check_watch_options(progress, on_event)
         self.progress = _Progress.make(progress)
         self.relay: _Relay | None = None
         listeners: list[Emit] = []
@@ -450,15 +429,9 @@ class OpenRun:
     A ``fail_fast`` failure is raised when the block is left (and by :meth:`wait`).
     """
 
-    def __init__(self, graph: Graph, options: dict[str, Any]) -> None:
-        from ._runner import _check_options
-
+    def __init__(self, graph: Graph, options: RunOptions) -> None:
         self._graph = graph
         self._options = options
-        check_watch_options(options["progress"], options["on_event"])
-        # Bad options are reported by open_run() itself, not later by `async with`.
-        run_options = {k: v for k, v in options.items() if k not in ("progress", "on_event")}
-        _check_options(graph, **run_options)
         self._history: list[Event] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
@@ -468,15 +441,13 @@ class OpenRun:
     # -- the run's lifetime ---------------------------------------------------------
 
     async def __aenter__(self) -> OpenRun:
-        from ._runner import _body, _check_options
+        from ._runner import _body
 
         if self._task is not None:
             raise RuntimeError("an OpenRun can be entered only once")
-        opts = dict(self._options)
-        watch = Watch(opts.pop("progress"), opts.pop("on_event"), extra=self._record)
-        store = opts.pop("store")
-        options = _check_options(self._graph, store=store, **opts)
-        body = _body(self._graph, options, store, watch.emit, on_run=self._attach)
+        options = self._options
+        watch = Watch(options.progress, options.on_event, extra=self._record)
+        body = _body(self._graph, options, options.store, watch.emit, on_run=self._attach)
         self._task = asyncio.get_running_loop().create_task(
             watch.observe(body, options.deadline, options.cancel_grace)
         )
@@ -623,17 +594,18 @@ def open_run(
 
     Takes :func:`asyncgraph.run`'s options. See :class:`OpenRun`.
     """
-    return OpenRun(
-        graph,
-        {
-            "max_io": max_io,
-            "cpu_workers": cpu_workers,
-            "limits": limits,
-            "fail_fast": fail_fast,
-            "deadline": deadline,
-            "progress": progress,
-            "on_event": on_event,
-            "store": store,
-            "cancel_grace": cancel_grace,
-        },
+    from ._runner import check_graph
+
+    check_graph(graph)
+    options = RunOptions(
+        max_io=max_io,
+        cpu_workers=cpu_workers,
+        limits=limits,
+        fail_fast=fail_fast,
+        deadline=deadline,
+        cancel_grace=cancel_grace,
+        store=store,
+        progress=progress,
+        on_event=on_event,
     )
+    return OpenRun(graph, options)

@@ -47,7 +47,9 @@ from ._exceptions import (
     UnstorableResultError,
 )
 from ._graph import Graph
-from ._observe import OnEvent, Progress, Watch
+from ._observe import Watch
+from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
+from ._options import STOPPED_BY as _STOPPED_BY
 from ._process import ProcessPool, shipping_problem
 from ._scheduler import Scheduler
 from ._shield import in_thread_to_the_end as _in_thread_to_the_end
@@ -65,11 +67,6 @@ __all__ = ["run", "run_sync"]
 _T = TypeVar("_T")
 
 logger = logging.getLogger("asyncgraph")
-
-#: ``cancel_grace=``'s default, in seconds: how long a stopping run waits for a cancelled
-#: task to end before abandoning it (a coroutine that catches CancelledError and goes
-#: on). Half of ``docker stop``'s 10 s, so the cleanup after it fits before the SIGKILL.
-CANCEL_GRACE = 5.0
 
 
 class _Outcome(NamedTuple):
@@ -129,16 +126,17 @@ class _Run:
     def __init__(
         self,
         graph: Graph,
+        options: RunOptions,
         *,
-        max_io: int | None,
-        cpu_workers: int,
-        limits: Mapping[str, int],
-        fail_fast: bool,
-        deadline: float | None,
-        cancel_grace: float = CANCEL_GRACE,
         emit: Emit | None = None,
         weights: Mapping[str, float] | None = None,
     ) -> None:
+        max_io, cpu_workers, limits = options.max_io, options.cpu_workers, options.limits
+        fail_fast, deadline, cancel_grace = (
+            options.fail_fast,
+            options.deadline,
+            options.cancel_grace,
+        )
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
         # Fill the structural caches on the caller's graph, so its next run reuses them,
         # then work on a snapshot (the caches come along): a task added to the caller's
@@ -932,91 +930,15 @@ class _Session:
             raise self.error
 
 
-def _check_int(name: str, value: Any, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {value!r}")
-
-
-class _Options(NamedTuple):
-    max_io: int | None
-    cpu_workers: int
-    limits: Mapping[str, int]
-    fail_fast: bool
-    deadline: float | None
-    cancel_grace: float = CANCEL_GRACE
-
-    def make(self, graph: Graph, **extra: Any) -> _Run:
-        return _Run(
-            graph,
-            max_io=self.max_io,
-            cpu_workers=self.cpu_workers,
-            limits=self.limits,
-            fail_fast=self.fail_fast,
-            deadline=self.deadline,
-            cancel_grace=self.cancel_grace,
-            **extra,
-        )
-
-
-def _check_options(
-    graph: Graph,
-    max_io: int | None = None,
-    cpu_workers: int | None = None,
-    limits: Mapping[str, int] | None = None,
-    fail_fast: bool = False,
-    deadline: float | None = None,
-    store: Any = None,
-    cancel_grace: float = CANCEL_GRACE,
-) -> _Options:
+def check_graph(graph: Any) -> None:
+    """TypeError unless ``graph`` is a Graph (before its options are looked at)."""
     if not isinstance(graph, Graph):
         raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
-    _check_int("max_io", max_io)
-    _check_int("cpu_workers", cpu_workers)
-    if limits is not None:
-        if not isinstance(limits, Mapping):
-            raise TypeError(f"limits must be a dict of name -> int, not {type(limits).__name__}")
-        for key, value in limits.items():
-            if not isinstance(key, str):
-                raise TypeError(f"limits keys are resource names (str), not {key!r}")
-            _check_int(f"limits[{key!r}]", value, allow_none=False)
-    if not isinstance(fail_fast, bool):
-        raise TypeError(f"fail_fast must be True or False, not {fail_fast!r}")
-    if deadline is not None:
-        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-            raise TypeError(f"deadline must be a number of seconds, not {type(deadline).__name__}")
-        if not deadline > 0 or math.isinf(deadline):
-            raise ValueError(f"deadline must be a number of seconds > 0, not {deadline!r}")
-    if isinstance(cancel_grace, bool) or not isinstance(cancel_grace, (int, float)):
-        raise TypeError(
-            f"cancel_grace must be a number of seconds, not {type(cancel_grace).__name__}"
-        )
-    if not cancel_grace > 0:
-        raise ValueError(f"cancel_grace must be a number of seconds > 0, not {cancel_grace!r}")
-    if store is not None and not isinstance(store, (str, os.PathLike)):
-        from ._store import Store
-
-        if not isinstance(store, Store):
-            raise TypeError(
-                "store must be a file path or a Store object (see asyncgraph.Store), "
-                f"not {type(store).__name__} {store!r}"
-            )
-    return _Options(
-        max_io,
-        cpu_workers or os.cpu_count() or 1,
-        limits or {},
-        fail_fast,
-        deadline,
-        float(cancel_grace),
-    )
 
 
 def _body(
     graph: Graph,
-    options: _Options,
+    options: RunOptions,
     store: Any,
     emit: Emit | None,
     on_run: Callable[[_Run], None] | None = None,
@@ -1027,7 +949,7 @@ def _body(
     """
     if store is not None:
         return functools.partial(_run_on_store, graph, options, store, emit, on_run)
-    the_run = options.make(graph, emit=emit)
+    the_run = _Run(graph, options, emit=emit)
     if on_run is not None:
         on_run(the_run)
     if graph._origin is not None and any(
@@ -1045,7 +967,7 @@ def _body(
 
 async def _run_on_store(
     graph: Graph,
-    options: _Options,
+    options: RunOptions,
     store: Any,
     emit: Emit | None,
     on_run: Callable[[_Run], None] | None = None,
@@ -1070,7 +992,7 @@ async def _run_on_store(
         await _in_thread_to_the_end(take)
         loaded = await anyio.to_thread.run_sync(for_run, graph, the_store)
         weights = _weights(durations(loaded.stored), loaded.graph)
-        the_run = options.make(loaded.graph, weights=weights, emit=emit)
+        the_run = _Run(loaded.graph, options, weights=weights, emit=emit)
         the_run.session = _Session(the_store, loaded, the_run.emit)
         if on_run is not None:
             on_run(the_run)
@@ -1125,8 +1047,17 @@ async def run(
     recorded there, and tasks already done there with an unchanged fingerprint are
     reused instead of run (see :func:`load` and ``docs/store.md``).
     """
-    options = _check_options(
-        graph, max_io, cpu_workers, limits, fail_fast, deadline, store, cancel_grace
+    check_graph(graph)
+    options = RunOptions(
+        max_io=max_io,
+        cpu_workers=cpu_workers,
+        limits=limits,
+        fail_fast=fail_fast,
+        deadline=deadline,
+        cancel_grace=cancel_grace,
+        store=store,
+        progress=progress,
+        on_event=on_event,
     )
     watch = Watch(progress, on_event)
     return await watch.observe(
@@ -1156,8 +1087,17 @@ def run_sync(
     143). Each signal is handled so only while the run runs, in the main thread, and
     only if the program left it to Python's default.
     """
-    options = _check_options(
-        graph, max_io, cpu_workers, limits, fail_fast, deadline, store, cancel_grace
+    check_graph(graph)
+    options = RunOptions(
+        max_io=max_io,
+        cpu_workers=cpu_workers,
+        limits=limits,
+        fail_fast=fail_fast,
+        deadline=deadline,
+        cancel_grace=cancel_grace,
+        store=store,
+        progress=progress,
+        on_event=on_event,
     )
     watch = Watch(progress, on_event)
     body = functools.partial(
@@ -1198,10 +1138,6 @@ def _is_asyncio_sigint_handler(handler: Any) -> bool:
     return isinstance(handler, functools.partial) and getattr(
         handler.func, "__func__", None
     ) is getattr(asyncio.Runner, "_on_sigint", object())
-
-
-#: The reasons recorded on the tasks a signal cancelled (the cancellation's message).
-_STOPPED_BY: dict[int, str] = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 
 def _left_as_python_has_it(signum: int, handler: Any) -> bool:
