@@ -39,7 +39,6 @@ from ._rewrite import reset as reset
 from ._rewrite import reset_failed as reset_failed
 from ._rewrite import subgraph as subgraph
 from ._runner import run as run
-from ._runner import run_sync as run_sync
 from ._state import NO_RESULT as NO_RESULT
 from ._state import State as State
 from ._state import StoredResult as StoredResult
@@ -47,6 +46,7 @@ from ._state import TaskRecord as TaskRecord
 from ._store import SQLiteStore as SQLiteStore
 from ._store import Store as Store
 from ._summary import Summary as Summary
+from ._sync import run_sync as run_sync
 from ._task import Kind as Kind
 from ._task import Task as Task
 
