@@ -28,8 +28,8 @@ from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._graph import Graph as Graph
 from ._graph import create_graph as create_graph
-from ._observe import OpenRun as OpenRun
-from ._observe import open_run as open_run
+from ._open_run import OpenRun as OpenRun
+from ._open_run import open_run as open_run
 from ._resume import history as history
 from ._resume import load as load
 from ._resume import plan as plan

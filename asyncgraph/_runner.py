@@ -26,7 +26,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
 import cloudpickle
@@ -48,6 +48,7 @@ from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._options import STOPPED_BY as _STOPPED_BY
 from ._process import ProcessPool, shipping_problem
 from ._scheduler import Scheduler
+from ._shield import in_thread_to_the_end
 from ._shield import in_thread_to_the_end as _in_thread_to_the_end
 from ._shield import wait_to_the_end as _to_the_end
 from ._state import State, StoredResult, TaskRecord
@@ -59,9 +60,7 @@ if TYPE_CHECKING:
     from ._store import RunWriter, Store, TaskRow
     from ._sync import run_sync as run_sync  # shim: removed after the house merge
 
-__all__ = ["RunOptions", "check_graph", "run"]
-
-_T = TypeVar("_T")
+__all__ = ["RunRecords", "check_graph", "run", "start"]
 
 logger = logging.getLogger("asyncgraph")
 
@@ -927,81 +926,137 @@ class _Session:
             raise self.error
 
 
+# -- a run's lifetime: what run(), run_sync() and open_run() share ----------------------
+
+
 def check_graph(graph: Any) -> None:
     """TypeError unless ``graph`` is a Graph (before its options are looked at)."""
     if not isinstance(graph, Graph):
         raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
 
 
-def _body(
+class RunRecords(Protocol):
+    """What an open run reads of a run in progress (see ``_open_run``)."""
+
+    def snapshot(self) -> Graph:
+        """The Graph so far: every task as its latest record has it."""
+        ...
+
+    def result_of(self, name: str) -> Any:
+        """The result of a task that is done."""
+        ...
+
+
+class _RunRecords:
+    """The one place a run's records are read from outside it (a ``RunRecords``)."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, the_run: _Run) -> None:
+        self._run = the_run
+
+    def snapshot(self) -> Graph:
+        return self._run.graph._derive(self._run.records)
+
+    def result_of(self, name: str) -> Any:
+        return self._run.records[name].result
+
+
+def start(
     graph: Graph,
     options: RunOptions,
-    store: Any,
-    emit: Emit | None,
-    on_run: Callable[[_Run], None] | None = None,
-) -> Callable[[], Coroutine[Any, Any, Graph]]:
-    """The run itself, as a coroutine function (what ``Watch.observe`` awaits).
+    *,
+    extra: Emit | None = None,
+    on_run: Callable[[RunRecords], None] | None = None,
+) -> Coroutine[Any, Any, Graph]:
+    """The run of ``graph``, as a coroutine to await (or to make a task of).
 
-    ``on_run`` is given the ``_Run`` once it exists (an open run reads its records).
+    A run without a store is built here, so what is wrong with the graph (a cycle, a CPU
+    task that cannot be pickled) is raised by the caller's own call, before anything
+    starts; a run on a store is built once the store is read. ``extra`` hears every
+    event first; ``on_run`` is given the run's records as soon as the run exists.
     """
-    if store is not None:
-        return functools.partial(_run_on_store, graph, options, store, emit, on_run)
-    the_run = _Run(graph, options, emit=emit)
-    if on_run is not None:
-        on_run(the_run)
-    if graph._origin is not None and any(
-        type(r.result) is StoredResult for r in the_run.records.values()
-    ):
-        # A graph loaded from a store, run without one: its tasks take values, so the
-        # results they need are read from that store first.
-        async def load_then_run() -> Graph:
-            await _load_inputs(the_run.records, the_run.tasks, the_run.core.pending())
-            return await the_run.run()
+    watch = Watch(
+        options.progress,
+        options.on_event,
+        deadline=options.deadline,
+        grace=options.cancel_grace,
+        extra=extra,
+    )
+    the_run = None
+    if options.store is None:
+        the_run = _Run(graph, options, emit=watch.emit)
+        if on_run is not None:
+            on_run(_RunRecords(the_run))
+    return _lifetime(watch, graph, options, the_run, on_run)
 
-        return load_then_run
-    return the_run.run
+
+async def _lifetime(
+    watch: Watch,
+    graph: Graph,
+    options: RunOptions,
+    the_run: _Run | None,
+    on_run: Callable[[RunRecords], None] | None,
+) -> Graph:
+    """The run from its first event to its last, without a store (``the_run``) or on
+    one (built by ``_run_on_store``)."""
+    async with watch:
+        if the_run is None:
+            return await _run_on_store(graph, options, watch.emit, on_run)
+        if graph._origin is not None and any(
+            type(r.result) is StoredResult for r in the_run.records.values()
+        ):
+            # A graph loaded from a store, run without one: its tasks take values, so
+            # the results they need are read from that store first.
+            await _load_inputs(the_run.records, the_run.tasks, the_run.core.pending())
+        return await the_run.run()
 
 
 async def _run_on_store(
     graph: Graph,
     options: RunOptions,
-    store: Any,
     emit: Emit | None,
-    on_run: Callable[[_Run], None] | None = None,
+    on_run: Callable[[RunRecords], None] | None,
 ) -> Graph:
-    """A run that records itself in ``store`` and reuses what is done there."""
+    """A run that records itself in its store and reuses what is done there.
+
+    The store is opened (from a path) or taken as given, checked against the graph's
+    origin, then held: its lock is taken in a thread waited for to the end (a
+    cancelled caller still knows whether it holds it), and released however the run
+    ends; a store opened here is closed after, the caller's own is the caller's.
+    """
     from ._resume import check_origin, durations, for_run
     from ._store import SQLiteStore, open_store
 
     graph.topological_order()  # a cycle is reported before the store is touched
-    the_store = await anyio.to_thread.run_sync(open_store, store)
-    check_origin(graph, the_store)  # and a graph of another store, before it is held
+    store = await anyio.to_thread.run_sync(open_store, options.store)
+    check_origin(graph, store)  # and a graph of another store, before it is held
     held = False
 
     def take() -> None:
         nonlocal held
-        the_store.acquire()
+        store.acquire()
         held = True  # set in the thread: a cancelled caller still knows to let go
-        if isinstance(the_store, SQLiteStore):
-            the_store._held_by_run = True  # its close() is refused until the run ends
+        if isinstance(store, SQLiteStore):
+            store._held_by_run = True  # its close() is refused until the run ends
 
     try:
-        await _in_thread_to_the_end(take)
-        loaded = await anyio.to_thread.run_sync(for_run, graph, the_store)
+        await in_thread_to_the_end(take)
+        loaded = await anyio.to_thread.run_sync(for_run, graph, store)
         weights = _weights(durations(loaded.stored), loaded.graph)
         the_run = _Run(loaded.graph, options, weights=weights, emit=emit)
-        the_run.session = _Session(the_store, loaded, the_run.emit)
+        the_run.session = _Session(store, loaded, the_run.emit)
         if on_run is not None:
-            on_run(the_run)
+            on_run(_RunRecords(the_run))
         return await the_run.run()
     finally:
         if held:
-            the_store.release()  # the lock goes, and the run's connection
-        if the_store is not store:
+            store.release()  # the lock goes, and the run's connection
+        if store is not options.store:
             # Ours: close it too, so SQLite folds its WAL file back into the store. The
             # run's StoredResults read it again if they are ever loaded. (The caller's
             # own object is the caller's to close.)
-            close = getattr(the_store, "close", None)
+            close = getattr(store, "close", None)
             if close is not None:
                 close()
 
@@ -1056,10 +1111,7 @@ async def run(
         progress=progress,
         on_event=on_event,
     )
-    watch = Watch(progress, on_event)
-    return await watch.observe(
-        _body(graph, options, store, watch.emit), options.deadline, options.cancel_grace
-    )
+    return await start(graph, options)
 
 
 def __getattr__(name: str) -> Any:

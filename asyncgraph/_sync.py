@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import Terminated
 from ._graph import Graph
-from ._observe import Watch
 from ._options import CANCEL_GRACE, STOPPED_BY, OnEvent, Progress, RunOptions
-from ._runner import _body, check_graph
+from ._runner import check_graph, start
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -68,13 +67,7 @@ def run_sync(
         progress=progress,
         on_event=on_event,
     )
-    watch = Watch(progress, on_event)
-    body = functools.partial(
-        watch.observe,
-        _body(graph, options, store, watch.emit),
-        options.deadline,
-        options.cancel_grace,
-    )
+    run = start(graph, options)  # built here: a bad graph is reported from this thread
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -84,11 +77,11 @@ def run_sync(
     # Outside the except block, so the run's own errors carry no "no running event
     # loop" context in their tracebacks.
     if in_a_loop:
-        return _run_in_helper_thread(body, options.cancel_grace)
+        return _run_in_helper_thread(run, options.cancel_grace)
     signals = _Signals()
     signals.install()
     try:
-        return _run_on_new_loop(body, options.cancel_grace, signals)
+        return _run_on_new_loop(run, options.cancel_grace, signals)
     finally:
         signals.restore()
 
@@ -184,17 +177,15 @@ class _Signals:
         return None
 
 
-def _run_on_new_loop(
-    fn: Callable[[], Coroutine[Any, Any, Graph]], grace: float, signals: _Signals
-) -> Graph:
-    """``asyncio.Runner(...).run(fn())``, with signals that stop the run (see _Signals)
+def _run_on_new_loop(run: Coroutine[Any, Any, Graph], grace: float, signals: _Signals) -> Graph:
+    """``asyncio.Runner(...).run(run)``, with signals that stop the run (see _Signals)
     and a close that cannot hang (see _shut_down)."""
     loop = _loop_factory()()
     result: Graph | None = None
     error: BaseException | None = None
     task: asyncio.Task[Graph] | None = None
     try:
-        task = loop.create_task(fn())
+        task = loop.create_task(run)
         signals.attach(loop, task)
         try:
             result = loop.run_until_complete(task)
@@ -258,7 +249,7 @@ def _shut_down(
         loop.run_until_complete(asyncio.wait({loop.create_task(step())}, timeout=timeout))
 
 
-def _run_in_helper_thread(fn: Callable[[], Coroutine[Any, Any, Graph]], grace: float) -> Graph:
+def _run_in_helper_thread(run: Coroutine[Any, Any, Graph], grace: float) -> Graph:
     # We are inside a running loop (a notebook cell calling run_sync, or a coroutine
     # under asyncio.run):
     #     ag.run_sync(g)   # <- asyncio.run() would raise "cannot be called from a
@@ -272,7 +263,7 @@ def _run_in_helper_thread(fn: Callable[[], Coroutine[Any, Any, Graph]], grace: f
 
     def target() -> None:
         try:
-            outcome["value"] = _run_on_new_loop(fn, grace, signals)
+            outcome["value"] = _run_on_new_loop(run, grace, signals)
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             outcome["error"] = exc
 
