@@ -23,6 +23,12 @@ Listeners, each optional, fanned out by :func:`_fan_out`:
 
 ``Watch`` holds them for one run: the runner wraps the run in ``async with watch:``,
 which starts the bar and the relay and settles them when the run ends.
+
+State it keeps (``Watch``, for one run)
+    emit       the fan-out of the listeners, or None when nobody listens
+    progress   the bar's counters and running tasks (``_Progress``), if a bar is shown
+    relay      the async callback's queue and its one task (``_Relay``), if it is async
+    until      the run's deadline on ``time.monotonic()``, once entered: the drain's bound
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 import anyio
 import cloudpickle
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from ._store import RunWriter, Store, TaskRow
     from ._sync import run_sync as run_sync  # shim: removed after the house merge
 
-__all__ = ["RunRecords", "check_graph", "run", "start"]
+__all__ = ["OnRun", "RunRecords", "check_graph", "run", "start"]
 
 logger = logging.getLogger("asyncgraph")
 
@@ -947,6 +947,10 @@ class RunRecords(Protocol):
         ...
 
 
+#: ``on_run=``: given the run's records as soon as the run exists.
+OnRun: TypeAlias = Callable[[RunRecords], None]
+
+
 class _RunRecords:
     """The one place a run's records are read from outside it (a ``RunRecords``)."""
 
@@ -967,7 +971,7 @@ def start(
     options: RunOptions,
     *,
     extra: Emit | None = None,
-    on_run: Callable[[RunRecords], None] | None = None,
+    on_run: OnRun | None = None,
 ) -> Coroutine[Any, Any, Graph]:
     """The run of ``graph``, as a coroutine to await (or to make a task of).
 
@@ -996,7 +1000,7 @@ async def _lifetime(
     graph: Graph,
     options: RunOptions,
     the_run: _Run | None,
-    on_run: Callable[[RunRecords], None] | None,
+    on_run: OnRun | None,
 ) -> Graph:
     """The run from its first event to its last, without a store (``the_run``) or on
     one (built by ``_run_on_store``)."""
@@ -1016,7 +1020,7 @@ async def _run_on_store(
     graph: Graph,
     options: RunOptions,
     emit: Emit | None,
-    on_run: Callable[[RunRecords], None] | None,
+    on_run: OnRun | None,
 ) -> Graph:
     """A run that records itself in its store and reuses what is done there.
 
