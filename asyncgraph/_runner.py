@@ -128,11 +128,8 @@ class _Run:
         weights: Mapping[str, float] | None = None,
     ) -> None:
         max_io, cpu_workers, limits = options.max_io, options.cpu_workers, options.limits
-        fail_fast, deadline, cancel_grace = (
-            options.fail_fast,
-            options.deadline,
-            options.cancel_grace,
-        )
+        fail_fast, deadline = options.fail_fast, options.deadline
+        cancel_grace = options.cancel_grace
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
         # Fill the structural caches on the caller's graph, so its next run reuses them,
         # then work on a snapshot (the caches come along): a task added to the caller's
