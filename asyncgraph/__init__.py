@@ -28,15 +28,14 @@ from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._graph import Graph as Graph
 from ._graph import create_graph as create_graph
-from ._observe import OpenRun as OpenRun
-from ._observe import open_run as open_run
+from ._open_run import OpenRun as OpenRun
+from ._open_run import open_run as open_run
 from ._rewrite import mark_done as mark_done
 from ._rewrite import mark_done_except as mark_done_except
 from ._rewrite import reset as reset
 from ._rewrite import reset_failed as reset_failed
 from ._rewrite import subgraph as subgraph
 from ._runner import run as run
-from ._runner import run_sync as run_sync
 from ._state import NO_RESULT as NO_RESULT
 from ._state import State as State
 from ._state import StoredResult as StoredResult
@@ -47,6 +46,7 @@ from ._store.resume import history as history
 from ._store.resume import load as load
 from ._store.resume import plan as plan
 from ._summary import Summary as Summary
+from ._sync import run_sync as run_sync
 from ._task import Kind as Kind
 from ._task import Task as Task
 

@@ -539,10 +539,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         graph = _prepared(args, store)
         before = graph.status
-        options: dict[str, Any] = {"cpu_workers": args.cpu_workers, "max_io": args.max_io}
-        if args.progress:
-            options.update(_progress_option())
-        result = ag.run_sync(graph, store=store, **options)
+        result = ag.run_sync(
+            graph,
+            store=store,
+            cpu_workers=args.cpu_workers,
+            max_io=args.max_io,
+            progress=bool(args.progress) and _progress_option(),
+        )
         runs = store.runs()
     finally:
         store.close()
@@ -551,7 +554,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
-def _progress_option() -> dict[str, Any]:
+def _progress_option() -> bool:
     """``--progress``: the bar of ``run(progress=True)``, on stderr when it is a terminal."""
     import importlib.util
 
@@ -560,7 +563,7 @@ def _progress_option() -> dict[str, Any]:
             "--progress needs tqdm, which is not installed; "
             "install it with: pip install 'asyncgraph[progress]'"
         )
-    return {"progress": True}
+    return True
 
 
 def _summary(

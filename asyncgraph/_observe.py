@@ -1,4 +1,4 @@
-"""Watching a run: the ``on_event`` callback, the progress bar, logging, and open runs.
+"""Watching a run: the ``on_event`` callback, the progress bar and logging (``Watch``).
 
 Everything here is fed by the runner's one ``emit`` callable (see ``_events``), on the
 loop's thread, and by nothing else: no listener assumes *when* an event comes (with a
@@ -18,43 +18,41 @@ Listeners, each optional, fanned out by :func:`_fan_out`:
   change what the run does;
 * the ``asyncgraph`` logger, only when it is enabled for INFO (failures and retries) or
   DEBUG (every event) at the start of the run; the library adds no handler;
-* an :class:`OpenRun`'s history, which its ``events()`` and ``as_completed()``
-  iterators read, woken by the emit itself (no polling).
+* any ``extra`` listener the caller gives, first (an open run's history, see
+  ``_open_run``).
+
+``Watch`` holds them for one run: the runner wraps the run in ``async with watch:``,
+which starts the bar and the relay and settles them when the run ends.
+
+State it keeps (``Watch``, for one run)
+    emit       the fan-out of the listeners, or None when nobody listens
+    progress   the bar's counters and running tasks (``_Progress``), if a bar is shown
+    relay      the async callback's queue and its one task (``_Relay``), if it is async
+    until      the run's deadline on ``time.monotonic()``, once entered: the drain's bound
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
-import inspect
 import itertools
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any
 
 from ._events import Emit, Event, EventKind
+from ._options import OnEvent, Progress
+from ._task import is_async_callable
 
-if TYPE_CHECKING:
-    from ._graph import Graph
-    from ._runner import _Run
-    from ._store import Store
-
-__all__ = ["OpenRun", "Progress", "OnEvent", "Watch", "open_run"]
+__all__ = ["Progress", "OnEvent", "Watch"]
 
 logger = logging.getLogger("asyncgraph")
 
-#: ``progress=``: False (no bar), True (a bar when stderr is a terminal or in Jupyter),
-#: or "force" (a bar on stderr whatever it is).
-Progress: TypeAlias = bool | Literal["force"]
-#: ``on_event=``: called with each Event; a coroutine function is awaited (in order).
-OnEvent: TypeAlias = Callable[[Event], Any]
 
 _QUEUED = EventKind.QUEUED
 _STARTED = EventKind.STARTED
@@ -62,28 +60,6 @@ _SKIPPED = EventKind.SKIPPED
 _SETTLED = (EventKind.DONE, EventKind.FAILED, EventKind.SKIPPED, EventKind.CANCELLED)
 #: Seconds between two redraws of the bar (tqdm's own default).
 REDRAW_EVERY = 0.1
-
-
-def check_watch_options(progress: Any, on_event: Any) -> None:
-    """TypeError/ValueError naming the parameter, before anything starts."""
-    if isinstance(progress, str):
-        if progress != "force":
-            raise ValueError(f"progress must be True, False or 'force', not {progress!r}")
-    elif not isinstance(progress, bool):
-        raise TypeError(
-            f"progress must be True, False or 'force', not {type(progress).__name__} {progress!r}"
-        )
-    if on_event is not None and not callable(on_event):
-        raise TypeError(
-            f"on_event must be a function taking an Event (or None), not "
-            f"{type(on_event).__name__} {on_event!r}"
-        )
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
-    )
 
 
 def _in_jupyter() -> bool:
@@ -343,21 +319,38 @@ def _fan_out(listeners: list[Emit]) -> Emit | None:
 
 
 class Watch:
-    """The listeners of one run, and their lifetime (``observe``)."""
+    """The listeners of one run, and their lifetime: ``async with watch:`` around the run.
+
+    Entering starts the bar and the relay; leaving closes the bar and delivers the async
+    callbacks still queued, within the run's ``deadline`` if it has one, and each call
+    within ``grace`` seconds (the run's ``cancel_grace``) of the run's end or of its own
+    start, whichever is later: what is left then is dropped (and logged), so a slow or
+    stuck callback cannot hold the run past its deadline, nor forever. A run that ends
+    with an error (e.g. TaskFailures) still delivers its events; one that was cancelled
+    (or Ctrl-C) stops listening at once.
+    """
 
     def __init__(
-        self, progress: Progress, on_event: OnEvent | None, extra: Emit | None = None
+        self,
+        progress: Progress,
+        on_event: OnEvent | None,
+        *,
+        deadline: float | None = None,
+        grace: float | None = None,
+        extra: Emit | None = None,
     ) -> None:
-        check_watch_options(progress, on_event)
         self.progress = _Progress.make(progress)
         self.relay: _Relay | None = None
+        self.deadline = deadline
+        self.grace = None if grace is None or math.isinf(grace) else grace
+        self.until: float | None = None  # the deadline on time.monotonic(), once entered
         listeners: list[Emit] = []
         if extra is not None:
             listeners.append(extra)
         if self.progress is not None:
             listeners.append(self.progress.listener())
         if on_event is not None:
-            if _is_async(on_event):
+            if is_async_callable(on_event):
                 self.relay = _Relay(on_event)
                 listeners.append(self.relay.push)
             else:
@@ -368,45 +361,34 @@ class Watch:
             listeners.append(_log_failures)
         self.emit = _fan_out(listeners)
 
-    async def observe(
-        self,
-        body: Callable[[], Awaitable[Graph]],
-        deadline: float | None = None,
-        grace: float | None = None,
-    ) -> Graph:
-        """Run ``body`` (the run) with the listeners started, and settle them after.
-
-        Async callbacks still queued when the run ends are delivered before returning,
-        within the run's ``deadline`` if it has one, and each call within ``grace``
-        seconds (the run's ``cancel_grace``) of the run's end or of its own start,
-        whichever is later: what is left then is dropped (and logged), so a slow or
-        stuck callback cannot hold the run past its deadline, nor forever.
-        """
-        until = None if deadline is None else time.monotonic() + deadline
+    async def __aenter__(self) -> Watch:
+        if self.deadline is not None:
+            self.until = time.monotonic() + self.deadline
         if self.progress is not None:
             self.progress.start()
         if self.relay is not None:
             self.relay.start()
-        try:
-            result = await body()
-        except BaseException as exc:
-            if self.relay is not None:
-                if isinstance(exc, Exception):  # e.g. TaskFailures: the events still count
-                    await self._drain(until, grace)
-                else:  # cancelled, Ctrl-C: stop listening now
-                    self.relay.cancel()
-            raise
-        finally:
-            if self.progress is not None:
-                self.progress.close()
-        if self.relay is not None:
-            await self._drain(until, grace)
-        return result
+        return self
 
-    async def _drain(self, until: float | None, grace: float | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.relay is None:
+            return
+        if exc is None or isinstance(exc, Exception):
+            await self._drain()
+        else:
+            self.relay.cancel()
+
+    async def _drain(self) -> None:
         relay = self.relay
         assert relay is not None
-        bound = await relay.aclose(until, None if grace is None or math.isinf(grace) else grace)
+        bound = await relay.aclose(self.until, self.grace)
         if bound == "deadline":
             logger.warning(
                 "on_event: the run's deadline passed with %d event(s) not delivered to "
@@ -421,7 +403,7 @@ class Watch:
                 "(on %s of %r) after the run ended; it was cancelled and %d event(s) "
                 "were dropped",
                 _callback_name(relay.callback),
-                grace,
+                self.grace,
                 event.kind.value,
                 event.task,
                 len(relay.queue) + 1,
@@ -432,219 +414,3 @@ def _callback_name(callback: Callable[..., Any]) -> str:
     name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
     module = getattr(callback, "__module__", None)
     return f"{module}.{name}" if module else str(name)
-
-
-class OpenRun:
-    """A run in progress, from :func:`open_run`: its events, its results as they come.
-
-    ::
-
-        async with ag.open_run(g) as r:
-            async for name, value in r.as_completed():
-                ...                    # use early results while the rest runs
-        r.graph                        # the resulting Graph
-
-    Leaving the block waits for the run to end (call :meth:`cancel` to stop it early);
-    an exception in the block cancels the run, waits for its cleanup, and propagates.
-    A ``fail_fast`` failure is raised when the block is left (and by :meth:`wait`).
-    """
-
-    def __init__(self, graph: Graph, options: dict[str, Any]) -> None:
-        from ._runner import _check_options
-
-        self._graph = graph
-        self._options = options
-        check_watch_options(options["progress"], options["on_event"])
-        # Bad options are reported by open_run() itself, not later by `async with`.
-        run_options = {k: v for k, v in options.items() if k not in ("progress", "on_event")}
-        _check_options(graph, **run_options)
-        self._history: list[Event] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._closed = False
-        self._run: _Run | None = None
-        self._task: asyncio.Task[Graph] | None = None
-
-    # -- the run's lifetime ---------------------------------------------------------
-
-    async def __aenter__(self) -> OpenRun:
-        from ._runner import _body, _check_options
-
-        if self._task is not None:
-            raise RuntimeError("an OpenRun can be entered only once")
-        opts = dict(self._options)
-        watch = Watch(opts.pop("progress"), opts.pop("on_event"), extra=self._record)
-        store = opts.pop("store")
-        options = _check_options(self._graph, store=store, **opts)
-        body = _body(self._graph, options, store, watch.emit, on_run=self._attach)
-        self._task = asyncio.get_running_loop().create_task(
-            watch.observe(body, options.deadline, options.cancel_grace)
-        )
-        self._task.add_done_callback(self._ended)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._task is not None
-        if exc is not None:
-            # The block failed (or we are being cancelled):
-            #     async with ag.open_run(g) as r:
-            #         raise ValueError   # <- here, while tasks run
-            # so cancel the run, wait for its cleanup, and let the block's error go on.
-            self._task.cancel()
-            await _wait_out(self._task)
-            if not self._task.cancelled():
-                with contextlib.suppress(Exception):
-                    self._task.result()  # the block's error wins
-            return
-        await self.wait()
-
-    def _attach(self, the_run: _Run) -> None:
-        # Called as soon as the run exists: at once without a store, after the store
-        # was read with one.
-        self._run = the_run
-
-    def _ended(self, task: asyncio.Task[Graph]) -> None:
-        self._closed = True
-        self._wake()
-
-    async def wait(self) -> Graph:
-        """Wait for the run to end and return its Graph (or raise what the run raised).
-
-        Cancelled while waiting: the run is cancelled too, and its cleanup awaited.
-        """
-        task = self._started()
-        try:
-            await asyncio.wait((task,))
-        except asyncio.CancelledError:
-            task.cancel()
-            await _wait_out(task)
-            raise
-        return self._result(task)
-
-    def _result(self, task: asyncio.Task[Graph]) -> Graph:
-        if task.cancelled():
-            # Only we cancel it (cancel(), or leaving the block on an error); the run
-            # recorded every unfinished task as cancelled before it ended. Cancelled
-            # while its store was still being read, nothing had started: the input.
-            if self._run is None:
-                return self._graph
-            return self._run.graph._derive(self._run.records)
-        return task.result()
-
-    def cancel(self) -> None:
-        """Stop the run: running tasks are cancelled and recorded as ``cancelled``, and
-        :meth:`wait` and :attr:`graph` give the Graph so far (they do not raise)."""
-        self._started().cancel()
-
-    @property
-    def graph(self) -> Graph:
-        """The resulting Graph, once the run has ended (RuntimeError before)."""
-        task = self._started()
-        if not task.done():
-            raise RuntimeError("the run has not ended yet: await r.wait() first")
-        return self._result(task)
-
-    @property
-    def done(self) -> bool:
-        """Whether the run has ended."""
-        return self._task is not None and self._task.done()
-
-    def _started(self) -> asyncio.Task[Graph]:
-        if self._task is None:
-            raise RuntimeError("use the OpenRun in 'async with ag.open_run(graph) as r:'")
-        return self._task
-
-    # -- events ---------------------------------------------------------------------
-
-    def _record(self, event: Event) -> None:
-        self._history.append(event)
-        if self._waiters:
-            self._wake()
-
-    def _wake(self) -> None:
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
-
-    async def _next(self, index: int) -> Event | None:
-        """The event at ``index``, waiting for it; None once the run has ended."""
-        while index >= len(self._history):
-            if self._closed:
-                return None
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
-        return self._history[index]
-
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event of the run, from its first, as they happen; ends with the run.
-
-        Each call starts from the beginning, so iterating late loses nothing.
-        """
-        self._started()
-        index = 0
-        while (event := await self._next(index)) is not None:
-            index += 1
-            yield event
-
-    async def as_completed(self) -> AsyncIterator[tuple[str, Any]]:
-        """``(name, result)`` of each task as it is done, in the order they finish.
-
-        Failed, skipped and cancelled tasks are not yielded (read them from
-        :attr:`graph` afterwards); it ends when the run ends.
-        """
-        async for event in self.events():
-            if event.kind is EventKind.DONE:
-                the_run = self._run
-                assert the_run is not None
-                yield event.task, the_run.records[event.task].result
-
-
-async def _wait_out(task: asyncio.Task[Any]) -> None:
-    """Wait until ``task`` has ended, however often we are cancelled meanwhile."""
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.wait((task,))
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-    if cancelled is not None:
-        raise cancelled
-
-
-def open_run(
-    graph: Graph,
-    *,
-    max_io: int | None = None,
-    cpu_workers: int | None = None,
-    limits: Mapping[str, int] | None = None,
-    fail_fast: bool = False,
-    deadline: float | None = None,
-    progress: Progress = False,
-    on_event: OnEvent | None = None,
-    store: str | os.PathLike[str] | Store | None = None,
-    cancel_grace: float = 5.0,
-) -> OpenRun:
-    """Start ``graph`` in ``async with``, to watch its events and use early results.
-
-    Takes :func:`asyncgraph.run`'s options. See :class:`OpenRun`.
-    """
-    return OpenRun(
-        graph,
-        {
-            "max_io": max_io,
-            "cpu_workers": cpu_workers,
-            "limits": limits,
-            "fail_fast": fail_fast,
-            "deadline": deadline,
-            "progress": progress,
-            "on_event": on_event,
-            "store": store,
-            "cancel_grace": cancel_grace,
-        },
-    )

@@ -1,4 +1,4 @@
-"""The async runner: ``run()`` and ``run_sync()``. It owns every task of a run.
+"""The async runner: ``run()`` (``run_sync`` is in ``_sync``). It owns every task of a run.
 
 The runner is the "caller" of the synchronous :class:`~asyncgraph._scheduler.Scheduler`:
 it starts what ``get_ready()`` hands out, each task in an asyncio task owned by the run
@@ -16,20 +16,17 @@ closed by it, under a shield, whatever way the run ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import logging
 import math
 import os
 import random
-import signal
-import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 import anyio
 import cloudpickle
@@ -42,14 +39,18 @@ from ._exceptions import (
     StoreError,
     TaskCancelled,
     TaskError,
-    Terminated,
     UnpicklingError,
     UnstorableResultError,
 )
 from ._graph import Graph
-from ._observe import OnEvent, Progress, Watch
+from ._observe import Watch
+from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
+from ._options import STOPPED_BY as _STOPPED_BY
 from ._process import ProcessPool, shipping_problem
 from ._scheduler import Scheduler
+from ._shield import in_thread_to_the_end
+from ._shield import in_thread_to_the_end as _in_thread_to_the_end
+from ._shield import wait_to_the_end as _to_the_end
 from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
 from ._threads import Threads
@@ -57,17 +58,11 @@ from ._threads import Threads
 if TYPE_CHECKING:
     from ._resume import Loaded
     from ._store import RunWriter, Store, TaskRow
+    from ._sync import run_sync as run_sync  # shim: removed after the house merge
 
-__all__ = ["run", "run_sync"]
-
-_T = TypeVar("_T")
+__all__ = ["OnRun", "RunRecords", "check_graph", "run", "start"]
 
 logger = logging.getLogger("asyncgraph")
-
-#: ``cancel_grace=``'s default, in seconds: how long a stopping run waits for a cancelled
-#: task to end before abandoning it (a coroutine that catches CancelledError and goes
-#: on). Half of ``docker stop``'s 10 s, so the cleanup after it fits before the SIGKILL.
-CANCEL_GRACE = 5.0
 
 
 class _Outcome(NamedTuple):
@@ -127,16 +122,14 @@ class _Run:
     def __init__(
         self,
         graph: Graph,
+        options: RunOptions,
         *,
-        max_io: int | None,
-        cpu_workers: int,
-        limits: Mapping[str, int],
-        fail_fast: bool,
-        deadline: float | None,
-        cancel_grace: float = CANCEL_GRACE,
         emit: Emit | None = None,
         weights: Mapping[str, float] | None = None,
     ) -> None:
+        max_io, cpu_workers, limits = options.max_io, options.cpu_workers, options.limits
+        fail_fast, deadline = options.fail_fast, options.deadline
+        cancel_grace = options.cancel_grace
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
         # Fill the structural caches on the caller's graph, so its next run reuses them,
         # then work on a snapshot (the caches come along): a task added to the caller's
@@ -930,198 +923,141 @@ class _Session:
             raise self.error
 
 
-async def _in_thread_to_the_end(fn: Callable[[], _T]) -> _T:
-    """Run a blocking call in a thread; cancelled meanwhile, wait for it, then re-raise.
-
-    For calls whose effect the caller must know about to undo it (taking the store's
-    lock, recording a run's start): a plain ``Task.cancel()`` would otherwise land while
-    the thread goes on and completes the call behind the caller's back.
-    """
-    call = asyncio.ensure_future(anyio.to_thread.run_sync(fn))
-    cancelled: asyncio.CancelledError | None = None
-    with anyio.CancelScope(shield=True):
-        while not call.done():
-            try:
-                await asyncio.wait((call,))
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-    if cancelled is not None:
-        raise cancelled
-    return call.result()
+# -- a run's lifetime: what run(), run_sync() and open_run() share ----------------------
 
 
-async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Run ``cleanup`` to its end even if we are cancelled meanwhile, then re-raise.
-
-    A shielded scope stops anyio's cancellations but not a plain ``Task.cancel()``:
-        task.cancel(); ...; task.cancel()   # <- the second lands during the cleanup
-    so the cleanup runs as its own task, and we wait for it however often we are
-    cancelled; the last cancellation is raised when it is done.
-    """
-    task = asyncio.ensure_future(cleanup)
-    cancelled: asyncio.CancelledError | None = None
-    with anyio.CancelScope(shield=True):
-        while not task.done():
-            try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-    task.result()  # a bug in the cleanup is not to be lost either
-    if cancelled is not None:
-        raise cancelled
-
-
-def _check_int(name: str, value: Any, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {value!r}")
-
-
-class _Options(NamedTuple):
-    max_io: int | None
-    cpu_workers: int
-    limits: Mapping[str, int]
-    fail_fast: bool
-    deadline: float | None
-    cancel_grace: float = CANCEL_GRACE
-
-    def make(self, graph: Graph, **extra: Any) -> _Run:
-        return _Run(
-            graph,
-            max_io=self.max_io,
-            cpu_workers=self.cpu_workers,
-            limits=self.limits,
-            fail_fast=self.fail_fast,
-            deadline=self.deadline,
-            cancel_grace=self.cancel_grace,
-            **extra,
-        )
-
-
-def _check_options(
-    graph: Graph,
-    max_io: int | None = None,
-    cpu_workers: int | None = None,
-    limits: Mapping[str, int] | None = None,
-    fail_fast: bool = False,
-    deadline: float | None = None,
-    store: Any = None,
-    cancel_grace: float = CANCEL_GRACE,
-) -> _Options:
+def check_graph(graph: Any) -> None:
+    """TypeError unless ``graph`` is a Graph (before its options are looked at)."""
     if not isinstance(graph, Graph):
         raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
-    _check_int("max_io", max_io)
-    _check_int("cpu_workers", cpu_workers)
-    if limits is not None:
-        if not isinstance(limits, Mapping):
-            raise TypeError(f"limits must be a dict of name -> int, not {type(limits).__name__}")
-        for key, value in limits.items():
-            if not isinstance(key, str):
-                raise TypeError(f"limits keys are resource names (str), not {key!r}")
-            _check_int(f"limits[{key!r}]", value, allow_none=False)
-    if not isinstance(fail_fast, bool):
-        raise TypeError(f"fail_fast must be True or False, not {fail_fast!r}")
-    if deadline is not None:
-        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-            raise TypeError(f"deadline must be a number of seconds, not {type(deadline).__name__}")
-        if not deadline > 0 or math.isinf(deadline):
-            raise ValueError(f"deadline must be a number of seconds > 0, not {deadline!r}")
-    if isinstance(cancel_grace, bool) or not isinstance(cancel_grace, (int, float)):
-        raise TypeError(
-            f"cancel_grace must be a number of seconds, not {type(cancel_grace).__name__}"
-        )
-    if not cancel_grace > 0:
-        raise ValueError(f"cancel_grace must be a number of seconds > 0, not {cancel_grace!r}")
-    if store is not None and not isinstance(store, (str, os.PathLike)):
-        from ._store import Store
-
-        if not isinstance(store, Store):
-            raise TypeError(
-                "store must be a file path or a Store object (see asyncgraph.Store), "
-                f"not {type(store).__name__} {store!r}"
-            )
-    return _Options(
-        max_io,
-        cpu_workers or os.cpu_count() or 1,
-        limits or {},
-        fail_fast,
-        deadline,
-        float(cancel_grace),
-    )
 
 
-def _body(
+class RunRecords(Protocol):
+    """What an open run reads of a run in progress (see ``_open_run``)."""
+
+    def snapshot(self) -> Graph:
+        """The Graph so far: every task as its latest record has it."""
+        ...
+
+    def result_of(self, name: str) -> Any:
+        """The result of a task that is done."""
+        ...
+
+
+#: ``on_run=``: given the run's records as soon as the run exists.
+OnRun: TypeAlias = Callable[[RunRecords], None]
+
+
+class _RunRecords:
+    """The one place a run's records are read from outside it (a ``RunRecords``)."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, the_run: _Run) -> None:
+        self._run = the_run
+
+    def snapshot(self) -> Graph:
+        return self._run.graph._derive(self._run.records)
+
+    def result_of(self, name: str) -> Any:
+        return self._run.records[name].result
+
+
+def start(
     graph: Graph,
-    options: _Options,
-    store: Any,
-    emit: Emit | None,
-    on_run: Callable[[_Run], None] | None = None,
-) -> Callable[[], Coroutine[Any, Any, Graph]]:
-    """The run itself, as a coroutine function (what ``Watch.observe`` awaits).
+    options: RunOptions,
+    *,
+    extra: Emit | None = None,
+    on_run: OnRun | None = None,
+) -> Coroutine[Any, Any, Graph]:
+    """The run of ``graph``, as a coroutine to await (or to make a task of).
 
-    ``on_run`` is given the ``_Run`` once it exists (an open run reads its records).
+    A run without a store is built here, so what is wrong with the graph (a cycle, a CPU
+    task that cannot be pickled) is raised by the caller's own call, before anything
+    starts; a run on a store is built once the store is read. ``extra`` hears every
+    event first; ``on_run`` is given the run's records as soon as the run exists.
     """
-    if store is not None:
-        return functools.partial(_run_on_store, graph, options, store, emit, on_run)
-    the_run = options.make(graph, emit=emit)
-    if on_run is not None:
-        on_run(the_run)
-    if graph._origin is not None and any(
-        type(r.result) is StoredResult for r in the_run.records.values()
-    ):
-        # A graph loaded from a store, run without one: its tasks take values, so the
-        # results they need are read from that store first.
-        async def load_then_run() -> Graph:
-            await _load_inputs(the_run.records, the_run.tasks, the_run.core.pending())
-            return await the_run.run()
+    watch = Watch(
+        options.progress,
+        options.on_event,
+        deadline=options.deadline,
+        grace=options.cancel_grace,
+        extra=extra,
+    )
+    the_run = None
+    if options.store is None:
+        the_run = _Run(graph, options, emit=watch.emit)
+        if on_run is not None:
+            on_run(_RunRecords(the_run))
+    return _lifetime(watch, graph, options, the_run, on_run)
 
-        return load_then_run
-    return the_run.run
+
+async def _lifetime(
+    watch: Watch,
+    graph: Graph,
+    options: RunOptions,
+    the_run: _Run | None,
+    on_run: OnRun | None,
+) -> Graph:
+    """The run from its first event to its last, without a store (``the_run``) or on
+    one (built by ``_run_on_store``)."""
+    async with watch:
+        if the_run is None:
+            return await _run_on_store(graph, options, watch.emit, on_run)
+        if graph._origin is not None and any(
+            type(r.result) is StoredResult for r in the_run.records.values()
+        ):
+            # A graph loaded from a store, run without one: its tasks take values, so
+            # the results they need are read from that store first.
+            await _load_inputs(the_run.records, the_run.tasks, the_run.core.pending())
+        return await the_run.run()
 
 
 async def _run_on_store(
     graph: Graph,
-    options: _Options,
-    store: Any,
+    options: RunOptions,
     emit: Emit | None,
-    on_run: Callable[[_Run], None] | None = None,
+    on_run: OnRun | None,
 ) -> Graph:
-    """A run that records itself in ``store`` and reuses what is done there."""
+    """A run that records itself in its store and reuses what is done there.
+
+    The store is opened (from a path) or taken as given, checked against the graph's
+    origin, then held: its lock is taken in a thread waited for to the end (a
+    cancelled caller still knows whether it holds it), and released however the run
+    ends; a store opened here is closed after, the caller's own is the caller's.
+    """
     from ._resume import check_origin, durations, for_run
     from ._store import SQLiteStore, open_store
 
     graph.topological_order()  # a cycle is reported before the store is touched
-    the_store = await anyio.to_thread.run_sync(open_store, store)
-    check_origin(graph, the_store)  # and a graph of another store, before it is held
+    store = await anyio.to_thread.run_sync(open_store, options.store)
+    check_origin(graph, store)  # and a graph of another store, before it is held
     held = False
 
     def take() -> None:
         nonlocal held
-        the_store.acquire()
+        store.acquire()
         held = True  # set in the thread: a cancelled caller still knows to let go
-        if isinstance(the_store, SQLiteStore):
-            the_store._held_by_run = True  # its close() is refused until the run ends
+        if isinstance(store, SQLiteStore):
+            store._held_by_run = True  # its close() is refused until the run ends
 
     try:
-        await _in_thread_to_the_end(take)
-        loaded = await anyio.to_thread.run_sync(for_run, graph, the_store)
+        await in_thread_to_the_end(take)
+        loaded = await anyio.to_thread.run_sync(for_run, graph, store)
         weights = _weights(durations(loaded.stored), loaded.graph)
-        the_run = options.make(loaded.graph, weights=weights, emit=emit)
-        the_run.session = _Session(the_store, loaded, the_run.emit)
+        the_run = _Run(loaded.graph, options, weights=weights, emit=emit)
+        the_run.session = _Session(store, loaded, the_run.emit)
         if on_run is not None:
-            on_run(the_run)
+            on_run(_RunRecords(the_run))
         return await the_run.run()
     finally:
         if held:
-            the_store.release()  # the lock goes, and the run's connection
-        if the_store is not store:
+            store.release()  # the lock goes, and the run's connection
+        if store is not options.store:
             # Ours: close it too, so SQLite folds its WAL file back into the store. The
             # run's StoredResults read it again if they are ever loaded. (The caller's
             # own object is the caller's to close.)
-            close = getattr(the_store, "close", None)
+            close = getattr(store, "close", None)
             if close is not None:
                 close()
 
@@ -1164,270 +1100,27 @@ async def run(
     recorded there, and tasks already done there with an unchanged fingerprint are
     reused instead of run (see :func:`load` and ``docs/store.md``).
     """
-    options = _check_options(
-        graph, max_io, cpu_workers, limits, fail_fast, deadline, store, cancel_grace
+    check_graph(graph)
+    options = RunOptions(
+        max_io=max_io,
+        cpu_workers=cpu_workers,
+        limits=limits,
+        fail_fast=fail_fast,
+        deadline=deadline,
+        cancel_grace=cancel_grace,
+        store=store,
+        progress=progress,
+        on_event=on_event,
     )
-    watch = Watch(progress, on_event)
-    return await watch.observe(
-        _body(graph, options, store, watch.emit), options.deadline, options.cancel_grace
-    )
+    return await start(graph, options)
 
 
-def run_sync(
-    graph: Graph,
-    *,
-    max_io: int | None = None,
-    cpu_workers: int | None = None,
-    limits: Mapping[str, int] | None = None,
-    fail_fast: bool = False,
-    deadline: float | None = None,
-    store: str | os.PathLike[str] | Store | None = None,
-    progress: Progress = False,
-    on_event: OnEvent | None = None,
-    cancel_grace: float = CANCEL_GRACE,
-) -> Graph:
-    """:func:`run` for scripts: runs on a new event loop (uvloop when installed).
+def __getattr__(name: str) -> Any:
+    # shim: removed after the house merge. Graph.run_sync and compat.taskmap import
+    # run_sync from here; it lives in _sync now, which imports this module, not the
+    # reverse, so it is found only when asked for (and typed by the import above).
+    if name == "run_sync":
+        from ._sync import run_sync
 
-    Inside a running loop (a Jupyter cell, a coroutine under ``asyncio.run``) it runs on
-    its own loop in a helper thread and blocks until done. Ctrl-C cancels the run,
-    records running tasks as cancelled, stops the workers and raises KeyboardInterrupt;
-    SIGTERM does the same and raises :class:`Terminated` (a ``SystemExit`` with code
-    143). Each signal is handled so only while the run runs, in the main thread, and
-    only if the program left it to Python's default.
-    """
-    options = _check_options(
-        graph, max_io, cpu_workers, limits, fail_fast, deadline, store, cancel_grace
-    )
-    watch = Watch(progress, on_event)
-    body = functools.partial(
-        watch.observe,
-        _body(graph, options, store, watch.emit),
-        options.deadline,
-        options.cancel_grace,
-    )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        in_a_loop = False
-    else:
-        in_a_loop = True
-    # Outside the except block, so the run's own errors carry no "no running event
-    # loop" context in their tracebacks.
-    if in_a_loop:
-        return _run_in_helper_thread(body, options.cancel_grace)
-    signals = _Signals()
-    signals.install()
-    try:
-        return _run_on_new_loop(body, options.cancel_grace, signals)
-    finally:
-        signals.restore()
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
-
-def _is_asyncio_sigint_handler(handler: Any) -> bool:
-    """asyncio.Runner's own (``asyncio.run``): it only cancels the main task, which a
-    ``run_sync`` in helper-thread mode blocks, so Ctrl-C would wait for the run's end."""
-    return isinstance(handler, functools.partial) and getattr(
-        handler.func, "__func__", None
-    ) is getattr(asyncio.Runner, "_on_sigint", object())
-
-
-#: The reasons recorded on the tasks a signal cancelled (the cancellation's message).
-_STOPPED_BY: dict[int, str] = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
-
-
-def _left_as_python_has_it(signum: int, handler: Any) -> bool:
-    if signum == signal.SIGINT:
-        return handler is signal.default_int_handler or _is_asyncio_sigint_handler(handler)
-    return bool(handler == signal.SIG_DFL)
-
-
-class _Signals:
-    """SIGINT and SIGTERM while a ``run_sync`` runs: each asks the run to stop.
-
-    Installed in the main thread only (where Python runs signal handlers), and each only
-    if the program left it as Python has it: SIGINT raising KeyboardInterrupt (or
-    ``asyncio.run``'s handler, see ``_is_asyncio_sigint_handler``), SIGTERM ending the
-    process. A program that set its own handler keeps it. ``await ag.run()`` installs
-    nothing: the loop and its signals are the application's.
-
-    The handler cancels the run's main task on its loop (``call_soon_threadsafe``: the
-    loop may run in the helper thread); the run cleans up as for any cancellation, and
-    ``run_sync`` raises KeyboardInterrupt or :class:`Terminated` afterwards. No lock:
-    the handler writes ``signum`` and then reads ``task``; ``attach`` (on the loop's
-    thread) writes ``task`` and then reads ``signum``, so one of them sees the other.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Future[Any] | None = None
-        self.previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                if _left_as_python_has_it(signum, signal.getsignal(signum)):
-                    self.previous[signum] = signal.signal(signum, self.handle)
-            except ValueError:  # an embedded interpreter without signals (gh-91880)
-                continue
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            if signal.getsignal(signum) == self.handle:  # not replaced meanwhile
-                signal.signal(signum, handler)
-        self.previous.clear()
-
-    def attach(self, loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
-        """The run's main task (called on its loop's thread, before the loop runs)."""
-        self.loop = loop
-        self.task = task
-        if self.signum is not None:  # a signal came before the run started
-            task.cancel(self.why())
-
-    def handle(self, signum: int, frame: Any) -> None:
-        if self.signum != signal.SIGTERM:  # SIGTERM wins: the supervisor's word
-            self.signum = signum
-        self.request_stop()
-
-    def request_stop(self) -> None:
-        loop, task = self.loop, self.task
-        if loop is not None and task is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to stop
-                loop.call_soon_threadsafe(task.cancel, self.why())
-
-    def why(self) -> str | None:
-        """The cancellation's message: the run records it as the reason."""
-        return None if self.signum is None else _STOPPED_BY.get(self.signum)
-
-    def exception(self) -> BaseException | None:
-        """What run_sync raises after a signal stopped it (or None)."""
-        if self.signum == signal.SIGTERM:
-            return Terminated(signal.SIGTERM)
-        if self.signum is not None:
-            return KeyboardInterrupt()
-        return None
-
-
-def _run_on_new_loop(
-    fn: Callable[[], Coroutine[Any, Any, Graph]], grace: float, signals: _Signals
-) -> Graph:
-    """``asyncio.Runner(...).run(fn())``, with signals that stop the run (see _Signals)
-    and a close that cannot hang (see _shut_down)."""
-    loop = _loop_factory()()
-    result: Graph | None = None
-    error: BaseException | None = None
-    task: asyncio.Task[Graph] | None = None
-    try:
-        task = loop.create_task(fn())
-        signals.attach(loop, task)
-        try:
-            result = loop.run_until_complete(task)
-        except asyncio.CancelledError as exc:
-            if signals.signum is None:
-                raise
-            error = exc
-        except BaseException as exc:
-            if signals.signum is None:
-                raise
-            error = exc  # it ended by itself as the signal came: the signal wins
-    finally:
-        try:
-            _shut_down(loop, grace, task)
-        finally:
-            loop.close()
-    stopped = signals.exception()
-    if stopped is not None:
-        # A signal asked the run to stop: whatever it returned or raised meanwhile,
-        # the program is told it was interrupted, after the cleanup.
-        if isinstance(error, asyncio.CancelledError):
-            error = None  # the cancellation is how the signal stopped it: no news
-        raise stopped from error
-    assert result is not None
-    return result
-
-
-def _shut_down(
-    loop: asyncio.AbstractEventLoop, grace: float, main: asyncio.Task[Graph] | None
-) -> None:
-    """What ``asyncio.Runner.close`` does, each step but one bounded by ``grace`` seconds.
-
-    Cancel the tasks left on the loop, then shut down the async generators and the
-    default executor. The run's own task (``main``) is left only if a KeyboardInterrupt
-    or SystemExit escaped the loop; it is waited for to its end, since its cleanup (the
-    store's last commit) is bounded already. Any other task left here is one the run
-    abandoned because it caught its cancellation (see ``_Run._stop_children``):
-    asyncio.Runner would wait for it forever. After ``grace`` it is left pending and the
-    loop is closed anyway.
-    """
-    timeout = None if math.isinf(grace) else grace
-    left = asyncio.all_tasks(loop)
-    for task in left:
-        task.cancel()
-    if main is not None and not main.done():
-        loop.run_until_complete(asyncio.wait({main}))
-    if left:
-        loop.run_until_complete(asyncio.wait(left, timeout=timeout))
-        for task in left:
-            if task is main:  # its error is already on its way to the caller
-                continue
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                loop.call_exception_handler(
-                    {
-                        "message": "unhandled exception during run_sync() shutdown",
-                        "exception": task.exception(),
-                        "task": task,
-                    }
-                )
-    for step in (loop.shutdown_asyncgens, loop.shutdown_default_executor):
-        loop.run_until_complete(asyncio.wait({loop.create_task(step())}, timeout=timeout))
-
-
-def _run_in_helper_thread(fn: Callable[[], Coroutine[Any, Any, Graph]], grace: float) -> Graph:
-    # We are inside a running loop (a notebook cell calling run_sync, or a coroutine
-    # under asyncio.run):
-    #     ag.run_sync(g)   # <- asyncio.run() would raise "cannot be called from a
-    #                      #    running event loop"
-    # so run on a fresh loop in a helper thread and block this one until it ends. The
-    # signals are caught here, in the main thread, and passed on to the helper's loop:
-    # the calling loop cannot act on them while we block it (asyncio.run's own SIGINT
-    # handler would only cancel a task that is stuck in this call).
-    outcome: dict[str, Any] = {}
-    signals = _Signals()
-
-    def target() -> None:
-        try:
-            outcome["value"] = _run_on_new_loop(fn, grace, signals)
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="asyncgraph-run_sync", daemon=True)
-    signals.install()
-    try:
-        thread.start()
-        try:
-            thread.join()
-        except KeyboardInterrupt:
-            # A KeyboardInterrupt that did not come through our handler (the program's
-            # own SIGINT handler raised it, or we are not in the main thread): stop the
-            # run there, wait for its cleanup, then re-raise.
-            if signals.signum is None:
-                signals.signum = signal.SIGINT
-            signals.request_stop()
-            thread.join()
-            raise
-    finally:
-        signals.restore()
-    if "error" in outcome:
-        raise outcome["error"]
-    value: Graph = outcome["value"]
-    return value
+        return run_sync
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -349,3 +349,97 @@ async def test_a_failed_store_write_still_settles_every_task(tmp_path) -> None:
     started = {e.task for e in events if e.kind is K.STARTED}
     assert started <= ended  # every task that started got its terminal event
     assert all(e.kind is not K.DONE for e in events)  # nothing was durable
+
+
+# -- Watch: the listeners' lifetime is an async with around the run ------------------------
+
+
+class Recorder:
+    """An async on_event callback that waits for the test between events."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, event: ag.Event) -> None:
+        await self.gate.wait()
+        self.got.append(event.task)
+
+
+def queued(name: str) -> ag.Event:
+    return ag.Event(K.QUEUED, name, 0, 1.0)
+
+
+async def test_watch_delivers_what_is_queued_when_the_run_ends() -> None:
+    from asyncgraph._observe import Watch
+
+    recorder = Recorder()
+    recorder.gate.clear()  # nothing is delivered while the run goes on
+    watch = Watch(False, recorder)
+    assert watch.emit is not None
+    async with watch:
+        watch.emit(queued("a"))
+        watch.emit(queued("b"))
+        await asyncio.sleep(0)
+        assert recorder.got == []
+        recorder.gate.set()
+    assert recorder.got == ["a", "b"]  # drained before the block is left
+
+
+async def test_watch_still_delivers_after_a_run_that_raised() -> None:
+    from asyncgraph._observe import Watch
+
+    recorder = Recorder()
+    recorder.gate.clear()
+    watch = Watch(False, recorder)
+    assert watch.emit is not None
+    with pytest.raises(KeyError):
+        async with watch:
+            watch.emit(queued("a"))
+            recorder.gate.set()
+            raise KeyError("a failure of the run: its events still count")
+    assert recorder.got == ["a"]
+
+
+async def test_watch_stops_listening_when_the_run_is_cancelled() -> None:
+    from asyncgraph._observe import Watch
+
+    recorder = Recorder()
+    recorder.gate.clear()
+    watch = Watch(False, recorder)
+    assert watch.emit is not None and watch.relay is not None
+    with pytest.raises(asyncio.CancelledError):
+        async with watch:
+            watch.emit(queued("a"))
+            await asyncio.sleep(0)  # the relay is inside the callback, waiting
+            raise asyncio.CancelledError
+    relay = watch.relay.task
+    assert relay is not None
+    await asyncio.wait((relay,))
+    assert relay.cancelled() and recorder.got == []
+
+
+async def test_open_run_reads_the_runs_records_as_it_goes(tmp_path) -> None:
+    """With a store too, where the run (and its records) exist only once the store is
+    read: as_completed yields each result, cancel() gives the graph so far."""
+    g = ag.Graph()
+    first_seen = asyncio.Event()
+
+    @g.task
+    async def first() -> int:
+        return 1
+
+    @g.task
+    async def second() -> int:
+        await first_seen.wait()
+        await asyncio.Event().wait()  # until cancelled
+        return 2
+
+    async with ag.open_run(g, store=tmp_path / "s.db") as r:
+        async for name, value in r.as_completed():
+            assert (name, value) == ("first", 1)
+            first_seen.set()
+            r.cancel()
+    assert r.graph.status == {"first": ag.State.DONE, "second": ag.State.CANCELLED}
+    assert r.graph.results == {"first": 1}

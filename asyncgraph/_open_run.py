@@ -1,0 +1,227 @@
+"""Open runs: a run started in ``async with``, watched and used while it goes on.
+
+:func:`open_run` builds the run as :func:`asyncgraph.run` does (its options are checked
+by the call itself), and :class:`OpenRun` runs it in a task of its own while the block
+reads its events (:meth:`OpenRun.events`) and its results as they come
+(:meth:`OpenRun.as_completed`). The events reach the open run as one more listener of
+the run's emit (``extra``), first, on the loop's thread; the iterators wait for them on
+futures the listener resolves, with no polling. The results come from the run's records,
+read through one narrow seam (``_runner.RunRecords``: ``snapshot()`` and ``result_of``),
+handed over by the run as soon as it exists.
+
+State it keeps
+    _history   every event of the run so far, in order (each iterator has its own index)
+    _waiters   futures of iterators waiting for the next event
+    _records   the run's records, once the run exists (None before, or if it never did)
+    _task      the task running the run, once the block is entered
+    _closed    set when that task has ended: the iterators end after the last event
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._events import Event, EventKind
+from ._graph import Graph
+from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
+from ._runner import RunRecords, check_graph, start
+from ._shield import wait_to_the_end
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+__all__ = ["OpenRun", "open_run"]
+
+
+class OpenRun:
+    """A run in progress, from :func:`open_run`: its events, its results as they come.
+
+    ::
+
+        async with ag.open_run(g) as r:
+            async for name, value in r.as_completed():
+                ...                    # use early results while the rest runs
+        r.graph                        # the resulting Graph
+
+    Leaving the block waits for the run to end (call :meth:`cancel` to stop it early);
+    an exception in the block cancels the run, waits for its cleanup, and propagates.
+    A ``fail_fast`` failure is raised when the block is left (and by :meth:`wait`).
+    """
+
+    def __init__(self, graph: Graph, options: RunOptions) -> None:
+        self._graph = graph
+        self._options = options
+        self._history: list[Event] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._closed = False
+        self._records: RunRecords | None = None  # the run's, once it exists
+        self._task: asyncio.Task[Graph] | None = None
+
+    # -- the run's lifetime ---------------------------------------------------------
+
+    async def __aenter__(self) -> OpenRun:
+        if self._task is not None:
+            raise RuntimeError("an OpenRun can be entered only once")
+        run = start(self._graph, self._options, extra=self._record, on_run=self._attach)
+        self._task = asyncio.get_running_loop().create_task(run)
+        self._task.add_done_callback(self._ended)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._task is not None
+        if exc is not None:
+            # The block failed (or we are being cancelled):
+            #     async with ag.open_run(g) as r:
+            #         raise ValueError   # <- here, while tasks run
+            # so cancel the run, wait for its cleanup, and let the block's error go on.
+            self._task.cancel()
+            await wait_to_the_end(asyncio.wait((self._task,)))
+            if not self._task.cancelled():
+                with contextlib.suppress(Exception):
+                    self._task.result()  # the block's error wins
+            return
+        await self.wait()
+
+    def _attach(self, records: RunRecords) -> None:
+        # Called as soon as the run exists: at once without a store, after the store
+        # was read with one.
+        self._records = records
+
+    def _ended(self, task: asyncio.Task[Graph]) -> None:
+        self._closed = True
+        self._wake()
+
+    async def wait(self) -> Graph:
+        """Wait for the run to end and return its Graph (or raise what the run raised).
+
+        Cancelled while waiting: the run is cancelled too, and its cleanup awaited.
+        """
+        task = self._started()
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            task.cancel()
+            await wait_to_the_end(asyncio.wait((task,)))
+            raise
+        return self._result(task)
+
+    def _result(self, task: asyncio.Task[Graph]) -> Graph:
+        if task.cancelled():
+            # Only we cancel it (cancel(), or leaving the block on an error); the run
+            # recorded every unfinished task as cancelled before it ended. Cancelled
+            # while its store was still being read, nothing had started: the input.
+            if self._records is None:
+                return self._graph
+            return self._records.snapshot()
+        return task.result()
+
+    def cancel(self) -> None:
+        """Stop the run: running tasks are cancelled and recorded as ``cancelled``, and
+        :meth:`wait` and :attr:`graph` give the Graph so far (they do not raise)."""
+        self._started().cancel()
+
+    @property
+    def graph(self) -> Graph:
+        """The resulting Graph, once the run has ended (RuntimeError before)."""
+        task = self._started()
+        if not task.done():
+            raise RuntimeError("the run has not ended yet: await r.wait() first")
+        return self._result(task)
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has ended."""
+        return self._task is not None and self._task.done()
+
+    def _started(self) -> asyncio.Task[Graph]:
+        if self._task is None:
+            raise RuntimeError("use the OpenRun in 'async with ag.open_run(graph) as r:'")
+        return self._task
+
+    # -- events ---------------------------------------------------------------------
+
+    def _record(self, event: Event) -> None:
+        self._history.append(event)
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def _next(self, index: int) -> Event | None:
+        """The event at ``index``, waiting for it; None once the run has ended."""
+        while index >= len(self._history):
+            if self._closed:
+                return None
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return self._history[index]
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event of the run, from its first, as they happen; ends with the run.
+
+        Each call starts from the beginning, so iterating late loses nothing.
+        """
+        self._started()
+        index = 0
+        while (event := await self._next(index)) is not None:
+            index += 1
+            yield event
+
+    async def as_completed(self) -> AsyncIterator[tuple[str, Any]]:
+        """``(name, result)`` of each task as it is done, in the order they finish.
+
+        Failed, skipped and cancelled tasks are not yielded (read them from
+        :attr:`graph` afterwards); it ends when the run ends.
+        """
+        async for event in self.events():
+            if event.kind is EventKind.DONE:
+                records = self._records
+                assert records is not None
+                yield event.task, records.result_of(event.task)
+
+
+def open_run(
+    graph: Graph,
+    *,
+    max_io: int | None = None,
+    cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    fail_fast: bool = False,
+    deadline: float | None = None,
+    progress: Progress = False,
+    on_event: OnEvent | None = None,
+    store: str | os.PathLike[str] | Store | None = None,
+    cancel_grace: float = CANCEL_GRACE,
+) -> OpenRun:
+    """Start ``graph`` in ``async with``, to watch its events and use early results.
+
+    Takes :func:`asyncgraph.run`'s options. See :class:`OpenRun`.
+    """
+    check_graph(graph)
+    options = RunOptions(
+        max_io=max_io,
+        cpu_workers=cpu_workers,
+        limits=limits,
+        fail_fast=fail_fast,
+        deadline=deadline,
+        cancel_grace=cancel_grace,
+        store=store,
+        progress=progress,
+        on_event=on_event,
+    )
+    return OpenRun(graph, options)
