@@ -4,6 +4,8 @@ IO tasks run on the loop (or in threads), CPU tasks in a pool of worker processe
 result is a new Graph carrying every task's state. See README.md and docs/.
 """
 
+from ._api import Graph as Graph
+from ._api import create_graph as create_graph
 from ._events import Event as Event
 from ._events import EventKind as EventKind
 from ._exceptions import CycleError as CycleError
@@ -26,8 +28,6 @@ from ._exceptions import UnknownTaskError as UnknownTaskError
 from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
-from ._graph import Graph as Graph
-from ._graph import create_graph as create_graph
 from ._observe import OpenRun as OpenRun
 from ._observe import open_run as open_run
 from ._resume import history as history
