@@ -4,6 +4,8 @@ IO tasks run on the loop (or in threads), CPU tasks in a pool of worker processe
 result is a new Graph carrying every task's state. See README.md and docs/.
 """
 
+from types import FunctionType as _FunctionType
+
 from ._api import Graph as Graph
 from ._api import create_graph as create_graph
 from ._events import Event as Event
@@ -99,3 +101,15 @@ __all__ = [
     "run_sync",
     "subgraph",
 ]
+
+
+# Public names say where they are public, as httpx's do: reprs, tracebacks and the docs
+# show ``asyncgraph.Graph``, not ``asyncgraph._api.Graph``. Pickle follows:
+# ``pickle.dumps(ag.State.DONE)`` names ``asyncgraph.State``, which this module exports,
+# so workers and stores still unpickle it (tests/test_exports.py). Constants such as
+# NO_RESULT keep their type's module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, (type, _FunctionType)):
+        _obj.__module__ = __name__
+del _name, _obj, _FunctionType
