@@ -53,13 +53,18 @@ class Dag:
         graph, or cached on): the caller keeps the returned Dag. Raises
         :class:`DuplicateTaskError` if the name is taken, before anything changes.
         """
-        if task.name in self._tasks:
-            raise DuplicateTaskError(task.name)
-        dag = self._copy() if self._frozen else self
-        dag._tasks[task.name] = task
-        dag._order = None
-        dag._children = None
-        return dag
+        # Every task of a graph built by add() passes here: kept to a few operations.
+        name = task.name
+        tasks = self._tasks
+        if name in tasks:
+            raise DuplicateTaskError(name)
+        if self._frozen:
+            dag = self._copy()
+            dag._tasks[name] = task
+            return dag
+        tasks[name] = task
+        self._order = self._children = None
+        return self
 
     def _copy(self) -> Dag:
         new = Dag.__new__(Dag)

@@ -99,7 +99,7 @@ class BaseGraph:
             resources=resources,
         )
         self._dag = self._dag.add(task)
-        self._records[task.name] = PENDING_RECORD
+        self._records[name] = PENDING_RECORD
         return task
 
     def _insert(self, task: Task, record: TaskRecord = PENDING_RECORD) -> None:
