@@ -5,6 +5,7 @@ result is a new Graph carrying every task's state. See README.md and docs/.
 """
 
 from types import FunctionType as _FunctionType
+from typing import get_type_hints as _get_type_hints
 
 from ._api import Graph as Graph
 from ._api import create_graph as create_graph
@@ -108,8 +109,19 @@ __all__ = [
 # ``pickle.dumps(ag.State.DONE)`` names ``asyncgraph.State``, which this module exports,
 # so workers and stores still unpickle it (tests/test_exports.py). Constants such as
 # NO_RESULT keep their type's module.
+_hints = None
 for _name in __all__:
     _obj = globals()[_name]
+    if isinstance(_obj, type) and "__annotations__" in vars(_obj):
+        # typing.get_type_hints(cls) evaluates a class's string annotations in the module
+        # its __module__ names, which is about to be this one: evaluate them now, where
+        # they were written (one naming a type-checking-only import stays as it was).
+        try:
+            _hints = _get_type_hints(_obj, include_extras=True)
+        except Exception:  # noqa: BLE001 - unresolvable before too: left as written
+            pass
+        else:
+            _obj.__annotations__ = {k: _hints[k] for k in vars(_obj)["__annotations__"]}
     if isinstance(_obj, (type, _FunctionType)):
         _obj.__module__ = __name__
-del _name, _obj, _FunctionType
+del _name, _obj, _hints, _FunctionType, _get_type_hints
