@@ -4,6 +4,11 @@ IO tasks run on the loop (or in threads), CPU tasks in a pool of worker processe
 result is a new Graph carrying every task's state. See README.md and docs/.
 """
 
+from types import FunctionType as _FunctionType
+from typing import get_type_hints as _get_type_hints
+
+from ._api import Graph as Graph
+from ._api import create_graph as create_graph
 from ._events import Event as Event
 from ._events import EventKind as EventKind
 from ._exceptions import CycleError as CycleError
@@ -26,8 +31,6 @@ from ._exceptions import UnknownTaskError as UnknownTaskError
 from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
-from ._graph import Graph as Graph
-from ._graph import create_graph as create_graph
 from ._open_run import OpenRun as OpenRun
 from ._open_run import open_run as open_run
 from ._rewrite import mark_done as mark_done
@@ -99,3 +102,26 @@ __all__ = [
     "run_sync",
     "subgraph",
 ]
+
+
+# Public names say where they are public, as httpx's do: reprs, tracebacks and the docs
+# show ``asyncgraph.Graph``, not ``asyncgraph._api.Graph``. Pickle follows:
+# ``pickle.dumps(ag.State.DONE)`` names ``asyncgraph.State``, which this module exports,
+# so workers and stores still unpickle it (tests/test_exports.py). Constants such as
+# NO_RESULT keep their type's module.
+_hints = None
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and "__annotations__" in vars(_obj):
+        # typing.get_type_hints(cls) evaluates a class's string annotations in the module
+        # its __module__ names, which is about to be this one: evaluate them now, where
+        # they were written (one naming a type-checking-only import stays as it was).
+        try:
+            _hints = _get_type_hints(_obj, include_extras=True)
+        except Exception:  # noqa: BLE001 - unresolvable before too: left as written
+            pass
+        else:
+            _obj.__annotations__ = {k: _hints[k] for k in vars(_obj)["__annotations__"]}
+    if isinstance(_obj, (type, _FunctionType)):
+        _obj.__module__ = __name__
+del _name, _obj, _hints, _FunctionType, _get_type_hints

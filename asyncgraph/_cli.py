@@ -30,7 +30,7 @@ from ._exceptions import GraphError, StoreError, StoreMismatchError, UnknownTask
 from ._state import State
 
 if TYPE_CHECKING:
-    from ._graph import Graph
+    from ._api import Graph
     from ._store import RunInfo, SQLiteStore, StoredTask
 
 __all__ = ["UsageError", "guarded", "history", "plan", "run", "status"]
@@ -100,7 +100,7 @@ def load_target(spec: str) -> Graph:
     goes first on ``sys.path``, as ``python -m`` does; a file's directory goes there too,
     so worker processes (which get this ``sys.path``) import its CPU functions by name.
     """
-    from ._graph import Graph
+    from ._api import Graph
 
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr:

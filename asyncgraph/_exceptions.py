@@ -47,7 +47,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._graph import Graph
+    # The one type-only back-edge of the layers, on purpose: TaskFailures.graph.
+    from ._graph import BaseGraph
 
 __all__ = [
     "CycleError",
@@ -361,10 +362,10 @@ class TaskFailures(ExceptionGroup[Exception]):
     note (``e.__notes__``) naming its task.
     """
 
-    graph: Graph
+    graph: BaseGraph
 
     def __new__(
-        cls, message: str, exceptions: Sequence[Exception], graph: Graph | None = None
+        cls, message: str, exceptions: Sequence[Exception], graph: BaseGraph | None = None
     ) -> TaskFailures:
         self = super().__new__(cls, message, exceptions)
         if graph is not None:
@@ -372,6 +373,6 @@ class TaskFailures(ExceptionGroup[Exception]):
         return self
 
     def __init__(
-        self, message: str, exceptions: Sequence[Exception], graph: Graph | None = None
+        self, message: str, exceptions: Sequence[Exception], graph: BaseGraph | None = None
     ) -> None:
         super().__init__(message, exceptions)

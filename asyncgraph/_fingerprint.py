@@ -62,14 +62,16 @@ import struct
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 if TYPE_CHECKING:
+    from ._dag import Dag
     from ._exceptions import InvalidTaskError
-    from ._graph import Graph
+    from ._graph import BaseGraph
 
-__all__ = ["digests", "fingerprints", "function_digest"]
+__all__ = ["binding_bytes", "digests", "fingerprints", "function_digest"]
 
 #: Bumped whenever the digest of anything changes meaning, so old stores rerun everything.
 _TAG = b"asyncgraph-fingerprint-3"
@@ -109,7 +111,7 @@ _DESCRIPTORS = (
 Memo = dict[int, tuple[Any, bytes]]
 
 
-def fingerprints(graph: Graph) -> dict[str, str]:
+def fingerprints(graph: BaseGraph) -> dict[str, str]:
     """Each task's fingerprint (hex string), in one pass in topological order.
 
     Function digests are memoized for the call, so many tasks sharing a function cost one
@@ -118,7 +120,7 @@ def fingerprints(graph: Graph) -> dict[str, str]:
     return {name: full for name, (_, full) in digests(graph).items()}
 
 
-def digests(graph: Graph) -> dict[str, tuple[str, str]]:
+def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
     """Each task's ``(code, fingerprint)``.
 
     ``code`` is the digest of the task's function (its code, helpers, constants); the
@@ -128,14 +130,16 @@ def digests(graph: Graph) -> dict[str, tuple[str, str]]:
     One hash per task over one joined string: this runs at the start of every run on a
     store, and each Python call here is a share of a no-op task's cost.
     """
+    dag = graph._dag
+    order = dag.topological_order()  # raises CycleError / MissingDependencyError first
     digest = _Digester({}).digest
-    tasks = graph._tasks
-    bindings = graph._binding_bytes()
+    tasks = dag.tasks
+    bindings = binding_bytes(dag)
     sha = hashlib.sha256
     raw: dict[str, bytes] = {}
     hexes: dict[bytes, str] = {}
     out: dict[str, tuple[str, str]] = {}
-    for name in graph.topological_order():
+    for name in order:
         task = tasks[name]
         try:
             code = digest(task.fn)
@@ -152,6 +156,24 @@ def digests(graph: Graph) -> dict[str, tuple[str, str]]:
             full = sha(_TAG + code + bindings[name])
         raw[name] = f = full.digest()
         out[name] = (own, f.hex()[:_HEX])
+    return out
+
+
+#: ``binding_bytes`` of each Dag still alive: the same for every graph derived from it.
+_BINDINGS: WeakKeyDictionary[Dag, Mapping[str, bytes]] = WeakKeyDictionary()
+
+
+def binding_bytes(dag: Dag) -> Mapping[str, bytes]:
+    """How each task binds its dependencies, as bytes for its fingerprint (cached per Dag).
+
+    The repr of tuples of str and a bool: the same in every process, and it tells every
+    binding apart. Freezes the Dag, so the cached bytes can never go stale.
+    """
+    out = _BINDINGS.get(dag)
+    if out is None:
+        out = _BINDINGS[dag.freeze()] = {
+            n: repr((t.args, t.kwargs, t.skip_none)).encode() for n, t in dag.tasks.items()
+        }
     return out
 
 

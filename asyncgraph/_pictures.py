@@ -24,7 +24,7 @@ from ._state import State
 from ._task import Kind
 
 if TYPE_CHECKING:
-    from ._graph import Graph
+    from ._graph import BaseGraph
 
 __all__ = ["MermaidText", "SVG", "plot_timeline", "to_dot", "to_html", "to_mermaid", "visualize"]
 
@@ -39,11 +39,11 @@ COLOURS: dict[State, tuple[str, str]] = {
 }
 
 
-def _ids(graph: Graph) -> dict[str, str]:
+def _ids(graph: BaseGraph) -> dict[str, str]:
     return {name: f"t{i}" for i, name in enumerate(graph)}
 
 
-def _edges(graph: Graph) -> list[tuple[str, str]]:
+def _edges(graph: BaseGraph) -> list[tuple[str, str]]:
     return [(dep, name) for name in graph for dep in graph.dependencies(name)]
 
 
@@ -67,7 +67,7 @@ def _mermaid_label(name: str) -> str:
     return f'"{out}"'
 
 
-def to_mermaid(graph: Graph) -> str:
+def to_mermaid(graph: BaseGraph) -> str:
     ids = _ids(graph)
     records = graph.records
     lines = ["flowchart LR"]
@@ -95,7 +95,7 @@ def _dot_string(text: str) -> str:
     return f'"{out}"'
 
 
-def to_dot(graph: Graph) -> str:
+def to_dot(graph: BaseGraph) -> str:
     ids = _ids(graph)
     records = graph.records
     lines = [
@@ -165,7 +165,7 @@ HINT = (
 )
 
 
-def visualize(graph: Graph) -> SVG | MermaidText:
+def visualize(graph: BaseGraph) -> SVG | MermaidText:
     dot = shutil.which("dot")
     if dot is None:
         warnings.warn(HINT, stacklevel=3)
@@ -185,7 +185,7 @@ def visualize(graph: Graph) -> SVG | MermaidText:
 HTML_ROWS = 200
 
 
-def to_html(graph: Graph, max_rows: int = HTML_ROWS) -> str:
+def to_html(graph: BaseGraph, max_rows: int = HTML_ROWS) -> str:
     """An HTML status table: one row per task, coloured by status; escaped text."""
     tasks = graph.tasks
     head = "".join(
@@ -221,7 +221,7 @@ def to_html(graph: Graph, max_rows: int = HTML_ROWS) -> str:
 # -- the Gantt chart ---------------------------------------------------------------------
 
 
-def plot_timeline(graph: Graph, ax: Any = None) -> Any:
+def plot_timeline(graph: BaseGraph, ax: Any = None) -> Any:
     """Draw the timeline as horizontal bars on lanes; return the matplotlib Axes."""
     try:
         import matplotlib.pyplot as plt
@@ -229,7 +229,9 @@ def plot_timeline(graph: Graph, ax: Any = None) -> Any:
         raise ImportError(
             "plot_timeline() needs matplotlib: pip install 'asyncgraph[plot]'"
         ) from None
-    frame = graph.timeline()
+    from ._report import timeline  # pandas, only now
+
+    frame = timeline(graph)
     lanes = 1 if frame.empty else int(frame["lane"].max()) + 1
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 1 + 0.4 * lanes))

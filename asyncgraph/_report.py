@@ -14,7 +14,7 @@ from ._state import State
 from ._summary import Summary
 
 if TYPE_CHECKING:
-    from ._graph import Graph
+    from ._graph import BaseGraph
 
 __all__ = ["Summary", "summary", "timeline", "to_frame"]
 
@@ -27,7 +27,7 @@ def _error_text(exc: BaseException | None) -> str | None:
     return f"{type(exc).__name__}: {exc}"
 
 
-def to_frame(graph: Graph) -> pd.DataFrame:
+def to_frame(graph: BaseGraph) -> pd.DataFrame:
     """One row per task, in definition order.
 
     Columns: ``name``, ``kind`` ("io"/"cpu"), ``status`` (the State's value), ``attempts``
@@ -60,7 +60,7 @@ def to_frame(graph: Graph) -> pd.DataFrame:
 # -- summary ---------------------------------------------------------------------------
 
 
-def summary(graph: Graph) -> Summary:
+def summary(graph: BaseGraph) -> Summary:
     tasks = graph.tasks
     records = graph.records
     tally: dict[tuple[str, str], int] = {}
@@ -95,30 +95,24 @@ def summary(graph: Graph) -> Summary:
     )
 
 
-def critical_path(graph: Graph) -> tuple[float, tuple[str, ...]]:
+def critical_path(graph: BaseGraph) -> tuple[float, tuple[str, ...]]:
     """The longest duration-weighted chain of done tasks (ties: the first found in
     topological order, following dependencies in binding order)."""
-    records = graph.records
-    best: dict[str, tuple[float, str | None]] = {}  # name -> (length, previous on path)
-    for name in graph.topological_order():
-        rec = records[name]
-        if rec.status is not State.DONE or rec.duration is None:
-            continue
-        length, prev = 0.0, None
-        for dep in graph.dependencies(name):
-            if dep in best and best[dep][0] > length:
-                length, prev = best[dep][0], dep
-        best[name] = (length + rec.duration, prev)
-    if not best:
+    weights = {
+        name: duration
+        for name, rec in graph.records.items()
+        if rec.status is State.DONE and (duration := rec.duration) is not None
+    }
+    if not weights:
         return 0.0, ()
-    end = max(best, key=lambda n: best[n][0])  # max keeps the first of equals
-    total = best[end][0]
-    path: list[str] = []
-    step: str | None = end
-    while step is not None:
-        path.append(step)
-        step = best[step][1]
-    return total, tuple(reversed(path))
+    # Chains ending at each task, filled in topological order: max keeps the first of
+    # equals, and each link is the first dependency (in binding order) of the longest.
+    length, previous = graph._dag.longest_paths(weights)
+    end = max(length, key=length.__getitem__)
+    path = [end]
+    while path[-1] in previous:
+        path.append(previous[path[-1]])
+    return length[end], tuple(reversed(path))
 
 
 # -- timeline --------------------------------------------------------------------------
@@ -126,7 +120,7 @@ def critical_path(graph: Graph) -> tuple[float, tuple[str, ...]]:
 TIMELINE_COLUMNS = ["name", "kind", "status", "start", "finish", "duration_s", "lane"]
 
 
-def timeline(graph: Graph) -> pd.DataFrame:
+def timeline(graph: BaseGraph) -> pd.DataFrame:
     """One row per task that ran (has a start and a finish), ordered by start.
 
     ``lane`` (int64, from 0) puts each task on the lowest row free at its start, so

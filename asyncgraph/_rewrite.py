@@ -1,37 +1,40 @@
-"""Pure rewrites: each takes a Graph and returns a new one, never touching its input.
+"""Pure rewrites: each takes a graph and returns a new one, never touching its input.
 
 They are how a failed run is repaired: reset what must run again, mark what is known to be
 done, or cut the graph down to what a target needs. A name that is not a task raises
 :class:`~asyncgraph.UnknownTaskError` listing every unknown name, before anything changes.
+
+The new graph is of the input's class (``_derive``/``_subset`` keep ``type(graph)``), so
+``ag.reset(g, ...)`` of an :class:`asyncgraph.Graph` is one too; they share its Dag.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from ._graph import Graph, _results_dict
+from ._graph import BaseGraph
 from ._state import FINISHED_BADLY, NO_RESULT, PENDING_RECORD, State, TaskRecord
 
-__all__ = ["mark_done", "mark_done_except", "reset", "reset_failed", "subgraph"]
+__all__ = ["mark_done", "mark_done_except", "reset", "reset_failed", "results_dict", "subgraph"]
+
+G = TypeVar("G", bound=BaseGraph)
 
 
-def reset_failed(graph: Graph) -> Graph:
+def reset_failed(graph: G) -> G:
     """Failed, skipped and cancelled tasks, and all their descendants, back to pending."""
     _check_graph(graph, "reset_failed")
     bad = [n for n, r in graph.records.items() if r.status in FINISHED_BADLY]
     return _to_pending(graph, set(bad) | graph.descendants(bad))
 
 
-def reset(graph: Graph, names: Iterable[str] | str) -> Graph:
+def reset(graph: G, names: Iterable[str] | str) -> G:
     """``names`` and all their descendants back to pending, whatever their state."""
-    start = _check_graph(graph, "reset")._check_names(names, "reset")
+    start = _check_graph(graph, "reset")._dag.check_names(names, "reset")
     return _to_pending(graph, set(start) | graph.descendants(start))
 
 
-def mark_done(
-    graph: Graph, names: Iterable[str] | str, results: Mapping[str, Any] | None = None
-) -> Graph:
+def mark_done(graph: G, names: Iterable[str] | str, results: Mapping[str, Any] | None = None) -> G:
     """Mark ``names`` done, with ``results[name]`` as their result.
 
     A task without a given result keeps the one it has if it is done already (it ran, or
@@ -42,11 +45,11 @@ def mark_done(
     back to pending, so the next run runs them; a run skips them again if another of
     their ancestors is still failed.
     """
-    marked = _check_graph(graph, "mark_done")._check_names(names, "mark_done")
-    given = _results_dict(results, "mark_done")
+    marked = _check_graph(graph, "mark_done")._dag.check_names(names, "mark_done")
+    given = results_dict(results, "mark_done")
     stray = [n for n in given if n not in marked]
     if stray:
-        graph._check_names(stray, "mark_done results")  # unknown names first
+        graph._dag.check_names(stray, "mark_done results")  # unknown names first
         raise ValueError(
             f"mark_done: results given for {sorted(stray)}, which are not among the names "
             "being marked done; add them to names"
@@ -66,7 +69,7 @@ def mark_done(
     return graph._derive(records)
 
 
-def mark_done_except(graph: Graph, names: Iterable[str] | str) -> Graph:
+def mark_done_except(graph: G, names: Iterable[str] | str) -> G:
     """Mark every task done except ``names``, which go back to pending.
 
     Tasks that are already done keep their results; the others are done without a
@@ -75,7 +78,8 @@ def mark_done_except(graph: Graph, names: Iterable[str] | str) -> Graph:
     give them one). This runs exactly ``names`` next time, as taskmap's
     ``mark_as_done_except`` does.
     """
-    keep = set(_check_graph(graph, "mark_done_except")._check_names(names, "mark_done_except"))
+    checked = _check_graph(graph, "mark_done_except")
+    keep = set(checked._dag.check_names(names, "mark_done_except"))
     records = {}
     for n, r in graph.records.items():
         if n in keep:
@@ -87,20 +91,31 @@ def mark_done_except(graph: Graph, names: Iterable[str] | str) -> Graph:
     return graph._derive(records)
 
 
-def subgraph(graph: Graph, targets: Iterable[str] | str) -> Graph:
+def subgraph(graph: G, targets: Iterable[str] | str) -> G:
     """The ``targets`` and all their ancestors, with their current states."""
-    start = _check_graph(graph, "subgraph")._check_names(targets, "subgraph")
-    return graph._subset(set(start) | graph.ancestors(start))
+    start = _check_graph(graph, "subgraph")._dag.check_names(targets, "subgraph")
+    return graph._subset(set(start) | graph._dag.ancestors(start))
 
 
-def _check_graph(graph: Graph, where: str) -> Graph:
-    if not isinstance(graph, Graph):
+def _check_graph(graph: G, where: str) -> G:
+    if not isinstance(graph, BaseGraph):
         raise TypeError(f"{where}() needs an asyncgraph.Graph, not {type(graph).__name__}")
     return graph
 
 
-def _to_pending(graph: Graph, names: set[str]) -> Graph:
+def _to_pending(graph: G, names: set[str]) -> G:
     records = dict(graph.records)
     for n in names:
         records[n] = PENDING_RECORD
     return graph._derive(records)
+
+
+def results_dict(results: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """``results`` as a dict, or TypeError naming ``where`` (also for ``create_graph``)."""
+    if results is None:
+        return {}
+    if not isinstance(results, Mapping):
+        raise TypeError(
+            f"{where}: results must be a dict of task name -> result, not {type(results).__name__}"
+        )
+    return dict(results)

@@ -6,7 +6,15 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NO_RESULT", "State", "StoredResult", "TaskRecord", "TERMINAL", "FINISHED_BADLY"]
+__all__ = [
+    "FINISHED_BADLY",
+    "NO_RESULT",
+    "ResultRef",
+    "State",
+    "StoredResult",
+    "TERMINAL",
+    "TaskRecord",
+]
 
 
 class State(enum.Enum):
@@ -85,7 +93,30 @@ class _NoResult:
 NO_RESULT: _NoResult = object.__new__(_NoResult)
 
 
-class StoredResult:
+class ResultRef:
+    """A done task's result that is somewhere else until something needs it.
+
+    A record's ``result`` may hold one instead of the value: ``graph.results[name]``
+    calls :meth:`load` (which keeps what it loaded), and a run loads the refs its tasks
+    need. The value never asks where a ref points (a store, a cluster, bytes).
+
+    A base class, not a structural Protocol, on purpose: a task's own result may well
+    have a ``load`` method, and it must be handed over as it is, never "loaded".
+    """
+
+    __slots__ = ()
+
+    def load(self) -> Any:
+        """The value (fetched once, then kept)."""
+        raise NotImplementedError
+
+    @property
+    def loaded(self) -> bool:
+        """True once :meth:`load` has the value in memory (printing never loads)."""
+        raise NotImplementedError
+
+
+class StoredResult(ResultRef):
     """A done task's result that stays in its store until something needs it.
 
     :func:`asyncgraph.load` puts one in the record of every task that is done in the
@@ -107,6 +138,10 @@ class StoredResult:
             self._value = self.store.load_result(self.result_id, self.task)
             self._loaded = True
         return self._value
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
 
     def __repr__(self) -> str:
         state = "loaded" if self._loaded else "not loaded"

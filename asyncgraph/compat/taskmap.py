@@ -44,9 +44,10 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from .._api import Graph as _Native
+from .._api import create_graph as _native_create_graph
 from .._exceptions import GraphError, PicklingError, TaskFailures
-from .._graph import Graph as _Native
-from .._graph import create_graph as _native_create_graph
+from .._graph import BaseGraph
 from .._runner import run_sync as _run_sync
 from .._state import State
 from .._task import is_async_callable
@@ -545,7 +546,7 @@ def _copy(graph: Graph) -> Graph:
     )
 
 
-def _fill(target: Graph, out: _Native, ran: list[str], manager: logging.Logger) -> None:
+def _fill(target: Graph, out: BaseGraph, ran: list[str], manager: logging.Logger) -> None:
     """Copy a run's outcome into ``target`` in taskmap's terms.
 
     Tasks join ``done`` in the order they finished. A failure writes its message into
