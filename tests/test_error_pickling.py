@@ -16,10 +16,13 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import cloudpickle
 import pytest
 
 import asyncgraph as ag
+
+GUARD = 60
 
 
 def failed_run_failures() -> ag.TaskFailures:
@@ -231,3 +234,70 @@ def test_subclass_with_its_own_init_round_trips():
         back = how(original)
         assert state(back) == state(original)
         assert (back.stage, back.code) == ("clean", 3)
+
+
+def raise_signature_error() -> None:
+    raise ag.SignatureError("inner", "its signature () cannot accept 1 positional result(s)")
+
+
+def raise_cycle_error() -> None:
+    raise ag.CycleError(["x", "y", "x"])
+
+
+def raise_store_locked() -> None:
+    raise ag.StoreLockedError("run.db is used by run 3 (pid 412)", "run 3, pid 412")
+
+
+def raise_pipeline_error() -> None:
+    raise PipelineError("clean", 3, "bad rows")
+
+
+def raise_plain_user_error() -> None:
+    raise PlainUserError(7, "disk on fire")
+
+
+async def test_cpu_task_errors_arrive_in_the_parent_as_raised():
+    expected = {
+        "signature": ag.SignatureError(
+            "inner", "its signature () cannot accept 1 positional result(s)"
+        ),
+        "cycle": ag.CycleError(["x", "y", "x"]),
+        "locked": ag.StoreLockedError("run.db is used by run 3 (pid 412)", "run 3, pid 412"),
+        "pipeline": PipelineError("clean", 3, "bad rows"),
+    }
+    raisers = {
+        "signature": raise_signature_error,
+        "cycle": raise_cycle_error,
+        "locked": raise_store_locked,
+        "pipeline": raise_pipeline_error,
+    }
+    g = ag.Graph()
+    for name, fn in raisers.items():
+        g.add(name, fn, kind="cpu")
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, cpu_workers=1)
+    for name, error in expected.items():
+        got = out.errors[name]
+        assert not isinstance(got, ag.RemoteError), (name, got)
+        assert type(got) is type(error)
+        assert str(got) == str(error)
+        public = {k: v for k, v in vars(got).items() if not k.startswith("_")}
+        assert public == {k: v for k, v in vars(error).items() if not k.startswith("_")}
+        assert raisers[name].__name__ in out.records[name].traceback
+
+
+async def test_user_error_that_cannot_be_rebuilt_arrives_as_remote_error_naming_it():
+    with pytest.raises(TypeError):  # the premise: the user's __init__ cannot be rebuilt
+        pickle.loads(pickle.dumps(PlainUserError(7, "x")))
+    g = ag.Graph()
+    g.add("plain", raise_plain_user_error, kind="cpu")
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, cpu_workers=1)
+    err = out.errors["plain"]
+    assert type(err) is ag.RemoteError
+    assert err.type_name == f"{__name__}.PlainUserError"
+    assert err.message == "code 7: disk on fire"
+    assert str(err) == f"{__name__}.PlainUserError: code 7: disk on fire"
+    assert "raise_plain_user_error" in err.traceback
+    back = pickle.loads(pickle.dumps(err))  # and the stand-in itself travels on
+    assert state(back) == state(err)
