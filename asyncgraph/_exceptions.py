@@ -39,11 +39,21 @@
 
 Bad arguments (a negative limit, a wrong type) raise the built-in ``ValueError`` or
 ``TypeError`` with a message naming the parameter, as the standard library does.
+
+Every one of them survives :mod:`pickle`, cloudpickle and :mod:`copy` as it is: same type,
+same ``str()``, same attributes (a worker process pickles a CPU task's exception back to
+the driver; users send failures to other processes). Their ``__init__`` builds the message
+from its arguments, so the default ``(type(e), e.args)`` would call it with the finished
+message: a pickled error is rebuilt instead without calling ``__init__`` (``__new__``
+with ``e.args``, then its attributes), which also serves subclasses whose ``__init__``
+takes other arguments. As for any exception, ``__cause__``, ``__context__`` and
+``__traceback__`` are not carried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copyreg
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,8 +83,26 @@ __all__ = [
 ]
 
 
+# cls.__new__(cls, *args); pickle protocols >= 2 write it as their NEWOBJ opcode.
+_NEWOBJ: Callable[..., object] = copyreg.__newobj__  # type: ignore[attr-defined]
+
+
+def _reduce(exc: BaseException) -> tuple[object, ...]:
+    """``exc.__reduce__()`` rebuilding ``exc`` without its ``__init__``: ``cls.__new__(cls,
+    *exc.args)`` (which sets ``args``, and an ``ExceptionGroup``'s ``exceptions``), then
+    its attributes (``__notes__`` included). Refers to nothing private by name, so a
+    pickle does not depend on where this module lives."""
+    state = dict(vars(exc))
+    if isinstance(exc, SystemExit):  # set by SystemExit.__init__, which is not called
+        state["code"] = exc.code
+    return (_NEWOBJ, (type(exc), *exc.args), state)
+
+
 class GraphError(Exception):
     """The graph definition is invalid; raised before any task runs."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _reduce(self)
 
 
 class CycleError(GraphError):
@@ -173,9 +201,6 @@ class PicklingError(GraphError):
         self._setup(problems)
         return self
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (PicklingError.for_tasks, (self.problems,))
-
     def _setup(self, problems: Mapping[str, str]) -> None:
         self.problems = dict(problems)
         self.tasks = tuple(self.problems)
@@ -195,6 +220,9 @@ class PicklingError(GraphError):
 
 class TaskError(Exception):
     """Base of the errors recorded in place of a task's own exception."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _reduce(self)
 
 
 class RemoteError(TaskError):
@@ -263,9 +291,6 @@ class UnpicklingError(TaskError):
             )
         super().__init__(text)
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.what, self.reason))
-
 
 class TaskCancelled(TaskError):  # noqa: N818 - reads as the state it records
     """Recorded as the error of a task that was cancelled, with the reason."""
@@ -307,15 +332,15 @@ class MissingResultError(TaskError):
             f"{first}=null for None)"
         )
 
-    def __reduce__(self) -> tuple[type[MissingResultError], tuple[str, tuple[str, ...]]]:
-        return (type(self), (self.task, self.missing))
-
 
 class StoreError(Exception):
     """The store cannot be used: not an asyncgraph store, damaged, or unreadable.
 
     Raised before anything is written: the store is left as it was.
     """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _reduce(self)
 
 
 class StoreLockedError(StoreError):
@@ -354,6 +379,9 @@ class Terminated(SystemExit):
     def __str__(self) -> str:
         return f"the run was cancelled by signal {self.signal} (SIGTERM)"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return _reduce(self)
+
 
 class TaskFailures(ExceptionGroup[Exception]):
     """The failures of a run, one exception per failed task.
@@ -376,3 +404,6 @@ class TaskFailures(ExceptionGroup[Exception]):
         self, message: str, exceptions: Sequence[Exception], graph: BaseGraph | None = None
     ) -> None:
         super().__init__(message, exceptions)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _reduce(self)
