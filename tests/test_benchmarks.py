@@ -61,3 +61,16 @@ def test_compare_benchmark_runs_a_tree_against_itself(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "run layered" in proc.stdout
     assert out.stat().st_size > 0
+
+
+def test_cpu_result_benchmark_runs_on_a_small_frame(tmp_path):
+    out = tmp_path / "cpu_result.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/cpu_result.py", "--mb", "1", "--reps", "1",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "max stall ms" in proc.stdout
+    assert out.stat().st_size > 0
