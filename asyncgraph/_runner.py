@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 import math
 import os
@@ -28,16 +27,14 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
-import cloudpickle
 
 from ._events import Emit, Event, EventKind
 from ._exceptions import (
     MissingResultError,
-    PicklingError,
     RemoteError,
     StoreError,
     TaskCancelled,
@@ -46,13 +43,13 @@ from ._exceptions import (
     UnpicklingError,
     UnstorableResultError,
 )
+from ._executors import Executor, default_executors
+from ._executors.base import Route, route
 from ._graph import Graph
 from ._observe import OnEvent, Progress, Watch
-from ._process import ProcessPool, shipping_problem
-from ._scheduler import Scheduler
+from ._scheduler import Lane, Scheduler
 from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
-from ._threads import Threads
 
 if TYPE_CHECKING:
     from ._resume import Loaded
@@ -121,6 +118,10 @@ def _backoff(task: Task, attempt: int) -> float:
     return min(grown, max(MAX_BACKOFF, delay)) * random.uniform(0.5, 1.5)
 
 
+def _kinds_of(table: Route, lane: str) -> tuple[Kind, ...]:
+    return tuple(k for k, pair in table.items() if pair[0].lane == lane)
+
+
 class _Run:
     """One run of one graph. Everything here happens on the loop's thread."""
 
@@ -136,6 +137,7 @@ class _Run:
         cancel_grace: float = CANCEL_GRACE,
         emit: Emit | None = None,
         weights: Mapping[str, float] | None = None,
+        executors: Sequence[Executor] | None = None,
     ) -> None:
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
         # Fill the structural caches on the caller's graph, so its next run reuses them,
@@ -151,47 +153,25 @@ class _Run:
         self.fail_fast = fail_fast
         self.deadline = deadline
         self.cancel_grace = cancel_grace
+        self.executors = executors or default_executors(max_io, cpu_workers)
+        self.route, lanes = route(self.executors)
         self.core = Scheduler(
             self.tasks,
             order,
-            {n: r.status for n, r in self.records.items()},
-            max_io=max_io,
-            cpu_slots=cpu_workers,
             limits=limits,
             children=graph._child_map(),
             unit_paths=graph._unit_paths(),
             weights=weights,
+            lanes=[Lane(name, cap, _kinds_of(self.route, name)) for name, cap in lanes],
         )
+        self.core.prepare({n: r.status for n, r in self.records.items()})
         for n in self.core.initially_skipped:
             self.records[n] = TaskRecord(status=State.SKIPPED)
-        # Check that every CPU task can travel to a worker before anything starts: its
-        # function pickles, and names no module a worker could not import. All of them
-        # are reported at once.
-        self.fn_bytes: dict[str, bytes] = {}
-        problems: dict[str, str] = {}
-        verdicts: dict[bytes, str | None] = {}  # the same function in many tasks: once
-        modules: dict[str, str | None] = {}
-        first_error: Exception | None = None
-        for n in self.core.pending():
-            t = self.tasks[n]
-            if t.kind is Kind.CPU:
-                try:
-                    data = cloudpickle.dumps(t.fn)
-                except Exception as exc:  # noqa: BLE001 - whatever stops pickling
-                    first_error = first_error or exc
-                    problems[n] = PicklingError(n, f"{type(exc).__name__}: {exc}").problems[n]
-                    continue
-                if data not in verdicts:
-                    verdicts[data] = shipping_problem(data, modules)
-                if verdicts[data] is not None:
-                    problems[n] = verdicts[data]  # type: ignore[assignment]
-                    continue
-                self.fn_bytes[n] = data
-        if problems:
-            raise PicklingError.for_tasks(problems) from first_error
-        self.pool = ProcessPool(cpu_workers) if self.fn_bytes else None
-        self.thread_limiter = anyio.CapacityLimiter(max_io) if max_io else None
-        self.threads: Threads | None = None  # started with the first plain function
+        # Check that every task can go where it runs before anything starts (a CPU
+        # task's function pickles, and names no module a worker could not import).
+        pending = [self.tasks[n] for n in self.core.pending()]
+        for ex in self.executors:
+            ex.check([t for t in pending if self.route[t.kind][t.is_async] is ex])
         self.tries: dict[str, int] = {}  # attempts in this run
         self.started: dict[str, float] = {}  # start of the first attempt in this run
         self.last_error: dict[str, tuple[BaseException, str | None]] = {}  # before a retry
@@ -300,33 +280,6 @@ class _Run:
             tb = "".join(traceback.format_exception(exc))
             self._post(_Outcome(name, False, wrapped, tb, time.time()))
 
-    async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        if task.timeout is None:
-            return await self._call_once(task, args, kwargs)
-        with anyio.move_on_after(task.timeout) as scope:
-            return await self._call_once(task, args, kwargs)
-        assert scope.cancelled_caught
-        raise TimeoutError(f"task {task.name!r} did not finish within timeout={task.timeout}s")
-
-    async def _call_once(self, task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        if task.kind is Kind.CPU:
-            assert self.pool is not None
-            name = task.name
-            began = functools.partial(self._began, name)
-            return await self.pool.call(name, self.fn_bytes[name], (args, kwargs), began)
-        if task.is_async:
-            return await task.fn(*args, **kwargs)
-        # A plain function runs in a thread. A thread cannot be stopped: on cancellation
-        # or timeout the run stops waiting for it and it finishes on its own (a daemon
-        # thread, so it does not hold the process open; see _threads).
-        threads = self.threads
-        if threads is None:
-            threads = self.threads = Threads(self.thread_limiter)
-        result = await threads.run(functools.partial(task.fn, *args, **kwargs))
-        if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
-            result = await result
-        return result
-
     def _began(self, name: str, when: float) -> None:
         """A CPU task's worker began its attempt (``when``, by the worker's clock).
 
@@ -348,6 +301,8 @@ class _Run:
         records = self.records
         tries = self.tries
         loop = self.loop
+        route = self.route
+        began = self._began
         for task in ready:
             name = task.name
             # Running tasks keep their old record until they end: the frozen record is
@@ -371,17 +326,7 @@ class _Run:
                     continue
             else:
                 args, kwargs = [], {}
-            if task.is_async and task.kind is Kind.IO and task.timeout is None:
-                # The hot path: a coroutine is its own child, with no wrapper frame.
-                try:
-                    child = loop.create_task(task.fn(*args, **kwargs), name=name)
-                except Exception as exc:  # noqa: BLE001 - raised before its first await
-                    # Report it through the same callback, on the next loop iteration,
-                    # not re-entrantly from inside this dispatch.
-                    child = loop.create_future()
-                    child.set_exception(exc)
-            else:
-                child = loop.create_task(self._call(task, args, kwargs), name=name)
+            child = route[task.kind][task.is_async].start(task, args, kwargs, began)
             self.children[child] = name
             child.add_done_callback(self._child_done)
 
@@ -550,10 +495,8 @@ class _Run:
         await self._stop_children()
         if self.core.is_active():
             self._close(reason)
-        if self.threads is not None:
-            self.threads.close()
-        if self.pool is not None:
-            await self.pool.aclose()
+        for ex in self.executors:
+            await ex.aclose()
         if self.session is not None:
             await self.session.finish(self.records)
 

@@ -666,7 +666,7 @@ async def test_io_tasks_start_before_cpu_tasks_end_to_end(monkeypatch):
     Start order is recorded in this process: an IO coroutine when its body starts, a
     CPU task when the runner hands it to the pool. Both IO tasks come first.
     """
-    from asyncgraph import _process
+    from asyncgraph._executors import process as _process
 
     order: list[str] = []
     real_call = _process.ProcessPool.call

@@ -1,0 +1,151 @@
+"""The executor seam: where one attempt of a task runs.
+
+A run hands each task it starts to the executor that serves the task's kind (and, in
+the IO kind, whether it is a coroutine function). An executor starts the attempt and
+returns an asyncio future (a task, for the loop executor); the run adds its done
+callback to it. The future's result is the task's result; its exception is the task's
+error, and carries the text of its traceback when the attempt ran elsewhere (a worker
+process sets ``__asyncgraph_traceback__``: see :func:`traceback_of`).
+
+Executors sit in *lanes*: the scheduler keeps one ready queue and one capacity per lane,
+and hands out the lanes in the order the run lists its executors (IO first, so the loop
+starts waiting on the network while the processes compute). Several executors may share
+a lane (coroutines and threads share ``"io"``, and ``max_io`` caps both).
+
+No executor is public yet. :class:`InlineExecutor` is the runner's test double: every
+attempt on the loop's thread, one at a time, in the scheduler's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import traceback
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol
+
+import anyio
+
+from .._task import Kind, Task
+
+__all__ = ["Began", "Executor", "InlineExecutor", "Route", "route", "traceback_of", "with_timeout"]
+
+#: ``began(name, when)``: the attempt of ``name`` began in its executor at ``when`` (by
+#: the executor's clock: a worker's, for a process).
+Began = Callable[[str, float], None]
+
+
+class Executor(Protocol):
+    """Runs attempts of the tasks it serves; owned and closed by one run."""
+
+    #: The scheduler lane it fills, and how many of that lane's tasks may run at once
+    #: (None: no cap). Executors sharing a lane give the same capacity.
+    lane: str
+    capacity: int | None
+
+    def serves(self, kind: Kind, is_async: bool) -> bool:
+        """Whether it runs tasks of this kind (and coroutine functions, or plain ones)."""
+        ...
+
+    def check(self, tasks: Sequence[Task]) -> None:
+        """Before anything starts: raise if any of ``tasks`` cannot run here (all of the
+        bad ones in one error)."""
+        ...
+
+    def start(
+        self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
+    ) -> asyncio.Future[Any]:
+        """Start one attempt (on the loop's thread); its future ends with the outcome."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what it holds (workers, threads); called once, on every way out."""
+        ...
+
+
+#: kind -> (the executor of its plain functions, the executor of its coroutine
+#: functions): indexed with ``route[task.kind][task.is_async]``, no tuple built per task.
+Route = Mapping[Kind, tuple[Executor, Executor]]
+
+
+def route(executors: Sequence[Executor]) -> tuple[Route, list[tuple[str, int | None]]]:
+    """Which executor runs what (the first that serves it), and the lanes in order.
+
+    Raises ValueError if a kind has no executor, or its plain and coroutine functions
+    would go to executors of different lanes (the scheduler keys a task by its kind).
+    """
+    table: dict[Kind, tuple[Executor, Executor]] = {}
+    lanes: dict[str, int | None] = {}
+    for ex in executors:
+        lanes.setdefault(ex.lane, ex.capacity)
+    for kind in Kind:
+        pick = [next((e for e in executors if e.serves(kind, a)), None) for a in (False, True)]
+        plain, coro = pick
+        if plain is None or coro is None:
+            raise ValueError(f"no executor runs {kind.value!r} tasks")
+        if plain.lane != coro.lane:
+            raise ValueError(
+                f"{kind.value!r} tasks would go to lanes {plain.lane!r} and {coro.lane!r}"
+            )
+        table[kind] = (plain, coro)
+    used = {e.lane for pair in table.values() for e in pair}
+    return table, [(lane, cap) for lane, cap in lanes.items() if lane in used]
+
+
+def traceback_of(exc: BaseException) -> str:
+    """The traceback text of an attempt's error: the worker's, if it ran in one."""
+    tb = getattr(exc, "__asyncgraph_traceback__", None)
+    return tb if isinstance(tb, str) and tb else "".join(traceback.format_exception(exc))
+
+
+async def with_timeout(task: Task, call: Coroutine[Any, Any, Any]) -> Any:
+    """Await ``call``; past ``task.timeout`` seconds, cancel it and raise TimeoutError."""
+    with anyio.move_on_after(task.timeout) as scope:
+        return await call
+    assert scope.cancelled_caught
+    raise TimeoutError(f"task {task.name!r} did not finish within timeout={task.timeout}s")
+
+
+class InlineExecutor:
+    """Every attempt on the loop's thread, one at a time, in the scheduler's order.
+
+    A plain function (of any kind) is called inside :meth:`start`, and its future is
+    returned already done; a coroutine function runs as a task of the loop. Nothing
+    goes to a thread or a process, and nothing is pickled: for the runner's own tests,
+    which then see every outcome in a fixed order.
+    """
+
+    lane = "inline"
+    capacity: int | None = 1
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity
+
+    def serves(self, kind: Kind, is_async: bool) -> bool:
+        return True
+
+    def check(self, tasks: Sequence[Task]) -> None:
+        return None
+
+    def start(
+        self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if task.is_async:
+            call = task.fn(*args, **kwargs)
+            return loop.create_task(call if task.timeout is None else with_timeout(task, call))
+        future = loop.create_future()
+        try:
+            result = task.fn(*args, **kwargs)
+        except StopIteration as exc:  # a future refuses it (TypeError)
+            future.set_exception(RuntimeError(f"the function raised StopIteration: {exc}"))
+        except BaseException as exc:  # noqa: BLE001 - the attempt's outcome, reported
+            future.set_exception(exc)
+        else:
+            if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
+                return asyncio.ensure_future(result)
+            future.set_result(result)
+        return future
+
+    async def aclose(self) -> None:
+        return None
