@@ -32,11 +32,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 
-from ._events import Emit, Event, EventKind
+from ._events import Emit
 from ._exceptions import (
     MissingResultError,
     RemoteError,
-    StoreError,
     TaskCancelled,
     TaskError,
     Terminated,
@@ -44,16 +43,22 @@ from ._exceptions import (
     UnstorableResultError,
 )
 from ._executors import Executor, default_executors
-from ._executors.base import Route, route
+from ._executors.base import Route, route, traceback_of
 from ._graph import Graph
+from ._ledger import Ledger, NullSink, Sink
 from ._observe import OnEvent, Progress, Watch
 from ._scheduler import Lane, Scheduler
+
+# Re-exported for the tests that read them here (the coordinator points them at _sink).
+from ._sink import _ROW_OVERHEAD as _ROW_OVERHEAD
+from ._sink import MAX_ERROR_TEXT as MAX_ERROR_TEXT
+from ._sink import StoreSink
+from ._sink import load_inputs as _load_inputs
 from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
 
 if TYPE_CHECKING:
-    from ._resume import Loaded
-    from ._store import RunWriter, Store, TaskRow
+    from ._store import Store
 
 __all__ = ["run", "run_sync"]
 
@@ -87,18 +92,6 @@ class _Requeue(NamedTuple):
     name: str
 
 
-_VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
-# Events on the hot paths are built with tuple.__new__: a NamedTuple's own __new__ is
-# Python code, and a watched run builds about three events per task.
-_new = tuple.__new__
-_QUEUED, _STARTED, _DONE = EventKind.QUEUED, EventKind.STARTED, EventKind.DONE
-_EVENT_OF = {
-    State.DONE: EventKind.DONE,
-    State.FAILED: EventKind.FAILED,
-    State.CANCELLED: EventKind.CANCELLED,
-}
-
-
 #: The longest wait before a retry, in seconds, before jitter: the exponential growth
 #: stops there (or at ``retry_delay`` itself, if that is longer). Celery's default cap.
 MAX_BACKOFF = 600.0
@@ -123,7 +116,17 @@ def _kinds_of(table: Route, lane: str) -> tuple[Kind, ...]:
 
 
 class _Run:
-    """One run of one graph. Everything here happens on the loop's thread."""
+    """One run of one graph: the caller of the Scheduler. Everything on the loop's thread.
+
+    State it keeps
+        core       the Scheduler: what may start, what is running
+        ledger     records, attempts, the one path for events and store rows
+        executors  lane -> Executor (loop, threads, processes), routed by ``route``
+        children   the run's own asyncio tasks (no child outlives the run)
+        timers     retry backoffs by task name
+        failure    the task that ended a fail_fast run; ``fatal``: a task's
+                   KeyboardInterrupt/SystemExit, raised when the run is over
+    """
 
     def __init__(
         self,
@@ -138,6 +141,7 @@ class _Run:
         emit: Emit | None = None,
         weights: Mapping[str, float] | None = None,
         executors: Sequence[Executor] | None = None,
+        sink: Sink | None = None,
     ) -> None:
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
         # Fill the structural caches on the caller's graph, so its next run reuses them,
@@ -145,14 +149,11 @@ class _Run:
         # graph while this run goes on must not appear in its result without a record.
         graph._unit_paths()
         graph = graph._derive(graph._records)
-        self.graph = graph
         self.tasks = graph._tasks  # the dict itself: the read-only view costs a call
-        # The snapshot's own copy of the records, private to this run: it is the working
-        # set, and the result is derived from it at the end.
-        self.records: dict[str, TaskRecord] = graph._records
         self.fail_fast = fail_fast
         self.deadline = deadline
         self.cancel_grace = cancel_grace
+        self.ledger = ledger = Ledger(graph, emit, sink or NullSink())
         self.executors = executors or default_executors(max_io, cpu_workers)
         self.route, lanes = route(self.executors)
         self.core = Scheduler(
@@ -164,17 +165,13 @@ class _Run:
             weights=weights,
             lanes=[Lane(name, cap, _kinds_of(self.route, name)) for name, cap in lanes],
         )
-        self.core.prepare({n: r.status for n, r in self.records.items()})
-        for n in self.core.initially_skipped:
-            self.records[n] = TaskRecord(status=State.SKIPPED)
+        self.core.prepare({n: r.status for n, r in ledger.records.items()})
+        ledger.skip(self.core.initially_skipped)
         # Check that every task can go where it runs before anything starts (a CPU
         # task's function pickles, and names no module a worker could not import).
         pending = [self.tasks[n] for n in self.core.pending()]
         for ex in self.executors:
             ex.check([t for t in pending if self.route[t.kind][t.is_async] is ex])
-        self.tries: dict[str, int] = {}  # attempts in this run
-        self.started: dict[str, float] = {}  # start of the first attempt in this run
-        self.last_error: dict[str, tuple[BaseException, str | None]] = {}  # before a retry
         self.inbox: deque[_Outcome | _Requeue] = deque()  # reports after stopping
         self.finished: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop  # set when the run starts
@@ -184,10 +181,15 @@ class _Run:
         self.stopping = False  # set once the run cancels its own children
         self.abandoned: set[str] = set()  # did not end within cancel_grace of a cancel
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
-        #: Where events go; None (no listener) costs one check per transition.
-        self.emit = emit
-        #: The store's side of the run, when it has one (attached before it starts).
-        self.session: _Session | None = None
+
+    # OpenRun (in _observe) reads these two; the coordinator points it at the ledger.
+    @property
+    def graph(self) -> Graph:
+        return self.ledger.graph
+
+    @property
+    def records(self) -> dict[str, TaskRecord]:
+        return self.ledger.records
 
     # -- the children ------------------------------------------------------------------
     #
@@ -254,19 +256,16 @@ class _Run:
                 return
             # The common case, fused (no _Outcome, no _post/_apply hop): it runs once per
             # task, and each Python call here is a measurable share of a no-op task.
-            if self.session is not None and not self.session.keep(name, child.result()):
-                self._post(self.session.unstorable(name))
-                return
             try:
-                self._ended(name, State.DONE, child.result(), None, None, time.time())
+                if not self.ledger.done(name, child.result(), time.time()):
+                    self._post(self._refused(name))
+                    return
                 self.core.done(name)
                 self._continue()
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting run
                 self._end(error)
         elif isinstance(exc, Exception):
-            tb = getattr(exc, "__asyncgraph_traceback__", None) or "".join(
-                traceback.format_exception(exc)
-            )
+            tb = traceback_of(exc)
             self._post(_Outcome(name, False, _printable(exc, tb), tb, time.time()))
         elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
             # asyncio re-raises these from the loop too; the run ends with them.
@@ -280,16 +279,10 @@ class _Run:
             tb = "".join(traceback.format_exception(exc))
             self._post(_Outcome(name, False, wrapped, tb, time.time()))
 
-    def _began(self, name: str, when: float) -> None:
-        """A CPU task's worker began its attempt (``when``, by the worker's clock).
-
-        The task's record (and stored row) is timed from its first attempt's start in
-        the worker, not from its dispatch, so a worker's start-up (a fresh interpreter:
-        100 ms and more) is not counted as the task's own time. The ``started`` event
-        stays at the dispatch: the attempt began then, for whoever watches the run.
-        """
-        if self.tries.get(name) == 1:
-            self.started[name] = min(max(when, self.started[name]), time.time())
+    def _refused(self, name: str) -> _Outcome:
+        """The outcome of a task whose result the store cannot keep: it fails."""
+        exc = self.ledger.refused(name)
+        return _Outcome(name, False, exc, traceback_of(exc), time.time())
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -297,73 +290,45 @@ class _Run:
         ready = self.core.get_ready()
         if not ready:
             return
-        now = time.time()
-        records = self.records
-        tries = self.tries
-        loop = self.loop
+        ledger = self.ledger
+        ledger.started(ready, time.time())
+        records = ledger.records
+        children = self.children
         route = self.route
-        began = self._began
+        began = ledger.began
+        done = self._child_done
         for task in ready:
-            name = task.name
-            # Running tasks keep their old record until they end: the frozen record is
-            # written once per task, and "running" is the core's to know.
-            if name in tries:
-                tries[name] += 1
-            else:
-                tries[name] = 1
-                self.started[name] = now
-            if self.emit is not None:
-                self.emit(_new(Event, (_STARTED, name, tries[name], now, None)))
             child: asyncio.Future[Any]
             if task.deps:
                 try:
                     args, kwargs = task.bind(records)
                 except MissingResultError as exc:  # a dependency marked done without one
-                    child = loop.create_future()
+                    child = self.loop.create_future()
                     child.set_exception(exc)
-                    self.children[child] = name
-                    child.add_done_callback(self._child_done)
+                    children[child] = task.name
+                    child.add_done_callback(done)
                     continue
             else:
                 args, kwargs = [], {}
             child = route[task.kind][task.is_async].start(task, args, kwargs, began)
-            self.children[child] = name
-            child.add_done_callback(self._child_done)
-
-    def _ended(
-        self, name: str, status: State, result: Any, error: Any, tb: str | None, end: float
-    ) -> None:
-        """Write the final record of a task that ran (or tried to) in this run."""
-        rec = self.records[name]
-        new = self.records[name] = TaskRecord(
-            status, result, error, tb, rec.attempts + self.tries[name], self.started[name], end
-        )
-        if self.session is not None:
-            self.session.ended(name, new)  # sends the event (a done one once durable)
-        elif self.emit is not None:
-            self.emit(_new(Event, (_EVENT_OF[status], name, self.tries[name], end, error)))
-
-    def _skipped(self, name: str, when: float) -> None:
-        self.records[name] = rec = TaskRecord(State.SKIPPED)
-        if self.session is not None:
-            self.session.ended(name, rec)
-        if self.emit is not None:
-            self.emit(Event(EventKind.SKIPPED, name, 0, when))
+            children[child] = task.name
+            child.add_done_callback(done)
 
     def _apply(self, msg: _Outcome | _Requeue) -> None:
         if isinstance(msg, _Requeue):
             self.core.requeue(msg.name)
             return
         name = msg.name
+        ledger = self.ledger
         if msg.ok:
-            if self.session is None or self.session.keep(name, msg.value):
-                self._ended(name, State.DONE, msg.value, None, None, msg.finished)
+            if ledger.done(name, msg.value, msg.finished):
                 self.core.done(name)
                 return
-            msg = self.session.unstorable(name)
+            msg = self._refused(name)
         task = self.tasks[name]
+        tries = ledger.tries[name]
         if (
-            self.tries[name] <= task.retries
+            tries <= task.retries
             and self.failure is None
             and not self.stopping
             # these would fail again
@@ -371,18 +336,13 @@ class _Run:
                 msg.value, (UnstorableResultError, MissingResultError, UnpicklingError)
             )
         ):
-            self.last_error[name] = (msg.value, msg.traceback)
             self.core.retry(name)
-            if self.emit is not None:
-                self.emit(
-                    Event(EventKind.RETRYING, name, self.tries[name], msg.finished, msg.value)
-                )
-            delay = _backoff(task, self.tries[name])
+            ledger.retrying(name, msg.value, msg.traceback, msg.finished)
+            delay = _backoff(task, tries)
             self.timers[name] = self.loop.call_later(delay, self._requeue, name)
             return
-        self._ended(name, State.FAILED, None, msg.value, msg.traceback, msg.finished)
-        for s in self.core.failed(name):
-            self._skipped(s, msg.finished)
+        ledger.ended(name, State.FAILED, msg.value, msg.traceback, msg.finished)
+        ledger.skipped(self.core.failed(name), msg.finished)
         if isinstance(msg.value, (KeyboardInterrupt, SystemExit)):
             raise msg.value
         if self.fail_fast and self.failure is None:
@@ -393,32 +353,12 @@ class _Run:
         del self.timers[name]
         self._post(_Requeue(name))
 
-    def _announce(self) -> None:
-        """The first events: what this run is going to run, and what it skips."""
-        assert self.emit is not None
-        now = time.time()
-        for n in self.core.pending():
-            self.emit(_new(Event, (_QUEUED, n, 0, now, None)))
-        for n in self.core.initially_skipped:
-            self.emit(Event(EventKind.SKIPPED, n, 0, now))
-
-    def _skip_initially(self) -> None:
-        # A run on a store records the tasks it skips from the start (an ancestor failed
-        # and the graph was not reset), so the store says why they did not run.
-        assert self.session is not None
-        for n in self.core.initially_skipped:
-            self.session.ended(n, self.records[n])
-
     async def _loop(self) -> None:
         # Wait until the last report (or a fail_fast failure) resolves ``finished``; all
         # the work happens in _post, driven by the children's completions.
-        self.loop = asyncio.get_running_loop()
-        self.finished = self.loop.create_future()
-        if self.emit is not None:
-            self._announce()
         self._dispatch()
         if self.core.is_active():
-            await self.finished
+            await self.finished  # type: ignore[misc]  # set in run()
 
     async def _stop_children(self) -> None:
         """Cancel every child still running and wait until each has ended."""
@@ -462,34 +402,7 @@ class _Run:
                 except (KeyboardInterrupt, SystemExit) as exc:
                     self.fatal = exc
         running, rest = self.core.cancel()
-        now = time.time()
-        for n in running:
-            if n in self.abandoned:
-                why = TaskCancelled(
-                    f"task {n!r} was cancelled: {reason}; it did not end within "
-                    f"cancel_grace={self.cancel_grace}s and was abandoned"
-                )
-            else:
-                why = TaskCancelled(f"task {n!r} was cancelled: {reason}")
-            self._ended(n, State.CANCELLED, None, why, None, now)
-        for n in rest:
-            if n in self.tries:  # waiting out a retry's backoff
-                error, _ = self.last_error[n]
-                why = TaskCancelled(
-                    f"task {n!r} was cancelled while waiting to retry after "
-                    f"{type(error).__name__}: {error}; {reason}"
-                )
-                self._ended(n, State.CANCELLED, None, why, None, now)
-                continue
-            rec = self.records[n]
-            why = TaskCancelled(f"task {n!r} did not start: {reason}")
-            self.records[n] = new = TaskRecord(
-                State.CANCELLED, None, why, None, rec.attempts, rec.started, rec.finished
-            )
-            if self.session is not None:
-                self.session.ended(n, new)
-            elif self.emit is not None:
-                self.emit(Event(EventKind.CANCELLED, n, 0, now, why))
+        self.ledger.cancel(running, rest, reason, self.abandoned, self.cancel_grace)
 
     async def _cleanup(self, reason: str) -> None:
         await self._stop_children()
@@ -497,30 +410,25 @@ class _Run:
             self._close(reason)
         for ex in self.executors:
             await ex.aclose()
-        if self.session is not None:
-            await self.session.finish(self.records)
+        await self.ledger.sink.close()
 
     async def run(self) -> Graph:
-        if not self.core.is_active() and self.session is None:
-            if self.emit is not None:
-                self._announce()  # the tasks this run skips, if any
-            return self.graph._derive(self.records)
         reason = "the run was cancelled"
+        ledger = self.ledger
+        core = self.core
         try:
-            if self.session is not None:
-                await self.session.start(self)
-                if not self.core.is_active():
-                    if self.emit is not None:
-                        self._announce()
-                    self._skip_initially()
-                    return self._result()
-                self._skip_initially()
-            if self.deadline is None:
-                await self._loop()
-            else:
-                with anyio.move_on_after(self.deadline):
+            self.loop = asyncio.get_running_loop()
+            self.finished = self.loop.create_future()
+            await ledger.sink.open(ledger, core.pending(), self._end)
+            ledger.write_skipped(core.initially_skipped)
+            ledger.announce(core.pending(), core.initially_skipped)
+            if core.is_active():
+                if self.deadline is None:
                     await self._loop()
-                reason = f"the run's deadline of {self.deadline}s passed"
+                else:
+                    with anyio.move_on_after(self.deadline):
+                        await self._loop()
+                    reason = f"the run's deadline of {self.deadline}s passed"
             if self.failure is not None:
                 reason = f"task {self.failure!r} failed and fail_fast=True"
         except asyncio.CancelledError as exc:
@@ -536,7 +444,7 @@ class _Run:
             await _to_the_end(self._cleanup(reason))
         if self.fatal is not None:
             raise self.fatal
-        result = self._result()
+        result = ledger.snapshot()
         if self.failure is not None:
             group = result._failures(
                 (State.FAILED,),
@@ -545,52 +453,6 @@ class _Run:
             assert group is not None
             raise group
         return result
-
-    def _result(self) -> Graph:
-        result = self.graph._derive(self.records)
-        if self.session is not None:
-            result._origin = self.session.origin
-        return result
-
-
-#: What a row of a done task holds beside its result, at most (its name, times, digests
-#: and SQLite's record header), with a wide margin: the room a result leaves for them.
-_ROW_OVERHEAD = 16 * 1024
-
-
-async def _load_inputs(
-    records: dict[str, TaskRecord], tasks: Mapping[str, Task], pending: Any
-) -> None:
-    """Replace the StoredResults the pending tasks take as inputs with their values.
-
-    Each is read from its own store (the one the graph was loaded from), in a thread,
-    several at once where the store can, before any task starts.
-    """
-    by_store: dict[int, tuple[Any, dict[str, int]]] = {}
-    for n in pending:
-        for d in tasks[n].deps:
-            placeholder = records[d].result
-            if type(placeholder) is StoredResult:
-                store = placeholder.store
-                by_store.setdefault(id(store), (store, {}))[1][d] = placeholder.result_id
-    if not by_store:
-        return
-
-    def load_all() -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for store, wanted in by_store.values():
-            load_many = getattr(store, "load_results", None)
-            if load_many is not None:
-                values.update(load_many(wanted))
-            else:
-                values.update({d: store.load_result(i, d) for d, i in wanted.items()})
-        return values
-
-    for d, value in (await anyio.to_thread.run_sync(load_all)).items():
-        r = records[d]
-        records[d] = TaskRecord(
-            r.status, value, r.error, r.traceback, r.attempts, r.started, r.finished
-        )
 
 
 def _printable(exc: BaseException, tb: str) -> BaseException:
@@ -611,266 +473,6 @@ def _printable(exc: BaseException, tb: str) -> BaseException:
         wrapped.__cause__ = exc
         return wrapped
     return exc
-
-
-#: The most of a failed task's error message, and of its traceback, that a row keeps.
-#: Past it the text is cut (saying how much): an error is not a result, and a message
-#: the store cannot hold must not stop the run. Far below SQLite's limit for a row.
-MAX_ERROR_TEXT = 100_000
-
-
-def _type_name(error: BaseException) -> str:
-    name = getattr(error, "type_name", None)
-    return name if isinstance(name, str) else type(error).__name__
-
-
-def _message(error: BaseException) -> str:
-    message = getattr(error, "message", None)
-    return message if isinstance(message, str) else str(error)
-
-
-def _text(text: str) -> str:
-    """Error text as a row can hold it: at most MAX_ERROR_TEXT characters, and UTF-8
-    (a lone surrogate, as ``os.fsdecode`` makes of a file name that is not UTF-8, is
-    written as its escape: SQLite takes UTF-8 only)."""
-    if len(text) > MAX_ERROR_TEXT:
-        cut = len(text) - MAX_ERROR_TEXT
-        text = f"{text[:MAX_ERROR_TEXT]}... [{cut:,} more characters not stored]"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-class _Session:
-    """The store's side of one run.
-
-    Rows go to a writer thread (``RunWriter``) as tasks end; a ``done`` event is sent
-    only when the commit holding its result is reported back, so whoever listens never
-    hears of a result that a crash could still lose. Results are serialized on the loop
-    as each task ends, so a result that cannot be stored (or is too big for the store)
-    fails its own task before anything downstream uses it.
-
-    Every task this run will run that the store says is done (a reset task and its
-    descendants, one whose code or upstream changed) gets a ``pending`` row in the
-    writer's first transaction, ahead of every row of a task that ran: its stale "done"
-    is gone before any new result of the run is committed, so a crash at any later
-    point cannot leave a descendant looking reusable next to its rerun upstream. Any
-    other task that a crash interrupts is already due to run again next time (new,
-    failed, skipped, cancelled), so it costs no write until it ends.
-
-    The run's counts are those of its committed rows: the writer counts them as it
-    commits (in the same transaction, for a store that takes ``counts``).
-    """
-
-    def __init__(self, store: Store, loaded: Loaded, emit: Emit | None) -> None:
-        from . import _store  # sqlite3 and friends: only for runs with a store
-
-        self._serialize = _store.serialize
-        self._task_row = _store.TaskRow
-        self._new_result_id = _store.new_result_id
-        self._run_writer = _store.RunWriter
-        self.store = store
-        self.digests = loaded.digests
-        self.stored = loaded.stored
-        self.origin = loaded.graph._origin
-        self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
-        self.emit = emit
-        self.blobs: dict[str, tuple[str, bytes]] = {}
-        self.unstorable_errors: dict[str, UnstorableResultError] = {}
-        self.writer: RunWriter | None = None
-        self.run_id = 0
-        self.error: BaseException | None = None
-        self.counts: dict[State, int] = {}  # tasks ended, by state (committed or not)
-        self.room: int | None = None  # the largest result the store takes, in bytes
-        self.limit: int | None = None  # the store's own limit for a row
-        sqlite = isinstance(store, _store.SQLiteStore)
-        self.limit_name = " (SQLite's SQLITE_LIMIT_LENGTH)" if sqlite else ""
-        self.reported: set[str] = set()  # done events sent (their commit came back)
-        self.the_run: _Run
-
-    async def start(self, the_run: _Run) -> None:
-        """Load the stored results the pending tasks need, then record the run's start."""
-        self.the_run = the_run
-        records = the_run.records
-        tasks = the_run.tasks
-        pending = the_run.core.pending()
-        stored = self.stored
-        invalidate = [
-            n for n in pending if (s := stored.get(n)) is not None and s.status is State.DONE
-        ]
-        limit = getattr(self.store, "result_size_limit", None)
-        if limit is not None:
-            self.limit = await anyio.to_thread.run_sync(limit)
-            if self.limit is not None:
-                # The row holds more than the result: its name, times, digests and
-                # SQLite's record header; what the room leaves is far more than those.
-                self.room = self.limit - _ROW_OVERHEAD
-        # Done in the graph but not from the store (mark_done, create_graph(done=...), a
-        # run without a store): recorded as done now, so the next run reuses them too.
-        # Not the ones a run on this store recorded already (same outcome, same time).
-        given = {}
-        for n, r in records.items():
-            if r.status is not State.DONE or type(r.result) is StoredResult:
-                continue
-            s = stored.get(n)
-            if (
-                s is not None
-                and s.status is State.DONE
-                and s.fingerprint == self.digests[n][1]
-                and r.finished is not None
-                and s.finished == r.finished
-            ):
-                continue
-            given[n] = blob = self._serialize(n, r.result, "was marked done with")
-            self._check_size(n, blob, "was marked done with")
-        await _load_inputs(records, tasks, pending)
-
-        def begin() -> None:
-            self.run_id = self.store.begin_run()  # kept even if we are cancelled meanwhile
-
-        await _in_thread_to_the_end(begin)
-        # The resets first, then the tasks marked done: one transaction, before any row
-        # of a task that runs (see the class's docstring).
-        first = [
-            self._row(n, TaskRecord(State.PENDING, attempts=records[n].attempts), None)
-            for n in invalidate
-        ]
-        first += [self._row(n, records[n], blob) for n, blob in given.items()]
-        self.writer = self._run_writer(
-            self.store,
-            self.run_id,
-            asyncio.get_running_loop(),
-            self._committed,
-            self._write_failed,
-            first=first,
-            first_counts={"tasks": len(records), "reused": self.reused},
-        )
-
-    def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
-        error = rec.error
-        own, fp = self.digests[name]
-        if blob is None:
-            result_id = fmt = data = None
-        else:
-            result_id = self._new_result_id()
-            fmt, data = blob
-        # tuple.__new__: a NamedTuple's own __new__ is Python code, and this runs per task.
-        row: TaskRow = tuple.__new__(
-            self._task_row,
-            (
-                name,
-                self.run_id,
-                _VALUE_OF[rec.status],
-                rec.attempts,
-                rec.started,
-                rec.finished,
-                None if error is None else _text(_type_name(error)),
-                None if error is None else _text(_message(error)),
-                None if rec.traceback is None else _text(rec.traceback),
-                fp,
-                own,
-                result_id,
-                fmt,
-                data,
-            ),
-        )
-        return row
-
-    def keep(self, name: str, value: Any) -> bool:
-        """Serialize a result; False (and the reason kept) if it cannot be stored."""
-        try:
-            self.blobs[name] = blob = self._serialize(name, value)
-            if self.room is not None and len(blob[1]) > self.room:
-                self._check_size(name, blob, "returned")
-        except UnstorableResultError as exc:
-            self.blobs.pop(name, None)
-            self.unstorable_errors[name] = exc
-            return False
-        return True
-
-    def _check_size(self, name: str, blob: tuple[str, bytes], what: str) -> None:
-        """Raise UnstorableResultError if a serialized result does not fit the store."""
-        size = len(blob[1])
-        if self.room is None or size <= self.room:
-            return
-        raise UnstorableResultError(
-            f"task {name!r} {what} a result of {size:,} bytes ({blob[0]}), too big for store "
-            f"{self.store}: a row there holds at most {self.limit:,} bytes{self.limit_name}, "
-            "and the result needs room beside it for the task's record; write large "
-            "data to a file and return its path, or run without a store"
-        )
-
-    def unstorable(self, name: str) -> _Outcome:
-        exc = self.unstorable_errors.pop(name)
-        tb = "".join(traceback.format_exception(exc))
-        return _Outcome(name, False, exc, tb, time.time())
-
-    def ended(self, name: str, rec: TaskRecord) -> None:
-        if self.writer is None:
-            return
-        status = rec.status
-        self.counts[status] = self.counts.get(status, 0) + 1
-        self.writer.put(self._row(name, rec, self.blobs.pop(name, None)))
-        if self.emit is not None and status is not State.DONE and status is not State.SKIPPED:
-            kind = _EVENT_OF[rec.status]
-            when = rec.finished or time.time()
-            self.emit(Event(kind, name, self.the_run.tries.get(name, 0), when, rec.error))
-
-    def _committed(self, rows: list[TaskRow]) -> None:
-        emit = self.emit
-        if emit is None:
-            return
-        tries = self.the_run.tries
-        reported = self.reported
-        for row in rows:
-            name = row[0]
-            if row[2] == "done" and name in tries:  # not the marked-done ones
-                reported.add(name)
-                emit(_new(Event, (_DONE, name, tries[name], row[5] or 0.0, None)))
-
-    def _write_failed(self, exc: BaseException) -> None:
-        self.error = StoreError(
-            f"writing to store {self.store} failed ({type(exc).__name__}: {exc}); the run "
-            "was stopped, and what was committed before is kept"
-        )
-        self.error.__cause__ = exc
-        self.the_run._end(self.error)
-
-    async def finish(self, records: Mapping[str, TaskRecord]) -> None:
-        """Commit what is queued and record how the run ended (called on every way out)."""
-        if self.writer is not None:
-            await anyio.to_thread.run_sync(self.writer.close)
-        if self.error is not None and self.emit is not None:
-            # A write failed: tasks that ended done but were never committed get their
-            # terminal event now, a failed one, since their result is not durable.
-            now = time.time()
-            for name, tries in self.the_run.tries.items():
-                rec = records.get(name)
-                if rec is not None and rec.status is State.DONE and name not in self.reported:
-                    self.emit(Event(EventKind.FAILED, name, tries, now, self.error))
-        if self.run_id:
-            c = self.counts
-            if self.error is not None:
-                status = "failed"  # a write failed: the store stopped the run
-            elif c.get(State.CANCELLED) or self.writer is None:
-                status = "cancelled"  # also: cancelled before its first task started
-            elif c.get(State.FAILED) or c.get(State.SKIPPED):
-                status = "failed"
-            else:
-                status = "done"
-            # What the store holds: the rows committed, not the tasks that ended (after
-            # a failed write, the last ones never reached the store).
-            committed = {} if self.writer is None else self.writer.committed
-            counts = {"tasks": len(records), "reused": self.reused, **committed}
-            try:
-                await anyio.to_thread.run_sync(self.store.end_run, self.run_id, status, counts)
-            except Exception:
-                if self.error is None:  # a failed write says more than this follow-up
-                    raise
-        if self.error is not None:
-            raise self.error
 
 
 async def _in_thread_to_the_end(fn: Callable[[], _T]) -> _T:
@@ -1052,8 +654,8 @@ async def _run_on_store(
         await _in_thread_to_the_end(take)
         loaded = await anyio.to_thread.run_sync(for_run, graph, the_store)
         weights = _weights(durations(loaded.stored), loaded.graph)
-        the_run = options.make(loaded.graph, weights=weights, emit=emit)
-        the_run.session = _Session(the_store, loaded, the_run.emit)
+        sink = StoreSink(the_store, loaded)
+        the_run = options.make(loaded.graph, weights=weights, emit=emit, sink=sink)
         if on_run is not None:
             on_run(the_run)
         return await the_run.run()
