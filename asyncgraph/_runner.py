@@ -26,7 +26,6 @@ import signal
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -56,6 +55,7 @@ from ._sink import StoreSink
 from ._sink import load_inputs as _load_inputs
 from ._state import State, StoredResult, TaskRecord
 from ._task import Kind, Task
+from ._taskset import TaskSet
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -172,14 +172,9 @@ class _Run:
         pending = [self.tasks[n] for n in self.core.pending()]
         for ex in self.executors:
             ex.check([t for t in pending if self.route[t.kind][t.is_async] is ex])
-        self.inbox: deque[_Outcome | _Requeue] = deque()  # reports after stopping
-        self.finished: asyncio.Future[None] | None = None
+        self.children = TaskSet(cancel_grace)
         self.loop: asyncio.AbstractEventLoop  # set when the run starts
-        self.children: dict[asyncio.Future[Any], str] = {}
-        self.timers: dict[str, asyncio.TimerHandle] = {}  # retry backoffs by task
         self.failure: str | None = None  # the task that ended a fail_fast run
-        self.stopping = False  # set once the run cancels its own children
-        self.abandoned: set[str] = set()  # did not end within cancel_grace of a cancel
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
 
     # OpenRun (in _observe) reads these two; the coordinator points it at the ledger.
@@ -193,12 +188,9 @@ class _Run:
 
     # -- the children ------------------------------------------------------------------
     #
-    # Each task runs in an asyncio task owned by this run (``self.children``); it reports
-    # back through ``_child_done``, a done-callback, which applies the outcome at once
-    # (``_post``). Why not an anyio task group? Its start_soon costs 35-50 us per
-    # task on our 2-core machines against 4-6 us for a bare asyncio task, and the
-    # run's own bookkeeping gives the same guarantee: no child outlives the run (see
-    # _stop_children, called on every way out).
+    # Each task runs in an asyncio task owned by this run (``self.children``, see
+    # _taskset for why not an anyio task group); it reports back through
+    # ``_child_done``, a done-callback, which applies the outcome at once (``_post``).
 
     def _post(self, message: _Outcome | _Requeue) -> None:
         """Apply a child's report at once and start what it made ready.
@@ -208,8 +200,8 @@ class _Run:
         loop to wake a coordinator (a chain of tasks costs what a hand-written runner
         costs). Once the run is stopping, reports only queue up for ``_close``.
         """
-        if self.stopping:
-            self.inbox.append(message)
+        if self.children.stopping:
+            self.children.inbox.append(message)
             return
         try:
             self._apply(message)
@@ -217,7 +209,7 @@ class _Run:
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting run
             # A bug here, or a task's KeyboardInterrupt: a callback must not swallow it
             # (the loop would only log it and the run would wait forever).
-            self._end(exc)
+            self.children.end(exc)
 
     def _continue(self) -> None:
         """After an outcome: start what became ready, or end the run if nothing is left
@@ -225,20 +217,12 @@ class _Run:
         if self.failure is None and self.core.is_active():
             self._dispatch()
         else:
-            self._end(None)
-
-    def _end(self, exc: BaseException | None) -> None:
-        finished = self.finished
-        if finished is not None and not finished.done():
-            if exc is None:
-                finished.set_result(None)
-            else:
-                finished.set_exception(exc)
+            self.children.end(None)
 
     def _child_done(self, child: asyncio.Future[Any]) -> None:
-        name = self.children.pop(child)
+        name = self.children.running.pop(child)
         if child.cancelled():
-            if self.stopping:
+            if self.children.stopping:
                 return  # the run cancelled it; _close() records it
             # The task cancelled itself:
             #     async def t(): raise asyncio.CancelledError
@@ -251,8 +235,9 @@ class _Run:
             return
         exc = child.exception()
         if exc is None:
-            if self.stopping:
-                self.inbox.append(_Outcome(name, True, child.result(), None, time.time()))
+            if self.children.stopping:
+                outcome = _Outcome(name, True, child.result(), None, time.time())
+                self.children.inbox.append(outcome)
                 return
             # The common case, fused (no _Outcome, no _post/_apply hop): it runs once per
             # task, and each Python call here is a measurable share of a no-op task.
@@ -263,7 +248,7 @@ class _Run:
                 self.core.done(name)
                 self._continue()
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting run
-                self._end(error)
+                self.children.end(error)
         elif isinstance(exc, Exception):
             tb = traceback_of(exc)
             self._post(_Outcome(name, False, _printable(exc, tb), tb, time.time()))
@@ -293,7 +278,7 @@ class _Run:
         ledger = self.ledger
         ledger.started(ready, time.time())
         records = ledger.records
-        children = self.children
+        children = self.children.running
         route = self.route
         began = ledger.began
         done = self._child_done
@@ -330,7 +315,7 @@ class _Run:
         if (
             tries <= task.retries
             and self.failure is None
-            and not self.stopping
+            and not self.children.stopping
             # these would fail again
             and not isinstance(
                 msg.value, (UnstorableResultError, MissingResultError, UnpicklingError)
@@ -339,7 +324,7 @@ class _Run:
             self.core.retry(name)
             ledger.retrying(name, msg.value, msg.traceback, msg.finished)
             delay = _backoff(task, tries)
-            self.timers[name] = self.loop.call_later(delay, self._requeue, name)
+            self.children.timers[name] = self.loop.call_later(delay, self._requeue, name)
             return
         ledger.ended(name, State.FAILED, msg.value, msg.traceback, msg.finished)
         ledger.skipped(self.core.failed(name), msg.finished)
@@ -350,7 +335,7 @@ class _Run:
 
     def _requeue(self, name: str) -> None:
         # A retry's backoff timer fired (call_later: one wake-up, no polling).
-        del self.timers[name]
+        del self.children.timers[name]
         self._post(_Requeue(name))
 
     async def _loop(self) -> None:
@@ -358,54 +343,25 @@ class _Run:
         # the work happens in _post, driven by the children's completions.
         self._dispatch()
         if self.core.is_active():
-            await self.finished  # type: ignore[misc]  # set in run()
-
-    async def _stop_children(self) -> None:
-        """Cancel every child still running and wait until each has ended."""
-        self.stopping = True
-        for handle in self.timers.values():
-            handle.cancel()
-        self.timers.clear()
-        children = list(self.children)
-        for child in children:
-            child.cancel()
-        if not children:
-            return
-        # Shielded: we may be here because the run itself is being cancelled, and the
-        # children (a worker to kill, a thread to abandon) must end first. Bounded: a
-        # coroutine can catch the cancellation and go on,
-        #     try: await forever() except BaseException: await forever()
-        # and the run must still end; such a child is abandoned (still a task of the
-        # loop, no longer the run's) and recorded cancelled by _close.
-        grace = None if math.isinf(self.cancel_grace) else self.cancel_grace
-        with anyio.CancelScope(shield=True):
-            _, stuck = await asyncio.wait(children, timeout=grace)
-        for child in stuck:
-            name = self.children[child]
-            self.abandoned.add(name)
-            logger.warning(
-                "task %r did not end within cancel_grace=%ss of being cancelled (does it "
-                "catch CancelledError?): the run abandoned it and recorded it cancelled",
-                name,
-                self.cancel_grace,
-            )
+            await self.children.wait()
 
     def _close(self, reason: str) -> None:
         """Record every task that has not ended as cancelled, with ``reason``."""
         # Children that ended while the run was being stopped count as they ended: a
         # result is kept, a failure recorded as one (its descendants skipped), no retry.
-        while self.inbox:
-            msg = self.inbox.popleft()
+        inbox = self.children.inbox
+        while inbox:
+            msg = inbox.popleft()
             if isinstance(msg, _Outcome) and msg.name in self.core.running:
                 try:
                     self._apply(msg)
                 except (KeyboardInterrupt, SystemExit) as exc:
                     self.fatal = exc
         running, rest = self.core.cancel()
-        self.ledger.cancel(running, rest, reason, self.abandoned, self.cancel_grace)
+        self.ledger.cancel(running, rest, reason, self.children.abandoned, self.cancel_grace)
 
     async def _cleanup(self, reason: str) -> None:
-        await self._stop_children()
+        await self.children.stop()
         if self.core.is_active():
             self._close(reason)
         for ex in self.executors:
@@ -418,8 +374,8 @@ class _Run:
         core = self.core
         try:
             self.loop = asyncio.get_running_loop()
-            self.finished = self.loop.create_future()
-            await ledger.sink.open(ledger, core.pending(), self._end)
+            self.children.open()
+            await ledger.sink.open(ledger, core.pending(), self.children.end)
             ledger.write_skipped(core.initially_skipped)
             ledger.announce(core.pending(), core.initially_skipped)
             if core.is_active():
