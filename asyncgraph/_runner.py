@@ -24,13 +24,13 @@ import os
 import random
 import signal
 import threading
-import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._events import Emit
 from ._exceptions import (
     MissingResultError,
@@ -97,7 +97,9 @@ class _Requeue(NamedTuple):
 MAX_BACKOFF = 600.0
 
 
-def _backoff(task: Task, attempt: int) -> float:
+def _backoff(
+    task: Task, attempt: int, uniform: Callable[[float, float], float] = random.uniform
+) -> float:
     """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, capped at
     ``max(MAX_BACKOFF, retry_delay)``, times 0.5-1.5.
 
@@ -108,7 +110,7 @@ def _backoff(task: Task, attempt: int) -> float:
     if delay == 0:
         return 0.0
     grown = delay * 2.0 ** min(attempt - 1, 64)  # 2**64 passes any cap; inf at worst
-    return min(grown, max(MAX_BACKOFF, delay)) * random.uniform(0.5, 1.5)
+    return min(grown, max(MAX_BACKOFF, delay)) * uniform(0.5, 1.5)
 
 
 def _kinds_of(table: Route, lane: str) -> tuple[Kind, ...]:
@@ -142,6 +144,8 @@ class _Run:
         weights: Mapping[str, float] | None = None,
         executors: Sequence[Executor] | None = None,
         sink: Sink | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
     ) -> None:
         order = graph.topological_order()  # raises CycleError / MissingDependencyError
         # Fill the structural caches on the caller's graph, so its next run reuses them,
@@ -153,8 +157,11 @@ class _Run:
         self.fail_fast = fail_fast
         self.deadline = deadline
         self.cancel_grace = cancel_grace
-        self.ledger = ledger = Ledger(graph, emit, sink or NullSink())
-        self.executors = executors or default_executors(max_io, cpu_workers)
+        self.clock = clock
+        self.now = clock.time
+        self.uniform = (rng or random.Random()).uniform  # the backoff's jitter
+        self.ledger = ledger = Ledger(graph, emit, sink or NullSink(), clock.time)
+        self.executors = executors or default_executors(max_io, cpu_workers, clock)
         self.route, lanes = route(self.executors)
         self.core = Scheduler(
             self.tasks,
@@ -231,18 +238,18 @@ class _Run:
                 f"task {name!r} was cancelled from inside (it raised CancelledError "
                 "without the run being cancelled)"
             )
-            self._post(_Outcome(name, False, reason, None, time.time()))
+            self._post(_Outcome(name, False, reason, None, self.now()))
             return
         exc = child.exception()
         if exc is None:
             if self.children.stopping:
-                outcome = _Outcome(name, True, child.result(), None, time.time())
+                outcome = _Outcome(name, True, child.result(), None, self.now())
                 self.children.inbox.append(outcome)
                 return
             # The common case, fused (no _Outcome, no _post/_apply hop): it runs once per
             # task, and each Python call here is a measurable share of a no-op task.
             try:
-                if not self.ledger.done(name, child.result(), time.time()):
+                if not self.ledger.done(name, child.result(), self.now()):
                     self._post(self._refused(name))
                     return
                 self.core.done(name)
@@ -251,10 +258,10 @@ class _Run:
                 self.children.end(error)
         elif isinstance(exc, Exception):
             tb = traceback_of(exc)
-            self._post(_Outcome(name, False, _printable(exc, tb), tb, time.time()))
+            self._post(_Outcome(name, False, _printable(exc, tb), tb, self.now()))
         elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
             # asyncio re-raises these from the loop too; the run ends with them.
-            self._post(_Outcome(name, False, exc, None, time.time()))
+            self._post(_Outcome(name, False, exc, None, self.now()))
         else:  # another BaseException (GeneratorExit, a library's own): a failure
             wrapped = TaskError(
                 f"task {name!r} raised {type(exc).__name__}, which is not an Exception: "
@@ -262,12 +269,12 @@ class _Run:
             )
             wrapped.__cause__ = exc
             tb = "".join(traceback.format_exception(exc))
-            self._post(_Outcome(name, False, wrapped, tb, time.time()))
+            self._post(_Outcome(name, False, wrapped, tb, self.now()))
 
     def _refused(self, name: str) -> _Outcome:
         """The outcome of a task whose result the store cannot keep: it fails."""
         exc = self.ledger.refused(name)
-        return _Outcome(name, False, exc, traceback_of(exc), time.time())
+        return _Outcome(name, False, exc, traceback_of(exc), self.now())
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -276,7 +283,7 @@ class _Run:
         if not ready:
             return
         ledger = self.ledger
-        ledger.started(ready, time.time())
+        ledger.started(ready, self.now())
         records = ledger.records
         children = self.children.running
         route = self.route
@@ -323,8 +330,8 @@ class _Run:
         ):
             self.core.retry(name)
             ledger.retrying(name, msg.value, msg.traceback, msg.finished)
-            delay = _backoff(task, tries)
-            self.children.timers[name] = self.loop.call_later(delay, self._requeue, name)
+            delay = _backoff(task, tries, self.uniform)
+            self.children.timers[name] = self.clock.call_later(delay, self._requeue, name)
             return
         ledger.ended(name, State.FAILED, msg.value, msg.traceback, msg.finished)
         ledger.skipped(self.core.failed(name), msg.finished)
@@ -382,7 +389,7 @@ class _Run:
                 if self.deadline is None:
                     await self._loop()
                 else:
-                    with anyio.move_on_after(self.deadline):
+                    with self.clock.move_on_after(self.deadline):
                         await self._loop()
                     reason = f"the run's deadline of {self.deadline}s passed"
             if self.failure is not None:

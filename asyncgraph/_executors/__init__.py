@@ -13,6 +13,7 @@ None of them is public yet.
 
 from __future__ import annotations
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .base import Executor, InlineExecutor
 from .local import LoopExecutor, ThreadExecutor
 from .process import ProcessExecutor
@@ -27,7 +28,13 @@ __all__ = [
 ]
 
 
-def default_executors(max_io: int | None, cpu_workers: int) -> list[Executor]:
+def default_executors(
+    max_io: int | None, cpu_workers: int, clock: Clock = SYSTEM_CLOCK
+) -> list[Executor]:
     """What a run uses unless told otherwise: the loop and threads (IO first), then
     worker processes."""
-    return [LoopExecutor(max_io), ThreadExecutor(max_io), ProcessExecutor(cpu_workers)]
+    return [
+        LoopExecutor(max_io, clock),
+        ThreadExecutor(max_io, clock),
+        ProcessExecutor(cpu_workers, clock),
+    ]

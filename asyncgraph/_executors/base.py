@@ -24,8 +24,7 @@ import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
-import anyio
-
+from .._clock import SYSTEM_CLOCK, Clock
 from .._task import Kind, Task
 
 __all__ = ["Began", "Executor", "InlineExecutor", "Route", "route", "traceback_of", "with_timeout"]
@@ -98,9 +97,11 @@ def traceback_of(exc: BaseException) -> str:
     return tb if isinstance(tb, str) and tb else "".join(traceback.format_exception(exc))
 
 
-async def with_timeout(task: Task, call: Coroutine[Any, Any, Any]) -> Any:
+async def with_timeout(
+    task: Task, call: Coroutine[Any, Any, Any], clock: Clock = SYSTEM_CLOCK
+) -> Any:
     """Await ``call``; past ``task.timeout`` seconds, cancel it and raise TimeoutError."""
-    with anyio.move_on_after(task.timeout) as scope:
+    with clock.move_on_after(task.timeout) as scope:
         return await call
     assert scope.cancelled_caught
     raise TimeoutError(f"task {task.name!r} did not finish within timeout={task.timeout}s")
@@ -118,8 +119,9 @@ class InlineExecutor:
     lane = "inline"
     capacity: int | None = 1
 
-    def __init__(self, capacity: int = 1) -> None:
+    def __init__(self, capacity: int = 1, clock: Clock = SYSTEM_CLOCK) -> None:
         self.capacity = capacity
+        self.clock = clock
 
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return True
@@ -133,7 +135,9 @@ class InlineExecutor:
         loop = asyncio.get_running_loop()
         if task.is_async:
             call = task.fn(*args, **kwargs)
-            return loop.create_task(call if task.timeout is None else with_timeout(task, call))
+            if task.timeout is not None:
+                call = with_timeout(task, call, self.clock)
+            return loop.create_task(call)
         future = loop.create_future()
         try:
             result = task.fn(*args, **kwargs)

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._task import Kind, Task
 from .base import Began, with_timeout
 from .threads import Threads
@@ -32,8 +33,9 @@ class LoopExecutor:
 
     lane = "io"
 
-    def __init__(self, max_io: int | None) -> None:
+    def __init__(self, max_io: int | None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.capacity: int | None = max_io
+        self.clock = clock
 
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.IO and is_async
@@ -50,7 +52,7 @@ class LoopExecutor:
             if task.timeout is None:
                 # The hot path: a coroutine is its own child, with no wrapper frame.
                 return loop.create_task(call, name=task.name)
-            return loop.create_task(with_timeout(task, call), name=task.name)
+            return loop.create_task(with_timeout(task, call, self.clock), name=task.name)
         except Exception as exc:  # noqa: BLE001 - raised before its first await
             # Reported through the run's done-callback on the next loop iteration, not
             # re-entrantly from inside the run's dispatch.
@@ -67,8 +69,9 @@ class ThreadExecutor:
 
     lane = "io"
 
-    def __init__(self, max_io: int | None) -> None:
+    def __init__(self, max_io: int | None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.capacity: int | None = max_io
+        self.clock = clock
         # max_io caps threads too; without it, anyio's default limiter (40 threads).
         self.limiter = anyio.CapacityLimiter(max_io) if max_io else None
         self.threads: Threads | None = None  # started with the first plain function
@@ -84,7 +87,7 @@ class ThreadExecutor:
     ) -> asyncio.Future[Any]:
         call = self._call(task, args, kwargs)
         if task.timeout is not None:
-            call = with_timeout(task, call)
+            call = with_timeout(task, call, self.clock)
         return _running_loop().create_task(call, name=task.name)
 
     async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -52,6 +52,7 @@ from typing import Any
 import anyio
 import cloudpickle
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import PicklingError, RemoteError, UnpicklingError, WorkerDiedError
 from .._task import Kind, Task
 from .base import Began, with_timeout
@@ -477,8 +478,9 @@ class ProcessExecutor:
 
     lane = "cpu"
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.capacity: int | None = workers
+        self.clock = clock
         self.workers = workers
         self.fn_bytes: dict[str, bytes] = {}
         self.pool: ProcessPool | None = None
@@ -517,7 +519,7 @@ class ProcessExecutor:
     ) -> asyncio.Future[Any]:
         call = self._call(task, args, kwargs, began)
         if task.timeout is not None:
-            call = with_timeout(task, call)
+            call = with_timeout(task, call, self.clock)
         return asyncio.get_running_loop().create_task(call, name=task.name)
 
     async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began) -> Any:
