@@ -11,13 +11,17 @@ The backoff jitter comes from a ``random.Random`` the run is given for the same 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock", "Timer"]
+if TYPE_CHECKING:
+    from ._task import Task
+
+__all__ = ["MAX_BACKOFF", "SYSTEM_CLOCK", "Clock", "SystemClock", "Timer", "backoff"]
 
 
 class Timer(Protocol):
@@ -56,3 +60,24 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+#: The longest wait before a retry, in seconds, before jitter: the exponential growth
+#: stops there (or at ``retry_delay`` itself, if that is longer). Celery's default cap.
+MAX_BACKOFF = 600.0
+
+
+def backoff(
+    task: Task, attempt: int, uniform: Callable[[float, float], float] = random.uniform
+) -> float:
+    """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, capped at
+    ``max(MAX_BACKOFF, retry_delay)``, times 0.5-1.5.
+
+    The exponent is bounded and the power is a float, so attempt 2000 costs what
+    attempt 2 costs (an int ``2**1024`` does not fit in a float: OverflowError).
+    """
+    delay = task.retry_delay
+    if delay == 0:
+        return 0.0
+    grown = delay * 2.0 ** min(attempt - 1, 64)  # 2**64 passes any cap; inf at worst
+    return min(grown, max(MAX_BACKOFF, delay)) * uniform(0.5, 1.5)

@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 
+from ._clock import MAX_BACKOFF as MAX_BACKOFF  # re-exported for tests
 from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import backoff as _backoff
 from ._events import Emit
 from ._exceptions import (
     MissingResultError,
-    RemoteError,
     TaskCancelled,
     TaskError,
     Terminated,
@@ -42,7 +43,7 @@ from ._exceptions import (
     UnstorableResultError,
 )
 from ._executors import Executor, default_executors
-from ._executors.base import Route, route, traceback_of
+from ._executors.base import Outcome, printable, route, traceback_of
 from ._graph import Graph
 from ._ledger import Ledger, NullSink, Sink
 from ._observe import OnEvent, Progress, Watch
@@ -54,7 +55,6 @@ from ._sink import MAX_ERROR_TEXT as MAX_ERROR_TEXT
 from ._sink import StoreSink
 from ._sink import load_inputs as _load_inputs
 from ._state import State, StoredResult, TaskRecord
-from ._task import Kind, Task
 from ._taskset import TaskSet
 
 if TYPE_CHECKING:
@@ -72,49 +72,10 @@ logger = logging.getLogger("asyncgraph")
 CANCEL_GRACE = 5.0
 
 
-class _Outcome(NamedTuple):
-    """A child's report: one attempt of one task ended.
-
-    A NamedTuple, not a frozen dataclass: one is built per task, and a frozen
-    dataclass costs five times as much to build.
-    """
-
-    name: str
-    ok: bool
-    value: Any  # the result, or the exception
-    traceback: str | None
-    finished: float
-
-
 class _Requeue(NamedTuple):
     """A retry's backoff delay has passed."""
 
     name: str
-
-
-#: The longest wait before a retry, in seconds, before jitter: the exponential growth
-#: stops there (or at ``retry_delay`` itself, if that is longer). Celery's default cap.
-MAX_BACKOFF = 600.0
-
-
-def _backoff(
-    task: Task, attempt: int, uniform: Callable[[float, float], float] = random.uniform
-) -> float:
-    """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, capped at
-    ``max(MAX_BACKOFF, retry_delay)``, times 0.5-1.5.
-
-    The exponent is bounded and the power is a float, so attempt 2000 costs what
-    attempt 2 costs (an int ``2**1024`` does not fit in a float: OverflowError).
-    """
-    delay = task.retry_delay
-    if delay == 0:
-        return 0.0
-    grown = delay * 2.0 ** min(attempt - 1, 64)  # 2**64 passes any cap; inf at worst
-    return min(grown, max(MAX_BACKOFF, delay)) * uniform(0.5, 1.5)
-
-
-def _kinds_of(table: Route, lane: str) -> tuple[Kind, ...]:
-    return tuple(k for k, pair in table.items() if pair[0].lane == lane)
 
 
 class _Run:
@@ -170,7 +131,7 @@ class _Run:
             children=graph._child_map(),
             unit_paths=graph._unit_paths(),
             weights=weights,
-            lanes=[Lane(name, cap, _kinds_of(self.route, name)) for name, cap in lanes],
+            lanes=[Lane(*lane) for lane in lanes],
         )
         self.core.prepare({n: r.status for n, r in ledger.records.items()})
         ledger.skip(self.core.initially_skipped)
@@ -199,7 +160,7 @@ class _Run:
     # _taskset for why not an anyio task group); it reports back through
     # ``_child_done``, a done-callback, which applies the outcome at once (``_post``).
 
-    def _post(self, message: _Outcome | _Requeue) -> None:
+    def _post(self, message: Outcome | _Requeue) -> None:
         """Apply a child's report at once and start what it made ready.
 
         Called from done-callbacks and timers, so on the loop's thread and never
@@ -238,15 +199,15 @@ class _Run:
                 f"task {name!r} was cancelled from inside (it raised CancelledError "
                 "without the run being cancelled)"
             )
-            self._post(_Outcome(name, False, reason, None, self.now()))
+            self._post(Outcome(name, False, reason, None, self.now()))
             return
         exc = child.exception()
         if exc is None:
             if self.children.stopping:
-                outcome = _Outcome(name, True, child.result(), None, self.now())
+                outcome = Outcome(name, True, child.result(), None, self.now())
                 self.children.inbox.append(outcome)
                 return
-            # The common case, fused (no _Outcome, no _post/_apply hop): it runs once per
+            # The common case, fused (no Outcome, no _post/_apply hop): it runs once per
             # task, and each Python call here is a measurable share of a no-op task.
             try:
                 if not self.ledger.done(name, child.result(), self.now()):
@@ -258,23 +219,23 @@ class _Run:
                 self.children.end(error)
         elif isinstance(exc, Exception):
             tb = traceback_of(exc)
-            self._post(_Outcome(name, False, _printable(exc, tb), tb, self.now()))
+            self._post(Outcome(name, False, printable(exc, tb), tb, self.now()))
         elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
             # asyncio re-raises these from the loop too; the run ends with them.
-            self._post(_Outcome(name, False, exc, None, self.now()))
+            self._post(Outcome(name, False, exc, None, self.now()))
         else:  # another BaseException (GeneratorExit, a library's own): a failure
             wrapped = TaskError(
                 f"task {name!r} raised {type(exc).__name__}, which is not an Exception: "
-                f"{_printable(exc, '')}"
+                f"{printable(exc, '')}"
             )
             wrapped.__cause__ = exc
             tb = "".join(traceback.format_exception(exc))
-            self._post(_Outcome(name, False, wrapped, tb, self.now()))
+            self._post(Outcome(name, False, wrapped, tb, self.now()))
 
-    def _refused(self, name: str) -> _Outcome:
+    def _refused(self, name: str) -> Outcome:
         """The outcome of a task whose result the store cannot keep: it fails."""
         exc = self.ledger.refused(name)
-        return _Outcome(name, False, exc, traceback_of(exc), self.now())
+        return Outcome(name, False, exc, traceback_of(exc), self.now())
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -306,7 +267,7 @@ class _Run:
             children[child] = task.name
             child.add_done_callback(done)
 
-    def _apply(self, msg: _Outcome | _Requeue) -> None:
+    def _apply(self, msg: Outcome | _Requeue) -> None:
         if isinstance(msg, _Requeue):
             self.core.requeue(msg.name)
             return
@@ -359,7 +320,7 @@ class _Run:
         inbox = self.children.inbox
         while inbox:
             msg = inbox.popleft()
-            if isinstance(msg, _Outcome) and msg.name in self.core.running:
+            if isinstance(msg, Outcome) and msg.name in self.core.running:
                 try:
                     self._apply(msg)
                 except (KeyboardInterrupt, SystemExit) as exc:
@@ -416,26 +377,6 @@ class _Run:
             assert group is not None
             raise group
         return result
-
-
-def _printable(exc: BaseException, tb: str) -> BaseException:
-    """``exc``, or, if its ``str()`` raises, a RemoteError that says so (as a CPU worker
-    reports it), with ``exc`` as its cause: every table, log line and store row formats
-    a task's error, and one that cannot be formatted must not stop the run::
-
-        class Odd(Exception):
-            def __str__(self): raise RuntimeError("no")
-    """
-    try:
-        str(exc)
-    except Exception as inner:  # noqa: BLE001 - whatever str() raises, it is reported
-        cls = type(exc)
-        wrapped = RemoteError(
-            f"{cls.__module__}.{cls.__qualname__}", f"<str() raised {type(inner).__name__}>", tb
-        )
-        wrapped.__cause__ = exc
-        return wrapped
-    return exc
 
 
 async def _in_thread_to_the_end(fn: Callable[[], _T]) -> _T:

@@ -17,9 +17,10 @@ from typing import Any
 import anyio
 
 import asyncgraph as ag
+from asyncgraph._clock import backoff as _backoff
 from asyncgraph._events import Event, EventKind
 from asyncgraph._executors import InlineExecutor
-from asyncgraph._runner import _backoff, _Run
+from asyncgraph._runner import _Run
 
 GUARD = 30  # seconds: a hang guard only, never an assertion
 

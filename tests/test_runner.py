@@ -292,7 +292,7 @@ async def test_retries_exhausted():
 
 
 def test_backoff_is_exponential_with_jitter():
-    from asyncgraph._runner import _backoff
+    from asyncgraph._clock import backoff as _backoff
 
     task = ag.Graph().add("t", lambda: 1, retry_delay=1.0)
     for attempt in (1, 2, 3, 4):

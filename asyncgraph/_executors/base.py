@@ -22,16 +22,62 @@ import asyncio
 import inspect
 import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .._clock import SYSTEM_CLOCK, Clock
+from .._exceptions import RemoteError
 from .._task import Kind, Task
 
-__all__ = ["Began", "Executor", "InlineExecutor", "Route", "route", "traceback_of", "with_timeout"]
+__all__ = [
+    "Began",
+    "Executor",
+    "InlineExecutor",
+    "Outcome",
+    "Route",
+    "printable",
+    "route",
+    "traceback_of",
+    "with_timeout",
+]
 
 #: ``began(name, when)``: the attempt of ``name`` began in its executor at ``when`` (by
 #: the executor's clock: a worker's, for a process).
 Began = Callable[[str, float], None]
+
+
+class Outcome(NamedTuple):
+    """One attempt of one task ended: the run's report of what its child's future held
+    (the value or the exception, with the traceback's text).
+
+    A NamedTuple, not a frozen dataclass: one is built per task, and a frozen
+    dataclass costs five times as much to build.
+    """
+
+    name: str
+    ok: bool
+    value: Any  # the result, or the exception
+    traceback: str | None
+    finished: float
+
+
+def printable(exc: BaseException, tb: str) -> BaseException:
+    """``exc``, or, if its ``str()`` raises, a RemoteError that says so (as a CPU worker
+    reports it), with ``exc`` as its cause: every table, log line and store row formats
+    a task's error, and one that cannot be formatted must not stop the run::
+
+        class Odd(Exception):
+            def __str__(self): raise RuntimeError("no")
+    """
+    try:
+        str(exc)
+    except Exception as inner:  # noqa: BLE001 - whatever str() raises, it is reported
+        cls = type(exc)
+        wrapped = RemoteError(
+            f"{cls.__module__}.{cls.__qualname__}", f"<str() raised {type(inner).__name__}>", tb
+        )
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
 
 
 class Executor(Protocol):
@@ -67,8 +113,11 @@ class Executor(Protocol):
 Route = Mapping[Kind, tuple[Executor, Executor]]
 
 
-def route(executors: Sequence[Executor]) -> tuple[Route, list[tuple[str, int | None]]]:
-    """Which executor runs what (the first that serves it), and the lanes in order.
+def route(
+    executors: Sequence[Executor],
+) -> tuple[Route, list[tuple[str, int | None, tuple[Kind, ...]]]]:
+    """Which executor runs what (the first that serves it), and the lanes in order:
+    ``(name, capacity, kinds)``, what the scheduler takes.
 
     Raises ValueError if a kind has no executor, or its plain and coroutine functions
     would go to executors of different lanes (the scheduler keys a task by its kind).
@@ -88,7 +137,8 @@ def route(executors: Sequence[Executor]) -> tuple[Route, list[tuple[str, int | N
             )
         table[kind] = (plain, coro)
     used = {e.lane for pair in table.values() for e in pair}
-    return table, [(lane, cap) for lane, cap in lanes.items() if lane in used]
+    kinds = {lane: tuple(k for k, pair in table.items() if pair[0].lane == lane) for lane in used}
+    return table, [(lane, cap, kinds[lane]) for lane, cap in lanes.items() if lane in used]
 
 
 def traceback_of(exc: BaseException) -> str:
