@@ -133,7 +133,7 @@ def route(
             raise ValueError(f"no executor runs {kind.value!r} tasks")
         if plain.lane != coro.lane:
             raise ValueError(
-                f"{kind.value!r} tasks would go to lanes {plain.lane!r} and {coro.lane!r}"
+                f"{kind.value!r} tasks would go to two lanes, {plain.lane!r} and {coro.lane!r}"
             )
         table[kind] = (plain, coro)
     used = {e.lane for pair in table.values() for e in pair}
