@@ -1,15 +1,18 @@
 """The async runner: ``run()`` and ``run_sync()``. It owns every task of a run.
 
 The runner is the "caller" of the synchronous :class:`~asyncgraph._scheduler.Scheduler`:
-it starts what ``get_ready()`` hands out, each task in an asyncio task owned by the run
-(see ``_Run`` for why not an anyio task group). Each child's done-callback applies its
+it starts what ``get_ready()`` hands out, each attempt through the executor of its lane
+(:mod:`asyncgraph._executors`), in an asyncio task of the run's own task set
+(:mod:`asyncgraph._taskset`, which says why not an anyio task group); every record,
+event and store row goes through its ledger (:mod:`asyncgraph._ledger`). Each child's
+done-callback applies its
 outcome and starts what became ready; the run itself awaits one future that the last
 outcome resolves. A completion is what moves the run; nothing ever sleeps and checks.
 Every change to the scheduler and to the records happens in those callbacks, on the
 loop's thread, one at a time, so there is no locking. No child outlives the run,
 however it ends.
 
-Per-run resources (the process pool, the thread limiter) are created by the run and
+Per-run resources (the executors' process pool and threads) are created by the run and
 closed by it, under a shield, whatever way the run ends.
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import math
 import os
 import random
@@ -64,8 +66,6 @@ __all__ = ["run", "run_sync"]
 
 _T = TypeVar("_T")
 
-logger = logging.getLogger("asyncgraph")
-
 #: ``cancel_grace=``'s default, in seconds: how long a stopping run waits for a cancelled
 #: task to end before abandoning it (a coroutine that catches CancelledError and goes
 #: on). Half of ``docker stop``'s 10 s, so the cleanup after it fits before the SIGKILL.
@@ -84,9 +84,11 @@ class _Run:
     State it keeps
         core       the Scheduler: what may start, what is running
         ledger     records, attempts, the one path for events and store rows
-        executors  lane -> Executor (loop, threads, processes), routed by ``route``
-        children   the run's own asyncio tasks (no child outlives the run)
-        timers     retry backoffs by task name
+        executors  the executors, in lane order (loop, threads, processes), and
+                   ``route``: which one runs each kind of task
+        children   the run's own task set: its asyncio tasks (no child outlives the
+                   run) and its retry timers, by task name
+        clock      wall time, timers and time limits; ``uniform``: the backoff jitter
         failure    the task that ended a fail_fast run; ``fatal``: a task's
                    KeyboardInterrupt/SystemExit, raised when the run is over
     """
