@@ -143,7 +143,6 @@ class _Run:
         for ex in self.executors:
             ex.check([t for t in pending if self.route[t.kind][t.is_async] is ex])
         self.children = TaskSet(cancel_grace)
-        self.loop: asyncio.AbstractEventLoop  # set when the run starts
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
 
@@ -258,7 +257,7 @@ class _Run:
                 try:
                     args, kwargs = task.bind(records)
                 except MissingResultError as exc:  # a dependency marked done without one
-                    child = self.loop.create_future()
+                    child = asyncio.get_running_loop().create_future()
                     child.set_exception(exc)
                     children[child] = task.name
                     child.add_done_callback(done)
@@ -343,7 +342,6 @@ class _Run:
         ledger = self.ledger
         core = self.core
         try:
-            self.loop = asyncio.get_running_loop()
             self.children.open()
             await ledger.sink.open(ledger, core.pending(), self.children.end)
             ledger.write_skipped(core.initially_skipped)
