@@ -5,15 +5,22 @@ it starts what ``get_ready()`` hands out, each attempt through the executor of i
 (:mod:`asyncgraph._executors`), in an asyncio task of the run's own task set
 (:mod:`asyncgraph._taskset`, which says why not an anyio task group); every record,
 event and store row goes through its ledger (:mod:`asyncgraph._ledger`). Each child's
-done-callback applies its
-outcome and starts what became ready; the run itself awaits one future that the last
-outcome resolves. A completion is what moves the run; nothing ever sleeps and checks.
+done-callback applies its outcome and starts what became ready; the run itself awaits
+one future that the last outcome resolves. A completion is what moves the run; nothing
+ever sleeps and checks.
 Every change to the scheduler and to the records happens in those callbacks, on the
 loop's thread, one at a time, so there is no locking. No child outlives the run,
 however it ends.
 
 Per-run resources (the executors' process pool and threads) are created by the run and
 closed by it, under a shield, whatever way the run ends.
+
+State it keeps
+    A ``_Run`` is a record of collaborators, each keeping its own state (see their
+    modules): ``core`` (the Scheduler), ``ledger`` (records, attempts, events, rows),
+    ``executors`` by lane, ``children`` (the task set and its retry timers) and
+    ``clock``; of its own, only ``failure`` (the task that ended a fail_fast run) and
+    ``fatal`` (a task's KeyboardInterrupt or SystemExit, raised once the run is over).
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import os
 import random
 import signal
 import threading
-import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -38,14 +44,12 @@ from ._clock import backoff as _backoff
 from ._events import Emit
 from ._exceptions import (
     MissingResultError,
-    TaskCancelled,
-    TaskError,
     Terminated,
     UnpicklingError,
     UnstorableResultError,
 )
 from ._executors import Executor, default_executors
-from ._executors.base import Outcome, printable, route, traceback_of
+from ._executors.base import Outcome, cancelled_from_inside, failed, route, traceback_of
 from ._graph import Graph
 from ._ledger import Ledger, NullSink, Sink
 from ._observe import OnEvent, Progress, Watch
@@ -196,11 +200,7 @@ class _Run:
             # The task cancelled itself:
             #     async def t(): raise asyncio.CancelledError
             # nobody else will report it, so it fails (a retry may still follow).
-            reason = TaskCancelled(
-                f"task {name!r} was cancelled from inside (it raised CancelledError "
-                "without the run being cancelled)"
-            )
-            self._post(Outcome(name, False, reason, None, self.now()))
+            self._post(cancelled_from_inside(name, self.now()))
             return
         exc = child.exception()
         if exc is None:
@@ -218,20 +218,8 @@ class _Run:
                 self._continue()
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting run
                 self.children.end(error)
-        elif isinstance(exc, Exception):
-            tb = traceback_of(exc)
-            self._post(Outcome(name, False, printable(exc, tb), tb, self.now()))
-        elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            # asyncio re-raises these from the loop too; the run ends with them.
-            self._post(Outcome(name, False, exc, None, self.now()))
-        else:  # another BaseException (GeneratorExit, a library's own): a failure
-            wrapped = TaskError(
-                f"task {name!r} raised {type(exc).__name__}, which is not an Exception: "
-                f"{printable(exc, '')}"
-            )
-            wrapped.__cause__ = exc
-            tb = "".join(traceback.format_exception(exc))
-            self._post(Outcome(name, False, wrapped, tb, self.now()))
+        else:
+            self._post(failed(name, exc, self.now()))
 
     def _refused(self, name: str) -> Outcome:
         """The outcome of a task whose result the store cannot keep: it fails."""

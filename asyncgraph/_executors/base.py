@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from .._clock import SYSTEM_CLOCK, Clock
-from .._exceptions import RemoteError
+from .._exceptions import RemoteError, TaskCancelled, TaskError
 from .._task import Kind, Task
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     "InlineExecutor",
     "Outcome",
     "Route",
+    "cancelled_from_inside",
+    "failed",
     "printable",
     "route",
     "traceback_of",
@@ -78,6 +80,31 @@ def printable(exc: BaseException, tb: str) -> BaseException:
         wrapped.__cause__ = exc
         return wrapped
     return exc
+
+
+def failed(name: str, exc: BaseException, now: float) -> Outcome:
+    """The outcome of an attempt whose future ended with ``exc``."""
+    if isinstance(exc, Exception):
+        tb = traceback_of(exc)
+        return Outcome(name, False, printable(exc, tb), tb, now)
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return Outcome(name, False, exc, None, now)  # the run ends with these
+    # Another BaseException (GeneratorExit, a library's own): a failure.
+    wrapped = TaskError(
+        f"task {name!r} raised {type(exc).__name__}, which is not an Exception: "
+        f"{printable(exc, '')}"
+    )
+    wrapped.__cause__ = exc
+    return Outcome(name, False, wrapped, "".join(traceback.format_exception(exc)), now)
+
+
+def cancelled_from_inside(name: str, now: float) -> Outcome:
+    """The outcome of an attempt that cancelled itself (the run did not cancel it)."""
+    reason = TaskCancelled(
+        f"task {name!r} was cancelled from inside (it raised CancelledError "
+        "without the run being cancelled)"
+    )
+    return Outcome(name, False, reason, None, now)
 
 
 class Executor(Protocol):
