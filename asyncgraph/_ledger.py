@@ -126,6 +126,14 @@ class Ledger:
 
     # -- before the tasks start ----------------------------------------------------------
 
+    async def open(self, pending: Sequence[str], on_error: Callable[[BaseException], None]) -> None:
+        """Open the sink (a store loads inputs and begins the run) before any task starts."""
+        await self.sink.open(self, pending, on_error)
+
+    async def close(self) -> None:
+        """Close the sink (commit, record the run's end); on every way out of the run."""
+        await self.sink.close()
+
     def skip(self, names: Iterable[str]) -> None:
         """Record tasks skipped from the start (an ancestor failed earlier)."""
         for n in names:

@@ -323,7 +323,7 @@ class _Run:
             self._close(reason)
         for ex in self.executors:
             await ex.aclose()
-        await self.ledger.sink.close()
+        await self.ledger.close()
 
     async def run(self) -> Graph:
         reason = "the run was cancelled"
@@ -331,7 +331,7 @@ class _Run:
         core = self.core
         try:
             self.children.open()
-            await ledger.sink.open(ledger, core.pending(), self.children.end)
+            await ledger.open(core.pending(), self.children.end)
             ledger.write_skipped(core.initially_skipped)
             ledger.announce(core.pending(), core.initially_skipped)
             if core.is_active():

@@ -119,9 +119,12 @@ def _text(text: str) -> str:
 class StoreSink:
     """The store's side of one run (a :class:`~asyncgraph._ledger.Sink`).
 
-    Rows go to a writer thread (``RunWriter``) as tasks end; a ``done`` event is sent
-    only when the commit holding its result is reported back, so whoever listens never
-    hears of a result that a crash could still lose. Results are serialized on the loop
+    Rows go to a writer thread (``RunWriter``) as tasks end; each commit is reported
+    back to the ledger (``ledger.durable``), which sends the ``done`` events of the
+    tasks it holds only then, so whoever listens never hears of a result that a crash
+    could still lose (``ended`` returns True for a done task: its event waits). No
+    back-reference to the run: a failed write ends it through ``on_error``. Results
+    are serialized on the loop
     as each task ends, so a result that cannot be stored (or is too big for the store)
     fails its own task before anything downstream uses it.
 
