@@ -193,9 +193,10 @@ class _Run:
             self.children.end(None)
 
     def _child_done(self, child: asyncio.Future[Any]) -> None:
-        name = self.children.running.pop(child)
+        children = self.children
+        name = children.running.pop(child)
         if child.cancelled():
-            if self.children.stopping:
+            if children.stopping:
                 return  # the run cancelled it; _close() records it
             # The task cancelled itself:
             #     async def t(): raise asyncio.CancelledError
@@ -204,9 +205,8 @@ class _Run:
             return
         exc = child.exception()
         if exc is None:
-            if self.children.stopping:
-                outcome = Outcome(name, True, child.result(), None, self.now())
-                self.children.inbox.append(outcome)
+            if children.stopping:
+                children.inbox.append(Outcome(name, True, child.result(), None, self.now()))
                 return
             # The common case, fused (no Outcome, no _post/_apply hop): it runs once per
             # task, and each Python call here is a measurable share of a no-op task.
@@ -217,7 +217,7 @@ class _Run:
                 self.core.done(name)
                 self._continue()
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting run
-                self.children.end(error)
+                children.end(error)
         else:
             self._post(failed(name, exc, self.now()))
 

@@ -240,14 +240,15 @@ class Scheduler:
     def get_ready(self) -> list[Task]:
         """Tasks to start now, lane by lane (IO first); their capacity is taken until
         they are reported back."""
-        if not self._prepared:
-            raise ValueError("prepare() must be called first")
         out: list[Task] = []
         lanes = self._lane_order
         for lane in lanes:
             if lane.heap:
                 break
         else:
+            # Checked here, off the hot path: before prepare() every lane is empty.
+            if not self._prepared:
+                raise ValueError("prepare() must be called first")
             return out
         # Parking a CPU task can wake an IO task parked on another limit, so scan the
         # lanes again until a pass changes nothing (at most a few passes).
