@@ -143,9 +143,11 @@ class _Run:
         ledger.skip(self.core.initially_skipped)
         # Check that every task can go where it runs before anything starts (a CPU
         # task's function pickles, and names no module a worker could not import).
-        pending = [self.tasks[n] for n in self.core.pending()]
+        pending = self.core.pending()
+        used = {id(ex) for pair in self.route.values() for ex in pair}
         for ex in self.executors:
-            ex.check([t for t in pending if self.route[t.kind][t.is_async] is ex])
+            if id(ex) in used:
+                ex.check(self.tasks, pending)
         self.children = TaskSet(cancel_grace)
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit

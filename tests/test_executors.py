@@ -118,14 +118,14 @@ def test_the_process_executor_reports_every_task_that_cannot_travel_at_once():
     g.add("bad2", lambda: lock.locked(), kind="cpu")
     ex = ProcessExecutor(1)
     with pytest.raises(ag.PicklingError) as info:
-        ex.check(list(g.tasks.values()))
+        ex.check(g.tasks, list(g.tasks))
     assert info.value.tasks == ("bad1", "bad2")
     assert ex.pool is None  # no worker for a run that does not start
 
 
 def test_the_process_executor_starts_no_pool_without_a_cpu_task():
     ex = ProcessExecutor(2)
-    ex.check([])
+    ex.check({}, [])
     assert ex.pool is None
 
 
@@ -133,7 +133,7 @@ async def test_the_process_executor_runs_in_a_worker_and_reports_its_start():
     g = ag.Graph()
     t = g.add("pid", os.getpid, kind="cpu")
     ex = ProcessExecutor(1)
-    ex.check([t])
+    ex.check(g.tasks, [t.name])
     began: list[tuple[str, float]] = []
     try:
         with anyio.fail_after(GUARD):

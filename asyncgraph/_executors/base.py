@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import traceback
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from .._clock import SYSTEM_CLOCK, Clock
@@ -119,9 +119,10 @@ class Executor(Protocol):
         """Whether it runs tasks of this kind (and coroutine functions, or plain ones)."""
         ...
 
-    def check(self, tasks: Sequence[Task]) -> None:
-        """Before anything starts: raise if any of ``tasks`` cannot run here (all of the
-        bad ones in one error)."""
+    def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
+        """Before anything starts: raise if any of the ``pending`` tasks it serves
+        cannot run here (all of the bad ones in one error). One pass, no list built:
+        a run of 100k tasks calls this for each executor."""
         ...
 
     def start(
@@ -203,7 +204,7 @@ class InlineExecutor:
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return True
 
-    def check(self, tasks: Sequence[Task]) -> None:
+    def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
         return None
 
     def start(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -40,7 +40,7 @@ class LoopExecutor:
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.IO and is_async
 
-    def check(self, tasks: Sequence[Task]) -> None:
+    def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
         return None
 
     def start(
@@ -79,7 +79,7 @@ class ThreadExecutor:
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.IO and not is_async
 
-    def check(self, tasks: Sequence[Task]) -> None:
+    def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
         return None
 
     def start(

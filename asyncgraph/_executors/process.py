@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -488,12 +488,15 @@ class ProcessExecutor:
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.CPU
 
-    def check(self, tasks: Sequence[Task]) -> None:
+    def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
         problems: dict[str, str] = {}
         verdicts: dict[bytes, str | None] = {}  # the same function in many tasks: once
         modules: dict[str, str | None] = {}
         first_error: Exception | None = None
-        for t in tasks:
+        for n in pending:
+            t = tasks[n]
+            if t.kind is not Kind.CPU:
+                continue
             try:
                 data = cloudpickle.dumps(t.fn)
             except Exception as exc:  # noqa: BLE001 - whatever stops pickling
