@@ -149,6 +149,10 @@ class _Run:
             if id(ex) in used:
                 ex.check(self.tasks, pending)
         self.children = TaskSet(cancel_grace)
+        # Bound once: the dispatch hands these to every child, and a bound method
+        # made per dispatch is an allocation per task on a chain.
+        self._began = ledger.began
+        self._on_done = self._child_done
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
 
@@ -239,8 +243,8 @@ class _Run:
         records = ledger.records
         children = self.children.running
         route = self.route
-        began = ledger.began
-        done = self._child_done
+        began = self._began
+        done = self._on_done
         for task in ready:
             child: asyncio.Future[Any]
             if task.deps:

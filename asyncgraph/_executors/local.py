@@ -36,6 +36,7 @@ class LoopExecutor:
     def __init__(self, max_io: int | None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.capacity: int | None = max_io
         self.clock = clock
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.IO and is_async
@@ -46,7 +47,9 @@ class LoopExecutor:
     def start(
         self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
     ) -> asyncio.Future[Any]:
-        loop = _running_loop()
+        loop = self.loop
+        if loop is None:  # the first attempt: an executor serves one run, on one loop
+            loop = self.loop = _running_loop()
         try:
             call = task.fn(*args, **kwargs)
             if task.timeout is None:
