@@ -14,7 +14,7 @@ State it keeps
     ``records[name]``     every task's record: the snapshot's own copy, the working set
                           of the run (the result is derived from it at the end);
     ``tries[name]``       attempts in this run, for each task that started;
-    ``started[name]``     the start of its first attempt in this run;
+    ``started_at[name]``  the start of its first attempt in this run;
     ``last_error[name]``  the error (and traceback) of the attempt before a retry;
     ``reported``          the tasks whose ``done`` event was sent after its commit.
 """
