@@ -192,7 +192,7 @@ class OpenRun:
             if event.kind is EventKind.DONE:
                 records = self._records
                 assert records is not None
-                yield event.task, records.result_of(event.task)
+                yield event.task, records.result(event.task)
 
 
 def open_run(

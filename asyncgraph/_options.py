@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from ._events import Event
 
 if TYPE_CHECKING:
-    from ._store import Store
+    import random
+
+    from ._clock import Clock
+    from ._store.protocol import Store
 
 __all__ = ["CANCEL_GRACE", "STOPPED_BY", "OnEvent", "Progress", "RunOptions"]
 
@@ -63,8 +66,10 @@ class RunOptions:
     store: str | os.PathLike[str] | Store | None = None
     progress: Progress = False
     on_event: OnEvent | None = None
-    # Room for the test seams that come with the clock: ``clock`` (wall time, timers)
-    # and ``rng`` (the backoff's jitter), each defaulting to the real one.
+    #: Test seams, not public options: the run's wall time, timers and time limits
+    #: (None: the system clock) and the backoff's jitter (None: a fresh Random).
+    clock: Clock | None = None
+    rng: random.Random | None = None
 
     if TYPE_CHECKING:  # what callers pass: None for the defaults __post_init__ resolves
 
@@ -80,6 +85,8 @@ class RunOptions:
             store: str | os.PathLike[str] | Store | None = None,
             progress: Progress = False,
             on_event: OnEvent | None = None,
+            clock: Clock | None = None,
+            rng: random.Random | None = None,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -138,7 +145,7 @@ def _check_cancel_grace(grace: Any) -> None:
 def _check_store(store: Any) -> None:
     if store is None or isinstance(store, (str, os.PathLike)):
         return
-    from ._store import Store  # sqlite3 and friends: only for runs given a store object
+    from ._store.protocol import Store  # only for runs given a store object
 
     if not isinstance(store, Store):
         raise TypeError(

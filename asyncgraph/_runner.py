@@ -1,82 +1,66 @@
 """The async runner: ``run()`` (``run_sync`` is in ``_sync``). It owns every task of a run.
 
 The runner is the "caller" of the synchronous :class:`~asyncgraph._scheduler.Scheduler`:
-it starts what ``get_ready()`` hands out, each task in an asyncio task owned by the run
-(see ``_Run`` for why not an anyio task group). Each child's done-callback applies its
-outcome and starts what became ready; the run itself awaits one future that the last
-outcome resolves. A completion is what moves the run; nothing ever sleeps and checks.
+it starts what ``get_ready()`` hands out, each attempt through the executor of its lane
+(:mod:`asyncgraph._executors`), in an asyncio task of the run's own task set
+(:mod:`asyncgraph._taskset`, which says why not an anyio task group); every record,
+event and store row goes through its ledger (:mod:`asyncgraph._ledger`). Each child's
+done-callback applies its outcome and starts what became ready; the run itself awaits
+one future that the last outcome resolves. A completion is what moves the run; nothing
+ever sleeps and checks.
 Every change to the scheduler and to the records happens in those callbacks, on the
 loop's thread, one at a time, so there is no locking. No child outlives the run,
 however it ends.
 
-Per-run resources (the process pool, the thread limiter) are created by the run and
+Per-run resources (the executors' process pool and threads) are created by the run and
 closed by it, under a shield, whatever way the run ends.
+
+State it keeps
+    A ``_Run`` is a record of collaborators, each keeping its own state (see their
+    modules): ``core`` (the Scheduler), ``ledger`` (records, attempts, events, rows),
+    ``executors`` by lane, ``children`` (the task set and its retry timers) and
+    ``clock``; of its own, only ``failure`` (the task that ended a fail_fast run) and
+    ``fatal`` (a task's KeyboardInterrupt or SystemExit, raised once the run is over).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
-import logging
-import math
 import os
 import random
-import time
-import traceback
-from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 import anyio
-import cloudpickle
 
-from ._events import Emit, Event, EventKind
+from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import backoff as _backoff
+from ._events import Emit
 from ._exceptions import (
     MissingResultError,
-    PicklingError,
-    RemoteError,
-    StoreError,
-    TaskCancelled,
-    TaskError,
     UnpicklingError,
     UnstorableResultError,
 )
+from ._executors import Executor, default_executors
+from ._executors.base import Outcome, cancelled_from_inside, failed, route, traceback_of
 from ._graph import Graph
+from ._ledger import Ledger, NullSink, Sink
 from ._observe import Watch
 from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._options import STOPPED_BY as _STOPPED_BY
-from ._process import ProcessPool, shipping_problem
-from ._scheduler import Scheduler
+from ._scheduler import Lane, Scheduler
 from ._shield import in_thread_to_the_end
-from ._shield import in_thread_to_the_end as _in_thread_to_the_end
 from ._shield import wait_to_the_end as _to_the_end
-from ._state import State, StoredResult, TaskRecord
-from ._task import Kind, Task
-from ._threads import Threads
+from ._state import ResultRef, State, TaskRecord
+from ._store.session import StoreSink
+from ._store.session import load_inputs as _load_inputs
+from ._taskset import TaskSet
 
 if TYPE_CHECKING:
-    from ._resume import Loaded
-    from ._store import RunWriter, Store, TaskRow
+    from ._store import Store
     from ._sync import run_sync as run_sync  # shim: removed after the house merge
 
 __all__ = ["OnRun", "RunRecords", "check_graph", "run", "start"]
-
-logger = logging.getLogger("asyncgraph")
-
-
-class _Outcome(NamedTuple):
-    """A child's report: one attempt of one task ended.
-
-    A NamedTuple, not a frozen dataclass: one is built per task, and a frozen
-    dataclass costs five times as much to build.
-    """
-
-    name: str
-    ok: bool
-    value: Any  # the result, or the exception
-    traceback: str | None
-    finished: float
 
 
 class _Requeue(NamedTuple):
@@ -85,39 +69,20 @@ class _Requeue(NamedTuple):
     name: str
 
 
-_VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
-# Events on the hot paths are built with tuple.__new__: a NamedTuple's own __new__ is
-# Python code, and a watched run builds about three events per task.
-_new = tuple.__new__
-_QUEUED, _STARTED, _DONE = EventKind.QUEUED, EventKind.STARTED, EventKind.DONE
-_EVENT_OF = {
-    State.DONE: EventKind.DONE,
-    State.FAILED: EventKind.FAILED,
-    State.CANCELLED: EventKind.CANCELLED,
-}
-
-
-#: The longest wait before a retry, in seconds, before jitter: the exponential growth
-#: stops there (or at ``retry_delay`` itself, if that is longer). Celery's default cap.
-MAX_BACKOFF = 600.0
-
-
-def _backoff(task: Task, attempt: int) -> float:
-    """Exponential backoff with jitter: ``retry_delay * 2**(attempt-1)``, capped at
-    ``max(MAX_BACKOFF, retry_delay)``, times 0.5-1.5.
-
-    The exponent is bounded and the power is a float, so attempt 2000 costs what
-    attempt 2 costs (an int ``2**1024`` does not fit in a float: OverflowError).
-    """
-    delay = task.retry_delay
-    if delay == 0:
-        return 0.0
-    grown = delay * 2.0 ** min(attempt - 1, 64)  # 2**64 passes any cap; inf at worst
-    return min(grown, max(MAX_BACKOFF, delay)) * random.uniform(0.5, 1.5)
-
-
 class _Run:
-    """One run of one graph. Everything here happens on the loop's thread."""
+    """One run of one graph: the caller of the Scheduler. Everything on the loop's thread.
+
+    State it keeps
+        core       the Scheduler: what may start, what is running
+        ledger     records, attempts, the one path for events and store rows
+        executors  the executors, in lane order (loop, threads, processes), and
+                   ``route``: which one runs each kind of task
+        children   the run's own task set: its asyncio tasks (no child outlives the
+                   run) and its retry timers, by task name
+        clock      wall time, timers and time limits; ``uniform``: the backoff jitter
+        failure    the task that ended a fail_fast run; ``fatal``: a task's
+                   KeyboardInterrupt/SystemExit, raised when the run is over
+    """
 
     def __init__(
         self,
@@ -126,7 +91,11 @@ class _Run:
         *,
         emit: Emit | None = None,
         weights: Mapping[str, float] | None = None,
+        executors: Sequence[Executor] | None = None,
+        sink: Sink | None = None,
     ) -> None:
+        clock: Clock = options.clock or SYSTEM_CLOCK
+        rng = options.rng
         max_io, cpu_workers, limits = options.max_io, options.cpu_workers, options.limits
         fail_fast, deadline = options.fail_fast, options.deadline
         cancel_grace = options.cancel_grace
@@ -136,82 +105,58 @@ class _Run:
         # graph while this run goes on must not appear in its result without a record.
         graph._unit_paths()
         graph = graph._derive(graph._records)
-        self.graph = graph
         self.tasks = graph._tasks  # the dict itself: the read-only view costs a call
-        # The snapshot's own copy of the records, private to this run: it is the working
-        # set, and the result is derived from it at the end.
-        self.records: dict[str, TaskRecord] = graph._records
         self.fail_fast = fail_fast
         self.deadline = deadline
         self.cancel_grace = cancel_grace
+        self.clock = clock
+        self.now = clock.time
+        self.uniform = (rng or random.Random()).uniform  # the backoff's jitter
+        self.ledger = ledger = Ledger(graph, emit, sink or NullSink(), clock.time)
+        self.executors = executors or default_executors(max_io, cpu_workers, clock)
+        self.route, lanes = route(self.executors)
         self.core = Scheduler(
             self.tasks,
             order,
-            {n: r.status for n, r in self.records.items()},
-            max_io=max_io,
-            cpu_slots=cpu_workers,
             limits=limits,
             children=graph._child_map(),
             unit_paths=graph._unit_paths(),
             weights=weights,
+            lanes=[Lane(*lane) for lane in lanes],
         )
-        for n in self.core.initially_skipped:
-            self.records[n] = TaskRecord(status=State.SKIPPED)
-        # Check that every CPU task can travel to a worker before anything starts: its
-        # function pickles, and names no module a worker could not import. All of them
-        # are reported at once.
-        self.fn_bytes: dict[str, bytes] = {}
-        problems: dict[str, str] = {}
-        verdicts: dict[bytes, str | None] = {}  # the same function in many tasks: once
-        modules: dict[str, str | None] = {}
-        first_error: Exception | None = None
-        for n in self.core.pending():
-            t = self.tasks[n]
-            if t.kind is Kind.CPU:
-                try:
-                    data = cloudpickle.dumps(t.fn)
-                except Exception as exc:  # noqa: BLE001 - whatever stops pickling
-                    first_error = first_error or exc
-                    problems[n] = PicklingError(n, f"{type(exc).__name__}: {exc}").problems[n]
-                    continue
-                if data not in verdicts:
-                    verdicts[data] = shipping_problem(data, modules)
-                if verdicts[data] is not None:
-                    problems[n] = verdicts[data]  # type: ignore[assignment]
-                    continue
-                self.fn_bytes[n] = data
-        if problems:
-            raise PicklingError.for_tasks(problems) from first_error
-        self.pool = ProcessPool(cpu_workers) if self.fn_bytes else None
-        self.thread_limiter = anyio.CapacityLimiter(max_io) if max_io else None
-        self.threads: Threads | None = None  # started with the first plain function
-        self.tries: dict[str, int] = {}  # attempts in this run
-        self.started: dict[str, float] = {}  # start of the first attempt in this run
-        self.last_error: dict[str, tuple[BaseException, str | None]] = {}  # before a retry
-        self.inbox: deque[_Outcome | _Requeue] = deque()  # reports after stopping
-        self.finished: asyncio.Future[None] | None = None
-        self.loop: asyncio.AbstractEventLoop  # set when the run starts
-        self.children: dict[asyncio.Future[Any], str] = {}
-        self.timers: dict[str, asyncio.TimerHandle] = {}  # retry backoffs by task
+        self.core.prepare({n: r.status for n, r in ledger.records.items()})
+        ledger.skip(self.core.initially_skipped)
+        # Check that every task can go where it runs before anything starts (a CPU
+        # task's function pickles, and names no module a worker could not import).
+        pending = self.core.pending()
+        used = {id(ex) for pair in self.route.values() for ex in pair}
+        for ex in self.executors:
+            if id(ex) in used:
+                ex.check(self.tasks, pending)
+        self.children = TaskSet(cancel_grace)
+        # Bound once: the dispatch hands these to every child, and a bound method
+        # made per dispatch is an allocation per task on a chain.
+        self._began = ledger.began
+        self._on_done = self._child_done
         self.failure: str | None = None  # the task that ended a fail_fast run
-        self.stopping = False  # set once the run cancels its own children
-        self.abandoned: set[str] = set()  # did not end within cancel_grace of a cancel
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
-        #: Where events go; None (no listener) costs one check per transition.
-        self.emit = emit
-        #: The store's side of the run, when it has one (attached before it starts).
-        self.session: _Session | None = None
+
+    # OpenRun (in _observe) reads these two; the coordinator points it at the ledger.
+    @property
+    def graph(self) -> Graph:
+        return self.ledger.graph
+
+    @property
+    def records(self) -> dict[str, TaskRecord]:
+        return self.ledger.records
 
     # -- the children ------------------------------------------------------------------
     #
-    # Each task runs in an asyncio task owned by this run (``self.children``); it reports
-    # back through ``_child_done``, a done-callback, which applies the outcome at once
-    # (``_post``). Why not an anyio task group? Its start_soon costs 35-50 us per
-    # task on our 2-core machines against 4-6 us for a bare asyncio task, and the
-    # run's own bookkeeping gives the same guarantee: no child outlives the run (see
-    # _stop_children, called on every way out).
+    # Each task runs in an asyncio task owned by this run (``self.children``, see
+    # _taskset for why not an anyio task group); it reports back through
+    # ``_child_done``, a done-callback, which applies the outcome at once (``_post``).
 
-    def _post(self, message: _Outcome | _Requeue) -> None:
+    def _post(self, message: Outcome | _Requeue) -> None:
         """Apply a child's report at once and start what it made ready.
 
         Called from done-callbacks and timers, so on the loop's thread and never
@@ -219,8 +164,8 @@ class _Run:
         loop to wake a coordinator (a chain of tasks costs what a hand-written runner
         costs). Once the run is stopping, reports only queue up for ``_close``.
         """
-        if self.stopping:
-            self.inbox.append(message)
+        if self.children.stopping:
+            self.children.inbox.append(message)
             return
         try:
             self._apply(message)
@@ -228,7 +173,7 @@ class _Run:
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting run
             # A bug here, or a task's KeyboardInterrupt: a callback must not swallow it
             # (the loop would only log it and the run would wait forever).
-            self._end(exc)
+            self.children.end(exc)
 
     def _continue(self) -> None:
         """After an outcome: start what became ready, or end the run if nothing is left
@@ -236,100 +181,41 @@ class _Run:
         if self.failure is None and self.core.is_active():
             self._dispatch()
         else:
-            self._end(None)
-
-    def _end(self, exc: BaseException | None) -> None:
-        finished = self.finished
-        if finished is not None and not finished.done():
-            if exc is None:
-                finished.set_result(None)
-            else:
-                finished.set_exception(exc)
+            self.children.end(None)
 
     def _child_done(self, child: asyncio.Future[Any]) -> None:
-        name = self.children.pop(child)
+        children = self.children
+        name = children.running.pop(child)
         if child.cancelled():
-            if self.stopping:
+            if children.stopping:
                 return  # the run cancelled it; _close() records it
             # The task cancelled itself:
             #     async def t(): raise asyncio.CancelledError
             # nobody else will report it, so it fails (a retry may still follow).
-            reason = TaskCancelled(
-                f"task {name!r} was cancelled from inside (it raised CancelledError "
-                "without the run being cancelled)"
-            )
-            self._post(_Outcome(name, False, reason, None, time.time()))
+            self._post(cancelled_from_inside(name, self.now()))
             return
         exc = child.exception()
         if exc is None:
-            if self.stopping:
-                self.inbox.append(_Outcome(name, True, child.result(), None, time.time()))
+            if children.stopping:
+                children.inbox.append(Outcome(name, True, child.result(), None, self.now()))
                 return
-            # The common case, fused (no _Outcome, no _post/_apply hop): it runs once per
+            # The common case, fused (no Outcome, no _post/_apply hop): it runs once per
             # task, and each Python call here is a measurable share of a no-op task.
-            if self.session is not None and not self.session.keep(name, child.result()):
-                self._post(self.session.unstorable(name))
-                return
             try:
-                self._ended(name, State.DONE, child.result(), None, None, time.time())
+                if not self.ledger.done(name, child.result(), self.now()):
+                    self._post(self._refused(name))
+                    return
                 self.core.done(name)
                 self._continue()
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting run
-                self._end(error)
-        elif isinstance(exc, Exception):
-            tb = getattr(exc, "__asyncgraph_traceback__", None) or "".join(
-                traceback.format_exception(exc)
-            )
-            self._post(_Outcome(name, False, _printable(exc, tb), tb, time.time()))
-        elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            # asyncio re-raises these from the loop too; the run ends with them.
-            self._post(_Outcome(name, False, exc, None, time.time()))
-        else:  # another BaseException (GeneratorExit, a library's own): a failure
-            wrapped = TaskError(
-                f"task {name!r} raised {type(exc).__name__}, which is not an Exception: "
-                f"{_printable(exc, '')}"
-            )
-            wrapped.__cause__ = exc
-            tb = "".join(traceback.format_exception(exc))
-            self._post(_Outcome(name, False, wrapped, tb, time.time()))
+                children.end(error)
+        else:
+            self._post(failed(name, exc, self.now()))
 
-    async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        if task.timeout is None:
-            return await self._call_once(task, args, kwargs)
-        with anyio.move_on_after(task.timeout) as scope:
-            return await self._call_once(task, args, kwargs)
-        assert scope.cancelled_caught
-        raise TimeoutError(f"task {task.name!r} did not finish within timeout={task.timeout}s")
-
-    async def _call_once(self, task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        if task.kind is Kind.CPU:
-            assert self.pool is not None
-            name = task.name
-            began = functools.partial(self._began, name)
-            return await self.pool.call(name, self.fn_bytes[name], (args, kwargs), began)
-        if task.is_async:
-            return await task.fn(*args, **kwargs)
-        # A plain function runs in a thread. A thread cannot be stopped: on cancellation
-        # or timeout the run stops waiting for it and it finishes on its own (a daemon
-        # thread, so it does not hold the process open; see _threads).
-        threads = self.threads
-        if threads is None:
-            threads = self.threads = Threads(self.thread_limiter)
-        result = await threads.run(functools.partial(task.fn, *args, **kwargs))
-        if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
-            result = await result
-        return result
-
-    def _began(self, name: str, when: float) -> None:
-        """A CPU task's worker began its attempt (``when``, by the worker's clock).
-
-        The task's record (and stored row) is timed from its first attempt's start in
-        the worker, not from its dispatch, so a worker's start-up (a fresh interpreter:
-        100 ms and more) is not counted as the task's own time. The ``started`` event
-        stays at the dispatch: the attempt began then, for whoever watches the run.
-        """
-        if self.tries.get(name) == 1:
-            self.started[name] = min(max(when, self.started[name]), time.time())
+    def _refused(self, name: str) -> Outcome:
+        """The outcome of a task whose result the store cannot keep: it fails."""
+        exc = self.ledger.refused(name)
+        return Outcome(name, False, exc, traceback_of(exc), self.now())
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -337,100 +223,59 @@ class _Run:
         ready = self.core.get_ready()
         if not ready:
             return
-        now = time.time()
-        records = self.records
-        tries = self.tries
-        loop = self.loop
+        ledger = self.ledger
+        ledger.started(ready, self.now())
+        records = ledger.records
+        children = self.children.running
+        route = self.route
+        began = self._began
+        done = self._on_done
         for task in ready:
-            name = task.name
-            # Running tasks keep their old record until they end: the frozen record is
-            # written once per task, and "running" is the core's to know.
-            if name in tries:
-                tries[name] += 1
-            else:
-                tries[name] = 1
-                self.started[name] = now
-            if self.emit is not None:
-                self.emit(_new(Event, (_STARTED, name, tries[name], now, None)))
             child: asyncio.Future[Any]
             if task.deps:
                 try:
                     args, kwargs = task.bind(records)
                 except MissingResultError as exc:  # a dependency marked done without one
-                    child = loop.create_future()
+                    child = asyncio.get_running_loop().create_future()
                     child.set_exception(exc)
-                    self.children[child] = name
-                    child.add_done_callback(self._child_done)
+                    children[child] = task.name
+                    child.add_done_callback(done)
                     continue
             else:
                 args, kwargs = [], {}
-            if task.is_async and task.kind is Kind.IO and task.timeout is None:
-                # The hot path: a coroutine is its own child, with no wrapper frame.
-                try:
-                    child = loop.create_task(task.fn(*args, **kwargs), name=name)
-                except Exception as exc:  # noqa: BLE001 - raised before its first await
-                    # Report it through the same callback, on the next loop iteration,
-                    # not re-entrantly from inside this dispatch.
-                    child = loop.create_future()
-                    child.set_exception(exc)
-            else:
-                child = loop.create_task(self._call(task, args, kwargs), name=name)
-            self.children[child] = name
-            child.add_done_callback(self._child_done)
+            child = route[task.kind][task.is_async].start(task, args, kwargs, began)
+            children[child] = task.name
+            child.add_done_callback(done)
 
-    def _ended(
-        self, name: str, status: State, result: Any, error: Any, tb: str | None, end: float
-    ) -> None:
-        """Write the final record of a task that ran (or tried to) in this run."""
-        rec = self.records[name]
-        new = self.records[name] = TaskRecord(
-            status, result, error, tb, rec.attempts + self.tries[name], self.started[name], end
-        )
-        if self.session is not None:
-            self.session.ended(name, new)  # sends the event (a done one once durable)
-        elif self.emit is not None:
-            self.emit(_new(Event, (_EVENT_OF[status], name, self.tries[name], end, error)))
-
-    def _skipped(self, name: str, when: float) -> None:
-        self.records[name] = rec = TaskRecord(State.SKIPPED)
-        if self.session is not None:
-            self.session.ended(name, rec)
-        if self.emit is not None:
-            self.emit(Event(EventKind.SKIPPED, name, 0, when))
-
-    def _apply(self, msg: _Outcome | _Requeue) -> None:
+    def _apply(self, msg: Outcome | _Requeue) -> None:
         if isinstance(msg, _Requeue):
             self.core.requeue(msg.name)
             return
         name = msg.name
+        ledger = self.ledger
         if msg.ok:
-            if self.session is None or self.session.keep(name, msg.value):
-                self._ended(name, State.DONE, msg.value, None, None, msg.finished)
+            if ledger.done(name, msg.value, msg.finished):
                 self.core.done(name)
                 return
-            msg = self.session.unstorable(name)
+            msg = self._refused(name)
         task = self.tasks[name]
+        tries = ledger.tries[name]
         if (
-            self.tries[name] <= task.retries
+            tries <= task.retries
             and self.failure is None
-            and not self.stopping
+            and not self.children.stopping
             # these would fail again
             and not isinstance(
                 msg.value, (UnstorableResultError, MissingResultError, UnpicklingError)
             )
         ):
-            self.last_error[name] = (msg.value, msg.traceback)
             self.core.retry(name)
-            if self.emit is not None:
-                self.emit(
-                    Event(EventKind.RETRYING, name, self.tries[name], msg.finished, msg.value)
-                )
-            delay = _backoff(task, self.tries[name])
-            self.timers[name] = self.loop.call_later(delay, self._requeue, name)
+            ledger.retrying(name, msg.value, msg.traceback, msg.finished)
+            delay = _backoff(task, tries, self.uniform)
+            self.children.timers[name] = self.clock.call_later(delay, self._requeue, name)
             return
-        self._ended(name, State.FAILED, None, msg.value, msg.traceback, msg.finished)
-        for s in self.core.failed(name):
-            self._skipped(s, msg.finished)
+        ledger.ended(name, State.FAILED, msg.value, msg.traceback, msg.finished)
+        ledger.skipped(self.core.failed(name), msg.finished)
         if isinstance(msg.value, (KeyboardInterrupt, SystemExit)):
             raise msg.value
         if self.fail_fast and self.failure is None:
@@ -438,139 +283,55 @@ class _Run:
 
     def _requeue(self, name: str) -> None:
         # A retry's backoff timer fired (call_later: one wake-up, no polling).
-        del self.timers[name]
+        del self.children.timers[name]
         self._post(_Requeue(name))
-
-    def _announce(self) -> None:
-        """The first events: what this run is going to run, and what it skips."""
-        assert self.emit is not None
-        now = time.time()
-        for n in self.core.pending():
-            self.emit(_new(Event, (_QUEUED, n, 0, now, None)))
-        for n in self.core.initially_skipped:
-            self.emit(Event(EventKind.SKIPPED, n, 0, now))
-
-    def _skip_initially(self) -> None:
-        # A run on a store records the tasks it skips from the start (an ancestor failed
-        # and the graph was not reset), so the store says why they did not run.
-        assert self.session is not None
-        for n in self.core.initially_skipped:
-            self.session.ended(n, self.records[n])
 
     async def _loop(self) -> None:
         # Wait until the last report (or a fail_fast failure) resolves ``finished``; all
         # the work happens in _post, driven by the children's completions.
-        self.loop = asyncio.get_running_loop()
-        self.finished = self.loop.create_future()
-        if self.emit is not None:
-            self._announce()
         self._dispatch()
         if self.core.is_active():
-            await self.finished
-
-    async def _stop_children(self) -> None:
-        """Cancel every child still running and wait until each has ended."""
-        self.stopping = True
-        for handle in self.timers.values():
-            handle.cancel()
-        self.timers.clear()
-        children = list(self.children)
-        for child in children:
-            child.cancel()
-        if not children:
-            return
-        # Shielded: we may be here because the run itself is being cancelled, and the
-        # children (a worker to kill, a thread to abandon) must end first. Bounded: a
-        # coroutine can catch the cancellation and go on,
-        #     try: await forever() except BaseException: await forever()
-        # and the run must still end; such a child is abandoned (still a task of the
-        # loop, no longer the run's) and recorded cancelled by _close.
-        grace = None if math.isinf(self.cancel_grace) else self.cancel_grace
-        with anyio.CancelScope(shield=True):
-            _, stuck = await asyncio.wait(children, timeout=grace)
-        for child in stuck:
-            name = self.children[child]
-            self.abandoned.add(name)
-            logger.warning(
-                "task %r did not end within cancel_grace=%ss of being cancelled (does it "
-                "catch CancelledError?): the run abandoned it and recorded it cancelled",
-                name,
-                self.cancel_grace,
-            )
+            await self.children.wait()
 
     def _close(self, reason: str) -> None:
         """Record every task that has not ended as cancelled, with ``reason``."""
         # Children that ended while the run was being stopped count as they ended: a
         # result is kept, a failure recorded as one (its descendants skipped), no retry.
-        while self.inbox:
-            msg = self.inbox.popleft()
-            if isinstance(msg, _Outcome) and msg.name in self.core.running:
+        inbox = self.children.inbox
+        while inbox:
+            msg = inbox.popleft()
+            if isinstance(msg, Outcome) and msg.name in self.core.running:
                 try:
                     self._apply(msg)
                 except (KeyboardInterrupt, SystemExit) as exc:
                     self.fatal = exc
         running, rest = self.core.cancel()
-        now = time.time()
-        for n in running:
-            if n in self.abandoned:
-                why = TaskCancelled(
-                    f"task {n!r} was cancelled: {reason}; it did not end within "
-                    f"cancel_grace={self.cancel_grace}s and was abandoned"
-                )
-            else:
-                why = TaskCancelled(f"task {n!r} was cancelled: {reason}")
-            self._ended(n, State.CANCELLED, None, why, None, now)
-        for n in rest:
-            if n in self.tries:  # waiting out a retry's backoff
-                error, _ = self.last_error[n]
-                why = TaskCancelled(
-                    f"task {n!r} was cancelled while waiting to retry after "
-                    f"{type(error).__name__}: {error}; {reason}"
-                )
-                self._ended(n, State.CANCELLED, None, why, None, now)
-                continue
-            rec = self.records[n]
-            why = TaskCancelled(f"task {n!r} did not start: {reason}")
-            self.records[n] = new = TaskRecord(
-                State.CANCELLED, None, why, None, rec.attempts, rec.started, rec.finished
-            )
-            if self.session is not None:
-                self.session.ended(n, new)
-            elif self.emit is not None:
-                self.emit(Event(EventKind.CANCELLED, n, 0, now, why))
+        self.ledger.cancel(running, rest, reason, self.children.abandoned, self.cancel_grace)
 
     async def _cleanup(self, reason: str) -> None:
-        await self._stop_children()
+        await self.children.stop()
         if self.core.is_active():
             self._close(reason)
-        if self.threads is not None:
-            self.threads.close()
-        if self.pool is not None:
-            await self.pool.aclose()
-        if self.session is not None:
-            await self.session.finish(self.records)
+        for ex in self.executors:
+            await ex.aclose()
+        await self.ledger.close()
 
     async def run(self) -> Graph:
-        if not self.core.is_active() and self.session is None:
-            if self.emit is not None:
-                self._announce()  # the tasks this run skips, if any
-            return self.graph._derive(self.records)
         reason = "the run was cancelled"
+        ledger = self.ledger
+        core = self.core
         try:
-            if self.session is not None:
-                await self.session.start(self)
-                if not self.core.is_active():
-                    if self.emit is not None:
-                        self._announce()
-                    self._skip_initially()
-                    return self._result()
-                self._skip_initially()
-            if self.deadline is None:
-                await self._loop()
-            else:
-                with anyio.move_on_after(self.deadline):
+            self.children.open()
+            await ledger.open(core.pending(), self.children.end)
+            ledger.write_skipped(core.initially_skipped)
+            ledger.announce(core.pending(), core.initially_skipped)
+            if core.is_active():
+                if self.deadline is None:
                     await self._loop()
-                reason = f"the run's deadline of {self.deadline}s passed"
+                else:
+                    with self.clock.move_on_after(self.deadline):
+                        await self._loop()
+                    reason = f"the run's deadline of {self.deadline}s passed"
             if self.failure is not None:
                 reason = f"task {self.failure!r} failed and fail_fast=True"
         except asyncio.CancelledError as exc:
@@ -586,7 +347,7 @@ class _Run:
             await _to_the_end(self._cleanup(reason))
         if self.fatal is not None:
             raise self.fatal
-        result = self._result()
+        result = ledger.snapshot()
         if self.failure is not None:
             group = result._failures(
                 (State.FAILED,),
@@ -595,332 +356,6 @@ class _Run:
             assert group is not None
             raise group
         return result
-
-    def _result(self) -> Graph:
-        result = self.graph._derive(self.records)
-        if self.session is not None:
-            result._origin = self.session.origin
-        return result
-
-
-#: What a row of a done task holds beside its result, at most (its name, times, digests
-#: and SQLite's record header), with a wide margin: the room a result leaves for them.
-_ROW_OVERHEAD = 16 * 1024
-
-
-async def _load_inputs(
-    records: dict[str, TaskRecord], tasks: Mapping[str, Task], pending: Any
-) -> None:
-    """Replace the StoredResults the pending tasks take as inputs with their values.
-
-    Each is read from its own store (the one the graph was loaded from), in a thread,
-    several at once where the store can, before any task starts.
-    """
-    by_store: dict[int, tuple[Any, dict[str, int]]] = {}
-    for n in pending:
-        for d in tasks[n].deps:
-            placeholder = records[d].result
-            if type(placeholder) is StoredResult:
-                store = placeholder.store
-                by_store.setdefault(id(store), (store, {}))[1][d] = placeholder.result_id
-    if not by_store:
-        return
-
-    def load_all() -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for store, wanted in by_store.values():
-            load_many = getattr(store, "load_results", None)
-            if load_many is not None:
-                values.update(load_many(wanted))
-            else:
-                values.update({d: store.load_result(i, d) for d, i in wanted.items()})
-        return values
-
-    for d, value in (await anyio.to_thread.run_sync(load_all)).items():
-        r = records[d]
-        records[d] = TaskRecord(
-            r.status, value, r.error, r.traceback, r.attempts, r.started, r.finished
-        )
-
-
-def _printable(exc: BaseException, tb: str) -> BaseException:
-    """``exc``, or, if its ``str()`` raises, a RemoteError that says so (as a CPU worker
-    reports it), with ``exc`` as its cause: every table, log line and store row formats
-    a task's error, and one that cannot be formatted must not stop the run::
-
-        class Odd(Exception):
-            def __str__(self): raise RuntimeError("no")
-    """
-    try:
-        str(exc)
-    except Exception as inner:  # noqa: BLE001 - whatever str() raises, it is reported
-        cls = type(exc)
-        wrapped = RemoteError(
-            f"{cls.__module__}.{cls.__qualname__}", f"<str() raised {type(inner).__name__}>", tb
-        )
-        wrapped.__cause__ = exc
-        return wrapped
-    return exc
-
-
-#: The most of a failed task's error message, and of its traceback, that a row keeps.
-#: Past it the text is cut (saying how much): an error is not a result, and a message
-#: the store cannot hold must not stop the run. Far below SQLite's limit for a row.
-MAX_ERROR_TEXT = 100_000
-
-
-def _type_name(error: BaseException) -> str:
-    name = getattr(error, "type_name", None)
-    return name if isinstance(name, str) else type(error).__name__
-
-
-def _message(error: BaseException) -> str:
-    message = getattr(error, "message", None)
-    return message if isinstance(message, str) else str(error)
-
-
-def _text(text: str) -> str:
-    """Error text as a row can hold it: at most MAX_ERROR_TEXT characters, and UTF-8
-    (a lone surrogate, as ``os.fsdecode`` makes of a file name that is not UTF-8, is
-    written as its escape: SQLite takes UTF-8 only)."""
-    if len(text) > MAX_ERROR_TEXT:
-        cut = len(text) - MAX_ERROR_TEXT
-        text = f"{text[:MAX_ERROR_TEXT]}... [{cut:,} more characters not stored]"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-class _Session:
-    """The store's side of one run.
-
-    Rows go to a writer thread (``RunWriter``) as tasks end; a ``done`` event is sent
-    only when the commit holding its result is reported back, so whoever listens never
-    hears of a result that a crash could still lose. Results are serialized on the loop
-    as each task ends, so a result that cannot be stored (or is too big for the store)
-    fails its own task before anything downstream uses it.
-
-    Every task this run will run that the store says is done (a reset task and its
-    descendants, one whose code or upstream changed) gets a ``pending`` row in the
-    writer's first transaction, ahead of every row of a task that ran: its stale "done"
-    is gone before any new result of the run is committed, so a crash at any later
-    point cannot leave a descendant looking reusable next to its rerun upstream. Any
-    other task that a crash interrupts is already due to run again next time (new,
-    failed, skipped, cancelled), so it costs no write until it ends.
-
-    The run's counts are those of its committed rows: the writer counts them as it
-    commits (in the same transaction, for a store that takes ``counts``).
-    """
-
-    def __init__(self, store: Store, loaded: Loaded, emit: Emit | None) -> None:
-        from . import _store  # sqlite3 and friends: only for runs with a store
-
-        self._serialize = _store.serialize
-        self._task_row = _store.TaskRow
-        self._new_result_id = _store.new_result_id
-        self._run_writer = _store.RunWriter
-        self.store = store
-        self.digests = loaded.digests
-        self.stored = loaded.stored
-        self.origin = loaded.graph._origin
-        self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
-        self.emit = emit
-        self.blobs: dict[str, tuple[str, bytes]] = {}
-        self.unstorable_errors: dict[str, UnstorableResultError] = {}
-        self.writer: RunWriter | None = None
-        self.run_id = 0
-        self.error: BaseException | None = None
-        self.counts: dict[State, int] = {}  # tasks ended, by state (committed or not)
-        self.room: int | None = None  # the largest result the store takes, in bytes
-        self.limit: int | None = None  # the store's own limit for a row
-        sqlite = isinstance(store, _store.SQLiteStore)
-        self.limit_name = " (SQLite's SQLITE_LIMIT_LENGTH)" if sqlite else ""
-        self.reported: set[str] = set()  # done events sent (their commit came back)
-        self.the_run: _Run
-
-    async def start(self, the_run: _Run) -> None:
-        """Load the stored results the pending tasks need, then record the run's start."""
-        self.the_run = the_run
-        records = the_run.records
-        tasks = the_run.tasks
-        pending = the_run.core.pending()
-        stored = self.stored
-        invalidate = [
-            n for n in pending if (s := stored.get(n)) is not None and s.status is State.DONE
-        ]
-        limit = getattr(self.store, "result_size_limit", None)
-        if limit is not None:
-            self.limit = await anyio.to_thread.run_sync(limit)
-            if self.limit is not None:
-                # The row holds more than the result: its name, times, digests and
-                # SQLite's record header; what the room leaves is far more than those.
-                self.room = self.limit - _ROW_OVERHEAD
-        # Done in the graph but not from the store (mark_done, create_graph(done=...), a
-        # run without a store): recorded as done now, so the next run reuses them too.
-        # Not the ones a run on this store recorded already (same outcome, same time).
-        given = {}
-        for n, r in records.items():
-            if r.status is not State.DONE or type(r.result) is StoredResult:
-                continue
-            s = stored.get(n)
-            if (
-                s is not None
-                and s.status is State.DONE
-                and s.fingerprint == self.digests[n][1]
-                and r.finished is not None
-                and s.finished == r.finished
-            ):
-                continue
-            given[n] = blob = self._serialize(n, r.result, "was marked done with")
-            self._check_size(n, blob, "was marked done with")
-        await _load_inputs(records, tasks, pending)
-
-        def begin() -> None:
-            self.run_id = self.store.begin_run()  # kept even if we are cancelled meanwhile
-
-        await _in_thread_to_the_end(begin)
-        # The resets first, then the tasks marked done: one transaction, before any row
-        # of a task that runs (see the class's docstring).
-        first = [
-            self._row(n, TaskRecord(State.PENDING, attempts=records[n].attempts), None)
-            for n in invalidate
-        ]
-        first += [self._row(n, records[n], blob) for n, blob in given.items()]
-        self.writer = self._run_writer(
-            self.store,
-            self.run_id,
-            asyncio.get_running_loop(),
-            self._committed,
-            self._write_failed,
-            first=first,
-            first_counts={"tasks": len(records), "reused": self.reused},
-        )
-
-    def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
-        error = rec.error
-        own, fp = self.digests[name]
-        if blob is None:
-            result_id = fmt = data = None
-        else:
-            result_id = self._new_result_id()
-            fmt, data = blob
-        # tuple.__new__: a NamedTuple's own __new__ is Python code, and this runs per task.
-        row: TaskRow = tuple.__new__(
-            self._task_row,
-            (
-                name,
-                self.run_id,
-                _VALUE_OF[rec.status],
-                rec.attempts,
-                rec.started,
-                rec.finished,
-                None if error is None else _text(_type_name(error)),
-                None if error is None else _text(_message(error)),
-                None if rec.traceback is None else _text(rec.traceback),
-                fp,
-                own,
-                result_id,
-                fmt,
-                data,
-            ),
-        )
-        return row
-
-    def keep(self, name: str, value: Any) -> bool:
-        """Serialize a result; False (and the reason kept) if it cannot be stored."""
-        try:
-            self.blobs[name] = blob = self._serialize(name, value)
-            if self.room is not None and len(blob[1]) > self.room:
-                self._check_size(name, blob, "returned")
-        except UnstorableResultError as exc:
-            self.blobs.pop(name, None)
-            self.unstorable_errors[name] = exc
-            return False
-        return True
-
-    def _check_size(self, name: str, blob: tuple[str, bytes], what: str) -> None:
-        """Raise UnstorableResultError if a serialized result does not fit the store."""
-        size = len(blob[1])
-        if self.room is None or size <= self.room:
-            return
-        raise UnstorableResultError(
-            f"task {name!r} {what} a result of {size:,} bytes ({blob[0]}), too big for store "
-            f"{self.store}: a row there holds at most {self.limit:,} bytes{self.limit_name}, "
-            "and the result needs room beside it for the task's record; write large "
-            "data to a file and return its path, or run without a store"
-        )
-
-    def unstorable(self, name: str) -> _Outcome:
-        exc = self.unstorable_errors.pop(name)
-        tb = "".join(traceback.format_exception(exc))
-        return _Outcome(name, False, exc, tb, time.time())
-
-    def ended(self, name: str, rec: TaskRecord) -> None:
-        if self.writer is None:
-            return
-        status = rec.status
-        self.counts[status] = self.counts.get(status, 0) + 1
-        self.writer.put(self._row(name, rec, self.blobs.pop(name, None)))
-        if self.emit is not None and status is not State.DONE and status is not State.SKIPPED:
-            kind = _EVENT_OF[rec.status]
-            when = rec.finished or time.time()
-            self.emit(Event(kind, name, self.the_run.tries.get(name, 0), when, rec.error))
-
-    def _committed(self, rows: list[TaskRow]) -> None:
-        emit = self.emit
-        if emit is None:
-            return
-        tries = self.the_run.tries
-        reported = self.reported
-        for row in rows:
-            name = row[0]
-            if row[2] == "done" and name in tries:  # not the marked-done ones
-                reported.add(name)
-                emit(_new(Event, (_DONE, name, tries[name], row[5] or 0.0, None)))
-
-    def _write_failed(self, exc: BaseException) -> None:
-        self.error = StoreError(
-            f"writing to store {self.store} failed ({type(exc).__name__}: {exc}); the run "
-            "was stopped, and what was committed before is kept"
-        )
-        self.error.__cause__ = exc
-        self.the_run._end(self.error)
-
-    async def finish(self, records: Mapping[str, TaskRecord]) -> None:
-        """Commit what is queued and record how the run ended (called on every way out)."""
-        if self.writer is not None:
-            await anyio.to_thread.run_sync(self.writer.close)
-        if self.error is not None and self.emit is not None:
-            # A write failed: tasks that ended done but were never committed get their
-            # terminal event now, a failed one, since their result is not durable.
-            now = time.time()
-            for name, tries in self.the_run.tries.items():
-                rec = records.get(name)
-                if rec is not None and rec.status is State.DONE and name not in self.reported:
-                    self.emit(Event(EventKind.FAILED, name, tries, now, self.error))
-        if self.run_id:
-            c = self.counts
-            if self.error is not None:
-                status = "failed"  # a write failed: the store stopped the run
-            elif c.get(State.CANCELLED) or self.writer is None:
-                status = "cancelled"  # also: cancelled before its first task started
-            elif c.get(State.FAILED) or c.get(State.SKIPPED):
-                status = "failed"
-            else:
-                status = "done"
-            # What the store holds: the rows committed, not the tasks that ended (after
-            # a failed write, the last ones never reached the store).
-            committed = {} if self.writer is None else self.writer.committed
-            counts = {"tasks": len(records), "reused": self.reused, **committed}
-            try:
-                await anyio.to_thread.run_sync(self.store.end_run, self.run_id, status, counts)
-            except Exception:
-                if self.error is None:  # a failed write says more than this follow-up
-                    raise
-        if self.error is not None:
-            raise self.error
 
 
 # -- a run's lifetime: what run(), run_sync() and open_run() share ----------------------
@@ -933,34 +368,19 @@ def check_graph(graph: Any) -> None:
 
 
 class RunRecords(Protocol):
-    """What an open run reads of a run in progress (see ``_open_run``)."""
+    """What an open run reads of a run in progress (see ``_open_run``): its ledger."""
 
     def snapshot(self) -> Graph:
         """The Graph so far: every task as its latest record has it."""
         ...
 
-    def result_of(self, name: str) -> Any:
+    def result(self, name: str) -> Any:
         """The result of a task that is done."""
         ...
 
 
-#: ``on_run=``: given the run's records as soon as the run exists.
+#: ``on_run=``: given the run's ledger as soon as the run exists.
 OnRun: TypeAlias = Callable[[RunRecords], None]
-
-
-class _RunRecords:
-    """The one place a run's records are read from outside it (a ``RunRecords``)."""
-
-    __slots__ = ("_run",)
-
-    def __init__(self, the_run: _Run) -> None:
-        self._run = the_run
-
-    def snapshot(self) -> Graph:
-        return self._run.graph._derive(self._run.records)
-
-    def result_of(self, name: str) -> Any:
-        return self._run.records[name].result
 
 
 def start(
@@ -988,7 +408,7 @@ def start(
     if options.store is None:
         the_run = _Run(graph, options, emit=watch.emit)
         if on_run is not None:
-            on_run(_RunRecords(the_run))
+            on_run(the_run.ledger)
     return _lifetime(watch, graph, options, the_run, on_run)
 
 
@@ -1004,12 +424,13 @@ async def _lifetime(
     async with watch:
         if the_run is None:
             return await _run_on_store(graph, options, watch.emit, on_run)
+        records = the_run.ledger.records
         if graph._origin is not None and any(
-            type(r.result) is StoredResult for r in the_run.records.values()
+            isinstance(r.result, ResultRef) for r in records.values()
         ):
             # A graph loaded from a store, run without one: its tasks take values, so
             # the results they need are read from that store first.
-            await _load_inputs(the_run.records, the_run.tasks, the_run.core.pending())
+            await _load_inputs(records, the_run.tasks, the_run.core.pending())
         return await the_run.run()
 
 
@@ -1026,8 +447,8 @@ async def _run_on_store(
     cancelled caller still knows whether it holds it), and released however the run
     ends; a store opened here is closed after, the caller's own is the caller's.
     """
-    from ._resume import check_origin, durations, for_run
     from ._store import SQLiteStore, open_store
+    from ._store.resume import check_origin, for_run, weights_of
 
     graph.topological_order()  # a cycle is reported before the store is touched
     store = await anyio.to_thread.run_sync(open_store, options.store)
@@ -1044,11 +465,15 @@ async def _run_on_store(
     try:
         await in_thread_to_the_end(take)
         loaded = await anyio.to_thread.run_sync(for_run, graph, store)
-        weights = _weights(durations(loaded.stored), loaded.graph)
-        the_run = _Run(loaded.graph, options, weights=weights, emit=emit)
-        the_run.session = _Session(store, loaded, the_run.emit)
+        the_run = _Run(
+            loaded.graph,
+            options,
+            weights=weights_of(loaded),
+            emit=emit,
+            sink=StoreSink(store, loaded),
+        )
         if on_run is not None:
-            on_run(_RunRecords(the_run))
+            on_run(the_run.ledger)
         return await the_run.run()
     finally:
         if held:
@@ -1057,18 +482,7 @@ async def _run_on_store(
             # Ours: close it too, so SQLite folds its WAL file back into the store. The
             # run's StoredResults read it again if they are ever loaded. (The caller's
             # own object is the caller's to close.)
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
-
-
-def _weights(known: Mapping[str, float], graph: Graph) -> dict[str, float] | None:
-    """Critical-path weights from past durations; a task never timed gets the median."""
-    if not known:
-        return None
-    ordered = sorted(known.values())
-    typical = ordered[len(ordered) // 2] or 1e-6
-    return {n: known.get(n, typical) or 1e-6 for n in graph.tasks}
+            store.close()
 
 
 async def run(

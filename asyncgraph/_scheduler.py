@@ -1,29 +1,35 @@
 """The synchronous scheduling core: no I/O, no event loop, testable on its own.
 
-It has :mod:`graphlib`'s shape. The caller (the async runner) asks :meth:`get_ready` for
-the tasks it may start now, starts them, and reports each outcome with :meth:`done`,
-:meth:`failed` or :meth:`retry`, then asks again; it stops when :meth:`is_active` is false.
+It has :mod:`graphlib`'s shape. The caller (the async runner) builds it with its lanes
+and limits, calls :meth:`prepare` once with the tasks' statuses, then asks
+:meth:`get_ready` for the tasks it may start now, starts them, and reports each outcome
+with :meth:`done`, :meth:`failed` or :meth:`retry`, then asks again; it stops when
+:meth:`is_active` is false. Misuse (a report about a task that is not running, asking
+before ``prepare``, preparing twice) raises ValueError with a sentence, as graphlib does.
 
 State it keeps
     ``_waiting[name]``  number of dependencies not yet done, for each task still to run;
-    ``_lanes[kind]``    per kind: a heap of ready ``(key, name)`` and the capacity used;
-    ``_blocked[r, k]``  ready tasks of kind ``k`` parked because named limit ``r`` is
+    ``_lanes[kind]``    the lane of each kind (kinds may share one): a heap of ready
+                        ``(key, name)`` and the capacity used; ``_lane_order`` the lanes
+                        in the order they are filled (the executors' order);
+    ``_blocked[r, l]``  ready tasks of lane ``l`` parked because named limit ``r`` is
                         exhausted;
     ``_running``        tasks handed out and not yet reported back.
 
 Selection policy
-    1. IO before CPU: :meth:`get_ready` hands out every IO task it can before any CPU
-       task, so the loop starts waiting on the network while the processes compute.
+    1. Lanes in order, IO first: :meth:`get_ready` hands out every task of the first lane
+       it can before any of the next (IO before CPU), so the loop starts waiting on the
+       network while the processes compute.
     2. Longest remaining path to a terminal task first (the critical path): a task with a
        long chain behind it is started before a leaf. Path lengths are sums of weights:
        1 per task unless the caller knows durations.
     3. The user's ``priority`` (higher first), then definition order.
 
-Capacity: IO tasks are limited by ``max_io``, CPU tasks by ``cpu_slots``, and a task
+Capacity: each lane has its own (IO: ``max_io``, CPU: ``cpu_slots``), and a task
 declaring ``resources=("db",)`` also takes one unit of ``limits["db"]``. A task that is
 first in line but whose named limit is exhausted is parked on that limit and does not
 hold up tasks behind it. When a unit of a limit frees, the best parked task *of each
-kind* goes back into line: one kind's lane may be full while the other's is not, so
+lane* goes back into line: one lane may be full while the other's is not, so
 waking only the overall best could leave a free unit unused. For the same reason, a task
 parked on one limit passes its turn on the others to the next task parked there.
 """
@@ -32,12 +38,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from ._exceptions import GraphError
 from ._state import State
 from ._task import Kind, Task
 
-__all__ = ["Scheduler", "critical_paths"]
+__all__ = ["Lane", "Scheduler", "critical_paths"]
 
 _Key = tuple[float, int, int]
 _RUNNABLE = (State.PENDING, State.RUNNING)
@@ -73,12 +80,22 @@ def critical_paths(
     return path, keys
 
 
+class Lane(NamedTuple):
+    """One lane the scheduler fills: its name, how many of its tasks may run at once
+    (None: no cap), and the kinds of task that go to it."""
+
+    name: str
+    capacity: int | None
+    kinds: tuple[Kind, ...]
+
+
 class _Lane:
-    """The ready queue and capacity of one kind of task."""
+    """The ready queue and capacity of one lane."""
 
-    __slots__ = ("capacity", "heap", "used")
+    __slots__ = ("capacity", "heap", "name", "used")
 
-    def __init__(self, capacity: int | None) -> None:
+    def __init__(self, name: str, capacity: int | None) -> None:
+        self.name = name
         self.capacity = capacity
         self.used = 0
         self.heap: list[tuple[_Key, str]] = []
@@ -89,7 +106,7 @@ class Scheduler:
         self,
         tasks: Mapping[str, Task],
         order: Sequence[str],
-        status: Mapping[str, State],
+        status: Mapping[str, State] | None = None,
         *,
         max_io: int | None = None,
         cpu_slots: int = 1,
@@ -97,19 +114,22 @@ class Scheduler:
         weights: Mapping[str, float] | None = None,
         children: Mapping[str, Sequence[str]] | None = None,
         unit_paths: tuple[dict[str, float], dict[str, _Key]] | None = None,
+        lanes: Sequence[Lane] | None = None,
     ) -> None:
-        """Prepare to run every task whose status is PENDING or RUNNING.
+        """Set up the lanes and limits for ``tasks`` (``order``: a topological order).
 
-        RUNNING counts as pending: it is what a task that never finished looks like.
-        A pending task with a failed, skipped or cancelled dependency is skipped at once
-        (see :attr:`initially_skipped`); one with a pending dependency waits for it.
-
-        ``children`` (every task's dependents) and ``unit_paths`` (the result of
-        :func:`critical_paths` over the whole graph with unit weights) may be passed in
-        by a caller that caches them; ``unit_paths`` is used only when every task is to
-        run and no ``weights`` are given, since otherwise the paths differ.
+        ``lanes`` come in the order they are filled (IO first); without them, an
+        ``"io"`` lane of ``max_io`` and a ``"cpu"`` lane of ``cpu_slots``. Lanes and
+        limits are fixed here, once. ``children`` (every task's dependents) and
+        ``unit_paths`` (the result of :func:`critical_paths` over the whole graph with
+        unit weights) may be passed in by a caller that caches them; ``unit_paths`` is
+        used only when every task is to run and no ``weights`` are given, since
+        otherwise the paths differ. With ``status``, :meth:`prepare` is called too.
         """
         self._tasks = tasks
+        self._order = order
+        self._weights = weights
+        self._unit_paths = unit_paths
         self._limits = dict(limits or {})
         for t in tasks.values():
             for r in t.resources:
@@ -118,10 +138,25 @@ class Scheduler:
                         f"task {t.name!r} declares resource {r!r} but no limit is set for "
                         f"it; pass limits={{{r!r}: N}} (limits set: {sorted(self._limits)})"
                     )
-        self._lanes = {Kind.IO: _Lane(max_io), Kind.CPU: _Lane(cpu_slots)}
+        if lanes is None:
+            lanes = (Lane("io", max_io, (Kind.IO,)), Lane("cpu", cpu_slots, (Kind.CPU,)))
+        self._lane_order = [_Lane(lane.name, lane.capacity) for lane in lanes]
+        # Kind -> its lane object (kinds may share one): the hot paths index by kind.
+        self._lanes: dict[Kind, _Lane] = {}
+        for spec, lane in zip(lanes, self._lane_order, strict=True):
+            for kind in spec.kinds:
+                if kind in self._lanes:
+                    raise ValueError(f"kind {kind.value!r} is given two lanes")
+                self._lanes[kind] = lane
+        for t in tasks.values():
+            if t.kind not in self._lanes:
+                raise ValueError(
+                    f"task {t.name!r} is of kind {t.kind.value!r}, which no lane takes "
+                    f"(lanes: {[lane.name for lane in lanes]})"
+                )
         self._res_used = dict.fromkeys(self._limits, 0)
-        self._blocked: dict[tuple[str, Kind], list[tuple[_Key, str]]] = {
-            (r, k): [] for r in self._limits for k in Kind
+        self._blocked: dict[tuple[str, str], list[tuple[_Key, str]]] = {
+            (r, lane.name): [] for r in self._limits for lane in self._lane_order
         }
         self._running: set[str] = set()
         self._retrying: set[str] = set()
@@ -135,7 +170,25 @@ class Scheduler:
         # The whole graph's child lists are fine here: done() and _skip_below() pass over
         # children that are not waiting, and the path pass over those without a path.
         self._children = children
+        self._waiting: dict[str, int] = {}
+        self._keys: dict[str, _Key] = {}
+        self._prepared = False
+        self.initially_skipped: tuple[str, ...] = ()
+        if status is not None:
+            self.prepare(status)
 
+    def prepare(self, status: Mapping[str, State]) -> None:
+        """Start from ``status``: every task whose status is PENDING or RUNNING is to run.
+
+        RUNNING counts as pending: it is what a task that never finished looks like.
+        A pending task with a failed, skipped or cancelled dependency is skipped at once
+        (see :attr:`initially_skipped`); one with a pending dependency waits for it.
+        """
+        if self._prepared:
+            raise ValueError("prepare() was called already: a Scheduler serves one run")
+        self._prepared = True
+        tasks = self._tasks
+        order = self._order
         waiting: dict[str, int] = {}
         skipped: list[str] = []
         for n in order:  # dependencies first, so a skip propagates in one pass
@@ -152,17 +205,20 @@ class Scheduler:
                 continue
             skipped.append(n)
         self._waiting = waiting
-        self.initially_skipped: tuple[str, ...] = tuple(skipped)
+        self.initially_skipped = tuple(skipped)
 
+        weights = self._weights
+        unit_paths = self._unit_paths
         if unit_paths is not None and weights is None and len(waiting) == len(order):
             self._keys = unit_paths[1]
         else:
-            _, self._keys = critical_paths(tasks, order, children, waiting, weights)
+            _, self._keys = critical_paths(tasks, order, self._children, waiting, weights)
         keys = self._keys
+        lanes = self._lanes
         for n, left in waiting.items():
             if left == 0:
-                self._lanes[tasks[n].kind].heap.append((keys[n], n))
-        for lane in self._lanes.values():
+                lanes[tasks[n].kind].heap.append((keys[n], n))
+        for lane in self._lane_order:
             heapq.heapify(lane.heap)
 
     # -- queries ---------------------------------------------------------------------
@@ -182,24 +238,29 @@ class Scheduler:
     # -- the protocol ----------------------------------------------------------------
 
     def get_ready(self) -> list[Task]:
-        """Tasks to start now, IO first; their capacity is taken until reported back."""
+        """Tasks to start now, lane by lane (IO first); their capacity is taken until
+        they are reported back."""
         out: list[Task] = []
-        io = self._lanes[Kind.IO]
-        cpu = self._lanes[Kind.CPU]
-        if not io.heap and not cpu.heap:
+        lanes = self._lane_order
+        for lane in lanes:
+            if lane.heap:
+                break
+        else:
+            # Checked here, off the hot path: before prepare() every lane is empty.
+            if not self._prepared:
+                raise ValueError("prepare() must be called first")
             return out
         # Parking a CPU task can wake an IO task parked on another limit, so scan the
         # lanes again until a pass changes nothing (at most a few passes).
         self._woken = True
         while self._woken:
             self._woken = False
-            if io.heap:
-                self._fill(Kind.IO, io, out)
-            if cpu.heap:
-                self._fill(Kind.CPU, cpu, out)
+            for lane in lanes:
+                if lane.heap:
+                    self._fill(lane, out)
         return out
 
-    def _fill(self, kind: Kind, lane: _Lane, out: list[Task]) -> None:
+    def _fill(self, lane: _Lane, out: list[Task]) -> None:
         heap = lane.heap
         cap = lane.capacity
         tasks = self._tasks
@@ -211,10 +272,10 @@ class Scheduler:
                 res_used = self._res_used
                 full = [r for r in task.resources if res_used[r] >= self._limits[r]]
                 if full:
-                    heapq.heappush(self._blocked[full[0], kind], (key, name))
+                    heapq.heappush(self._blocked[full[0], lane.name], (key, name))
                     for r in task.resources:  # pass its turn on the limits it skipped
                         if res_used[r] < self._limits[r]:
-                            self._wake(r, kind)
+                            self._wake(r, lane)
                     continue
                 for r in task.resources:
                     res_used[r] += 1
@@ -222,20 +283,22 @@ class Scheduler:
             running.add(name)
             out.append(task)
 
-    def _wake(self, resource: str, kind: Kind) -> None:
-        parked = self._blocked[resource, kind]
+    def _wake(self, resource: str, lane: _Lane) -> None:
+        parked = self._blocked[resource, lane.name]
         if parked:
-            heapq.heappush(self._lanes[kind].heap, heapq.heappop(parked))
+            heapq.heappush(lane.heap, heapq.heappop(parked))
             self._woken = True
 
     def done(self, name: str) -> None:
         """``name`` finished: free its capacity and make ready what waited only on it."""
-        task = self._tasks[name]
-        if task.resources:
-            self._release(name)
-        else:  # the common case, inlined
+        try:
             self._running.remove(name)
-            self._lanes[task.kind].used -= 1
+        except KeyError:
+            raise ValueError(_not_running("done", name)) from None
+        task = self._tasks[name]
+        self._lanes[task.kind].used -= 1
+        if task.resources:
+            self._release_resources(task)
         waiting = self._waiting
         del waiting[name]
         children = self._children.get(name)
@@ -252,18 +315,23 @@ class Scheduler:
 
     def failed(self, name: str) -> list[str]:
         """``name`` failed for good: free its capacity; return the descendants to skip."""
-        self._release(name)
+        self._release(name, "failed")
         del self._waiting[name]
         return self._skip_below(name)
 
     def retry(self, name: str) -> None:
         """``name`` failed but will try again: free its capacity until :meth:`requeue`."""
-        self._release(name)
+        self._release(name, "retry")
         self._retrying.add(name)
 
     def requeue(self, name: str) -> None:
         """A task's retry delay has passed: put it back in line."""
-        self._retrying.remove(name)
+        try:
+            self._retrying.remove(name)
+        except KeyError:
+            raise ValueError(
+                f"requeue({name!r}): the task is not waiting to retry (retry() first)"
+            ) from None
         heapq.heappush(self._lanes[self._tasks[name].kind].heap, (self._keys[name], name))
 
     def cancel(self) -> tuple[list[str], list[str]]:
@@ -275,7 +343,7 @@ class Scheduler:
         rest = [n for n in self._waiting if n not in self._running]
         self._running.clear()
         self._waiting.clear()
-        for lane in self._lanes.values():
+        for lane in self._lane_order:
             lane.heap.clear()
         for parked in self._blocked.values():
             parked.clear()
@@ -284,14 +352,21 @@ class Scheduler:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _release(self, name: str) -> None:
-        self._running.remove(name)
+    def _release(self, name: str, verb: str) -> None:
+        try:
+            self._running.remove(name)
+        except KeyError:
+            raise ValueError(_not_running(verb, name)) from None
         task = self._tasks[name]
         self._lanes[task.kind].used -= 1
+        if task.resources:
+            self._release_resources(task)
+
+    def _release_resources(self, task: Task) -> None:
         for r in task.resources:
             self._res_used[r] -= 1
-            for kind in Kind:
-                self._wake(r, kind)
+            for lane in self._lane_order:
+                self._wake(r, lane)
 
     def _skip_below(self, name: str) -> list[str]:
         out = []
@@ -303,3 +378,12 @@ class Scheduler:
                     out.append(c)
                     stack.append(c)
         return out
+
+
+def _not_running(verb: str, name: str) -> str:
+    # graphlib's rule: a report about a node that was not handed out is the caller's
+    # bug, said in a sentence, not a KeyError from deep inside.
+    return (
+        f"{verb}({name!r}): the task is not running (it was not handed out by "
+        "get_ready(), or was reported already)"
+    )

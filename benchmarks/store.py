@@ -16,11 +16,11 @@ is split with timers wrapped around the store's own steps (each called once per 
 so the timers cost nothing measurable):
 
 * fingerprint - ``_fingerprint.digests`` (every task's fingerprint);
-* load        - the rest of ``_resume.for_run``: reading the stored state
+* load        - the rest of ``_store.resume.for_run``: reading the stored state
   (``SQLiteStore.tasks``) and comparing it with the graph;
-* start       - ``_Session.start``: loading the stored results pending tasks need,
+* start       - ``StoreSink.open``: loading the stored results pending tasks need,
   recording the run's start;
-* flush       - ``_Session.finish`` (the writer commits what is still queued, then the
+* flush       - ``StoreSink.close`` (the writer commits what is still queued, then the
   run's end is recorded) and ``SQLiteStore.close`` (SQLite folds its WAL back);
 * run         - everything else: opening and locking the store, the scheduler's set-up
   and the run itself, with the writer thread committing batches alongside.
@@ -84,7 +84,9 @@ from _common import median, table, write_json  # first: it may put the repo on s
 from overhead import LAYER, SEED, SHAPES, build_asyncgraph, shape_layered
 
 import asyncgraph as ag
-from asyncgraph import _resume, _runner, _store
+from asyncgraph import _store
+from asyncgraph._store import resume as _resume
+from asyncgraph._store import session as _session
 
 # -- timers around the store's steps ------------------------------------------------------
 
@@ -94,8 +96,8 @@ _STEPS = [
     (_resume, "digests", "fingerprint", False),
     (_resume, "for_run", "for_run", False),
     (_store.SQLiteStore, "tasks", "read_state", False),
-    (_runner._Session, "start", "start", True),
-    (_runner._Session, "finish", "finish", True),
+    (_session.StoreSink, "open", "start", True),
+    (_session.StoreSink, "close", "finish", True),
     (_store.SQLiteStore, "close", "close", False),
     (_store.SQLiteStore, "write", "writer_busy", False),
 ]

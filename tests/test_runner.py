@@ -292,7 +292,7 @@ async def test_retries_exhausted():
 
 
 def test_backoff_is_exponential_with_jitter():
-    from asyncgraph._runner import _backoff
+    from asyncgraph._clock import backoff as _backoff
 
     task = ag.Graph().add("t", lambda: 1, retry_delay=1.0)
     for attempt in (1, 2, 3, 4):
@@ -666,7 +666,7 @@ async def test_io_tasks_start_before_cpu_tasks_end_to_end(monkeypatch):
     Start order is recorded in this process: an IO coroutine when its body starts, a
     CPU task when the runner hands it to the pool. Both IO tasks come first.
     """
-    from asyncgraph import _process
+    from asyncgraph._executors import process as _process
 
     order: list[str] = []
     real_call = _process.ProcessPool.call

@@ -198,3 +198,88 @@ def test_cancel_reports_running_and_unstarted():
     assert sorted(rest) == sorted({"a", "b", "c"} - {t.name})
     assert not s.is_active()
     assert s.get_ready() == []
+
+
+# -- the protocol is guarded, as graphlib's is -----------------------------------------
+
+
+def test_get_ready_before_prepare_says_so():
+    g = ag.Graph()
+    g.add("a", lambda: None)
+    s = Scheduler(g.tasks, g.topological_order())
+    assert not s.is_active()
+    with pytest.raises(ValueError, match=r"prepare\(\) must be called first"):
+        s.get_ready()
+    s.prepare({"a": ag.State.PENDING})
+    assert names(s.get_ready()) == ["a"]
+
+
+def test_prepare_twice_is_refused():
+    s = make({"a": ("io", [])})
+    with pytest.raises(ValueError, match=r"prepare\(\) was called already"):
+        s.prepare({"a": ag.State.PENDING})
+
+
+@pytest.mark.parametrize("verb", ["done", "failed", "retry"])
+def test_a_report_about_a_task_not_running_is_a_value_error(verb):
+    s = make({"a": ("io", []), "b": ("io", ["a"])}, limits={})
+    with pytest.raises(ValueError, match=rf"{verb}\('b'\): the task is not running"):
+        getattr(s, verb)("b")  # not handed out yet
+    (_a,) = s.get_ready()
+    s.done("a")
+    with pytest.raises(ValueError, match=rf"{verb}\('a'\): the task is not running"):
+        getattr(s, verb)("a")  # reported already
+    with pytest.raises(ValueError, match=rf"{verb}\('nope'\): the task is not running"):
+        getattr(s, verb)("nope")  # no such task
+
+
+def test_requeue_of_a_task_not_waiting_to_retry_is_a_value_error():
+    s = make({"a": ("io", [])})
+    s.get_ready()
+    with pytest.raises(ValueError, match=r"requeue\('a'\): the task is not waiting to retry"):
+        s.requeue("a")
+    s.retry("a")
+    s.requeue("a")
+    assert names(s.get_ready()) == ["a"]
+
+
+def test_lanes_come_in_order_and_kinds_may_share_one():
+    r"""
+      cpu_a   io_b   io_c     one lane "all" of capacity 2 for both kinds
+    With one shared lane, the best two by path/priority/order start, whatever the kind.
+    """
+    from asyncgraph._scheduler import Lane
+
+    g = ag.Graph()
+    g.add("cpu_a", lambda: None, kind="cpu")
+    g.add("io_b", lambda: None)
+    g.add("io_c", lambda: None)
+    lanes = [Lane("all", 2, (ag.Kind.IO, ag.Kind.CPU))]
+    s = Scheduler(g.tasks, g.topological_order(), lanes=lanes)
+    s.prepare(dict.fromkeys(g, ag.State.PENDING))
+    assert names(s.get_ready()) == ["cpu_a", "io_b"]
+    s.done("cpu_a")
+    assert names(s.get_ready()) == ["io_c"]
+    # CPU first, when the lanes say so.
+    s2 = Scheduler(
+        g.tasks,
+        g.topological_order(),
+        lanes=[Lane("cpu", 1, (ag.Kind.CPU,)), Lane("io", 1, (ag.Kind.IO,))],
+    )
+    s2.prepare(dict.fromkeys(g, ag.State.PENDING))
+    assert names(s2.get_ready()) == ["cpu_a", "io_b"]
+
+
+def test_a_kind_without_a_lane_is_refused():
+    from asyncgraph._scheduler import Lane
+
+    g = ag.Graph()
+    g.add("c", lambda: None, kind="cpu")
+    with pytest.raises(ValueError, match="of kind 'cpu', which no lane takes"):
+        Scheduler(g.tasks, g.topological_order(), lanes=[Lane("io", None, (ag.Kind.IO,))])
+    with pytest.raises(ValueError, match="kind 'io' is given two lanes"):
+        Scheduler(
+            g.tasks,
+            g.topological_order(),
+            lanes=[Lane("a", None, (ag.Kind.IO,)), Lane("b", None, (ag.Kind.IO, ag.Kind.CPU))],
+        )

@@ -29,7 +29,7 @@ import pytest
 from conftest import statuses
 
 import asyncgraph as ag
-from asyncgraph import _runner
+from asyncgraph import _clock
 
 GUARD = 60  # seconds: a guard against a hang, never a bound on how fast
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,13 +83,13 @@ def test_a_task_failing_past_1024_attempts_keeps_the_other_results() -> None:
 def test_the_backoff_is_capped_and_jittered() -> None:
     task = ag.Graph().add("t", lambda: None, retry_delay=0.1)
     for attempt in (1, 2, 10, 1024, 1025, 10**6):
-        delay = _runner._backoff(task, attempt)
-        expected = min(0.1 * 2.0 ** min(attempt - 1, 64), _runner.MAX_BACKOFF)
+        delay = _clock.backoff(task, attempt)
+        expected = min(0.1 * 2.0 ** min(attempt - 1, 64), _clock.MAX_BACKOFF)
         assert 0.5 * expected <= delay <= 1.5 * expected
     # A retry_delay longer than the cap is honoured as the first wait, and not grown.
     slow = ag.Graph().add("t", lambda: None, retry_delay=5000.0)
-    assert _runner._backoff(slow, 1) <= 1.5 * 5000.0
-    assert _runner._backoff(slow, 3000) <= 1.5 * 5000.0
+    assert _clock.backoff(slow, 1) <= 1.5 * 5000.0
+    assert _clock.backoff(slow, 3000) <= 1.5 * 5000.0
 
 
 # -- 12: an abandoned thread does not hold the process open ----------------------------

@@ -120,7 +120,7 @@ def _huge_error() -> None:
 
 
 async def test_an_error_too_big_for_a_row_is_cut_and_fails_only_its_task(tmp_path: Path) -> None:
-    from asyncgraph._runner import MAX_ERROR_TEXT
+    from asyncgraph._store.session import MAX_ERROR_TEXT
 
     g = ag.Graph()
     g.add("small", lambda: 1)

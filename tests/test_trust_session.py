@@ -307,7 +307,7 @@ def test_a_sqlite_store_says_its_limit(tmp_path: Path) -> None:
 async def test_a_result_just_under_the_limit_is_stored(tmp_path: Path) -> None:
     """About as big as the check lets through: SQLite's (lowered) row limit takes it,
     with a long task name and a failed task's traceback beside it in the batch."""
-    from asyncgraph._runner import _ROW_OVERHEAD
+    from asyncgraph._store.session import _ROW_OVERHEAD
 
     db = tmp_path / "s.db"
     size = LIMIT - _ROW_OVERHEAD - 64  # the pickle's own header is a few bytes

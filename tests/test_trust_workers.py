@@ -30,7 +30,7 @@ from conftest import wait_gone as _wait_gone
 from trust_workers_driver import write_atomically
 
 import asyncgraph as ag
-from asyncgraph import _process
+from asyncgraph._executors import process as _process
 
 GUARD = 60  # seconds: a guard against a hang, not a bound
 # The programs tasks start sleep far longer than any guard: one that is gone when a

@@ -42,6 +42,7 @@ __all__ = [
     "load_from",
     "plan",
     "store_key",
+    "weights_of",
 ]
 
 _LAST_TIME = {
@@ -360,3 +361,14 @@ def durations(stored: Mapping[str, StoredTask]) -> dict[str, float]:
         if s.status is State.DONE and s.started is not None and s.finished is not None:
             out[n] = max(s.finished - s.started, 0.0)
     return out
+
+
+def weights_of(loaded: Loaded) -> dict[str, float] | None:
+    """Critical-path weights from the past durations of ``loaded``'s tasks (None if none
+    was ever timed); a task never timed gets the median."""
+    known = durations(loaded.stored)
+    if not known:
+        return None
+    ordered = sorted(known.values())
+    typical = ordered[len(ordered) // 2] or 1e-6
+    return {n: known.get(n, typical) or 1e-6 for n in loaded.graph.tasks}

@@ -1,6 +1,6 @@
 """The worker process of the CPU pool. Standard library and cloudpickle only.
 
-Started by :mod:`asyncgraph._process` as ``python -c <boot> THIS_FILE OUT_FD PARENT_PID
+Started by :mod:`asyncgraph._executors.process` as ``python -c <boot> THIS_FILE OUT_FD PARENT_PID
 WATCH_FD`` in a session (and process group) of its own; it does not import asyncgraph,
 so a worker starts fast and never re-runs the user's ``__main__``.
 

@@ -15,7 +15,7 @@ started with ``subprocess`` (never ``fork``), so they share nothing with the par
 Process groups. Each worker starts in a session, and so a process group, of its own; a
 worker is always stopped by killing its whole group, so a program its task started
 (``subprocess.run(["sleep", "30"])``, a fork) goes with it: on a timeout, a cancel, the
-pool's end, the worker's own death, and the driver's death (see asyncgraph/_worker.py).
+pool's end, the worker's own death, and the driver's death (see asyncgraph/_executors/_worker.py).
 A program that starts a session of its own (``start_new_session=True``) leaves the group
 and is not stopped.
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import pickle
 import pickletools
@@ -44,16 +45,19 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import cloudpickle
 
-from ._exceptions import RemoteError, UnpicklingError, WorkerDiedError
+from .._clock import SYSTEM_CLOCK, Clock
+from .._exceptions import PicklingError, RemoteError, UnpicklingError, WorkerDiedError
+from .._task import Kind, Task
+from .base import Began, with_timeout
 
-__all__ = ["ProcessPool", "shipping_problem"]
+__all__ = ["ProcessExecutor", "ProcessPool", "shipping_problem"]
 
 _HEADER = struct.Struct(">Q")
 _WORKER = str(Path(__file__).with_name("_worker.py"))
@@ -461,6 +465,75 @@ def _outcome(task: str, reply: Any) -> Any:
     error = found if isinstance(found, BaseException) else RemoteError(type_name, message, tb)
     error.__asyncgraph_traceback__ = tb  # type: ignore[attr-defined]
     raise error
+
+
+class ProcessExecutor:
+    """Tasks of kind CPU (plain or coroutine functions), each attempt in a worker of a
+    :class:`ProcessPool` of ``workers`` processes, started only if such a task is to run.
+
+    :meth:`check` pickles every function once before the run starts, so a function
+    that cannot travel, or one naming a module a worker could not import, is reported
+    (all of them at once) before anything runs.
+    """
+
+    lane = "cpu"
+
+    def __init__(self, workers: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.capacity: int | None = workers
+        self.clock = clock
+        self.workers = workers
+        self.fn_bytes: dict[str, bytes] = {}
+        self.pool: ProcessPool | None = None
+
+    def serves(self, kind: Kind, is_async: bool) -> bool:
+        return kind is Kind.CPU
+
+    def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
+        problems: dict[str, str] = {}
+        verdicts: dict[bytes, str | None] = {}  # the same function in many tasks: once
+        modules: dict[str, str | None] = {}
+        first_error: Exception | None = None
+        for n in pending:
+            t = tasks[n]
+            if t.kind is not Kind.CPU:
+                continue
+            try:
+                data = cloudpickle.dumps(t.fn)
+            except Exception as exc:  # noqa: BLE001 - whatever stops pickling
+                first_error = first_error or exc
+                problems[t.name] = PicklingError(t.name, f"{type(exc).__name__}: {exc}").problems[
+                    t.name
+                ]
+                continue
+            if data not in verdicts:
+                verdicts[data] = shipping_problem(data, modules)
+            verdict = verdicts[data]
+            if verdict is not None:
+                problems[t.name] = verdict
+                continue
+            self.fn_bytes[t.name] = data
+        if problems:
+            raise PicklingError.for_tasks(problems) from first_error
+        if self.fn_bytes:
+            self.pool = ProcessPool(self.workers)  # its workers start with the first call
+
+    def start(
+        self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
+    ) -> asyncio.Future[Any]:
+        call = self._call(task, args, kwargs, began)
+        if task.timeout is not None:
+            call = with_timeout(task, call, self.clock)
+        return asyncio.get_running_loop().create_task(call, name=task.name)
+
+    async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began) -> Any:
+        assert self.pool is not None
+        name = task.name
+        on_start = functools.partial(began, name)
+        return await self.pool.call(name, self.fn_bytes[name], (args, kwargs), on_start)
+
+    async def aclose(self) -> None:
+        if self.pool is not None:
+            await self.pool.aclose()
 
 
 def _dup_stdout() -> int | None:

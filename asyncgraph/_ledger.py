@@ -1,0 +1,312 @@
+"""The ledger of one run: its records, and the one path out for events and store rows.
+
+Every change to a task's record in a run happens here, and every event and store row
+leaves from here: to the run's listener (``emit``, None when nobody listens) and to its
+:class:`Sink` (the store's side of the run, or :class:`NullSink`). The run itself never
+asks whether it has a store or a listener.
+
+The rule for ``done``: with a store, a ``done`` event is sent only once the commit that
+holds the task's result is reported back (:meth:`Ledger.durable`), so whoever listens
+never hears of a result that a crash could still lose. The sink says so: its
+``ended()`` returns True when it takes the event over.
+
+State it keeps
+    ``records[name]``     every task's record: the snapshot's own copy, the working set
+                          of the run (the result is derived from it at the end);
+    ``tries[name]``       attempts in this run, for each task that started;
+    ``started_at[name]``  the start of its first attempt in this run;
+    ``last_error[name]``  the error (and traceback) of the attempt before a retry;
+    ``reported``          the tasks whose ``done`` event was sent after its commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._events import Emit, Event, EventKind
+from ._exceptions import TaskCancelled
+from ._state import State, TaskRecord
+
+if TYPE_CHECKING:
+    from ._graph import Graph
+    from ._task import Task
+
+__all__ = ["Ledger", "NullSink", "Sink"]
+
+# Events on the hot paths are built with tuple.__new__: a NamedTuple's own __new__ is
+# Python code, and a watched run builds about three events per task.
+_new = tuple.__new__
+_QUEUED, _STARTED, _DONE = EventKind.QUEUED, EventKind.STARTED, EventKind.DONE
+_SKIPPED, _CANCELLED = EventKind.SKIPPED, EventKind.CANCELLED
+_EVENT_OF = {
+    State.DONE: EventKind.DONE,
+    State.FAILED: EventKind.FAILED,
+    State.CANCELLED: EventKind.CANCELLED,
+}
+
+
+class Sink(Protocol):
+    """Where a run's rows go (a store), and who confirms its ``done`` events."""
+
+    #: False for a run without a store: the ledger then skips the sink on its hot paths.
+    stores: bool
+    #: What the run's result graph records as its origin (the store's key), or None.
+    origin: str | None
+
+    async def open(
+        self, ledger: Ledger, pending: Sequence[str], on_error: Callable[[BaseException], None]
+    ) -> None:
+        """Before any task starts: load what the pending tasks need, begin the run.
+        ``on_error`` ends the run (a write that failed later, say)."""
+        ...
+
+    def keep(self, name: str, value: Any) -> bool:
+        """Take a done task's result; False if it cannot be stored (see ``refused``)."""
+        ...
+
+    def refused(self, name: str) -> BaseException:
+        """Why ``keep(name, ...)`` said False (the error the task fails with)."""
+        ...
+
+    def ended(self, name: str, rec: TaskRecord) -> bool:
+        """A task's final record of this run; True if the sink takes its event over."""
+        ...
+
+    async def close(self) -> None:
+        """On every way out: commit what is queued and record how the run ended."""
+        ...
+
+
+class NullSink:
+    """The sink of a run without a store: it keeps nothing and defers nothing."""
+
+    stores = False
+    origin: str | None = None
+
+    async def open(
+        self, ledger: Ledger, pending: Sequence[str], on_error: Callable[[BaseException], None]
+    ) -> None:
+        return None
+
+    def keep(self, name: str, value: Any) -> bool:
+        return True
+
+    def refused(self, name: str) -> BaseException:
+        raise AssertionError("the null sink refuses nothing")
+
+    def ended(self, name: str, rec: TaskRecord) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
+
+
+class Ledger:
+    """One run's records and attempts; sends its events and rows (on the loop's thread)."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        emit: Emit | None,
+        sink: Sink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.graph = graph  # the run's snapshot: its tasks, and the result's base
+        self.records: dict[str, TaskRecord] = graph._records
+        self.emit = emit
+        self.sink = sink
+        self.stores = sink.stores
+        self.now = clock
+        self.tries: dict[str, int] = {}
+        self.started_at: dict[str, float] = {}
+        self.last_error: dict[str, tuple[BaseException, str | None]] = {}
+        self.reported: set[str] = set()
+
+    # -- before the tasks start ----------------------------------------------------------
+
+    async def open(self, pending: Sequence[str], on_error: Callable[[BaseException], None]) -> None:
+        """Open the sink (a store loads inputs and begins the run) before any task starts."""
+        await self.sink.open(self, pending, on_error)
+
+    async def close(self) -> None:
+        """Close the sink (commit, record the run's end); on every way out of the run."""
+        await self.sink.close()
+
+    def skip(self, names: Iterable[str]) -> None:
+        """Record tasks skipped from the start (an ancestor failed earlier)."""
+        for n in names:
+            self.records[n] = TaskRecord(status=State.SKIPPED)
+
+    def write_skipped(self, names: Iterable[str]) -> None:
+        # A run on a store records the tasks it skips from the start (an ancestor failed
+        # and the graph was not reset), so the store says why they did not run.
+        if self.stores:
+            for n in names:
+                self.sink.ended(n, self.records[n])
+
+    def announce(self, pending: Iterable[str], skipped: Iterable[str]) -> None:
+        """The first events: what this run is going to run, and what it skips."""
+        emit = self.emit
+        if emit is None:
+            return
+        now = self.now()
+        for n in pending:
+            emit(_new(Event, (_QUEUED, n, 0, now, None)))
+        for n in skipped:
+            emit(Event(_SKIPPED, n, 0, now))
+
+    # -- attempts -----------------------------------------------------------------------
+
+    def started(self, ready: Sequence[Task], now: float) -> None:
+        """Attempts of ``ready`` begin. Running tasks keep their old record until they
+        end: the frozen record is written once per task."""
+        tries = self.tries
+        emit = self.emit
+        for task in ready:
+            name = task.name
+            if name in tries:
+                tries[name] += 1
+            else:
+                tries[name] = 1
+                self.started_at[name] = now
+            if emit is not None:
+                emit(_new(Event, (_STARTED, name, tries[name], now, None)))
+
+    def began(self, name: str, when: float) -> None:
+        """An executor began ``name``'s attempt at ``when``, by its own clock.
+
+        The record (and stored row) is timed from its first attempt's start there, not
+        from its dispatch, so a worker's start-up (a fresh interpreter: 100 ms and more)
+        is not counted as the task's own time. The ``started`` event stays at the
+        dispatch: the attempt began then, for whoever watches the run.
+        """
+        if self.tries.get(name) == 1:
+            self.started_at[name] = min(max(when, self.started_at[name]), self.now())
+
+    def done(self, name: str, value: Any, end: float) -> bool:
+        """``name`` returned ``value``; False if the sink cannot keep it (see refused)."""
+        if self.stores and not self.sink.keep(name, value):
+            return False
+        rec = self.records[name]
+        tries = self.tries[name]
+        new = self.records[name] = TaskRecord(
+            State.DONE, value, None, None, rec.attempts + tries, self.started_at[name], end
+        )
+        if self.stores and self.sink.ended(name, new):
+            return True  # its event waits for the commit (durable)
+        if self.emit is not None:
+            self.emit(_new(Event, (_DONE, name, tries, end, None)))
+        return True
+
+    def refused(self, name: str) -> BaseException:
+        return self.sink.refused(name)
+
+    def retrying(self, name: str, error: BaseException, tb: str | None, when: float) -> None:
+        self.last_error[name] = (error, tb)
+        if self.emit is not None:
+            self.emit(Event(EventKind.RETRYING, name, self.tries[name], when, error))
+
+    def ended(
+        self, name: str, status: State, error: BaseException, tb: str | None, end: float
+    ) -> None:
+        """The final record of a task that ran (or tried to) in this run: failed or
+        cancelled."""
+        rec = self.records[name]
+        tries = self.tries[name]
+        new = self.records[name] = TaskRecord(
+            status, None, error, tb, rec.attempts + tries, self.started_at[name], end
+        )
+        if self.stores and self.sink.ended(name, new):
+            return
+        if self.emit is not None:
+            self.emit(_new(Event, (_EVENT_OF[status], name, tries, end, error)))
+
+    def skipped(self, names: Iterable[str], when: float) -> None:
+        """Descendants of a failed task: skipped."""
+        for name in names:
+            self.records[name] = rec = TaskRecord(State.SKIPPED)
+            if self.stores:
+                self.sink.ended(name, rec)
+            if self.emit is not None:
+                self.emit(Event(_SKIPPED, name, 0, when))
+
+    def cancel(
+        self,
+        running: Iterable[str],
+        rest: Iterable[str],
+        reason: str,
+        abandoned: set[str],
+        cancel_grace: float,
+    ) -> None:
+        """Record every task that has not ended as cancelled, with ``reason``."""
+        now = self.now()
+        for n in running:
+            if n in abandoned:
+                why = TaskCancelled(
+                    f"task {n!r} was cancelled: {reason}; it did not end within "
+                    f"cancel_grace={cancel_grace}s and was abandoned"
+                )
+            else:
+                why = TaskCancelled(f"task {n!r} was cancelled: {reason}")
+            self.ended(n, State.CANCELLED, why, None, now)
+        for n in rest:
+            if n in self.tries:  # waiting out a retry's backoff
+                error, _ = self.last_error[n]
+                why = TaskCancelled(
+                    f"task {n!r} was cancelled while waiting to retry after "
+                    f"{type(error).__name__}: {error}; {reason}"
+                )
+                self.ended(n, State.CANCELLED, why, None, now)
+                continue
+            rec = self.records[n]
+            why = TaskCancelled(f"task {n!r} did not start: {reason}")
+            self.records[n] = new = TaskRecord(
+                State.CANCELLED, None, why, None, rec.attempts, rec.started, rec.finished
+            )
+            if self.stores and self.sink.ended(n, new):
+                continue
+            if self.emit is not None:
+                self.emit(Event(_CANCELLED, n, 0, now, why))
+
+    # -- from the sink -------------------------------------------------------------------
+
+    def durable(self, done: Iterable[tuple[str, float | None]]) -> None:
+        """The sink committed these done tasks' rows: (name, finished). Their ``done``
+        events go now (not for tasks marked done before the run: they did not run)."""
+        emit = self.emit
+        if emit is None:
+            return
+        tries = self.tries
+        reported = self.reported
+        for name, finished in done:
+            if name in tries:
+                reported.add(name)
+                emit(_new(Event, (_DONE, name, tries[name], finished or 0.0, None)))
+
+    def lost(self, error: BaseException) -> None:
+        """A write failed: tasks that ended done but were never committed get their
+        terminal event now, a failed one, since their result is not durable."""
+        if self.emit is None:
+            return
+        now = self.now()
+        records = self.records
+        for name, tries in self.tries.items():
+            rec = records.get(name)
+            if rec is not None and rec.status is State.DONE and name not in self.reported:
+                self.emit(Event(EventKind.FAILED, name, tries, now, error))
+
+    # -- reading --------------------------------------------------------------------------
+
+    def snapshot(self) -> Graph:
+        """The Graph as it stands: every record so far (the run's result, at its end)."""
+        result = self.graph._derive(self.records)
+        origin = self.sink.origin
+        if origin is not None:
+            result._origin = origin
+        return result
+
+    def result(self, name: str) -> Any:
+        """A done task's result."""
+        return self.records[name].result

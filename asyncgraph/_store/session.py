@@ -1,0 +1,317 @@
+"""The store's side of a run: a :class:`~asyncgraph._ledger.Sink` that writes its rows.
+
+Before the run: the stored results its pending tasks take as inputs are loaded, the run
+is begun in the store, and stale ``done`` rows are reset. During the run: each ended
+task's row goes to a writer thread (``RunWriter``), and the commits come back to the
+ledger, which sends their ``done`` events then. After it: the run's end is recorded.
+
+State it keeps
+    ``blobs[name]``          a done task's serialized result, until its row is queued;
+    ``unstorable_errors``    why a result could not be serialized, until its task fails;
+    ``counts[state]``        tasks ended, by state (committed or not);
+    ``writer``, ``run_id``   the writer thread and the run's key, once begun;
+    ``error``                a write that failed (the run was stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._exceptions import StoreError, UnstorableResultError
+from .._ledger import Ledger
+from .._shield import in_thread_to_the_end
+from .._state import State, StoredResult, TaskRecord
+from .._task import Task
+from .protocol import Store, TaskRow, new_result_id
+from .serialize import serialize
+from .writer import RunWriter
+
+if TYPE_CHECKING:
+    from .resume import Loaded
+
+__all__ = ["MAX_ERROR_TEXT", "StoreSink", "load_inputs"]
+
+_VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
+
+
+#: What a row of a done task holds beside its result, at most (its name, times, digests
+#: and SQLite's record header), with a wide margin: the room a result leaves for them.
+_ROW_OVERHEAD = 16 * 1024
+
+
+async def load_inputs(
+    records: dict[str, TaskRecord], tasks: Mapping[str, Task], pending: Any
+) -> None:
+    """Replace the StoredResults the pending tasks take as inputs with their values.
+
+    Each is read from its own store (the one the graph was loaded from), in a thread,
+    several at once where the store can, before any task starts.
+    """
+    by_store: dict[int, tuple[Store, dict[str, int]]] = {}
+    for n in pending:
+        for d in tasks[n].deps:
+            placeholder = records[d].result
+            if type(placeholder) is StoredResult:
+                store = placeholder.store
+                by_store.setdefault(id(store), (store, {}))[1][d] = placeholder.result_id
+    if not by_store:
+        return
+
+    def load_all() -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for store, wanted in by_store.values():
+            values.update(store.load_results(wanted))
+        return values
+
+    for d, value in (await anyio.to_thread.run_sync(load_all)).items():
+        r = records[d]
+        records[d] = TaskRecord(
+            r.status, value, r.error, r.traceback, r.attempts, r.started, r.finished
+        )
+
+
+#: The most of a failed task's error message, and of its traceback, that a row keeps.
+#: Past it the text is cut (saying how much): an error is not a result, and a message
+#: the store cannot hold must not stop the run. Far below SQLite's limit for a row.
+MAX_ERROR_TEXT = 100_000
+
+
+def _type_name(error: BaseException) -> str:
+    name = getattr(error, "type_name", None)
+    return name if isinstance(name, str) else type(error).__name__
+
+
+def _message(error: BaseException) -> str:
+    message = getattr(error, "message", None)
+    return message if isinstance(message, str) else str(error)
+
+
+def _text(text: str) -> str:
+    """Error text as a row can hold it: at most MAX_ERROR_TEXT characters, and UTF-8
+    (a lone surrogate, as ``os.fsdecode`` makes of a file name that is not UTF-8, is
+    written as its escape: SQLite takes UTF-8 only)."""
+    if len(text) > MAX_ERROR_TEXT:
+        cut = len(text) - MAX_ERROR_TEXT
+        text = f"{text[:MAX_ERROR_TEXT]}... [{cut:,} more characters not stored]"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+class StoreSink:
+    """The store's side of one run (a :class:`~asyncgraph._ledger.Sink`).
+
+    Rows go to a writer thread (``RunWriter``) as tasks end; each commit is reported
+    back to the ledger (``ledger.durable``), which sends the ``done`` events of the
+    tasks it holds only then, so whoever listens never hears of a result that a crash
+    could still lose (``ended`` returns True for a done task: its event waits). No
+    back-reference to the run: a failed write ends it through ``on_error``. Results
+    are serialized on the loop
+    as each task ends, so a result that cannot be stored (or is too big for the store)
+    fails its own task before anything downstream uses it.
+
+    Every task this run will run that the store says is done (a reset task and its
+    descendants, one whose code or upstream changed) gets a ``pending`` row in the
+    writer's first transaction, ahead of every row of a task that ran: its stale "done"
+    is gone before any new result of the run is committed, so a crash at any later
+    point cannot leave a descendant looking reusable next to its rerun upstream. Any
+    other task that a crash interrupts is already due to run again next time (new,
+    failed, skipped, cancelled), so it costs no write until it ends.
+
+    The run's counts are those of its committed rows: the writer counts them as it
+    commits (in the same transaction, for a store that takes ``counts``).
+    """
+
+    stores = True
+
+    def __init__(self, store: Store, loaded: Loaded) -> None:
+        from .sqlite import SQLiteStore
+
+        self.store = store
+        self.digests = loaded.digests
+        self.stored = loaded.stored
+        self.origin = loaded.graph._origin
+        self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
+        self.blobs: dict[str, tuple[str, bytes]] = {}
+        self.unstorable_errors: dict[str, UnstorableResultError] = {}
+        self.writer: RunWriter | None = None
+        self.run_id = 0
+        self.error: BaseException | None = None
+        self.counts: dict[State, int] = {}  # tasks ended, by state (committed or not)
+        self.room: int | None = None  # the largest result the store takes, in bytes
+        self.limit: int | None = None  # the store's own limit for a row
+        sqlite = isinstance(store, SQLiteStore)
+        self.limit_name = " (SQLite's SQLITE_LIMIT_LENGTH)" if sqlite else ""
+        self.ledger: Ledger
+        self.on_error: Callable[[BaseException], None]
+
+    async def open(
+        self, ledger: Ledger, pending: Sequence[str], on_error: Callable[[BaseException], None]
+    ) -> None:
+        """Load the stored results the pending tasks need, then record the run's start."""
+        self.ledger = ledger
+        self.on_error = on_error
+        records = ledger.records
+        tasks = ledger.graph._tasks
+        stored = self.stored
+        invalidate = [
+            n for n in pending if (s := stored.get(n)) is not None and s.status is State.DONE
+        ]
+        self.limit = await anyio.to_thread.run_sync(self.store.result_size_limit)
+        if self.limit is not None:
+            # The row holds more than the result: its name, times, digests and
+            # SQLite's record header; what the room leaves is far more than those.
+            self.room = self.limit - _ROW_OVERHEAD
+        # Done in the graph but not from the store (mark_done, create_graph(done=...), a
+        # run without a store): recorded as done now, so the next run reuses them too.
+        # Not the ones a run on this store recorded already (same outcome, same time).
+        given = {}
+        for n, r in records.items():
+            if r.status is not State.DONE or type(r.result) is StoredResult:
+                continue
+            s = stored.get(n)
+            if (
+                s is not None
+                and s.status is State.DONE
+                and s.fingerprint == self.digests[n][1]
+                and r.finished is not None
+                and s.finished == r.finished
+            ):
+                continue
+            given[n] = blob = serialize(n, r.result, "was marked done with")
+            self._check_size(n, blob, "was marked done with")
+        await load_inputs(records, tasks, pending)
+
+        def begin() -> None:
+            self.run_id = self.store.begin_run()  # kept even if we are cancelled meanwhile
+
+        await in_thread_to_the_end(begin)
+        # The resets first, then the tasks marked done: one transaction, before any row
+        # of a task that runs (see the class's docstring).
+        first = [
+            self._row(n, TaskRecord(State.PENDING, attempts=records[n].attempts), None)
+            for n in invalidate
+        ]
+        first += [self._row(n, records[n], blob) for n, blob in given.items()]
+        self.writer = RunWriter(
+            self.store,
+            self.run_id,
+            asyncio.get_running_loop(),
+            self._committed,
+            self._write_failed,
+            first=first,
+            first_counts={"tasks": len(records), "reused": self.reused},
+        )
+
+    def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
+        error = rec.error
+        own, fp = self.digests[name]
+        if blob is None:
+            result_id = fmt = data = None
+        else:
+            result_id = new_result_id()
+            fmt, data = blob
+        # tuple.__new__: a NamedTuple's own __new__ is Python code, and this runs per task.
+        row: TaskRow = tuple.__new__(
+            TaskRow,
+            (
+                name,
+                self.run_id,
+                _VALUE_OF[rec.status],
+                rec.attempts,
+                rec.started,
+                rec.finished,
+                None if error is None else _text(_type_name(error)),
+                None if error is None else _text(_message(error)),
+                None if rec.traceback is None else _text(rec.traceback),
+                fp,
+                own,
+                result_id,
+                fmt,
+                data,
+            ),
+        )
+        return row
+
+    def keep(self, name: str, value: Any) -> bool:
+        """Serialize a result; False (and the reason kept) if it cannot be stored."""
+        try:
+            self.blobs[name] = blob = serialize(name, value)
+            if self.room is not None and len(blob[1]) > self.room:
+                self._check_size(name, blob, "returned")
+        except UnstorableResultError as exc:
+            self.blobs.pop(name, None)
+            self.unstorable_errors[name] = exc
+            return False
+        return True
+
+    def _check_size(self, name: str, blob: tuple[str, bytes], what: str) -> None:
+        """Raise UnstorableResultError if a serialized result does not fit the store."""
+        size = len(blob[1])
+        if self.room is None or size <= self.room:
+            return
+        raise UnstorableResultError(
+            f"task {name!r} {what} a result of {size:,} bytes ({blob[0]}), too big for store "
+            f"{self.store}: a row there holds at most {self.limit:,} bytes{self.limit_name}, "
+            "and the result needs room beside it for the task's record; write large "
+            "data to a file and return its path, or run without a store"
+        )
+
+    def refused(self, name: str) -> BaseException:
+        return self.unstorable_errors.pop(name)
+
+    def ended(self, name: str, rec: TaskRecord) -> bool:
+        """Queue the row; True (the ledger sends no event now) for a done task, whose
+        event waits for its commit, and for every task before the run began."""
+        if self.writer is None:
+            return True
+        status = rec.status
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.writer.put(self._row(name, rec, self.blobs.pop(name, None)))
+        return status is State.DONE
+
+    def _committed(self, rows: list[TaskRow]) -> None:
+        self.ledger.durable((row[0], row[5]) for row in rows if row[2] == "done")
+
+    def _write_failed(self, exc: BaseException) -> None:
+        self.error = StoreError(
+            f"writing to store {self.store} failed ({type(exc).__name__}: {exc}); the run "
+            "was stopped, and what was committed before is kept"
+        )
+        self.error.__cause__ = exc
+        self.on_error(self.error)
+
+    async def close(self) -> None:
+        """Commit what is queued and record how the run ended (called on every way out)."""
+        if self.writer is not None:
+            await anyio.to_thread.run_sync(self.writer.close)
+        if self.error is not None:
+            self.ledger.lost(self.error)
+        if self.run_id:
+            records = self.ledger.records
+            c = self.counts
+            if self.error is not None:
+                status = "failed"  # a write failed: the store stopped the run
+            elif c.get(State.CANCELLED) or self.writer is None:
+                status = "cancelled"  # also: cancelled before its first task started
+            elif c.get(State.FAILED) or c.get(State.SKIPPED):
+                status = "failed"
+            else:
+                status = "done"
+            # What the store holds: the rows committed, not the tasks that ended (after
+            # a failed write, the last ones never reached the store).
+            committed = {} if self.writer is None else self.writer.committed
+            counts = {"tasks": len(records), "reused": self.reused, **committed}
+            try:
+                await anyio.to_thread.run_sync(self.store.end_run, self.run_id, status, counts)
+            except Exception:
+                if self.error is None:  # a failed write says more than this follow-up
+                    raise
+        if self.error is not None:
+            raise self.error
