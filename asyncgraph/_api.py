@@ -16,28 +16,25 @@ from typing import TYPE_CHECKING, Any
 from ._exceptions import InvalidTaskError, UnknownTaskError
 from ._graph import BaseGraph
 from ._rewrite import mark_done, mark_done_except, reset, reset_failed, results_dict, subgraph
+from ._runner import run
 from ._state import NO_RESULT, PENDING_RECORD, State, TaskRecord
+from ._sync import run_sync
 from ._task import Kind, make_task
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    # shim: removed after the house merge (see the end of _graph): what mypy sees as the
-    # base, so the public class and _graph.Graph are assignable both ways meanwhile.
-    from ._graph import Graph as _Base
-    from ._observe import OnEvent, Progress
+    from ._options import OnEvent, Progress
     from ._pictures import SVG, MermaidText
-    from ._store import Store
+    from ._store.protocol import Store
     from ._summary import Summary
-else:
-    _Base = BaseGraph
 
 __all__ = ["Graph", "create_graph"]
 
 F = Callable[..., Any]
 
 
-class Graph(_Base):
+class Graph(BaseGraph):
     """A dependency map of functions and coroutines, with each task's state.
 
     Define tasks with the :meth:`task` decorator or :meth:`add`; run with
@@ -81,9 +78,6 @@ class Graph(_Base):
         on_event: OnEvent | None = None,
     ) -> Graph:
         """``await graph.run(...)`` is ``await asyncgraph.run(graph, ...)``."""
-        # shim: imported here until _runner stops importing _graph.Graph (then at the top)
-        from ._runner import run
-
         return await run(
             self,
             max_io=max_io,
@@ -109,8 +103,6 @@ class Graph(_Base):
         on_event: OnEvent | None = None,
     ) -> Graph:
         """``graph.run_sync(...)`` is ``asyncgraph.run_sync(graph, ...)``."""
-        from ._runner import run_sync  # shim: as in run
-
         return run_sync(
             self,
             max_io=max_io,

@@ -24,18 +24,19 @@ State it keeps
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
-from weakref import WeakKeyDictionary
+from typing import Any, TypeVar, overload
 
 from ._dag import Dag
 from ._exceptions import TaskFailures, UnknownTaskError
 from ._state import PENDING_RECORD, ResultRef, State, TaskRecord
 from ._task import Kind, Task, make_task
 
-__all__ = ["BaseGraph"]
+__all__ = ["BaseGraph", "G"]
 
 F = Callable[..., Any]
 _G = TypeVar("_G", bound="BaseGraph")
+#: A graph of any BaseGraph class: what the engines take and give back (``run(g: G) -> G``).
+G = TypeVar("G", bound="BaseGraph")
 
 
 class _Keep:
@@ -54,7 +55,9 @@ class BaseGraph:
     :class:`asyncgraph.Graph` adds running, rewriting and reporting.
 
     Package-internal (used by other asyncgraph modules, not part of the public API):
-    ``_dag`` (the structure), :meth:`_derive`, :meth:`_subset` and :meth:`_insert`.
+    ``_dag`` (the structure), ``_origin`` (read only: it is written through
+    :meth:`_derive`), :meth:`_derive`, :meth:`_subset`, :meth:`_record_copy` and
+    :meth:`_insert`.
     """
 
     __slots__ = ("_dag", "_origin", "_records")
@@ -236,16 +239,20 @@ class BaseGraph:
     # -- deriving new graphs (package-internal) -----------------------------------------
 
     def _derive(
-        self: _G, records: Mapping[str, TaskRecord], *, origin: str | _Keep | None = _KEEP
+        self: _G,
+        records: Mapping[str, TaskRecord] | None = None,
+        *,
+        origin: str | _Keep | None = _KEEP,
     ) -> _G:
-        """A new graph of the same class and tasks with the given records (package-internal).
+        """A new graph of the same class and tasks with the given records, or a copy of
+        this one's (package-internal).
 
         The two share the Dag (frozen now, so a task added to either goes to a copy); the
         records are copied. ``origin`` replaces the origin; by default it is kept.
         """
         new = object.__new__(type(self))
         new._dag = self._dag.freeze()
-        new._records = dict(records)
+        new._records = dict(self._records if records is None else records)
         new._origin = self._origin if isinstance(origin, _Keep) else origin
         return new
 
@@ -300,60 +307,10 @@ class BaseGraph:
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return f"<Graph {len(self)} tasks" + (f": {detail}>" if detail else ">")
 
-    # -- shims: removed after the house merge -------------------------------------------
-    # Other modules (_runner, _resume, _observe, _store) still read these; each has a
-    # replacement named in its docstring.
-
-    @property
-    def _tasks(self) -> Mapping[str, Task]:  # shim: removed after the house merge
-        """The Dag's tasks (use ``_dag.tasks``)."""
-        return self._dag.tasks
-
-    def _child_map(self) -> Mapping[str, tuple[str, ...]]:  # shim: removed after the house merge
-        """Each task's dependents (use ``_dag.child_map()``)."""
-        return self._dag.child_map()
-
-    def _unit_paths(self) -> Any:  # shim: removed after the house merge
-        """Longest remaining paths with unit weights, over all tasks, cached per Dag (the
-        scheduler's business: its own cache per Dag replaces this)."""
-        dag = self._dag.freeze()
-        paths = _UNIT_PATHS.get(dag)
-        if paths is None:
-            from ._scheduler import critical_paths  # shim: an upward import, for now
-
-            paths = critical_paths(dag.tasks, dag.topological_order(), dag.child_map())
-            _UNIT_PATHS[dag] = paths
-        return paths
-
-    def _check_names(
-        self, names: Iterable[str] | str, where: str
-    ) -> list[str]:  # shim: removed after the house merge
-        """``names`` checked against the tasks (use ``_dag.check_names``)."""
-        return self._dag.check_names(names, where)
-
-
-#: shim: removed after the house merge (the scheduler keeps its own cache per Dag).
-_UNIT_PATHS: WeakKeyDictionary[Dag, Any] = WeakKeyDictionary()
-
-
-# shim: removed after the house merge. _runner, _resume and _observe still import
-# ``Graph`` from here. At run time it is the public class, looked up when first asked for
-# (so their isinstance checks and the graphs they derive are the public class). mypy
-# cannot follow that lookup, so it sees a stand-in with an Any base, which both accepts
-# the public class and is accepted as it, until they are typed over BaseGraph (a TypeVar).
-if TYPE_CHECKING:
-
-    class Graph(BaseGraph, Any):  # type: ignore[misc]  # shim: see above
-        __slots__ = ()
-
-else:
-
-    def __getattr__(name: str) -> Any:
-        if name == "Graph":
-            from ._api import Graph  # shim: the one upward import, lazy
-
-            return Graph
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def _record_copy(self) -> dict[str, TaskRecord]:
+        """The records as a dict of the caller's own (package-internal: a run's ledger
+        works on one)."""
+        return dict(self._records)
 
 
 class _Results(Mapping[str, Any]):

@@ -30,7 +30,7 @@ from ._exceptions import TaskCancelled
 from ._state import State, TaskRecord
 
 if TYPE_CHECKING:
-    from ._graph import Graph
+    from ._graph import BaseGraph
     from ._task import Task
 
 __all__ = ["Ledger", "NullSink", "Sink"]
@@ -108,13 +108,13 @@ class Ledger:
 
     def __init__(
         self,
-        graph: Graph,
+        graph: BaseGraph,
         emit: Emit | None,
         sink: Sink,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.graph = graph  # the run's snapshot: its tasks, and the result's base
-        self.records: dict[str, TaskRecord] = graph._records
+        self.records: dict[str, TaskRecord] = graph._record_copy()
         self.emit = emit
         self.sink = sink
         self.stores = sink.stores
@@ -299,13 +299,12 @@ class Ledger:
 
     # -- reading --------------------------------------------------------------------------
 
-    def snapshot(self) -> Graph:
+    def snapshot(self) -> BaseGraph:
         """The Graph as it stands: every record so far (the run's result, at its end)."""
-        result = self.graph._derive(self.records)
         origin = self.sink.origin
-        if origin is not None:
-            result._origin = origin
-        return result
+        if origin is None:
+            return self.graph._derive(self.records)
+        return self.graph._derive(self.records, origin=origin)
 
     def result(self, name: str) -> Any:
         """A done task's result."""

@@ -24,10 +24,10 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, cast
 
 from ._events import Event, EventKind
-from ._graph import Graph
+from ._graph import G
 from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._runner import RunRecords, check_graph, start
 from ._shield import wait_to_the_end
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["OpenRun", "open_run"]
 
 
-class OpenRun:
+class OpenRun(Generic[G]):
     """A run in progress, from :func:`open_run`: its events, its results as they come.
 
     ::
@@ -53,18 +53,18 @@ class OpenRun:
     A ``fail_fast`` failure is raised when the block is left (and by :meth:`wait`).
     """
 
-    def __init__(self, graph: Graph, options: RunOptions) -> None:
+    def __init__(self, graph: G, options: RunOptions) -> None:
         self._graph = graph
         self._options = options
         self._history: list[Event] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self._records: RunRecords | None = None  # the run's, once it exists
-        self._task: asyncio.Task[Graph] | None = None
+        self._task: asyncio.Task[G] | None = None
 
     # -- the run's lifetime ---------------------------------------------------------
 
-    async def __aenter__(self) -> OpenRun:
+    async def __aenter__(self) -> OpenRun[G]:
         if self._task is not None:
             raise RuntimeError("an OpenRun can be entered only once")
         run = start(self._graph, self._options, extra=self._record, on_run=self._attach)
@@ -97,11 +97,11 @@ class OpenRun:
         # was read with one.
         self._records = records
 
-    def _ended(self, task: asyncio.Task[Graph]) -> None:
+    def _ended(self, task: asyncio.Task[G]) -> None:
         self._closed = True
         self._wake()
 
-    async def wait(self) -> Graph:
+    async def wait(self) -> G:
         """Wait for the run to end and return its Graph (or raise what the run raised).
 
         Cancelled while waiting: the run is cancelled too, and its cleanup awaited.
@@ -115,14 +115,14 @@ class OpenRun:
             raise
         return self._result(task)
 
-    def _result(self, task: asyncio.Task[Graph]) -> Graph:
+    def _result(self, task: asyncio.Task[G]) -> G:
         if task.cancelled():
             # Only we cancel it (cancel(), or leaving the block on an error); the run
             # recorded every unfinished task as cancelled before it ended. Cancelled
             # while its store was still being read, nothing had started: the input.
             if self._records is None:
                 return self._graph
-            return self._records.snapshot()
+            return cast(G, self._records.snapshot())  # derived from the input: its class
         return task.result()
 
     def cancel(self) -> None:
@@ -131,7 +131,7 @@ class OpenRun:
         self._started().cancel()
 
     @property
-    def graph(self) -> Graph:
+    def graph(self) -> G:
         """The resulting Graph, once the run has ended (RuntimeError before)."""
         task = self._started()
         if not task.done():
@@ -143,7 +143,7 @@ class OpenRun:
         """Whether the run has ended."""
         return self._task is not None and self._task.done()
 
-    def _started(self) -> asyncio.Task[Graph]:
+    def _started(self) -> asyncio.Task[G]:
         if self._task is None:
             raise RuntimeError("use the OpenRun in 'async with ag.open_run(graph) as r:'")
         return self._task
@@ -196,7 +196,7 @@ class OpenRun:
 
 
 def open_run(
-    graph: Graph,
+    graph: G,
     *,
     max_io: int | None = None,
     cpu_workers: int | None = None,
@@ -207,7 +207,7 @@ def open_run(
     on_event: OnEvent | None = None,
     store: str | os.PathLike[str] | Store | None = None,
     cancel_grace: float = CANCEL_GRACE,
-) -> OpenRun:
+) -> OpenRun[G]:
     """Start ``graph`` in ``async with``, to watch its events and use early results.
 
     Takes :func:`asyncgraph.run`'s options. See :class:`OpenRun`.

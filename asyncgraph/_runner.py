@@ -29,7 +29,7 @@ import asyncio
 import os
 import random
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, cast
 
 import anyio
 
@@ -43,12 +43,12 @@ from ._exceptions import (
 )
 from ._executors import Executor, default_executors
 from ._executors.base import Outcome, cancelled_from_inside, failed, route, traceback_of
-from ._graph import Graph
+from ._graph import BaseGraph, G
 from ._ledger import Ledger, NullSink, Sink
 from ._observe import Watch
 from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._options import STOPPED_BY as _STOPPED_BY
-from ._scheduler import Lane, Scheduler
+from ._scheduler import Lane, Scheduler, unit_paths
 from ._shield import in_thread_to_the_end
 from ._shield import wait_to_the_end as _to_the_end
 from ._state import ResultRef, State, TaskRecord
@@ -58,7 +58,6 @@ from ._taskset import TaskSet
 
 if TYPE_CHECKING:
     from ._store import Store
-    from ._sync import run_sync as run_sync  # shim: removed after the house merge
 
 __all__ = ["OnRun", "RunRecords", "check_graph", "run", "start"]
 
@@ -86,7 +85,7 @@ class _Run:
 
     def __init__(
         self,
-        graph: Graph,
+        graph: BaseGraph,
         options: RunOptions,
         *,
         emit: Emit | None = None,
@@ -99,13 +98,13 @@ class _Run:
         max_io, cpu_workers, limits = options.max_io, options.cpu_workers, options.limits
         fail_fast, deadline = options.fail_fast, options.deadline
         cancel_grace = options.cancel_grace
-        order = graph.topological_order()  # raises CycleError / MissingDependencyError
-        # Fill the structural caches on the caller's graph, so its next run reuses them,
-        # then work on a snapshot (the caches come along): a task added to the caller's
-        # graph while this run goes on must not appear in its result without a record.
-        graph._unit_paths()
-        graph = graph._derive(graph._records)
-        self.tasks = graph._tasks  # the dict itself: the read-only view costs a call
+        # The run works on a snapshot: a task added to the caller's graph while this run
+        # goes on must not appear in its result without a record. The snapshot shares
+        # the (now frozen) Dag, whose caches serve the caller's next run too.
+        graph = graph._derive()
+        dag = graph._dag
+        order = dag.topological_order()  # raises CycleError / MissingDependencyError
+        self.tasks = dag.tasks
         self.fail_fast = fail_fast
         self.deadline = deadline
         self.cancel_grace = cancel_grace
@@ -119,8 +118,8 @@ class _Run:
             self.tasks,
             order,
             limits=limits,
-            children=graph._child_map(),
-            unit_paths=graph._unit_paths(),
+            children=dag.child_map(),
+            unit_paths=unit_paths(dag),
             weights=weights,
             lanes=[Lane(*lane) for lane in lanes],
         )
@@ -143,7 +142,7 @@ class _Run:
 
     # OpenRun (in _observe) reads these two; the coordinator points it at the ledger.
     @property
-    def graph(self) -> Graph:
+    def graph(self) -> BaseGraph:
         return self.ledger.graph
 
     @property
@@ -316,7 +315,7 @@ class _Run:
             await ex.aclose()
         await self.ledger.close()
 
-    async def run(self) -> Graph:
+    async def run(self) -> BaseGraph:
         reason = "the run was cancelled"
         ledger = self.ledger
         core = self.core
@@ -363,14 +362,14 @@ class _Run:
 
 def check_graph(graph: Any) -> None:
     """TypeError unless ``graph`` is a Graph (before its options are looked at)."""
-    if not isinstance(graph, Graph):
+    if not isinstance(graph, BaseGraph):
         raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
 
 
 class RunRecords(Protocol):
     """What an open run reads of a run in progress (see ``_open_run``): its ledger."""
 
-    def snapshot(self) -> Graph:
+    def snapshot(self) -> BaseGraph:
         """The Graph so far: every task as its latest record has it."""
         ...
 
@@ -384,12 +383,12 @@ OnRun: TypeAlias = Callable[[RunRecords], None]
 
 
 def start(
-    graph: Graph,
+    graph: G,
     options: RunOptions,
     *,
     extra: Emit | None = None,
     on_run: OnRun | None = None,
-) -> Coroutine[Any, Any, Graph]:
+) -> Coroutine[Any, Any, G]:
     """The run of ``graph``, as a coroutine to await (or to make a task of).
 
     A run without a store is built here, so what is wrong with the graph (a cycle, a CPU
@@ -409,16 +408,17 @@ def start(
         the_run = _Run(graph, options, emit=watch.emit)
         if on_run is not None:
             on_run(the_run.ledger)
-    return _lifetime(watch, graph, options, the_run, on_run)
+    # Every graph the run derives is of the caller's class (``_derive``: ``type(self)``).
+    return cast("Coroutine[Any, Any, G]", _lifetime(watch, graph, options, the_run, on_run))
 
 
 async def _lifetime(
     watch: Watch,
-    graph: Graph,
+    graph: BaseGraph,
     options: RunOptions,
     the_run: _Run | None,
     on_run: OnRun | None,
-) -> Graph:
+) -> BaseGraph:
     """The run from its first event to its last, without a store (``the_run``) or on
     one (built by ``_run_on_store``)."""
     async with watch:
@@ -435,11 +435,11 @@ async def _lifetime(
 
 
 async def _run_on_store(
-    graph: Graph,
+    graph: BaseGraph,
     options: RunOptions,
     emit: Emit | None,
     on_run: OnRun | None,
-) -> Graph:
+) -> BaseGraph:
     """A run that records itself in its store and reuses what is done there.
 
     The store is opened (from a path) or taken as given, checked against the graph's
@@ -486,7 +486,7 @@ async def _run_on_store(
 
 
 async def run(
-    graph: Graph,
+    graph: G,
     *,
     max_io: int | None = None,
     cpu_workers: int | None = None,
@@ -497,7 +497,7 @@ async def run(
     progress: Progress = False,
     on_event: OnEvent | None = None,
     cancel_grace: float = CANCEL_GRACE,
-) -> Graph:
+) -> G:
     """Run every pending task of ``graph`` and return a new Graph with their states.
 
     ``max_io`` caps concurrent IO tasks (default: no cap for coroutines; plain functions
@@ -527,14 +527,3 @@ async def run(
         on_event=on_event,
     )
     return await start(graph, options)
-
-
-def __getattr__(name: str) -> Any:
-    # shim: removed after the house merge. Graph.run_sync and compat.taskmap import
-    # run_sync from here; it lives in _sync now, which imports this module, not the
-    # reverse, so it is found only when asked for (and typed by the import above).
-    if name == "run_sync":
-        from ._sync import run_sync
-
-        return run_sync
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

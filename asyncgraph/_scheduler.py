@@ -39,12 +39,14 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
+from weakref import WeakKeyDictionary
 
+from ._dag import Dag
 from ._exceptions import GraphError
 from ._state import State
 from ._task import Kind, Task
 
-__all__ = ["Lane", "Scheduler", "critical_paths"]
+__all__ = ["Lane", "Scheduler", "critical_paths", "unit_paths"]
 
 _Key = tuple[float, int, int]
 _RUNNABLE = (State.PENDING, State.RUNNING)
@@ -78,6 +80,22 @@ def critical_paths(
         path[n] = p
         keys[n] = (-p, -tasks[n].priority, i)
     return path, keys
+
+
+#: The unit-weight critical paths of each (frozen) Dag, computed once: every run of a
+#: graph and of the graphs derived from it shares the Dag, hence this.
+_UNIT_PATHS: WeakKeyDictionary[Dag, tuple[dict[str, float], dict[str, _Key]]] = WeakKeyDictionary()
+
+
+def unit_paths(dag: Dag) -> tuple[dict[str, float], dict[str, _Key]]:
+    """:func:`critical_paths` of every task of ``dag`` with unit weights, cached per Dag
+    (freezing it: a Dag that is added to afterwards is a copy, with its own entry)."""
+    dag = dag.freeze()
+    paths = _UNIT_PATHS.get(dag)
+    if paths is None:
+        paths = critical_paths(dag.tasks, dag.topological_order(), dag.child_map())
+        _UNIT_PATHS[dag] = paths
+    return paths
 
 
 class Lane(NamedTuple):

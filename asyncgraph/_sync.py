@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import Terminated
-from ._graph import Graph
+from ._graph import G
 from ._options import CANCEL_GRACE, STOPPED_BY, OnEvent, Progress, RunOptions
 from ._runner import check_graph, start
 
@@ -34,7 +34,7 @@ __all__ = ["run_sync"]
 
 
 def run_sync(
-    graph: Graph,
+    graph: G,
     *,
     max_io: int | None = None,
     cpu_workers: int | None = None,
@@ -45,7 +45,7 @@ def run_sync(
     progress: Progress = False,
     on_event: OnEvent | None = None,
     cancel_grace: float = CANCEL_GRACE,
-) -> Graph:
+) -> G:
     """:func:`run` for scripts: runs on a new event loop (uvloop when installed).
 
     Inside a running loop (a Jupyter cell, a coroutine under ``asyncio.run``) it runs on
@@ -177,13 +177,13 @@ class _Signals:
         return None
 
 
-def _run_on_new_loop(run: Coroutine[Any, Any, Graph], grace: float, signals: _Signals) -> Graph:
+def _run_on_new_loop(run: Coroutine[Any, Any, G], grace: float, signals: _Signals) -> G:
     """``asyncio.Runner(...).run(run)``, with signals that stop the run (see _Signals)
     and a close that cannot hang (see _shut_down)."""
     loop = _loop_factory()()
-    result: Graph | None = None
+    result: G | None = None
     error: BaseException | None = None
-    task: asyncio.Task[Graph] | None = None
+    task: asyncio.Task[G] | None = None
     try:
         task = loop.create_task(run)
         signals.attach(loop, task)
@@ -214,7 +214,7 @@ def _run_on_new_loop(run: Coroutine[Any, Any, Graph], grace: float, signals: _Si
 
 
 def _shut_down(
-    loop: asyncio.AbstractEventLoop, grace: float, main: asyncio.Task[Graph] | None
+    loop: asyncio.AbstractEventLoop, grace: float, main: asyncio.Task[Any] | None
 ) -> None:
     """What ``asyncio.Runner.close`` does, each step but one bounded by ``grace`` seconds.
 
@@ -249,7 +249,7 @@ def _shut_down(
         loop.run_until_complete(asyncio.wait({loop.create_task(step())}, timeout=timeout))
 
 
-def _run_in_helper_thread(run: Coroutine[Any, Any, Graph], grace: float) -> Graph:
+def _run_in_helper_thread(run: Coroutine[Any, Any, G], grace: float) -> G:
     # We are inside a running loop (a notebook cell calling run_sync, or a coroutine
     # under asyncio.run):
     #     ag.run_sync(g)   # <- asyncio.run() would raise "cannot be called from a
@@ -286,5 +286,5 @@ def _run_in_helper_thread(run: Coroutine[Any, Any, Graph], grace: float) -> Grap
         signals.restore()
     if "error" in outcome:
         raise outcome["error"]
-    value: Graph = outcome["value"]
+    value: G = outcome["value"]
     return value

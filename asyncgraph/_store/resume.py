@@ -19,11 +19,11 @@ import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
 from .._fingerprint import digests
-from .._graph import Graph
+from .._graph import BaseGraph, G
 from .._rewrite import reset_failed
 from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
 from .protocol import Store, StoredTask
@@ -65,13 +65,15 @@ def store_key(store: Store) -> str:
 class Loaded:
     """A graph with its stored state, and what load() found out on the way."""
 
-    graph: Graph
+    graph: BaseGraph
     reasons: dict[str, str]  # why each task that is not done will run
     stored: dict[str, StoredTask]
     digests: dict[str, tuple[str, str]]  # name -> (own code digest, fingerprint)
 
 
-def check_names(graph: Graph, stored: Mapping[str, StoredTask], store: Store, force: bool) -> None:
+def check_names(
+    graph: BaseGraph, stored: Mapping[str, StoredTask], store: Store, force: bool
+) -> None:
     """Raise StoreMismatchError if the store holds tasks the graph lacks (unless forced)."""
     if force or not stored:
         return
@@ -99,7 +101,7 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
-def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
+def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     """The work of :func:`load`; blocking (reads the store), so runs call it in a thread."""
     stored = store.tasks()
     check_names(graph, stored, store, force)
@@ -155,8 +157,7 @@ def load_from(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
                 s.started,
                 s.finished,
             )
-    loaded = graph._derive(records)
-    loaded._origin = store_key(store)
+    loaded = graph._derive(records, origin=store_key(store))
     return Loaded(loaded, reasons, stored, fps)
 
 
@@ -185,7 +186,7 @@ def _upstream_reran(
     return False
 
 
-def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = False) -> Graph:
+def load(graph: G, store: str | os.PathLike[str] | Store, *, force: bool = False) -> G:
     """``graph`` with the state its store recorded, ready to inspect, rewrite and run.
 
     Tasks done in the store with an unchanged fingerprint are done (their results are
@@ -195,14 +196,15 @@ def load(graph: Graph, store: str | os.PathLike[str] | Store, *, force: bool = F
     Raises :class:`StoreMismatchError` if the store holds tasks the graph does not have,
     unless ``force=True``.
     """
-    if not isinstance(graph, Graph):
+    if not isinstance(graph, BaseGraph):
         raise TypeError(f"load() needs an asyncgraph.Graph, not {type(graph).__name__}")
     if not isinstance(force, bool):
         raise TypeError(f"force must be True or False, not {force!r}")
-    return load_from(graph, open_store(store), force=force).graph
+    loaded = load_from(graph, open_store(store), force=force).graph
+    return cast(G, loaded)  # derived from graph: of its class
 
 
-def check_origin(graph: Graph, store: Store) -> None:
+def check_origin(graph: BaseGraph, store: Store) -> None:
     """Raise StoreError if ``graph`` was loaded from (or run on) a store other than this.
 
     Its reused tasks' results are in that store, under keys this one does not have, and
@@ -234,7 +236,7 @@ def _same_file(origin: str, store: Store) -> bool:
         return False
 
 
-def for_run(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
+def for_run(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     """What a run on ``store`` starts from (see the module docstring)."""
     check_origin(graph, store)
     if graph._origin is not None:
@@ -245,7 +247,7 @@ def for_run(graph: Graph, store: Store, *, force: bool = False) -> Loaded:
     return Loaded(ready, loaded.reasons, loaded.stored, loaded.digests)
 
 
-def plan(graph: Graph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
+def plan(graph: BaseGraph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
     """What a run of ``graph`` on ``store`` would do: for each task ``run`` or ``reuse``
     (or ``keep`` for a failed task a loaded graph has not reset), and why.
 
@@ -254,7 +256,7 @@ def plan(graph: Graph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
     """
     import pandas as pd
 
-    if not isinstance(graph, Graph):
+    if not isinstance(graph, BaseGraph):
         raise TypeError(f"plan() needs an asyncgraph.Graph, not {type(graph).__name__}")
     the_store = open_store(store)
     check_origin(graph, the_store)
@@ -262,8 +264,7 @@ def plan(graph: Graph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
         # A loaded (perhaps rewritten) graph runs as it is: compare it with what a run
         # of the bare definitions would do, to tell the user's rewrites apart.
         given = graph
-        fresh = graph._derive(dict.fromkeys(graph.tasks, PENDING_RECORD))
-        fresh._origin = None
+        fresh = graph._derive(dict.fromkeys(graph.tasks, PENDING_RECORD), origin=None)
         # The graph was loaded, so a mismatch of names was already allowed (load's force).
         natural = for_run(fresh, the_store, force=True)
     else:

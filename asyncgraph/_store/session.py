@@ -158,7 +158,7 @@ class StoreSink:
         self.ledger = ledger
         self.on_error = on_error
         records = ledger.records
-        tasks = ledger.graph._tasks
+        tasks = ledger.graph._dag.tasks
         stored = self.stored
         invalidate = [
             n for n in pending if (s := stored.get(n)) is not None and s.status is State.DONE

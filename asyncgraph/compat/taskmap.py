@@ -48,8 +48,8 @@ from .._api import Graph as _Native
 from .._api import create_graph as _native_create_graph
 from .._exceptions import GraphError, PicklingError, TaskFailures
 from .._graph import BaseGraph
-from .._runner import run_sync as _run_sync
 from .._state import State
+from .._sync import run_sync as _run_sync
 from .._task import is_async_callable
 
 __all__ = [
