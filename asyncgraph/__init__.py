@@ -31,6 +31,7 @@ from ._exceptions import UnknownTaskError as UnknownTaskError
 from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
+from ._lifetime import run as run
 from ._open_run import OpenRun as OpenRun
 from ._open_run import open_run as open_run
 from ._rewrite import mark_done as mark_done
@@ -38,7 +39,6 @@ from ._rewrite import mark_done_except as mark_done_except
 from ._rewrite import reset as reset
 from ._rewrite import reset_failed as reset_failed
 from ._rewrite import subgraph as subgraph
-from ._runner import run as run
 from ._state import NO_RESULT as NO_RESULT
 from ._state import State as State
 from ._state import StoredResult as StoredResult

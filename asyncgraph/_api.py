@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidTaskError, UnknownTaskError
 from ._graph import BaseGraph
+from ._lifetime import run
 from ._rewrite import mark_done, mark_done_except, reset, reset_failed, results_dict, subgraph
-from ._runner import run
 from ._state import NO_RESULT, PENDING_RECORD, State, TaskRecord
 from ._sync import run_sync
 from ._task import Kind, make_task

@@ -6,8 +6,8 @@ reads its events (:meth:`OpenRun.events`) and its results as they come
 (:meth:`OpenRun.as_completed`). The events reach the open run as one more listener of
 the run's emit (``extra``), first, on the loop's thread; the iterators wait for them on
 futures the listener resolves, with no polling. The results come from the run's records,
-read through one narrow seam (``_runner.RunRecords``: ``snapshot()`` and ``result_of``),
-handed over by the run as soon as it exists.
+read through one narrow seam (``_lifetime.RunRecords``, the run's ledger: ``snapshot()``
+and ``result()``), handed over by the run as soon as it exists.
 
 State it keeps
     _history   every event of the run so far, in order (each iterator has its own index)
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Generic, cast
 
 from ._events import Event, EventKind
 from ._graph import G
+from ._lifetime import RunRecords, check_graph, start
 from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
-from ._runner import RunRecords, check_graph, start
 from ._shield import wait_to_the_end
 
 if TYPE_CHECKING:

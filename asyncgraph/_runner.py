@@ -1,4 +1,6 @@
-"""The async runner: ``run()`` (``run_sync`` is in ``_sync``). It owns every task of a run.
+"""The async runner: ``_Run``, one run of one graph. It owns every task of the run.
+
+``run()`` and its kin build one and run it (``_lifetime``, ``_sync``, ``_open_run``).
 
 The runner is the "caller" of the synchronous :class:`~asyncgraph._scheduler.Scheduler`:
 it starts what ``get_ready()`` hands out, each attempt through the executor of its lane
@@ -26,12 +28,9 @@ State it keeps
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, cast
-
-import anyio
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._clock import backoff as _backoff
@@ -43,23 +42,16 @@ from ._exceptions import (
 )
 from ._executors import Executor, default_executors
 from ._executors.base import Outcome, cancelled_from_inside, failed, route, traceback_of
-from ._graph import BaseGraph, G
+from ._graph import BaseGraph
 from ._ledger import Ledger, NullSink, Sink
-from ._observe import Watch
-from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._options import STOPPED_BY as _STOPPED_BY
+from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, unit_paths
-from ._shield import in_thread_to_the_end
 from ._shield import wait_to_the_end as _to_the_end
-from ._state import ResultRef, State, TaskRecord
-from ._store.session import StoreSink
-from ._store.session import load_inputs as _load_inputs
+from ._state import State
 from ._taskset import TaskSet
 
-if TYPE_CHECKING:
-    from ._store import Store
-
-__all__ = ["OnRun", "RunRecords", "check_graph", "run", "start"]
+__all__: list[str] = []  # package-internal: _Run is for _lifetime and the tests
 
 
 class _Requeue(NamedTuple):
@@ -139,15 +131,6 @@ class _Run:
         self._on_done = self._child_done
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
-
-    # OpenRun (in _observe) reads these two; the coordinator points it at the ledger.
-    @property
-    def graph(self) -> BaseGraph:
-        return self.ledger.graph
-
-    @property
-    def records(self) -> dict[str, TaskRecord]:
-        return self.ledger.records
 
     # -- the children ------------------------------------------------------------------
     #
@@ -355,175 +338,3 @@ class _Run:
             assert group is not None
             raise group
         return result
-
-
-# -- a run's lifetime: what run(), run_sync() and open_run() share ----------------------
-
-
-def check_graph(graph: Any) -> None:
-    """TypeError unless ``graph`` is a Graph (before its options are looked at)."""
-    if not isinstance(graph, BaseGraph):
-        raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
-
-
-class RunRecords(Protocol):
-    """What an open run reads of a run in progress (see ``_open_run``): its ledger."""
-
-    def snapshot(self) -> BaseGraph:
-        """The Graph so far: every task as its latest record has it."""
-        ...
-
-    def result(self, name: str) -> Any:
-        """The result of a task that is done."""
-        ...
-
-
-#: ``on_run=``: given the run's ledger as soon as the run exists.
-OnRun: TypeAlias = Callable[[RunRecords], None]
-
-
-def start(
-    graph: G,
-    options: RunOptions,
-    *,
-    extra: Emit | None = None,
-    on_run: OnRun | None = None,
-) -> Coroutine[Any, Any, G]:
-    """The run of ``graph``, as a coroutine to await (or to make a task of).
-
-    A run without a store is built here, so what is wrong with the graph (a cycle, a CPU
-    task that cannot be pickled) is raised by the caller's own call, before anything
-    starts; a run on a store is built once the store is read. ``extra`` hears every
-    event first; ``on_run`` is given the run's records as soon as the run exists.
-    """
-    watch = Watch(
-        options.progress,
-        options.on_event,
-        deadline=options.deadline,
-        grace=options.cancel_grace,
-        extra=extra,
-    )
-    the_run = None
-    if options.store is None:
-        the_run = _Run(graph, options, emit=watch.emit)
-        if on_run is not None:
-            on_run(the_run.ledger)
-    # Every graph the run derives is of the caller's class (``_derive``: ``type(self)``).
-    return cast("Coroutine[Any, Any, G]", _lifetime(watch, graph, options, the_run, on_run))
-
-
-async def _lifetime(
-    watch: Watch,
-    graph: BaseGraph,
-    options: RunOptions,
-    the_run: _Run | None,
-    on_run: OnRun | None,
-) -> BaseGraph:
-    """The run from its first event to its last, without a store (``the_run``) or on
-    one (built by ``_run_on_store``)."""
-    async with watch:
-        if the_run is None:
-            return await _run_on_store(graph, options, watch.emit, on_run)
-        records = the_run.ledger.records
-        if graph._origin is not None and any(
-            isinstance(r.result, ResultRef) for r in records.values()
-        ):
-            # A graph loaded from a store, run without one: its tasks take values, so
-            # the results they need are read from that store first.
-            await _load_inputs(records, the_run.tasks, the_run.core.pending())
-        return await the_run.run()
-
-
-async def _run_on_store(
-    graph: BaseGraph,
-    options: RunOptions,
-    emit: Emit | None,
-    on_run: OnRun | None,
-) -> BaseGraph:
-    """A run that records itself in its store and reuses what is done there.
-
-    The store is opened (from a path) or taken as given, checked against the graph's
-    origin, then held: its lock is taken in a thread waited for to the end (a
-    cancelled caller still knows whether it holds it), and released however the run
-    ends; a store opened here is closed after, the caller's own is the caller's.
-    """
-    from ._store import SQLiteStore, open_store
-    from ._store.resume import check_origin, for_run, weights_of
-
-    graph.topological_order()  # a cycle is reported before the store is touched
-    store = await anyio.to_thread.run_sync(open_store, options.store)
-    check_origin(graph, store)  # and a graph of another store, before it is held
-    held = False
-
-    def take() -> None:
-        nonlocal held
-        store.acquire()
-        held = True  # set in the thread: a cancelled caller still knows to let go
-        if isinstance(store, SQLiteStore):
-            store._held_by_run = True  # its close() is refused until the run ends
-
-    try:
-        await in_thread_to_the_end(take)
-        loaded = await anyio.to_thread.run_sync(for_run, graph, store)
-        the_run = _Run(
-            loaded.graph,
-            options,
-            weights=weights_of(loaded),
-            emit=emit,
-            sink=StoreSink(store, loaded),
-        )
-        if on_run is not None:
-            on_run(the_run.ledger)
-        return await the_run.run()
-    finally:
-        if held:
-            store.release()  # the lock goes, and the run's connection
-        if store is not options.store:
-            # Ours: close it too, so SQLite folds its WAL file back into the store. The
-            # run's StoredResults read it again if they are ever loaded. (The caller's
-            # own object is the caller's to close.)
-            store.close()
-
-
-async def run(
-    graph: G,
-    *,
-    max_io: int | None = None,
-    cpu_workers: int | None = None,
-    limits: Mapping[str, int] | None = None,
-    fail_fast: bool = False,
-    deadline: float | None = None,
-    store: str | os.PathLike[str] | Store | None = None,
-    progress: Progress = False,
-    on_event: OnEvent | None = None,
-    cancel_grace: float = CANCEL_GRACE,
-) -> G:
-    """Run every pending task of ``graph`` and return a new Graph with their states.
-
-    ``max_io`` caps concurrent IO tasks (default: no cap for coroutines; plain functions
-    share anyio's thread pool of 40); ``cpu_workers`` is the number of worker processes
-    (default: the CPU count); ``limits={"db": 4}`` caps tasks declaring
-    ``resources=("db",)``. A failed task's descendants are skipped and the rest goes on,
-    unless ``fail_fast=True``, which cancels the rest and raises :class:`TaskFailures`.
-    ``deadline`` (seconds) cancels whatever has not finished by then.
-
-    ``progress=True`` draws a progress bar and ``on_event`` is called with each
-    :class:`Event` (see docs/observing.md).
-
-    ``store`` (a file path, or a :class:`Store`) makes the run durable: every outcome is
-    recorded there, and tasks already done there with an unchanged fingerprint are
-    reused instead of run (see :func:`load` and ``docs/store.md``).
-    """
-    check_graph(graph)
-    options = RunOptions(
-        max_io=max_io,
-        cpu_workers=cpu_workers,
-        limits=limits,
-        fail_fast=fail_fast,
-        deadline=deadline,
-        cancel_grace=cancel_grace,
-        store=store,
-        progress=progress,
-        on_event=on_event,
-    )
-    return await start(graph, options)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import Terminated
 from ._graph import G
+from ._lifetime import check_graph, start
 from ._options import CANCEL_GRACE, STOPPED_BY, OnEvent, Progress, RunOptions
-from ._runner import check_graph, start
 
 if TYPE_CHECKING:
     from ._store import Store

@@ -16,12 +16,15 @@ State it keeps
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._exceptions import StoreError, UnstorableResultError
+from .._graph import BaseGraph
 from .._ledger import Ledger
 from .._shield import in_thread_to_the_end
 from .._state import State, StoredResult, TaskRecord
@@ -33,7 +36,7 @@ from .writer import RunWriter
 if TYPE_CHECKING:
     from .resume import Loaded
 
-__all__ = ["MAX_ERROR_TEXT", "StoreSink", "load_inputs"]
+__all__ = ["MAX_ERROR_TEXT", "StoreSink", "hold", "load_inputs"]
 
 _VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
 
@@ -315,3 +318,41 @@ class StoreSink:
                     raise
         if self.error is not None:
             raise self.error
+
+
+@contextlib.asynccontextmanager
+async def hold(
+    given: str | os.PathLike[str] | Store, graph: BaseGraph
+) -> AsyncIterator[tuple[Store, Loaded]]:
+    """The store of a run, held for its length, and ``graph`` as the store has it.
+
+    The store is opened (from a path) or taken as given, checked against the graph's
+    origin, then held: its lock is taken in a thread waited for to the end (a cancelled
+    caller still knows whether it holds it) and released however the run ends. A store
+    opened here is closed after, so SQLite folds its WAL file back into it (the run's
+    StoredResults read it again if they are ever loaded); the caller's own store object
+    is the caller's to close.
+    """
+    from .resume import check_origin, for_run
+    from .sqlite import SQLiteStore, open_store
+
+    graph.topological_order()  # a cycle is reported before the store is touched
+    store = await anyio.to_thread.run_sync(open_store, given)
+    check_origin(graph, store)  # and a graph of another store, before it is held
+    held = False
+
+    def take() -> None:
+        nonlocal held
+        store.acquire()
+        held = True  # set in the thread: a cancelled caller still knows to let go
+        if isinstance(store, SQLiteStore):
+            store._held_by_run = True  # its close() is refused until the run ends
+
+    try:
+        await in_thread_to_the_end(take)
+        yield store, await anyio.to_thread.run_sync(for_run, graph, store)
+    finally:
+        if held:
+            store.release()  # the lock goes, and the run's connection
+        if store is not given:
+            store.close()
