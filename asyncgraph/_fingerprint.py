@@ -484,125 +484,19 @@ class _Node:
         self.key = b""
 
 
-class _Digester:
-    """Digests callables and values; one per ``fingerprints`` call (or a shared memo).
-
-    ``memo`` holds the finished user functions and classes (see ``Memo``); ``_top`` the
-    digests of the callables asked for, which for a user function is a hash of its node
-    digest (kept apart so that a reference to the function always sees the node digest).
+class _CodeParts:
+    """The digest parts of code: functions, their closures, the modules they name, and
+    classes. A base of :class:`_Digester`, which walks the references (``_ref``) and
+    values (``_value``) these parts lead to; apart so neither class is one long room.
     """
 
-    def __init__(self, memo: Memo) -> None:
-        self._memo = memo
-        self._top: Memo = {}
-        self._codes: dict[int, tuple[types.CodeType, bytes, tuple[str, ...]]] = {}
-        self._nodes: dict[int, _Node] = {}
-        self._stack: list[_Node] = []
-        self._building: list[_Node] = []
-        self._counter = 0
-        self._active: set[int] = set()  # values being digested: cycle guard (never output)
+    _codes: dict[int, tuple[types.CodeType, bytes, tuple[str, ...]]]
 
-    def digest(self, obj: Any) -> bytes:
-        hit = self._top.get(id(obj))
-        if hit is not None and hit[0] is obj:
-            return hit[1]
-        parts: list[bytes | _Node] = []
-        self._value(obj, parts, 0)
-        h = hashlib.sha256(b"top")
-        for p in parts:
-            assert isinstance(p, bytes), "every node is finished once the stack is empty"
-            h.update(p)
-        d = h.digest()
-        self._top[id(obj)] = (obj, d)
-        return d
+    if TYPE_CHECKING:  # given by _Digester
 
-    # -- the Tarjan part ------------------------------------------------------------------
+        def _ref(self, obj: Any, out: list[bytes | _Node]) -> None: ...
 
-    def _ref(self, obj: Any, out: list[bytes | _Node]) -> None:
-        """Append a user function's or class's digest, or a placeholder inside a cycle."""
-        hit = self._memo.get(id(obj))
-        if hit is not None and hit[0] is obj:
-            out.append(hit[1])
-            return
-        parent = self._building[-1] if self._building else None
-        node = self._nodes.get(id(obj))
-        if node is None:
-            node = self._visit(obj)
-            if parent is not None and node.on_stack:
-                parent.low = min(parent.low, node.low)
-        elif node.on_stack and parent is not None:
-            parent.low = min(parent.low, node.index)
-        hit = self._memo.get(id(obj))
-        out.append(hit[1] if hit is not None else node)
-
-    def _visit(self, obj: Any) -> _Node:
-        node = _Node(obj, self._counter)
-        self._counter += 1
-        self._nodes[id(obj)] = node
-        self._stack.append(node)
-        self._building.append(node)
-        try:
-            if isinstance(obj, type):
-                self._class_parts(obj, node.parts)
-            else:
-                self._function_parts(obj, node.parts)
-        finally:
-            self._building.pop()
-        if node.low == node.index:
-            members = []
-            while True:
-                m = self._stack.pop()
-                m.on_stack = False
-                members.append(m)
-                if m is node:
-                    break
-            self._finish(members)
-        return node
-
-    def _finish(self, members: list[_Node]) -> None:
-        """Give each member of a strongly connected component its final digest.
-
-        A lone member refers to itself (if at all) as ``self``. In a cycle each member
-        refers to the others by qualified name (made unique), and the component's digest is
-        taken over the members sorted by name, and each member's digest is the
-        component's plus its own name: the same whichever member was reached first.
-        """
-        if len(members) == 1:
-            members[0].key = b"self"
-        else:
-            # The qualified name alone, so that moving a cycle to another module keeps its
-            # digest; the module, then the line, only to tell apart members that share it
-            # (two lambdas, or two modules' ``helper``), and only then.
-            keys = [str(getattr(m.obj, "__qualname__", "?")) for m in members]
-            for refine in (_name_of, _first_line):
-                keys = [
-                    k if keys.count(k) == 1 else f"{k}@{refine(m.obj)}"
-                    for m, k in zip(members, keys, strict=True)
-                ]
-            for m, k in zip(members, keys, strict=True):
-                m.key = k.encode()
-        in_scc = {id(m) for m in members}
-        partial = []
-        for m in members:
-            assert all(isinstance(p, bytes) or id(p) in in_scc for p in m.parts), (
-                "a pending node is always in the current cycle"
-            )
-            stream = b"".join(p if isinstance(p, bytes) else _frame(b"r", p.key) for p in m.parts)
-            partial.append((m.key, hashlib.sha256(b"node" + stream).digest()))
-        if len(members) == 1:
-            finals = [partial[0][1]]
-        else:
-            scc = hashlib.sha256(b"scc")
-            for key, d in sorted(partial):
-                scc.update(_frame(b"k", key) + d)
-            s = scc.digest()
-            finals = [hashlib.sha256(s + _frame(b"k", m.key)).digest() for m in members]
-        for m, d in zip(members, finals, strict=True):
-            self._memo[id(m.obj)] = (m.obj, d)
-            del self._nodes[id(m.obj)]
-            m.parts = []
-
-    # -- functions and classes ---------------------------------------------------------------
+        def _value(self, obj: Any, out: list[bytes | _Node], depth: int) -> None: ...
 
     def _code(self, co: types.CodeType) -> tuple[bytes, tuple[str, ...]]:
         hit = self._codes.get(id(co))
@@ -736,6 +630,125 @@ class _Digester:
             if name not in _CLASS_SKIP:
                 out.append(b"a" + _str(name))
                 self._value(attrs[name], out, 0)
+
+
+class _Digester(_CodeParts):
+    """Digests callables and values; one per ``fingerprints`` call (or a shared memo).
+
+    ``memo`` holds the finished user functions and classes (see ``Memo``); ``_top`` the
+    digests of the callables asked for, which for a user function is a hash of its node
+    digest (kept apart so that a reference to the function always sees the node digest).
+    """
+
+    def __init__(self, memo: Memo) -> None:
+        self._memo = memo
+        self._top: Memo = {}
+        self._codes: dict[int, tuple[types.CodeType, bytes, tuple[str, ...]]] = {}
+        self._nodes: dict[int, _Node] = {}
+        self._stack: list[_Node] = []
+        self._building: list[_Node] = []
+        self._counter = 0
+        self._active: set[int] = set()  # values being digested: cycle guard (never output)
+
+    def digest(self, obj: Any) -> bytes:
+        hit = self._top.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        parts: list[bytes | _Node] = []
+        self._value(obj, parts, 0)
+        h = hashlib.sha256(b"top")
+        for p in parts:
+            assert isinstance(p, bytes), "every node is finished once the stack is empty"
+            h.update(p)
+        d = h.digest()
+        self._top[id(obj)] = (obj, d)
+        return d
+
+    # -- the Tarjan part ------------------------------------------------------------------
+
+    def _ref(self, obj: Any, out: list[bytes | _Node]) -> None:
+        """Append a user function's or class's digest, or a placeholder inside a cycle."""
+        hit = self._memo.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            out.append(hit[1])
+            return
+        parent = self._building[-1] if self._building else None
+        node = self._nodes.get(id(obj))
+        if node is None:
+            node = self._visit(obj)
+            if parent is not None and node.on_stack:
+                parent.low = min(parent.low, node.low)
+        elif node.on_stack and parent is not None:
+            parent.low = min(parent.low, node.index)
+        hit = self._memo.get(id(obj))
+        out.append(hit[1] if hit is not None else node)
+
+    def _visit(self, obj: Any) -> _Node:
+        node = _Node(obj, self._counter)
+        self._counter += 1
+        self._nodes[id(obj)] = node
+        self._stack.append(node)
+        self._building.append(node)
+        try:
+            if isinstance(obj, type):
+                self._class_parts(obj, node.parts)
+            else:
+                self._function_parts(obj, node.parts)
+        finally:
+            self._building.pop()
+        if node.low == node.index:
+            members = []
+            while True:
+                m = self._stack.pop()
+                m.on_stack = False
+                members.append(m)
+                if m is node:
+                    break
+            self._finish(members)
+        return node
+
+    def _finish(self, members: list[_Node]) -> None:
+        """Give each member of a strongly connected component its final digest.
+
+        A lone member refers to itself (if at all) as ``self``. In a cycle each member
+        refers to the others by qualified name (made unique), and the component's digest is
+        taken over the members sorted by name, and each member's digest is the
+        component's plus its own name: the same whichever member was reached first.
+        """
+        if len(members) == 1:
+            members[0].key = b"self"
+        else:
+            # The qualified name alone, so that moving a cycle to another module keeps its
+            # digest; the module, then the line, only to tell apart members that share it
+            # (two lambdas, or two modules' ``helper``), and only then.
+            keys = [str(getattr(m.obj, "__qualname__", "?")) for m in members]
+            for refine in (_name_of, _first_line):
+                keys = [
+                    k if keys.count(k) == 1 else f"{k}@{refine(m.obj)}"
+                    for m, k in zip(members, keys, strict=True)
+                ]
+            for m, k in zip(members, keys, strict=True):
+                m.key = k.encode()
+        in_scc = {id(m) for m in members}
+        partial = []
+        for m in members:
+            assert all(isinstance(p, bytes) or id(p) in in_scc for p in m.parts), (
+                "a pending node is always in the current cycle"
+            )
+            stream = b"".join(p if isinstance(p, bytes) else _frame(b"r", p.key) for p in m.parts)
+            partial.append((m.key, hashlib.sha256(b"node" + stream).digest()))
+        if len(members) == 1:
+            finals = [partial[0][1]]
+        else:
+            scc = hashlib.sha256(b"scc")
+            for key, d in sorted(partial):
+                scc.update(_frame(b"k", key) + d)
+            s = scc.digest()
+            finals = [hashlib.sha256(s + _frame(b"k", m.key)).digest() for m in members]
+        for m, d in zip(members, finals, strict=True):
+            self._memo[id(m.obj)] = (m.obj, d)
+            del self._nodes[id(m.obj)]
+            m.parts = []
 
     # -- values ---------------------------------------------------------------------------------
 
