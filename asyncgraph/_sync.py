@@ -8,6 +8,11 @@ if the program left it as Python has it) cancel the run with a reason the runner
 (``_options.STOPPED_BY``), and ``run_sync`` raises KeyboardInterrupt or
 :class:`Terminated` once the run has cleaned up. Closing the loop is bounded by the
 run's ``cancel_grace``, so a task the run abandoned cannot hold the program.
+
+State it keeps (``_Signals``, one per ``run_sync`` call)
+    ``signum``    the signal that asked the run to stop (SIGTERM wins over SIGINT);
+    ``loop``, ``task``  the run's loop and main task, once it runs (the handler cancels it);
+    ``previous``  the handlers it replaced, put back when the run is over.
 """
 
 from __future__ import annotations

@@ -6,6 +6,12 @@ asyncio task the run watches (one ``create_task``, no wrapper frame), unless it 
 timeout. :class:`ThreadExecutor` runs a plain function in the run's own daemon threads
 (see :mod:`asyncgraph._executors.threads`); a thread cannot be stopped, so on a timeout
 or a cancel the run stops waiting for it and it finishes on its own.
+
+State it keeps
+    ``LoopExecutor``    its ``clock`` (for the timeouts) and the loop, once it has one;
+    ``ThreadExecutor``  its ``limiter`` (``max_io``, or None for anyio's default) and its
+                        ``threads`` (started with the first plain function, closed by
+                        ``aclose``).
 """
 
 from __future__ import annotations

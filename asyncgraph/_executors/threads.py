@@ -19,6 +19,12 @@ A thread runs one call at a time and reports it to the loop with
 ends. The caller holds the limiter token (anyio's default thread limiter of 40, or the
 run's ``max_io`` one) for the time it waits, as ``anyio.to_thread.run_sync`` does with
 ``abandon_on_cancel=True``: a cancelled wait gives its token back at once.
+
+State it keeps (``Threads``, one per run)
+    ``limiter``  the token pool a call holds while it waits (None: anyio's default);
+    ``loop``     the run's loop, which the threads report to;
+    ``idle``     the threads waiting for their next call;
+    ``closed``   set when the run ends: idle threads stop, busy ones stop after their call.
 """
 
 from __future__ import annotations
