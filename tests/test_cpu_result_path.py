@@ -252,3 +252,20 @@ async def test_an_exception_that_unpickles_differently_arrives_as_its_text() -> 
     assert error.message == "5 rows were bad"
     assert str(error).endswith("CountedRows: 5 rows were bad")
     assert "raise CountedRows(5)" in out.records["check"].traceback
+
+
+# -- the reply pipe hands a big frame over without copying it ------------------------------
+
+
+def test_reply_frames_big_and_small_arrive_whole_in_any_chunking() -> None:
+    from asyncgraph._executors.process import _BIG, _HEADER, _Replies
+
+    big = bytes(range(256)) * (_BIG // 128)  # past _BIG: handed over as a view
+    small = b"small"
+    stream = b"".join(_HEADER.pack(len(p)) + p for p in (small, big, small, big))
+    for chunk in (1 << 20, 4096, 7):
+        replies = _Replies()
+        for i in range(0, len(stream), chunk):
+            replies.data_received(stream[i : i + chunk])
+        assert [bytes(f) for f in replies.frames] == [small, big, small, big]
+        assert replies.buffer == b""

@@ -61,6 +61,7 @@ from .threads import Threads
 __all__ = ["ProcessExecutor", "ProcessPool", "shipping_problem"]
 
 _HEADER = struct.Struct(">Q")
+_BIG = 1 << 16  # a reply frame past this many bytes is not copied out of its buffer
 _WORKER = str(Path(__file__).with_name("_worker.py"))
 _BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__asyncgraph_worker__')"
 
@@ -70,7 +71,7 @@ class _Replies(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.buffer = bytearray()
-        self.frames: deque[bytes] = deque()
+        self.frames: deque[bytes | memoryview] = deque()
         self.eof = False
         self.waiter: asyncio.Future[None] | None = None
 
@@ -79,10 +80,20 @@ class _Replies(asyncio.Protocol):
         buffer += data
         while len(buffer) >= _HEADER.size:
             (n,) = _HEADER.unpack_from(buffer)
-            if len(buffer) < _HEADER.size + n:
+            end = _HEADER.size + n
+            if len(buffer) < end:
                 break
-            self.frames.append(bytes(buffer[_HEADER.size : _HEADER.size + n]))
-            del buffer[: _HEADER.size + n]
+            if end == len(buffer) and n > _BIG:
+                # A big frame that is all the buffer holds (a big result: the worker
+                # then waits): handed over as a view, with no copy on the loop.
+                self.frames.append(memoryview(buffer)[_HEADER.size :])
+                self.buffer = buffer = bytearray()
+                break
+            # One copy, through a view: ``bytes(buffer[a:b])`` copies twice (the slice,
+            # then the bytes).
+            with memoryview(buffer) as view:
+                self.frames.append(bytes(view[_HEADER.size : end]))
+            del buffer[:end]
         if self.frames:
             self.wake()
 
