@@ -269,3 +269,41 @@ def test_reply_frames_big_and_small_arrive_whole_in_any_chunking() -> None:
             replies.data_received(stream[i : i + chunk])
         assert [bytes(f) for f in replies.frames] == [small, big, small, big]
         assert replies.buffer == b""
+
+
+def test_only_a_small_pickle_that_names_no_callable_is_loaded_on_the_loop() -> None:
+    import collections
+    import datetime
+    import fractions
+
+    from asyncgraph._executors.process import _INLINE, _NAMES_CODE
+
+    def inline(value: Any) -> bool:
+        data = cloudpickle.dumps(value)
+        return len(data) <= _INLINE and _NAMES_CODE.search(data) is None
+
+    for plain in (
+        None,
+        True,
+        5,
+        2**70,
+        (1, 2),
+        [1, [2]],
+        {1: (2,)},
+        b"xy",
+        bytearray(b"x"),
+        frozenset({1}),
+    ):
+        assert inline(plain), plain
+    code = (
+        Counted(1),
+        Slow("x"),
+        datetime.date(2020, 1, 1),
+        fractions.Fraction(1, 3),
+        collections.OrderedDict(a=1),
+        lambda: 1,
+        {1: Counted(2)},
+        b"x" * (_INLINE + 1),
+    )
+    for value in code:
+        assert not inline(value), value

@@ -39,6 +39,7 @@ import functools
 import os
 import pickle
 import pickletools
+import re
 import signal
 import struct
 import subprocess
@@ -563,10 +564,16 @@ class ProcessExecutor:
         name = task.name
         on_start = functools.partial(began, name)
         data = await self.pool.call(name, self.fn_bytes[name], (args, kwargs), on_start)
-        threads = self.threads
-        if threads is None:
-            threads = self.threads = Threads(anyio.CapacityLimiter(self.workers))
-        value = await threads.run(functools.partial(_unpickled, name, data))
+        if len(data) <= _INLINE and _NAMES_CODE.search(data) is None:
+            # Small, and names no callable, so it can run no code (an int, a tuple of
+            # floats, a short str): loaded here in microseconds, where a thread's hop
+            # (waiting for the GIL while the loop is busy) costs a millisecond and more.
+            value = _unpickled(name, data)
+        else:
+            threads = self.threads
+            if threads is None:
+                threads = self.threads = Threads(anyio.CapacityLimiter(self.workers))
+            value = await threads.run(functools.partial(_unpickled, name, data))
         pickled = self.pickled
         if pickled is None:
             pickled = self.pickled = _pickled_hook(began)
@@ -578,6 +585,14 @@ class ProcessExecutor:
             self.threads.close()
         if self.pool is not None:
             await self.pool.aclose()
+
+
+#: A pickle at most this long that holds none of the bytes of the opcodes that fetch a
+#: callable (GLOBAL ``c``, INST ``i``, EXT1/2/4, STACK_GLOBAL; REDUCE, BUILD, OBJ and
+#: NEWOBJ need one of them first) builds only plain values: nothing of the user's runs.
+#: The same bytes inside a string's data only send a plain value to a thread.
+_INLINE = 4096
+_NAMES_CODE = re.compile(rb"[ci\x82\x83\x84\x93]")
 
 
 def _unpickled(task: str, data: bytes) -> Any:
