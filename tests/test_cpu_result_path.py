@@ -131,12 +131,14 @@ async def test_a_cpu_result_is_unpickled_once_and_not_pickled_again(
 
 LOADING = threading.Event()  # a Slow's unpickle began (in this process)
 GO = threading.Event()  # the probe ran on the loop meanwhile: the unpickle may end
+LOADED = threading.Event()  # the unpickle ended
 SAW_GO: list[bool] = []
 
 
 def _slow_back(token: str) -> str:
     LOADING.set()
     SAW_GO.append(GO.wait(GUARD))  # False only if nothing else ran meanwhile
+    LOADED.set()
     return token
 
 
@@ -165,6 +167,7 @@ async def test_the_loop_runs_other_tasks_while_a_cpu_result_is_unpickled(
     """
     LOADING.clear()
     GO.clear()
+    LOADED.clear()
     SAW_GO.clear()
     order: list[str] = []
 
@@ -184,6 +187,37 @@ async def test_the_loop_runs_other_tasks_while_a_cpu_result_is_unpickled(
     assert SAW_GO == [True]
     assert order == ["probe ran during the load", "after"]
     assert out.results["slow"] == "loaded"
+
+
+async def test_a_run_that_stops_does_not_wait_for_an_unpickle_in_progress(
+    tmp_path: Path,
+) -> None:
+    r"""
+      slow (cpu: its result's unpickle waits on GO)      stopper (coroutine: waits for
+                                                          the unpickle to begin, fails)
+    fail_fast stops the run while the unpickle goes on: the run stops waiting for it,
+    as for any thread call, and records 'slow' as cancelled.
+    """
+    LOADING.clear()
+    GO.clear()
+    LOADED.clear()
+    SAW_GO.clear()
+
+    async def stopper() -> None:
+        await asyncio.to_thread(LOADING.wait, GUARD)
+        raise RuntimeError("stop the run")
+
+    g = ag.Graph()
+    g.add("slow", _make_slow, kind="cpu")
+    g.add("stopper", stopper)
+    try:
+        with anyio.fail_after(GUARD), pytest.raises(ag.TaskFailures) as info:
+            await ag.run(g, cpu_workers=1, fail_fast=True, store=tmp_path / "s.db")
+        assert SAW_GO == []  # the unpickle has not ended: nobody waited for it
+        assert statuses(info.value.graph) == {"slow": "cancelled", "stopper": "failed"}
+    finally:
+        GO.set()  # let the abandoned thread end, before another test uses the events
+        await asyncio.to_thread(LOADED.wait, GUARD)
 
 
 # -- the size check still holds ------------------------------------------------------------
