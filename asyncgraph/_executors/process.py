@@ -29,6 +29,12 @@ not do this: before Python 3.12 its ``wait()`` returns only once every pipe has 
 Starts. A worker answers each call with a ``started`` frame (and its clock) before it
 loads the task. A worker that dies before that frame arrives never began the task (an
 idle worker the out-of-memory killer took, say): the call moves to a fresh worker, once.
+
+Results. The worker pickles a result (cloudpickle); the pool returns those bytes, and
+:class:`ProcessExecutor` unpickles them once, as the attempt ends, in a thread (a small
+pickle that names no callable, on the loop), then hands the same bytes to the run's
+ledger, so a store keeps them as they are instead of pickling the value again on the
+loop. A big reply frame leaves the pipe's buffer as a view, with no copy.
 """
 
 from __future__ import annotations
