@@ -556,8 +556,9 @@ class ProcessExecutor:
         return asyncio.get_running_loop().create_task(call, name=task.name)
 
     async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began) -> Any:
-        """One attempt: the worker's bytes, unpickled once in a thread of this executor,
-        then handed on as they are (``pickled``) with the value returned.
+        """One attempt: the worker's bytes, unpickled once in a thread of this executor
+        (on the loop if small and plain: see ``_INLINE``), then handed on as they are
+        (``pickled``) with the value returned.
 
         The unpickle is the attempt's last step, not a lazy one later: a result that
         cannot be unpickled here fails its task now, with UnpicklingError, and is not
