@@ -66,6 +66,11 @@ class Sink(Protocol):
         """Take a done task's result; False if it cannot be stored (see ``refused``)."""
         ...
 
+    def pre_serialized(self, name: str, blob: tuple[str, bytes]) -> None:
+        """The next ``keep(name, ...)`` stores ``blob`` (format, data) as it is instead
+        of serializing the value: a CPU task's result, as its worker pickled it."""
+        ...
+
     def refused(self, name: str) -> BaseException:
         """Why ``keep(name, ...)`` said False (the error the task fails with)."""
         ...
@@ -92,6 +97,9 @@ class NullSink:
 
     def keep(self, name: str, value: Any) -> bool:
         return True
+
+    def pre_serialized(self, name: str, blob: tuple[str, bytes]) -> None:
+        return None
 
     def refused(self, name: str) -> BaseException:
         raise AssertionError("the null sink refuses nothing")
@@ -184,6 +192,13 @@ class Ledger:
         """
         if self.tries.get(name) == 1:
             self.started_at[name] = min(max(when, self.started_at[name]), self.now())
+
+    def pickled(self, name: str, data: bytes) -> None:
+        """An executor's attempt of ``name`` is about to return a value it loaded from
+        ``data`` (cloudpickle's bytes, a worker's): a store keeps those bytes as they
+        are, with no second serialization on the loop (the sink's ``keep`` uses them)."""
+        if self.stores:
+            self.sink.pre_serialized(name, ("pickle", data))
 
     def done(self, name: str, value: Any, end: float) -> bool:
         """``name`` returned ``value``; False if the sink cannot keep it (see refused)."""

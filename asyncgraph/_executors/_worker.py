@@ -142,7 +142,15 @@ def _error_reply(exc: BaseException) -> tuple[Any, ...]:
     if ok:  # an exception whose str() raises would break whoever shows it: send text
         try:
             exc_bytes = cloudpickle.dumps(exc)
-            pickle.loads(exc_bytes)  # an exception may pickle yet fail to unpickle
+            back = pickle.loads(exc_bytes)  # an exception may pickle yet fail to unpickle
+            # ... or unpickle as something else: pickle calls ``cls(*exc.args)``, so a
+            # one-argument __init__ that builds its message gets the message back:
+            #     class Counted(Exception):
+            #         def __init__(self, n): super().__init__(f"{n} rows were bad")
+            # Counted(5) would arrive as "5 rows were bad rows were bad". Then the
+            # parent gets the text (a RemoteError naming the type), not the copy.
+            if type(back) is not type(exc) or str(back) != message:
+                exc_bytes = None
         except Exception:  # noqa: BLE001 - any failure means "send the text instead"
             exc_bytes = None
     return ("err", _type_name(exc), message, tb, exc_bytes)

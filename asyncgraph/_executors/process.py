@@ -29,6 +29,12 @@ not do this: before Python 3.12 its ``wait()`` returns only once every pipe has 
 Starts. A worker answers each call with a ``started`` frame (and its clock) before it
 loads the task. A worker that dies before that frame arrives never began the task (an
 idle worker the out-of-memory killer took, say): the call moves to a fresh worker, once.
+
+Results. The worker pickles a result (cloudpickle); the pool returns those bytes, and
+:class:`ProcessExecutor` unpickles them once, as the attempt ends, in a thread (a small
+pickle that names no callable, on the loop), then hands the same bytes to the run's
+ledger, so a store keeps them as they are instead of pickling the value again on the
+loop. A big reply frame leaves the pipe's buffer as a view, with no copy.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import functools
 import os
 import pickle
 import pickletools
+import re
 import signal
 import struct
 import subprocess
@@ -56,10 +63,12 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import PicklingError, RemoteError, UnpicklingError, WorkerDiedError
 from .._task import Kind, Task
 from .base import Began, with_timeout
+from .threads import Threads
 
 __all__ = ["ProcessExecutor", "ProcessPool", "shipping_problem"]
 
 _HEADER = struct.Struct(">Q")
+_BIG = 1 << 16  # a reply frame past this many bytes is not copied out of its buffer
 _WORKER = str(Path(__file__).with_name("_worker.py"))
 _BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__asyncgraph_worker__')"
 
@@ -69,7 +78,7 @@ class _Replies(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.buffer = bytearray()
-        self.frames: deque[bytes] = deque()
+        self.frames: deque[bytes | memoryview] = deque()
         self.eof = False
         self.waiter: asyncio.Future[None] | None = None
 
@@ -78,10 +87,20 @@ class _Replies(asyncio.Protocol):
         buffer += data
         while len(buffer) >= _HEADER.size:
             (n,) = _HEADER.unpack_from(buffer)
-            if len(buffer) < _HEADER.size + n:
+            end = _HEADER.size + n
+            if len(buffer) < end:
                 break
-            self.frames.append(bytes(buffer[_HEADER.size : _HEADER.size + n]))
-            del buffer[: _HEADER.size + n]
+            if end == len(buffer) and n > _BIG:
+                # A big frame that is all the buffer holds (a big result: the worker
+                # then waits): handed over as a view, with no copy on the loop.
+                self.frames.append(memoryview(buffer)[_HEADER.size :])
+                self.buffer = buffer = bytearray()
+                break
+            # One copy, through a view: ``bytes(buffer[a:b])`` copies twice (the slice,
+            # then the bytes).
+            with memoryview(buffer) as view:
+                self.frames.append(bytes(view[_HEADER.size : end]))
+            del buffer[:end]
         if self.frames:
             self.wake()
 
@@ -354,8 +373,11 @@ class ProcessPool:
         fn_bytes: bytes,
         args: tuple[Any, ...],
         on_start: Callable[[float], None] | None = None,
-    ) -> Any:
-        """Run one task in a worker and return its result, or raise its exception.
+    ) -> bytes:
+        """Run one task in a worker and return its result as the worker pickled it
+        (cloudpickle), or raise its exception. The pool never unpickles a result (see
+        :meth:`ProcessExecutor._call`): its worker is idle again as soon as the bytes
+        are here, and a load that is cancelled costs no worker.
 
         ``on_start`` is called with the worker's clock when the worker begins the task.
         """
@@ -436,14 +458,12 @@ class ProcessPool:
             self._close_watchdog()
 
 
-def _outcome(task: str, reply: Any) -> Any:
-    """The result a worker's reply carries, or raise the error it reports."""
+def _outcome(task: str, reply: Any) -> bytes:
+    """The pickled result a worker's reply carries, or raise the error it reports."""
     kind = reply[0]
     if kind == "ok":
-        try:
-            return cloudpickle.loads(reply[1])
-        except Exception as exc:  # any failure: it cannot come back here
-            raise UnpicklingError(task, "result", f"{type(exc).__name__}: {exc}") from exc
+        data: bytes = reply[1]
+        return data
     if kind == "bad_result":
         raise TypeError(
             f"the result of task {task!r} ({reply[1]}) cannot be pickled to return it "
@@ -478,12 +498,22 @@ class ProcessExecutor:
 
     lane = "cpu"
 
-    def __init__(self, workers: int, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        workers: int,
+        clock: Clock = SYSTEM_CLOCK,
+        pickled: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         self.capacity: int | None = workers
         self.clock = clock
         self.workers = workers
         self.fn_bytes: dict[str, bytes] = {}
         self.pool: ProcessPool | None = None
+        #: ``pickled(name, data)``: told each result's bytes as its worker made them,
+        #: just before the attempt returns the value (the run's ledger, which hands
+        #: them to the store as they are). None: found through ``began`` (see _call).
+        self.pickled = pickled
+        self.threads: Threads | None = None  # where results are unpickled, off the loop
 
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.CPU
@@ -526,14 +556,69 @@ class ProcessExecutor:
         return asyncio.get_running_loop().create_task(call, name=task.name)
 
     async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began) -> Any:
+        """One attempt: the worker's bytes, unpickled once in a thread of this executor
+        (on the loop if small and plain: see ``_INLINE``), then handed on as they are
+        (``pickled``) with the value returned.
+
+        The unpickle is the attempt's last step, not a lazy one later: a result that
+        cannot be unpickled here fails its task now, with UnpicklingError, and is not
+        retried. It runs off the loop's thread (a 100 MB DataFrame takes a few hundred
+        ms to load), in the executor's own daemon threads: a cancelled attempt stops
+        waiting for it at once, as for any thread call, and an abandoned load does not
+        keep the process alive after the run.
+        """
         assert self.pool is not None
         name = task.name
         on_start = functools.partial(began, name)
-        return await self.pool.call(name, self.fn_bytes[name], (args, kwargs), on_start)
+        data = await self.pool.call(name, self.fn_bytes[name], (args, kwargs), on_start)
+        if len(data) <= _INLINE and _NAMES_CODE.search(data) is None:
+            # Small, and names no callable, so it can run no code (an int, a tuple of
+            # floats, a short str): loaded here in microseconds, where a thread's hop
+            # (waiting for the GIL while the loop is busy) costs a millisecond and more.
+            value = _unpickled(name, data)
+        else:
+            threads = self.threads
+            if threads is None:
+                threads = self.threads = Threads(anyio.CapacityLimiter(self.workers))
+            value = await threads.run(functools.partial(_unpickled, name, data))
+        pickled = self.pickled
+        if pickled is None:
+            pickled = self.pickled = _pickled_hook(began)
+        pickled(name, data)
+        return value
 
     async def aclose(self) -> None:
+        if self.threads is not None:
+            self.threads.close()
         if self.pool is not None:
             await self.pool.aclose()
+
+
+#: A pickle at most this long that holds none of the bytes of the opcodes that fetch a
+#: callable (GLOBAL ``c``, INST ``i``, EXT1/2/4, STACK_GLOBAL; REDUCE, BUILD, OBJ and
+#: NEWOBJ need one of them first) builds only plain values: nothing of the user's runs.
+#: The same bytes inside a string's data only send a plain value to a thread.
+_INLINE = 4096
+_NAMES_CODE = re.compile(rb"[ci\x82\x83\x84\x93]")
+
+
+def _unpickled(task: str, data: bytes) -> Any:
+    """A result as its worker pickled it, loaded here; UnpicklingError if it cannot be."""
+    try:
+        return cloudpickle.loads(data)
+    except Exception as exc:  # any failure: it cannot come back here
+        raise UnpicklingError(task, "result", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _ignore(name: str, data: bytes) -> None:
+    return None
+
+
+def _pickled_hook(began: Began) -> Callable[[str, bytes], None]:
+    """Where a result's bytes go when nobody said: to the ``pickled`` method of the
+    object whose ``began`` this is (the run's ledger), or nowhere."""
+    hook = getattr(getattr(began, "__self__", None), "pickled", None)
+    return hook if callable(hook) else _ignore
 
 
 def _dup_stdout() -> int | None:

@@ -6,6 +6,8 @@ task's row goes to a writer thread (``RunWriter``), and the commits come back to
 ledger, which sends their ``done`` events then. After it: the run's end is recorded.
 
 State it keeps
+    ``ready[name]``          a result's bytes as they came (a CPU worker's pickle),
+                             until ``keep`` takes them instead of serializing;
     ``blobs[name]``          a done task's serialized result, until its row is queued;
     ``unstorable_errors``    why a result could not be serialized, until its task fails;
     ``counts[state]``        tasks ended, by state (committed or not);
@@ -115,9 +117,10 @@ class StoreSink:
     tasks it holds only then, so whoever listens never hears of a result that a crash
     could still lose (``ended`` returns True for a done task: its event waits). No
     back-reference to the run: a failed write ends it through ``on_error``. Results
-    are serialized on the loop
-    as each task ends, so a result that cannot be stored (or is too big for the store)
-    fails its own task before anything downstream uses it.
+    are serialized on the loop as each task ends, so a result that cannot be stored
+    (or is too big for the store) fails its own task before anything downstream uses
+    it. A CPU task's result is not serialized again: the worker's cloudpickle bytes
+    come first (``pre_serialized``) and are stored as they are, format ``pickle``.
 
     Every task this run will run that the store says is done (a reset task and its
     descendants, one whose code or upstream changed) gets a ``pending`` row in the
@@ -142,6 +145,7 @@ class StoreSink:
         self.origin = loaded.graph._origin
         self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
         self.blobs: dict[str, tuple[str, bytes]] = {}
+        self.ready: dict[str, tuple[str, bytes]] = {}  # pre_serialized, until kept
         self.unstorable_errors: dict[str, UnstorableResultError] = {}
         self.writer: RunWriter | None = None
         self.run_id = 0
@@ -242,10 +246,16 @@ class StoreSink:
         )
         return row
 
+    def pre_serialized(self, name: str, blob: tuple[str, bytes]) -> None:
+        self.ready[name] = blob
+
     def keep(self, name: str, value: Any) -> bool:
-        """Serialize a result; False (and the reason kept) if it cannot be stored."""
+        """Serialize a result (or take the bytes it came as, see ``pre_serialized``);
+        False (and the reason kept) if it cannot be stored."""
         try:
-            self.blobs[name] = blob = serialize(name, value)
+            ready = self.ready
+            blob = (ready.pop(name, None) if ready else None) or serialize(name, value)
+            self.blobs[name] = blob
             if self.room is not None and len(blob[1]) > self.room:
                 self._check_size(name, blob, "returned")
         except UnstorableResultError as exc:
