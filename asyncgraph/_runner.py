@@ -104,7 +104,7 @@ class _Run:
         self.now = clock.time
         self.uniform = (rng or random.Random()).uniform  # the backoff's jitter
         self.ledger = ledger = Ledger(graph, emit, sink or NullSink(), clock.time)
-        self.executors = executors or default_executors(max_io, cpu_workers, clock)
+        self.executors = executors or default_executors(max_io, cpu_workers, clock, ledger.pickled)
         self.route, lanes = route(self.executors)
         self.core = Scheduler(
             self.tasks,

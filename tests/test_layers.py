@@ -82,7 +82,7 @@ SAME: dict[str, set[str]] = {
     "_executors": {"_clock", "_executors.base", "_executors.local", "_executors.process"},
     "_executors.base": {"_clock"},
     "_executors.local": {"_clock", "_executors.base", "_executors.threads"},
-    "_executors.process": {"_clock", "_executors.base"},
+    "_executors.process": {"_clock", "_executors.base", "_executors.threads"},
     "_store.session": {"_store"},
     "_store": {"_store.session"},
     "_pictures": {"_report"},

@@ -13,6 +13,8 @@ None of them is public yet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .._clock import SYSTEM_CLOCK, Clock
 from .base import Executor, InlineExecutor
 from .local import LoopExecutor, ThreadExecutor
@@ -29,12 +31,16 @@ __all__ = [
 
 
 def default_executors(
-    max_io: int | None, cpu_workers: int, clock: Clock = SYSTEM_CLOCK
+    max_io: int | None,
+    cpu_workers: int,
+    clock: Clock = SYSTEM_CLOCK,
+    pickled: Callable[[str, bytes], None] | None = None,
 ) -> list[Executor]:
     """What a run uses unless told otherwise: the loop and threads (IO first), then
-    worker processes."""
+    worker processes (which tell ``pickled`` each result's bytes as the worker made
+    them: the run's ledger, for the store)."""
     return [
         LoopExecutor(max_io, clock),
         ThreadExecutor(max_io, clock),
-        ProcessExecutor(cpu_workers, clock),
+        ProcessExecutor(cpu_workers, clock, pickled),
     ]

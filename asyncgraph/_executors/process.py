@@ -61,6 +61,7 @@ import cloudpickle
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import PicklingError, RemoteError, UnpicklingError, WorkerDiedError
+from .._shield import wait_to_the_end
 from .._task import Kind, Task
 from .base import Began, with_timeout
 from .threads import Threads
@@ -212,15 +213,7 @@ class _Worker:
         """Kill the worker's group and wait for the worker's exit (however we are
         cancelled meanwhile: the exit is a moment away)."""
         self.signal_kill()
-        cancelled: asyncio.CancelledError | None = None
-        with anyio.CancelScope(shield=True):
-            while not self.exited.done():
-                try:
-                    await asyncio.wait((self.exited,))
-                except asyncio.CancelledError as exc:
-                    cancelled = exc
-        if cancelled is not None:
-            raise cancelled
+        await wait_to_the_end(asyncio.wait((self.exited,)))
 
     # -- the exit ---------------------------------------------------------------------
 
@@ -511,8 +504,8 @@ class ProcessExecutor:
         self.pool: ProcessPool | None = None
         #: ``pickled(name, data)``: told each result's bytes as its worker made them,
         #: just before the attempt returns the value (the run's ledger, which hands
-        #: them to the store as they are). None: found through ``began`` (see _call).
-        self.pickled = pickled
+        #: them to the store as they are). None: nobody wants them.
+        self.pickled = pickled or _ignore
         self.threads: Threads | None = None  # where results are unpickled, off the loop
 
     def serves(self, kind: Kind, is_async: bool) -> bool:
@@ -581,10 +574,7 @@ class ProcessExecutor:
             if threads is None:
                 threads = self.threads = Threads(anyio.CapacityLimiter(self.workers))
             value = await threads.run(functools.partial(_unpickled, name, data))
-        pickled = self.pickled
-        if pickled is None:
-            pickled = self.pickled = _pickled_hook(began)
-        pickled(name, data)
+        self.pickled(name, data)
         return value
 
     async def aclose(self) -> None:
@@ -612,13 +602,6 @@ def _unpickled(task: str, data: bytes) -> Any:
 
 def _ignore(name: str, data: bytes) -> None:
     return None
-
-
-def _pickled_hook(began: Began) -> Callable[[str, bytes], None]:
-    """Where a result's bytes go when nobody said: to the ``pickled`` method of the
-    object whose ``began`` this is (the run's ledger), or nowhere."""
-    hook = getattr(getattr(began, "__self__", None), "pickled", None)
-    return hook if callable(hook) else _ignore
 
 
 def _dup_stdout() -> int | None:
