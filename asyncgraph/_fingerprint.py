@@ -692,6 +692,12 @@ class _Digester(_CodeParts):
         self._nodes[id(obj)] = node
         self._stack.append(node)
         self._building.append(node)
+        # The node's parts must not depend on the path that reached it, so the values
+        # being digested outside it do not count as cycles inside it (Tarjan handles the
+        # cycles through nodes). Else an Enum reached through a member, say from a
+        # frozenset of members iterated in address order, marked that member "?cycle"
+        # in its class digest, a different member in each process.
+        active, self._active = self._active, set()
         try:
             if isinstance(obj, type):
                 self._class_parts(obj, node.parts)
@@ -699,6 +705,7 @@ class _Digester(_CodeParts):
                 self._function_parts(obj, node.parts)
         finally:
             self._building.pop()
+            self._active = active
         if node.low == node.index:
             members = []
             while True:
