@@ -916,15 +916,16 @@ _NUMPY_RNG: list[tuple[type, ...]] = []
 
 def _is_numpy_rng_type(t: type) -> bool:
     """A numpy random generator, its bit generator or its seed sequence (see _reduced)."""
-    if not _NUMPY_RNG:
-        nprandom = sys.modules.get("numpy.random")  # not imported: no numpy generator
-        if nprandom is None:
-            return False
-        names = ("Generator", "RandomState", "BitGenerator", "SeedSequence")
-        _NUMPY_RNG.append(
-            tuple(c for n in names if isinstance(c := getattr(nprandom, n, None), type))
-        )
-    return issubclass(t, _NUMPY_RNG[0])
+    if _NUMPY_RNG:
+        return issubclass(t, _NUMPY_RNG[0])
+    nprandom = sys.modules.get("numpy.random")  # not imported: no numpy generator
+    if nprandom is None:
+        return False
+    names = ("Generator", "RandomState", "BitGenerator", "SeedSequence")
+    found = tuple(c for n in names if isinstance(c := getattr(nprandom, n, None), type))
+    if len(found) == len(names):  # kept once numpy.random is fully imported
+        _NUMPY_RNG.append(found)
+    return issubclass(t, found)
 
 
 def _instance_attr(obj: Any, name: str) -> Any:
