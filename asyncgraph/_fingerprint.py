@@ -33,8 +33,9 @@ A function digest is taken from the code object, not the source text, and it cov
   modules) or by name and ``__version__`` (libraries); builtins by name; other values by
   their contents (see ``_Digester._value``), except those that cannot be read: a proxy
   whose lookups raise, an object whose reduction raises, a ``unittest.mock`` object
-  (its state is its calls) count by their type's name, and a lazy module whose loading
-  fails by its name (see ``_Digester._reduced``).
+  (its state is its calls), a random generator (its state moves with every draw, and
+  differs in every process when seeded from the OS) count by their type's name, and a
+  lazy module whose loading fails by its name (see ``_Digester._reduced``).
 
 "User code" is any file outside the standard library and the site-packages directories
 (``sysconfig`` and ``site``), plus ``__main__`` and code without a real file (notebooks,
@@ -449,6 +450,7 @@ def _opaque_types() -> tuple[type, ...]:
     import asyncio
     import concurrent.futures
     import io
+    import random
     import selectors
     import socket
     import threading
@@ -467,6 +469,7 @@ def _opaque_types() -> tuple[type, ...]:
         selectors.BaseSelector,
         io.IOBase,
         concurrent.futures.Executor,
+        random.Random,  # SystemRandom too
     )
 
 
@@ -689,6 +692,12 @@ class _Digester(_CodeParts):
         self._nodes[id(obj)] = node
         self._stack.append(node)
         self._building.append(node)
+        # The node's parts must not depend on the path that reached it, so the values
+        # being digested outside it do not count as cycles inside it (Tarjan handles the
+        # cycles through nodes). Else an Enum reached through a member, say from a
+        # frozenset of members iterated in address order, marked that member "?cycle"
+        # in its class digest, a different member in each process.
+        active, self._active = self._active, set()
         try:
             if isinstance(obj, type):
                 self._class_parts(obj, node.parts)
@@ -696,6 +705,7 @@ class _Digester(_CodeParts):
                 self._function_parts(obj, node.parts)
         finally:
             self._building.pop()
+            self._active = active
         if node.low == node.index:
             members = []
             while True:
@@ -865,12 +875,16 @@ class _Digester(_CodeParts):
         not a reduction counts the object by its type's name (``?opaque``): a proxy like
         ``flask.current_app`` outside its context, an object whose ``__reduce__`` raises.
         """
-        if issubclass(t, _opaque_types()) or _is_mock_type(t):
+        if issubclass(t, _opaque_types()) or _is_mock_type(t) or _is_numpy_rng_type(t):
             # Run-time machinery, not data: an event loop (its ready queue and timers
             # change by the moment), a thread, a lock, a socket, an open file. Its state
             # says nothing about a task's result, and digesting it made a done task
             # rerun (and took seconds for a client holding a loop). A unittest.mock
             # object too: its state is the calls made on it, which change as it is used.
+            # A random number generator too (``random.Random``, numpy's): its state moves
+            # with every draw and, seeded from the OS, differs in every process, so
+            # ``random.uniform`` (a method of ``random``'s hidden instance) or a module's
+            # ``random.Random()`` made every task reaching it rerun in every process.
             out.append(b"?opaque" + _str(_type_name(t)))
             return
         wrapped = _instance_attr(obj, "__wrapped__")  # functools.cache and friends
@@ -894,6 +908,24 @@ class _Digester(_CodeParts):
 def _is_mock_type(t: type) -> bool:
     mock = sys.modules.get("unittest.mock")  # not imported: nothing can be a Mock
     return mock is not None and issubclass(t, mock.NonCallableMock)
+
+
+#: numpy's generator types, once ``numpy.random`` is imported (see _is_numpy_rng_type).
+_NUMPY_RNG: list[tuple[type, ...]] = []
+
+
+def _is_numpy_rng_type(t: type) -> bool:
+    """A numpy random generator, its bit generator or its seed sequence (see _reduced)."""
+    if _NUMPY_RNG:
+        return issubclass(t, _NUMPY_RNG[0])
+    nprandom = sys.modules.get("numpy.random")  # not imported: no numpy generator
+    if nprandom is None:
+        return False
+    names = ("Generator", "RandomState", "BitGenerator", "SeedSequence")
+    found = tuple(c for n in names if isinstance(c := getattr(nprandom, n, None), type))
+    if len(found) == len(names):  # kept once numpy.random is fully imported
+        _NUMPY_RNG.append(found)
+    return issubclass(t, found)
 
 
 def _instance_attr(obj: Any, name: str) -> Any:
