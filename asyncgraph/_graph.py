@@ -17,7 +17,7 @@ State it keeps
     ``_dag``      the structure, shared with every graph derived from this one (frozen
                   once shared, so an ``add`` here copies it first);
     ``_records``  name -> TaskRecord, this graph's own dict, in definition order;
-    ``_origin``   the store these records were loaded from (see ``_resume.store_key``),
+    ``_origin``   the store these records were loaded from (see ``_store.resume.store_key``),
                   or None: a run on that store takes the records as they are.
 """
 
@@ -56,8 +56,8 @@ class BaseGraph:
 
     Package-internal (used by other asyncgraph modules, not part of the public API):
     ``_dag`` (the structure), ``_origin`` (read only: it is written through
-    :meth:`_derive`), :meth:`_derive`, :meth:`_subset`, :meth:`_record_copy` and
-    :meth:`_insert`.
+    :meth:`_derive`), :meth:`_derive`, :meth:`_subset`, :meth:`_record_copy`,
+    :meth:`_failures` and :meth:`_insert`.
     """
 
     __slots__ = ("_dag", "_origin", "_records")
@@ -65,7 +65,7 @@ class BaseGraph:
     def __init__(self) -> None:
         self._dag = Dag()
         self._records: dict[str, TaskRecord] = {}
-        # The store this graph's records were loaded from (see _resume.store_key): a run
+        # The store this graph's records were loaded from (see _store.resume.store_key): a run
         # on that store takes the records as they are instead of loading them again.
         self._origin: str | None = None
 

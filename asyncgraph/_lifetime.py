@@ -29,10 +29,22 @@ if TYPE_CHECKING:
 __all__ = ["OnRun", "RunRecords", "check_graph", "run", "start"]
 
 
-def check_graph(graph: Any) -> None:
-    """TypeError unless ``graph`` is a Graph (before its options are looked at)."""
-    if not isinstance(graph, BaseGraph):
-        raise TypeError(f"run() needs an asyncgraph.Graph, not {type(graph).__name__}")
+def check_graph(graph: Any, caller: str = "run") -> None:
+    """TypeError unless ``graph`` is a Graph (before its options are looked at), naming
+    the function called (``caller``) and what was passed."""
+    if isinstance(graph, BaseGraph):
+        return
+    if isinstance(graph, type):
+        raise TypeError(
+            f"{caller}() needs an asyncgraph.Graph, not the class {graph.__qualname__} "
+            "itself: pass a graph, e.g. g = ag.Graph(); g.add(...)"
+        )
+    cls = type(graph)
+    where = "" if cls.__module__ == "builtins" else f"{cls.__module__}."
+    hint = ""
+    if cls.__module__ == "asyncgraph.compat.taskmap":
+        hint = " (a taskmap graph: run it with asyncgraph.compat.taskmap's run functions)"
+    raise TypeError(f"{caller}() needs an asyncgraph.Graph, not {where}{cls.__qualname__}{hint}")
 
 
 class RunRecords(Protocol):

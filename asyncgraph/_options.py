@@ -145,13 +145,10 @@ def _check_cancel_grace(grace: Any) -> None:
 def _check_store(store: Any) -> None:
     if store is None or isinstance(store, (str, os.PathLike)):
         return
-    from ._store.protocol import Store  # only for runs given a store object
+    from ._store.protocol import Store, not_a_store  # only for runs given a store object
 
-    if not isinstance(store, Store):
-        raise TypeError(
-            "store must be a file path or a Store object (see asyncgraph.Store), "
-            f"not {type(store).__name__} {store!r}"
-        )
+    if not isinstance(store, Store) or isinstance(store, type):
+        raise not_a_store(store)
 
 
 def _check_progress(progress: Any) -> None:

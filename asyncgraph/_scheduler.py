@@ -204,9 +204,22 @@ class Scheduler:
         """
         if self._prepared:
             raise ValueError("prepare() was called already: a Scheduler serves one run")
-        self._prepared = True
         tasks = self._tasks
         order = self._order
+        if len(status) != len(order) or any(n not in status for n in order):
+            missing = [n for n in order if n not in status]
+            extra = [n for n in status if n not in tasks]
+            raise ValueError(
+                "prepare() needs the status of every task and of no other: "
+                + (f"missing {missing[:5]}" if missing else f"unknown {extra[:5]}")
+            )
+        for n, st in status.items():
+            if type(st) is not State:
+                raise ValueError(
+                    f"prepare(): the status of {n!r} must be an asyncgraph.State, not "
+                    f"{type(st).__name__} {st!r}"
+                )
+        self._prepared = True
         waiting: dict[str, int] = {}
         skipped: list[str] = []
         for n in order:  # dependencies first, so a skip propagates in one pass

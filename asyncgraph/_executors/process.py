@@ -35,6 +35,15 @@ Results. The worker pickles a result (cloudpickle); the pool returns those bytes
 pickle that names no callable, on the loop), then hands the same bytes to the run's
 ledger, so a store keeps them as they are instead of pickling the value again on the
 loop. A big reply frame leaves the pipe's buffer as a view, with no copy.
+
+State it keeps
+    ``ProcessPool``      its workers by state: ``_idle`` (reused first), ``_busy`` (in a
+                         call), ``_starting`` (being started), ``_abandoned`` (their call
+                         was cancelled: killed at the end), ``_dead`` (died while idle,
+                         reaped by their threads); ``_watch``, the watchdog pipe;
+    ``ProcessExecutor``  ``fn_bytes`` (each CPU task's pickled function, from the check),
+                         ``pool`` (started with the first CPU task), ``threads`` (where
+                         results are unpickled) and ``pickled`` (the ledger's hook).
 """
 
 from __future__ import annotations

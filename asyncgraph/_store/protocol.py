@@ -22,7 +22,16 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .._state import State
 
-__all__ = ["COUNTS", "Batch", "RunInfo", "Store", "StoredTask", "TaskRow", "new_result_id"]
+__all__ = [
+    "COUNTS",
+    "Batch",
+    "RunInfo",
+    "Store",
+    "StoredTask",
+    "TaskRow",
+    "new_result_id",
+    "not_a_store",
+]
 
 #: The counts of a run (``end_run``'s, ``Batch.counts``' keys), in the order of
 #: ``RunInfo``'s fields.
@@ -195,3 +204,43 @@ class Store(Protocol):
         """Let go of what the store keeps open (idempotent). A store may refuse it with
         StoreError while a run holds it (closing would let another run in)."""
         ...
+
+
+#: The members of the Store protocol, in its order (for the error saying which lack).
+_MEMBERS = (
+    "tasks",
+    "runs",
+    "load_result",
+    "load_results",
+    "result_size_limit",
+    "acquire",
+    "release",
+    "begin_run",
+    "write",
+    "end_run",
+    "close",
+)
+
+
+def not_a_store(store: Any, parameter: str = "store") -> TypeError:
+    """The error for ``parameter=store`` that is neither a path nor a :class:`Store`,
+    saying what is missing: the class itself instead of an instance, or the members of
+    the protocol it lacks (an object written to an older, shorter protocol)."""
+    if isinstance(store, type):
+        return TypeError(
+            f"{parameter} must be a file path or a Store object, not the class "
+            f"{store.__name__} itself: pass an instance, e.g. {store.__name__}(...), "
+            "or the store file's path"
+        )
+    members = [m for m in _MEMBERS if callable(getattr(type(store), m, None))]
+    missing = [m for m in _MEMBERS if m not in members]
+    if members and missing:
+        return TypeError(
+            f"{parameter}: {type(store).__name__} is not a complete Store: it lacks "
+            f"{', '.join(missing)} (see asyncgraph.Store for what each must do); add "
+            "them, or pass the store file's path"
+        )
+    return TypeError(
+        f"{parameter} must be a file path or a Store object (see asyncgraph.Store), "
+        f"not {type(store).__name__} {store!r}"
+    )

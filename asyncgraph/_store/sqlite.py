@@ -52,7 +52,7 @@ from .files import (
     stat_of,
     writable,
 )
-from .protocol import COUNTS, Batch, RunInfo, Store, StoredTask, TaskRow
+from .protocol import COUNTS, Batch, RunInfo, Store, StoredTask, TaskRow, not_a_store
 from .serialize import deserialize
 
 if TYPE_CHECKING:
@@ -912,9 +912,6 @@ def open_store(store: Any, parameter: str = "store") -> Store:
     """A Store from what the user passed: a path, or an object with the Store methods."""
     if isinstance(store, (str, os.PathLike)):
         return SQLiteStore(store)
-    if isinstance(store, Store):
+    if isinstance(store, Store) and not isinstance(store, type):
         return store
-    raise TypeError(
-        f"{parameter} must be a file path or a Store object (see asyncgraph.Store), "
-        f"not {type(store).__name__} {store!r}"
-    )
+    raise not_a_store(store, parameter)
