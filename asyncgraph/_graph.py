@@ -31,7 +31,7 @@ from ._exceptions import TaskFailures, UnknownTaskError
 from ._state import PENDING_RECORD, ResultRef, State, TaskRecord
 from ._task import Kind, Task, make_task
 
-__all__ = ["BaseGraph", "G"]
+__all__ = ["BaseGraph", "G", "check_graph"]
 
 F = Callable[..., Any]
 _G = TypeVar("_G", bound="BaseGraph")
@@ -311,6 +311,25 @@ class BaseGraph:
         """The records as a dict of the caller's own (package-internal: a run's ledger
         works on one)."""
         return dict(self._records)
+
+
+def check_graph(graph: Any, caller: str = "run") -> None:
+    """TypeError unless ``graph`` is a Graph, naming the function called (``caller``) and
+    what was passed instead: the class itself, a taskmap graph, any other object. Every
+    engine and rewrite checks its graph with this, before anything else."""
+    if isinstance(graph, BaseGraph):
+        return
+    if isinstance(graph, type):
+        raise TypeError(
+            f"{caller}() needs an asyncgraph.Graph, not the class {graph.__qualname__} "
+            "itself: pass a graph, e.g. g = ag.Graph(); g.add(...)"
+        )
+    cls = type(graph)
+    where = "" if cls.__module__ == "builtins" else f"{cls.__module__}."
+    hint = ""
+    if cls.__module__ == "asyncgraph.compat.taskmap":
+        hint = " (a taskmap graph: run it with asyncgraph.compat.taskmap's run functions)"
+    raise TypeError(f"{caller}() needs an asyncgraph.Graph, not {where}{cls.__qualname__}{hint}")
 
 
 class _Results(Mapping[str, Any]):

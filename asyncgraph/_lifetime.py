@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 from ._events import Emit
-from ._graph import BaseGraph, G
+from ._graph import BaseGraph, G, check_graph
 from ._observe import Watch
 from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._runner import _Run
@@ -26,25 +26,7 @@ from ._store.session import StoreSink, hold, load_inputs
 if TYPE_CHECKING:
     from ._store.protocol import Store
 
-__all__ = ["OnRun", "RunRecords", "check_graph", "run", "start"]
-
-
-def check_graph(graph: Any, caller: str = "run") -> None:
-    """TypeError unless ``graph`` is a Graph (before its options are looked at), naming
-    the function called (``caller``) and what was passed."""
-    if isinstance(graph, BaseGraph):
-        return
-    if isinstance(graph, type):
-        raise TypeError(
-            f"{caller}() needs an asyncgraph.Graph, not the class {graph.__qualname__} "
-            "itself: pass a graph, e.g. g = ag.Graph(); g.add(...)"
-        )
-    cls = type(graph)
-    where = "" if cls.__module__ == "builtins" else f"{cls.__module__}."
-    hint = ""
-    if cls.__module__ == "asyncgraph.compat.taskmap":
-        hint = " (a taskmap graph: run it with asyncgraph.compat.taskmap's run functions)"
-    raise TypeError(f"{caller}() needs an asyncgraph.Graph, not {where}{cls.__qualname__}{hint}")
+__all__ = ["OnRun", "RunRecords", "run", "start"]
 
 
 class RunRecords(Protocol):

@@ -27,8 +27,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, cast
 
 from ._events import Event, EventKind
-from ._graph import G
-from ._lifetime import RunRecords, check_graph, start
+from ._graph import G, check_graph
+from ._lifetime import RunRecords, start
 from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._shield import wait_to_the_end
 

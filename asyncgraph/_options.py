@@ -145,10 +145,9 @@ def _check_cancel_grace(grace: Any) -> None:
 def _check_store(store: Any) -> None:
     if store is None or isinstance(store, (str, os.PathLike)):
         return
-    from ._store.protocol import Store, not_a_store  # only for runs given a store object
+    from ._store.protocol import check_store  # only for runs given a store object
 
-    if not isinstance(store, Store) or isinstance(store, type):
-        raise not_a_store(store)
+    check_store(store)
 
 
 def _check_progress(progress: Any) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from ._graph import BaseGraph
+from ._graph import BaseGraph, check_graph
 from ._state import FINISHED_BADLY, NO_RESULT, PENDING_RECORD, State, TaskRecord
 
 __all__ = ["mark_done", "mark_done_except", "reset", "reset_failed", "results_dict", "subgraph"]
@@ -98,8 +98,7 @@ def subgraph(graph: G, targets: Iterable[str] | str) -> G:
 
 
 def _check_graph(graph: G, where: str) -> G:
-    if not isinstance(graph, BaseGraph):
-        raise TypeError(f"{where}() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    check_graph(graph, where)
     return graph
 
 

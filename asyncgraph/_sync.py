@@ -28,8 +28,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import Terminated
-from ._graph import G
-from ._lifetime import check_graph, start
+from ._graph import G, check_graph
+from ._lifetime import start
 from ._options import CANCEL_GRACE, STOPPED_BY, OnEvent, Progress, RunOptions
 
 if TYPE_CHECKING:

@@ -92,3 +92,18 @@ def test_a_scheduler_prepared_with_a_partial_or_untyped_status_says_so() -> None
         Scheduler(tasks, ["a", "b"]).prepare(
             {"a": ag.State.PENDING, "b": ag.State.PENDING, "c": ag.State.PENDING}
         )
+
+
+def test_every_engine_and_rewrite_says_the_same_of_a_graph_class(tmp_path: Any) -> None:
+    db = tmp_path / "s.db"
+    calls = {
+        "load": lambda: ag.load(ag.Graph, db),  # type: ignore[arg-type]
+        "plan": lambda: ag.plan(ag.Graph, db),  # type: ignore[arg-type]
+        "reset": lambda: ag.reset(ag.Graph, "a"),  # type: ignore[arg-type]
+        "reset_failed": lambda: ag.reset_failed(ag.Graph),  # type: ignore[arg-type]
+    }
+    for name, call in calls.items():
+        pattern = rf"^{name}\(\) needs an asyncgraph.Graph, not the class"
+        with pytest.raises(TypeError, match=pattern):
+            call()
+    assert not db.exists()

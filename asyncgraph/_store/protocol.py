@@ -29,6 +29,7 @@ __all__ = [
     "Store",
     "StoredTask",
     "TaskRow",
+    "check_store",
     "new_result_id",
     "not_a_store",
 ]
@@ -206,20 +207,17 @@ class Store(Protocol):
         ...
 
 
-#: The members of the Store protocol, in its order (for the error saying which lack).
-_MEMBERS = (
-    "tasks",
-    "runs",
-    "load_result",
-    "load_results",
-    "result_size_limit",
-    "acquire",
-    "release",
-    "begin_run",
-    "write",
-    "end_run",
-    "close",
-)
+#: The members of the Store protocol, in its order (for the error saying which lack):
+#: read from the class, so the list cannot drift from it.
+_MEMBERS = tuple(n for n, v in vars(Store).items() if not n.startswith("_") and callable(v))
+
+
+def check_store(store: Any, parameter: str = "store") -> Store:
+    """``store``, if it is a Store object (an instance, with every member of the
+    protocol); else the TypeError of :func:`not_a_store`."""
+    if not isinstance(store, Store) or isinstance(store, type):
+        raise not_a_store(store, parameter)
+    return store
 
 
 def not_a_store(store: Any, parameter: str = "store") -> TypeError:

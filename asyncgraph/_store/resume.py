@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
 from .._fingerprint import digests
-from .._graph import BaseGraph, G
+from .._graph import BaseGraph, G, check_graph
 from .._rewrite import reset_failed
 from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
 from .protocol import Store, StoredTask
@@ -196,8 +196,7 @@ def load(graph: G, store: str | os.PathLike[str] | Store, *, force: bool = False
     Raises :class:`StoreMismatchError` if the store holds tasks the graph does not have,
     unless ``force=True``.
     """
-    if not isinstance(graph, BaseGraph):
-        raise TypeError(f"load() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    check_graph(graph, "load")
     if not isinstance(force, bool):
         raise TypeError(f"force must be True or False, not {force!r}")
     loaded = load_from(graph, open_store(store), force=force).graph
@@ -256,8 +255,7 @@ def plan(graph: BaseGraph, store: str | os.PathLike[str] | Store) -> pd.DataFram
     """
     import pandas as pd
 
-    if not isinstance(graph, BaseGraph):
-        raise TypeError(f"plan() needs an asyncgraph.Graph, not {type(graph).__name__}")
+    check_graph(graph, "plan")
     the_store = open_store(store)
     check_origin(graph, the_store)
     if graph._origin is not None:

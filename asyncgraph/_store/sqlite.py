@@ -52,7 +52,7 @@ from .files import (
     stat_of,
     writable,
 )
-from .protocol import COUNTS, Batch, RunInfo, Store, StoredTask, TaskRow, not_a_store
+from .protocol import COUNTS, Batch, RunInfo, Store, StoredTask, TaskRow, check_store
 from .serialize import deserialize
 
 if TYPE_CHECKING:
@@ -912,6 +912,4 @@ def open_store(store: Any, parameter: str = "store") -> Store:
     """A Store from what the user passed: a path, or an object with the Store methods."""
     if isinstance(store, (str, os.PathLike)):
         return SQLiteStore(store)
-    if isinstance(store, Store) and not isinstance(store, type):
-        return store
-    raise not_a_store(store, parameter)
+    return check_store(store, parameter)
