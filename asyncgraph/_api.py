@@ -24,6 +24,7 @@ from ._task import Kind, make_task
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ._executors.base import Backend
     from ._options import OnEvent, Progress
     from ._pictures import SVG, MermaidText
     from ._store.protocol import Store
@@ -76,6 +77,7 @@ class Graph(BaseGraph):
         store: str | os.PathLike[str] | Store | None = None,
         progress: Progress = False,
         on_event: OnEvent | None = None,
+        backend: Backend | None = None,
     ) -> Graph:
         """``await graph.run(...)`` is ``await asyncgraph.run(graph, ...)``."""
         return await run(
@@ -88,6 +90,7 @@ class Graph(BaseGraph):
             store=store,
             progress=progress,
             on_event=on_event,
+            backend=backend,
         )
 
     def run_sync(
@@ -101,6 +104,7 @@ class Graph(BaseGraph):
         store: str | os.PathLike[str] | Store | None = None,
         progress: Progress = False,
         on_event: OnEvent | None = None,
+        backend: Backend | None = None,
     ) -> Graph:
         """``graph.run_sync(...)`` is ``asyncgraph.run_sync(graph, ...)``."""
         return run_sync(
@@ -113,6 +117,7 @@ class Graph(BaseGraph):
             store=store,
             progress=progress,
             on_event=on_event,
+            backend=backend,
         )
 
     # -- reporting ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ._store.resume import weights_of
 from ._store.session import StoreSink, hold, load_inputs
 
 if TYPE_CHECKING:
+    from ._executors.base import Backend
     from ._store.protocol import Store
 
 __all__ = ["OnRun", "RunRecords", "run", "start"]
@@ -119,6 +120,7 @@ async def run(
     store: str | os.PathLike[str] | Store | None = None,
     progress: Progress = False,
     on_event: OnEvent | None = None,
+    backend: Backend | None = None,
     cancel_grace: float = CANCEL_GRACE,
 ) -> G:
     """Run every pending task of ``graph`` and return a new Graph with their states.
@@ -129,6 +131,9 @@ async def run(
     ``resources=("db",)``. A failed task's descendants are skipped and the rest goes on,
     unless ``fail_fast=True``, which cancels the rest and raises :class:`TaskFailures`.
     ``deadline`` (seconds) cancels whatever has not finished by then.
+
+    ``backend`` says where the work goes (default: the loop, threads and a process pool
+    of the run's own; see docs/guide.md).
 
     ``progress=True`` draws a progress bar and ``on_event`` is called with each
     :class:`Event` (see docs/observing.md).
@@ -148,5 +153,6 @@ async def run(
         store=store,
         progress=progress,
         on_event=on_event,
+        backend=backend,
     )
     return await start(graph, options)

@@ -33,6 +33,7 @@ from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._shield import wait_to_the_end
 
 if TYPE_CHECKING:
+    from ._executors.base import Backend
     from ._store import Store
 
 __all__ = ["OpenRun", "open_run"]
@@ -205,6 +206,7 @@ def open_run(
     deadline: float | None = None,
     progress: Progress = False,
     on_event: OnEvent | None = None,
+    backend: Backend | None = None,
     store: str | os.PathLike[str] | Store | None = None,
     cancel_grace: float = CANCEL_GRACE,
 ) -> OpenRun[G]:
@@ -223,5 +225,6 @@ def open_run(
         store=store,
         progress=progress,
         on_event=on_event,
+        backend=backend,
     )
     return OpenRun(graph, options)

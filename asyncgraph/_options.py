@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import random
 
     from ._clock import Clock
+    from ._executors.base import Backend
     from ._store.protocol import Store
 
 __all__ = ["CANCEL_GRACE", "STOPPED_BY", "OnEvent", "Progress", "RunOptions"]
@@ -66,6 +67,9 @@ class RunOptions:
     store: str | os.PathLike[str] | Store | None = None
     progress: Progress = False
     on_event: OnEvent | None = None
+    #: Where the run's work goes (None: the loop, threads and a process pool of the
+    #: run's own, as ``default_executors`` makes them).
+    backend: Backend | None = None
     #: Test seams, not public options: the run's wall time, timers and time limits
     #: (None: the system clock) and the backoff's jitter (None: a fresh Random).
     clock: Clock | None = None
@@ -85,6 +89,7 @@ class RunOptions:
             store: str | os.PathLike[str] | Store | None = None,
             progress: Progress = False,
             on_event: OnEvent | None = None,
+            backend: Backend | None = None,
             clock: Clock | None = None,
             rng: random.Random | None = None,
         ) -> None: ...
@@ -111,6 +116,7 @@ class RunOptions:
         _check_store(self.store)
         _check_progress(self.progress)
         _check_on_event(self.on_event)
+        _check_backend(self.backend)
         resolve = object.__setattr__  # frozen: the one place these are written
         resolve(self, "cpu_workers", self.cpu_workers or os.cpu_count() or 1)
         resolve(self, "limits", dict(limits or {}))
@@ -165,4 +171,13 @@ def _check_on_event(on_event: Any) -> None:
         raise TypeError(
             f"on_event must be a function taking an Event (or None), not "
             f"{type(on_event).__name__} {on_event!r}"
+        )
+
+
+def _check_backend(backend: Any) -> None:
+    if backend is not None and not callable(getattr(backend, "executors", None)):
+        raise TypeError(
+            f"backend must be an asyncgraph backend (such as asyncgraph.ProcessBackend()), "
+            f"or None for a process pool of the run's own; not {type(backend).__name__} "
+            f"{backend!r}"
         )

@@ -104,7 +104,14 @@ class _Run:
         self.now = clock.time
         self.uniform = (rng or random.Random()).uniform  # the backoff's jitter
         self.ledger = ledger = Ledger(graph, emit, sink or NullSink(), clock.time)
-        self.executors = executors or default_executors(max_io, cpu_workers, clock, ledger.pickled)
+        if executors is None:
+            if options.backend is None:
+                executors = default_executors(max_io, cpu_workers, clock, ledger.pickled)
+            else:
+                executors = options.backend.executors(
+                    max_io=max_io, cpu_workers=cpu_workers, clock=clock, pickled=ledger.pickled
+                )
+        self.executors = executors
         self.route, lanes = route(self.executors)
         self.core = Scheduler(
             self.tasks,

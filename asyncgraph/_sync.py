@@ -33,6 +33,7 @@ from ._lifetime import start
 from ._options import CANCEL_GRACE, STOPPED_BY, OnEvent, Progress, RunOptions
 
 if TYPE_CHECKING:
+    from ._executors.base import Backend
     from ._store import Store
 
 __all__ = ["run_sync"]
@@ -49,6 +50,7 @@ def run_sync(
     store: str | os.PathLike[str] | Store | None = None,
     progress: Progress = False,
     on_event: OnEvent | None = None,
+    backend: Backend | None = None,
     cancel_grace: float = CANCEL_GRACE,
 ) -> G:
     """:func:`run` for scripts: runs on a new event loop (uvloop when installed).
@@ -71,6 +73,7 @@ def run_sync(
         store=store,
         progress=progress,
         on_event=on_event,
+        backend=backend,
     )
     run = start(graph, options)  # built here: a bad graph is reported from this thread
     try:

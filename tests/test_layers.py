@@ -77,7 +77,7 @@ SAME: dict[str, set[str]] = {
     "_dag": {"_task"},
     "_rewrite": {"_graph"},
     "_fingerprint": {"_graph"},
-    "_options": {"_clock"},
+    "_options": {"_clock", "_executors", "_executors.base"},
     "_observe": {"_options"},
     "_executors": {"_clock", "_executors.base", "_executors.local", "_executors.process"},
     "_executors.base": {"_clock"},

@@ -29,6 +29,7 @@ from .._exceptions import RemoteError, TaskCancelled, TaskError
 from .._task import Kind, Task
 
 __all__ = [
+    "Backend",
     "Began",
     "Executor",
     "InlineExecutor",
@@ -133,6 +134,28 @@ class Executor(Protocol):
 
     async def aclose(self) -> None:
         """Release what it holds (workers, threads); called once, on every way out."""
+        ...
+
+
+class Backend(Protocol):
+    """Where a run's work goes: each run asks it for that run's executors.
+
+    A backend may be shared by many runs (a started process pool) or made for one run;
+    the executors it returns are the run's own, and the run closes each of them
+    (``aclose``) on every way out. Closing an executor releases what the run holds of
+    the backend, never a pool, cluster or executor the backend was given or shares.
+    """
+
+    def executors(
+        self,
+        *,
+        max_io: int | None,
+        cpu_workers: int,
+        clock: Clock,
+        pickled: Callable[[str, bytes], None] | None,
+    ) -> list[Executor]:
+        """The executors of one run, in lane order (IO first). ``pickled`` is told a
+        result's bytes when they were made where the task ran (for the store)."""
         ...
 
 
