@@ -83,12 +83,22 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        over: str | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> Task:
         """Add a task and return its definition.
 
         ``deps=None`` names the dependencies by the function's parameters (each without a
         default) and passes results by keyword; a list passes them positionally in that
         order; a dict ``{"param": "task"}`` passes them by keyword.
+
+        ``over="users"`` maps the task over that dependency's result: when ``users`` is
+        done, each item of its list (or each value of its dict) becomes an element of
+        its own, a task named ``name[0]``, ``name[1]``, ... (or ``name[<key>]`` with
+        ``key=``, a function of one item returning a str or int), that gets the one
+        item where ``users``'s result would go. ``name`` itself stands for the family:
+        its result is the list of the elements' results (a dict when mapping a dict).
+        Over another mapped task the mapping is element-wise.
         """
         task = make_task(
             name,
@@ -100,6 +110,8 @@ class BaseGraph:
             timeout=timeout,
             priority=priority,
             resources=resources,
+            over=over,
+            key=key,
         )
         self._dag = self._dag.add(task)
         self._records[name] = PENDING_RECORD
@@ -126,6 +138,8 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        over: str | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -141,6 +155,8 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        over: str | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> F | Callable[[F], F]:
         """Decorator form of :meth:`add`: ``@g.task`` or ``@g.task(kind="cpu", ...)``.
 
@@ -159,6 +175,8 @@ class BaseGraph:
                 timeout=timeout,
                 priority=priority,
                 resources=resources,
+                over=over,
+                key=key,
             )
             return f
 

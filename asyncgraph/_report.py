@@ -34,7 +34,12 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
     (int), ``started`` and ``finished`` (UTC timestamps, NaT if never), ``duration_s``
     (float seconds, NaN if not finished) and ``error`` ("Type: message"; missing, shown
     as NaN/None depending on the pandas version, when the task has no error).
+
+    A graph with a mapped task has one more column, ``family``: each element's row
+    names its template (None on every other row), and follows the template's row.
     """
+    if graph._dag.fans:
+        return _family_frame(graph)
     tasks = graph.tasks
     rows = [
         (
@@ -50,6 +55,41 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
         for name, rec in graph.records.items()
     ]
     frame = pd.DataFrame.from_records(rows, columns=COLUMNS)
+    for col in ("started", "finished"):
+        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+    frame["duration_s"] = frame["duration_s"].astype("float64")
+    frame["attempts"] = frame["attempts"].astype("int64")
+    return frame
+
+
+def _family_frame(graph: BaseGraph) -> pd.DataFrame:
+    dag = graph._dag
+    tasks = dag.tasks
+    records = graph.records
+    families = dag.families()
+    order: list[str] = []
+    for name in records:
+        if tasks[name].family is None:
+            order.append(name)
+            order.extend(m for m in families.get(name, ()) if m in records)
+    rows = []
+    for name in order:
+        rec = records[name]
+        rows.append(
+            (
+                name,
+                tasks[name].kind.value,
+                rec.status.value,
+                rec.attempts,
+                rec.started,
+                rec.finished,
+                rec.duration,
+                _error_text(rec.error),
+                tasks[name].family,
+            )
+        )
+    frame = pd.DataFrame.from_records(rows, columns=[*COLUMNS, "family"])
+    frame["family"] = pd.Series([r[-1] for r in rows], dtype=object, index=frame.index)
     for col in ("started", "finished"):
         frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
     frame["duration_s"] = frame["duration_s"].astype("float64")

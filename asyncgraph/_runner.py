@@ -32,6 +32,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from . import _fan
 from ._clock import SYSTEM_CLOCK, Clock
 from ._clock import backoff as _backoff
 from ._events import Emit
@@ -48,7 +49,8 @@ from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, unit_paths
 from ._shield import wait_to_the_end as _to_the_end
-from ._state import State
+from ._state import ResultRef, State
+from ._task import Task
 from ._taskset import TaskSet
 
 __all__: list[str] = []  # package-internal: _Run is for _lifetime and the tests
@@ -96,7 +98,11 @@ class _Run:
         graph = graph._derive()
         dag = graph._dag
         order = dag.topological_order()  # raises CycleError / MissingDependencyError
-        self.tasks = dag.tasks
+        fans = dag.fans
+        if fans:  # elements run only when their template expands (see _fan_out)
+            dag = dag.static()
+            order = dag.topological_order()
+        self.tasks: Mapping[str, Task] = dag.tasks
         self.fail_fast = fail_fast
         self.deadline = deadline
         self.cancel_grace = cancel_grace
@@ -122,7 +128,11 @@ class _Run:
             weights=weights,
             lanes=[Lane(*lane) for lane in lanes],
         )
-        self.core.prepare({n: r.status for n, r in ledger.records.items()})
+        records = ledger.records
+        if fans:
+            self.core.prepare({n: records[n].status for n in order})
+        else:
+            self.core.prepare({n: r.status for n, r in records.items()})
         ledger.skip(self.core.initially_skipped)
         # Check that every task can go where it runs before anything starts (a CPU
         # task's function pickles, and names no module a worker could not import).
@@ -138,6 +148,23 @@ class _Run:
         self._on_done = self._child_done
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
+        # Fan-out (see _fan_out): only a run whose graph has a mapped task uses these.
+        self._fanned = False
+        self._keys: dict[str, list[str]] = {}  # template -> its element keys, this run
+        self._shape: dict[str, tuple[bool, list[Any]]] = {}  # mapped a Mapping; its keys
+        self._began_at: dict[str, float] = {}  # template -> when it expanded
+        self._over_me: dict[str, list[str]] = {}  # template -> templates over it
+        self._old_elements: frozenset[str] = frozenset()
+        self._static_names: Mapping[str, Task] = {}
+        if fans:
+            self._static_names = dag.tasks
+            full = graph._dag
+            self._old_elements = frozenset(
+                m for members in full.families().values() for m in members
+            )
+            for t in dag.tasks.values():
+                if t.over is not None and t.over in dag.tasks and dag.tasks[t.over].over:
+                    self._over_me.setdefault(t.over, []).append(t.name)
 
     # -- the children ------------------------------------------------------------------
     #
@@ -210,6 +237,8 @@ class _Run:
 
     def _dispatch(self) -> None:
         ready = self.core.get_ready()
+        if self.core.expanding:
+            ready = self._fan_out(ready)
         if not ready:
             return
         ledger = self.ledger
@@ -235,6 +264,128 @@ class _Run:
             child = route[task.kind][task.is_async].start(task, args, kwargs, began)
             children[child] = task.name
             child.add_done_callback(done)
+
+    # -- fan-out -------------------------------------------------------------------------
+
+    def _fan_out(self, ready: list[Task]) -> list[Task]:
+        """Expand the templates that came up in line, collect the families that are
+        done, and return ``ready`` with what that made ready (see :mod:`._fan`)."""
+        core = self.core
+        while core.expanding:
+            names, core.expanding = core.expanding, []
+            for t in names:
+                if core.is_expanded(t):
+                    self._collect(t)
+                else:
+                    self._expand(t)
+            ready.extend(core.get_ready())
+        if not ready and not core.is_active():
+            self.children.end(None)
+        return ready
+
+    def _own_tasks(self) -> dict[str, Task]:
+        tasks = self.tasks
+        if not isinstance(tasks, dict) or not self._fanned:
+            tasks = self.tasks = dict(tasks)
+            self._fanned = True
+        return tasks
+
+    def _expand(self, template: str) -> None:
+        task = self.tasks[template]
+        records = self.ledger.records
+        over = task.over
+        assert over is not None
+        try:
+            parent = self.tasks[over]
+            if parent.over is not None:  # over a template: element-wise
+                if over in self._keys:
+                    keys = self._keys[over]
+                    mapping, originals = self._shape[over]
+                else:  # its family is done from before: its keys are in the Dag
+                    keys, mapping, originals = self._old_family_keys(over)
+                found = _fan.Items(keys, [], mapping, originals)
+                elements: list[Task] = list(_fan.elementwise(task, keys))
+            else:
+                value = records[over].result
+                if isinstance(value, ResultRef):
+                    value = value.load()
+                found = _fan.items(task, value)
+                elements = list(_fan.elements(task, found))
+            self._check_element_names(template, elements)
+        except Exception as exc:  # noqa: BLE001 - the template fails, not the run
+            now = self.now()
+            self.ledger.expanded(template, [], {})
+            self.ledger.template_failed(template, exc, traceback_of(exc), now)
+            self.ledger.skipped(self.core.fail_template(template), now)
+            if self.fail_fast and self.failure is None:
+                self.failure = template
+            return
+        self._register(template, elements, found)
+
+    def _register(self, template: str, elements: list[Task], found: _fan.Items) -> None:
+        """The family of ``template`` is ``elements``: tell the ledger and the core, then
+        expand the templates over it (element-wise) that wait in the core too."""
+        ledger = self.ledger
+        old = ledger.records
+        kept = {}
+        ran = ledger.tries
+        for e in elements:
+            rec = old.get(e.name)
+            if (
+                rec is not None
+                and rec.status is State.DONE
+                and e.name in self._old_elements
+                and not any(d in ran for d in e.deps)
+            ):
+                kept[e.name] = rec  # it ran before on the same inputs
+        tasks = self._own_tasks()
+        for e in elements:
+            tasks[e.name] = e
+        self._keys[template] = found.keys
+        self._shape[template] = (found.mapping, found.originals)
+        self._began_at[template] = self.now()
+        ledger.expanded(template, elements, kept)
+        self.core.expand(template, elements, kept)
+        for child in self._over_me.get(template, ()):
+            if self.core.waits(child) and not self.core.is_expanded(child):
+                ctask = tasks[child]
+                self._register(child, list(_fan.elementwise(ctask, found.keys)), found)
+
+    def _old_family_keys(self, template: str) -> tuple[list[str], bool, list[Any]]:
+        """The keys of a family expanded before this run, and its shape (from its
+        collected result: a dict if it mapped a Mapping)."""
+        dag = self.ledger.graph._dag
+        keys = [getattr(dag.tasks[m], "at", "") for m in dag.families().get(template, ())]
+        value = self.ledger.records[template].result
+        if isinstance(value, ResultRef):
+            value = value.load()
+        if isinstance(value, dict) and len(value) == len(keys):
+            return keys, True, list(value)
+        return keys, False, []
+
+    def _check_element_names(self, template: str, elements: Sequence[Task]) -> None:
+        static = self._static_names
+        for e in elements:
+            if e.name in static:
+                raise ValueError(
+                    f"mapped task {template!r}: its element {e.name!r} has the name of "
+                    "another task of the graph; rename that task or make key= give "
+                    "other keys"
+                )
+
+    def _collect(self, template: str) -> None:
+        ledger = self.ledger
+        records = ledger.records
+        members = ledger.families[template]
+        mapping, originals = self._shape[template]
+        value = _fan.collected((records[e.name] for e in members), mapping, originals)
+        now = self.now()
+        if ledger.family_done(template, value, self._began_at.get(template), now):
+            self.core.collect(template)
+            return
+        exc = ledger.refused(template)
+        ledger.template_failed(template, exc, traceback_of(exc), now)
+        ledger.skipped(self.core.fail_template(template), now)
 
     def _apply(self, msg: Outcome | _Requeue) -> None:
         if isinstance(msg, _Requeue):

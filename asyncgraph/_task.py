@@ -31,7 +31,7 @@ from ._state import NO_RESULT
 if TYPE_CHECKING:
     from ._state import TaskRecord
 
-__all__ = ["Kind", "Task", "make_task"]
+__all__ = ["Element", "Kind", "Task", "make_task"]
 
 
 class Kind(enum.Enum):
@@ -66,6 +66,12 @@ class Task:
     is_async: bool = False
     #: The dependency names, each once, in binding order (derived from args and kwargs).
     deps: tuple[str, ...] = ()
+    #: Fan-out: a template maps over the result of this dependency (see :mod:`._fan`).
+    over: str | None = None
+    #: Fan-out: a template's element key function (None: elements named by position).
+    key: Callable[[Any], Any] | None = None
+    #: Fan-out: an element's template (None for every other task).
+    family: str | None = None
 
     def bind(self, records: Mapping[str, TaskRecord]) -> tuple[list[Any], dict[str, Any]]:
         """The call arguments, from the records of the (done) dependencies.
@@ -93,6 +99,44 @@ class Task:
     def _missing(self, records: Mapping[str, TaskRecord]) -> MissingResultError:
         missing = tuple(d for d in self.deps if records[d].result is NO_RESULT)
         return MissingResultError(self.name, missing)
+
+
+@dataclass(frozen=True, slots=True)
+class Element(Task):
+    """One element of a mapped task (a template): ``score[alice]``, a task of its own.
+
+    It shares its template's function and options; ``input`` names the dependency
+    whose result was mapped (None for an element-wise element, which takes its
+    counterpart's whole result), and ``value`` is its one item of that result.
+    ``index`` is its position in the family, ``at`` its key as written in its name.
+    """
+
+    value: Any = None
+    input: str | None = None
+    index: int = 0
+    at: str = ""
+
+    def bind(self, records: Mapping[str, TaskRecord]) -> tuple[list[Any], dict[str, Any]]:
+        """As :meth:`Task.bind`, the mapped dependency giving this element's item."""
+        over = self.input
+        if over is None:
+            return Task.bind(self, records)
+        value = self.value
+        args: list[Any] = []
+        for d in self.args:
+            r = value if d == over else records[d].result
+            if r is NO_RESULT:
+                raise self._missing(records)
+            if not (self.skip_none and r is None):
+                args.append(r)
+        kwargs: dict[str, Any] = {}
+        for p, t in self.kwargs:
+            r = value if t == over else records[t].result
+            if r is NO_RESULT:
+                raise self._missing(records)
+            if not (self.skip_none and r is None):
+                kwargs[p] = r
+        return args, kwargs
 
 
 def _unwrap_partial(fn: Any) -> Any:
@@ -262,6 +306,8 @@ def make_task(
     priority: int = 0,
     resources: Iterable[str] = (),
     skip_none: bool = False,
+    over: str | None = None,
+    key: Callable[[Any], Any] | None = None,
 ) -> Task:
     """Build and check a Task; every error names the task and the offending option."""
     if not isinstance(name, str) or not name:
@@ -321,6 +367,8 @@ def make_task(
         raise CycleError([name, name])
     if sig is not None and deps is not None:
         _check_binding(name, sig, len(args), (p for p, _ in kwargs), skip_none)
+    all_deps = tuple(dict.fromkeys((*args, *(t for _, t in kwargs))))
+    _check_over(name, over, key, all_deps)
     return Task(
         name=name,
         fn=fn,
@@ -334,5 +382,45 @@ def make_task(
         priority=priority,
         resources=res,
         is_async=is_async,
-        deps=tuple(dict.fromkeys((*args, *(t for _, t in kwargs)))),
+        deps=all_deps,
+        over=over,
+        key=key,
     )
+
+
+def _check_over(name: str, over: Any, key: Any, deps: tuple[str, ...]) -> None:
+    """``over=`` names one of the task's dependencies; ``key=`` is a function, and only
+    with ``over=``."""
+    if over is None:
+        if key is not None:
+            raise InvalidTaskError(
+                name,
+                "key= names the elements of a mapped task, but the task has no over=; "
+                "pass over='<dependency>' to map it over that dependency's result",
+            )
+        return
+    if not isinstance(over, str) or not over:
+        raise InvalidTaskError(
+            name,
+            f"over must be the name of one of its dependencies (a str), not "
+            f"{type(over).__name__} {over!r}",
+        )
+    if over not in deps:
+        raise InvalidTaskError(
+            name,
+            f"over={over!r} is not one of its dependencies ({list(deps)}); over= names the "
+            "dependency whose result is mapped, element by element: add it to the "
+            "function's parameters or to deps",
+        )
+    if key is not None and not callable(key):
+        raise InvalidTaskError(
+            name,
+            f"key must be a function of one element returning its key (str or int), not "
+            f"{type(key).__name__} {key!r}",
+        )
+    if "[" in name or "]" in name:
+        raise InvalidTaskError(
+            name,
+            "a mapped task's name may not contain '[' or ']': its elements are named "
+            f"{name}[<key>]",
+        )
