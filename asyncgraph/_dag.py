@@ -147,7 +147,10 @@ class Dag:
         if not self._fan:
             return self
         if self._static is None or not self._frozen:
-            elements = {m for members in self.families().values() for m in members}
+            tasks = self._tasks
+            elements = {
+                m for t, members in self.families().items() if t in tasks for m in members
+            }
             if not elements:
                 return self
             static = self.subset(n for n in self._tasks if n not in elements).freeze()

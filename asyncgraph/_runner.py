@@ -49,11 +49,13 @@ from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, unit_paths
 from ._shield import wait_to_the_end as _to_the_end
-from ._state import ResultRef, State
+from ._state import ResultRef, State, TaskRecord
 from ._task import Task
 from ._taskset import TaskSet
 
 __all__: list[str] = []  # package-internal: _Run is for _lifetime and the tests
+
+_SKIPPED = TaskRecord(State.SKIPPED)
 
 
 class _Requeue(NamedTuple):
@@ -155,6 +157,7 @@ class _Run:
         self._began_at: dict[str, float] = {}  # template -> when it expanded
         self._over_me: dict[str, list[str]] = {}  # template -> templates over it
         self._old_elements: frozenset[str] = frozenset()
+        self._bad: set[str] = set()  # elements kept failed or skipped from before
         self._static_names: Mapping[str, Task] = {}
         if fans:
             self._static_names = dag.tasks
@@ -275,7 +278,8 @@ class _Run:
             names, core.expanding = core.expanding, []
             for t in names:
                 if core.is_expanded(t):
-                    self._collect(t)
+                    if core.waits(t):  # else its family ended with a failed element
+                        self._collect(t)
                 else:
                     self._expand(t)
             ready.extend(core.get_ready())
@@ -324,20 +328,44 @@ class _Run:
 
     def _register(self, template: str, elements: list[Task], found: _fan.Items) -> None:
         """The family of ``template`` is ``elements``: tell the ledger and the core, then
-        expand the templates over it (element-wise) that wait in the core too."""
+        expand the templates over it (element-wise) that wait in the core too. A family
+        with an element that stays failed (or skipped) is ended at once: its reducers
+        are skipped, as below any failed task."""
+        doomed: list[str] = []
+        self._register_chain(template, elements, found, doomed)
+        now = self.now()
+        for t in doomed:
+            if self.core.waits(t):
+                self.ledger.skipped([t, *self.core.fail_template(t)], now)
+
+    def _register_chain(
+        self, template: str, elements: list[Task], found: _fan.Items, doomed: list[str]
+    ) -> None:
         ledger = self.ledger
         old = ledger.records
-        kept = {}
+        kept: dict[str, TaskRecord] = {}
+        done: set[str] = set()
         ran = ledger.tries
+        bad = self._bad
         for e in elements:
-            rec = old.get(e.name)
-            if (
+            n = e.name
+            rec = old.get(n)
+            if any(d in bad for d in e.deps):  # below an element that stays failed
+                kept[n] = rec if rec is not None and rec.status is State.SKIPPED else _SKIPPED
+                bad.add(n)
+            elif (
                 rec is not None
-                and rec.status is State.DONE
-                and e.name in self._old_elements
+                and rec.status.is_terminal
+                and n in self._old_elements
                 and not any(d in ran for d in e.deps)
             ):
-                kept[e.name] = rec  # it ran before on the same inputs
+                kept[n] = rec  # it ended before, on the same inputs: as a static task
+                if rec.status is State.DONE:
+                    done.add(n)
+                else:
+                    bad.add(n)
+        if len(done) != len(kept):
+            doomed.append(template)
         tasks = self._own_tasks()
         for e in elements:
             tasks[e.name] = e
@@ -349,7 +377,8 @@ class _Run:
         for child in self._over_me.get(template, ()):
             if self.core.waits(child) and not self.core.is_expanded(child):
                 ctask = tasks[child]
-                self._register(child, list(_fan.elementwise(ctask, found.keys)), found)
+                children: list[Task] = list(_fan.elementwise(ctask, found.keys))
+                self._register_chain(child, children, found, doomed)
 
     def _old_family_keys(self, template: str) -> tuple[list[str], bool, list[Any]]:
         """The keys of a family expanded before this run, and its shape (from its

@@ -517,3 +517,179 @@ async def test_a_graph_without_fan_out_schedules_as_before():
         out = await ag.run(g)
     assert out.results["b"] == [1, 2]
     assert not out._dag.fans
+
+
+# -- rewrites --------------------------------------------------------------------------
+
+
+async def _failed_once():
+    """A run where score[b] failed: the graph, the call counter, the fault to fix."""
+    fail = {"b"}
+    g, calls = users_graph(USERS, fail=fail)
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    assert out.status["score[b]"] is State.FAILED
+    calls.clear()
+    fail.clear()
+    return out, calls
+
+
+async def test_reset_failed_reruns_only_the_failed_element_and_what_depends_on_it():
+    out, calls = await _failed_once()
+    again = ag.reset_failed(out)
+    assert again.status["score[a]"] is State.DONE
+    assert again.status["score[b]"] is State.PENDING
+    assert again.status["publish[b]"] is State.PENDING
+    assert again.status["publish[a]"] is State.DONE
+    with anyio.fail_after(GUARD):
+        done = await ag.run(again)
+    assert calls == Counter({"score:b": 1, "publish:20": 1, "report": 1})
+    assert done.results["report"] == 60
+    assert done.results["publish"] == [-10, -20, -30]
+    assert all(s is State.DONE for s in done.status.values())
+
+
+async def test_reset_of_one_element_never_reruns_a_sibling():
+    g, calls = users_graph(USERS)
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    calls.clear()
+    again = ag.reset(out, "score[c]")
+    assert {n for n, s in again.status.items() if s is State.PENDING} == {
+        "score[c]",
+        "score",
+        "publish[c]",
+        "publish",
+        "report",
+    }
+    with anyio.fail_after(GUARD):
+        done = await ag.run(again)
+    assert calls == Counter({"score:c": 1, "publish:30": 1, "report": 1})
+    assert done.results["score"] == [10, 20, 30]
+
+
+async def test_reset_of_the_family_reruns_every_element():
+    g, calls = users_graph(USERS)
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    calls.clear()
+    with anyio.fail_after(GUARD):
+        done = await ag.run(out.reset("score"))
+    assert calls == Counter(
+        {"score:a": 1, "score:b": 1, "score:c": 1, "report": 1}
+        | {f"publish:{v}": 1 for v in (10, 20, 30)}
+    )
+    assert done.results["report"] == 60
+
+
+async def test_resetting_the_parent_re_expands_it():
+    box = {"users": USERS}
+    g = ag.Graph()
+    g.add("users", lambda: box["users"], deps=[])
+    g.add("score", lambda users: users["v"], over="users", key=lambda u: u["id"])
+    g.add("report", lambda score: score, deps=["score"])
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    box["users"] = [{"id": "z", "v": 9}, {"id": "a", "v": 1}]
+    with anyio.fail_after(GUARD):
+        done = await ag.run(ag.reset(out, "users"))
+    assert done.results["report"] == [9, 1]
+    assert [n for n in done.tasks if n.startswith("score[")] == ["score[z]", "score[a]"]
+    assert "score[b]" not in done.status  # gone with the list that no longer has it
+
+
+async def test_reset_failed_after_the_parent_failed_expands_the_family():
+    # Dagster #8411: re-executing from a failure upstream of a dynamic step.
+    box = {"fail": True}
+    g = ag.Graph()
+
+    def users():
+        if box["fail"]:
+            raise OSError("down")
+        return [1, 2]
+
+    g.add("users", users, deps=[])
+    g.add("score", lambda users: users * 2, over="users")
+    g.add("report", lambda score: sum(score), deps=["score"])
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    assert out.status["score"] is State.SKIPPED
+    box["fail"] = False
+    with anyio.fail_after(GUARD):
+        done = await ag.run(ag.reset_failed(out))
+    assert done.results["report"] == 6
+    assert done.status["score[1]"] is State.DONE
+
+
+async def test_reset_failed_after_an_empty_family_keeps_it_done():
+    # Airflow #43214: a retry of a run with a zero-length map.
+    g, _ = users_graph([])
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    with anyio.fail_after(GUARD):
+        again = await ag.run(ag.reset_failed(out))
+    assert again.results["score"] == []
+    with anyio.fail_after(GUARD):
+        reset = await ag.run(ag.reset(out, "users"))
+    assert reset.results["report"] == 0
+
+
+async def test_mark_done_of_one_element_leaves_the_other_failed_elements_failed():
+    # Airflow #23171: "Mark Success on a mapped task, reruns other failing mapped tasks".
+    fail = {"a", "b"}
+    g, calls = users_graph(USERS, fail=fail)
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    fixed = ag.mark_done(out, "score[a]", {"score[a]": 100})
+    assert fixed.status["score[b]"] is State.FAILED
+    assert fixed.status["publish[a]"] is State.PENDING
+    calls.clear()
+    with anyio.fail_after(GUARD):
+        done = await ag.run(fixed)
+    assert calls == Counter({"publish:100": 1})  # score[b] did not rerun
+    assert done.status["score[b]"] is State.FAILED
+    assert done.status["score"] is State.FAILED
+    assert done.status["report"] is State.SKIPPED
+    fixed = ag.mark_done(done, "score[b]", {"score[b]": 7})
+    calls.clear()
+    with anyio.fail_after(GUARD):
+        done = await ag.run(fixed)
+    assert calls == Counter({"publish:7": 1, "report": 1})
+    assert done.results["score"] == [100, 7, 30]
+
+
+async def test_subgraph_of_an_element_keeps_its_parent_and_runs_it_alone():
+    g, calls = users_graph(USERS)
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    sub = ag.subgraph(out, "score[b]")
+    assert set(sub.tasks) == {"score[b]", "users", "weights"}
+    calls.clear()
+    with anyio.fail_after(GUARD):
+        done = await ag.run(ag.reset(sub, "score[b]"))
+    assert calls == Counter({"score:b": 1})
+    assert done.results["score[b]"] == 20
+    whole = ag.subgraph(out, "report")
+    assert {"score[a]", "score[b]", "score[c]", "score", "users"} <= set(whole.tasks)
+    assert "publish" not in whole.tasks
+
+
+async def test_unknown_element_names_are_listed():
+    g, _ = users_graph(USERS)
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    with pytest.raises(ag.UnknownTaskError, match=r"score\[zz\]"):
+        ag.reset(out, "score[zz]")
+
+
+async def test_pictures_show_a_family():
+    g, _ = users_graph(USERS, fail=("b",))
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    text = out.to_mermaid()
+    assert "subgraph" in text
+    assert '"score[a]"' in text
+    assert "score (3: done 2, failed 1)" in text
+    dot = out.to_dot()
+    assert "cluster" in dot
+    assert '"score[b]"' in dot
