@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._state import State, TaskRecord
+from ._state import State
 from ._task import Element, Task
 
 __all__ = [
@@ -206,9 +206,9 @@ def elementwise(template: Task, keys: Sequence[str]) -> list[Element]:
     return out
 
 
-def collected(records: Iterable[TaskRecord], mapping: bool, originals: Sequence[Any]) -> Any:
+def collected(results: Iterable[Any], mapping: bool, originals: Sequence[Any]) -> Any:
     """A done family's result: its elements' results in order (a dict for a Mapping)."""
-    values = [r.result for r in records]
+    values = list(results)
     if mapping:
         return dict(zip(originals, values, strict=True))
     return values

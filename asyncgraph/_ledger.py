@@ -88,6 +88,11 @@ class Sink(Protocol):
         """On every way out: commit what is queued and record how the run ended."""
         ...
 
+    def expanded(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
+        """Fan-out: ``template`` expanded into ``elements``; the records of those whose
+        results the sink holds already (reused, not run)."""
+        ...
+
 
 class NullSink:
     """The sink of a run without a store: it keeps nothing and defers nothing."""
@@ -114,6 +119,9 @@ class NullSink:
 
     async def close(self) -> None:
         return None
+
+    def expanded(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
+        return {}
 
 
 class Ledger:
@@ -323,6 +331,23 @@ class Ledger:
             for n in run:
                 emit(_new(Event, (_QUEUED, n, 0, now, None)))
         return run
+
+    def reusable(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
+        """The elements whose results the store holds for their fingerprints (a run
+        without a store: none)."""
+        if not self.stores:
+            return {}
+        return self.sink.expanded(template, elements)
+
+    def given(self, name: str, rec: TaskRecord) -> bool:
+        """A done element kept from before the run, its result in memory: recorded in the
+        store too (False if it cannot be), so the next run reuses it."""
+        if not self.stores:
+            return True
+        if not self.sink.keep(name, rec.result):
+            return False
+        self.sink.ended(name, rec)
+        return True
 
     def family_done(self, template: str, value: Any, began: float | None, end: float) -> bool:
         """``template``'s family is done and ``value`` is the collected result; False if

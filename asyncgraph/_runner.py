@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from . import _fan
@@ -158,6 +158,7 @@ class _Run:
         self._over_me: dict[str, list[str]] = {}  # template -> templates over it
         self._old_elements: frozenset[str] = frozenset()
         self._bad: set[str] = set()  # elements kept failed or skipped from before
+        self._refreshed: set[str] = set()  # elements reused by content in this run
         self._static_names: Mapping[str, Task] = {}
         if fans:
             self._static_names = dag.tasks
@@ -343,42 +344,78 @@ class _Run:
     ) -> None:
         ledger = self.ledger
         old = ledger.records
+        tasks = self._own_tasks()
+        for e in elements:
+            tasks[e.name] = e
+        reusable = ledger.reusable(tasks[template], elements)  # by content (a store)
         kept: dict[str, TaskRecord] = {}
         done: set[str] = set()
         ran = ledger.tries
         bad = self._bad
+        stores = ledger.stores
         for e in elements:
             n = e.name
             rec = old.get(n)
             if any(d in bad for d in e.deps):  # below an element that stays failed
                 kept[n] = rec if rec is not None and rec.status is State.SKIPPED else _SKIPPED
                 bad.add(n)
+            elif n in reusable and (
+                # not an element the caller sent back to pending (reset) on its inputs
+                rec is None
+                or rec.status is State.DONE
+                or n not in self._old_elements
+                or any(d in ran or d in self._refreshed for d in e.deps)
+            ):
+                kept[n] = reusable[n]
+                done.add(n)
+                self._refreshed.add(n)
             elif (
                 rec is not None
                 and rec.status.is_terminal
                 and n in self._old_elements
                 and not any(d in ran for d in e.deps)
             ):
-                kept[n] = rec  # it ended before, on the same inputs: as a static task
-                if rec.status is State.DONE:
-                    done.add(n)
-                else:
+                # It ended before, on the same inputs: as a static task would, it
+                # keeps its record (with a store, a done one only if it is stored with
+                # this fingerprint, or was given a result since: mark_done).
+                if rec.status is not State.DONE:
+                    kept[n] = rec
                     bad.add(n)
+                elif not stores or (not isinstance(rec.result, ResultRef) and ledger.given(n, rec)):
+                    kept[n] = rec
+                    done.add(n)
         if len(done) != len(kept):
             doomed.append(template)
-        tasks = self._own_tasks()
-        for e in elements:
-            tasks[e.name] = e
         self._keys[template] = found.keys
         self._shape[template] = (found.mapping, found.originals)
         self._began_at[template] = self.now()
         ledger.expanded(template, elements, kept)
         self.core.expand(template, elements, kept)
+        if stores:
+            self._load_refs(e for e in elements if e.name not in kept)
         for child in self._over_me.get(template, ()):
             if self.core.waits(child) and not self.core.is_expanded(child):
                 ctask = tasks[child]
                 children: list[Task] = list(_fan.elementwise(ctask, found.keys))
                 self._register_chain(child, children, found, doomed)
+
+    def _load_refs(self, pending: Iterable[Task]) -> None:
+        """Load the stored results pending elements take from reused elements (their
+        element-wise parents), before they start."""
+        records = self.ledger.records
+        for e in pending:
+            for d in e.deps:
+                r = records[d]
+                if isinstance(r.result, ResultRef):
+                    records[d] = TaskRecord(
+                        r.status,
+                        r.result.load(),
+                        r.error,
+                        r.traceback,
+                        r.attempts,
+                        r.started,
+                        r.finished,
+                    )
 
     def _old_family_keys(self, template: str) -> tuple[list[str], bool, list[Any]]:
         """The keys of a family expanded before this run, and its shape (from its
@@ -407,7 +444,12 @@ class _Run:
         records = ledger.records
         members = ledger.families[template]
         mapping, originals = self._shape[template]
-        value = _fan.collected((records[e.name] for e in members), mapping, originals)
+        refs = [records[e.name] for e in members]
+        value = _fan.collected(
+            (r.result.load() if isinstance(r.result, ResultRef) else r.result for r in refs),
+            mapping,
+            originals,
+        )
         now = self.now()
         if ledger.family_done(template, value, self._began_at.get(template), now):
             self.core.collect(template)

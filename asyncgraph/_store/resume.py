@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
+from .._fan import family_of
 from .._fingerprint import digests
 from .._graph import BaseGraph, G, check_graph
 from .._rewrite import reset_failed
 from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
+from .._task import Element, Task
 from .protocol import Store, StoredTask
 from .sqlite import SQLiteStore, open_store
 
@@ -77,7 +79,8 @@ def check_names(
     """Raise StoreMismatchError if the store holds tasks the graph lacks (unless forced)."""
     if force or not stored:
         return
-    only_in_store = [n for n in stored if n not in graph.tasks]
+    tasks = graph.tasks
+    only_in_store = [n for n in stored if n not in tasks and not _is_element_of(n, tasks)]
     if not only_in_store:
         return
     only_in_graph = [n for n in graph.tasks if n not in stored]
@@ -92,6 +95,16 @@ def check_names(
         only_in_store,
         only_in_graph,
     )
+
+
+def _is_element_of(name: str, tasks: Mapping[str, Any]) -> bool:
+    """Whether ``name`` (``score[k]``) is an element of a mapped task of ``tasks``: a
+    family's elements are never a mismatch, however many there were."""
+    split = family_of(name)
+    if split is None:
+        return False
+    template = tasks.get(split[0])
+    return template is not None and template.over is not None
 
 
 def _names(names: list[str]) -> str:
@@ -158,7 +171,139 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
                 s.finished,
             )
     loaded = graph._derive(records, origin=store_key(store))
+    if graph._dag.fans:
+        loaded = _with_stored_elements(loaded, store, stored, reasons)
     return Loaded(loaded, reasons, stored, fps)
+
+
+#: The error type of the row a run writes for an element its parent no longer produces.
+GONE = "ElementGone"
+
+
+def _with_stored_elements(
+    graph: BaseGraph, store: Store, stored: Mapping[str, StoredTask], reasons: dict[str, str]
+) -> BaseGraph:
+    """``graph`` with the elements its store holds for each mapped task, as they were
+    (a family is expanded again when its mapped task runs, and each element's
+    fingerprint is then checked by its item's content).
+
+    An element is done here if it is done in the store, its mapped task's code is the
+    same, and its parent is done and was not computed after it; else pending (with the
+    reason), or failed/skipped/cancelled as stored. Nothing is unpickled.
+    """
+    tasks = graph.tasks
+    records = dict(graph.records)
+    members: dict[str, list[StoredTask]] = {}
+    for n, s in stored.items():
+        split = family_of(n)
+        if split is None or n in tasks:
+            continue
+        mapped = tasks.get(split[0])
+        if mapped is None or mapped.over is None or s.error_type == GONE:
+            continue
+        members.setdefault(split[0], []).append(s)
+    if not members:
+        return graph
+    fps = digests(graph)
+    added: list[Task] = []
+    for template, rows in members.items():
+        t = tasks[template]
+        over = t.over
+        assert over is not None
+        parent = tasks[over]
+        own = fps[template][0]
+        rows.sort(key=lambda s: (s.run_id, s.started or 0.0))
+        for i, s in enumerate(rows):
+            key = s.name[len(template) + 1 : -1]
+            deps = t.deps
+            input_dep: str | None = over
+            if parent.over is not None:  # element-wise: its counterpart element
+                input_dep = None
+                mine = f"{over}[{key}]"
+                deps = tuple(mine if d == over else d for d in t.deps)
+            added.append(
+                Element(
+                    name=s.name,
+                    fn=t.fn,
+                    kind=t.kind,
+                    args=t.args,
+                    kwargs=t.kwargs,
+                    skip_none=t.skip_none,
+                    retries=t.retries,
+                    retry_delay=t.retry_delay,
+                    timeout=t.timeout,
+                    priority=t.priority,
+                    resources=t.resources,
+                    is_async=t.is_async,
+                    deps=deps,
+                    family=template,
+                    value=_UNKNOWN,
+                    input=input_dep,
+                    index=i,
+                    at=key,
+                )
+            )
+            up = [records.get(d) for d in deps]
+            up_done = all(r is not None and r.status is State.DONE for r in up)
+            if s.status is State.DONE:
+                reran = up_done and _upstream_reran(s, deps, records, stored)
+                if s.code == own and up_done and s.result_id is not None and not reran:
+                    records[s.name] = TaskRecord(
+                        State.DONE,
+                        StoredResult(store, s.result_id, s.name),
+                        None,
+                        None,
+                        s.attempts,
+                        s.started,
+                        s.finished,
+                    )
+                    continue
+                records[s.name] = PENDING_RECORD
+                reasons[s.name] = (
+                    "code changed"
+                    if s.code != own
+                    else f"expands again when {over!r} runs"
+                    if not up_done
+                    else "upstream result changed"
+                )
+                continue
+            reasons[s.name] = _LAST_TIME.get(s.status, "never finished")
+            if s.status in FINISHED_BADLY:
+                error = RemoteError(
+                    s.error_type or "Error", s.error_message or "", s.traceback or ""
+                )
+                records[s.name] = TaskRecord(
+                    s.status,
+                    None,
+                    error if s.status is not State.SKIPPED else None,
+                    s.traceback,
+                    s.attempts,
+                    s.started,
+                    s.finished,
+                )
+            else:
+                records[s.name] = PENDING_RECORD
+        # The family is done only if every element is: else it is collected again.
+        rec = records[template]
+        if rec.status is State.DONE and not all(records[s.name].status is State.DONE for s in rows):
+            records[template] = PENDING_RECORD
+            reasons[template] = "an element reruns"
+    out = graph._derive(records)
+    out._dag = graph._dag.with_elements([], added).freeze()
+    return out
+
+
+class _Unknown:
+    """The item of an element loaded from a store: known again when its family
+    expands (from the parent's result), never before."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<item not loaded: the element's family expands again when it runs>"
+
+
+_UNKNOWN = _Unknown()
 
 
 def _upstream_reran(

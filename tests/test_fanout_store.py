@@ -1,0 +1,191 @@
+"""Fan-out on a store: element rows, fingerprints by content, reuse across processes.
+
+A mapped function here never reads a mutable global (see test_mutable_global_rule):
+calls are counted in a side file, and the parent's list comes from a file, so the
+fingerprints stay those of the code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import asyncgraph as ag
+from asyncgraph import State
+
+
+def build(tmp: Path, *, key: bool = True) -> ag.Graph:
+    """users (from users.json) -> score (mapped) -> report; publish element-wise."""
+    log = tmp / "calls.log"
+    src = tmp / "users.json"
+    fail = tmp / "fail"
+
+    g = ag.Graph()
+
+    def users():
+        with open(log, "a") as f:
+            f.write("users\n")
+        return json.loads(src.read_text())
+
+    def score(users):
+        with open(log, "a") as f:
+            f.write(f"score:{users['id']}\n")
+        if fail.exists() and users["id"] in fail.read_text().split():
+            raise ValueError(f"bad {users['id']}")
+        return users["v"] * 10
+
+    def report(score):
+        with open(log, "a") as f:
+            f.write("report\n")
+        return sorted(score.values()) if isinstance(score, dict) else score
+
+    def publish(score):
+        with open(log, "a") as f:
+            f.write(f"publish:{score}\n")
+        return -score
+
+    g.add("users", users, deps=[])
+    g.add("score", score, deps=["users"], over="users", key=(lambda u: u["id"]) if key else None)
+    g.add("report", report, deps=["score"])
+    g.add("publish", publish, deps=["score"], over="score")
+    return g
+
+
+def users(tmp: Path, ids: str) -> None:
+    (tmp / "users.json").write_text(
+        json.dumps([{"id": i, "v": ord(i) - ord("a") + 1} for i in ids])
+    )
+
+
+def calls(tmp: Path) -> list[str]:
+    log = tmp / "calls.log"
+    out = log.read_text().split() if log.exists() else []
+    log.write_text("")
+    return sorted(out)
+
+
+def run(tmp: Path, g: ag.Graph) -> ag.Graph:
+    return ag.run_sync(g, store=tmp / "s.db")
+
+
+def test_a_family_on_a_store_runs_then_is_reused_by_a_new_graph(tmp_path):
+    users(tmp_path, "abc")
+    out = run(tmp_path, build(tmp_path))
+    assert out.results["report"] == [10, 20, 30]
+    assert calls(tmp_path) == sorted(
+        [
+            "users",
+            "score:a",
+            "score:b",
+            "score:c",
+            "report",
+            "publish:10",
+            "publish:20",
+            "publish:30",
+        ]
+    )
+    again = run(tmp_path, build(tmp_path))  # a new graph object: as a new process
+    assert calls(tmp_path) == []
+    assert again.results["report"] == [10, 20, 30]
+    assert again.results["score[b]"] == 20
+    loaded = ag.load(build(tmp_path), tmp_path / "s.db")
+    assert loaded.status["score[c]"] is State.DONE
+    assert loaded.status["publish[a]"] is State.DONE
+    assert loaded.tasks["score[c]"].family == "score"
+
+
+def test_no_store_mismatch_for_elements(tmp_path):
+    users(tmp_path, "abc")
+    run(tmp_path, build(tmp_path))
+    ag.load(build(tmp_path), tmp_path / "s.db")  # no StoreMismatchError
+    g = ag.Graph()
+    g.add("other", lambda: 1, deps=[])
+    with pytest.raises(ag.StoreMismatchError):
+        ag.load(g, tmp_path / "s.db")
+
+
+def test_a_failed_element_reruns_alone_in_a_new_process(tmp_path):
+    users(tmp_path, "abc")
+    (tmp_path / "fail").write_text("b")
+    out = run(tmp_path, build(tmp_path))
+    assert out.status["score[b]"] is State.FAILED
+    assert out.status["report"] is State.SKIPPED
+    calls(tmp_path)
+    (tmp_path / "fail").unlink()
+    loaded = ag.load(build(tmp_path), tmp_path / "s.db")
+    assert loaded.status["score[b]"] is State.FAILED
+    assert loaded.status["score[a]"] is State.DONE
+    done = ag.run_sync(ag.reset_failed(loaded), store=tmp_path / "s.db")
+    assert calls(tmp_path) == ["publish:20", "report", "score:b"]
+    assert done.results["report"] == [10, 20, 30]
+    # A plain run of the bare definitions does the same: reset_failed(load(...)).
+    assert run(tmp_path, build(tmp_path)).results["publish"] == [-10, -20, -30]
+    assert calls(tmp_path) == []
+
+
+@pytest.mark.parametrize("key", [True, False])
+def test_a_list_that_grows_shrinks_and_is_reordered(tmp_path, key):
+    db = tmp_path / "s.db"
+    users(tmp_path, "abc")
+    run(tmp_path, build(tmp_path, key=key))
+    calls(tmp_path)
+
+    def rerun_parent():
+        g = ag.reset(ag.load(build(tmp_path, key=key), db), "users")
+        return ag.run_sync(g, store=db)
+
+    users(tmp_path, "zabc")  # grows at the front
+    out = rerun_parent()
+    ran = calls(tmp_path)
+    assert out.results["report"] == [260, 10, 20, 30]
+    if key:
+        assert ran == ["publish:260", "report", "score:z", "users"]
+    else:  # by position every element's item changed: no element inherits another's
+        assert ran.count("users") == 1
+        assert {c for c in ran if c.startswith("score:")} == {
+            "score:z",
+            "score:a",
+            "score:b",
+            "score:c",
+        }
+    for i, name in enumerate(n for n in out.tasks if n.startswith("score[")):
+        assert out.results[name] == [260, 10, 20, 30][i]
+
+    users(tmp_path, "cb")  # shrinks and is reordered
+    out = rerun_parent()
+    ran = calls(tmp_path)
+    assert out.results["report"] == [30, 20]
+    if key:
+        assert ran == ["report", "users"]  # c and b: same items, same keys
+        assert "score[a]" not in out.status
+        assert "score[z]" not in out.status
+    loaded = ag.load(build(tmp_path, key=key), db)
+    assert len([n for n in loaded.tasks if n.startswith("score[")]) == 2  # gone ones left out
+
+
+def test_same_list_by_position_reuses_every_element(tmp_path):
+    db = tmp_path / "s.db"
+    users(tmp_path, "abc")
+    run(tmp_path, build(tmp_path, key=False))
+    calls(tmp_path)
+    g = ag.reset(ag.load(build(tmp_path, key=False), db), "users")
+    out = ag.run_sync(g, store=db)
+    assert calls(tmp_path) == ["report", "users"]
+    assert out.results["score[1]"] == 20
+
+
+def test_reset_of_one_element_on_a_store(tmp_path):
+    db = tmp_path / "s.db"
+    users(tmp_path, "abc")
+    run(tmp_path, build(tmp_path))
+    calls(tmp_path)
+    g = ag.reset(ag.load(build(tmp_path), db), "score[c]")
+    out = ag.run_sync(g, store=db)
+    assert calls(tmp_path) == ["publish:30", "report", "score:c"]  # never a sibling
+    assert out.results["score"] == [10, 20, 30]
+    out = ag.run_sync(ag.reset(ag.load(build(tmp_path), db), "score"), store=db)
+    assert calls(tmp_path) == sorted(
+        ["score:a", "score:b", "score:c", "report", "publish:10", "publish:20", "publish:30"]
+    )
