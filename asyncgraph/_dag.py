@@ -148,9 +148,7 @@ class Dag:
             return self
         if self._static is None or not self._frozen:
             tasks = self._tasks
-            elements = {
-                m for t, members in self.families().items() if t in tasks for m in members
-            }
+            elements = {m for t, members in self.families().items() if t in tasks for m in members}
             if not elements:
                 return self
             static = self.subset(n for n in self._tasks if n not in elements).freeze()
