@@ -189,3 +189,65 @@ def test_reset_of_one_element_on_a_store(tmp_path):
     assert calls(tmp_path) == sorted(
         ["score:a", "score:b", "score:c", "report", "publish:10", "publish:20", "publish:30"]
     )
+
+
+class Unpicklable:
+    """A result whose loading raises: plan must never load one."""
+
+    def __init__(self, v):
+        self.v = v
+
+    def __reduce__(self):
+        return (_refuse, (self.v,))
+
+
+def _refuse(v):
+    raise AssertionError("plan unpickled a result")
+
+
+def test_plan_per_element_without_unpickling(tmp_path):
+    db = tmp_path / "s.db"
+    users(tmp_path, "abc")
+    (tmp_path / "fail").write_text("b")
+    g = build(tmp_path)
+    ag.run_sync(g, store=db)
+    plan = ag.plan(build(tmp_path), db)
+    rows = {r["name"]: (r["action"], r["reason"]) for _, r in plan.iterrows()}
+    assert rows["score[a]"][0] == "reuse"
+    assert rows["score[b]"] == ("run", "failed last time")
+    assert rows["publish[b]"][0] == "run"
+    assert rows["publish[a]"][0] == "reuse"
+    assert rows["report"][0] == "run"
+    # The parent reruns: the family expands then.
+    loaded = ag.reset(ag.load(build(tmp_path), db), "users")
+    plan = ag.plan(loaded, db)
+    rows = {r["name"]: (r["action"], r["reason"]) for _, r in plan.iterrows()}
+    assert rows["users"] == ("run", "reset by the user")
+    assert rows["score"][1] == "expands when 'users' runs (last time: 3 elements)"
+    assert rows["score[a]"][0] == "run"
+
+
+def test_plan_never_unpickles_an_element_result(tmp_path):
+    db = tmp_path / "s.db"
+    g = ag.Graph()
+    g.add("xs", lambda: [1, 2], deps=[])
+    g.add("u", Unpicklable, deps=["xs"], over="xs")
+    ag.run_sync(g, store=db)
+    plan = ag.plan(g, db)
+    assert set(plan["name"]) >= {"u[0]", "u[1]"}
+    assert set(plan.loc[plan["name"].str.startswith("u["), "action"]) == {"reuse"}
+
+
+def test_plan_lists_gone_elements(tmp_path):
+    db = tmp_path / "s.db"
+    users(tmp_path, "abc")
+    ag.run_sync(build(tmp_path), store=db)
+    users(tmp_path, "ab")
+    ag.run_sync(ag.reset(ag.load(build(tmp_path), db), "users"), store=db)
+    plan = ag.plan(build(tmp_path), db)
+    gone = plan[plan["action"] == "gone"]
+    assert list(gone["name"]) == ["score[c]", "publish[c]"] or set(gone["name"]) == {
+        "score[c]",
+        "publish[c]",
+    }
+    assert "'users' no longer returns it" in gone.iloc[0]["reason"]

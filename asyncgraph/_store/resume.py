@@ -118,6 +118,10 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     """The work of :func:`load`; blocking (reads the store), so runs call it in a thread."""
     stored = store.tasks()
     check_names(graph, stored, store, force)
+    if graph._dag.fans and graph._dag.static() is not graph._dag:
+        # Its elements come from the store (as they were); its own state for them is
+        # the caller's to keep: load() a graph without them.
+        graph = graph._subset(graph._dag.static())
     fps = digests(graph)
     records = dict(graph.records)
     reasons: dict[str, str] = {}
@@ -293,6 +297,44 @@ def _with_stored_elements(
     return out
 
 
+def _family_reasons(natural: Loaded, given: BaseGraph) -> None:
+    """A mapped task whose parent runs: it expands then, with how many elements it had."""
+    graph = natural.graph
+    records = given.records
+    families = graph._dag.families()
+    for name, task in graph.tasks.items():
+        over = task.over
+        if over is None or name not in records or records[over].status is State.DONE:
+            continue
+        if records[name].status is not State.PENDING:
+            continue
+        n = len(families.get(name, ()))
+        natural.reasons[name] = f"expands when {over!r} runs (last time: {n:,} elements)"
+
+
+def _gone_rows(natural: Loaded) -> list[dict[str, Any]]:
+    """The stored elements a parent no longer returned when it last ran."""
+    tasks = natural.graph.tasks
+    rows = []
+    for n, s in natural.stored.items():
+        if s.error_type != GONE or n in tasks:
+            continue
+        split = family_of(n)
+        if split is None or split[0] not in tasks:
+            continue
+        rows.append(
+            {
+                "name": n,
+                "kind": tasks[split[0]].kind.value,
+                "action": "gone",
+                "reason": f"gone: {s.error_message}",
+                "last_status": s.status.value,
+                "last_run": s.run_id,
+            }
+        )
+    return rows
+
+
 class _Unknown:
     """The item of an element loaded from a store: known again when its family
     expands (from the parent's result), never before."""
@@ -414,8 +456,14 @@ def plan(graph: BaseGraph, store: str | os.PathLike[str] | Store) -> pd.DataFram
         natural = for_run(graph, the_store)
         given = natural.graph
     rows = []
-    for name, task in graph.tasks.items():
+    tasks: Mapping[str, Task] = graph.tasks
+    if natural.graph._dag.fans:  # with the elements the store holds
+        tasks = {**natural.graph.tasks, **given.tasks}
+        _family_reasons(natural, given)
+    for name, task in tasks.items():
         s = natural.stored.get(name)
+        if name not in given.records or name not in natural.graph.records:
+            continue
         want = given.records[name].status
         would = natural.graph.records[name].status
         if want is State.DONE:
@@ -429,6 +477,8 @@ def plan(graph: BaseGraph, store: str | os.PathLike[str] | Store) -> pd.DataFram
                 reason = "reset by the user"
             else:
                 reason = natural.reasons.get(name, "never finished")
+            if task.over is not None and natural.reasons.get(name, "").startswith("expands"):
+                reason = natural.reasons[name]
         else:
             action = "keep"
             reason = f"{want.value} last time; not reset (reset_failed() reruns it)"
@@ -442,6 +492,8 @@ def plan(graph: BaseGraph, store: str | os.PathLike[str] | Store) -> pd.DataFram
                 "last_run": None if s is None else s.run_id,
             }
         )
+    if natural.graph._dag.fans:
+        rows += _gone_rows(natural)
     frame = pd.DataFrame(
         rows, columns=["name", "kind", "action", "reason", "last_status", "last_run"]
     )
