@@ -251,3 +251,85 @@ def test_plan_lists_gone_elements(tmp_path):
         "publish[c]",
     }
     assert "'users' no longer returns it" in gone.iloc[0]["reason"]
+
+
+SEEN: list[str] = []  # a mutable global a mapped function reads: see the test below
+
+
+def _reads_a_global(x):
+    SEEN.append(x)  # the list's contents are part of the function's fingerprint
+    return x.upper()
+
+
+def test_mutable_global_rule_reruns_every_element(tmp_path):
+    # The documented rule (docs/store.md): a task that closes over a mutable object has
+    # that object's state in its fingerprint. A mapped function that appends to a global
+    # changes its own fingerprint as it runs, so every element reruns next time.
+    db = tmp_path / "s.db"
+    SEEN.clear()
+
+    def graph():
+        g = ag.Graph()
+        g.add("xs", lambda: ["a", "b", "c"], deps=[])
+        g.add("up", _reads_a_global, deps=["xs"], over="xs")
+        return g
+
+    ag.run_sync(graph(), store=db)
+    assert sorted(SEEN) == ["a", "b", "c"]
+    ag.run_sync(graph(), store=db)
+    assert sorted(SEEN) == ["a", "a", "b", "b", "c", "c"]  # all three again
+    plan = ag.plan(graph(), db)
+    assert set(plan.loc[plan["name"].str.startswith("up["), "action"]) == {"run"}
+
+
+def test_an_item_that_cannot_be_digested_falls_back_to_its_position(tmp_path):
+    import random
+    import threading
+
+    from asyncgraph._fingerprint import element_fingerprint, input_digest
+
+    assert input_digest({"v": 1, "lock": threading.Lock()}) is None
+    assert input_digest({"v": 1}) == input_digest({"v": 1})
+    assert input_digest({"v": 1}) != input_digest({"v": 2})
+    t = ("code", b"binding")
+    by_pos = [element_fingerprint(t, [], "0", None, "parent", i) for i in (0, 1)]
+    assert by_pos[0] != by_pos[1]
+    assert element_fingerprint(t, [], "0", None, "other", 0) != by_pos[0]
+
+    db = tmp_path / "s.db"
+    log = tmp_path / "calls.log"
+
+    def graph():
+        g = ag.Graph()
+
+        def items():  # a generator's state is counted by its type only (and pickles)
+            return [{"v": i, "rng": random.Random(i)} for i in range(3)]
+
+        def use(item):
+            with open(log, "a") as f:
+                f.write(f"{item['v']}\n")
+            return item["v"]
+
+        g.add("items", items, deps=[])
+        g.add("use", use, deps=["items"], over="items")
+        return g
+
+    ag.run_sync(graph(), store=db)
+    log.write_text("")
+    out = ag.run_sync(ag.reset(ag.load(graph(), db), "items"), store=db)
+    assert log.read_text() == ""  # by position, the parent's code unchanged: reused
+    assert out.results["use"] == [0, 1, 2]
+
+
+def test_a_store_of_a_graph_without_fan_out_takes_one_with_it(tmp_path):
+    # Today's stores open, run and resume: the graph gains a mapped task.
+    db = tmp_path / "s.db"
+    g = ag.Graph()
+    g.add("xs", lambda: [1, 2], deps=[])
+    g.add("total", lambda xs: sum(xs), deps=["xs"])
+    ag.run_sync(g, store=db)
+    g.add("double", lambda xs: xs * 2, deps=["xs"], over="xs")
+    out = ag.run_sync(g, store=db)
+    assert out.results["double"] == [2, 4]
+    again = ag.load(g, db)
+    assert again.status["double[1]"] is State.DONE
