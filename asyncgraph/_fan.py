@@ -145,27 +145,30 @@ def elements(template: Task, found: Items) -> list[Element]:
     """The elements of ``template`` for its items: each binds its one item where the
     template's ``over`` dependency's result would go."""
     name = template.name
+    t = template
+    # Positionally, in Element's field order (Task's fields, then its own): a family of
+    # 100k elements is built here, and keyword arguments cost a third more.
+    shared = (
+        t.fn,
+        t.kind,
+        t.args,
+        t.kwargs,
+        t.skip_none,
+        t.retries,
+        t.retry_delay,
+        t.timeout,
+        t.priority,
+        t.resources,
+        t.is_async,
+        t.deps,
+        None,  # over: an element is not a template
+        None,  # key
+        name,  # family
+    )
+    over = t.over
+    prefix = name + "["
     return [
-        Element(
-            name=element_name(name, k),
-            fn=template.fn,
-            kind=template.kind,
-            args=template.args,
-            kwargs=template.kwargs,
-            skip_none=template.skip_none,
-            retries=template.retries,
-            retry_delay=template.retry_delay,
-            timeout=template.timeout,
-            priority=template.priority,
-            resources=template.resources,
-            is_async=template.is_async,
-            deps=template.deps,
-            family=name,
-            value=v,
-            input=template.over,
-            index=i,
-            at=k,
-        )
+        Element(prefix + k + "]", *shared, v, over, i, k)
         for i, (k, v) in enumerate(zip(found.keys, found.values, strict=True))
     ]
 

@@ -80,6 +80,7 @@ __all__ = [
     "fingerprints",
     "function_digest",
     "input_digest",
+    "input_digests",
 ]
 
 #: Bumped whenever the digest of anything changes meaning, so old stores rerun everything.
@@ -198,12 +199,26 @@ def input_digest(value: Any) -> str | None:
     """The digest of one element's item, by content (hex), or None when the digest met
     something it can only count by its type's name (a lock, a socket, an open file):
     such an item is not known by its content."""
+    return input_digests([value])[0]
+
+
+def input_digests(values: Iterable[Any]) -> list[str | None]:
+    """:func:`input_digest` of each item, sharing one digester (a family's items)."""
     digester = _Digester({})
-    try:
-        d = digester.digest(value)
-    except Exception:  # noqa: BLE001 - not digestible: the fallback (position) applies
-        return None
-    return None if digester.opaque else d.hex()[:_HEX]
+    out: list[str | None] = []
+    for value in values:
+        t = type(value)
+        if t in _ATOMS:  # the common case: ids, names, numbers
+            out.append(hashlib.sha256(b"top" + _atom(value)).hexdigest()[:_HEX])
+            continue
+        digester.opaque = False
+        try:
+            d = digester.digest(value)
+        except Exception:  # noqa: BLE001 - not digestible: the fallback (position) applies
+            out.append(None)
+            continue
+        out.append(None if digester.opaque else d.hex()[:_HEX])
+    return out
 
 
 def element_fingerprint(

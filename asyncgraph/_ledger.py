@@ -253,12 +253,20 @@ class Ledger:
             self.emit(_new(Event, (_EVENT_OF[status], name, tries, end, error)))
 
     def skipped(self, names: Iterable[str], when: float) -> None:
-        """Descendants of a failed task: skipped."""
+        """Descendants of a failed task: skipped (a family with a failed element: failed,
+        as its aggregate status says, with no error of its own)."""
+        families = self.families
         for name in names:
-            self.records[name] = rec = TaskRecord(State.SKIPPED)
+            status = State.SKIPPED
+            if families and name in families:
+                records = self.records
+                if any(records[e.name].status is State.FAILED for e in families[name]):
+                    status = State.FAILED
+            self.records[name] = rec = TaskRecord(status)
             if self.stores:
                 self.sink.ended(name, rec)
             if self.emit is not None:
+                # A family's own event stays "skipped": its failed element has its own.
                 self.emit(Event(_SKIPPED, name, 0, when))
 
     def cancel(

@@ -49,7 +49,7 @@ from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, unit_paths
 from ._shield import wait_to_the_end as _to_the_end
-from ._state import ResultRef, State, TaskRecord
+from ._state import ResultRef, State, StoredResult, TaskRecord
 from ._task import Task
 from ._taskset import TaskSet
 
@@ -402,20 +402,29 @@ class _Run:
     def _load_refs(self, pending: Iterable[Task]) -> None:
         """Load the stored results pending elements take from reused elements (their
         element-wise parents), before they start."""
+        self._load_refs_of({d for e in pending for d in e.deps})
+
+    def _load_refs_of(self, names: Iterable[str]) -> None:
+        """Replace the stored results of ``names`` in the records by their values, one
+        query per store (a family of reused elements is collected)."""
         records = self.ledger.records
-        for e in pending:
-            for d in e.deps:
-                r = records[d]
-                if isinstance(r.result, ResultRef):
-                    records[d] = TaskRecord(
-                        r.status,
-                        r.result.load(),
-                        r.error,
-                        r.traceback,
-                        r.attempts,
-                        r.started,
-                        r.finished,
-                    )
+        by_store: dict[int, tuple[Any, dict[str, int]]] = {}
+        for n in names:
+            ref = records[n].result
+            if type(ref) is StoredResult:
+                by_store.setdefault(id(ref.store), (ref.store, {}))[1][n] = ref.result_id
+            elif isinstance(ref, ResultRef):
+                by_store.setdefault(0, (None, {}))[1][n] = 0
+        for store, wanted in by_store.values():
+            if store is None:
+                values = {n: records[n].result.load() for n in wanted}
+            else:
+                values = store.load_results(wanted)
+            for n, v in values.items():
+                r = records[n]
+                records[n] = TaskRecord(
+                    r.status, v, r.error, r.traceback, r.attempts, r.started, r.finished
+                )
 
     def _old_family_keys(self, template: str) -> tuple[list[str], bool, list[Any]]:
         """The keys of a family expanded before this run, and its shape (from its
@@ -444,12 +453,8 @@ class _Run:
         records = ledger.records
         members = ledger.families[template]
         mapping, originals = self._shape[template]
-        refs = [records[e.name] for e in members]
-        value = _fan.collected(
-            (r.result.load() if isinstance(r.result, ResultRef) else r.result for r in refs),
-            mapping,
-            originals,
-        )
+        self._load_refs_of([e.name for e in members])
+        value = _fan.collected((records[e.name].result for e in members), mapping, originals)
         now = self.now()
         if ledger.family_done(template, value, self._began_at.get(template), now):
             self.core.collect(template)

@@ -395,11 +395,13 @@ class Scheduler:
         key = keys[template]
         lanes = self._lanes
         left_in_family = 0
+        up = (template,)  # shared: a list replaces it if an element-wise child comes
+        ready: list[tuple[_Key, str]] = []
         for j, e in enumerate(elements):
             n = e.name
             tasks[n] = e
-            keys[n] = (*key, j)
-            children[n] = [template]
+            keys[n] = k = (*key, j)
+            children[n] = up
             if n in done:
                 continue
             left_in_family += 1
@@ -413,7 +415,15 @@ class Scheduler:
                     ch.append(n)
             waiting[n] = left
             if left == 0:
-                heapq.heappush(lanes[e.kind].heap, (keys[n], n))
+                ready.append((k, n))
+        if ready:
+            heap = lanes[elements[0].kind].heap
+            if len(ready) > len(heap):
+                heap.extend(ready)
+                heapq.heapify(heap)
+            else:
+                for item in ready:
+                    heapq.heappush(heap, item)
         waiting[template] = left_in_family
         if left_in_family == 0:
             heapq.heappush(lanes[tasks[template].kind].heap, (key, template))

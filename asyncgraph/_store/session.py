@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._exceptions import StoreError, UnstorableResultError
-from .._fingerprint import element_fingerprint, elementwise_fingerprint, input_digest
+from .._fingerprint import element_fingerprint, elementwise_fingerprint, input_digests
 from .._graph import BaseGraph
 from .._ledger import Ledger
 from .._shield import in_thread_to_the_end
@@ -230,15 +230,21 @@ class StoreSink:
         over = template.over
         stored = self.stored
         reused: dict[str, TaskRecord] = {}
+        first = [e for e in elements if isinstance(e, Element) and e.input is not None]
+        items = dict(
+            zip((e.name for e in first), input_digests(e.value for e in first), strict=True)
+        )
+        others: list[str] | None = None
         for e in elements:
             if isinstance(e, Element) and e.input is not None:
                 parent = e.input
-                others = [digests[d][1] for d in e.deps if d != parent]
+                if others is None:  # the same for every element of the family
+                    others = [digests[d][1] for d in e.deps if d != parent]
                 fp = element_fingerprint(
                     (own, binding),
                     others,
                     e.at,
-                    input_digest(e.value),
+                    items[e.name],
                     digests[parent][1],
                     e.index,
                 )
