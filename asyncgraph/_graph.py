@@ -57,7 +57,7 @@ class BaseGraph:
     Package-internal (used by other asyncgraph modules, not part of the public API):
     ``_dag`` (the structure), ``_origin`` (read only: it is written through
     :meth:`_derive`), :meth:`_derive`, :meth:`_subset`, :meth:`_record_copy`,
-    :meth:`_failures` and :meth:`_insert`.
+    :meth:`_failures`, :meth:`_insert` and :meth:`_with_dag` (fan-out).
     """
 
     __slots__ = ("_dag", "_origin", "_records")
@@ -272,6 +272,16 @@ class BaseGraph:
         new._dag = self._dag.freeze()
         new._records = dict(self._records if records is None else records)
         new._origin = self._origin if isinstance(origin, _Keep) else origin
+        return new
+
+    def _with_dag(self: _G, dag: Dag, records: Mapping[str, TaskRecord]) -> _G:
+        """A new graph of the same class and origin with another Dag (the same tasks
+        with other elements: fan-out) and these records, one per task of ``dag``
+        (package-internal)."""
+        new = object.__new__(type(self))
+        new._dag = dag.freeze()
+        new._records = {n: records[n] for n in dag}
+        new._origin = self._origin
         return new
 
     def _subset(self: _G, names: Iterable[str]) -> _G:

@@ -428,7 +428,7 @@ class Ledger:
         else:
             out = self.graph._derive(records, origin=origin)
         if self.families:
-            out._dag = with_families(self.graph._dag, self.families)
+            return out._with_dag(with_families(self.graph._dag, self.families), records)
         return out
 
     def result(self, name: str) -> Any:

@@ -292,9 +292,7 @@ def _with_stored_elements(
         if rec.status is State.DONE and not all(records[s.name].status is State.DONE for s in rows):
             records[template] = PENDING_RECORD
             reasons[template] = "an element reruns"
-    out = graph._derive(records)
-    out._dag = graph._dag.with_elements([], added).freeze()
-    return out
+    return graph._with_dag(graph._dag.with_elements([], added), records)
 
 
 def _family_reasons(natural: Loaded, given: BaseGraph) -> None:
@@ -460,12 +458,14 @@ def plan(graph: BaseGraph, store: str | os.PathLike[str] | Store) -> pd.DataFram
     if natural.graph._dag.fans:  # with the elements the store holds
         tasks = {**natural.graph.tasks, **given.tasks}
         _family_reasons(natural, given)
+    given_records = given._record_copy()
+    natural_records = natural.graph._record_copy()
     for name, task in tasks.items():
         s = natural.stored.get(name)
-        if name not in given.records or name not in natural.graph.records:
+        if name not in given_records or name not in natural_records:
             continue
-        want = given.records[name].status
-        would = natural.graph.records[name].status
+        want = given_records[name].status
+        would = natural_records[name].status
         if want is State.DONE:
             action = "reuse"
             reason = natural.reasons.get(name, "done, unchanged")
