@@ -111,7 +111,7 @@ def summary(graph: BaseGraph) -> Summary:
         key = (rec.status.value, tasks[name].kind.value)
         tally[key] = tally.get(key, 0) + 1
         duration = rec.duration
-        if duration is not None:
+        if duration is not None and tasks[name].over is None:  # a family is not busy
             busy += duration
         if rec.started is not None and (first is None or rec.started < first):
             first = rec.started
@@ -143,6 +143,11 @@ def critical_path(graph: BaseGraph) -> tuple[float, tuple[str, ...]]:
         for name, rec in graph.records.items()
         if rec.status is State.DONE and (duration := rec.duration) is not None
     }
+    if graph._dag.fans:  # a family's span is its elements': it links them, weighing 0
+        tasks = graph.tasks
+        for name in weights:
+            if tasks[name].over is not None:
+                weights[name] = 0.0
     if not weights:
         return 0.0, ()
     # Chains ending at each task, filled in topological order: max keeps the first of
@@ -166,13 +171,14 @@ def timeline(graph: BaseGraph) -> pd.DataFrame:
     ``lane`` (int64, from 0) puts each task on the lowest row free at its start, so
     tasks that ran at the same time are on different lanes and the number of lanes is
     the most tasks that ran at once. ``start``/``finish`` are UTC timestamps. A retried
-    task spans its first attempt's start to its last attempt's end.
+    task spans its first attempt's start to its last attempt's end. A mapped task (a
+    family) never runs: its elements are the rows.
     """
     tasks = graph.tasks
     spans = [
         (rec.started, i, rec.finished, name, rec.status.value)  # ties: definition order
         for i, (name, rec) in enumerate(graph.records.items())
-        if rec.started is not None and rec.finished is not None
+        if rec.started is not None and rec.finished is not None and tasks[name].over is None
     ]
     spans.sort()
     free: list[int] = []  # lanes free now (a heap: the lowest first)

@@ -37,6 +37,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._clock import backoff as _backoff
 from ._events import Emit
 from ._exceptions import (
+    InvalidTaskError,
     MissingResultError,
     UnpicklingError,
     UnstorableResultError,
@@ -168,6 +169,12 @@ class _Run:
             )
             for t in dag.tasks.values():
                 if t.over is not None and t.over in dag.tasks and dag.tasks[t.over].over:
+                    if t.key is not None:
+                        raise InvalidTaskError(
+                            t.name,
+                            f"key= has no use over a mapped task: its elements take the "
+                            f"keys of {t.over!r}'s ({t.name}[k] for {t.over}[k]); remove key=",
+                        )
                     self._over_me.setdefault(t.over, []).append(t.name)
 
     # -- the children ------------------------------------------------------------------

@@ -25,7 +25,6 @@ def users_graph(users, *, key=True, calls=None, fail=(), **score_opts):
     calls = calls if calls is not None else Counter()
     g = ag.Graph()
 
-    @g.task
     async def users_():
         return users
 
@@ -693,3 +692,26 @@ async def test_pictures_show_a_family():
     dot = out.to_dot()
     assert "cluster" in dot
     assert '"score[b]"' in dot
+
+
+def test_key_over_a_mapped_task_is_refused_before_anything_runs():
+    ran = []
+    g = ag.Graph()
+    g.add("xs", lambda: ran.append("xs") or [1], deps=[])
+    g.add("a", lambda x: x, deps=["xs"], over="xs")
+    g.add("b", lambda x: x, deps=["a"], over="a", key=str)
+    with pytest.raises(ag.InvalidTaskError, match=r"key= has no use over a mapped task"):
+        ag.run_sync(g)
+    assert ran == []
+
+
+async def test_a_family_is_not_busy_and_links_the_critical_path():
+    g, _ = users_graph(USERS)
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    s = out.summary()
+    elements = sum(out.records[n].duration for n in out.status if "[" in n)
+    plain = sum(out.records[n].duration for n in ("users", "weights", "report"))
+    assert s.busy_s == pytest.approx(elements + plain)
+    assert "score" not in set(out.timeline()["name"])
+    assert "score[a]" in set(out.timeline()["name"])
