@@ -20,6 +20,7 @@ Nothing here runs or keeps state: the run (``_runner``) calls :func:`items`,
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 from ._state import State
@@ -30,6 +31,7 @@ __all__ = [
     "aggregate",
     "collected",
     "element_name",
+    "element_like",
     "elements",
     "elementwise",
     "family_of",
@@ -141,36 +143,43 @@ def items(template: Task, value: Any) -> Items:
     return Items(keys, values, mapping, originals)
 
 
+#: Element's fields in order, and where its per-element ones are: elements are built
+#: positionally from a copy of their template's fields, so a field Task gains later is
+#: copied too, and a 100k family costs a third less than with keywords.
+_FIELDS = tuple(f.name for f in fields(Element))
+_AT = {name: i for i, name in enumerate(_FIELDS)}
+
+
+def element_like(template: Task, **own: Any) -> Element:
+    """An element of ``template``: its fields, with ``own`` (name, family, ...) set."""
+    args: list[Any] = [getattr(template, f, None) for f in _FIELDS]
+    args[_AT["over"]] = None  # an element is not a template
+    args[_AT["key"]] = None
+    args[_AT["family"]] = template.name
+    for k, v in own.items():
+        args[_AT[k]] = v
+    return Element(*args)
+
+
 def elements(template: Task, found: Items) -> list[Element]:
     """The elements of ``template`` for its items: each binds its one item where the
     template's ``over`` dependency's result would go."""
-    name = template.name
-    t = template
-    # Positionally, in Element's field order (Task's fields, then its own): a family of
-    # 100k elements is built here, and keyword arguments cost a third more.
-    shared = (
-        t.fn,
-        t.kind,
-        t.args,
-        t.kwargs,
-        t.skip_none,
-        t.retries,
-        t.retry_delay,
-        t.timeout,
-        t.priority,
-        t.resources,
-        t.is_async,
-        t.deps,
-        None,  # over: an element is not a template
-        None,  # key
-        name,  # family
-    )
-    over = t.over
-    prefix = name + "["
-    return [
-        Element(prefix + k + "]", *shared, v, over, i, k)
-        for i, (k, v) in enumerate(zip(found.keys, found.values, strict=True))
-    ]
+    proto: list[Any] = [getattr(template, f, None) for f in _FIELDS]
+    proto[_AT["over"]] = None
+    proto[_AT["key"]] = None
+    proto[_AT["family"]] = template.name
+    proto[_AT["input"]] = template.over
+    i_name, i_value, i_index, i_at = _AT["name"], _AT["value"], _AT["index"], _AT["at"]
+    prefix = template.name + "["
+    out = []
+    for i, (k, v) in enumerate(zip(found.keys, found.values, strict=True)):
+        args = proto.copy()
+        args[i_name] = prefix + k + "]"
+        args[i_value] = v
+        args[i_index] = i
+        args[i_at] = k
+        out.append(Element(*args))
+    return out
 
 
 def elementwise(template: Task, keys: Sequence[str]) -> list[Element]:
@@ -187,21 +196,12 @@ def elementwise(template: Task, keys: Sequence[str]) -> list[Element]:
             return mine if d == over else d
 
         out.append(
-            Element(
+            element_like(
+                template,
                 name=element_name(name, k),
-                fn=template.fn,
-                kind=template.kind,
                 args=tuple(swap(d) for d in template.args),
                 kwargs=tuple((p, swap(t)) for p, t in template.kwargs),
-                skip_none=template.skip_none,
-                retries=template.retries,
-                retry_delay=template.retry_delay,
-                timeout=template.timeout,
-                priority=template.priority,
-                resources=template.resources,
-                is_async=template.is_async,
                 deps=tuple(swap(d) for d in template.deps),
-                family=name,
                 index=i,
                 at=k,
             )

@@ -31,7 +31,7 @@ from ._state import NO_RESULT
 if TYPE_CHECKING:
     from ._state import TaskRecord
 
-__all__ = ["Element", "Kind", "Task", "make_task"]
+__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "make_task"]
 
 
 class Kind(enum.Enum):
@@ -101,6 +101,21 @@ class Task:
         return MissingResultError(self.name, missing)
 
 
+class _UnknownItem:
+    """The type of :data:`UNKNOWN_ITEM`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<item not loaded: found in its parent's result when the element runs>"
+
+
+#: The item of an element loaded from a store (``load`` unpickles nothing): its family
+#: finds it again when it expands; an element run on its own (``subgraph``) finds it in
+#: its parent's result, by its key.
+UNKNOWN_ITEM: Any = _UnknownItem()
+
+
 @dataclass(frozen=True, slots=True)
 class Element(Task):
     """One element of a mapped task (a template): ``score[alice]``, a task of its own.
@@ -122,6 +137,8 @@ class Element(Task):
         if over is None:
             return Task.bind(self, records)
         value = self.value
+        if value is UNKNOWN_ITEM:
+            value = self._find_item(records[over].result)
         args: list[Any] = []
         for d in self.args:
             r = value if d == over else records[d].result
@@ -137,6 +154,21 @@ class Element(Task):
             if not (self.skip_none and r is None):
                 kwargs[p] = r
         return args, kwargs
+
+    def _find_item(self, parent: Any) -> Any:
+        """This element's item in its parent's result, by its key (see UNKNOWN_ITEM)."""
+        if isinstance(parent, Mapping):
+            for k, v in parent.items():
+                if str(k) == self.at:
+                    return v
+        elif self.key is None:
+            if self.at.isdigit() and int(self.at) < len(parent):
+                return parent[int(self.at)]
+        else:
+            for v in parent:
+                if str(self.key(v)) == self.at:
+                    return v
+        raise MissingResultError(self.name, (self.input or "",))
 
 
 def _unwrap_partial(fn: Any) -> Any:

@@ -333,3 +333,24 @@ def test_a_store_of_a_graph_without_fan_out_takes_one_with_it(tmp_path):
     assert out.results["double"] == [2, 4]
     again = ag.load(g, db)
     assert again.status["double[1]"] is State.DONE
+
+
+def test_a_loaded_element_run_on_its_own_finds_its_item_by_key(tmp_path):
+    db = tmp_path / "s.db"
+    users(tmp_path, "abc")
+    run(tmp_path, build(tmp_path))
+    calls(tmp_path)
+    loaded = ag.load(build(tmp_path), db)
+    assert "not loaded" in repr(loaded.tasks["score[b]"].value)  # nothing unpickled
+    alone = ag.reset(ag.subgraph(loaded, "score[b]"), "score[b]")
+    out = ag.run_sync(alone, store=db)
+    assert calls(tmp_path) == ["score:b"]
+    assert out.results["score[b]"] == 20
+    pos = tmp_path / "pos"
+    pos.mkdir()
+    users(pos, "xy")
+    run(pos, build(pos, key=False))
+    calls(pos)
+    loaded = ag.load(build(pos, key=False), pos / "s.db")
+    out = ag.run_sync(ag.reset(ag.subgraph(loaded, "publish[1]"), "score[1]"), store=pos / "s.db")
+    assert calls(pos) == ["publish:250", "score:y"]

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
-from .._fan import family_of
+from .._fan import element_like, family_of
 from .._fingerprint import digests
 from .._graph import BaseGraph, G, check_graph
 from .._rewrite import reset_failed
 from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
-from .._task import Element, Task
+from .._task import UNKNOWN_ITEM, Task
 from .protocol import Store, StoredTask
 from .sqlite import SQLiteStore, open_store
 
@@ -221,30 +221,26 @@ def _with_stored_elements(
             key = s.name[len(template) + 1 : -1]
             deps = t.deps
             input_dep: str | None = over
+            mine = f"{over}[{key}]"
             if parent.over is not None:  # element-wise: its counterpart element
                 input_dep = None
-                mine = f"{over}[{key}]"
                 deps = tuple(mine if d == over else d for d in t.deps)
             added.append(
-                Element(
+                element_like(
+                    t,
                     name=s.name,
-                    fn=t.fn,
-                    kind=t.kind,
-                    args=t.args,
-                    kwargs=t.kwargs,
-                    skip_none=t.skip_none,
-                    retries=t.retries,
-                    retry_delay=t.retry_delay,
-                    timeout=t.timeout,
-                    priority=t.priority,
-                    resources=t.resources,
-                    is_async=t.is_async,
+                    args=tuple(mine if d == over else d for d in t.args)
+                    if not input_dep
+                    else t.args,
+                    kwargs=tuple((p, mine if d == over else d) for p, d in t.kwargs)
+                    if not input_dep
+                    else t.kwargs,
                     deps=deps,
-                    family=template,
-                    value=_UNKNOWN,
+                    value=UNKNOWN_ITEM,
                     input=input_dep,
                     index=i,
                     at=key,
+                    key=t.key,
                 )
             )
             up = [records.get(d) for d in deps]
@@ -331,19 +327,6 @@ def _gone_rows(natural: Loaded) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-class _Unknown:
-    """The item of an element loaded from a store: known again when its family
-    expands (from the parent's result), never before."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<item not loaded: the element's family expands again when it runs>"
-
-
-_UNKNOWN = _Unknown()
 
 
 def _upstream_reran(
