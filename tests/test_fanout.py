@@ -715,3 +715,51 @@ async def test_a_family_is_not_busy_and_links_the_critical_path():
     assert s.busy_s == pytest.approx(elements + plain)
     assert "score" not in set(out.timeline()["name"])
     assert "score[a]" in set(out.timeline()["name"])
+
+
+async def test_a_deadline_cancels_the_unstarted_elements_and_the_family():
+    gate = asyncio.Event()
+    g = ag.Graph()
+    g.add("xs", lambda: [0, 1, 2, 3], deps=[])
+
+    async def work(x):
+        if x == 0:
+            return x
+        await gate.wait()
+
+    g.add("w", work, deps=["xs"], over="xs")
+    g.add("r", lambda w: w, deps=["w"])
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g, deadline=1.0, max_io=2)  # the only way this run ends
+    assert out.status["w[0]"] is State.DONE
+    assert {out.status[f"w[{i}]"] for i in (1, 2, 3)} == {State.CANCELLED}
+    assert out.status["w"] is State.CANCELLED
+    again = ag.reset_failed(out)
+    assert again.status["w[0]"] is State.DONE
+    assert again.status["w[3]"] is State.PENDING
+    gate.set()
+    with anyio.fail_after(GUARD):
+        done = await ag.run(again)
+    assert done.results["r"] == [0, None, None, None]
+
+
+def test_cpu_elements_on_a_store_are_reused(tmp_path):
+    db = tmp_path / "s.db"
+
+    def graph():
+        g = ag.Graph()
+        g.add("xs", lambda: [1, 2, 3], deps=[])
+        g.add("p", _square, deps=["xs"], over="xs", kind="cpu")
+        return g
+
+    out = ag.run_sync(graph(), store=db, cpu_workers=1)
+    assert out.results["p"] == [1, 4, 9]
+    plan = ag.plan(graph(), db)
+    assert set(plan.loc[plan["name"].str.startswith("p["), "action"]) == {"reuse"}
+    again = ag.run_sync(graph(), store=db, cpu_workers=1)
+    assert again.results["p"] == [1, 4, 9]
+    assert all(again.records[f"p[{i}]"].attempts == 1 for i in range(3))
+
+
+def _square(x):
+    return x * x
