@@ -78,6 +78,11 @@ class _Run:
         clock      wall time, timers and time limits; ``uniform``: the backoff jitter
         failure    the task that ended a fail_fast run; ``fatal``: a task's
                    KeyboardInterrupt/SystemExit, raised when the run is over
+        fan-out    only for a graph with a mapped task (see ``_fan_out``): each
+                   family's keys and shape this run, when it expanded, the templates
+                   over each template, the elements the graph had before the run,
+                   those kept failed (their families end at once) and those reused
+                   by content from the store
     """
 
     def __init__(
