@@ -365,7 +365,8 @@ class _Run:
         ran = ledger.tries
         bad = self._bad
         stores = ledger.stores
-        for e in elements:
+        fresh = not (reusable or bad or self._old_elements)  # a first expansion: all run
+        for e in () if fresh else elements:
             n = e.name
             rec = old.get(n)
             if any(d in bad for d in e.deps):  # below an element that stays failed
