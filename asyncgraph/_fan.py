@@ -32,6 +32,7 @@ __all__ = [
     "collected",
     "element_name",
     "element_like",
+    "prototype",
     "elements",
     "elementwise",
     "family_of",
@@ -150,12 +151,19 @@ _FIELDS = tuple(f.name for f in fields(Element))
 _AT = {name: i for i, name in enumerate(_FIELDS)}
 
 
-def element_like(template: Task, **own: Any) -> Element:
-    """An element of ``template``: its fields, with ``own`` (name, family, ...) set."""
+def prototype(template: Task) -> list[Any]:
+    """The fields of an element of ``template``, in order, before its own are set."""
     args: list[Any] = [getattr(template, f, None) for f in _FIELDS]
     args[_AT["over"]] = None  # an element is not a template
     args[_AT["key"]] = None
     args[_AT["family"]] = template.name
+    return args
+
+
+def element_like(template: Task | list[Any], **own: Any) -> Element:
+    """An element of ``template`` (or of its :func:`prototype`, made once for many):
+    its fields, with ``own`` (name, deps, value, ...) set."""
+    args = prototype(template) if isinstance(template, Task) else template.copy()
     for k, v in own.items():
         args[_AT[k]] = v
     return Element(*args)
@@ -164,10 +172,7 @@ def element_like(template: Task, **own: Any) -> Element:
 def elements(template: Task, found: Items) -> list[Element]:
     """The elements of ``template`` for its items: each binds its one item where the
     template's ``over`` dependency's result would go."""
-    proto: list[Any] = [getattr(template, f, None) for f in _FIELDS]
-    proto[_AT["over"]] = None
-    proto[_AT["key"]] = None
-    proto[_AT["family"]] = template.name
+    proto = prototype(template)
     proto[_AT["input"]] = template.over
     i_name, i_value, i_index, i_at = _AT["name"], _AT["value"], _AT["index"], _AT["at"]
     prefix = template.name + "["
@@ -188,6 +193,7 @@ def elementwise(template: Task, keys: Sequence[str]) -> list[Element]:
     name = template.name
     over = template.over
     assert over is not None
+    proto = prototype(template)
     out = []
     for i, k in enumerate(keys):
         mine = element_name(over, k)
@@ -197,7 +203,7 @@ def elementwise(template: Task, keys: Sequence[str]) -> list[Element]:
 
         out.append(
             element_like(
-                template,
+                proto,
                 name=element_name(name, k),
                 args=tuple(swap(d) for d in template.args),
                 kwargs=tuple((p, swap(t)) for p, t in template.kwargs),

@@ -440,16 +440,19 @@ class _Run:
                 )
 
     def _old_family_keys(self, template: str) -> tuple[list[str], bool, list[Any]]:
-        """The keys of a family expanded before this run, and its shape (from its
-        collected result: a dict if it mapped a Mapping)."""
-        dag = self.ledger.graph._dag
-        keys = [getattr(dag.tasks[m], "at", "") for m in dag.families().get(template, ())]
-        value = self.ledger.records[template].result
+        """The keys of a family expanded before this run, in its parent's order, and its
+        shape: found again from the result of the parent at the root of its chain (the
+        keys a store holds are in the order its elements ended, not their parent's)."""
+        t = self.tasks[template]
+        over = t.over
+        assert over is not None
+        if self.tasks[over].over is not None:
+            return self._old_family_keys(over)
+        value = self.ledger.records[over].result
         if isinstance(value, ResultRef):
             value = value.load()
-        if isinstance(value, dict) and len(value) == len(keys):
-            return keys, True, list(value)
-        return keys, False, []
+        found = _fan.items(t, value)
+        return found.keys, found.mapping, found.originals
 
     def _check_element_names(self, template: str, elements: Sequence[Task]) -> None:
         static = self._static_names

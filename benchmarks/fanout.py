@@ -90,6 +90,7 @@ def expansion_us(n: int) -> float:
 
 def rerun_seconds(n: int, where: Path) -> tuple[float, int, float]:
     """plan + load + rerun of 1 failed element of n on a store; (seconds, ran, bytes/el)."""
+    where = Path(tempfile.mkdtemp(dir=where))  # a store of its own
     db = where / f"fan{n}.db"
     flag = where / f"fail{n}"
     flag.write_text("")

@@ -354,3 +354,29 @@ def test_a_loaded_element_run_on_its_own_finds_its_item_by_key(tmp_path):
     loaded = ag.load(build(pos, key=False), pos / "s.db")
     out = ag.run_sync(ag.reset(ag.subgraph(loaded, "publish[1]"), "score[1]"), store=pos / "s.db")
     assert calls(pos) == ["publish:250", "score:y"]
+
+
+def test_an_element_wise_family_over_a_done_one_keeps_its_parents_order(tmp_path):
+    db = tmp_path / "s.db"
+    # Elements end out of order: the stored rows' order is not the parent's.
+    g = ag.Graph()
+
+    async def slow_first(item):
+        import asyncio
+
+        if item == "a":
+            await asyncio.sleep(0.05)
+        return item.upper()
+
+    def graph():
+        g = ag.Graph()
+        g.add("xs", lambda: ["a", "b", "c"], deps=[])
+        g.add("up", slow_first, deps=["xs"], over="xs", key=lambda x: f"k{x}")
+        g.add("tag", lambda u: u + "!", deps=["up"], over="up")
+        return g
+
+    ag.run_sync(graph(), store=db)
+    again = ag.run_sync(ag.reset(ag.load(graph(), db), "tag"), store=db)
+    assert again.results["tag"] == ["A!", "B!", "C!"]
+    assert again.results["up"] == ["A", "B", "C"]
+    del g

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
-from .._fan import element_like, family_of
+from .._fan import element_like, family_of, prototype
 from .._fingerprint import digests
 from .._graph import BaseGraph, G, check_graph
 from .._rewrite import reset_failed
@@ -79,7 +79,7 @@ def check_names(
     """Raise StoreMismatchError if the store holds tasks the graph lacks (unless forced)."""
     if force or not stored:
         return
-    tasks = graph.tasks
+    tasks = graph._dag.tasks
     only_in_store = [n for n in stored if n not in tasks and not _is_element_of(n, tasks)]
     if not only_in_store:
         return
@@ -195,8 +195,8 @@ def _with_stored_elements(
     same, and its parent is done and was not computed after it; else pending (with the
     reason), or failed/skipped/cancelled as stored. Nothing is unpickled.
     """
-    tasks = graph.tasks
-    records = dict(graph.records)
+    tasks = graph._dag.tasks  # the Dag's own dict: read only
+    records = graph._record_copy()
     members: dict[str, list[StoredTask]] = {}
     for n, s in stored.items():
         split = family_of(n)
@@ -216,7 +216,8 @@ def _with_stored_elements(
         assert over is not None
         parent = tasks[over]
         own = fps[template][0]
-        rows.sort(key=lambda s: (s.run_id, s.started or 0.0))
+        proto = prototype(t)
+        rows.sort(key=_stored_order)
         for i, s in enumerate(rows):
             key = s.name[len(template) + 1 : -1]
             deps = t.deps
@@ -227,7 +228,7 @@ def _with_stored_elements(
                 deps = tuple(mine if d == over else d for d in t.deps)
             added.append(
                 element_like(
-                    t,
+                    proto,
                     name=s.name,
                     args=tuple(mine if d == over else d for d in t.args)
                     if not input_dep
@@ -289,6 +290,10 @@ def _with_stored_elements(
             records[template] = PENDING_RECORD
             reasons[template] = "an element reruns"
     return graph._with_dag(graph._dag.with_elements([], added), records)
+
+
+def _stored_order(s: StoredTask) -> tuple[int, float]:
+    return s.run_id, s.started or 0.0
 
 
 def _family_reasons(natural: Loaded, given: BaseGraph) -> None:

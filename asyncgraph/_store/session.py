@@ -251,7 +251,7 @@ class StoreSink:
             else:
                 fp = elementwise_fingerprint(
                     (own, repr((over, e.deps)).encode() + binding),
-                    [digests[d][1] for d in e.deps],
+                    [self._fingerprint_of(d) for d in e.deps],
                 )
             digests[e.name] = (own, fp)
             s = stored.get(e.name)
@@ -273,6 +273,15 @@ class StoreSink:
         self.reused += len(reused)
         self._gone(template, {e.name for e in elements})
         return reused
+
+    def _fingerprint_of(self, name: str) -> str:
+        """A task's fingerprint in this run; for an element of a family done before the
+        run (not expanded in it), the one it was stored with."""
+        digest = self.digests.get(name)
+        if digest is not None:
+            return digest[1]
+        s = self.stored.get(name)
+        return "" if s is None or s.fingerprint is None else s.fingerprint
 
     def _gone(self, template: Task, now: set[str]) -> None:
         """Record the stored elements of ``template`` its parent no longer produces as
