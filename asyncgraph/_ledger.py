@@ -452,8 +452,8 @@ def families_settled(
     out = dict(records)
     for template, elements in families.items():
         rec = out[template]
-        if not elements or rec.status is State.DONE:
-            continue
+        if not elements or rec.status is State.DONE or rec.error is not None:
+            continue  # done, or failed on its own (its error says why)
         status = aggregate(out[e.name].status for e in elements)
         if status is State.DONE:  # the run stopped between the last element and it
             status = State.PENDING

@@ -50,7 +50,7 @@ from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, unit_paths
 from ._shield import wait_to_the_end as _to_the_end
-from ._state import ResultRef, State, StoredResult, TaskRecord
+from ._state import NO_RESULT, ResultRef, State, StoredResult, TaskRecord
 from ._task import Task
 from ._taskset import TaskSet
 
@@ -470,8 +470,14 @@ class _Run:
         members = ledger.families[template]
         mapping, originals = self._shape[template]
         self._load_refs_of([e.name for e in members])
-        value = _fan.collected((records[e.name].result for e in members), mapping, originals)
         now = self.now()
+        missing = [e.name for e in members if records[e.name].result is NO_RESULT]
+        if missing:  # elements marked done without a result: nothing to collect
+            exc: BaseException = MissingResultError(template, missing)
+            ledger.template_failed(template, exc, traceback_of(exc), now)
+            ledger.skipped(self.core.fail_template(template), now)
+            return
+        value = _fan.collected((records[e.name].result for e in members), mapping, originals)
         if ledger.family_done(template, value, self._began_at.get(template), now):
             self.core.collect(template)
             return

@@ -763,3 +763,21 @@ def test_cpu_elements_on_a_store_are_reused(tmp_path):
 
 def _square(x):
     return x * x
+
+
+async def test_an_element_marked_done_without_a_result_fails_the_family_naming_it():
+    g, calls = users_graph(USERS, fail=("b",))
+    with anyio.fail_after(GUARD):
+        out = await ag.run(g)
+    fixed = ag.mark_done(out, "score[b]")  # no result given
+    calls.clear()
+    with anyio.fail_after(GUARD):
+        done = await ag.run(fixed)
+    assert done.status["score"] is State.FAILED
+    err = done.errors["score"]
+    assert isinstance(err, ag.MissingResultError)
+    assert "'score[b]'" in str(err)
+    assert done.status["report"] is State.SKIPPED
+    assert calls["report"] == 0
+    assert done.status["publish[b]"] is State.FAILED  # and its element-wise child says why
+    assert isinstance(done.errors["publish[b]"], ag.MissingResultError)
