@@ -34,6 +34,8 @@ from ._task import Kind, Task, make_task
 __all__ = ["BaseGraph", "G", "check_graph"]
 
 F = Callable[..., Any]
+#: The decorated function's own type: ``@g.task`` hands it back as it came (issue 16).
+_TF = TypeVar("_TF", bound=Callable[..., Any])
 _G = TypeVar("_G", bound="BaseGraph")
 #: A graph of any BaseGraph class: what the engines take and give back (``run(g: G) -> G``).
 G = TypeVar("G", bound="BaseGraph")
@@ -111,7 +113,7 @@ class BaseGraph:
         self._records[task.name] = record
 
     @overload
-    def task(self, fn: F, /) -> F: ...
+    def task(self, fn: _TF, /) -> _TF: ...
     @overload
     def task(
         self,
@@ -126,7 +128,7 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
-    ) -> Callable[[F], F]: ...
+    ) -> Callable[[_TF], _TF]: ...
 
     def task(
         self,
