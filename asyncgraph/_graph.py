@@ -189,6 +189,7 @@ class BaseGraph:
 
     @property
     def status(self) -> dict[str, State]:
+        """Each task's :class:`State`, by name, in definition order."""
         return {n: r.status for n, r in self._records.items()}
 
     @property
@@ -206,11 +207,13 @@ class BaseGraph:
         return {n: r.error for n, r in self._records.items() if r.error is not None}
 
     def dependencies(self, name: str) -> tuple[str, ...]:
+        """The tasks ``name`` depends on, in binding order."""
         dag = self._dag
         dag.check_names([name], "dependencies")
         return dag.tasks[name].deps
 
     def children(self, name: str) -> tuple[str, ...]:
+        """The tasks that depend directly on ``name``."""
         dag = self._dag
         dag.check_names([name], "children")
         return dag.children(name)
