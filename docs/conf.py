@@ -86,7 +86,7 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 python_use_unqualified_type_names = True
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}  # no "Bases:" lines: BaseGraph is internal
 add_module_names = True
 
 # -- links to other projects' docs, from local inventories (no network) ----------------

@@ -74,3 +74,45 @@ def test_each_example_page_shows_its_code_and_what_it_printed(site):
 def test_links_to_other_projects_resolve_offline(site):
     html = (site / "reference.html").read_text() + (site / "guide.html").read_text()
     assert "https://docs.python.org/3.11/" in html
+
+
+def _conf():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("asyncgraph_docs_conf", ROOT / "docs" / "conf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_public_name_without_a_docstring_is_a_warning(monkeypatch, caplog):
+    conf = _conf()
+
+    def undocumented() -> None:
+        pass
+
+    class Quiet:
+        """Documented itself, but not its method."""
+
+        def speak(self) -> None:
+            pass
+
+    Quiet.__module__ = "asyncgraph"
+    monkeypatch.setattr(ag, "undocumented", undocumented, raising=False)
+    monkeypatch.setattr(ag, "Quiet", Quiet, raising=False)
+    monkeypatch.setattr(ag, "__all__", [*ag.__all__, "undocumented", "Quiet"])
+    with caplog.at_level("WARNING"):
+        conf._check_docstrings(None)
+    said = caplog.text
+    assert "asyncgraph.undocumented is public but has no docstring" in said
+    assert "asyncgraph.Quiet.speak is public but has no docstring" in said
+    assert "asyncgraph.Graph" not in said  # the real names all have one
+
+
+def test_the_reference_groups_every_public_name():
+    conf = _conf()
+    grouped = [name for names in conf._groups().values() for name in names]
+    assert sorted(grouped) == sorted(ag.__all__)
+    assert "TaskFailures" in conf._groups()["Errors"]
+    assert "run" in conf._groups()["Functions"]
