@@ -48,20 +48,25 @@ class Graph(BaseGraph):
     # -- rewrites (pure; see asyncgraph._rewrite) ---------------------------------------
 
     def reset_failed(self) -> Graph:
+        """``asyncgraph.reset_failed(graph)``: failed, skipped, cancelled tasks back to pending."""
         return reset_failed(self)
 
     def reset(self, names: Iterable[str] | str) -> Graph:
+        """``asyncgraph.reset(graph, names)``: these tasks and their descendants back to pending."""
         return reset(self, names)
 
     def mark_done(
         self, names: Iterable[str] | str, results: Mapping[str, Any] | None = None
     ) -> Graph:
+        """``asyncgraph.mark_done(graph, names, results)``: these tasks done, with these results."""
         return mark_done(self, names, results)
 
     def mark_done_except(self, names: Iterable[str] | str) -> Graph:
+        """``asyncgraph.mark_done_except(graph, names)``: every task done except ``names``."""
         return mark_done_except(self, names)
 
     def subgraph(self, targets: Iterable[str] | str) -> Graph:
+        """``asyncgraph.subgraph(graph, targets)``: only ``targets`` and their ancestors."""
         return subgraph(self, targets)
 
     # -- running ----------------------------------------------------------------------
@@ -123,7 +128,7 @@ class Graph(BaseGraph):
     # -- reporting ----------------------------------------------------------------------
 
     def to_frame(self) -> pd.DataFrame:
-        """A pandas DataFrame with one row per task (see ``docs/api.md``)."""
+        """A :class:`pandas.DataFrame` with one row per task (see ``docs/api.md``)."""
         from ._report import to_frame
 
         return to_frame(self)

@@ -34,6 +34,8 @@ from ._task import Kind, Task, make_task
 __all__ = ["BaseGraph", "G", "check_graph"]
 
 F = Callable[..., Any]
+#: The decorated function's own type: ``@g.task`` hands it back as it came (issue 16).
+_TF = TypeVar("_TF", bound=Callable[..., Any])
 _G = TypeVar("_G", bound="BaseGraph")
 #: A graph of any BaseGraph class: what the engines take and give back (``run(g: G) -> G``).
 G = TypeVar("G", bound="BaseGraph")
@@ -111,7 +113,7 @@ class BaseGraph:
         self._records[task.name] = record
 
     @overload
-    def task(self, fn: F, /) -> F: ...
+    def task(self, fn: _TF, /) -> _TF: ...
     @overload
     def task(
         self,
@@ -126,7 +128,7 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
-    ) -> Callable[[F], F]: ...
+    ) -> Callable[[_TF], _TF]: ...
 
     def task(
         self,
@@ -187,6 +189,7 @@ class BaseGraph:
 
     @property
     def status(self) -> dict[str, State]:
+        """Each task's :class:`State`, by name, in definition order."""
         return {n: r.status for n, r in self._records.items()}
 
     @property
@@ -204,11 +207,13 @@ class BaseGraph:
         return {n: r.error for n, r in self._records.items() if r.error is not None}
 
     def dependencies(self, name: str) -> tuple[str, ...]:
+        """The tasks ``name`` depends on, in binding order."""
         dag = self._dag
         dag.check_names([name], "dependencies")
         return dag.tasks[name].deps
 
     def children(self, name: str) -> tuple[str, ...]:
+        """The tasks that depend directly on ``name``."""
         dag = self._dag
         dag.check_names([name], "children")
         return dag.children(name)

@@ -114,7 +114,8 @@ class _Progress:
                 import ipywidgets  # noqa: F401 - tqdm's notebook bar is a widget
                 from tqdm.notebook import tqdm as notebook_tqdm
 
-                return cls(functools.partial(notebook_tqdm, **options))
+                # display=False: the bar shows itself through a handle it can update.
+                return _NotebookProgress(functools.partial(notebook_tqdm, display=False, **options))
             except ImportError:
                 pass  # no ipywidgets: a text bar on the cell's stderr is next best
         from tqdm import tqdm as text_tqdm
@@ -182,6 +183,53 @@ class _Progress:
         if self.bar is not None:
             self.draw(0.0)
             self.bar.close()
+
+
+class _NotebookProgress(_Progress):
+    """The bar in Jupyter: tqdm's widget, kept in step with a total that grows.
+
+    tqdm opens a widget with ``total=0`` as an indeterminate bar (full, ``info`` style)
+    and does not pass a later ``total`` to it; this bar sets the widget's ``max`` when
+    the total changes, so it fills as tasks settle. It shows the widget through a
+    display handle and updates that display when it closes, so a saved notebook's text
+    fallback (``text/plain``) reads the final counts, not the opening ``0task``. It ends
+    ``success`` when every task it counted is done, ``danger`` otherwise.
+    """
+
+    def __init__(self, open_bar: Callable[[], Any]) -> None:
+        super().__init__(open_bar)
+        self.handle: Any = None  # IPython's DisplayHandle of the widget
+        self.widget_total = 0  # the total the widget was last given
+
+    def start(self) -> None:
+        import IPython.display
+
+        show: Callable[..., Any] = IPython.display.display  # IPython's is untyped
+        self.bar = self.open_bar()
+        self.handle = show(self.bar.container, display_id=True)
+
+    def draw(self, now: float) -> None:
+        total = self.counts[_QUEUED] + self.extra
+        if total != self.widget_total:
+            # Before the count moves: the widget clamps a value above its max.
+            widget = self.bar.container.children[1]
+            widget.max = max(total, 1)
+            if widget.bar_style == "info":  # tqdm's "no total" look
+                widget.bar_style = ""
+            self.widget_total = total
+        super().draw(now)
+
+    def close(self) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        self.draw(0.0)
+        c = self.counts
+        if sum(c[k] for k in _SETTLED) > c[EventKind.DONE] or self.running:
+            bar.disp(bar_style="danger", check_delay=False)  # tqdm keeps it past close
+        bar.close()
+        if self.handle is not None:
+            self.handle.update(bar.container)
 
 
 class _Relay:

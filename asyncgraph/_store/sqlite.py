@@ -257,6 +257,7 @@ class SQLiteStore:
     # -- reading (never unpickles) ------------------------------------------------------
 
     def tasks(self) -> dict[str, StoredTask]:
+        """The latest record of every task, without loading a result (see :class:`Store`)."""
         with self._reading() as conn:
             if conn is None:
                 return {}
@@ -272,6 +273,7 @@ class SQLiteStore:
             }
 
     def runs(self) -> list[RunInfo]:
+        """Every run, oldest first (see :class:`Store`)."""
         with self._reading() as conn:
             if conn is None:
                 return []
@@ -301,6 +303,7 @@ class SQLiteStore:
             ]
 
     def load_result(self, result_id: int, task: str) -> Any:
+        """The value ``task``'s row was written with under ``result_id`` (see :class:`Store`)."""
         with self._reading() as conn:
             row = (
                 None
@@ -347,14 +350,17 @@ class SQLiteStore:
     # -- one run ------------------------------------------------------------------------
 
     def acquire(self) -> None:
+        """Hold the store for one run, or raise :class:`StoreLockedError` naming who holds it."""
         with self._lock:
             self._file.take(self._holder)
 
     def release(self) -> None:
+        """Let go of the store (idempotent): the next :meth:`acquire` succeeds."""
         self._held_by_run = False
         self._close()
 
     def begin_run(self) -> int:
+        """Record that a run starts and return its id (see :class:`Store`)."""
         import socket
 
         assert self._lock_fd is not None, "begin_run() without acquire()"
@@ -407,6 +413,7 @@ class SQLiteStore:
         return _built_in_row_limit()
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
+        """Record how the run ended: its status and counts (see :class:`Store`)."""
         keys = COUNTS
         with self._lock:
             conn = self._conn
