@@ -52,12 +52,15 @@ from ._store.resume import plan as plan
 # Streams (issue 14): DataFrame batches through @g.stream stages.
 from ._stream.api import OpenStream as OpenStream
 from ._stream.api import open_stream as open_stream
+from ._stream.api import plan_stream as plan_stream
 from ._stream.api import run_stream as run_stream
 from ._stream.api import run_stream_sync as run_stream_sync
 from ._stream.result import Batch as Batch
 from ._stream.result import StageSummary as StageSummary
 from ._stream.result import StreamFailures as StreamFailures
+from ._stream.result import StreamPlan as StreamPlan
 from ._stream.result import StreamResult as StreamResult
+from ._stream.store import StreamReplayError as StreamReplayError
 from ._summary import Summary as Summary
 from ._sync import run_sync as run_sync
 from ._task import Kind as Kind
@@ -120,8 +123,11 @@ _STREAM_ALL = [
     "OpenStream",
     "StageSummary",
     "StreamFailures",
+    "StreamPlan",
+    "StreamReplayError",
     "StreamResult",
     "open_stream",
+    "plan_stream",
     "run_stream",
     "run_stream_sync",
 ]

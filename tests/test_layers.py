@@ -61,6 +61,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_executors.process": (3, "`ProcessPool`, `ProcessExecutor`, the pre-run pickling check"),
     "_executors._worker": (3, "the worker process's script (stdlib and cloudpickle only)"),
     "_store.resume": (3, "`load`, `plan`, `history`, `for_run`, weights from durations"),
+    "_stream.store": (3, "`StreamStore`: the stream's own tables in the store's file"),
+    "_stream.durable": (3, "`Durable`: Parquet out, the record, resume and leftovers"),
     "_store.session": (4, "`StoreSink` (the store's side of a run), `hold`, `load_inputs`"),
     "_runner": (5, "`_Run`: one run of one graph, a record of collaborators"),
     "_report": (5, "`to_frame`, `summary`, `timeline`, critical path (pandas)"),
@@ -86,6 +88,8 @@ SAME: dict[str, set[str]] = {
     "_stream.frames": set(),
     "_stream.result": set(),
     "_stream.define": {"_task"},
+    "_stream.store": set(),
+    "_stream.durable": {"_stream.store"},
     "_rewrite": {"_graph"},
     "_fingerprint": {"_graph"},
     "_options": {"_clock", "_executors", "_executors.base"},
@@ -116,7 +120,7 @@ STANDALONE = {"_executors._worker"}
 OUTSIDE: dict[str, tuple[set[str], set[str]]] = {
     "asyncio": ({"L3+", "_shield"}, {"_fingerprint"}),
     "anyio": ({"L3+", "_shield"}, set()),
-    "sqlite3": ({"_store.sqlite"}, set()),
+    "sqlite3": ({"_store.sqlite", "_stream.store"}, set()),
     "uvloop": (set(), {"_sync"}),
     "pandas": (
         {"_report"},

@@ -26,14 +26,16 @@ from .._graph import BaseGraph, check_graph
 from .._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from .._shield import wait_to_the_end
 from .._sync import _run_in_helper_thread, _run_on_new_loop, _Signals
-from .engine import Engine
-from .result import Batch, StreamResult
+from .durable import Durable, stream_digest
+from .engine import Engine, check_stream_graph
+from .result import Batch, StreamPlan, StreamResult
+from .store import read_batches
 
 if TYPE_CHECKING:
     from .._executors.base import Backend
     from .._store.protocol import Store
 
-__all__ = ["OpenStream", "open_stream", "run_stream", "run_stream_sync"]
+__all__ = ["OpenStream", "open_stream", "plan_stream", "run_stream", "run_stream_sync"]
 
 
 def _check_count(name: str, value: Any, least: int, none: bool = True) -> None:
@@ -91,8 +93,11 @@ def _engine(
     _check_count("max_failed_batches", max_failed_batches, 1)
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a directory path (str or Path), not {type(out).__name__}")
-    if out is not None or store is not None:
-        raise NotImplementedError("out= and store= come with the stream's durable part")
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        raise TypeError(
+            f"a stream's store must be a file path (str or Path), not {type(store).__name__}"
+        )
+    durable = None if out is None and store is None else Durable(out, store)
     options = RunOptions(
         max_io=max_io,
         cpu_workers=cpu_workers,
@@ -113,6 +118,7 @@ def _engine(
         start=start,
         mode=mode,
         max_failed_batches=max_failed_batches,
+        durable=durable,
     )
 
 
@@ -382,3 +388,25 @@ def run_stream_sync(
         return cast(StreamResult, _run_on_new_loop(coro, grace, signals))
     finally:
         signals.restore()
+
+
+def plan_stream(graph: BaseGraph, *, store: str | os.PathLike[str]) -> StreamPlan:
+    """What :func:`run_stream` would do with this ``store``: how many source batches it
+    would skip as done, recompute because the stream's code changed since they were
+    done (``stale``), or source again because they failed or were cancelled. Reads the
+    store without locking it; a store with no stream yet plans nothing."""
+    check_graph(graph, "plan_stream")
+    if not isinstance(store, (str, os.PathLike)):
+        raise TypeError(f"store must be a file path (str or Path), not {type(store).__name__}")
+    stages, plain = check_stream_graph(graph)
+    if not os.path.exists(store):
+        return StreamPlan(0, 0, 0, 0)
+    digest = stream_digest(stages, graph._subset(plain) if plain else None)
+    counts = {"done": 0, "stale": 0, "failed": 0, "cancelled": 0}
+    for status, _rows, fp, files in read_batches(store).values():
+        if status == "done":
+            ok = fp == digest and all(os.path.exists(f) for f in files)
+            counts["done" if ok else "stale"] += 1
+        elif status in counts:
+            counts[status] += 1
+    return StreamPlan(**counts)

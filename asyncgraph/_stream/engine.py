@@ -57,6 +57,7 @@ from .._executors import default_executors
 from .._executors.base import Executor, route
 from .._shield import wait_to_the_end
 from .._task import Kind, Task
+from .durable import Durable, stream_digest, write_parquet
 from .frames import as_frame, call_on_pieces, split_bounds, take_rows
 from .result import Batch, StageSummary, StreamFailures, StreamResult
 from .spec import SOURCE
@@ -187,6 +188,8 @@ class _Stage:
         "rows_out",
         "running",
         "split",
+        "src_tag",
+        "tags",
         "targets",
         "task",
         "timeout",
@@ -211,6 +214,8 @@ class _Stage:
         self.calls = 0
         self.rank = 0
         self.children: list[_Stage] = []
+        self.tags: list[str] = []  # per child: "" or "@k", its k-th input (a union)
+        self.src_tag = ""
         self.targets: list[Any] = []  # children, or the outputs channel for a sink
         self.ancestors: list[_Stage] = []
         self.flush_due = False
@@ -335,6 +340,7 @@ class Engine:
         start: int,
         mode: str,
         max_failed_batches: int | None,
+        durable: Durable | None = None,
     ) -> None:
         self.graph = graph
         self.source_fn = source
@@ -370,8 +376,9 @@ class Engine:
         self.peak = 0  # the most live batches seen (queued, split, running, out)
         self.live = 0
         self.track_peak = False
-        self.skip: Callable[[int], bool] | None = None  # done batches (from a store)
-        self.on_group_end: Callable[[_Group, str], None] | None = None
+        self.durable = durable
+        self.rows_of: dict[int, int] = {}  # rows the source gave, per open batch (store)
+        self.writes = durable is not None and durable.out is not None
         outputs.on_take = self._out_taken
 
     # -- building ------------------------------------------------------------------
@@ -382,11 +389,15 @@ class Engine:
         for st in self.stages.values():
             spec = st.task.stream
             assert spec is not None
-            for i in spec.inputs:
+            union = len(spec.inputs) > 1
+            for k, i in enumerate(spec.inputs):
+                tag = f"@{k}" if union else ""
                 if i == SOURCE:
                     self.source_stages.append(st)
+                    st.src_tag = tag
                 else:
                     self.stages[i].children.append(st)
+                    self.stages[i].tags.append(tag)
             st.kwargs = {p: plain_results[t] for p, t in st.task.kwargs}
         for st in reversed(list(self.stages.values())):
             st.rank = 1 + max((c.rank for c in st.children), default=-1)
@@ -436,13 +447,7 @@ class Engine:
         fn = self.source_fn
         kwargs: dict[str, Any] = {}
         if self.start:
-            try:
-                params = inspect.signature(fn).parameters
-            except (TypeError, ValueError):
-                params = {}  # type: ignore[assignment]
-            if "start" in params or any(
-                p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-            ):
+            if _takes_start(fn):
                 kwargs["start"] = self.start
             else:
                 self.next_id = 0  # it cannot skip ahead: read from 0, drop below start
@@ -472,6 +477,8 @@ class Engine:
         self._build(plain_results)
         deadline = None
         try:
+            if self.durable is not None:
+                self._prepare_durable()
             self._executors()
             self._open_source()
             if self.options.deadline is not None:
@@ -781,9 +788,18 @@ class Engine:
             return
         rows = len(item)
         self.result.rows += rows
-        if self.skip is not None and self.skip(sid):
-            self.result.skipped += 1
-            return
+        d = self.durable
+        if d is not None:
+            try:
+                skip = d.skip(sid, rows)
+            except Exception as exc:  # noqa: BLE001 - a source that does not replay
+                self.fatal = exc
+                return
+            if skip:
+                self.result.skipped += 1
+                return
+            if d.store is not None:
+                self.rows_of[sid] = rows
         if rows == 0:
             g = _Group(sid, 0)
             self._end(g)
@@ -793,7 +809,7 @@ class Engine:
         self.open.add(g)
         piece_id = str(sid)
         for st in targets:
-            self._enqueue(st, _Piece(item, rows, piece_id, (sid,), g))
+            self._enqueue(st, _Piece(item, rows, piece_id + st.src_tag, (sid,), g))
 
     def _enqueue(self, st: _Stage, piece: _Piece) -> None:
         if not st.queue and st.timeout is not None and st.timer is None:
@@ -861,6 +877,9 @@ class Engine:
                     f"{call.piece.id}, not a pandas DataFrame (or None for nothing)"
                 )
             else:
+                if self.writes and not st.children and value is not None and len(value):
+                    self._write(call, value)
+                    return
                 self._release(call)
                 self._succeeded(call, value)
                 self.wake.set()
@@ -878,7 +897,29 @@ class Engine:
         self._failed(call, exc)
         self.wake.set()
 
-    def _succeeded(self, call: _Call, value: Any) -> None:
+    def _write(self, call: _Call, value: Any) -> None:
+        """A sink's output to its file, in a thread; the call holds its slot until then."""
+        assert self.durable is not None
+        assert self.loop is not None
+        path = self.durable.path_for(call.stage.name, call.piece.id)
+        fut = self.loop.run_in_executor(None, write_parquet, value, path)
+        call.future = fut
+        fut.add_done_callback(functools.partial(self._written, call, value, path))
+
+    def _written(self, call: _Call, value: Any, path: str, fut: asyncio.Future[Any]) -> None:
+        call.future = None
+        if self.stopping is not None:
+            return
+        exc = None if fut.cancelled() else fut.exception()
+        self._release(call)
+        if exc is None and not fut.cancelled():
+            self._succeeded(call, value, path)
+        else:
+            err = exc if isinstance(exc, Exception) else TaskCancelled(f"writing {path}")
+            self._failed(call, err)
+        self.wake.set()
+
+    def _succeeded(self, call: _Call, value: Any, path: str | None = None) -> None:
         st = call.stage
         st.done += 1
         piece = call.piece
@@ -893,10 +934,12 @@ class Engine:
         if st.children:
             g.live += len(st.children) - 1
             self.live -= 1
-            for c in st.children:
-                self._enqueue(c, _Piece(value, rows, piece.id, piece.sources, g))
+            for c, tag in zip(st.children, st.tags, strict=True):
+                self._enqueue(c, _Piece(value, rows, piece.id + tag, piece.sources, g))
             return
-        self.out.put(Batch(st.name, piece.id, rows, value, piece.sources))
+        self.out.put(Batch(st.name, piece.id, rows, value, piece.sources, path))
+        if path is not None:
+            g.files.append(path)
         self.live -= 1
         self._note_peak()
         g.live -= 1
@@ -937,8 +980,8 @@ class Engine:
             for sid in g.ids:
                 r.errors[sid] = g.error
             status = "failed"
-        if self.on_group_end is not None:
-            self.on_group_end(g, status)
+        if self.durable is not None:
+            self._record(g, status)
 
     # -- the end -------------------------------------------------------------------
 
@@ -971,8 +1014,8 @@ class Engine:
         self.calls.clear()
         for g in open_groups:
             self.result.cancelled += len(g.ids)
-            if self.on_group_end is not None:
-                self.on_group_end(g, "cancelled")
+            if self.durable is not None:
+                self._record(g, "cancelled")
         r = self.result
         if self.stopping is not None and self.stopping != "error":
             r.stopped = self.stopping
@@ -981,7 +1024,55 @@ class Engine:
                 st.name, st.calls, st.done, st.failed, st.rows_in, st.rows_out, st.busy
             )
         r.outputs = self.out.collected
+        if self.durable is not None:
+            self.durable.close(r)
         self.out.end()
+
+    # -- out= and store= ---------------------------------------------------------------
+
+    def _prepare_durable(self) -> None:
+        d = self.durable
+        assert d is not None
+        sinks = [st.name for st in self.stages.values() if not st.children]
+        digest = ""
+        if d.store_path is not None:
+            plain = self.graph._subset(self.plain) if self.plain else None
+            digest = stream_digest(self.stage_tasks, plain)
+        d.prepare(sinks, digest)
+        if self.start == 0 and d.done:
+            gap = d.first_gap()
+            if gap and _takes_start(self.source_fn):
+                self.start = self.next_id = gap
+                self.result.skipped += gap
+
+    def _record(self, g: _Group, status: str) -> None:
+        d = self.durable
+        assert d is not None
+        if status != "done" and g.files:
+            d.discard(g.files)
+            g.files = []
+        if d.store is None:
+            return
+        err = g.error
+        et = None if err is None else type(err).__name__
+        em = None if err is None else str(err)
+        rows_of = self.rows_of
+        d.ended(
+            [
+                (sid, status, rows_of.pop(sid, 0), g.files if status == "done" else [], et, em)
+                for sid in g.ids
+            ]
+        )
+
+
+def _takes_start(fn: Any) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "start" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
 
 
 def _began(name: str, when: float) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Batch", "StageSummary", "StreamFailures", "StreamResult"]
+__all__ = ["Batch", "StageSummary", "StreamFailures", "StreamPlan", "StreamResult"]
 
 
 class Batch(NamedTuple):
@@ -114,3 +114,24 @@ class StreamResult:
                 parts.append(f"{getattr(self, name)} {name}")
         why = f" (stopped by {self.stopped})" if self.stopped else ""
         return f"<StreamResult batches: {', '.join(parts)}{why}; {self.rows} rows>"
+
+
+class StreamPlan(NamedTuple):
+    """What a durable stream will do on its store, from :func:`plan_stream`: source
+    batches done and still valid (skipped), done by other code (``stale``: recomputed,
+    their files replaced), and failed or cancelled (sourced again)."""
+
+    done: int
+    stale: int
+    failed: int
+    cancelled: int
+
+    def __str__(self) -> str:
+        lines = [f"{self.done} done batches will be skipped"]
+        if self.stale:
+            lines.append(f"code changed: {self.stale} done batches will be recomputed")
+        if self.failed or self.cancelled:
+            lines.append(
+                f"{self.failed} failed and {self.cancelled} cancelled batches will be sourced again"
+            )
+        return "; ".join(lines)
