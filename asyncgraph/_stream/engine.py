@@ -52,9 +52,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._clock import SYSTEM_CLOCK, backoff
+from .._events import Emit, Event, EventKind
 from .._exceptions import InvalidTaskError, TaskCancelled, TaskError
 from .._executors import default_executors
 from .._executors.base import Executor, route
+from .._observe import StreamProgress, Watch
 from .._shield import wait_to_the_end
 from .._task import Kind, Task
 from .durable import Durable, stream_digest, write_parquet
@@ -69,6 +71,8 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "Outputs", "check_stream_graph", "live_bound"]
 
 _INF = math.inf
+_QUEUED, _STARTED, _RETRYING = EventKind.QUEUED, EventKind.STARTED, EventKind.RETRYING
+_DONE, _FAILED, _CANCELLED = EventKind.DONE, EventKind.FAILED, EventKind.CANCELLED
 
 
 class _Group:
@@ -377,6 +381,8 @@ class Engine:
         self.live = 0
         self.track_peak = False
         self.durable = durable
+        self.emit: Emit | None = None
+        self.bar: StreamProgress | None = None
         self.rows_of: dict[int, int] = {}  # rows the source gave, per open batch (store)
         self.writes = durable is not None and durable.out is not None
         outputs.on_take = self._out_taken
@@ -473,6 +479,26 @@ class Engine:
 
     async def run(self) -> StreamResult:
         self.loop = asyncio.get_running_loop()
+        bar = StreamProgress.make(self.options.progress, self.max_batches)
+        self.bar = bar
+        watch = Watch(
+            False,
+            self.options.on_event,
+            deadline=self.options.deadline,
+            grace=self.options.cancel_grace,
+            extra=bar,
+        )
+        async with watch:
+            self.emit = watch.emit
+            if bar is not None:
+                bar.start()
+            try:
+                return await self._run()
+            finally:
+                if bar is not None:
+                    bar.close()
+
+    async def _run(self) -> StreamResult:
         plain_results = await self._run_plain()
         self._build(plain_results)
         deadline = None
@@ -482,7 +508,8 @@ class Engine:
             self._executors()
             self._open_source()
             if self.options.deadline is not None:
-                deadline = self.loop.call_later(self.options.deadline, self.stop, "deadline")
+                loop = asyncio.get_running_loop()
+                deadline = loop.call_later(self.options.deadline, self.stop, "deadline")
             await self._drive()
         except asyncio.CancelledError:
             self.stopping = self.stopping or "cancelled"
@@ -788,6 +815,8 @@ class Engine:
             return
         rows = len(item)
         self.result.rows += rows
+        if self.bar is not None:
+            self.bar.rows(rows)
         d = self.durable
         if d is not None:
             try:
@@ -804,6 +833,9 @@ class Engine:
             g = _Group(sid, 0)
             self._end(g)
             return
+        emit = self.emit
+        if emit is not None:
+            emit(Event(_QUEUED, f"source#{sid}", 0, time.time()))
         targets = self.source_stages
         g = _Group(sid, len(targets))
         self.open.add(g)
@@ -842,6 +874,9 @@ class Engine:
         st.calls += 1
         call.attempt += 1
         call.started = time.perf_counter()
+        emit = self.emit
+        if emit is not None:
+            emit(Event(_STARTED, f"{st.name}#{call.piece.id}", call.attempt, time.time()))
         data = call.piece.data
         if st.on_loop and type(data) is list:
             data = as_frame(data)
@@ -890,6 +925,10 @@ class Engine:
             return
         if call.attempt <= st.task.retries and _root(call.piece.group).error is None:
             delay = backoff(st.task, call.attempt, self.rng.uniform)
+            emit = self.emit
+            if emit is not None:
+                name = f"{st.name}#{call.piece.id}"
+                emit(Event(_RETRYING, name, call.attempt, time.time(), exc))
             assert self.loop is not None
             call.timer = self.loop.call_later(delay, self._launch, call)
             return
@@ -923,6 +962,9 @@ class Engine:
         st = call.stage
         st.done += 1
         piece = call.piece
+        emit = self.emit
+        if emit is not None:
+            emit(Event(_DONE, f"{st.name}#{piece.id}", call.attempt, time.time()))
         g = _root(piece.group)
         rows = 0 if value is None else len(value)
         st.rows_out += rows
@@ -948,6 +990,9 @@ class Engine:
     def _failed(self, call: _Call, exc: BaseException) -> None:
         st = call.stage
         st.failed += 1
+        emit = self.emit
+        if emit is not None:
+            emit(Event(_FAILED, f"{st.name}#{call.piece.id}", call.attempt, time.time(), exc))
         g = _root(call.piece.group)
         if g.error is None:
             if not getattr(exc, "__notes__", None) or all(
@@ -982,6 +1027,12 @@ class Engine:
             status = "failed"
         if self.durable is not None:
             self._record(g, status)
+        emit = self.emit
+        if emit is not None:
+            now = time.time()
+            kind = _DONE if g.error is None else _FAILED
+            for sid in g.ids:
+                emit(Event(kind, f"source#{sid}", 0, now, g.error))
 
     # -- the end -------------------------------------------------------------------
 
@@ -993,7 +1044,11 @@ class Engine:
                 st.timer.cancel()
                 st.timer = None
         futures = []
+        emit = self.emit
         for call in self.calls:
+            if emit is not None:
+                name = f"{call.stage.name}#{call.piece.id}"
+                emit(Event(_CANCELLED, name, call.attempt, time.time()))
             if call.timer is not None:
                 call.timer.cancel()
             if call.future is not None:
@@ -1016,6 +1071,12 @@ class Engine:
             self.result.cancelled += len(g.ids)
             if self.durable is not None:
                 self._record(g, "cancelled")
+            emit = self.emit
+            if emit is not None:
+                now = time.time()
+                why = TaskCancelled(f"the stream stopped ({self.stopping})")
+                for sid in g.ids:
+                    emit(Event(_CANCELLED, f"source#{sid}", 0, now, why))
         r = self.result
         if self.stopping is not None and self.stopping != "error":
             r.stopped = self.stopping
