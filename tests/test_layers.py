@@ -79,6 +79,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_demo": (9, "the `asyncgraph demo` graph"),
     "compat": (9, "compatibility layers"),
     "compat.taskmap": (9, "taskmap's API on asyncgraph"),
+    "compat.dplutils": (9, "dplutils' `PipelineExecutor` on streams (`StreamExecutor`)"),
 }
 
 #: module -> the modules of its own layer it may import.
@@ -106,6 +107,7 @@ SAME: dict[str, set[str]] = {
     "_cli": {"__init__"},
     "_demo": {"__init__"},
     "compat.taskmap": set(),
+    "compat.dplutils": set(),
 }
 
 #: (importer, imported): upward edges kept on purpose, each type-only.
@@ -125,7 +127,7 @@ OUTSIDE: dict[str, tuple[set[str], set[str]]] = {
     "pandas": (
         {"_report"},
         {"_store.serialize", "_store.resume", "_cli", "_demo", "_api", "_summary"}
-        | {"_stream.frames", "_stream.result", "_stream.engine"},
+        | {"_stream.frames", "_stream.result", "_stream.engine", "compat.dplutils"},
     ),
     "cloudpickle": ({"_executors.process", "_executors._worker", "_store.serialize"}, set()),
 }

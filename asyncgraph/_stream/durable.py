@@ -96,6 +96,7 @@ class Durable:
         self.done: dict[int, int] = {}
         self.stale = 0
         self.dirs: dict[str, Path] = {}
+        self.shared = False
 
     # -- the start ---------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class Durable:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).touch()
         split = self.partition if self.partition is not None else len(sinks) > 1
+        self.shared = not split and len(sinks) > 1  # names then say the sink
         for sink in sinks:
             d = out / f"{self.part_name}={sink}" if split else out
             d.mkdir(exist_ok=True)
@@ -183,7 +185,7 @@ class Durable:
         return n
 
     def path_for(self, sink: str, piece_id: str) -> str:
-        return str(self.dirs[sink] / _name(piece_id))
+        return str(self.dirs[sink] / _name(f"{sink}-{piece_id}" if self.shared else piece_id))
 
     def ended(self, rows: Iterable[BatchRow]) -> None:
         if self.store is not None:
