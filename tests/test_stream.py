@@ -125,6 +125,48 @@ async def test_live_batches_never_exceed_the_bound_with_a_slow_sink(queue_size):
     assert max(ahead) <= bound + 1  # the batch being pulled counts too
 
 
+@pytest.mark.parametrize("queue_size", [1, 2, 8])
+async def test_a_splitting_stage_adds_only_the_pieces_of_one_split(queue_size):
+    g = ag.Graph()
+
+    @g.stream
+    async def read(source):
+        return source
+
+    @g.stream(batch_size=25)  # 100-row batches: 4 pieces each
+    async def split(read):
+        return read
+
+    @g.stream
+    async def sink(split):
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    async with ag.open_stream(g, source=frames(12, rows=100), queue_size=queue_size) as s:
+        pass
+    assert s.result.done == 12
+    assert s.peak <= live_bound(g, queue_size) + 3
+
+
+async def test_a_merging_stage_holds_at_most_one_merge_beyond_its_queue():
+    g = ag.Graph()
+
+    @g.stream
+    async def read(source):
+        return source
+
+    @g.stream(batch_size=10)  # 1-row batches: merges of 10
+    async def gather(read):
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return read
+
+    async with ag.open_stream(g, source=frames(60), queue_size=1) as s:
+        rows = [b.rows async for b in s.outputs()]
+    assert rows == [10] * 6
+    assert s.peak <= live_bound(g, 1) + 10
+
+
 async def test_many_io_batches_run_at_once_capped_by_max_io():
     g = ag.Graph()
     running = [0]
@@ -475,6 +517,8 @@ def test_stage_definitions_are_checked_where_they_are_written():
         g.add_stream("source", lambda source: source)
     with pytest.raises(ag.InvalidTaskError, match="inputs must be"):
         g.add_stream("i", lambda b: b, inputs="a")
+    with pytest.raises(ag.InvalidTaskError, match="resources= is not supported"):
+        g.add_stream("r", lambda source: source, resources=["gpu"])
     with pytest.raises(ag.InvalidTaskError, match="unknown kind"):
         g.add_stream("k", lambda source: source, kind="gpu")
     assert "none" not in g and len(g) == 0

@@ -235,8 +235,10 @@ class _Stage:
     def room(self) -> bool:
         if len(self.queue) + self.reserved < self.cap:
             return True
+        # A merging stage takes one more batch at a time (none on the way) until it
+        # holds batch_size rows, or it could never gather a merge.
         bs = self.batch_size
-        return bs is not None and self.queued_rows < bs
+        return bs is not None and self.reserved == 0 and self.queued_rows < bs
 
     def idle(self) -> bool:
         return not self.queue and not self.split and self.running == 0
