@@ -247,7 +247,8 @@ class BaseGraph:
         source if it is named ``source``, else from the stream stage it names (or from
         each of ``inputs=[...]``: a union). Its other parameters name plain tasks (or
         ``deps={"param": "task"}`` maps them), which run once before the stream. It
-        returns a DataFrame (an empty one or None passes nothing on). ``batch_size``
+        returns a DataFrame (an empty one passes nothing on; a sink may return None).
+        ``batch_size``
         re-batches its input to at most that many rows per call (larger batches split,
         smaller ones merged); ``batch_timeout`` sends a partial merge after that many
         seconds. Run with :func:`asyncgraph.run_stream` or :func:`asyncgraph.open_stream`.

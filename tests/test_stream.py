@@ -517,6 +517,12 @@ def test_stage_definitions_are_checked_where_they_are_written():
         g.add_stream("source", lambda source: source)
     with pytest.raises(ag.InvalidTaskError, match="inputs must be"):
         g.add_stream("i", lambda b: b, inputs="a")
+    with pytest.raises(ag.InvalidTaskError, match="generator function: return a DataFrame"):
+
+        @g.stream
+        def gen(source):
+            yield source
+
     with pytest.raises(ag.InvalidTaskError, match="resources= is not supported"):
         g.add_stream("r", lambda source: source, resources=["gpu"])
     with pytest.raises(ag.InvalidTaskError, match="unknown kind"):
@@ -584,6 +590,34 @@ async def test_a_source_of_other_things_and_a_stage_returning_other_things():
 
     r = await ag.run_stream(g, source=frames(2))
     assert r.failed == 2 and "not a pandas DataFrame" in str(r.errors[0])
+
+    g = ag.Graph()
+
+    @g.stream
+    async def forgot(source):
+        source.assign(x=1)  # no return
+
+    @g.stream
+    async def after(forgot):
+        return forgot
+
+    r = await ag.run_stream(g, source=frames(2))
+    assert r.failed == 2 and "a missing return?" in str(r.errors[0])
+
+
+async def test_a_typo_in_the_batch_parameter_is_named():
+    g = ag.Graph()
+
+    @g.stream
+    async def fetch(source):
+        return source
+
+    @g.stream
+    async def typo(fech):
+        return fech
+
+    with pytest.raises(ag.InvalidTaskError, match="'fech' is not a stage of this graph"):
+        await ag.run_stream(g, source=frames(1))
 
 
 async def test_a_source_that_raises_ends_the_stream_with_its_error():

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .._exceptions import InvalidTaskError
-from .._task import Kind, Task, make_task
+from .._task import Kind, Task, _call_of, make_task
 from .spec import SOURCE, StreamSpec
 
 __all__ = ["make_stream_task"]
@@ -90,6 +90,14 @@ def make_stream_task(
         )
     if not callable(fn):
         raise InvalidTaskError(name, f"the function must be callable, not {type(fn).__name__}")
+    call = _call_of(fn)
+    if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
+        raise InvalidTaskError(
+            name,
+            "a stream stage returns one DataFrame per call, and its function is a "
+            "generator function: return a DataFrame instead (pd.concat the pieces, or "
+            "use batch_size= to have the stream split the batches)",
+        )
     param = _batch_param(name, fn)
     if resources:
         raise InvalidTaskError(

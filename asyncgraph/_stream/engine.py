@@ -277,6 +277,18 @@ def check_stream_graph(graph: BaseGraph) -> tuple[list[Task], list[str]]:
             f"a stream graph cannot have a task named {SOURCE!r}: stages name the "
             "stream's source so; rename the task",
         )
+    for t in tasks.values():
+        spec = t.stream
+        if spec is None:
+            continue
+        unknown = [i for i in spec.inputs if i != SOURCE and i not in tasks]
+        if unknown:
+            raise InvalidTaskError(
+                t.name,
+                f"its batch input {unknown[0]!r} is not a stage of this graph: a stage's "
+                f"first parameter is named {SOURCE!r} (the stream's source) or after the "
+                "stream stage it reads (or inputs=[...] names them); a typo?",
+            )
     order = graph._dag.topological_order()  # missing dependencies, cycles
     stages = [tasks[n] for n in order if tasks[n].stream is not None]
     if not stages:
@@ -908,10 +920,16 @@ class Engine:
             exc = fut.exception()
         if exc is None:
             value = fut.result()
-            if value is not None and not _is_frame(value):
+            if value is None and st.children:
+                exc = TypeError(
+                    f"stream stage {st.name!r} returned None for batch {call.piece.id}, and "
+                    f"stages take its output ({', '.join(c.name for c in st.children)}): "
+                    "return a DataFrame (an empty one passes nothing on); a missing return?"
+                )
+            elif value is not None and not _is_frame(value):
                 exc = TypeError(
                     f"stream stage {st.name!r} returned {type(value).__name__} for batch "
-                    f"{call.piece.id}, not a pandas DataFrame (or None for nothing)"
+                    f"{call.piece.id}, not a pandas DataFrame (a sink may return None)"
                 )
             else:
                 if self.writes and not st.children and value is not None and len(value):
