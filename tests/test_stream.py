@@ -634,3 +634,78 @@ def test_stream_names_are_public_and_say_so():
     for name in ag._STREAM_ALL:
         assert getattr(ag, name).__module__ == "asyncgraph"
         assert getattr(ag, name).__doc__
+
+
+class _AllInline:
+    """A backend running everything on the loop's thread (as tests/test_backend_seam.py)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def executors(self, *, max_io, cpu_workers, clock, pickled):
+        from asyncgraph._executors.base import InlineExecutor
+
+        self.asked += 1
+        return [InlineExecutor(clock=clock)]
+
+
+async def test_a_backend_gets_the_stages():
+    backend = _AllInline()
+    g = ag.Graph()
+
+    @g.stream
+    async def fetch(source):
+        return source
+
+    g.add_stream("score", _cpu_stage, inputs=["fetch"], kind="cpu", batch_size=2)
+    r = await ag.run_stream(g, source=frames(5), backend=backend)
+    assert r.done == 5 and backend.asked == 1
+    assert (pd.concat([b.data for b in r.outputs])["pid"] == os.getpid()).all()
+
+
+_CTRL_C = """
+import asyncio, sys, pathlib, pandas as pd, asyncgraph as ag
+where = pathlib.Path(sys.argv[1])
+g = ag.Graph()
+
+@g.stream
+async def stuck(source):
+    (where / "started").write_text("")
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        (where / "cancelled").write_text("")
+        raise
+
+def source():
+    while True:
+        yield pd.DataFrame({"id": [0]})
+
+try:
+    ag.run_stream_sync(g, source=source)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_ctrl_c_stops_run_stream_sync_and_cleans_up(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for _ in range(6000):  # wait for the stage to start (a probe, not a bound)
+            if (tmp_path / "started").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert (tmp_path / "started").exists()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted" in out and (tmp_path / "cancelled").exists()

@@ -513,6 +513,7 @@ class Engine:
                     bar.close()
 
     async def _run(self) -> StreamResult:
+        began = time.monotonic()
         plain_results = await self._run_plain()
         self._build(plain_results)
         deadline = None
@@ -521,9 +522,9 @@ class Engine:
                 self._prepare_durable()
             self._executors()
             self._open_source()
-            if self.options.deadline is not None:
-                loop = asyncio.get_running_loop()
-                deadline = loop.call_later(self.options.deadline, self.stop, "deadline")
+            if self.options.deadline is not None:  # counted from the start, plain tasks too
+                left = max(0.0, self.options.deadline - (time.monotonic() - began))
+                deadline = asyncio.get_running_loop().call_later(left, self.stop, "deadline")
             await self._drive()
         except asyncio.CancelledError:
             self.stopping = self.stopping or "cancelled"
@@ -564,6 +565,7 @@ class Engine:
             cpu_workers=o.cpu_workers,
             limits=o.limits,
             fail_fast=o.fail_fast,
+            deadline=o.deadline,
             store=o.store,
             on_event=o.on_event,
             backend=o.backend,
