@@ -623,13 +623,15 @@ class Engine:
         best: _Stage | None = None
         best_key: tuple[int, int, int, int] | None = None
         for st in lane.stages:
-            if not self._ready(st):
+            if not (st.split or (st.queue and self._ready(st))):
                 continue
-            if not all(t.room() for t in st.targets):
-                continue
-            key = (st.rank, st.calls, -st.priority, st.index)
-            if best_key is None or key < best_key:
-                best, best_key = st, key
+            for t in st.targets:
+                if not t.room():
+                    break
+            else:
+                key = (st.rank, st.calls, -st.priority, st.index)
+                if best_key is None or key < best_key:
+                    best, best_key = st, key
         return best
 
     def _ready(self, st: _Stage) -> bool:
