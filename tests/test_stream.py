@@ -709,3 +709,30 @@ def test_ctrl_c_stops_run_stream_sync_and_cleans_up(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert "interrupted" in out and (tmp_path / "cancelled").exists()
+
+
+def test_a_plain_run_scans_for_stages_only_once_one_exists():
+    import pickle
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncgraph as ag\n"
+        "from asyncgraph._stream import spec\n"
+        "g = ag.Graph(); g.add('a', lambda: 1)\n"
+        "assert ag.run_sync(g).results['a'] == 1 and spec.DEFINED == [False]\n"
+        "import pickle, sys\n"
+        "g2 = pickle.loads(sys.stdin.buffer.read())\n"
+        "assert spec.DEFINED == [True]\n"
+        "try:\n"
+        "    ag.run_sync(g2)\n"
+        "except TypeError as e:\n"
+        "    print(e)\n"
+    )
+    g = ag.Graph()
+    g.add_stream("stage", pd.DataFrame.copy, inputs=["source"])  # pickled by reference
+    proc = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps(g), capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"cannot run stream stages ('stage')" in proc.stdout

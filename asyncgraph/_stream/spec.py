@@ -12,10 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SOURCE", "StreamSpec", "refuse_stream_tasks"]
+__all__ = ["DEFINED", "SOURCE", "StreamSpec", "refuse_stream_tasks"]
 
 #: The name a source stage's batch parameter gives the stream's source.
 SOURCE = "source"
+
+#: Set once a stream stage exists in this process (a StreamSpec was made or unpickled):
+#: until then no graph can hold one, and a plain run skips the scan in
+#: :func:`refuse_stream_tasks` (a run of 100k tasks pays nothing for streams).
+DEFINED = [False]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +38,18 @@ class StreamSpec:
     batch_size: int | None = None
     batch_timeout: float | None = None
 
+    def __post_init__(self) -> None:
+        DEFINED[0] = True  # a graph may hold a stage from now on
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled through __init__, so a graph loaded in a fresh process sets DEFINED.
+        return (StreamSpec, (self.param, self.inputs, self.batch_size, self.batch_timeout))
+
 
 def refuse_stream_tasks(tasks: Iterable[Any], caller: str) -> None:
     """TypeError if any of ``tasks`` is a stream stage: a plain run cannot run one."""
+    if not DEFINED[0]:
+        return
     stages = [t.name for t in tasks if t.stream is not None]
     if stages:
         raise TypeError(
