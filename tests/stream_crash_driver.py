@@ -18,16 +18,25 @@ import pandas as pd
 
 import asyncgraph as ag
 
-DIR, RUN, KILL_AT = sys.argv[1], sys.argv[2], int(sys.argv[3])
-LOG = os.open(os.path.join(DIR, "calls.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-calls = [0]
+# The run's number and kill point reach the stages through the environment, read at
+# call time: as globals of the stages' code they would be part of its fingerprint, and
+# every run (another kill point) would find the done batches stale.
+os.environ["STREAM_DIR"], os.environ["STREAM_RUN"], os.environ["STREAM_KILL_AT"] = sys.argv[1:4]
+DIR = sys.argv[1]
 
 
 def note(stage: str, batch: pd.DataFrame) -> None:
     ids = ",".join(str(i) for i in sorted(set(batch["id"])))
-    os.write(LOG, f"{RUN} {stage} {ids}\n".encode())
-    calls[0] += 1
-    if calls[0] == KILL_AT:
+    env = os.environ
+    path = os.path.join(env["STREAM_DIR"], "calls.log")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{env['STREAM_RUN']} {stage} {ids}\n".encode())
+    finally:
+        os.close(fd)
+    n = int(env.get("STREAM_CALLS", "0")) + 1
+    env["STREAM_CALLS"] = str(n)
+    if n == int(env["STREAM_KILL_AT"]):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
