@@ -16,12 +16,14 @@ The remaining done batches are skipped without calling any task.
 State it keeps
     ``out``, ``partition``, ``part_name``  where files go;
     ``store``  the stream tables (``StreamStore``), open from ``prepare`` to ``close``;
+    ``pending``  batches that ended and wait for the next commit (``timer``);
     ``done``   the done batches still valid: sid -> rows the source gave for it;
     ``stale``  how many done batches were found stale at the start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -38,6 +40,11 @@ __all__ = ["MARKER", "Durable", "stream_digest"]
 
 #: The file that marks a directory as a stream's ``out=``: only there are files deleted.
 MARKER = ".asyncgraph-stream"
+
+#: A commit gathers the batches that ended within this many seconds (or this many
+#: rows, whichever comes first): one transaction for many batches, off the hot path.
+COMMIT_EVERY = 0.05
+COMMIT_ROWS = 512
 
 
 def stream_digest(stages: Sequence[Task], plain: Any) -> str:
@@ -97,6 +104,8 @@ class Durable:
         self.stale = 0
         self.dirs: dict[str, Path] = {}
         self.shared = False
+        self.pending: list[BatchRow] = []  # ended, not yet committed
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- the start ---------------------------------------------------------------
 
@@ -188,7 +197,26 @@ class Durable:
         return str(self.dirs[sink] / _name(f"{sink}-{piece_id}" if self.shared else piece_id))
 
     def ended(self, rows: Iterable[BatchRow]) -> None:
-        if self.store is not None:
+        """Record how these batches ended: in the next commit, which gathers the rows
+        of a short while (``COMMIT_EVERY`` seconds, or ``COMMIT_ROWS`` rows) in one
+        transaction. A batch is durable once committed; one that ended but was not yet
+        committed when the process died is sourced again (its files are leftovers)."""
+        if self.store is None:
+            return
+        self.pending.extend(rows)
+        if len(self.pending) >= COMMIT_ROWS:
+            self.flush()
+        elif self.timer is None:
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(COMMIT_EVERY, self.flush)
+
+    def flush(self) -> None:
+        """Commit the rows gathered so far (if any)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        rows, self.pending = self.pending, []
+        if rows and self.store is not None:
             self.store.commit(rows)
 
     @staticmethod
@@ -199,9 +227,12 @@ class Durable:
                 os.unlink(f)
 
     def close(self, result: Any) -> None:
-        store, self.store = self.store, None
-        if store is None:
+        if self.store is None:
             return
+        try:
+            self.flush()
+        finally:
+            store, self.store = self.store, None
         try:
             store.end(result)
         finally:
