@@ -108,3 +108,21 @@ async def test_the_summary_per_stage():
     assert rows["score"].busy >= 0
     frame = r.to_frame()
     assert list(frame.columns) == ["calls", "done", "failed", "rows_in", "rows_out", "busy"]
+
+
+async def test_with_a_store_a_batch_is_told_done_once_it_is_durable(tmp_path):
+    from asyncgraph._stream.store import read_batches
+
+    store = tmp_path / "s.db"
+    seen: list[tuple[str, set[int]]] = []
+
+    def watch(event):
+        if event.task.startswith("source#") and event.kind is ag.EventKind.DONE:
+            sid = int(event.task.split("#")[1])
+            done = {s for s, (st, *_) in read_batches(store).items() if st == "done"}
+            seen.append((sid, done))
+
+    r = await ag.run_stream(graph(), source=frames(4), store=store, on_event=watch)
+    assert r.done == 4 and len(seen) == 4
+    for sid, done in seen:  # (a callback's own error would only be logged)
+        assert sid in done, f"source#{sid} was told done before its commit"

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,7 @@ class Durable:
         self.dirs: dict[str, Path] = {}
         self.shared = False
         self.pending: list[BatchRow] = []  # ended, not yet committed
+        self.waiting: list[Callable[[], None]] = []  # told once the next commit is made
         self.timer: asyncio.TimerHandle | None = None
 
     # -- the start ---------------------------------------------------------------
@@ -218,6 +219,9 @@ class Durable:
         rows, self.pending = self.pending, []
         if rows and self.store is not None:
             self.store.commit(rows)
+        told, self.waiting = self.waiting, []
+        for tell in told:  # the batches' events, now that they are durable
+            tell()
 
     @staticmethod
     def discard(files: Iterable[str]) -> None:

@@ -1051,12 +1051,22 @@ class Engine:
             status = "failed"
         if self.durable is not None:
             self._record(g, status)
+        if self.emit is not None:
+            tell = functools.partial(self._tell, list(g.ids), g.error)
+            d = self.durable
+            if d is not None and d.store is not None:
+                d.waiting.append(tell)  # with a store: once the batch is durable
+            else:
+                tell()
+
+    def _tell(self, ids: list[int], error: BaseException | None) -> None:
         emit = self.emit
-        if emit is not None:
-            now = time.time()
-            kind = _DONE if g.error is None else _FAILED
-            for sid in g.ids:
-                emit(Event(kind, f"source#{sid}", 0, now, g.error))
+        if emit is None:
+            return
+        now = time.time()
+        kind = _DONE if error is None else _FAILED
+        for sid in ids:
+            emit(Event(kind, f"source#{sid}", 0, now, error))
 
     # -- the end -------------------------------------------------------------------
 
