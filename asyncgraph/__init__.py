@@ -48,6 +48,19 @@ from ._store import Store as Store
 from ._store.resume import history as history
 from ._store.resume import load as load
 from ._store.resume import plan as plan
+
+# Streams (issue 14): DataFrame batches through @g.stream stages.
+from ._stream.api import OpenStream as OpenStream
+from ._stream.api import open_stream as open_stream
+from ._stream.api import plan_stream as plan_stream
+from ._stream.api import run_stream as run_stream
+from ._stream.api import run_stream_sync as run_stream_sync
+from ._stream.result import Batch as Batch
+from ._stream.result import StageSummary as StageSummary
+from ._stream.result import StreamFailures as StreamFailures
+from ._stream.result import StreamPlan as StreamPlan
+from ._stream.result import StreamResult as StreamResult
+from ._stream.store import StreamReplayError as StreamReplayError
 from ._summary import Summary as Summary
 from ._sync import run_sync as run_sync
 from ._task import Kind as Kind
@@ -56,6 +69,7 @@ from ._task import Task as Task
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
     "CycleError",
     "DuplicateTaskError",
     "Event",
@@ -68,16 +82,22 @@ __all__ = [
     "MissingResultError",
     "NO_RESULT",
     "OpenRun",
+    "OpenStream",
     "PicklingError",
     "RemoteError",
     "SQLiteStore",
     "SignatureError",
+    "StageSummary",
     "State",
     "Store",
     "StoreError",
     "StoreLockedError",
     "StoreMismatchError",
     "StoredResult",
+    "StreamFailures",
+    "StreamPlan",
+    "StreamReplayError",
+    "StreamResult",
     "Summary",
     "Task",
     "TaskCancelled",
@@ -95,10 +115,14 @@ __all__ = [
     "mark_done",
     "mark_done_except",
     "open_run",
+    "open_stream",
     "plan",
+    "plan_stream",
     "reset",
     "reset_failed",
     "run",
+    "run_stream",
+    "run_stream_sync",
     "run_sync",
     "subgraph",
 ]

@@ -166,6 +166,115 @@ class BaseGraph:
 
         return decorate(fn) if fn is not None else decorate
 
+    # -- stream stages (issue 14; see asyncgraph._stream) --------------------------------
+
+    def add_stream(
+        self,
+        name: str,
+        fn: F,
+        *,
+        inputs: Iterable[str] | None = None,
+        deps: Mapping[str, str] | None = None,
+        kind: Kind | str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.1,
+        timeout: float | None = None,
+        priority: int = 0,
+        resources: Iterable[str] = (),
+        batch_size: int | None = None,
+        batch_timeout: float | None = None,
+    ) -> Task:
+        """Add a stream stage and return its definition (see :meth:`stream`)."""
+        from ._stream.define import make_stream_task
+
+        task = make_stream_task(
+            name,
+            fn,
+            inputs=inputs,
+            deps=deps,
+            kind=kind,
+            retries=retries,
+            retry_delay=retry_delay,
+            timeout=timeout,
+            priority=priority,
+            resources=resources,
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
+        )
+        self._dag = self._dag.add(task)
+        self._records[name] = PENDING_RECORD
+        return task
+
+    @overload
+    def stream(self, fn: F, /) -> F: ...
+    @overload
+    def stream(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        inputs: Iterable[str] | None = None,
+        deps: Mapping[str, str] | None = None,
+        kind: Kind | str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.1,
+        timeout: float | None = None,
+        priority: int = 0,
+        resources: Iterable[str] = (),
+        batch_size: int | None = None,
+        batch_timeout: float | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def stream(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        inputs: Iterable[str] | None = None,
+        deps: Mapping[str, str] | None = None,
+        kind: Kind | str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.1,
+        timeout: float | None = None,
+        priority: int = 0,
+        resources: Iterable[str] = (),
+        batch_size: int | None = None,
+        batch_timeout: float | None = None,
+    ) -> F | Callable[[F], F]:
+        """Decorator adding a stream stage: ``@g.stream`` or ``@g.stream(kind="cpu", ...)``.
+
+        The function's first parameter receives DataFrame batches: from the stream's
+        source if it is named ``source``, else from the stream stage it names (or from
+        each of ``inputs=[...]``: a union). Its other parameters name plain tasks (or
+        ``deps={"param": "task"}`` maps them), which run once before the stream. It
+        returns a DataFrame (an empty one passes nothing on; a sink may return None).
+        ``batch_size``
+        re-batches its input to at most that many rows per call (larger batches split,
+        smaller ones merged); ``batch_timeout`` sends a partial merge after that many
+        seconds. Run with :func:`asyncgraph.run_stream` or :func:`asyncgraph.open_stream`.
+        """
+
+        def decorate(f: F) -> F:
+            self.add_stream(
+                name if name is not None else _name_of(f),
+                f,
+                inputs=inputs,
+                deps=deps,
+                kind=kind,
+                retries=retries,
+                retry_delay=retry_delay,
+                timeout=timeout,
+                priority=priority,
+                resources=resources,
+                batch_size=batch_size,
+                batch_timeout=batch_timeout,
+            )
+            return f
+
+        return decorate(fn) if fn is not None else decorate
+
     # -- reading ----------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -22,6 +22,7 @@ from ._runner import _Run
 from ._state import ResultRef
 from ._store.resume import weights_of
 from ._store.session import StoreSink, hold, load_inputs
+from ._stream.spec import refuse_stream_tasks
 
 if TYPE_CHECKING:
     from ._executors.base import Backend
@@ -60,6 +61,7 @@ def start(
     starts; a run on a store is built once the store is read. ``extra`` hears every
     event first; ``on_run`` is given the run's ledger as soon as the run exists.
     """
+    refuse_stream_tasks(graph._dag.tasks.values(), "run")  # streams: ag.run_stream
     watch = Watch(
         options.progress,
         options.on_event,

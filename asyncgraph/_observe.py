@@ -49,7 +49,7 @@ from ._events import Emit, Event, EventKind
 from ._options import OnEvent, Progress
 from ._task import is_async_callable
 
-__all__ = ["Progress", "OnEvent", "Watch"]
+__all__ = ["Progress", "OnEvent", "StreamProgress", "Watch"]
 
 logger = logging.getLogger("asyncgraph")
 
@@ -462,3 +462,101 @@ def _callback_name(callback: Callable[..., Any]) -> str:
     name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
     module = getattr(callback, "__module__", None)
     return f"{module}.{name}" if module else str(name)
+
+
+# -- streams (issue 14) ------------------------------------------------------------------
+
+
+class StreamProgress:
+    """A stream's progress bar: source batches done, failed and cancelled, and rows/s.
+
+    Fed by the stream's batch events (``source#17``: done, failed, cancelled; queued as
+    each is read) through the same ``emit`` as any listener, and told the rows of each
+    source batch read (:meth:`rows`), which an Event does not carry. Its total is
+    ``max_batches`` when given, else open-ended. Built only when it will be shown.
+    """
+
+    def __init__(self, open_bar: Callable[[], Any]) -> None:
+        self.open_bar = open_bar
+        self.bar: Any = None
+        self.counts = dict.fromkeys(EventKind, 0)
+        self.n_rows = 0
+        self.started = 0.0
+        self.shown = 0
+        self.next_draw = 0.0
+
+    @classmethod
+    def make(cls, progress: Progress, total: int | None) -> StreamProgress | None:
+        if progress is False:
+            return None
+        jupyter = _in_jupyter()
+        if progress is True and not jupyter and not sys.stderr.isatty():
+            return None
+        try:
+            import tqdm  # noqa: F401 - only to say which extra is missing
+        except ImportError:
+            raise ImportError(
+                "progress=True needs tqdm: pip install 'asyncgraph[progress]'"
+            ) from None
+        options: dict[str, Any] = {
+            "total": total,
+            "unit": "batch",
+            "mininterval": 0,
+            "miniters": 1,
+            "dynamic_ncols": True,
+        }
+        if jupyter:
+            try:
+                import ipywidgets  # noqa: F401
+                from tqdm.notebook import tqdm as notebook_tqdm
+
+                return cls(functools.partial(notebook_tqdm, **options))
+            except ImportError:
+                pass
+        from tqdm import tqdm as text_tqdm
+
+        return cls(functools.partial(text_tqdm, file=sys.stderr, disable=False, **options))
+
+    def start(self) -> None:
+        self.bar = self.open_bar()
+        self.started = time.time()
+
+    def rows(self, n: int) -> None:
+        self.n_rows += n
+
+    def __call__(self, event: Event) -> None:
+        if not event[1].startswith("source#"):
+            return  # a stage's piece: the bar counts source batches
+        self.counts[event[0]] += 1
+        if event[3] >= self.next_draw:
+            self.draw(event[3])
+
+    def text(self, now: float) -> str:
+        c = self.counts
+        parts = [f"done {c[EventKind.DONE]}", f"failed {c[EventKind.FAILED]}"]
+        if c[EventKind.CANCELLED]:
+            parts.append(f"cancelled {c[EventKind.CANCELLED]}")
+        spent = now - self.started
+        if spent > 0:
+            parts.append(f"{self.n_rows / spent:,.0f} rows/s")
+        return " · ".join(parts)
+
+    def draw(self, now: float) -> None:
+        self.next_draw = now + REDRAW_EVERY
+        bar = self.bar
+        if bar is None:
+            return
+        c = self.counts
+        settled = c[EventKind.DONE] + c[EventKind.FAILED] + c[EventKind.CANCELLED]
+        bar.set_postfix_str(self.text(now), refresh=False)
+        if settled > self.shown:
+            bar.update(settled - self.shown)
+            self.shown = settled
+        else:
+            bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.draw(time.time())
+            self.bar.close()
+            self.bar = None

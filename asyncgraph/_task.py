@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidTaskError, MissingResultError, SignatureError
 from ._state import NO_RESULT
+from ._stream.spec import StreamSpec
 
 if TYPE_CHECKING:
     from ._state import TaskRecord
@@ -66,6 +67,8 @@ class Task:
     is_async: bool = False
     #: The dependency names, each once, in binding order (derived from args and kwargs).
     deps: tuple[str, ...] = ()
+    #: A stream stage's options (``Graph.stream``), or None for a plain task.
+    stream: StreamSpec | None = None
 
     def bind(self, records: Mapping[str, TaskRecord]) -> tuple[list[Any], dict[str, Any]]:
         """The call arguments, from the records of the (done) dependencies.
