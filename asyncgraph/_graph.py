@@ -83,12 +83,16 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        after: Iterable[str | Task] | str | Task | None = None,
     ) -> Task:
         """Add a task and return its definition.
 
         ``deps=None`` names the dependencies by the function's parameters (each without a
         default) and passes results by keyword; a list passes them positionally in that
-        order; a dict ``{"param": "task"}`` passes them by keyword.
+        order; a dict ``{"param": "task"}`` passes them by keyword. ``after`` lists
+        order-only dependencies: the task starts after they are done, without their
+        results (it is skipped if one of them fails). A :class:`Task` (what ``add``
+        returns) may stand for its name in ``deps`` and ``after``.
         """
         task = make_task(
             name,
@@ -100,6 +104,7 @@ class BaseGraph:
             timeout=timeout,
             priority=priority,
             resources=resources,
+            after=_one_or_many(after),
         )
         self._dag = self._dag.add(task)
         self._records[name] = PENDING_RECORD
@@ -126,6 +131,7 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        after: Iterable[str | Task] | str | Task | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -141,6 +147,7 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        after: Iterable[str | Task] | str | Task | None = None,
     ) -> F | Callable[[F], F]:
         """Decorator form of :meth:`add`: ``@g.task`` or ``@g.task(kind="cpu", ...)``.
 
@@ -159,6 +166,7 @@ class BaseGraph:
                 timeout=timeout,
                 priority=priority,
                 resources=resources,
+                after=after,
             )
             return f
 
@@ -205,13 +213,22 @@ class BaseGraph:
 
     def dependencies(self, name: str) -> tuple[str, ...]:
         dag = self._dag
-        dag.check_names([name], "dependencies")
+        (name,) = dag.check_names([name], "dependencies")
         return dag.tasks[name].deps
 
     def children(self, name: str) -> tuple[str, ...]:
         dag = self._dag
-        dag.check_names([name], "children")
+        (name,) = dag.check_names([name], "children")
         return dag.children(name)
+
+    def sources(self) -> tuple[str, ...]:
+        """The tasks without dependencies (where a run starts), in definition order."""
+        return tuple(n for n, t in self._dag.tasks.items() if not t.deps)
+
+    def terminals(self) -> tuple[str, ...]:
+        """The tasks nothing depends on (where a run ends), in definition order."""
+        children = self._dag.child_map()
+        return tuple(n for n in self._dag if n not in children)
 
     def descendants(self, names: Iterable[str] | str) -> set[str]:
         """All tasks downstream of ``names`` (not including them)."""
@@ -420,6 +437,14 @@ class _Tasks(Mapping[str, Task]):
 
     def __repr__(self) -> str:
         return repr(self._graph._dag.tasks)
+
+
+def _one_or_many(after: Any) -> Any:
+    """``after="load"`` (or one Task) is a list of one: order-only deps pass no results,
+    so a single name is not ambiguous as it would be for ``deps``."""
+    if isinstance(after, (str, Task)):
+        return [after]
+    return after
 
 
 def _name_of(fn: F) -> str:

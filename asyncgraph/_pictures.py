@@ -43,8 +43,11 @@ def _ids(graph: BaseGraph) -> dict[str, str]:
     return {name: f"t{i}" for i, name in enumerate(graph)}
 
 
-def _edges(graph: BaseGraph) -> list[tuple[str, str]]:
-    return [(dep, name) for name in graph for dep in graph.dependencies(name)]
+def _edges(graph: BaseGraph) -> list[tuple[str, str, bool]]:
+    """(dependency, dependent, order-only) of every edge; order-only edges (``after=``)
+    are drawn dashed: the dependent waits for the dependency but gets no result."""
+    tasks = graph.tasks
+    return [(dep, name, dep in task.after) for name, task in tasks.items() for dep in task.deps]
 
 
 # -- Mermaid ---------------------------------------------------------------------------
@@ -75,8 +78,9 @@ def to_mermaid(graph: BaseGraph) -> str:
         label = _mermaid_label(name)
         shape = f"([{label}])" if task.kind is Kind.IO else f"[{label}]"
         lines.append(f"    {ids[name]}{shape}:::{records[name].status.value}")
-    for dep, name in _edges(graph):
-        lines.append(f"    {ids[dep]} --> {ids[name]}")
+    for dep, name, order_only in _edges(graph):
+        arrow = "-.->" if order_only else "-->"
+        lines.append(f"    {ids[dep]} {arrow} {ids[name]}")
     used = {r.status for r in records.values()}
     for state in State:
         if state in used:
@@ -111,8 +115,9 @@ def to_dot(graph: BaseGraph) -> str:
             f"    {ids[name]} [label={_dot_string(name)}, shape={shape}, "
             f'fillcolor="{fill}", color="{stroke}", tooltip="{status.value}"];'
         )
-    for dep, name in _edges(graph):
-        lines.append(f"    {ids[dep]} -> {ids[name]};")
+    for dep, name, order_only in _edges(graph):
+        style = " [style=dashed]" if order_only else ""
+        lines.append(f"    {ids[dep]} -> {ids[name]}{style};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
