@@ -18,7 +18,9 @@ State it keeps
                   once shared, so an ``add`` here copies it first);
     ``_records``  name -> TaskRecord, this graph's own dict, in definition order;
     ``_origin``   the store these records were loaded from (see ``_store.resume.store_key``),
-                  or None: a run on that store takes the records as they are.
+                  or None: a run on that store takes the records as they are;
+    ``_name``     the graph's name (``Graph(name="nightly")``) or None, kept by every
+                  graph derived from it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ._exceptions import TaskFailures, UnknownTaskError
 from ._state import PENDING_RECORD, ResultRef, State, TaskRecord
 from ._task import Kind, Task, make_task
 
-__all__ = ["BaseGraph", "G", "check_graph"]
+__all__ = ["BaseGraph", "G", "check_graph", "check_graph_name"]
 
 F = Callable[..., Any]
 _G = TypeVar("_G", bound="BaseGraph")
@@ -60,14 +62,21 @@ class BaseGraph:
     :meth:`_failures` and :meth:`_insert`.
     """
 
-    __slots__ = ("_dag", "_origin", "_records")
+    __slots__ = ("_dag", "_name", "_origin", "_records")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        self._name = check_graph_name(name)
         self._dag = Dag()
         self._records: dict[str, TaskRecord] = {}
         # The store this graph's records were loaded from (see _store.resume.store_key): a run
         # on that store takes the records as they are instead of loading them again.
         self._origin: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The graph's name (``Graph(name="nightly")``), or None: shown in its repr, its
+        HTML table, the progress bar, and the store's history of its runs."""
+        return self._name
 
     # -- building ---------------------------------------------------------------------
 
@@ -271,6 +280,7 @@ class BaseGraph:
         new._dag = self._dag.freeze()
         new._records = dict(self._records if records is None else records)
         new._origin = self._origin if isinstance(origin, _Keep) else origin
+        new._name = self._name
         return new
 
     def _subset(self: _G, names: Iterable[str]) -> _G:
@@ -281,6 +291,7 @@ class BaseGraph:
         records = self._records
         new._records = {n: records[n] for n in dag}
         new._origin = self._origin
+        new._name = self._name
         return new
 
     # -- failures -----------------------------------------------------------------------
@@ -322,12 +333,35 @@ class BaseGraph:
         for r in self._records.values():
             counts[r.status.value] = counts.get(r.status.value, 0) + 1
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        return f"<Graph {len(self)} tasks" + (f": {detail}>" if detail else ">")
+        named = "" if self._name is None else f" {self._name!r}"
+        return f"<Graph{named} {len(self)} tasks" + (f": {detail}>" if detail else ">")
 
     def _record_copy(self) -> dict[str, TaskRecord]:
         """The records as a dict of the caller's own (package-internal: a run's ledger
         works on one)."""
         return dict(self._records)
+
+
+def check_graph_name(name: Any) -> str | None:
+    """``name`` if it can name a graph (a non-empty str, or None); else TypeError or
+    ValueError saying what to pass. A name is stored and printed: one line of text."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"Graph(name=...): a name is a str, not {type(name).__name__}")
+    if not name.strip() or any(c in name for c in "\r\n\0"):
+        raise ValueError(
+            f"Graph(name=...): {name!r} cannot name a graph: give one line of text "
+            "(not empty, no newline or NUL), e.g. Graph(name='nightly')"
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"Graph(name=...): {name!r} has a lone surrogate, which UTF-8 cannot encode "
+            "(the store keeps the name as UTF-8 text): name the graph without it"
+        ) from None
+    return name
 
 
 def check_graph(graph: Any, caller: str = "run") -> None:

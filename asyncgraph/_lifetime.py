@@ -10,6 +10,8 @@ in one straight path.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from ._executors.base import Backend
     from ._store.protocol import Store
 
-__all__ = ["OnRun", "RunRecords", "run", "start"]
+__all__ = ["OnRun", "RunRecords", "require_asyncio", "run", "start"]
 
 
 class RunRecords(Protocol):
@@ -66,6 +68,7 @@ def start(
         deadline=options.deadline,
         grace=options.cancel_grace,
         extra=extra,
+        label=graph.name,
     )
     the_run = None
     if options.store is None:
@@ -109,6 +112,32 @@ async def _lifetime(
             return await the_run.run()
 
 
+def require_asyncio(caller: str) -> None:
+    """RuntimeError, in one sentence, unless an asyncio loop runs in this thread.
+
+    Awaited under trio, a run would fail deep inside with "no running event loop";
+    sniffio (anyio's own detection, when installed) names the library that runs instead.
+    One C call when all is well.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return
+    try:  # sniffio comes with trio (anyio does not need it): imported by name
+        library: str | None = importlib.import_module("sniffio").current_async_library()
+    except Exception:  # noqa: BLE001 - not installed, or no library it knows
+        library = None
+    this = f"this is {library}" if library else "no asyncio event loop runs in this thread"
+    raise RuntimeError(
+        f"{caller}: asyncgraph runs on asyncio and {this}; start the program with "
+        "anyio.run(main, backend='asyncio') or asyncio.run(main()), or, from trio, await "
+        "it through trio-asyncio (trio_asyncio.aio_as_trio) or in a thread "
+        "(await trio.to_thread.run_sync(ag.run_sync, graph))"
+    )
+
+
 async def run(
     graph: G,
     *,
@@ -142,6 +171,7 @@ async def run(
     recorded there, and tasks already done there with an unchanged fingerprint are
     reused instead of run (see :func:`load` and ``docs/store.md``).
     """
+    require_asyncio("run")
     check_graph(graph)
     options = RunOptions(
         max_io=max_io,

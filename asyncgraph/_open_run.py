@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, cast
 
 from ._events import Event, EventKind
 from ._graph import G, check_graph
-from ._lifetime import RunRecords, start
+from ._lifetime import RunRecords, require_asyncio, start
 from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._shield import wait_to_the_end
 
@@ -68,6 +68,7 @@ class OpenRun(Generic[G]):
     async def __aenter__(self) -> OpenRun[G]:
         if self._task is not None:
             raise RuntimeError("an OpenRun can be entered only once")
+        require_asyncio("open_run")
         run = start(self._graph, self._options, extra=self._record, on_run=self._attach)
         self._task = asyncio.get_running_loop().create_task(run)
         self._task.add_done_callback(self._ended)

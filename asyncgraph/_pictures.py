@@ -257,7 +257,10 @@ def plot_timeline(graph: BaseGraph, ax: Any = None) -> Any:
         )
         ax.text(left, row["lane"], f" {row['name']}", va="center", ha="left", fontsize=8)
     ax.set_xlabel("seconds since the first start")
-    ax.set_ylabel("lane")
+    # One tick per lane, at the whole numbers the bars sit on (matplotlib's own locator
+    # would put ticks at 0.0, 0.5, 1.0 ...), labelled with the lane's number.
+    ax.set_yticks(range(lanes), [str(i) for i in range(lanes)])
+    ax.set_ylabel("lane (tasks that ran at once)")
     ax.invert_yaxis()
     ax.set_title("timeline (hatched: cpu)")
     return ax

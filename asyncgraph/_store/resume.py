@@ -16,6 +16,7 @@ rest. A graph that was loaded (and perhaps rewritten) runs as it is.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -394,13 +395,15 @@ def _compare(graph: BaseGraph, other: Mapping[str, str] | BaseGraph) -> pd.DataF
 
 
 def history(store: str | os.PathLike[str] | Store) -> pd.DataFrame:
-    """Every run in ``store``: run id, start, end (UTC), status and counts by status."""
+    """Every run in ``store``: run id, the graph's name (``Graph(name=...)``, or missing),
+    start, end (UTC), status and counts by status."""
     import pandas as pd
 
     the_store = open_store(store)
     runs = the_store.runs()
     columns = [
         "run",
+        "graph",
         "started",
         "finished",
         "duration_s",
@@ -419,6 +422,7 @@ def history(store: str | os.PathLike[str] | Store) -> pd.DataFrame:
         rows.append(
             {
                 "run": r.id,
+                "graph": r.graph,
                 "started": _ts(r.started),
                 "finished": _ts(r.finished),
                 "duration_s": None if r.finished is None else r.finished - r.started,
@@ -434,6 +438,12 @@ def history(store: str | os.PathLike[str] | Store) -> pd.DataFrame:
             }
         )
     frame = pd.DataFrame(rows, columns=columns)
+    # The name is text or missing, NaN as in to_frame().error: pandas' text dtype, whether
+    # any run was named or none was (pandas would infer str, object or float).
+    text: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+    frame["graph"] = pd.Series(
+        [math.nan if r["graph"] is None else r["graph"] for r in rows], dtype=text
+    )
     frame["started"] = pd.to_datetime(frame["started"], utc=True)
     frame["finished"] = pd.to_datetime(frame["finished"], utc=True)
     return frame.astype({"duration_s": "float64"})
