@@ -114,7 +114,7 @@ class Dag:
         state = "frozen" if self._frozen else "open"
         return f"<Dag of {len(self._tasks)} tasks ({state})>"
 
-    def check_names(self, names: Iterable[str] | str, where: str) -> list[str]:
+    def check_names(self, names: Iterable[str | Task] | str | Task, where: str) -> list[str]:
         """``names`` as a list, or TypeError / :class:`UnknownTaskError` naming ``where``.
 
         One name or an iterable of names; every unknown name is listed at once. A

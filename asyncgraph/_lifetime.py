@@ -33,7 +33,8 @@ __all__ = ["OnRun", "RunRecords", "require_asyncio", "run", "start"]
 
 
 class RunRecords(Protocol):
-    """What an open run reads of a run in progress (see ``_open_run``): its ledger."""
+    """What an open run reads of a run in progress (see ``_open_run``): its records,
+    through the run, which can also cancel one of its tasks."""
 
     def snapshot(self) -> BaseGraph:
         """The Graph so far: every task as its latest record has it."""
@@ -43,8 +44,12 @@ class RunRecords(Protocol):
         """The result of a task that is done."""
         ...
 
+    def cancel_task(self, name: str) -> bool:
+        """Cancel one task, the rest going on; False if it has ended already."""
+        ...
 
-#: ``on_run=``: given the run's ledger as soon as the run exists.
+
+#: ``on_run=``: given the run (its records, ``cancel_task``) as soon as it exists.
 OnRun: TypeAlias = Callable[[RunRecords], None]
 
 
@@ -60,7 +65,7 @@ def start(
     A run without a store is built here, so what is wrong with the graph (a cycle, a CPU
     task that cannot be pickled) is raised by the caller's own call, before anything
     starts; a run on a store is built once the store is read. ``extra`` hears every
-    event first; ``on_run`` is given the run's ledger as soon as the run exists.
+    event first; ``on_run`` is given the run as soon as it exists.
     """
     watch = Watch(
         options.progress,
@@ -74,7 +79,7 @@ def start(
     if options.store is None:
         the_run = _Run(graph, options, emit=watch.emit)
         if on_run is not None:
-            on_run(the_run.ledger)
+            on_run(the_run)
     # Every graph the run derives is of the caller's class (``_derive``: ``type(self)``).
     return cast("Coroutine[Any, Any, G]", _lifetime(watch, graph, options, the_run, on_run))
 
@@ -108,7 +113,7 @@ async def _lifetime(
                 sink=StoreSink(store, loaded),
             )
             if on_run is not None:
-                on_run(the_run.ledger)
+                on_run(the_run)
             return await the_run.run()
 
 

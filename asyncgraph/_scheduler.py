@@ -367,6 +367,23 @@ class Scheduler:
             ) from None
         heapq.heappush(self._lanes[self._tasks[name].kind].heap, (self._keys[name], name))
 
+    def drop(self, name: str) -> list[str]:
+        """Take ``name``, a task still to run that is not running (waiting for its
+        dependencies, in line, parked on a limit, or waiting to retry), out of the run:
+        it will not start. Return its descendants to skip (as for a failure)."""
+        if name not in self._waiting or name in self._running:
+            raise ValueError(f"drop({name!r}): the task is not waiting to run")
+        self._retrying.discard(name)
+        for heap in (*(lane.heap for lane in self._lane_order), *self._blocked.values()):
+            for i, (_, n) in enumerate(heap):
+                if n == name:
+                    heap[i] = heap[-1]
+                    heap.pop()
+                    heapq.heapify(heap)
+                    break
+        del self._waiting[name]
+        return self._skip_below(name)
+
     def cancel(self) -> tuple[list[str], list[str]]:
         """Stop everything: return (tasks that were running, tasks never started).
 
