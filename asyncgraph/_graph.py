@@ -101,8 +101,14 @@ class BaseGraph:
         order; a dict ``{"param": "task"}`` passes them by keyword. ``after`` lists
         order-only dependencies: the task starts after they are done, without their
         results (it is skipped if one of them fails). A :class:`Task` (what ``add``
-        returns) may stand for its name in ``deps`` and ``after``.
+        returns) may stand for its name in ``deps`` and ``after``, and so may a function
+        that ``@g.task`` decorated in this graph (what the decorator returns).
         """
+        if deps is not None and not isinstance(deps, (str, Mapping)):
+            deps = self._tasks_of_functions(deps)
+        order_only = _one_or_many(after)
+        if order_only is not None:
+            order_only = self._tasks_of_functions(order_only)
         task = make_task(
             name,
             fn,
@@ -113,11 +119,29 @@ class BaseGraph:
             timeout=timeout,
             priority=priority,
             resources=resources,
-            after=_one_or_many(after),
+            after=order_only,
         )
         self._dag = self._dag.add(task)
         self._records[name] = PENDING_RECORD
         return task
+
+    def _tasks_of_functions(self, names: Any) -> Any:
+        """``names`` with each function that is one task's function in this graph (as
+        ``@g.task`` returns it) replaced by that task; anything else as it is. Only when
+        an item is not a str or Task, so a plain list of names costs one pass."""
+        if not isinstance(names, Iterable) or isinstance(names, str):
+            return names
+        items = list(names)
+        if all(isinstance(n, (str, Task)) for n in items):
+            return items
+        by_fn: dict[int, list[Task]] = {}
+        for t in self._dag.tasks.values():
+            by_fn.setdefault(id(t.fn), []).append(t)
+        out = []
+        for n in items:
+            found = by_fn.get(id(n)) if callable(n) and not isinstance(n, Task) else None
+            out.append(found[0] if found is not None and len(found) == 1 else n)
+        return out
 
     def _insert(self, task: Task, record: TaskRecord = PENDING_RECORD) -> None:
         """Add a built task with a record (package-internal: ``create_graph``)."""
@@ -476,8 +500,8 @@ class _Tasks(Mapping[str, Task]):
 def _one_or_many(after: Any) -> Any:
     """``after="load"`` (or one Task) is a list of one: order-only deps pass no results,
     so a single name is not ambiguous as it would be for ``deps``."""
-    if isinstance(after, (str, Task)):
-        return [after]
+    if isinstance(after, (str, Task)) or (callable(after) and not isinstance(after, Iterable)):
+        return [after]  # one name, Task, or decorated function
     return after
 
 

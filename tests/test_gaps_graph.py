@@ -166,6 +166,27 @@ def test_a_task_object_stands_for_its_name_everywhere():
     assert ag.reset(g, [a]).status["a"] is ag.State.PENDING
 
 
+async def test_a_decorated_function_stands_for_its_task_in_deps_and_after():
+    g = ag.Graph()
+
+    @g.task
+    async def load() -> int:
+        return 4
+
+    @g.task(after=[load])
+    async def cleanup() -> str:
+        return "ok"
+
+    g.add("double", lambda x: x * 2, deps=[load], after=cleanup)
+    assert g.tasks["double"].args == ("load",) and g.tasks["double"].after == ("cleanup",)
+    assert (await ag.run(g)).results["double"] == 8
+    shared = ag.Graph()
+    shared.add("x", _one)
+    shared.add("y", _one)  # two tasks share _one: it names neither
+    with pytest.raises(ag.InvalidTaskError, match="found function"):
+        shared.add("z", _two, after=[_one])
+
+
 def test_a_wrong_type_gets_one_line_naming_the_parameter_not_a_task_repr():
     g = ag.Graph()
     a = g.add("a", _one)
