@@ -131,6 +131,8 @@ class BaseGraph:
         an item is not a str or Task, so a plain list of names costs one pass."""
         if not isinstance(names, Iterable) or isinstance(names, str):
             return names
+        if isinstance(names, (set, frozenset)):
+            return names  # no order: make_task refuses it for deps, saying why
         items = list(names)
         if all(isinstance(n, (str, Task)) for n in items):
             return items

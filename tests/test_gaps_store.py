@@ -154,6 +154,8 @@ def test_fingerprints_and_plan_against_another_graph():
     assert by_graph.loc["a", "reason"] == "code changed"
     assert by_graph.loc["b", "reason"] == "upstream changed (a)"
     assert by_graph.loc["c", "reason"] == "unchanged"
+    positional = ag.plan(new, old).set_index("name")  # two graphs: no store
+    assert positional.equals(by_graph)
     by_dict = ag.plan(new, fingerprints=fps).set_index("name")
     assert by_dict["action"].to_dict() == by_graph["action"].to_dict()
     assert by_dict.loc["a", "reason"] == "code or dependencies changed"

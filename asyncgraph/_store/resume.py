@@ -262,7 +262,7 @@ def fingerprints(graph: BaseGraph) -> dict[str, str]:
 
 def plan(
     graph: BaseGraph,
-    store: str | os.PathLike[str] | Store | None = None,
+    store: str | os.PathLike[str] | Store | BaseGraph | None = None,
     *,
     fingerprints: Mapping[str, str] | BaseGraph | None = None,
 ) -> pd.DataFrame:
@@ -273,7 +273,8 @@ def plan(
     Reads the store only; nothing is unpickled or written.
 
     Without a store, ``fingerprints=`` compares ``graph`` with another graph (or with the
-    fingerprints :func:`fingerprints` took of one): a task whose fingerprint is unchanged
+    fingerprints :func:`fingerprints` took of one; ``plan(graph, other_graph)`` is the
+    same as ``plan(graph, fingerprints=other_graph)``): a task whose fingerprint is unchanged
     is ``reuse``, any other ``run``, with why (``new``, ``code changed``, ``upstream
     changed (names)``, ``dependencies changed``: other ones, or bound otherwise).
     Columns: name, kind, action, reason, fingerprint, before (the other's fingerprint,
@@ -282,6 +283,8 @@ def plan(
     import pandas as pd
 
     check_graph(graph, "plan")
+    if isinstance(store, BaseGraph) and fingerprints is None:
+        store, fingerprints = None, store  # plan(new, old): two graphs, no store
     if fingerprints is not None:
         if store is not None:
             raise TypeError(
