@@ -129,10 +129,14 @@ class BaseGraph:
         """``names`` with each function that is one task's function in this graph (as
         ``@g.task`` returns it) replaced by that task; anything else as it is. Only when
         an item is not a str or Task, so a plain list of names costs one pass."""
-        if not isinstance(names, Iterable) or isinstance(names, str):
-            return names
-        if isinstance(names, (set, frozenset)):
-            return names  # no order: make_task refuses it for deps, saying why
+        if type(names) is list:  # the common case, by far: a list of names
+            for n in names:
+                if type(n) is not str:
+                    break
+            else:
+                return names
+        if not isinstance(names, Iterable) or isinstance(names, (str, set, frozenset)):
+            return names  # a set has no order: make_task refuses it for deps, saying why
         items = list(names)
         if all(isinstance(n, (str, Task)) for n in items):
             return items

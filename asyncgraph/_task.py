@@ -343,12 +343,15 @@ def make_task(
     if len(set(args)) != len(args):
         dup = sorted({a for a in args if args.count(a) > 1})
         raise InvalidTaskError(name, f"deps lists {dup} more than once")
-    order_only = () if after is None else _as_names(name, "after", after)
-    if len(set(order_only)) != len(order_only):
-        dup = sorted({a for a in order_only if order_only.count(a) > 1})
-        raise InvalidTaskError(name, f"after lists {dup} more than once")
-    # A name that is also a data dependency is waited for already: it stays one of those.
-    order_only = tuple(a for a in order_only if a not in args and a not in dict(kwargs).values())
+    order_only: tuple[str, ...] = ()
+    if after is not None:
+        order_only = _as_names(name, "after", after)
+        if len(set(order_only)) != len(order_only):
+            dup = sorted({a for a in order_only if order_only.count(a) > 1})
+            raise InvalidTaskError(name, f"after lists {dup} more than once")
+        # A name that is also a data dependency is waited for already: it stays one.
+        bound = {*args, *(t for _, t in kwargs)}
+        order_only = tuple(a for a in order_only if a not in bound)
     if name in args or name in (t for _, t in kwargs) or name in order_only:
         from ._exceptions import CycleError
 
