@@ -84,6 +84,8 @@ class _Run:
         clock      wall time, timers and time limits; ``uniform``: the backoff jitter
         failure    the task that ended a fail_fast run; ``fatal``: a task's
                    KeyboardInterrupt/SystemExit, raised when the run is over
+        cancelled_by_name  running tasks ``cancel_task`` cancelled (OpenRun.cancel(name)):
+                   their cancellation is recorded, not taken for one from inside
     """
 
     def __init__(
@@ -274,6 +276,7 @@ class _Run:
             tries <= task.retries
             and self.failure is None
             and not self.children.stopping
+            and name not in self.cancelled_by_name  # it caught the cancel, then failed
             # these would fail again
             and not isinstance(
                 msg.value, (UnstorableResultError, MissingResultError, UnpicklingError)
@@ -302,11 +305,11 @@ class _Run:
             return False
         if name in core.running:
             for child, n in self.children.running.items():
-                if n == name:
+                if n == name and not child.done():
                     self.cancelled_by_name.add(name)
                     child.cancel()  # its done-callback records it (see _child_done)
                     return True
-            return False  # ended, its report still queued: it stands as it ended
+            return False  # ended, its report still to come: it stands as it ended
         if name not in core.pending():
             return False  # done, failed, skipped or cancelled already
         timer = self.children.timers.pop(name, None)

@@ -200,3 +200,27 @@ def test_scheduler_drop_takes_a_waiting_task_out_wherever_it_waits():
     assert [t.name for t in s.get_ready()] == ["a"]
     s.done("a")
     assert not s.is_active() and s.get_ready() == []
+
+
+async def test_a_task_that_catches_the_cancel_and_fails_is_not_retried():
+    g = ag.Graph()
+    tries: list[int] = []
+    inside = asyncio.Event()
+
+    @g.task(retries=3, retry_delay=0)
+    async def stubborn() -> None:
+        tries.append(1)
+        if len(tries) > 1:
+            return  # a retry (a bug) ends at once, so the test fails instead of hanging
+        inside.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("cleanup failed") from None
+
+    async with ag.open_run(g) as r:
+        await inside.wait()  # in its try block (STARTED is sent before its first step)
+        assert r.cancel("stubborn") is True
+    assert r.graph.status == {"stubborn": ag.State.FAILED}
+    assert "cleanup failed" in str(r.graph.errors["stubborn"])
+    assert len(tries) == 1  # a cancel is not retried, however the task ended
