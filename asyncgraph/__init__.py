@@ -45,6 +45,7 @@ from ._state import StoredResult as StoredResult
 from ._state import TaskRecord as TaskRecord
 from ._store import SQLiteStore as SQLiteStore
 from ._store import Store as Store
+from ._store.resume import fingerprints as fingerprints  # issue 16: API gaps
 from ._store.resume import history as history
 from ._store.resume import load as load
 from ._store.resume import plan as plan
@@ -110,6 +111,7 @@ __all__ = [
     "UnstorableResultError",
     "WorkerDiedError",
     "create_graph",
+    "fingerprints",
     "history",
     "load",
     "mark_done",

@@ -40,7 +40,8 @@ class Graph(BaseGraph):
 
     Define tasks with the :meth:`task` decorator or :meth:`add`; run with
     :func:`asyncgraph.run` (or :meth:`run`), which returns a new Graph carrying the
-    results, errors and timings.
+    results, errors and timings. ``Graph(name="nightly")`` names it: the name shows in
+    its repr and HTML table, on the progress bar, and in the store's history.
     """
 
     __slots__ = ()
@@ -183,8 +184,10 @@ def create_graph(
     io_bound: Iterable[str] | None = None,
     done: Iterable[str] | None = None,
     results: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
 ) -> Graph:
-    """Build a Graph in taskmap's dict style.
+    """Build a Graph in taskmap's dict style (``name`` names it, as ``Graph(name=...)``).
 
     ``dependencies[name]`` lists the tasks whose results are passed positionally, in that
     order; a ``None`` result is not passed. Tasks in ``io_bound`` are IO tasks (coroutines
@@ -209,8 +212,8 @@ def create_graph(
         raise UnknownTaskError(
             sorted(unknown), where="create_graph: names without a function in funcs"
         )
-    g = Graph()
-    for name, fn in funcs.items():
+    g = Graph(name=name)
+    for name, fn in funcs.items():  # the graph's name was used above
         deps = dependencies.get(name, ())
         if isinstance(deps, str) or not isinstance(deps, Iterable):
             raise InvalidTaskError(

@@ -18,7 +18,9 @@ State it keeps
                   once shared, so an ``add`` here copies it first);
     ``_records``  name -> TaskRecord, this graph's own dict, in definition order;
     ``_origin``   the store these records were loaded from (see ``_store.resume.store_key``),
-                  or None: a run on that store takes the records as they are.
+                  or None: a run on that store takes the records as they are;
+    ``_name``     the graph's name (``Graph(name="nightly")``) or None, kept by every
+                  graph derived from it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ._exceptions import TaskFailures, UnknownTaskError
 from ._state import PENDING_RECORD, ResultRef, State, TaskRecord
 from ._task import Kind, Task, make_task
 
-__all__ = ["BaseGraph", "G", "check_graph"]
+__all__ = ["BaseGraph", "G", "check_graph", "check_graph_name"]
 
 F = Callable[..., Any]
 #: The decorated function's own type: ``@g.task`` hands it back as it came (issue 16).
@@ -62,14 +64,21 @@ class BaseGraph:
     :meth:`_failures` and :meth:`_insert`.
     """
 
-    __slots__ = ("_dag", "_origin", "_records")
+    __slots__ = ("_dag", "_name", "_origin", "_records")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        self._name = check_graph_name(name)
         self._dag = Dag()
         self._records: dict[str, TaskRecord] = {}
         # The store this graph's records were loaded from (see _store.resume.store_key): a run
         # on that store takes the records as they are instead of loading them again.
         self._origin: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The graph's name (``Graph(name="nightly")``), or None: shown in its repr, its
+        HTML table, the progress bar, and the store's history of its runs."""
+        return self._name
 
     # -- building ---------------------------------------------------------------------
 
@@ -85,13 +94,23 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        after: Iterable[str | Task] | str | Task | None = None,
     ) -> Task:
         """Add a task and return its definition.
 
         ``deps=None`` names the dependencies by the function's parameters (each without a
         default) and passes results by keyword; a list passes them positionally in that
-        order; a dict ``{"param": "task"}`` passes them by keyword.
+        order; a dict ``{"param": "task"}`` passes them by keyword. ``after`` lists
+        order-only dependencies: the task starts after they are done, without their
+        results (it is skipped if one of them fails). A :class:`Task` (what ``add``
+        returns) may stand for its name in ``deps`` and ``after``, and so may a function
+        that ``@g.task`` decorated in this graph (what the decorator returns).
         """
+        if deps is not None and not isinstance(deps, (str, Mapping)):
+            deps = self._tasks_of_functions(deps)
+        order_only = _one_or_many(after)
+        if order_only is not None:
+            order_only = self._tasks_of_functions(order_only)
         task = make_task(
             name,
             fn,
@@ -102,10 +121,35 @@ class BaseGraph:
             timeout=timeout,
             priority=priority,
             resources=resources,
+            after=order_only,
         )
         self._dag = self._dag.add(task)
         self._records[name] = PENDING_RECORD
         return task
+
+    def _tasks_of_functions(self, names: Any) -> Any:
+        """``names`` with each function that is one task's function in this graph (as
+        ``@g.task`` returns it) replaced by that task; anything else as it is. Only when
+        an item is not a str or Task, so a plain list of names costs one pass."""
+        if type(names) is list:  # the common case, by far: a list of names
+            for n in names:
+                if type(n) is not str:
+                    break
+            else:
+                return names
+        if not isinstance(names, Iterable) or isinstance(names, (str, set, frozenset)):
+            return names  # a set has no order: make_task refuses it for deps, saying why
+        items = list(names)
+        if all(isinstance(n, (str, Task)) for n in items):
+            return items
+        by_fn: dict[int, list[Task]] = {}
+        for t in self._dag.tasks.values():
+            by_fn.setdefault(id(t.fn), []).append(t)
+        out = []
+        for n in items:
+            found = by_fn.get(id(n)) if callable(n) and not isinstance(n, Task) else None
+            out.append(found[0] if found is not None and len(found) == 1 else n)
+        return out
 
     def _insert(self, task: Task, record: TaskRecord = PENDING_RECORD) -> None:
         """Add a built task with a record (package-internal: ``create_graph``)."""
@@ -128,6 +172,7 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        after: Iterable[str | Task] | str | Task | None = None,
     ) -> Callable[[_TF], _TF]: ...
 
     def task(
@@ -143,6 +188,7 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
+        after: Iterable[str | Task] | str | Task | None = None,
     ) -> F | Callable[[F], F]:
         """Decorator form of :meth:`add`: ``@g.task`` or ``@g.task(kind="cpu", ...)``.
 
@@ -161,6 +207,7 @@ class BaseGraph:
                 timeout=timeout,
                 priority=priority,
                 resources=resources,
+                after=after,
             )
             return f
 
@@ -318,14 +365,23 @@ class BaseGraph:
     def dependencies(self, name: str) -> tuple[str, ...]:
         """The tasks ``name`` depends on, in binding order."""
         dag = self._dag
-        dag.check_names([name], "dependencies")
+        (name,) = dag.check_names([name], "dependencies")
         return dag.tasks[name].deps
 
     def children(self, name: str) -> tuple[str, ...]:
         """The tasks that depend directly on ``name``."""
         dag = self._dag
-        dag.check_names([name], "children")
+        (name,) = dag.check_names([name], "children")
         return dag.children(name)
+
+    def sources(self) -> tuple[str, ...]:
+        """The tasks without dependencies (where a run starts), in definition order."""
+        return tuple(n for n, t in self._dag.tasks.items() if not t.deps)
+
+    def terminals(self) -> tuple[str, ...]:
+        """The tasks nothing depends on (where a run ends), in definition order."""
+        children = self._dag.child_map()
+        return tuple(n for n in self._dag if n not in children)
 
     def descendants(self, names: Iterable[str] | str) -> set[str]:
         """All tasks downstream of ``names`` (not including them)."""
@@ -368,6 +424,7 @@ class BaseGraph:
         new._dag = self._dag.freeze()
         new._records = dict(self._records if records is None else records)
         new._origin = self._origin if isinstance(origin, _Keep) else origin
+        new._name = self._name
         return new
 
     def _subset(self: _G, names: Iterable[str]) -> _G:
@@ -378,6 +435,7 @@ class BaseGraph:
         records = self._records
         new._records = {n: records[n] for n in dag}
         new._origin = self._origin
+        new._name = self._name
         return new
 
     # -- failures -----------------------------------------------------------------------
@@ -419,12 +477,35 @@ class BaseGraph:
         for r in self._records.values():
             counts[r.status.value] = counts.get(r.status.value, 0) + 1
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        return f"<Graph {len(self)} tasks" + (f": {detail}>" if detail else ">")
+        named = "" if self._name is None else f" {self._name!r}"
+        return f"<Graph{named} {len(self)} tasks" + (f": {detail}>" if detail else ">")
 
     def _record_copy(self) -> dict[str, TaskRecord]:
         """The records as a dict of the caller's own (package-internal: a run's ledger
         works on one)."""
         return dict(self._records)
+
+
+def check_graph_name(name: Any) -> str | None:
+    """``name`` if it can name a graph (a non-empty str, or None); else TypeError or
+    ValueError saying what to pass. A name is stored and printed: one line of text."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"Graph(name=...): a name is a str, not {type(name).__name__}")
+    if not name.strip() or any(c in name for c in "\r\n\0"):
+        raise ValueError(
+            f"Graph(name=...): {name!r} cannot name a graph: give one line of text "
+            "(not empty, no newline or NUL), e.g. Graph(name='nightly')"
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"Graph(name=...): {name!r} has a lone surrogate, which UTF-8 cannot encode "
+            "(the store keeps the name as UTF-8 text): name the graph without it"
+        ) from None
+    return name
 
 
 def check_graph(graph: Any, caller: str = "run") -> None:
@@ -534,6 +615,14 @@ class _Tasks(Mapping[str, Task]):
 
     def __repr__(self) -> str:
         return repr(self._graph._dag.tasks)
+
+
+def _one_or_many(after: Any) -> Any:
+    """``after="load"`` (or one Task) is a list of one: order-only deps pass no results,
+    so a single name is not ambiguous as it would be for ``deps``."""
+    if isinstance(after, (str, Task)) or (callable(after) and not isinstance(after, Iterable)):
+        return [after]  # one name, Task, or decorated function
+    return after
 
 
 def _name_of(fn: F) -> str:

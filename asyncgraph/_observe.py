@@ -90,7 +90,7 @@ class _Progress:
         self.next_draw = 0.0
 
     @classmethod
-    def make(cls, progress: Progress) -> _Progress | None:
+    def make(cls, progress: Progress, label: str | None = None) -> _Progress | None:
         if progress is False:
             return None
         jupyter = _in_jupyter()
@@ -109,6 +109,8 @@ class _Progress:
             "miniters": 1,
             "dynamic_ncols": True,
         }
+        if label is not None:
+            options["desc"] = label  # the graph's name (Graph(name=...)), left of the bar
         if jupyter:
             try:
                 import ipywidgets  # noqa: F401 - tqdm's notebook bar is a widget
@@ -386,8 +388,9 @@ class Watch:
         deadline: float | None = None,
         grace: float | None = None,
         extra: Emit | None = None,
+        label: str | None = None,
     ) -> None:
-        self.progress = _Progress.make(progress)
+        self.progress = _Progress.make(progress, label)
         self.relay: _Relay | None = None
         self.deadline = deadline
         self.grace = None if grace is None or math.isinf(grace) else grace

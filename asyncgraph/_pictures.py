@@ -43,8 +43,11 @@ def _ids(graph: BaseGraph) -> dict[str, str]:
     return {name: f"t{i}" for i, name in enumerate(graph)}
 
 
-def _edges(graph: BaseGraph) -> list[tuple[str, str]]:
-    return [(dep, name) for name in graph for dep in graph.dependencies(name)]
+def _edges(graph: BaseGraph) -> list[tuple[str, str, bool]]:
+    """(dependency, dependent, order-only) of every edge; order-only edges (``after=``)
+    are drawn dashed: the dependent waits for the dependency but gets no result."""
+    tasks = graph.tasks
+    return [(dep, name, dep in task.after) for name, task in tasks.items() for dep in task.deps]
 
 
 # -- Mermaid ---------------------------------------------------------------------------
@@ -75,8 +78,9 @@ def to_mermaid(graph: BaseGraph) -> str:
         label = _mermaid_label(name)
         shape = f"([{label}])" if task.kind is Kind.IO else f"[{label}]"
         lines.append(f"    {ids[name]}{shape}:::{records[name].status.value}")
-    for dep, name in _edges(graph):
-        lines.append(f"    {ids[dep]} --> {ids[name]}")
+    for dep, name, order_only in _edges(graph):
+        arrow = "-.->" if order_only else "-->"
+        lines.append(f"    {ids[dep]} {arrow} {ids[name]}")
     used = {r.status for r in records.values()}
     for state in State:
         if state in used:
@@ -111,8 +115,9 @@ def to_dot(graph: BaseGraph) -> str:
             f"    {ids[name]} [label={_dot_string(name)}, shape={shape}, "
             f'fillcolor="{fill}", color="{stroke}", tooltip="{status.value}"];'
         )
-    for dep, name in _edges(graph):
-        lines.append(f"    {ids[dep]} -> {ids[name]};")
+    for dep, name, order_only in _edges(graph):
+        style = " [style=dashed]" if order_only else ""
+        lines.append(f"    {ids[dep]} -> {ids[name]}{style};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -252,7 +257,10 @@ def plot_timeline(graph: BaseGraph, ax: Any = None) -> Any:
         )
         ax.text(left, row["lane"], f" {row['name']}", va="center", ha="left", fontsize=8)
     ax.set_xlabel("seconds since the first start")
-    ax.set_ylabel("lane")
+    # One tick per lane, at the whole numbers the bars sit on (matplotlib's own locator
+    # would put ticks at 0.0, 0.5, 1.0 ...), labelled with the lane's number.
+    ax.set_yticks(range(lanes), [str(i) for i in range(lanes)])
+    ax.set_ylabel("lane (tasks that ran at once)")
     ax.invert_yaxis()
     ax.set_title("timeline (hatched: cpu)")
     return ax

@@ -18,9 +18,9 @@ def test_all_is_pinned():
         "StreamFailures", "StreamPlan", "StreamReplayError", "StreamResult", "Summary",
         "Task", "TaskCancelled", "TaskError", "TaskFailures", "TaskRecord", "Terminated",
         "UnknownTaskError", "UnpicklingError", "UnstorableResultError", "WorkerDiedError",
-        "create_graph", "history", "load", "mark_done", "mark_done_except", "open_run",
-        "open_stream", "plan", "plan_stream", "reset", "reset_failed", "run", "run_stream",
-        "run_stream_sync", "run_sync", "subgraph",
+        "create_graph", "fingerprints", "history", "load", "mark_done", "mark_done_except",
+        "open_run", "open_stream", "plan", "plan_stream", "reset", "reset_failed", "run",
+        "run_stream", "run_stream_sync", "run_sync", "subgraph",
     ]
     for name in ag.__all__:
         assert getattr(ag, name).__module__.startswith("asyncgraph")

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from .._graph import BaseGraph, check_graph
+from .._lifetime import require_asyncio
 from .._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from .._shield import wait_to_the_end
 from .._sync import _run_in_helper_thread, _run_on_new_loop, _Signals
@@ -147,6 +148,7 @@ class OpenStream:
     async def __aenter__(self) -> OpenStream:
         if self._task is not None:
             raise RuntimeError("an OpenStream can be entered only once")
+        require_asyncio("open_stream")
         self._task = asyncio.get_running_loop().create_task(self._engine.run())
         return self
 
@@ -323,6 +325,7 @@ async def run_stream(
         backend=backend,
         cancel_grace=cancel_grace,
     )
+    require_asyncio("run_stream")
     return await engine.run()
 
 
