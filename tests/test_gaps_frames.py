@@ -126,7 +126,9 @@ def test_a_stream_under_trio_says_so_too():
     async def main() -> None:
         await ag.run_stream(g, source=lambda: iter([pd.DataFrame({"x": [1]})]))
 
-    with pytest.raises(RuntimeError, match="^run_stream: asyncgraph runs on asyncio and this is trio;"):
+    with pytest.raises(
+        RuntimeError, match="^run_stream: asyncgraph runs on asyncio and this is trio;"
+    ):
         trio.run(main)
 
 
