@@ -417,7 +417,19 @@ def _spelled_in_full(app: Sphinx, env: Any, node: addnodes.pending_xref, contnod
     return intersphinx.missing_reference(app, env, node, contnode)
 
 
+def _no_factory_defaults(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:
+    """A dataclass field with ``default_factory`` shows as ``= <factory>``, which is not
+    Python: the signature parser then splits ``dict[int, X]`` at its comma. Show ``...``."""
+    if signature and "<factory>" in signature:
+        return signature.replace("<factory>", "..."), return_annotation
+    return None
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("autodoc-process-signature", _no_factory_defaults)
     app.connect("missing-reference", _spelled_in_full)
     app.connect("source-read", _fill_reference)
     app.connect("source-read", _links_to_shown_files)

@@ -217,6 +217,7 @@ class OpenStream:
 
     @property
     def done(self) -> bool:
+        """Whether the stream has ended (its result or error is set)."""
         return self._task is not None and self._task.done()
 
 
