@@ -189,10 +189,11 @@ class InlineBackend:
     (CPU tasks one at a time; an IO coroutine may run while a CPU coroutine awaits).
     ``run_sync`` in a script runs the loop, so the tasks, on the main thread; inside a
     running loop (a notebook) ``run_sync`` uses a helper thread, and the tasks run there.
-    A plain function cannot be interrupted: past its ``timeout`` it runs to its end and
-    then fails with TimeoutError; a deadline, ``fail_fast`` or Ctrl-C takes effect once
-    the function running has returned. A function that kills its process (``os._exit``)
-    kills the program.
+    A plain function cannot be interrupted by the run: past its ``timeout`` it runs to
+    its end and then fails with TimeoutError; a deadline or ``fail_fast`` takes effect
+    once the function running has returned. Ctrl-C (on the main thread) raises
+    KeyboardInterrupt in it, as in a plain script, and the run ends with it. A function
+    that kills its process (``os._exit``) kills the program.
     """
 
     default_cpu_workers = 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -380,3 +381,36 @@ def test_taskmap_parallel_runs_share_workers_that_stop_when_idle() -> None:
     procs = [psutil.Process(p) for p in workers if psutil.pid_exists(p)]
     _gone, alive = psutil.wait_procs(procs, timeout=taskmap.IDLE_SECONDS + GUARD)
     assert alive == []  # stopped once idle
+
+
+def test_ctrl_c_interrupts_a_plain_function_running_inline() -> None:
+    """On the calling thread, Ctrl-C raises KeyboardInterrupt in the running function
+    (as in a plain script), and run_sync ends with it after its cleanup."""
+    code = """
+        import asyncgraph as ag
+
+        def spin():
+            print("spinning", flush=True)
+            while True:
+                pass
+
+        g = ag.Graph()
+        g.add("spin", spin, kind="cpu")
+        g.add("after", lambda s: s, deps=["spin"])
+        try:
+            ag.run_sync(g, backend=ag.InlineBackend())
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "spinning"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=GUARD)
+    finally:
+        proc.kill()
+    assert "interrupted" in out
+    assert proc.returncode == 0

@@ -20,9 +20,12 @@ State it keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
-from collections.abc import Iterable, Mapping
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -124,7 +127,8 @@ class CallingThreadExecutor:
     A plain function cannot be interrupted here: past its ``timeout`` it still runs to
     its end, and then fails with TimeoutError saying so (its result is dropped), as it
     would have failed elsewhere. The loop waits while it runs, so a deadline or a
-    cancellation takes effect once it has returned.
+    cancellation takes effect once it has returned; Ctrl-C on the main thread raises
+    KeyboardInterrupt in it, as in a plain script, and the run ends with that.
     """
 
     def __init__(
@@ -167,7 +171,8 @@ class CallingThreadExecutor:
         begin = now()
         began(task.name, begin)
         try:
-            result = task.fn(*args, **kwargs)
+            with _interruptible():
+                result = task.fn(*args, **kwargs)
         except StopIteration as exc:  # a future refuses it (TypeError)
             future.set_exception(RuntimeError(f"the function raised StopIteration: {exc}"))
             return future
@@ -194,6 +199,33 @@ class CallingThreadExecutor:
 
     async def aclose(self) -> None:
         return None
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in the plain function running on the main thread,
+    as in any script, instead of waiting for it to return (the run's own handler, or
+    asyncio's, acts only once the loop runs again); the run then ends with it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # a handler set outside Python: left alone
+        yield
+        return
+    try:
+        signal.signal(signal.SIGINT, _interrupt)
+    except ValueError:  # an embedded interpreter without signals
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 async def _awaited(awaitable: Any) -> Any:
