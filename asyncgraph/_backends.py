@@ -161,15 +161,14 @@ class ProcessBackend:
     ) -> list[Executor]:
         """A run's executors: the loop and threads, and this pool for its CPU tasks."""
         state = self._shared.state
+        if state == "closed":
+            raise BackendClosedError(f"backend={self!r} was closed; make a new one")
         if state != "started":
-            how = (
-                "was closed; make a new one"
-                if state == "closed"
-                else "is not started: use `async with ag.ProcessBackend(...) as pool:` "
-                "(or `with`), or `pool = await ag.ProcessBackend(...).start()`, and pass "
-                "that pool"
+            raise RuntimeError(
+                f"backend={self!r} is not started: use `async with ag.ProcessBackend(...) "
+                "as pool:` (or `with`), or `pool = await ag.ProcessBackend(...).start()`, "
+                "and pass that pool"
             )
-            raise BackendClosedError(f"backend={self!r} {how}")
         return [
             LoopExecutor(max_io, clock),
             ThreadExecutor(max_io, clock),

@@ -179,6 +179,12 @@ def _check_on_event(on_event: Any) -> None:
 
 
 def _check_backend(backend: Any) -> None:
+    if isinstance(backend, type):  # backend=ag.ProcessBackend, not ag.ProcessBackend()
+        raise TypeError(
+            f"backend must be a backend object, not the class {backend.__name__}: "
+            f"pass {backend.__name__}(...) (a ProcessBackend started, as `async with "
+            "ag.ProcessBackend() as pool:`)"
+        )
     if backend is not None and not callable(getattr(backend, "executors", None)):
         raise TypeError(
             f"backend must be an asyncgraph backend (such as asyncgraph.ProcessBackend()), "

@@ -414,3 +414,11 @@ def test_ctrl_c_interrupts_a_plain_function_running_inline() -> None:
         proc.kill()
     assert "interrupted" in out
     assert proc.returncode == 0
+
+
+def test_a_backend_class_instead_of_an_instance_is_refused() -> None:
+    g = ag.Graph()
+    g.add("a", lambda: 1, kind="cpu")
+    match = r"not the class ProcessBackend: pass ProcessBackend\(\.\.\.\)"
+    with pytest.raises(TypeError, match=match):
+        ag.run_sync(g, backend=ag.ProcessBackend)  # type: ignore[arg-type]
