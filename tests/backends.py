@@ -72,6 +72,18 @@ def process_pool_executor() -> Iterator[ag.ExecutorBackend]:
     finally:
         release_abandoned()
         executor.shutdown(wait=True, cancel_futures=True)
+        stop_resource_tracker()
+
+
+def stop_resource_tracker() -> None:
+    """Stop the helper process the spawned executor started (multiprocessing's resource
+    tracker, which lives until the test process ends), so the next test's check that
+    nothing is left over sees only what it started."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
 
 
 @contextlib.contextmanager
@@ -114,7 +126,7 @@ IDS = [case.id for case in BACKENDS]
 
 def children_now() -> list[psutil.Process]:
     """This process's live descendants (zombies excluded), but for multiprocessing's
-    resource tracker, which the first spawned executor starts for the whole session."""
+    resource tracker (a spawned executor's helper, stopped after its case)."""
     found = []
     for p in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):

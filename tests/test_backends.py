@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from backends import children_now
+from backends import children_now, stop_resource_tracker
 
 import asyncgraph as ag
 
@@ -347,6 +347,7 @@ async def test_a_broken_process_pool_fails_the_tasks_with_worker_died() -> None:
         g2.add("later", lambda: 1, kind="cpu")
         out = await ag.run(g2, backend=ag.ExecutorBackend(executor))
         assert isinstance(out.errors["later"], ag.WorkerDiedError)  # broken for good
+    stop_resource_tracker()
 
 
 # -- how many CPU tasks a run takes at once ---------------------------------------------
