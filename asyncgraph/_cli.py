@@ -594,23 +594,53 @@ def run(args: argparse.Namespace) -> int:
     """Load, rewrite, run on the store, print a summary; 0 if every task is done."""
     import asyncgraph as ag
 
+    progress = bool(args.progress) and _progress_option()
+    backend = _backend_option(getattr(args, "backend", None), args.cpu_workers)
     store = _store_for_graph(args.store)
     try:
         graph = _prepared(args, store)
         before = graph.status
-        result = ag.run_sync(
-            graph,
-            store=store,
-            cpu_workers=args.cpu_workers,
-            max_io=args.max_io,
-            progress=bool(args.progress) and _progress_option(),
-        )
+        with backend as chosen:
+            result = ag.run_sync(
+                graph,
+                store=store,
+                cpu_workers=args.cpu_workers,
+                max_io=args.max_io,
+                progress=progress,
+                backend=chosen,
+            )
         runs = store.runs()
     finally:
         store.close()
     print(_summary(args, before, result, runs[-1] if runs else None))
     done = all(s is State.DONE for s in result.status.values())
     return 0 if done else 1
+
+
+def _backend_option(spec: str | None, workers: int | None) -> Any:
+    """``--backend``: a context manager giving the run's ``backend=`` (None: the default)
+    and closing what it started. ``dask`` needs ``asyncgraph.DaskBackend`` and
+    ``distributed``, found before anything is written."""
+    import contextlib
+
+    import asyncgraph as ag
+
+    if spec is None:
+        return contextlib.nullcontext(None)
+    name, _, address = spec.partition("=")
+    if name == "inline":
+        return contextlib.nullcontext(ag.InlineBackend())
+    if name == "processes":
+        return ag.ProcessBackend(workers=workers)
+    import importlib.util
+
+    dask_backend = getattr(ag, "DaskBackend", None)
+    if dask_backend is None or importlib.util.find_spec("distributed") is None:
+        raise UsageError(
+            "--backend dask needs Dask distributed, which is not installed; "
+            "install it with: pip install 'asyncgraph[dask]'"
+        )
+    return contextlib.nullcontext(dask_backend(address) if address else dask_backend())
 
 
 def _progress_option() -> bool:

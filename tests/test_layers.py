@@ -60,10 +60,13 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_executors.local": (3, "`LoopExecutor` (a coroutine is its own task), `ThreadExecutor`"),
     "_executors.process": (3, "`ProcessPool`, `ProcessExecutor`, the pre-run pickling check"),
     "_executors._worker": (3, "the worker process's script (stdlib and cloudpickle only)"),
+    "_executors.shared": (3, "`SharedPool`: a process pool on its own thread, shared by runs"),
+    "_executors.futures": (3, "CPU tasks on a user's `concurrent.futures.Executor`"),
     "_store.resume": (3, "`load`, `plan`, `history`, `for_run`, weights from durations"),
     "_stream.store": (3, "`StreamStore`: the stream's own tables in the store's file"),
     "_stream.durable": (3, "`Durable`: Parquet out, the record, resume and leftovers"),
     "_store.session": (4, "`StoreSink` (the store's side of a run), `hold`, `load_inputs`"),
+    "_backends": (4, "`ProcessBackend`, `InlineBackend`, `ExecutorBackend`"),
     "_runner": (5, "`_Run`: one run of one graph, a record of collaborators"),
     "_report": (5, "`to_frame`, `summary`, `timeline`, critical path (pandas)"),
     "_pictures": (5, "Mermaid, DOT, SVG, HTML, the timeline plot"),
@@ -99,6 +102,8 @@ SAME: dict[str, set[str]] = {
     "_executors.base": {"_clock"},
     "_executors.local": {"_clock", "_executors.base", "_executors.threads"},
     "_executors.process": {"_clock", "_executors.base", "_executors.threads"},
+    "_executors.shared": {"_clock", "_executors.process"},
+    "_executors.futures": {"_clock", "_executors.base", "_executors.process", "_executors._worker"},
     "_store": {"_store.sqlite", "_store.writer"},
     "_pictures": {"_report"},
     "_open_run": set(),
@@ -129,7 +134,10 @@ OUTSIDE: dict[str, tuple[set[str], set[str]]] = {
         {"_store.serialize", "_store.resume", "_cli", "_demo", "_api", "_summary"}
         | {"_stream.frames", "_stream.result", "_stream.engine", "compat.dplutils"},
     ),
-    "cloudpickle": ({"_executors.process", "_executors._worker", "_store.serialize"}, set()),
+    "cloudpickle": (
+        {"_executors.process", "_executors._worker", "_executors.futures", "_store.serialize"},
+        set(),
+    ),
 }
 
 
