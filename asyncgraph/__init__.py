@@ -80,8 +80,10 @@ __all__ = [
     "DuplicateTaskError",
     "Event",
     "EventKind",
+    "ExecutorBackend",
     "Graph",
     "GraphError",
+    "InlineBackend",
     "InvalidTaskError",
     "Kind",
     "MissingDependencyError",
@@ -90,6 +92,7 @@ __all__ = [
     "OpenRun",
     "OpenStream",
     "PicklingError",
+    "ProcessBackend",
     "RemoteError",
     "SQLiteStore",
     "SignatureError",
@@ -155,8 +158,4 @@ for _name in __all__:
             _obj.__annotations__ = {k: _hints[k] for k in vars(_obj)["__annotations__"]}
     if isinstance(_obj, (type, _FunctionType)):
         _obj.__module__ = __name__
-# Backends (issue 12): public, but not yet in __all__, which tests/test_api.py pins; the
-# merge adds them there (and to the pinned list), and then this loop is not needed.
-for _obj in (ExecutorBackend, InlineBackend, ProcessBackend):
-    _obj.__module__ = __name__
 del _name, _obj, _hints, _FunctionType, _get_type_hints

@@ -10,13 +10,14 @@ import asyncgraph as ag
 
 def test_all_is_pinned():
     assert ag.__all__ == [
-        "Batch", "CycleError", "DuplicateTaskError", "Event", "EventKind", "Graph",
-        "GraphError", "InvalidTaskError", "Kind", "MissingDependencyError",
-        "MissingResultError", "NO_RESULT", "OpenRun", "OpenStream", "PicklingError",
-        "RemoteError", "SQLiteStore", "SignatureError", "StageSummary", "State", "Store",
-        "StoreError", "StoreLockedError", "StoreMismatchError", "StoredResult",
-        "StreamFailures", "StreamPlan", "StreamReplayError", "StreamResult", "Summary",
-        "Task", "TaskCancelled", "TaskError", "TaskFailures", "TaskRecord", "Terminated",
+        "Batch", "CycleError", "DuplicateTaskError", "Event", "EventKind",
+        "ExecutorBackend", "Graph", "GraphError", "InlineBackend", "InvalidTaskError",
+        "Kind", "MissingDependencyError", "MissingResultError", "NO_RESULT", "OpenRun",
+        "OpenStream", "PicklingError", "ProcessBackend", "RemoteError", "SQLiteStore",
+        "SignatureError", "StageSummary", "State", "Store", "StoreError",
+        "StoreLockedError", "StoreMismatchError", "StoredResult", "StreamFailures",
+        "StreamPlan", "StreamReplayError", "StreamResult", "Summary", "Task",
+        "TaskCancelled", "TaskError", "TaskFailures", "TaskRecord", "Terminated",
         "UnknownTaskError", "UnpicklingError", "UnstorableResultError", "WorkerDiedError",
         "create_graph", "fingerprints", "history", "load", "mark_done", "mark_done_except",
         "open_run", "open_stream", "plan", "plan_stream", "reset", "reset_failed", "run",
