@@ -396,7 +396,7 @@ def _links_to_shown_files(app: Sphinx, docname: str, source: list[str]) -> None:
 
 #: How the library's annotations spell other projects' names (``pd`` is imported for type
 #: checkers only, ``Callable`` from collections.abc): the inventories' full names.
-SPELLED = {"pd.": "pandas.", "np.": "numpy."}
+SPELLED = {"pd.": "pandas.", "np.": "numpy.", "concurrent.futures._base.": "concurrent.futures."}
 SPELLED_BARE = {
     name: f"collections.abc.{name}"
     for name in ("Callable", "Iterable", "Iterator", "Mapping", "Awaitable", "Coroutine")

@@ -207,8 +207,8 @@ async def test_cpu_workers_caps_the_run(case: Case, backend: Any, tmp_path: Path
 
 
 async def test_calling_thread_runs_in_scheduler_order(case: Case, backend: Any) -> None:
-    """Inline: CPU tasks one at a time, in the scheduler's order (critical path, then
-    priority); the other backends run them in parallel, so only the set is fixed."""
+    """Inline: CPU tasks one at a time, in the scheduler's order (priority, then the
+    critical path: issue 16); the other backends run them in parallel, so only the set is fixed."""
     order: list[str] = []
     g = ag.Graph()
     g.add("low", lambda: order.append("low") or "low", kind="cpu", priority=1)
@@ -219,8 +219,8 @@ async def test_calling_thread_runs_in_scheduler_order(case: Case, backend: Any) 
         out = await ag.run(g, backend=backend)
     assert set(out.results) == {"low", "high", "head", "tail"}
     if case.calling_thread:
-        # head: the longest path; then by priority (tail, ready after head, has none)
-        assert order == ["head", "high", "low", "tail"]
+        # by priority first; head (the longest path) before tail, which needs it
+        assert order == ["high", "low", "head", "tail"]
 
 
 # -- timeouts and cancellation ----------------------------------------------------------
