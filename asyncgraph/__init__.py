@@ -31,6 +31,9 @@ from ._exceptions import UnknownTaskError as UnknownTaskError
 from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
+
+# issue 12, the Dask backend
+from ._executors.dask import DaskBackend as DaskBackend
 from ._lifetime import run as run
 from ._open_run import OpenRun as OpenRun
 from ._open_run import open_run as open_run
@@ -57,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CycleError",
+    "DaskBackend",  # issue 12, the Dask backend
     "DuplicateTaskError",
     "Event",
     "EventKind",

@@ -55,6 +55,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_executors.local": (3, "`LoopExecutor` (a coroutine is its own task), `ThreadExecutor`"),
     "_executors.process": (3, "`ProcessPool`, `ProcessExecutor`, the pre-run pickling check"),
     "_executors._worker": (3, "the worker process's script (stdlib and cloudpickle only)"),
+    "_executors._dask_worker": (3, "what a Dask worker runs: one attempt (stdlib, cloudpickle)"),
+    "_executors.dask": (3, "`DaskBackend`, `DaskExecutor`: CPU tasks on a Dask cluster"),
     "_store.resume": (3, "`load`, `plan`, `history`, `for_run`, weights from durations"),
     "_store.session": (4, "`StoreSink` (the store's side of a run), `hold`, `load_inputs`"),
     "_runner": (5, "`_Run`: one run of one graph, a record of collaborators"),
@@ -83,6 +85,14 @@ SAME: dict[str, set[str]] = {
     "_executors.base": {"_clock"},
     "_executors.local": {"_clock", "_executors.base", "_executors.threads"},
     "_executors.process": {"_clock", "_executors.base", "_executors.threads"},
+    "_executors.dask": {
+        "_clock",
+        "_executors._dask_worker",
+        "_executors.base",
+        "_executors.local",
+        "_executors.process",
+        "_executors.threads",
+    },
     "_store": {"_store.sqlite", "_store.writer"},
     "_pictures": {"_report"},
     "_open_run": set(),
@@ -97,7 +107,7 @@ SAME: dict[str, set[str]] = {
 BACK_EDGES: set[tuple[str, str]] = {("_exceptions", "_graph")}
 
 #: Modules run on their own (a worker process's script): they import nothing of ours.
-STANDALONE = {"_executors._worker"}
+STANDALONE = {"_executors._worker", "_executors._dask_worker"}
 
 #: A third-party or heavy standard module -> the modules that may import it (any way),
 #: and those that may only lazily (inside a function) or for types. ``"L3+"``: any
@@ -111,7 +121,17 @@ OUTSIDE: dict[str, tuple[set[str], set[str]]] = {
         {"_report"},
         {"_store.serialize", "_store.resume", "_cli", "_demo", "_api", "_summary"},
     ),
-    "cloudpickle": ({"_executors.process", "_executors._worker", "_store.serialize"}, set()),
+    "cloudpickle": (
+        {
+            "_executors.process",
+            "_executors._worker",
+            "_executors.dask",
+            "_executors._dask_worker",
+            "_store.serialize",
+        },
+        set(),
+    ),
+    "distributed": (set(), {"_executors.dask"}),
 }
 
 
