@@ -22,8 +22,10 @@ How an attempt maps to Dask (the traps are in ``shared/design/backends.md``):
   critical-path order (with learned durations), and an earlier dispatch gets a higher
   Dask priority, so that order survives any queueing on the cluster.
 - the function is pickled once per run (cloudpickle: lambdas and notebook functions
-  travel by value), the check before the run reports every one that cannot travel, and
-  the worker shim (``_dask_worker``) travels by value too.
+  travel by value), and the check before the run reports every one that cannot travel.
+  The worker shim (``_dask_worker``, stdlib and cloudpickle only) goes by reference, so
+  the workers need asyncgraph importable (any version with that module): shipping it by
+  value cost ~8 ms of driver CPU per task (cloudpickle walks its modules every submit).
 - a result that a later CPU task needs stays on the cluster: the run keeps its Dask
   future and passes that future, not the value, to the dependent's submit, so the data
   goes worker to worker and is not sent back out from the driver. The value is still
@@ -103,7 +105,8 @@ class DaskBackend:
     - a scheduler address (``"tcp://host:8786"``): the run connects a client of its own
       (closed when the run ends; the cluster never is). ``capacity`` caps the run's
       tasks in flight on the cluster (default: no cap; Dask queues the rest in the
-      run's priority order).
+      run's priority order; with a client or an owned cluster, the default is two per
+      worker thread).
     - a ``distributed.Client(asynchronous=True)`` made on the loop the run runs on (or
       a ``Cluster``): used as it is and never closed. A client made on another loop, or
       a synchronous one, is refused: pass the scheduler address instead.
@@ -118,8 +121,8 @@ class DaskBackend:
 
     Differences from the process pool: a running Dask task cannot be stopped, so a
     timeout (or a cancel) on a cluster the run does not own leaves the call running
-    there; ``started`` is the moment of submission (the duration includes queueing on
-    the cluster).
+    there; ``started`` is the moment of submission, so a duration and a timeout include
+    queueing on the cluster; the workers need asyncgraph importable (its worker shim).
     """
 
     def __init__(
@@ -302,11 +305,14 @@ class DaskExecutor:
         self.clock = clock
         self.n_workers = backend.n_workers or cpu_workers
         capacity = backend.capacity
+        # Two tasks in flight per worker thread: one runs while the next is already on
+        # its way, which hides the round trip through the driver (measured: a wide
+        # graph at 2x threads ran 2-3x faster than at 1x); more only moves the queue
+        # into Dask, where timeouts would count the waiting.
         if capacity is None and backend.owns_cluster:
-            capacity = self.n_workers * backend.threads_per_worker
+            capacity = 2 * self.n_workers * backend.threads_per_worker
         elif capacity is None and backend.client is not None:
-            total = _cached_threads(backend.client)
-            capacity = total or None
+            capacity = 2 * _cached_threads(backend.client) or None
         self.capacity: int | None = capacity
         self.pickled = pickled
         self.stores = _stores(pickled)
@@ -670,6 +676,9 @@ def _stores(pickled: Callable[[str, bytes], None] | None) -> bool:
 
 def _translated(name: str, exc: BaseException) -> BaseException:
     """A Dask error in asyncgraph's terms; a task's own error as it is."""
+    fatal = getattr(exc, "__asyncgraph_fatal__", None)
+    if isinstance(fatal, BaseException):  # the task's SystemExit/KeyboardInterrupt
+        return fatal
     distributed = sys.modules.get("distributed")
     if distributed is not None:
         from distributed.scheduler import KilledWorker
@@ -690,6 +699,3 @@ def _translated(name: str, exc: BaseException) -> BaseException:
                 f"run ({exc})"
             )
     return exc
-
-
-cloudpickle.register_pickle_by_value(_dask_worker)
