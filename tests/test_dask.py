@@ -543,3 +543,19 @@ def test_the_backend_is_public_and_documented() -> None:
     assert "DaskBackend" in ag.__all__
     assert ag.DaskBackend.__doc__ and "LocalCluster" in ag.DaskBackend.__doc__
     assert repr(ag.DaskBackend("tcp://h:1")) == "DaskBackend('tcp://h:1')"
+
+
+def exits() -> None:
+    sys.exit(3)
+
+
+async def test_a_tasks_system_exit_ends_the_run_as_on_the_pool(client: Any) -> None:
+    # Raised in a Dask worker's thread it would break the worker; it reaches the driver
+    # inside an Exception and the run ends with it, after its cleanup.
+    g = ag.Graph()
+    g.add("exits", exits, kind="cpu")
+    with pytest.raises(SystemExit):
+        await ag.run(g, backend=ag.DaskBackend(client))
+    assert client.status == "running"
+    assert not client.futures
+    assert await client.submit(square, 3) == 9  # the workers still work

@@ -325,6 +325,7 @@ class DaskExecutor:
         self.attempts: dict[str, int] = {}
         self._order = itertools.count()
         self._cancels: set[asyncio.Future[Any]] = set()
+        self._runners: set[asyncio.Task[None]] = set()
         self.client: Any = None
         self.cluster: Any = None
         self.owns_client = False
@@ -390,7 +391,16 @@ class DaskExecutor:
         call = self._call(task, args, kwargs, began)
         if task.timeout is not None:
             call = self._timed(task, call)
-        return loop.create_task(call, name=task.name)
+        # The run watches a plain future that the attempt's task resolves: a task's
+        # SystemExit or KeyboardInterrupt raised inside an asyncio task would leave the
+        # loop at once, tearing down a cluster that runs on it; set on the future, it
+        # ends the run as on the process pool, after the cleanup.
+        child: asyncio.Future[Any] = loop.create_future()
+        runner = loop.create_task(_resolve(child, call), name=task.name)
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+        child.add_done_callback(functools.partial(_stop_runner, runner))
+        return child
 
     async def _timed(self, task: Task, call: Any) -> Any:
         with self.clock.move_on_after(task.timeout) as scope:
@@ -616,6 +626,8 @@ class DaskExecutor:
         """Cancel every future of the run still held, then close what the run started
         (its client, its cluster); a user's client or cluster is left open."""
         with anyio.CancelScope(shield=True):
+            if self._runners:  # attempts the run cancelled, ending their cancel path
+                await asyncio.wait(list(self._runners))
             if self._loads is not None:
                 self._loads.close()
             if self._opening is not None and not self._opening.done():
@@ -637,6 +649,27 @@ class DaskExecutor:
             if self.owns_cluster and self.cluster is not None:
                 await self.cluster.close()
             self._closed = True
+
+
+async def _resolve(child: asyncio.Future[Any], call: Any) -> None:
+    """Run one attempt and hand its outcome to ``child`` (the future the run watches)."""
+    try:
+        value = await call
+    except asyncio.CancelledError:
+        if not child.done():
+            child.cancel()
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the attempt's outcome, reported
+        if not child.done():
+            child.set_exception(exc)
+        return
+    if not child.done():
+        child.set_result(value)
+
+
+def _stop_runner(runner: asyncio.Task[None], child: asyncio.Future[Any]) -> None:
+    if child.cancelled():  # the run cancelled the attempt: cancel its task too
+        runner.cancel()
 
 
 def _quietly_discard(pending: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
