@@ -15,9 +15,11 @@ How an attempt maps to Dask (the traps are in ``shared/design/backends.md``):
   Dask hands back the *old* future for a key its client still holds, so a retry under
   the same key would return the old error. ``pure=False`` (asyncgraph, not Dask, decides
   what is reusable) and ``retries=0`` (asyncgraph's retries keep their backoff, attempts
-  and events). An owned cluster is started with ``allowed_failures=0``: a task that kills
-  its worker kills one worker and fails with :class:`WorkerDiedError` (retried under the
-  task's ``retries``), instead of being rerun on three more workers first.
+  and events). An owned cluster is started with ``allowed_failures=0`` and a worker
+  saturation of 1.0 (a worker holds only the tasks it runs): a task that kills its
+  worker kills one worker and fails with :class:`WorkerDiedError` (retried under the
+  task's ``retries``), instead of being rerun on three more workers first, and no task
+  that was only queued on that worker is blamed with it.
 - ``priority`` is the run's dispatch order: the scheduler hands out ready tasks in its
   critical-path order (with learned durations), and an earlier dispatch gets a higher
   Dask priority, so that order survives any queueing on the cluster.
@@ -587,7 +589,13 @@ class DaskExecutor:
             }
             options.update(backend.cluster_kwargs)
             options["asynchronous"] = True
-            self.cluster = await distributed.LocalCluster(**options)  # type: ignore[no-untyped-call]
+            import dask
+
+            # A worker holds only the tasks it runs (Dask's default, 1.1, queues one
+            # more on each one-thread worker): when a task kills its worker, a task
+            # merely waiting there would be blamed too under allowed_failures=0.
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                self.cluster = await distributed.LocalCluster(**options)  # type: ignore[no-untyped-call]
             self.owns_cluster = True
             try:
                 self.client = await distributed.Client(  # type: ignore[no-untyped-call]
