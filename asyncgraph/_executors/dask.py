@@ -18,8 +18,10 @@ How an attempt maps to Dask (the traps are in ``shared/design/backends.md``):
   and events). An owned cluster is started with ``allowed_failures=0`` and a worker
   saturation of 1.0 (a worker holds only the tasks it runs): a task that kills its
   worker kills one worker and fails with :class:`WorkerDiedError` (retried under the
-  task's ``retries``), instead of being rerun on three more workers first, and no task
-  that was only queued on that worker is blamed with it.
+  task's ``retries``), instead of being rerun on three more workers first. Dask blames
+  every task assigned to the dead worker, though: a task placed there next to its
+  input (Dask does not queue dependents on the scheduler) fails with it, with
+  :class:`WorkerDiedError`, and is retried under its own ``retries``.
 - ``priority`` is the run's dispatch order: the scheduler hands out ready tasks in its
   critical-path order (with learned durations), and an earlier dispatch gets a higher
   Dask priority, so that order survives any queueing on the cluster.
@@ -591,8 +593,8 @@ class DaskExecutor:
             options["asynchronous"] = True
             import dask
 
-            # A worker holds only the tasks it runs (Dask's default, 1.1, queues one
-            # more on each one-thread worker): when a task kills its worker, a task
+            # A worker holds only the root tasks it runs (Dask's default, 1.1, queues
+            # one more on each one-thread worker): when a task kills its worker, a task
             # merely waiting there would be blamed too under allowed_failures=0.
             with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
                 self.cluster = await distributed.LocalCluster(**options)  # type: ignore[no-untyped-call]
