@@ -337,6 +337,7 @@ class DaskExecutor:
         self.worker_resources: dict[str, float] | None = None  # the cluster's, summed
         self._opening: asyncio.Task[Any] | None = None
         self._closed = False
+        self._tracker_was_running = True  # multiprocessing's, before the run's cluster
         self._loads: Any = None  # Threads for loading big results, made on demand
 
     # -- before the run --------------------------------------------------------------
@@ -596,6 +597,7 @@ class DaskExecutor:
             # A worker holds only the root tasks it runs (Dask's default, 1.1, queues
             # one more on each one-thread worker): when a task kills its worker, a task
             # merely waiting there would be blamed too under allowed_failures=0.
+            self._tracker_was_running = _tracker_running()
             with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
                 self.cluster = await distributed.LocalCluster(**options)  # type: ignore[no-untyped-call]
             self.owns_cluster = True
@@ -658,6 +660,8 @@ class DaskExecutor:
                 await client.close()
             if self.owns_cluster and self.cluster is not None:
                 await self.cluster.close()
+                if not self._tracker_was_running:
+                    _stop_tracker()  # started by the cluster's spawn: it goes with it
             self._closed = True
 
 
@@ -680,6 +684,25 @@ async def _resolve(child: asyncio.Future[Any], call: Any) -> None:
 def _stop_runner(runner: asyncio.Task[None], child: asyncio.Future[Any]) -> None:
     if child.cancelled():  # the run cancelled the attempt: cancel its task too
         runner.cancel()
+
+
+def _tracker_running() -> bool:
+    """Whether multiprocessing's resource tracker runs (a process of its own, started
+    by the first spawn, which an owned LocalCluster of processes makes)."""
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker._resource_tracker, "_pid", None) is not None
+
+
+def _stop_tracker() -> None:
+    """Stop the resource tracker the run's cluster started (it would outlive the run
+    as a child of this process); the next spawn starts a new one."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        with contextlib.suppress(Exception):
+            stop()
 
 
 def _quietly_discard(pending: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
