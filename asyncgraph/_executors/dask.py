@@ -587,7 +587,9 @@ class DaskExecutor:
                 "threads_per_worker": backend.threads_per_worker,
                 "processes": backend.processes,
                 "dashboard_address": ":0",
-                "silence_logs": logging.ERROR,
+                # asyncgraph reports every failure itself; Dask's own log lines (a worker
+                # heartbeat racing the close, "Compute Failed") would only repeat them.
+                "silence_logs": logging.CRITICAL,
                 "scheduler_kwargs": {"allowed_failures": backend.allowed_failures},
             }
             options.update(backend.cluster_kwargs)
