@@ -36,6 +36,7 @@ from ._exceptions import UnknownTaskError as UnknownTaskError
 from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
+from ._executors.dask import DaskBackend as DaskBackend
 from ._lifetime import run as run
 from ._open_run import OpenRun as OpenRun
 from ._open_run import open_run as open_run
@@ -77,6 +78,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch",
     "CycleError",
+    "DaskBackend",
     "DuplicateTaskError",
     "Event",
     "EventKind",

@@ -10,7 +10,7 @@ import asyncgraph as ag
 
 def test_all_is_pinned():
     assert ag.__all__ == [
-        "Batch", "CycleError", "DuplicateTaskError", "Event", "EventKind",
+        "Batch", "CycleError", "DaskBackend", "DuplicateTaskError", "Event", "EventKind",
         "ExecutorBackend", "Graph", "GraphError", "InlineBackend", "InvalidTaskError",
         "Kind", "MissingDependencyError", "MissingResultError", "NO_RESULT", "OpenRun",
         "OpenStream", "PicklingError", "ProcessBackend", "RemoteError", "SQLiteStore",

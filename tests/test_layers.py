@@ -62,6 +62,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_executors._worker": (3, "the worker process's script (stdlib and cloudpickle only)"),
     "_executors.shared": (3, "`SharedPool`: a process pool on its own thread, shared by runs"),
     "_executors.futures": (3, "CPU tasks on a user's `concurrent.futures.Executor`"),
+    "_executors._dask_worker": (3, "what a Dask worker runs: one attempt (stdlib, cloudpickle)"),
+    "_executors.dask": (3, "`DaskBackend`, `DaskExecutor`: CPU tasks on a Dask cluster"),
     "_store.resume": (3, "`load`, `plan`, `history`, `for_run`, weights from durations"),
     "_stream.store": (3, "`StreamStore`: the stream's own tables in the store's file"),
     "_stream.durable": (3, "`Durable`: Parquet out, the record, resume and leftovers"),
@@ -104,6 +106,14 @@ SAME: dict[str, set[str]] = {
     "_executors.process": {"_clock", "_executors.base", "_executors.threads"},
     "_executors.shared": {"_clock", "_executors.process"},
     "_executors.futures": {"_clock", "_executors.base", "_executors.process", "_executors._worker"},
+    "_executors.dask": {
+        "_clock",
+        "_executors._dask_worker",
+        "_executors.base",
+        "_executors.local",
+        "_executors.process",
+        "_executors.threads",
+    },
     "_store": {"_store.sqlite", "_store.writer"},
     "_pictures": {"_report"},
     "_open_run": set(),
@@ -119,7 +129,7 @@ SAME: dict[str, set[str]] = {
 BACK_EDGES: set[tuple[str, str]] = {("_exceptions", "_graph")}
 
 #: Modules run on their own (a worker process's script): they import nothing of ours.
-STANDALONE = {"_executors._worker"}
+STANDALONE = {"_executors._worker", "_executors._dask_worker"}
 
 #: A third-party or heavy standard module -> the modules that may import it (any way),
 #: and those that may only lazily (inside a function) or for types. ``"L3+"``: any
@@ -135,9 +145,17 @@ OUTSIDE: dict[str, tuple[set[str], set[str]]] = {
         | {"_stream.frames", "_stream.result", "_stream.engine", "compat.dplutils"},
     ),
     "cloudpickle": (
-        {"_executors.process", "_executors._worker", "_executors.futures", "_store.serialize"},
+        {
+            "_executors.process",
+            "_executors._worker",
+            "_executors.futures",
+            "_executors.dask",
+            "_executors._dask_worker",
+            "_store.serialize",
+        },
         set(),
     ),
+    "distributed": (set(), {"_executors.dask"}),
 }
 
 
