@@ -9,6 +9,11 @@ from typing import get_type_hints as _get_type_hints
 
 from ._api import Graph as Graph
 from ._api import create_graph as create_graph
+
+# Backends (issue 12): where a run's CPU tasks go (DaskBackend comes from its own module).
+from ._backends import ExecutorBackend as ExecutorBackend
+from ._backends import InlineBackend as InlineBackend
+from ._backends import ProcessBackend as ProcessBackend
 from ._events import Event as Event
 from ._events import EventKind as EventKind
 from ._exceptions import CycleError as CycleError
@@ -31,6 +36,7 @@ from ._exceptions import UnknownTaskError as UnknownTaskError
 from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
+from ._executors.dask import DaskBackend as DaskBackend
 from ._lifetime import run as run
 from ._open_run import OpenRun as OpenRun
 from ._open_run import open_run as open_run
@@ -45,9 +51,23 @@ from ._state import StoredResult as StoredResult
 from ._state import TaskRecord as TaskRecord
 from ._store import SQLiteStore as SQLiteStore
 from ._store import Store as Store
+from ._store.resume import fingerprints as fingerprints  # issue 16: API gaps
 from ._store.resume import history as history
 from ._store.resume import load as load
 from ._store.resume import plan as plan
+
+# Streams (issue 14): DataFrame batches through @g.stream stages.
+from ._stream.api import OpenStream as OpenStream
+from ._stream.api import open_stream as open_stream
+from ._stream.api import plan_stream as plan_stream
+from ._stream.api import run_stream as run_stream
+from ._stream.api import run_stream_sync as run_stream_sync
+from ._stream.result import Batch as Batch
+from ._stream.result import StageSummary as StageSummary
+from ._stream.result import StreamFailures as StreamFailures
+from ._stream.result import StreamPlan as StreamPlan
+from ._stream.result import StreamResult as StreamResult
+from ._stream.store import StreamReplayError as StreamReplayError
 from ._summary import Summary as Summary
 from ._sync import run_sync as run_sync
 from ._task import Kind as Kind
@@ -56,28 +76,39 @@ from ._task import Task as Task
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
     "CycleError",
+    "DaskBackend",
     "DuplicateTaskError",
     "Event",
     "EventKind",
+    "ExecutorBackend",
     "Graph",
     "GraphError",
+    "InlineBackend",
     "InvalidTaskError",
     "Kind",
     "MissingDependencyError",
     "MissingResultError",
     "NO_RESULT",
     "OpenRun",
+    "OpenStream",
     "PicklingError",
+    "ProcessBackend",
     "RemoteError",
     "SQLiteStore",
     "SignatureError",
+    "StageSummary",
     "State",
     "Store",
     "StoreError",
     "StoreLockedError",
     "StoreMismatchError",
     "StoredResult",
+    "StreamFailures",
+    "StreamPlan",
+    "StreamReplayError",
+    "StreamResult",
     "Summary",
     "Task",
     "TaskCancelled",
@@ -90,15 +121,20 @@ __all__ = [
     "UnstorableResultError",
     "WorkerDiedError",
     "create_graph",
+    "fingerprints",
     "history",
     "load",
     "mark_done",
     "mark_done_except",
     "open_run",
+    "open_stream",
     "plan",
+    "plan_stream",
     "reset",
     "reset_failed",
     "run",
+    "run_stream",
+    "run_stream_sync",
     "run_sync",
     "subgraph",
 ]

@@ -52,6 +52,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _backend(text: str) -> str:
+    """``--backend``'s value, checked by name (the backend is made when the run starts)."""
+    name, _, address = text.partition("=")
+    if (
+        name not in ("dask", "processes", "inline")
+        or (address and name != "dask")
+        or (name == "dask" and "=" in text and not address)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a backend: use dask, dask=ADDRESS (such as "
+            "dask=tcp://scheduler:8786), processes or inline"
+        )
+    return text
+
+
 def _graph_options(sub: argparse.ArgumentParser, *, verb: str, store_help: str) -> None:
     """The options plan and run share: what to run, where, and the rewrites before it."""
     sub.add_argument(
@@ -150,6 +165,14 @@ def _parser() -> argparse.ArgumentParser:
         "--max-io", type=_positive, metavar="N", help="IO tasks at once (default: no cap)"
     )
     run.add_argument("--progress", action="store_true", help="show progress while running")
+    run.add_argument(
+        "--backend",
+        type=_backend,
+        metavar="dask[=ADDRESS]|processes|inline",
+        help="where CPU tasks run: a Dask cluster (a local one, or the scheduler at "
+        "ADDRESS), a process pool started for the command, or the calling thread "
+        "(default: worker processes of the run's own)",
+    )
     run.set_defaults(handler=_command("run"))
 
     history = commands.add_parser(

@@ -40,7 +40,8 @@ class Graph(BaseGraph):
 
     Define tasks with the :meth:`task` decorator or :meth:`add`; run with
     :func:`asyncgraph.run` (or :meth:`run`), which returns a new Graph carrying the
-    results, errors and timings.
+    results, errors and timings. ``Graph(name="nightly")`` names it: the name shows in
+    its repr and HTML table, on the progress bar, and in the store's history.
     """
 
     __slots__ = ()
@@ -48,20 +49,25 @@ class Graph(BaseGraph):
     # -- rewrites (pure; see asyncgraph._rewrite) ---------------------------------------
 
     def reset_failed(self) -> Graph:
+        """``asyncgraph.reset_failed(graph)``: failed, skipped, cancelled tasks back to pending."""
         return reset_failed(self)
 
     def reset(self, names: Iterable[str] | str) -> Graph:
+        """``asyncgraph.reset(graph, names)``: these tasks and their descendants back to pending."""
         return reset(self, names)
 
     def mark_done(
         self, names: Iterable[str] | str, results: Mapping[str, Any] | None = None
     ) -> Graph:
+        """``asyncgraph.mark_done(graph, names, results)``: these tasks done, with these results."""
         return mark_done(self, names, results)
 
     def mark_done_except(self, names: Iterable[str] | str) -> Graph:
+        """``asyncgraph.mark_done_except(graph, names)``: every task done except ``names``."""
         return mark_done_except(self, names)
 
     def subgraph(self, targets: Iterable[str] | str) -> Graph:
+        """``asyncgraph.subgraph(graph, targets)``: only ``targets`` and their ancestors."""
         return subgraph(self, targets)
 
     # -- running ----------------------------------------------------------------------
@@ -123,7 +129,7 @@ class Graph(BaseGraph):
     # -- reporting ----------------------------------------------------------------------
 
     def to_frame(self) -> pd.DataFrame:
-        """A pandas DataFrame with one row per task (see ``docs/api.md``)."""
+        """A :class:`pandas.DataFrame` with one row per task (see ``docs/api.md``)."""
         from ._report import to_frame
 
         return to_frame(self)
@@ -178,8 +184,10 @@ def create_graph(
     io_bound: Iterable[str] | None = None,
     done: Iterable[str] | None = None,
     results: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
 ) -> Graph:
-    """Build a Graph in taskmap's dict style.
+    """Build a Graph in taskmap's dict style (``name`` names it, as ``Graph(name=...)``).
 
     ``dependencies[name]`` lists the tasks whose results are passed positionally, in that
     order; a ``None`` result is not passed. Tasks in ``io_bound`` are IO tasks (coroutines
@@ -204,8 +212,8 @@ def create_graph(
         raise UnknownTaskError(
             sorted(unknown), where="create_graph: names without a function in funcs"
         )
-    g = Graph()
-    for name, fn in funcs.items():
+    g = Graph(name=name)
+    for name, fn in funcs.items():  # the graph's name was used above
         deps = dependencies.get(name, ())
         if isinstance(deps, str) or not isinstance(deps, Iterable):
             raise InvalidTaskError(

@@ -20,6 +20,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -290,6 +291,7 @@ def _run_json(info: RunInfo) -> dict[str, Any]:
         "started": _iso(info.started),
         "finished": _iso(info.finished),
         "duration_s": _seconds(info.started, info.finished),
+        "graph": info.graph,
         "pid": info.pid,
         "host": info.host,
         "tasks": info.tasks,
@@ -310,9 +312,12 @@ def status(args: argparse.Namespace) -> int:
     try:
         tasks = store.tasks()
         runs = store.runs()
+        task_order = getattr(store, "task_order", None)  # SQLiteStore's: not the protocol's
+        order = task_order() if task_order is not None else []
     finally:
         store.close()
     last = runs[-1] if runs else None
+    tasks = _in_graph_order(tasks, order)
     shown = [t for t in tasks.values() if not args.failed or t.status is State.FAILED]
     if args.json:
         print(json.dumps(_status_json(args.store, last, shown), indent=2))
@@ -320,8 +325,9 @@ def status(args: argparse.Namespace) -> int:
     if last is None:
         print(f"store {args.store}: no runs recorded yet")
         return 0
+    graph = "" if last.graph is None else f" of graph {last.graph!r}"
     print(
-        f"store {args.store}: last run {last.id} {_run_state(last)}, started "
+        f"store {args.store}: last run {last.id}{graph} {_run_state(last)}, started "
         f"{_when(last.started)}, took {_duration(_seconds(last.started, last.finished))}"
     )
     print()
@@ -354,8 +360,59 @@ def status(args: argparse.Namespace) -> int:
         for t in shown:
             print()
             print(f"--- {t.name} (failed in run {t.run_id}) ---")
-            print((t.traceback or _error_line(t.error_type, t.error_message, 10**6)).rstrip())
+            if t.traceback:
+                print(user_frames(t.traceback).rstrip())
+            else:
+                print(_error_line(t.error_type, t.error_message, 10**6))
     return 0
+
+
+def _in_graph_order(tasks: dict[str, StoredTask], order: Sequence[str]) -> dict[str, StoredTask]:
+    """``tasks`` in the order of the last run's graph (topological, then definition), as
+    the store recorded it; tasks it did not have (an earlier graph's) after, as stored."""
+    out = {n: tasks[n] for n in order if n in tasks}
+    out.update((n, t) for n, t in tasks.items() if n not in out)
+    return out
+
+
+#: A traceback's frame in a file of the machinery a task runs under: asyncgraph's own
+#: modules, anyio, asyncio, concurrent.futures, threading.
+_MACHINERY = re.compile(
+    r'^  File "[^"]*(?:[/\\]asyncgraph[/\\]_[^"]*|[/\\](?:anyio|asyncio)[/\\][^"]*'
+    r'|[/\\]concurrent[/\\]futures[/\\][^"]*|[/\\]threading\.py)", line \d+'
+)
+
+
+def user_frames(text: str) -> str:
+    """A formatted traceback from the user's first frame on: the frames of the machinery
+    above it (see ``_MACHINERY``) are left out of each traceback of a chain, with a line
+    saying how many. A traceback with no user frame is kept whole; the store keeps the
+    full text (``--json`` prints it)."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if not line.startswith("Traceback (most recent call last):"):
+            continue
+        frames: list[list[str]] = []  # this traceback's frames, each with its lines
+        while i < len(lines) and lines[i].startswith("  "):
+            if lines[i].startswith("  File ") or not frames:
+                frames.append([])
+            frames[-1].append(lines[i])
+            i += 1
+        skip = 0
+        while skip < len(frames) - 1 and _MACHINERY.match(frames[skip][0]):
+            skip += 1
+        if skip == len(frames) - 1 and _MACHINERY.match(frames[skip][0]):
+            skip = 0  # nothing but machinery: the error is asyncgraph's own, keep it all
+        if skip:
+            out.append(f"  [{skip} frame(s) of asyncgraph and its event loop left out]")
+        for frame in frames[skip:]:
+            out.extend(frame)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
 def _status_json(path: str, last: RunInfo | None, tasks: Iterable[StoredTask]) -> dict[str, Any]:
@@ -397,13 +454,15 @@ def history(args: argparse.Namespace) -> int:
     if not runs:
         print(f"store {args.store}: no runs recorded yet")
         return 0
+    named = any(r.graph is not None for r in runs)  # a graph column only if one has a name
     columns = (
-        *("run", "started", "duration", "status"),
+        *("run", *(("graph",) if named else ()), "started", "duration", "status"),
         *("tasks", "reused", "done", "failed", "skipped", "cancelled"),
     )
     rows = [
         (
             r.id,
+            *((r.graph,) if named else ()),
             _when(r.started),
             _duration(_seconds(r.started, r.finished)),
             _run_state(r) if r is runs[-1] else r.status,
@@ -545,23 +604,53 @@ def run(args: argparse.Namespace) -> int:
     """Load, rewrite, run on the store, print a summary; 0 if every task is done."""
     import asyncgraph as ag
 
+    progress = bool(args.progress) and _progress_option()
+    backend = _backend_option(getattr(args, "backend", None), args.cpu_workers)
     store = _store_for_graph(args.store)
     try:
         graph = _prepared(args, store)
         before = graph.status
-        result = ag.run_sync(
-            graph,
-            store=store,
-            cpu_workers=args.cpu_workers,
-            max_io=args.max_io,
-            progress=bool(args.progress) and _progress_option(),
-        )
+        with backend as chosen:
+            result = ag.run_sync(
+                graph,
+                store=store,
+                cpu_workers=args.cpu_workers,
+                max_io=args.max_io,
+                progress=progress,
+                backend=chosen,
+            )
         runs = store.runs()
     finally:
         store.close()
     print(_summary(args, before, result, runs[-1] if runs else None))
     done = all(s is State.DONE for s in result.status.values())
     return 0 if done else 1
+
+
+def _backend_option(spec: str | None, workers: int | None) -> Any:
+    """``--backend``: a context manager giving the run's ``backend=`` (None: the default)
+    and closing what it started. ``dask`` needs ``asyncgraph.DaskBackend`` and
+    ``distributed``, found before anything is written."""
+    import contextlib
+
+    import asyncgraph as ag
+
+    if spec is None:
+        return contextlib.nullcontext(None)
+    name, _, address = spec.partition("=")
+    if name == "inline":
+        return contextlib.nullcontext(ag.InlineBackend())
+    if name == "processes":
+        return ag.ProcessBackend(workers=workers)
+    import importlib.util
+
+    dask_backend = getattr(ag, "DaskBackend", None)
+    if dask_backend is None or importlib.util.find_spec("distributed") is None:
+        raise UsageError(
+            "--backend dask needs Dask distributed, which is not installed; "
+            "install it with: pip install 'asyncgraph[dask]'"
+        )
+    return contextlib.nullcontext(dask_backend(address) if address else dask_backend())
 
 
 def _progress_option() -> bool:

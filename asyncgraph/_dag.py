@@ -33,7 +33,7 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from ._exceptions import CycleError, DuplicateTaskError, MissingDependencyError, UnknownTaskError
-from ._task import Task
+from ._task import Task, short_repr, task_name
 
 __all__ = ["Dag"]
 
@@ -194,23 +194,24 @@ class Dag:
         state = "frozen" if self._frozen else "open"
         return f"<Dag of {len(self._tasks)} tasks ({state})>"
 
-    def check_names(self, names: Iterable[str] | str, where: str) -> list[str]:
+    def check_names(self, names: Iterable[str | Task] | str | Task, where: str) -> list[str]:
         """``names`` as a list, or TypeError / :class:`UnknownTaskError` naming ``where``.
 
-        One name or an iterable of names; every unknown name is listed at once.
+        One name or an iterable of names; every unknown name is listed at once. A
+        :class:`Task` stands for its name.
         """
-        if isinstance(names, str):
-            out = [names]
+        if isinstance(names, (str, Task)):
+            out = [task_name(names)]
         elif isinstance(names, Iterable):
-            out = list(names)
+            out = [task_name(n) for n in names]
         else:
             raise TypeError(
-                f"{where}: expected a task name or a list of task names, "
-                f"not {type(names).__name__} {names!r}"
+                f"{where}: expected a task name or a list of task names, not {short_repr(names)}"
             )
         wrong = [n for n in out if not isinstance(n, str)]
         if wrong:
-            raise TypeError(f"{where}: task names are strings, not {wrong[0]!r}")
+            bad = short_repr(wrong[0]).partition(" ")[2]
+            raise TypeError(f"{where}: task names are strings, not {bad}")
         unknown = [n for n in out if n not in self._tasks]
         if unknown:
             raise UnknownTaskError(unknown, where=where)

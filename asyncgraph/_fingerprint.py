@@ -185,7 +185,10 @@ def binding_bytes(dag: Dag) -> Mapping[str, bytes]:
     out = _BINDINGS.get(dag)
     if out is None:
         out = _BINDINGS[dag.freeze()] = {
-            n: repr((t.args, t.kwargs, t.skip_none)).encode() for n, t in dag.tasks.items()
+            # Order-only deps (``after``) only when there are some: every other task's
+            # fingerprint stays what it was before they existed.
+            n: repr((t.args, t.kwargs, t.skip_none, *((t.after,) if t.after else ()))).encode()
+            for n, t in dag.tasks.items()
         }
     return out
 

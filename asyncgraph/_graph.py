@@ -18,7 +18,9 @@ State it keeps
                   once shared, so an ``add`` here copies it first);
     ``_records``  name -> TaskRecord, this graph's own dict, in definition order;
     ``_origin``   the store these records were loaded from (see ``_store.resume.store_key``),
-                  or None: a run on that store takes the records as they are.
+                  or None: a run on that store takes the records as they are;
+    ``_name``     the graph's name (``Graph(name="nightly")``) or None, kept by every
+                  graph derived from it.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from ._exceptions import TaskFailures, UnknownTaskError
 from ._state import PENDING_RECORD, ResultRef, State, TaskRecord
 from ._task import Kind, Task, make_task
 
-__all__ = ["BaseGraph", "G", "check_graph"]
+__all__ = ["BaseGraph", "G", "check_graph", "check_graph_name"]
 
 F = Callable[..., Any]
+#: The decorated function's own type: ``@g.task`` hands it back as it came (issue 16).
+_TF = TypeVar("_TF", bound=Callable[..., Any])
 _G = TypeVar("_G", bound="BaseGraph")
 #: A graph of any BaseGraph class: what the engines take and give back (``run(g: G) -> G``).
 G = TypeVar("G", bound="BaseGraph")
@@ -60,14 +64,21 @@ class BaseGraph:
     :meth:`_failures`, :meth:`_insert` and :meth:`_with_dag` (fan-out).
     """
 
-    __slots__ = ("_dag", "_origin", "_records")
+    __slots__ = ("_dag", "_name", "_origin", "_records")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        self._name = check_graph_name(name)
         self._dag = Dag()
         self._records: dict[str, TaskRecord] = {}
         # The store this graph's records were loaded from (see _store.resume.store_key): a run
         # on that store takes the records as they are instead of loading them again.
         self._origin: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The graph's name (``Graph(name="nightly")``), or None: shown in its repr, its
+        HTML table, the progress bar, and the store's history of its runs."""
+        return self._name
 
     # -- building ---------------------------------------------------------------------
 
@@ -83,14 +94,19 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
-        over: str | None = None,
+        after: Iterable[str | Task] | str | Task | None = None,
+        over: str | Task | None = None,
         key: Callable[[Any], Any] | None = None,
     ) -> Task:
         """Add a task and return its definition.
 
         ``deps=None`` names the dependencies by the function's parameters (each without a
         default) and passes results by keyword; a list passes them positionally in that
-        order; a dict ``{"param": "task"}`` passes them by keyword.
+        order; a dict ``{"param": "task"}`` passes them by keyword. ``after`` lists
+        order-only dependencies: the task starts after they are done, without their
+        results (it is skipped if one of them fails). A :class:`Task` (what ``add``
+        returns) may stand for its name in ``deps`` and ``after``, and so may a function
+        that ``@g.task`` decorated in this graph (what the decorator returns).
 
         ``over="users"`` maps the task over that dependency's result: when ``users`` is
         done, each item of its list (or each value of its dict) becomes an element of
@@ -98,8 +114,16 @@ class BaseGraph:
         ``key=``, a function of one item returning a str or int), that gets the one
         item where ``users``'s result would go. ``name`` itself stands for the family:
         its result is the list of the elements' results (a dict when mapping a dict).
-        Over another mapped task the mapping is element-wise.
+        Over another mapped task the mapping is element-wise. ``over`` may be a
+        :class:`Task` or a decorated function, as in ``deps``.
         """
+        if deps is not None and not isinstance(deps, (str, Mapping)):
+            deps = self._tasks_of_functions(deps)
+        order_only = _one_or_many(after)
+        if order_only is not None:
+            order_only = self._tasks_of_functions(order_only)
+        if over is not None and not isinstance(over, str):
+            over = self._tasks_of_functions([over])[0]  # a Task, or a decorated function
         task = make_task(
             name,
             fn,
@@ -110,6 +134,7 @@ class BaseGraph:
             timeout=timeout,
             priority=priority,
             resources=resources,
+            after=order_only,
             over=over,
             key=key,
         )
@@ -117,13 +142,37 @@ class BaseGraph:
         self._records[name] = PENDING_RECORD
         return task
 
+    def _tasks_of_functions(self, names: Any) -> Any:
+        """``names`` with each function that is one task's function in this graph (as
+        ``@g.task`` returns it) replaced by that task; anything else as it is. Only when
+        an item is not a str or Task, so a plain list of names costs one pass."""
+        if type(names) is list:  # the common case, by far: a list of names
+            for n in names:
+                if type(n) is not str:
+                    break
+            else:
+                return names
+        if not isinstance(names, Iterable) or isinstance(names, (str, set, frozenset)):
+            return names  # a set has no order: make_task refuses it for deps, saying why
+        items = list(names)
+        if all(isinstance(n, (str, Task)) for n in items):
+            return items
+        by_fn: dict[int, list[Task]] = {}
+        for t in self._dag.tasks.values():
+            by_fn.setdefault(id(t.fn), []).append(t)
+        out = []
+        for n in items:
+            found = by_fn.get(id(n)) if callable(n) and not isinstance(n, Task) else None
+            out.append(found[0] if found is not None and len(found) == 1 else n)
+        return out
+
     def _insert(self, task: Task, record: TaskRecord = PENDING_RECORD) -> None:
         """Add a built task with a record (package-internal: ``create_graph``)."""
         self._dag = self._dag.add(task)
         self._records[task.name] = record
 
     @overload
-    def task(self, fn: F, /) -> F: ...
+    def task(self, fn: _TF, /) -> _TF: ...
     @overload
     def task(
         self,
@@ -138,9 +187,10 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
-        over: str | None = None,
+        after: Iterable[str | Task] | str | Task | None = None,
+        over: str | Task | None = None,
         key: Callable[[Any], Any] | None = None,
-    ) -> Callable[[F], F]: ...
+    ) -> Callable[[_TF], _TF]: ...
 
     def task(
         self,
@@ -155,7 +205,8 @@ class BaseGraph:
         timeout: float | None = None,
         priority: int = 0,
         resources: Iterable[str] = (),
-        over: str | None = None,
+        after: Iterable[str | Task] | str | Task | None = None,
+        over: str | Task | None = None,
         key: Callable[[Any], Any] | None = None,
     ) -> F | Callable[[F], F]:
         """Decorator form of :meth:`add`: ``@g.task`` or ``@g.task(kind="cpu", ...)``.
@@ -175,8 +226,118 @@ class BaseGraph:
                 timeout=timeout,
                 priority=priority,
                 resources=resources,
+                after=after,
                 over=over,
                 key=key,
+            )
+            return f
+
+        return decorate(fn) if fn is not None else decorate
+
+    # -- stream stages (issue 14; see asyncgraph._stream) --------------------------------
+
+    def add_stream(
+        self,
+        name: str,
+        fn: F,
+        *,
+        inputs: Iterable[str] | None = None,
+        deps: Mapping[str, str] | None = None,
+        kind: Kind | str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.1,
+        timeout: float | None = None,
+        priority: int = 0,
+        resources: Iterable[str] = (),
+        batch_size: int | None = None,
+        batch_timeout: float | None = None,
+    ) -> Task:
+        """Add a stream stage and return its definition (see :meth:`stream`)."""
+        from ._stream.define import make_stream_task
+
+        task = make_stream_task(
+            name,
+            fn,
+            inputs=inputs,
+            deps=deps,
+            kind=kind,
+            retries=retries,
+            retry_delay=retry_delay,
+            timeout=timeout,
+            priority=priority,
+            resources=resources,
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
+        )
+        self._dag = self._dag.add(task)
+        self._records[name] = PENDING_RECORD
+        return task
+
+    @overload
+    def stream(self, fn: F, /) -> F: ...
+    @overload
+    def stream(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        inputs: Iterable[str] | None = None,
+        deps: Mapping[str, str] | None = None,
+        kind: Kind | str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.1,
+        timeout: float | None = None,
+        priority: int = 0,
+        resources: Iterable[str] = (),
+        batch_size: int | None = None,
+        batch_timeout: float | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def stream(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        inputs: Iterable[str] | None = None,
+        deps: Mapping[str, str] | None = None,
+        kind: Kind | str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.1,
+        timeout: float | None = None,
+        priority: int = 0,
+        resources: Iterable[str] = (),
+        batch_size: int | None = None,
+        batch_timeout: float | None = None,
+    ) -> F | Callable[[F], F]:
+        """Decorator adding a stream stage: ``@g.stream`` or ``@g.stream(kind="cpu", ...)``.
+
+        The function's first parameter receives DataFrame batches: from the stream's
+        source if it is named ``source``, else from the stream stage it names (or from
+        each of ``inputs=[...]``: a union). Its other parameters name plain tasks (or
+        ``deps={"param": "task"}`` maps them), which run once before the stream. It
+        returns a DataFrame (an empty one passes nothing on; a sink may return None).
+        ``batch_size``
+        re-batches its input to at most that many rows per call (larger batches split,
+        smaller ones merged); ``batch_timeout`` sends a partial merge after that many
+        seconds. Run with :func:`asyncgraph.run_stream` or :func:`asyncgraph.open_stream`.
+        """
+
+        def decorate(f: F) -> F:
+            self.add_stream(
+                name if name is not None else _name_of(f),
+                f,
+                inputs=inputs,
+                deps=deps,
+                kind=kind,
+                retries=retries,
+                retry_delay=retry_delay,
+                timeout=timeout,
+                priority=priority,
+                resources=resources,
+                batch_size=batch_size,
+                batch_timeout=batch_timeout,
             )
             return f
 
@@ -205,6 +366,7 @@ class BaseGraph:
 
     @property
     def status(self) -> dict[str, State]:
+        """Each task's :class:`State`, by name, in definition order."""
         return {n: r.status for n, r in self._records.items()}
 
     @property
@@ -222,14 +384,25 @@ class BaseGraph:
         return {n: r.error for n, r in self._records.items() if r.error is not None}
 
     def dependencies(self, name: str) -> tuple[str, ...]:
+        """The tasks ``name`` depends on, in binding order."""
         dag = self._dag
-        dag.check_names([name], "dependencies")
+        (name,) = dag.check_names([name], "dependencies")
         return dag.tasks[name].deps
 
     def children(self, name: str) -> tuple[str, ...]:
+        """The tasks that depend directly on ``name``."""
         dag = self._dag
-        dag.check_names([name], "children")
+        (name,) = dag.check_names([name], "children")
         return dag.children(name)
+
+    def sources(self) -> tuple[str, ...]:
+        """The tasks without dependencies (where a run starts), in definition order."""
+        return tuple(n for n, t in self._dag.tasks.items() if not t.deps)
+
+    def terminals(self) -> tuple[str, ...]:
+        """The tasks nothing depends on (where a run ends), in definition order."""
+        children = self._dag.child_map()
+        return tuple(n for n in self._dag if n not in children)
 
     def descendants(self, names: Iterable[str] | str) -> set[str]:
         """All tasks downstream of ``names`` (not including them)."""
@@ -272,6 +445,7 @@ class BaseGraph:
         new._dag = self._dag.freeze()
         new._records = dict(self._records if records is None else records)
         new._origin = self._origin if isinstance(origin, _Keep) else origin
+        new._name = self._name
         return new
 
     def _with_dag(self: _G, dag: Dag, records: Mapping[str, TaskRecord]) -> _G:
@@ -282,6 +456,7 @@ class BaseGraph:
         new._dag = dag.freeze()
         new._records = {n: records[n] for n in dag}
         new._origin = self._origin
+        new._name = self._name
         return new
 
     def _subset(self: _G, names: Iterable[str]) -> _G:
@@ -292,6 +467,7 @@ class BaseGraph:
         records = self._records
         new._records = {n: records[n] for n in dag}
         new._origin = self._origin
+        new._name = self._name
         return new
 
     # -- failures -----------------------------------------------------------------------
@@ -333,12 +509,35 @@ class BaseGraph:
         for r in self._records.values():
             counts[r.status.value] = counts.get(r.status.value, 0) + 1
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        return f"<Graph {len(self)} tasks" + (f": {detail}>" if detail else ">")
+        named = "" if self._name is None else f" {self._name!r}"
+        return f"<Graph{named} {len(self)} tasks" + (f": {detail}>" if detail else ">")
 
     def _record_copy(self) -> dict[str, TaskRecord]:
         """The records as a dict of the caller's own (package-internal: a run's ledger
         works on one)."""
         return dict(self._records)
+
+
+def check_graph_name(name: Any) -> str | None:
+    """``name`` if it can name a graph (a non-empty str, or None); else TypeError or
+    ValueError saying what to pass. A name is stored and printed: one line of text."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"Graph(name=...): a name is a str, not {type(name).__name__}")
+    if not name.strip() or any(c in name for c in "\r\n\0"):
+        raise ValueError(
+            f"Graph(name=...): {name!r} cannot name a graph: give one line of text "
+            "(not empty, no newline or NUL), e.g. Graph(name='nightly')"
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"Graph(name=...): {name!r} has a lone surrogate, which UTF-8 cannot encode "
+            "(the store keeps the name as UTF-8 text): name the graph without it"
+        ) from None
+    return name
 
 
 def check_graph(graph: Any, caller: str = "run") -> None:
@@ -448,6 +647,14 @@ class _Tasks(Mapping[str, Task]):
 
     def __repr__(self) -> str:
         return repr(self._graph._dag.tasks)
+
+
+def _one_or_many(after: Any) -> Any:
+    """``after="load"`` (or one Task) is a list of one: order-only deps pass no results,
+    so a single name is not ambiguous as it would be for ``deps``."""
+    if isinstance(after, (str, Task)) or (callable(after) and not isinstance(after, Iterable)):
+        return [after]  # one name, Task, or decorated function
+    return after
 
 
 def _name_of(fn: F) -> str:

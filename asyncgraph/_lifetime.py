@@ -10,6 +10,8 @@ in one straight path.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
@@ -22,16 +24,18 @@ from ._runner import _Run
 from ._state import ResultRef
 from ._store.resume import weights_of
 from ._store.session import StoreSink, hold, load_inputs
+from ._stream.spec import refuse_stream_tasks
 
 if TYPE_CHECKING:
     from ._executors.base import Backend
     from ._store.protocol import Store
 
-__all__ = ["OnRun", "RunRecords", "run", "start"]
+__all__ = ["OnRun", "RunRecords", "require_asyncio", "run", "start"]
 
 
 class RunRecords(Protocol):
-    """What an open run reads of a run in progress (see ``_open_run``): its ledger."""
+    """What an open run reads of a run in progress (see ``_open_run``): its records,
+    through the run, which can also cancel one of its tasks."""
 
     def snapshot(self) -> BaseGraph:
         """The Graph so far: every task as its latest record has it."""
@@ -41,8 +45,12 @@ class RunRecords(Protocol):
         """The result of a task that is done."""
         ...
 
+    def cancel_task(self, name: str) -> bool:
+        """Cancel one task, the rest going on; False if it has ended already."""
+        ...
 
-#: ``on_run=``: given the run's ledger as soon as the run exists.
+
+#: ``on_run=``: given the run (its records, ``cancel_task``) as soon as it exists.
 OnRun: TypeAlias = Callable[[RunRecords], None]
 
 
@@ -58,20 +66,22 @@ def start(
     A run without a store is built here, so what is wrong with the graph (a cycle, a CPU
     task that cannot be pickled) is raised by the caller's own call, before anything
     starts; a run on a store is built once the store is read. ``extra`` hears every
-    event first; ``on_run`` is given the run's ledger as soon as the run exists.
+    event first; ``on_run`` is given the run as soon as it exists.
     """
+    refuse_stream_tasks(graph._dag.tasks.values(), "run")  # streams: ag.run_stream
     watch = Watch(
         options.progress,
         options.on_event,
         deadline=options.deadline,
         grace=options.cancel_grace,
         extra=extra,
+        label=graph.name,
     )
     the_run = None
     if options.store is None:
         the_run = _Run(graph, options, emit=watch.emit)
         if on_run is not None:
-            on_run(the_run.ledger)
+            on_run(the_run)
     # Every graph the run derives is of the caller's class (``_derive``: ``type(self)``).
     return cast("Coroutine[Any, Any, G]", _lifetime(watch, graph, options, the_run, on_run))
 
@@ -105,8 +115,34 @@ async def _lifetime(
                 sink=StoreSink(store, loaded),
             )
             if on_run is not None:
-                on_run(the_run.ledger)
+                on_run(the_run)
             return await the_run.run()
+
+
+def require_asyncio(caller: str) -> None:
+    """RuntimeError, in one sentence, unless an asyncio loop runs in this thread.
+
+    Awaited under trio, a run would fail deep inside with "no running event loop";
+    sniffio (anyio's own detection, when installed) names the library that runs instead.
+    One C call when all is well.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return
+    try:  # sniffio comes with trio (anyio does not need it): imported by name
+        library: str | None = importlib.import_module("sniffio").current_async_library()
+    except Exception:  # noqa: BLE001 - not installed, or no library it knows
+        library = None
+    this = f"this is {library}" if library else "no asyncio event loop runs in this thread"
+    raise RuntimeError(
+        f"{caller}: asyncgraph runs on asyncio and {this}; start the program with "
+        "anyio.run(main, backend='asyncio') or asyncio.run(main()), or, from trio, await "
+        "it through trio-asyncio (trio_asyncio.aio_as_trio) or in a thread "
+        "(await trio.to_thread.run_sync(ag.run_sync, graph))"
+    )
 
 
 async def run(
@@ -142,6 +178,7 @@ async def run(
     recorded there, and tasks already done there with an unchanged fingerprint are
     reused instead of run (see :func:`load` and ``docs/store.md``).
     """
+    require_asyncio("run")
     check_graph(graph)
     options = RunOptions(
         max_io=max_io,

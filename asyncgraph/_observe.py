@@ -49,7 +49,7 @@ from ._events import Emit, Event, EventKind
 from ._options import OnEvent, Progress
 from ._task import is_async_callable
 
-__all__ = ["Progress", "OnEvent", "Watch"]
+__all__ = ["Progress", "OnEvent", "StreamProgress", "Watch"]
 
 logger = logging.getLogger("asyncgraph")
 
@@ -90,7 +90,7 @@ class _Progress:
         self.next_draw = 0.0
 
     @classmethod
-    def make(cls, progress: Progress) -> _Progress | None:
+    def make(cls, progress: Progress, label: str | None = None) -> _Progress | None:
         if progress is False:
             return None
         jupyter = _in_jupyter()
@@ -109,12 +109,15 @@ class _Progress:
             "miniters": 1,
             "dynamic_ncols": True,
         }
+        if label is not None:
+            options["desc"] = label  # the graph's name (Graph(name=...)), left of the bar
         if jupyter:
             try:
                 import ipywidgets  # noqa: F401 - tqdm's notebook bar is a widget
                 from tqdm.notebook import tqdm as notebook_tqdm
 
-                return cls(functools.partial(notebook_tqdm, **options))
+                # display=False: the bar shows itself through a handle it can update.
+                return _NotebookProgress(functools.partial(notebook_tqdm, display=False, **options))
             except ImportError:
                 pass  # no ipywidgets: a text bar on the cell's stderr is next best
         from tqdm import tqdm as text_tqdm
@@ -182,6 +185,53 @@ class _Progress:
         if self.bar is not None:
             self.draw(0.0)
             self.bar.close()
+
+
+class _NotebookProgress(_Progress):
+    """The bar in Jupyter: tqdm's widget, kept in step with a total that grows.
+
+    tqdm opens a widget with ``total=0`` as an indeterminate bar (full, ``info`` style)
+    and does not pass a later ``total`` to it; this bar sets the widget's ``max`` when
+    the total changes, so it fills as tasks settle. It shows the widget through a
+    display handle and updates that display when it closes, so a saved notebook's text
+    fallback (``text/plain``) reads the final counts, not the opening ``0task``. It ends
+    ``success`` when every task it counted is done, ``danger`` otherwise.
+    """
+
+    def __init__(self, open_bar: Callable[[], Any]) -> None:
+        super().__init__(open_bar)
+        self.handle: Any = None  # IPython's DisplayHandle of the widget
+        self.widget_total = 0  # the total the widget was last given
+
+    def start(self) -> None:
+        import IPython.display
+
+        show: Callable[..., Any] = IPython.display.display  # IPython's is untyped
+        self.bar = self.open_bar()
+        self.handle = show(self.bar.container, display_id=True)
+
+    def draw(self, now: float) -> None:
+        total = self.counts[_QUEUED] + self.extra
+        if total != self.widget_total:
+            # Before the count moves: the widget clamps a value above its max.
+            widget = self.bar.container.children[1]
+            widget.max = max(total, 1)
+            if widget.bar_style == "info":  # tqdm's "no total" look
+                widget.bar_style = ""
+            self.widget_total = total
+        super().draw(now)
+
+    def close(self) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        self.draw(0.0)
+        c = self.counts
+        if sum(c[k] for k in _SETTLED) > c[EventKind.DONE] or self.running:
+            bar.disp(bar_style="danger", check_delay=False)  # tqdm keeps it past close
+        bar.close()
+        if self.handle is not None:
+            self.handle.update(bar.container)
 
 
 class _Relay:
@@ -338,8 +388,9 @@ class Watch:
         deadline: float | None = None,
         grace: float | None = None,
         extra: Emit | None = None,
+        label: str | None = None,
     ) -> None:
-        self.progress = _Progress.make(progress)
+        self.progress = _Progress.make(progress, label)
         self.relay: _Relay | None = None
         self.deadline = deadline
         self.grace = None if grace is None or math.isinf(grace) else grace
@@ -414,3 +465,101 @@ def _callback_name(callback: Callable[..., Any]) -> str:
     name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
     module = getattr(callback, "__module__", None)
     return f"{module}.{name}" if module else str(name)
+
+
+# -- streams (issue 14) ------------------------------------------------------------------
+
+
+class StreamProgress:
+    """A stream's progress bar: source batches done, failed and cancelled, and rows/s.
+
+    Fed by the stream's batch events (``source#17``: done, failed, cancelled; queued as
+    each is read) through the same ``emit`` as any listener, and told the rows of each
+    source batch read (:meth:`rows`), which an Event does not carry. Its total is
+    ``max_batches`` when given, else open-ended. Built only when it will be shown.
+    """
+
+    def __init__(self, open_bar: Callable[[], Any]) -> None:
+        self.open_bar = open_bar
+        self.bar: Any = None
+        self.counts = dict.fromkeys(EventKind, 0)
+        self.n_rows = 0
+        self.started = 0.0
+        self.shown = 0
+        self.next_draw = 0.0
+
+    @classmethod
+    def make(cls, progress: Progress, total: int | None) -> StreamProgress | None:
+        if progress is False:
+            return None
+        jupyter = _in_jupyter()
+        if progress is True and not jupyter and not sys.stderr.isatty():
+            return None
+        try:
+            import tqdm  # noqa: F401 - only to say which extra is missing
+        except ImportError:
+            raise ImportError(
+                "progress=True needs tqdm: pip install 'asyncgraph[progress]'"
+            ) from None
+        options: dict[str, Any] = {
+            "total": total,
+            "unit": "batch",
+            "mininterval": 0,
+            "miniters": 1,
+            "dynamic_ncols": True,
+        }
+        if jupyter:
+            try:
+                import ipywidgets  # noqa: F401
+                from tqdm.notebook import tqdm as notebook_tqdm
+
+                return cls(functools.partial(notebook_tqdm, **options))
+            except ImportError:
+                pass
+        from tqdm import tqdm as text_tqdm
+
+        return cls(functools.partial(text_tqdm, file=sys.stderr, disable=False, **options))
+
+    def start(self) -> None:
+        self.bar = self.open_bar()
+        self.started = time.time()
+
+    def rows(self, n: int) -> None:
+        self.n_rows += n
+
+    def __call__(self, event: Event) -> None:
+        if not event[1].startswith("source#"):
+            return  # a stage's piece: the bar counts source batches
+        self.counts[event[0]] += 1
+        if event[3] >= self.next_draw:
+            self.draw(event[3])
+
+    def text(self, now: float) -> str:
+        c = self.counts
+        parts = [f"done {c[EventKind.DONE]}", f"failed {c[EventKind.FAILED]}"]
+        if c[EventKind.CANCELLED]:
+            parts.append(f"cancelled {c[EventKind.CANCELLED]}")
+        spent = now - self.started
+        if spent > 0:
+            parts.append(f"{self.n_rows / spent:,.0f} rows/s")
+        return " · ".join(parts)
+
+    def draw(self, now: float) -> None:
+        self.next_draw = now + REDRAW_EVERY
+        bar = self.bar
+        if bar is None:
+            return
+        c = self.counts
+        settled = c[EventKind.DONE] + c[EventKind.FAILED] + c[EventKind.CANCELLED]
+        bar.set_postfix_str(self.text(now), refresh=False)
+        if settled > self.shown:
+            bar.update(settled - self.shown)
+            self.shown = settled
+        else:
+            bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.draw(time.time())
+            self.bar.close()
+            self.bar = None

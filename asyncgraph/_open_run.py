@@ -15,6 +15,7 @@ State it keeps
     _records   the run's records, once the run exists (None before, or if it never did)
     _task      the task running the run, once the block is entered
     _closed    set when that task has ended: the iterators end after the last event
+    _to_cancel names given to cancel(name) before the run had started
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from typing import TYPE_CHECKING, Any, Generic, cast
 
 from ._events import Event, EventKind
 from ._graph import G, check_graph
-from ._lifetime import RunRecords, start
+from ._lifetime import RunRecords, require_asyncio, start
 from ._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from ._shield import wait_to_the_end
 
 if TYPE_CHECKING:
     from ._executors.base import Backend
     from ._store import Store
+    from ._task import Task
 
 __all__ = ["OpenRun", "open_run"]
 
@@ -62,12 +64,14 @@ class OpenRun(Generic[G]):
         self._closed = False
         self._records: RunRecords | None = None  # the run's, once it exists
         self._task: asyncio.Task[G] | None = None
+        self._to_cancel: list[str] = []  # cancel(name) before the run started
 
     # -- the run's lifetime ---------------------------------------------------------
 
     async def __aenter__(self) -> OpenRun[G]:
         if self._task is not None:
             raise RuntimeError("an OpenRun can be entered only once")
+        require_asyncio("open_run")
         run = start(self._graph, self._options, extra=self._record, on_run=self._attach)
         self._task = asyncio.get_running_loop().create_task(run)
         self._task.add_done_callback(self._ended)
@@ -126,10 +130,36 @@ class OpenRun(Generic[G]):
             return cast(G, self._records.snapshot())  # derived from the input: its class
         return task.result()
 
-    def cancel(self) -> None:
+    def cancel(self, name: str | Task | None = None) -> bool:
         """Stop the run: running tasks are cancelled and recorded as ``cancelled``, and
-        :meth:`wait` and :attr:`graph` give the Graph so far (they do not raise)."""
-        self._started().cancel()
+        :meth:`wait` and :attr:`graph` give the Graph so far (they do not raise).
+
+        ``cancel("name")`` cancels that one task while the rest goes on: it is recorded
+        ``cancelled`` (running, its attempt is cancelled as a deadline would; not started,
+        it never starts) and its descendants ``skipped``, as for a failure. A task that
+        has ended (or is skipped) stays as it is: a no-op, returning False. An unknown
+        name raises :class:`UnknownTaskError`. Called before the run has started (its
+        store still being read), the task is cancelled as soon as the run starts.
+
+        Returns True if something was cancelled (or will be, as soon as the run starts).
+        """
+        task = self._started()
+        if name is None:
+            return task.cancel()
+        (the_name,) = self._graph._dag.check_names([name], "cancel")
+        if task.done():
+            return False
+        if self._records is None or not self._history:
+            self._to_cancel.append(the_name)  # the run has not started: as soon as it does
+            return True
+        return self._records.cancel_task(the_name)
+
+    def _cancel_waiting(self) -> None:
+        # The run's first event came: it has started, so the cancels asked before apply.
+        names, self._to_cancel = self._to_cancel, []
+        if self._records is not None and not self._closed:
+            for name in names:
+                self._records.cancel_task(name)
 
     @property
     def graph(self) -> G:
@@ -152,6 +182,9 @@ class OpenRun(Generic[G]):
     # -- events ---------------------------------------------------------------------
 
     def _record(self, event: Event) -> None:
+        if self._to_cancel and not self._history:
+            # Not from inside the run's announce: once the run waits on its tasks.
+            asyncio.get_running_loop().call_soon(self._cancel_waiting)
         self._history.append(event)
         if self._waiters:
             self._wake()

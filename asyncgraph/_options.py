@@ -52,10 +52,10 @@ _RESOLVED: Any = None
 class RunOptions:
     """The options of one run, as :func:`asyncgraph.run` documents them.
 
-    Built from what the caller gave; ``cpu_workers`` is then the number of workers
-    (the CPU count if not given), ``limits`` a dict of its own (empty if not given) and
-    ``cancel_grace`` a float. ``store`` is as given (a path or a Store): the run opens a
-    path itself.
+    Built from what the caller gave; ``cpu_workers`` is then the number of workers (if
+    not given: the backend's ``default_cpu_workers``, else the CPU count), ``limits`` a
+    dict of its own (empty if not given) and ``cancel_grace`` a float. ``store`` is as
+    given (a path or a Store): the run opens a path itself.
     """
 
     max_io: int | None = None
@@ -118,7 +118,11 @@ class RunOptions:
         _check_on_event(self.on_event)
         _check_backend(self.backend)
         resolve = object.__setattr__  # frozen: the one place these are written
-        resolve(self, "cpu_workers", self.cpu_workers or os.cpu_count() or 1)
+        resolve(
+            self,
+            "cpu_workers",
+            self.cpu_workers or _backend_workers(self.backend) or os.cpu_count() or 1,
+        )
         resolve(self, "limits", dict(limits or {}))
         resolve(self, "cancel_grace", float(self.cancel_grace))
 
@@ -175,9 +179,24 @@ def _check_on_event(on_event: Any) -> None:
 
 
 def _check_backend(backend: Any) -> None:
+    if isinstance(backend, type):  # backend=ag.ProcessBackend, not ag.ProcessBackend()
+        raise TypeError(
+            f"backend must be a backend object, not the class {backend.__name__}: "
+            f"pass {backend.__name__}(...) (a ProcessBackend started, as `async with "
+            "ag.ProcessBackend() as pool:`)"
+        )
     if backend is not None and not callable(getattr(backend, "executors", None)):
         raise TypeError(
             f"backend must be an asyncgraph backend (such as asyncgraph.ProcessBackend()), "
             f"or None for a process pool of the run's own; not {type(backend).__name__} "
             f"{backend!r}"
         )
+
+
+def _backend_workers(backend: Any) -> int | None:
+    """What a backend says it runs at once (``default_cpu_workers``), if it says: a run
+    given no ``cpu_workers`` uses that many (a shared pool's size, say)."""
+    workers = getattr(backend, "default_cpu_workers", None)
+    if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1:
+        return workers
+    return None

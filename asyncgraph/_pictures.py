@@ -43,16 +43,19 @@ def _ids(graph: BaseGraph) -> dict[str, str]:
     return {name: f"t{i}" for i, name in enumerate(graph)}
 
 
-def _edges(graph: BaseGraph) -> list[tuple[str, str]]:
-    if graph._dag.fans:  # a family's elements are drawn inside it, without edges
-        tasks = graph.tasks
+def _edges(graph: BaseGraph) -> list[tuple[str, str, bool]]:
+    """(dependency, dependent, order-only) of every edge; order-only edges (``after=``)
+    are drawn dashed: the dependent waits for the dependency but gets no result. A
+    family's elements are drawn inside it, without edges."""
+    tasks = graph.tasks
+    if graph._dag.fans:
         return [
-            (dep, name)
-            for name in graph
-            if tasks[name].family is None
-            for dep in graph.dependencies(name)
+            (dep, name, dep in task.after)
+            for name, task in tasks.items()
+            if task.family is None
+            for dep in task.deps
         ]
-    return [(dep, name) for name in graph for dep in graph.dependencies(name)]
+    return [(dep, name, dep in task.after) for name, task in tasks.items() for dep in task.deps]
 
 
 #: At most this many elements of a family are drawn; the rest are counted.
@@ -125,8 +128,9 @@ def to_mermaid(graph: BaseGraph) -> str:
         if more:
             lines.append(f"        {ids[name]}more[{_mermaid_label(f'... {more} more')}]")
         lines.append("    end")
-    for dep, name in _edges(graph):
-        lines.append(f"    {ids[dep]} --> {ids[name]}")
+    for dep, name, order_only in _edges(graph):
+        arrow = "-.->" if order_only else "-->"
+        lines.append(f"    {ids[dep]} {arrow} {ids[name]}")
     used = {r.status for r in records.values()}
     for state in State:
         if state in used:
@@ -184,8 +188,9 @@ def to_dot(graph: BaseGraph) -> str:
                 "shape=plaintext];"
             )
         lines.append("    }")
-    for dep, name in _edges(graph):
-        lines.append(f"    {ids[dep]} -> {ids[name]};")
+    for dep, name, order_only in _edges(graph):
+        style = " [style=dashed]" if order_only else ""
+        lines.append(f"    {ids[dep]} -> {ids[name]}{style};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -325,7 +330,10 @@ def plot_timeline(graph: BaseGraph, ax: Any = None) -> Any:
         )
         ax.text(left, row["lane"], f" {row['name']}", va="center", ha="left", fontsize=8)
     ax.set_xlabel("seconds since the first start")
-    ax.set_ylabel("lane")
+    # One tick per lane, at the whole numbers the bars sit on (matplotlib's own locator
+    # would put ticks at 0.0, 0.5, 1.0 ...), labelled with the lane's number.
+    ax.set_yticks(range(lanes), [str(i) for i in range(lanes)])
+    ax.set_ylabel("lane (tasks that ran at once)")
     ax.invert_yaxis()
     ax.set_title("timeline (hatched: cpu)")
     return ax

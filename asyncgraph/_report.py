@@ -6,7 +6,8 @@ The only module that imports pandas (the HTML table does not need it, see ``_htm
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -32,8 +33,10 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
 
     Columns: ``name``, ``kind`` ("io"/"cpu"), ``status`` (the State's value), ``attempts``
     (int), ``started`` and ``finished`` (UTC timestamps, NaT if never), ``duration_s``
-    (float seconds, NaN if not finished) and ``error`` ("Type: message"; missing, shown
-    as NaN/None depending on the pandas version, when the task has no error).
+    (float seconds, NaN if not finished) and ``error`` ("Type: message", or NaN when the
+    task has no error: pandas' own missing value for text, before a run as after, so
+    ``frame.error.isna()`` and ``frame.error.notna()`` select the tasks without and with
+    one; the column is pandas' text dtype: ``str`` from pandas 3, ``object`` before).
 
     A graph with a mapped task has one more column, ``family``: each element's row
     names its template (None on every other row), and follows the template's row.
@@ -59,6 +62,7 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
         frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
     frame["duration_s"] = frame["duration_s"].astype("float64")
     frame["attempts"] = frame["attempts"].astype("int64")
+    frame["error"] = _text_column(frame["error"])
     return frame
 
 
@@ -94,7 +98,20 @@ def _family_frame(graph: BaseGraph) -> pd.DataFrame:
         frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
     frame["duration_s"] = frame["duration_s"].astype("float64")
     frame["attempts"] = frame["attempts"].astype("int64")
+    frame["error"] = _text_column(frame["error"])
     return frame
+
+
+#: pandas' dtype for a text column: ``str`` (missing: NaN) from pandas 3, else object.
+_TEXT: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+
+
+def _text_column(column: pd.Series) -> pd.Series:
+    """``column`` (text or None) with NaN for every missing value, in pandas' text dtype
+    (an all-missing column would otherwise be object with None, or float)."""
+    values = [math.nan if v is None else v for v in column.tolist()]
+    out: pd.Series = pd.Series(values, index=column.index, dtype=_TEXT, name=column.name)
+    return out
 
 
 # -- summary ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from ._events import Emit
 from ._exceptions import (
     InvalidTaskError,
     MissingResultError,
+    TaskCancelled,
     UnpicklingError,
     UnstorableResultError,
 )
@@ -59,8 +60,18 @@ __all__: list[str] = []  # package-internal: _Run is for _lifetime and the tests
 _SKIPPED = TaskRecord(State.SKIPPED)
 
 
+#: The reason a task cancelled by name gives (``OpenRun.cancel(name)``).
+_BY_NAME = "r.cancel({!r}) was called on its open run; the rest of the run went on"
+
+
 class _Requeue(NamedTuple):
     """A retry's backoff delay has passed."""
+
+    name: str
+
+
+class _CancelOne(NamedTuple):
+    """A running task the caller cancelled by name (``OpenRun.cancel(name)``) ended."""
 
     name: str
 
@@ -83,6 +94,8 @@ class _Run:
                    over each template, the elements the graph had before the run,
                    those kept failed (their families end at once) and those reused
                    by content from the store
+        cancelled_by_name  running tasks ``cancel_task`` cancelled (OpenRun.cancel(name)):
+                   their cancellation is recorded, not taken for one from inside
     """
 
     def __init__(
@@ -156,6 +169,7 @@ class _Run:
         self._on_done = self._child_done
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
+        self.cancelled_by_name: set[str] = set()  # running tasks cancel_task() cancelled
         # Fan-out (see _fan_out): only a run whose graph has a mapped task uses these.
         self._fanned = False
         self._keys: dict[str, list[str]] = {}  # template -> its element keys, this run
@@ -188,7 +202,7 @@ class _Run:
     # _taskset for why not an anyio task group); it reports back through
     # ``_child_done``, a done-callback, which applies the outcome at once (``_post``).
 
-    def _post(self, message: Outcome | _Requeue) -> None:
+    def _post(self, message: Outcome | _Requeue | _CancelOne) -> None:
         """Apply a child's report at once and start what it made ready.
 
         Called from done-callbacks and timers, so on the loop's thread and never
@@ -221,6 +235,9 @@ class _Run:
         if child.cancelled():
             if children.stopping:
                 return  # the run cancelled it; _close() records it
+            if name in self.cancelled_by_name:  # cancel_task(name): the rest goes on
+                self._post(_CancelOne(name))
+                return
             # The task cancelled itself:
             #     async def t(): raise asyncio.CancelledError
             # nobody else will report it, so it fails (a retry may still follow).
@@ -485,9 +502,15 @@ class _Run:
         ledger.template_failed(template, exc, traceback_of(exc), now)
         ledger.skipped(self.core.fail_template(template), now)
 
-    def _apply(self, msg: Outcome | _Requeue) -> None:
+    def _apply(self, msg: Outcome | _Requeue | _CancelOne) -> None:
         if isinstance(msg, _Requeue):
             self.core.requeue(msg.name)
+            return
+        if isinstance(msg, _CancelOne):
+            now = self.now()
+            why = TaskCancelled(f"task {msg.name!r} was cancelled: {_BY_NAME.format(msg.name)}")
+            self.ledger.ended(msg.name, State.CANCELLED, why, None, now)
+            self.ledger.skipped(self.core.failed(msg.name), now)
             return
         name = msg.name
         ledger = self.ledger
@@ -502,6 +525,7 @@ class _Run:
             tries <= task.retries
             and self.failure is None
             and not self.children.stopping
+            and name not in self.cancelled_by_name  # it caught the cancel, then failed
             # these would fail again
             and not isinstance(
                 msg.value, (UnstorableResultError, MissingResultError, UnpicklingError)
@@ -518,6 +542,48 @@ class _Run:
             raise msg.value
         if self.fail_fast and self.failure is None:
             self.failure = name
+
+    # -- cancelling one task (OpenRun.cancel(name)) -------------------------------------
+
+    def cancel_task(self, name: str) -> bool:
+        """Cancel one task while the rest goes on: recorded ``cancelled``, its
+        descendants ``skipped``. False if it has ended already (or the run has, or is
+        stopping): nothing to do. Called on the loop's thread, between callbacks."""
+        core = self.core
+        if self.children.stopping or not core.is_active() or name in self.cancelled_by_name:
+            return False
+        if name in core.running:
+            for child, n in self.children.running.items():
+                if n == name and not child.done():
+                    self.cancelled_by_name.add(name)
+                    child.cancel()  # its done-callback records it (see _child_done)
+                    return True
+            return False  # ended, its report still to come: it stands as it ended
+        if name not in core.pending():
+            return False  # done, failed, skipped or cancelled already
+        timer = self.children.timers.pop(name, None)
+        if timer is not None:  # waiting out a retry's backoff
+            timer.cancel()
+        skipped = core.drop(name)
+        ledger = self.ledger
+        ledger.cancel((), (name,), _BY_NAME.format(name), set(), self.cancel_grace)
+        ledger.skipped(skipped, self.now())
+        self._post_cancel()
+        return True
+
+    def _post_cancel(self) -> None:
+        try:
+            self._continue()  # the run may have nothing left now
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting run
+            self.children.end(exc)
+
+    def snapshot(self) -> BaseGraph:
+        """The Graph so far (``RunRecords``: what an open run reads)."""
+        return self.ledger.snapshot()
+
+    def result(self, name: str) -> Any:
+        """A done task's result (``RunRecords``)."""
+        return self.ledger.result(name)
 
     def _requeue(self, name: str) -> None:
         # A retry's backoff timer fired (call_later: one wake-up, no polling).

@@ -31,10 +31,12 @@ Selection policy
     1. Lanes in order, IO first: :meth:`get_ready` hands out every task of the first lane
        it can before any of the next (IO before CPU), so the loop starts waiting on the
        network while the processes compute.
-    2. Longest remaining path to a terminal task first (the critical path): a task with a
-       long chain behind it is started before a leaf. Path lengths are sums of weights:
-       1 per task unless the caller knows durations.
-    3. The user's ``priority`` (higher first), then definition order.
+    2. The user's ``priority``, higher first: it outranks the critical path (Dask's
+       rule), so a task given a priority can win over a long chain.
+    3. Among equal priorities, the longest remaining path to a terminal task first (the
+       critical path): a task with a long chain behind it is started before a leaf.
+       Path lengths are sums of weights: 1 per task unless the caller knows durations.
+    4. Then definition order (the position in the topological order).
 
 Capacity: each lane has its own (IO: ``max_io``, CPU: ``cpu_slots``), and a task
 declaring ``resources=("db",)`` also takes one unit of ``limits["db"]``. A task that is
@@ -59,7 +61,7 @@ from ._task import Kind, Task
 
 __all__ = ["Lane", "Scheduler", "critical_paths", "unit_paths"]
 
-_Key = tuple[float, ...]  # (-path, -priority, position[, element index])
+_Key = tuple[float, ...]  # (-priority, -path, position[, element index])
 _RUNNABLE = (State.PENDING, State.RUNNING)
 
 
@@ -89,7 +91,7 @@ def critical_paths(
                 below = p
         p = w.get(n, 1.0) + below
         path[n] = p
-        keys[n] = (-p, -tasks[n].priority, i)
+        keys[n] = (-tasks[n].priority, -p, i)
     return path, keys
 
 
@@ -483,6 +485,23 @@ class Scheduler:
                 f"requeue({name!r}): the task is not waiting to retry (retry() first)"
             ) from None
         heapq.heappush(self._lanes[self._tasks[name].kind].heap, (self._keys[name], name))
+
+    def drop(self, name: str) -> list[str]:
+        """Take ``name``, a task still to run that is not running (waiting for its
+        dependencies, in line, parked on a limit, or waiting to retry), out of the run:
+        it will not start. Return its descendants to skip (as for a failure)."""
+        if name not in self._waiting or name in self._running:
+            raise ValueError(f"drop({name!r}): the task is not waiting to run")
+        self._retrying.discard(name)
+        for heap in (*(lane.heap for lane in self._lane_order), *self._blocked.values()):
+            for i, (_, n) in enumerate(heap):
+                if n == name:
+                    heap[i] = heap[-1]
+                    heap.pop()
+                    heapq.heapify(heap)
+                    break
+        del self._waiting[name]
+        return self._skip_below(name)
 
     def cancel(self) -> tuple[list[str], list[str]]:
         """Stop everything: return (tasks that were running, tasks never started).

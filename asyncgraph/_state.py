@@ -35,6 +35,7 @@ class State(enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
+        """True for the states a run ends a task in: done, failed, skipped, cancelled."""
         return self in TERMINAL
 
 
@@ -62,6 +63,7 @@ class TaskRecord:
 
     @property
     def duration(self) -> float | None:
+        """Seconds from ``started`` to ``finished``, or None while either is unknown."""
         if self.started is None or self.finished is None:
             return None
         return self.finished - self.started

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidTaskError, MissingResultError, SignatureError
 from ._state import NO_RESULT
+from ._stream.spec import StreamSpec
 
 if TYPE_CHECKING:
     from ._state import TaskRecord
@@ -64,7 +65,8 @@ class Task:
     priority: int = 0
     resources: tuple[str, ...] = ()
     is_async: bool = False
-    #: The dependency names, each once, in binding order (derived from args and kwargs).
+    #: The dependency names, each once, in binding order (derived from args and kwargs),
+    #: then the order-only ones of ``after``.
     deps: tuple[str, ...] = ()
     #: Fan-out: a template maps over the result of this dependency (see :mod:`._fan`).
     over: str | None = None
@@ -72,6 +74,10 @@ class Task:
     key: Callable[[Any], Any] | None = None
     #: Fan-out: an element's template (None for every other task).
     family: str | None = None
+    #: Order-only dependencies: waited for, their results not passed (``after=``).
+    after: tuple[str, ...] = ()
+    #: A stream stage's options (``Graph.stream``), or None for a plain task.
+    stream: StreamSpec | None = None
 
     def bind(self, records: Mapping[str, TaskRecord]) -> tuple[list[Any], dict[str, Any]]:
         """The call arguments, from the records of the (done) dependencies.
@@ -97,7 +103,8 @@ class Task:
         return args, kwargs
 
     def _missing(self, records: Mapping[str, TaskRecord]) -> MissingResultError:
-        missing = tuple(d for d in self.deps if records[d].result is NO_RESULT)
+        bound = dict.fromkeys((*self.args, *(t for _, t in self.kwargs)))
+        missing = tuple(d for d in bound if records[d].result is NO_RESULT)
         return MissingResultError(self.name, missing)
 
 
@@ -288,11 +295,27 @@ def _check_encodable(name: str) -> None:
         ) from None
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``type value`` for an error message, the value's repr cut to ``limit`` characters
+    (a Task's repr holds its function and every option: a line of its own)."""
+    if isinstance(value, Task):
+        return f"Task {value.name!r}"
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def task_name(value: Any) -> Any:
+    """A :class:`Task` where a task name is expected stands for its name."""
+    return value.name if isinstance(value, Task) else value
+
+
 def _as_names(name: str, what: str, value: Any, kind: str = "task names") -> tuple[str, ...]:
+    if isinstance(value, Task) and kind == "task names":
+        value = [value]
     if isinstance(value, str) or not isinstance(value, Iterable):
-        raise InvalidTaskError(
-            name, f"{what} must be a list of {kind}, not {type(value).__name__} {value!r}"
-        )
+        raise InvalidTaskError(name, f"{what} must be a list of {kind}, not {short_repr(value)}")
     if what == "deps" and isinstance(value, (set, frozenset)) and len(value) > 1:
         # Results are passed positionally, in the order of deps; a set's order changes
         # from one process to the next (hash randomisation), and so would the call.
@@ -302,10 +325,13 @@ def _as_names(name: str, what: str, value: Any, kind: str = "task names") -> tup
             "order, and a list of deps passes the results positionally in its order; pass "
             "a list, or a dict {'param': 'task'} to pass them by keyword",
         )
-    out = tuple(value)
+    out = tuple(task_name(v) for v in value) if kind == "task names" else tuple(value)
     for v in out:
         if not isinstance(v, str):
-            raise InvalidTaskError(name, f"{what} must hold {kind} (str), found {v!r}")
+            also = " or Tasks" if kind == "task names" else ""
+            raise InvalidTaskError(
+                name, f"{what} must hold {kind} (str{also}), found {short_repr(v)}"
+            )
     return out
 
 
@@ -338,10 +364,15 @@ def make_task(
     priority: int = 0,
     resources: Iterable[str] = (),
     skip_none: bool = False,
-    over: str | None = None,
+    after: Iterable[str] | None = None,
+    over: str | Task | None = None,
     key: Callable[[Any], Any] | None = None,
 ) -> Task:
-    """Build and check a Task; every error names the task and the offending option."""
+    """Build and check a Task; every error names the task and the offending option.
+
+    ``after`` names order-only dependencies: the task waits for them (and is skipped if
+    one fails) but is not passed their results.
+    """
     if not isinstance(name, str) or not name:
         raise InvalidTaskError(str(name), "a task name must be a non-empty string")
     _check_encodable(name)
@@ -384,7 +415,7 @@ def make_task(
         if sig is not None:
             kwargs = _params_as_deps(name, sig)
     elif isinstance(deps, Mapping):
-        kwargs = tuple((_param_name(name, p), t) for p, t in deps.items())
+        kwargs = tuple((_param_name(name, p), task_name(t)) for p, t in deps.items())
         _as_names(name, "deps", [t for _, t in kwargs])
     else:
         args = _as_names(name, "deps", deps)
@@ -393,14 +424,24 @@ def make_task(
     if len(set(args)) != len(args):
         dup = sorted({a for a in args if args.count(a) > 1})
         raise InvalidTaskError(name, f"deps lists {dup} more than once")
-    if name in args or name in (t for _, t in kwargs):
+    order_only: tuple[str, ...] = ()
+    if after is not None:
+        order_only = _as_names(name, "after", after)
+        if len(set(order_only)) != len(order_only):
+            dup = sorted({a for a in order_only if order_only.count(a) > 1})
+            raise InvalidTaskError(name, f"after lists {dup} more than once")
+        # A name that is also a data dependency is waited for already: it stays one.
+        bound = {*args, *(t for _, t in kwargs)}
+        order_only = tuple(a for a in order_only if a not in bound)
+    if name in args or name in (t for _, t in kwargs) or name in order_only:
         from ._exceptions import CycleError
 
         raise CycleError([name, name])
     if sig is not None and deps is not None:
         _check_binding(name, sig, len(args), (p for p, _ in kwargs), skip_none)
     all_deps = tuple(dict.fromkeys((*args, *(t for _, t in kwargs))))
-    _check_over(name, over, key, all_deps)
+    over_name: str | None = task_name(over)
+    _check_over(name, over_name, key, all_deps)
     return Task(
         name=name,
         fn=fn,
@@ -414,9 +455,10 @@ def make_task(
         priority=priority,
         resources=res,
         is_async=is_async,
-        deps=all_deps,
-        over=over,
+        deps=tuple(dict.fromkeys((*all_deps, *order_only))),
+        over=over_name,
         key=key,
+        after=order_only,
     )
 
 

@@ -10,15 +10,18 @@ import asyncgraph as ag
 
 def test_all_is_pinned():
     assert ag.__all__ == [
-        "CycleError", "DuplicateTaskError", "Event", "EventKind", "Graph", "GraphError",
-        "InvalidTaskError", "Kind", "MissingDependencyError", "MissingResultError",
-        "NO_RESULT", "OpenRun", "PicklingError", "RemoteError", "SQLiteStore",
-        "SignatureError", "State", "Store", "StoreError", "StoreLockedError",
-        "StoreMismatchError", "StoredResult", "Summary", "Task", "TaskCancelled",
-        "TaskError", "TaskFailures", "TaskRecord", "Terminated", "UnknownTaskError",
-        "UnpicklingError", "UnstorableResultError", "WorkerDiedError", "create_graph",
-        "history", "load", "mark_done", "mark_done_except", "open_run", "plan", "reset",
-        "reset_failed", "run", "run_sync", "subgraph",
+        "Batch", "CycleError", "DaskBackend", "DuplicateTaskError", "Event", "EventKind",
+        "ExecutorBackend", "Graph", "GraphError", "InlineBackend", "InvalidTaskError",
+        "Kind", "MissingDependencyError", "MissingResultError", "NO_RESULT", "OpenRun",
+        "OpenStream", "PicklingError", "ProcessBackend", "RemoteError", "SQLiteStore",
+        "SignatureError", "StageSummary", "State", "Store", "StoreError",
+        "StoreLockedError", "StoreMismatchError", "StoredResult", "StreamFailures",
+        "StreamPlan", "StreamReplayError", "StreamResult", "Summary", "Task",
+        "TaskCancelled", "TaskError", "TaskFailures", "TaskRecord", "Terminated",
+        "UnknownTaskError", "UnpicklingError", "UnstorableResultError", "WorkerDiedError",
+        "create_graph", "fingerprints", "history", "load", "mark_done", "mark_done_except",
+        "open_run", "open_stream", "plan", "plan_stream", "reset", "reset_failed", "run",
+        "run_stream", "run_stream_sync", "run_sync", "subgraph",
     ]
     for name in ag.__all__:
         assert getattr(ag, name).__module__.startswith("asyncgraph")

@@ -89,6 +89,12 @@ CASES: dict[str, Callable[[], BaseException]] = {
     ),
     "Terminated": lambda: ag.Terminated(15),
     "TaskFailures": failed_run_failures,
+    "StreamReplayError": lambda: ag.StreamReplayError(
+        "source batch 3 is not the batch the store recorded", 3
+    ),
+    "StreamFailures": lambda: ag.StreamFailures(
+        "2 batches failed", [ValueError("bad rows"), KeyError("x")], ag.StreamResult(failed=2)
+    ),
     "noted": lambda: with_note(ag.SignatureError("report", "too many positional arguments")),
 }
 

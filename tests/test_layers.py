@@ -31,12 +31,17 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_state": (0, "`State`, `TaskRecord`, `ResultRef`, `StoredResult`, `NO_RESULT`"),
     "_events": (0, "`Event`, `EventKind`, `Emit`"),
     "_shield": (0, "`wait_to_the_end`, `in_thread_to_the_end`: the one shield"),
+    "_stream": (0, "the stream package (its `__init__` imports none of its modules)"),
+    "_stream.spec": (0, "`StreamSpec`: what makes a task a stream stage"),
+    "_stream.frames": (0, "splitting and merging batches; a stage's call on a list of pieces"),
+    "_stream.result": (0, "`Batch`, `StageSummary`, `StreamResult`, `StreamFailures`"),
     "_task": (1, "`Task`, `Kind`, `make_task`, binding a task's arguments"),
     "_dag": (1, "`Dag`: tasks, children, order, cycles, reach, name checks, longest paths"),
     "_fan": (1, "fan-out: a mapped task's items, elements, collected result, aggregate"),
     "_store.protocol": (1, "the `Store` protocol, `StoredTask`, `TaskRow`, `Batch`, `RunInfo`"),
     "_store.serialize": (1, "results to bytes and back (pickle, Parquet)"),
     "_store.files": (1, "the store file's lock and the file-system checks"),
+    "_stream.define": (1, "a stream stage's `Task` (`Graph.stream`, `add_stream`)"),
     "_graph": (2, "`BaseGraph`: a Dag and its records; build, read, derive"),
     "_rewrite": (2, "the five rewrites, pure functions over `BaseGraph`"),
     "_scheduler": (2, "the synchronous scheduling core; unit paths cached per Dag"),
@@ -56,14 +61,23 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_executors.local": (3, "`LoopExecutor` (a coroutine is its own task), `ThreadExecutor`"),
     "_executors.process": (3, "`ProcessPool`, `ProcessExecutor`, the pre-run pickling check"),
     "_executors._worker": (3, "the worker process's script (stdlib and cloudpickle only)"),
+    "_executors.shared": (3, "`SharedPool`: a process pool on its own thread, shared by runs"),
+    "_executors.futures": (3, "CPU tasks on a user's `concurrent.futures.Executor`"),
+    "_executors._dask_worker": (3, "what a Dask worker runs: one attempt (stdlib, cloudpickle)"),
+    "_executors.dask": (3, "`DaskBackend`, `DaskExecutor`: CPU tasks on a Dask cluster"),
     "_store.resume": (3, "`load`, `plan`, `history`, `for_run`, weights from durations"),
+    "_stream.store": (3, "`StreamStore`: the stream's own tables in the store's file"),
+    "_stream.durable": (3, "`Durable`: Parquet out, the record, resume and leftovers"),
     "_store.session": (4, "`StoreSink` (the store's side of a run), `hold`, `load_inputs`"),
+    "_backends": (4, "`ProcessBackend`, `InlineBackend`, `ExecutorBackend`"),
     "_runner": (5, "`_Run`: one run of one graph, a record of collaborators"),
     "_report": (5, "`to_frame`, `summary`, `timeline`, critical path (pandas)"),
     "_pictures": (5, "Mermaid, DOT, SVG, HTML, the timeline plot"),
     "_lifetime": (6, "`run`, `start`: a run's lifetime, one straight path"),
     "_sync": (7, "`run_sync`, its signals, its loop (the only uvloop importer)"),
     "_open_run": (7, "`OpenRun`, `open_run`"),
+    "_stream.engine": (7, "`Engine`: one stream's run, bounded queues, terminal-first"),
+    "_stream.api": (8, "`open_stream`, `OpenStream`, `run_stream`, `run_stream_sync`"),
     "_api": (8, "the public `Graph` (the verbs) and `create_graph`"),
     "__init__": (9, "the curated public names"),
     "_cli": (9, "the `asyncgraph` command's subcommands"),
@@ -71,12 +85,19 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_demo": (9, "the `asyncgraph demo` graph"),
     "compat": (9, "compatibility layers"),
     "compat.taskmap": (9, "taskmap's API on asyncgraph"),
+    "compat.dplutils": (9, "dplutils' `PipelineExecutor` on streams (`StreamExecutor`)"),
 }
 
 #: module -> the modules of its own layer it may import.
 SAME: dict[str, set[str]] = {
     "_dag": {"_task"},
     "_fan": {"_task"},
+    "_stream.spec": set(),
+    "_stream.frames": set(),
+    "_stream.result": set(),
+    "_stream.define": {"_task"},
+    "_stream.store": set(),
+    "_stream.durable": {"_stream.store"},
     "_rewrite": {"_graph"},
     "_fingerprint": {"_graph"},
     "_options": {"_clock", "_executors", "_executors.base"},
@@ -85,6 +106,16 @@ SAME: dict[str, set[str]] = {
     "_executors.base": {"_clock"},
     "_executors.local": {"_clock", "_executors.base", "_executors.threads"},
     "_executors.process": {"_clock", "_executors.base", "_executors.threads"},
+    "_executors.shared": {"_clock", "_executors.process"},
+    "_executors.futures": {"_clock", "_executors.base", "_executors.process", "_executors._worker"},
+    "_executors.dask": {
+        "_clock",
+        "_executors._dask_worker",
+        "_executors.base",
+        "_executors.local",
+        "_executors.process",
+        "_executors.threads",
+    },
     "_store": {"_store.sqlite", "_store.writer"},
     "_pictures": {"_report"},
     "_open_run": set(),
@@ -93,13 +124,14 @@ SAME: dict[str, set[str]] = {
     "_cli": {"__init__"},
     "_demo": {"__init__"},
     "compat.taskmap": set(),
+    "compat.dplutils": set(),
 }
 
 #: (importer, imported): upward edges kept on purpose, each type-only.
 BACK_EDGES: set[tuple[str, str]] = {("_exceptions", "_graph")}
 
 #: Modules run on their own (a worker process's script): they import nothing of ours.
-STANDALONE = {"_executors._worker"}
+STANDALONE = {"_executors._worker", "_executors._dask_worker"}
 
 #: A third-party or heavy standard module -> the modules that may import it (any way),
 #: and those that may only lazily (inside a function) or for types. ``"L3+"``: any
@@ -107,13 +139,25 @@ STANDALONE = {"_executors._worker"}
 OUTSIDE: dict[str, tuple[set[str], set[str]]] = {
     "asyncio": ({"L3+", "_shield"}, {"_fingerprint"}),
     "anyio": ({"L3+", "_shield"}, set()),
-    "sqlite3": ({"_store.sqlite"}, set()),
+    "sqlite3": ({"_store.sqlite", "_stream.store"}, set()),
     "uvloop": (set(), {"_sync"}),
     "pandas": (
         {"_report"},
-        {"_store.serialize", "_store.resume", "_cli", "_demo", "_api", "_summary"},
+        {"_store.serialize", "_store.resume", "_cli", "_demo", "_api", "_summary"}
+        | {"_stream.frames", "_stream.result", "_stream.engine", "compat.dplutils"},
     ),
-    "cloudpickle": ({"_executors.process", "_executors._worker", "_store.serialize"}, set()),
+    "cloudpickle": (
+        {
+            "_executors.process",
+            "_executors._worker",
+            "_executors.futures",
+            "_executors.dask",
+            "_executors._dask_worker",
+            "_store.serialize",
+        },
+        set(),
+    ),
+    "distributed": (set(), {"_executors.dask"}),
 }
 
 

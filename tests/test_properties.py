@@ -132,8 +132,8 @@ def _drive(
     assert list(sched.initially_skipped) == exp_skipped
     assert set(sched.pending()) == to_run
 
-    # Selection key the module documents: longest remaining path (1 per task), then
-    # priority (higher first), then position in the order.
+    # Selection key the module documents: priority (higher first), then longest
+    # remaining path (1 per task), then position in the order (issue 16).
     path: dict[str, int] = {}
     for n in reversed(dag.topo):
         if n in to_run:
@@ -141,7 +141,7 @@ def _drive(
     position = {n: i for i, n in enumerate(dag.topo)}
 
     def key(n: str) -> tuple[int, int, int]:
-        return (-path[n], -case.priority[n], position[n])
+        return (-case.priority[n], -path[n], position[n])
 
     capacity = {ag.Kind.IO: case.max_io, ag.Kind.CPU: case.cpu_slots}
     done = {n for n in dag.names if status0[n] is S.DONE}

@@ -53,8 +53,8 @@ def test_io_first():
 def test_longest_remaining_path_first_then_priority():
     r"""
       leaf(prio 5)   head -> mid -> tail      short(prio 1)   short2(prio 9)
-    With max_io=1 only one task starts at a time: head has the longest path behind it,
-    so it goes first; then by priority among the single-task paths.
+    With max_io=1 only one task starts at a time: the higher priorities first, then,
+    among equal priorities, head, which has the longest path behind it.
     """
     s = make({
         "leaf": ("io", [], 5),
@@ -65,9 +65,9 @@ def test_longest_remaining_path_first_then_priority():
         "short2": ("io", [], 9),
     }, max_io=1)
     order = drain_one_at_a_time(s)
-    # head (path 3), mid (path 2), then the path-1 tasks by priority: short2 (9),
-    # leaf (5), short (1), tail (0)
-    assert order == ["head", "mid", "short2", "leaf", "short", "tail"]
+    # issue 16: priority outranks the path (Dask's rule): short2 (9), leaf (5), short
+    # (1), then among priority 0 the longest path: head (3), mid (2), tail (1)
+    assert order == ["short2", "leaf", "short", "head", "mid", "tail"]
 
 
 def test_critical_path_exact_order():

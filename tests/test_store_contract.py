@@ -441,6 +441,12 @@ END""",
 #: What sqlite_master holds then: those, and the table AUTOINCREMENT makes.
 MASTER_BEFORE = {**SCHEMA_BEFORE, "sqlite_sequence": "CREATE TABLE sqlite_sequence(name,seq)"}
 META_BEFORE = {"format": "asyncgraph-store", "version": "1"}
+# Issue 16: runs record their graph's name in one column that a run adds (ALTER TABLE, to an
+# old store as to a new one), and meta the last run's task order (for `asyncgraph status`).
+MASTER_NOW = {
+    **MASTER_BEFORE,
+    "runs": SCHEMA_BEFORE["runs"].removesuffix(")") + ", graph TEXT DEFAULT NULL)",
+}
 
 
 def _schema(path: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -457,7 +463,7 @@ def _schema(path: Path) -> tuple[dict[str, str], dict[str, str]]:
 async def test_a_store_written_now_has_the_schema_written_before(tmp_path: Path) -> None:
     db = tmp_path / "now.db"
     await ag.run(_two(), store=db)
-    assert _schema(db) == (MASTER_BEFORE, META_BEFORE)
+    assert _schema(db) == (MASTER_NOW, {**META_BEFORE, "order": '["a", "b"]'})
 
 
 async def test_a_store_written_before_opens_and_runs_on(tmp_path: Path) -> None:
@@ -500,5 +506,5 @@ async def test_a_store_written_before_opens_and_runs_on(tmp_path: Path) -> None:
         (1, "cancelled", 0, 1),
         (2, "done", 1, 1),
     ]
-    assert _schema(db) == (MASTER_BEFORE, META_BEFORE)
+    assert _schema(db) == (MASTER_NOW, {**META_BEFORE, "order": '["a", "b"]'})
     assert [t.name for t in SQLiteStore(db).run_tasks(1)] == ["a"]

@@ -6,9 +6,13 @@
              :class:`~.local.ThreadExecutor` (plain functions), the ``"io"`` lane;
 ``process``  :class:`~.process.ProcessExecutor` over a run's own
              :class:`~.process.ProcessPool`, the ``"cpu"`` lane;
-``threads``  the run's daemon threads; ``_worker.py`` the worker script (not imported).
+``threads``  the run's daemon threads; ``_worker.py`` the worker script (run in the
+             workers; ``futures`` also sends its ``serve_call`` by value);
+``shared``   :class:`~.shared.SharedPool`, a process pool on a thread of its own that
+             many runs share, and each run's :class:`~.shared.SharedProcessExecutor`;
+``futures``  CPU tasks on a user's ``concurrent.futures.Executor``.
 
-None of them is public yet.
+None of them is public: the backends (``asyncgraph._backends``) hand them to runs.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ parent's stdout (``OUT_FD``), so ``print`` in a task goes where the user looks.
              ("err", type_name, message, traceback_text, exc_pickle_or_None)
 
 A worker serves one call at a time. SIGINT is ignored: Ctrl-C is the parent's to handle
-(it kills the workers it no longer needs).
+(it kills the workers it no longer needs). ``serve_call`` is the same service for a
+worker of another executor (``ExecutorBackend`` sends it there by value, with cloudpickle).
 
 A worker never outlives its driver (the parent that started it). Three ways to learn of
 its death, any one enough, each ending in ``_die``, which kills the worker's whole process
@@ -189,6 +190,12 @@ def _serve(fn_bytes: bytes, args_bytes: bytes, functions: dict[bytes, Any]) -> t
         return ("ok", cloudpickle.dumps(result))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         return ("bad_result", type(result).__qualname__, f"{type(exc).__name__}: {_text(exc)[0]}")
+
+
+def serve_call(fn_bytes: bytes, args_bytes: bytes) -> tuple[float, tuple[Any, ...]]:
+    """One call in a worker of another executor (``ExecutorBackend``, which sends this
+    function by value): when it began, and the reply :func:`_serve` makes."""
+    return time.time(), _serve(fn_bytes, args_bytes, {})
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ and hands out the lanes in the order the run lists its executors (IO first, so t
 starts waiting on the network while the processes compute). Several executors may share
 a lane (coroutines and threads share ``"io"``, and ``max_io`` caps both).
 
-No executor is public yet. :class:`InlineExecutor` is the runner's test double: every
-attempt on the loop's thread, one at a time, in the scheduler's order.
+No executor is public; the public backends (``asyncgraph._backends``) hand them out.
+:class:`InlineExecutor` is the runner's test double: every attempt on the loop's thread,
+one at a time, in the scheduler's order.
 """
 
 from __future__ import annotations
@@ -144,6 +145,12 @@ class Backend(Protocol):
     the executors it returns are the run's own, and the run closes each of them
     (``aclose``) on every way out. Closing an executor releases what the run holds of
     the backend, never a pool, cluster or executor the backend was given or shares.
+
+    Optional: ``default_cpu_workers`` (an int), how many CPU tasks the backend runs at
+    once; a run given no ``cpu_workers`` passes that many instead of the CPU count
+    (``RunOptions`` reads it with ``getattr``, so a backend without it is unaffected).
+    ``executors`` may raise (a pool not started, a closed one): it is called before the
+    run records anything, and the error reaches the caller as it is.
     """
 
     def executors(

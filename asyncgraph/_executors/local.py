@@ -1,5 +1,7 @@
 """The executors of a run's own process: coroutines on the loop, plain functions in
 threads. Both fill the ``"io"`` lane, so ``max_io`` caps them together.
+:class:`CallingThreadExecutor` calls plain functions on the loop's own thread instead
+(``InlineBackend``).
 
 :class:`LoopExecutor` is the run's hot path: a coroutine task's coroutine *is* the
 asyncio task the run watches (one ``create_task``, no wrapper frame), unless it has a
@@ -11,15 +13,19 @@ State it keeps
     ``LoopExecutor``    its ``clock`` (for the timeouts) and the loop, once it has one;
     ``ThreadExecutor``  its ``limiter`` (``max_io``, or None for anyio's default) and its
                         ``threads`` (started with the first plain function, closed by
-                        ``aclose``).
+                        ``aclose``);
+    ``CallingThreadExecutor``  its lane, kinds, capacity and clock: nothing that changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
-from collections.abc import Iterable, Mapping
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -29,7 +35,7 @@ from .._task import Kind, Task
 from .base import Began, with_timeout
 from .threads import Threads
 
-__all__ = ["LoopExecutor", "ThreadExecutor"]
+__all__ = ["CallingThreadExecutor", "LoopExecutor", "ThreadExecutor"]
 
 _running_loop = asyncio.get_running_loop
 
@@ -111,3 +117,116 @@ class ThreadExecutor:
     async def aclose(self) -> None:
         if self.threads is not None:
             self.threads.close()
+
+
+class CallingThreadExecutor:
+    """Plain functions of the kinds it serves, each called on the loop's thread inside
+    :meth:`start` (so one at a time, in the scheduler's order, and ``pdb`` works);
+    with ``coroutines``, also their coroutine functions, each a task of the loop.
+
+    A plain function cannot be interrupted here: past its ``timeout`` it still runs to
+    its end, and then fails with TimeoutError saying so (its result is dropped), as it
+    would have failed elsewhere. The loop waits while it runs, so a deadline or a
+    cancellation takes effect once it has returned; Ctrl-C on the main thread raises
+    KeyboardInterrupt in it, as in a plain script, and the run ends with that.
+    """
+
+    def __init__(
+        self,
+        lane: str,
+        kinds: frozenset[Kind],
+        *,
+        coroutines: bool,
+        capacity: int | None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.lane = lane
+        self.kinds = kinds
+        self.coroutines = coroutines
+        self.capacity = capacity
+        self.clock = clock
+
+    def serves(self, kind: Kind, is_async: bool) -> bool:
+        return kind in self.kinds and (self.coroutines or not is_async)
+
+    def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
+        return None
+
+    def start(
+        self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
+    ) -> asyncio.Future[Any]:
+        loop = _running_loop()
+        if task.is_async:
+            try:
+                call = task.fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - raised before its first await
+                failed = loop.create_future()
+                failed.set_exception(exc)
+                return failed
+            if task.timeout is not None:
+                call = with_timeout(task, call, self.clock)
+            return loop.create_task(call, name=task.name)
+        future = loop.create_future()
+        now = self.clock.time
+        begin = now()
+        began(task.name, begin)
+        try:
+            with _interruptible():
+                result = task.fn(*args, **kwargs)
+        except StopIteration as exc:  # a future refuses it (TypeError)
+            future.set_exception(RuntimeError(f"the function raised StopIteration: {exc}"))
+            return future
+        except BaseException as exc:  # noqa: BLE001 - the attempt's outcome, reported
+            future.set_exception(exc)
+            return future
+        if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
+            waiting = _awaited(result)
+            if task.timeout is not None:
+                waiting = with_timeout(task, waiting, self.clock)
+            return loop.create_task(waiting, name=task.name)
+        took = now() - begin
+        if task.timeout is not None and took > task.timeout:
+            future.set_exception(
+                TimeoutError(
+                    f"task {task.name!r} ran {took:.3g}s, past its timeout={task.timeout}s: "
+                    "a plain function on the calling thread (InlineBackend) cannot be "
+                    "interrupted, so it ran to its end; its result is dropped"
+                )
+            )
+        else:
+            future.set_result(result)
+        return future
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in the plain function running on the main thread,
+    as in any script, instead of waiting for it to return (the run's own handler, or
+    asyncio's, acts only once the loop runs again); the run then ends with it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # a handler set outside Python: left alone
+        yield
+        return
+    try:
+        signal.signal(signal.SIGINT, _interrupt)
+    except ValueError:  # an embedded interpreter without signals
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable

@@ -63,7 +63,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import cloudpickle
@@ -75,7 +75,14 @@ from .._task import Kind, Task
 from .base import Began, with_timeout
 from .threads import Threads
 
-__all__ = ["ProcessExecutor", "ProcessPool", "shipping_problem"]
+__all__ = [
+    "PoolLike",
+    "ProcessExecutor",
+    "ProcessPool",
+    "outcome",
+    "pickled_args",
+    "shipping_problem",
+]
 
 _HEADER = struct.Struct(">Q")
 _BIG = 1 << 16  # a reply frame past this many bytes is not copied out of its buffer
@@ -357,6 +364,22 @@ class ProcessPool:
         worker.signal_kill()
         self._abandoned.append(worker)
 
+    async def prestart(self) -> None:
+        """Start the workers this pool lacks now (all at once), each answering one
+        empty call (so it has booted and has our ``sys.path``), and keep them idle."""
+        missing = self.size - len(self._idle) - len(self._busy)
+        started = await asyncio.gather(*(self._start() for _ in range(missing)))
+        noop = (cloudpickle.dumps(int), cloudpickle.dumps(((), {})))
+        replies = await asyncio.gather(
+            *(self._converse(w, *noop, None) for w in started), return_exceptions=True
+        )
+        for worker, reply in zip(started, replies, strict=True):
+            self._busy.discard(worker)
+            if isinstance(reply, tuple) and reply[0] == "ok":
+                self._idle.append(worker)
+            else:  # it died as it started: the next call starts another
+                await worker.kill()
+
     async def _acquire(self) -> _Worker:
         while self._idle:
             worker = self._idle.pop()
@@ -383,13 +406,16 @@ class ProcessPool:
 
         ``on_start`` is called with the worker's clock when the worker begins the task.
         """
-        try:
-            args_bytes = cloudpickle.dumps(args)
-        except Exception as exc:
-            raise TypeError(
-                f"the arguments of task {task!r} cannot be pickled for its worker process"
-                f" (kind='cpu'): {exc}"
-            ) from exc
+        return await self.call_pickled(task, fn_bytes, pickled_args(task, args), on_start)
+
+    async def call_pickled(
+        self,
+        task: str,
+        fn_bytes: bytes,
+        args_bytes: bytes,
+        on_start: Callable[[float], None] | None = None,
+    ) -> bytes:
+        """:meth:`call` with the arguments pickled already (see :func:`pickled_args`)."""
         for fresh_try in (False, True):
             worker = await self._acquire()
             try:
@@ -418,7 +444,7 @@ class ProcessPool:
             await worker.kill()
             raise WorkerDiedError(task, worker.exitcode)
         self._idle.append(worker)
-        return _outcome(task, reply)
+        return outcome(task, reply)
 
     @staticmethod
     async def _converse(
@@ -460,7 +486,19 @@ class ProcessPool:
             self._close_watchdog()
 
 
-def _outcome(task: str, reply: Any) -> bytes:
+def pickled_args(task: str, args: tuple[Any, ...]) -> bytes:
+    """``args`` as a worker loads them (cloudpickle); TypeError naming the task if not."""
+    try:
+        data: bytes = cloudpickle.dumps(args)
+    except Exception as exc:
+        raise TypeError(
+            f"the arguments of task {task!r} cannot be pickled for its worker process"
+            f" (kind='cpu'): {exc}"
+        ) from exc
+    return data
+
+
+def outcome(task: str, reply: Any) -> bytes:
     """The pickled result a worker's reply carries, or raise the error it reports."""
     kind = reply[0]
     if kind == "ok":
@@ -489,6 +527,21 @@ def _outcome(task: str, reply: Any) -> bytes:
     raise error
 
 
+class PoolLike(Protocol):
+    """What :class:`ProcessExecutor` sends its attempts to: a :class:`ProcessPool`, or a
+    run's client of a shared pool (:mod:`asyncgraph._executors.shared`)."""
+
+    async def call(
+        self,
+        task: str,
+        fn_bytes: bytes,
+        args: tuple[Any, ...],
+        on_start: Callable[[float], None] | None = None,
+    ) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
 class ProcessExecutor:
     """Tasks of kind CPU (plain or coroutine functions), each attempt in a worker of a
     :class:`ProcessPool` of ``workers`` processes, started only if such a task is to run.
@@ -510,7 +563,7 @@ class ProcessExecutor:
         self.clock = clock
         self.workers = workers
         self.fn_bytes: dict[str, bytes] = {}
-        self.pool: ProcessPool | None = None
+        self.pool: PoolLike | None = None
         #: ``pickled(name, data)``: told each result's bytes as its worker made them,
         #: just before the attempt returns the value (the run's ledger, which hands
         #: them to the store as they are). None: nobody wants them.
@@ -547,7 +600,12 @@ class ProcessExecutor:
         if problems:
             raise PicklingError.for_tasks(problems) from first_error
         if self.fn_bytes:
-            self.pool = ProcessPool(self.workers)  # its workers start with the first call
+            self.pool = self.make_pool()
+
+    def make_pool(self) -> PoolLike:
+        """Where the attempts go: a pool of the run's own, whose workers start with the
+        first call (a shared pool's executor returns its client instead)."""
+        return ProcessPool(self.workers)
 
     def start(
         self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began

@@ -118,6 +118,8 @@ class RunInfo:
     failed: int
     skipped: int
     cancelled: int
+    #: The graph's name (``Graph(name=...)``), for a store that records it; else None.
+    graph: str | None = None
 
 
 @runtime_checkable

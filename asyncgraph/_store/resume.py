@@ -16,6 +16,7 @@ rest. A graph that was loaded (and perhaps rewritten) runs as it is.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "Loaded",
     "check_origin",
     "durations",
+    "fingerprints",
     "for_run",
     "history",
     "load",
@@ -419,16 +421,55 @@ def for_run(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     return Loaded(ready, loaded.reasons, loaded.stored, loaded.digests)
 
 
-def plan(graph: BaseGraph, store: str | os.PathLike[str] | Store) -> pd.DataFrame:
+def fingerprints(graph: BaseGraph) -> dict[str, str]:
+    """Each task's fingerprint (a hex string), by name, in topological order.
+
+    The fingerprint covers the task's code (with the helpers and constants it uses), its
+    options, how it binds its dependencies, and their fingerprints: what a store compares
+    to decide whether a done task can be reused. Two graphs' fingerprints can be compared
+    without a store: ``ag.plan(new, fingerprints=ag.fingerprints(old))``.
+    """
+    check_graph(graph, "fingerprints")
+    return {name: full for name, (_, full) in digests(graph).items()}
+
+
+def plan(
+    graph: BaseGraph,
+    store: str | os.PathLike[str] | Store | BaseGraph | None = None,
+    *,
+    fingerprints: Mapping[str, str] | BaseGraph | None = None,
+) -> pd.DataFrame:
     """What a run of ``graph`` on ``store`` would do: for each task ``run`` or ``reuse``
     (or ``keep`` for a failed task a loaded graph has not reset), and why.
 
     Columns: name, kind, action, reason, last_status (in the store, or None), last_run.
     Reads the store only; nothing is unpickled or written.
+
+    Without a store, ``fingerprints=`` compares ``graph`` with another graph (or with the
+    fingerprints :func:`fingerprints` took of one; ``plan(graph, other_graph)`` is the
+    same as ``plan(graph, fingerprints=other_graph)``): a task whose fingerprint is unchanged
+    is ``reuse``, any other ``run``, with why (``new``, ``code changed``, ``upstream
+    changed (names)``, ``dependencies changed``: other ones, or bound otherwise).
+    Columns: name, kind, action, reason, fingerprint, before (the other's fingerprint,
+    or None).
     """
     import pandas as pd
 
     check_graph(graph, "plan")
+    if isinstance(store, BaseGraph) and fingerprints is None:
+        store, fingerprints = None, store  # plan(new, old): two graphs, no store
+    if fingerprints is not None:
+        if store is not None:
+            raise TypeError(
+                "plan() takes a store or fingerprints=, not both: a store plan already "
+                "compares with the fingerprints the store holds"
+            )
+        return _compare(graph, fingerprints)
+    if store is None:
+        raise TypeError(
+            "plan() needs a store (plan(graph, 'nightly.db')) or another graph's "
+            "fingerprints (plan(graph, fingerprints=ag.fingerprints(old)))"
+        )
     the_store = open_store(store)
     check_origin(graph, the_store)
     if graph._origin is not None:
@@ -488,14 +529,69 @@ def plan(graph: BaseGraph, store: str | os.PathLike[str] | Store) -> pd.DataFram
     return frame.astype({"last_run": "Int64"})
 
 
+def _compare(graph: BaseGraph, other: Mapping[str, str] | BaseGraph) -> pd.DataFrame:
+    """``plan(graph, fingerprints=other)``: each task's fingerprint against ``other``'s."""
+    import pandas as pd
+
+    mine = digests(graph)
+    theirs: dict[str, tuple[str | None, str]]
+    if isinstance(other, BaseGraph):
+        theirs = dict(digests(other))
+    elif isinstance(other, Mapping):
+        theirs = {}
+        for name, fp in other.items():
+            if not isinstance(name, str) or not isinstance(fp, str):
+                raise TypeError(
+                    "plan(fingerprints=...) takes a Graph or a dict of task name -> "
+                    f"fingerprint (str), as ag.fingerprints(graph) returns; found "
+                    f"{type(name).__name__} -> {type(fp).__name__} for {name!r}"
+                )
+            theirs[name] = (None, fp)
+    else:
+        raise TypeError(
+            "plan(fingerprints=...) takes a Graph or a dict of task name -> fingerprint, "
+            f"as ag.fingerprints(graph) returns; not {type(other).__name__}"
+        )
+    rows = []
+    for name in graph.topological_order():
+        task = graph.tasks[name]
+        own, fp = mine[name]
+        before = theirs.get(name)
+        if before is None:
+            action, reason = "run", "new"
+        elif before[1] == fp:
+            action, reason = "reuse", "unchanged"
+        else:
+            action = "run"
+            changed = [d for d in task.deps if theirs.get(d, (None, ""))[1] != mine[d][1]]
+            if before[0] is not None and before[0] != own:
+                reason = "code changed"
+            elif changed:
+                reason = "upstream changed (" + ", ".join(changed) + ")"
+            elif before[0] is None:
+                reason = "code or dependencies changed"
+            else:
+                reason = "dependencies changed"  # which tasks, or how they are bound
+        rows.append(
+            (name, task.kind.value, action, reason, fp, None if before is None else before[1])
+        )
+    by_name = {r[0]: r for r in rows}
+    ordered = [by_name[n] for n in graph.tasks]  # definition order, as the store's plan
+    return pd.DataFrame(
+        ordered, columns=["name", "kind", "action", "reason", "fingerprint", "before"]
+    )
+
+
 def history(store: str | os.PathLike[str] | Store) -> pd.DataFrame:
-    """Every run in ``store``: run id, start, end (UTC), status and counts by status."""
+    """Every run in ``store``: run id, the graph's name (``Graph(name=...)``, or missing),
+    start, end (UTC), status and counts by status."""
     import pandas as pd
 
     the_store = open_store(store)
     runs = the_store.runs()
     columns = [
         "run",
+        "graph",
         "started",
         "finished",
         "duration_s",
@@ -514,6 +610,7 @@ def history(store: str | os.PathLike[str] | Store) -> pd.DataFrame:
         rows.append(
             {
                 "run": r.id,
+                "graph": r.graph,
                 "started": _ts(r.started),
                 "finished": _ts(r.finished),
                 "duration_s": None if r.finished is None else r.finished - r.started,
@@ -529,6 +626,12 @@ def history(store: str | os.PathLike[str] | Store) -> pd.DataFrame:
             }
         )
     frame = pd.DataFrame(rows, columns=columns)
+    # The name is text or missing, NaN as in to_frame().error: pandas' text dtype, whether
+    # any run was named or none was (pandas would infer str, object or float).
+    text: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+    frame["graph"] = pd.Series(
+        [math.nan if r["graph"] is None else r["graph"] for r in rows], dtype=text
+    )
     frame["started"] = pd.to_datetime(frame["started"], utc=True)
     frame["finished"] = pd.to_datetime(frame["finished"], utc=True)
     return frame.astype({"duration_s": "float64"})

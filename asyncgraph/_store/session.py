@@ -201,6 +201,9 @@ class StoreSink:
 
         def begin() -> None:
             self.run_id = self.store.begin_run()  # kept even if we are cancelled meanwhile
+            describe = getattr(self.store, "describe_run", None)  # SQLiteStore's (issue 16)
+            if describe is not None:
+                describe(self.run_id, ledger.graph.name, ledger.graph.topological_order())
 
         await in_thread_to_the_end(begin)
         # The resets first, then the tasks marked done: one transaction, before any row

@@ -2,8 +2,10 @@
 
 Layout (see ``docs/store.md``)::
 
-    meta   (key, value)              format marker and schema version
-    runs   (id, started, finished, status, pid, host, counts...)
+    meta   (key, value)              format marker and schema version; ``order``: the
+                                     task names of the last run's graph, in its order
+    runs   (id, started, finished, status, pid, host, counts..., graph: the graph's
+                                     name, a column added to stores from before it)
     state  (name -> latest record)   status, times, error text, fingerprint, and the
                                      result (its format, a random key, the bytes: the
                                      last column, which status reads never touch)
@@ -114,6 +116,10 @@ CREATE TRIGGER state_history AFTER INSERT ON state BEGIN
     );
 END
 """
+
+
+#: Added to ``runs`` by the first run on a store (a guarded ALTER: see _connect_for_run).
+_GRAPH_COLUMN = "ALTER TABLE runs ADD COLUMN graph TEXT DEFAULT NULL"
 
 
 # -- the SQLite store -------------------------------------------------------------------
@@ -257,6 +263,7 @@ class SQLiteStore:
     # -- reading (never unpickles) ------------------------------------------------------
 
     def tasks(self) -> dict[str, StoredTask]:
+        """The latest record of every task, without loading a result (see :class:`Store`)."""
         with self._reading() as conn:
             if conn is None:
                 return {}
@@ -272,14 +279,34 @@ class SQLiteStore:
             }
 
     def runs(self) -> list[RunInfo]:
+        """Every run, oldest first (see :class:`Store`)."""
         with self._reading() as conn:
             if conn is None:
                 return []
+            # A store written before runs had a graph column reads as graph None.
+            graph = "graph" if _has_graph_column(conn) else "NULL"
             rows = conn.execute(
                 "SELECT id, started, finished, status, pid, host, tasks, reused, done, "
-                "failed, skipped, cancelled FROM runs ORDER BY id"
+                f"failed, skipped, cancelled, {graph} FROM runs ORDER BY id"
             ).fetchall()
         return [RunInfo(*r) for r in rows]
+
+    def task_order(self) -> list[str]:
+        """The task names of the last run's graph in its order (topological, then
+        definition), as :meth:`describe_run` recorded them; ``[]`` if none was."""
+        import json
+
+        with self._reading() as conn:
+            if conn is None:
+                return []
+            row = conn.execute("SELECT value FROM meta WHERE key = 'order'").fetchone()
+        if row is None:
+            return []
+        try:
+            names = json.loads(row[0])
+        except ValueError:
+            return []
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
     def run_tasks(self, run_id: int) -> list[StoredTask]:
         """The records one run wrote, in the order it wrote them (results not included:
@@ -301,6 +328,7 @@ class SQLiteStore:
             ]
 
     def load_result(self, result_id: int, task: str) -> Any:
+        """The value ``task``'s row was written with under ``result_id`` (see :class:`Store`)."""
         with self._reading() as conn:
             row = (
                 None
@@ -347,14 +375,17 @@ class SQLiteStore:
     # -- one run ------------------------------------------------------------------------
 
     def acquire(self) -> None:
+        """Hold the store for one run, or raise :class:`StoreLockedError` naming who holds it."""
         with self._lock:
             self._file.take(self._holder)
 
     def release(self) -> None:
+        """Let go of the store (idempotent): the next :meth:`acquire` succeeds."""
         self._held_by_run = False
         self._close()
 
     def begin_run(self) -> int:
+        """Record that a run starts and return its id (see :class:`Store`)."""
         import socket
 
         assert self._lock_fd is not None, "begin_run() without acquire()"
@@ -370,6 +401,21 @@ class SQLiteStore:
         run_id = cur.lastrowid
         assert run_id is not None
         return run_id
+
+    def describe_run(self, run_id: int, graph: str | None, order: Sequence[str]) -> None:
+        """Record the run's graph name and its task order (for ``history`` and ``status``),
+        in one transaction, after :meth:`begin_run`. Not part of the Store protocol: a
+        run calls it on stores that have it."""
+        import json
+
+        with self._lock:
+            conn = self._conn
+            assert conn is not None, "describe_run() outside begin_run()/end_run()"
+            with _transaction(conn):
+                conn.execute("UPDATE runs SET graph = ? WHERE id = ?", (graph, run_id))
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('order', ?)", (json.dumps(list(order)),)
+                )
 
     def write(
         self, run_id: int, rows: Sequence[TaskRow], counts: Mapping[str, int] | None = None
@@ -407,6 +453,7 @@ class SQLiteStore:
         return _built_in_row_limit()
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
+        """Record how the run ended: its status and counts (see :class:`Store`)."""
         keys = COUNTS
         with self._lock:
             conn = self._conn
@@ -473,6 +520,11 @@ def _connect_for_run(path: Path, fd: int, key: tuple[int, int]) -> sqlite3.Conne
                     "INSERT INTO meta VALUES (?, ?)",
                     [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
                 )
+            if not _has_graph_column(conn):
+                # Runs record their graph's name (issue 16): a store from before gets the
+                # column here, empty for the runs it has, and so does a new one, so both
+                # have the same schema. Same version: older readers ignore the column.
+                conn.execute(_GRAPH_COLUMN)
     except BaseException as exc:
         conn.close()
         open_files.closed(key)
@@ -592,12 +644,20 @@ def _damaged(path: Path, exc: BaseException) -> StoreError:
     )
 
 
-def _uri(path: Path, immutable: bool = False, writable: bool = False) -> str:
+def _uri(path: Path, immutable: bool = False, writable: bool = False, tidy: bool = False) -> str:
     # as_uri() percent-encodes '#' and '?', which a plain f"file:{path}" would take
     # as the URI's fragment and query (and open another file).
     uri = Path(os.path.abspath(path)).as_uri()
     if writable:
         return uri
+    if tidy:
+        # A read of a store with no -wal or -shm beside it: opened read-write (never
+        # creating the file) but query-only, so that SQLite, closing the last
+        # connection, removes the -wal and -shm it made, as it does for a writer; a
+        # read-only connection cannot and leaves both behind. With other connections
+        # open (a run), SQLite leaves them to the last one, as it always does.
+        return uri + "?mode=rw"
+
     uri += "?mode=ro"
     return uri + "&immutable=1" if immutable else uri
 
@@ -634,13 +694,9 @@ def _connected(path: Path, st: os.stat_result) -> Iterator[sqlite3.Connection]:
             seen = identity(path)
             conn = sqlite3.connect(_uri(path, immutable=True), uri=True)
         else:
-            conn = sqlite3.connect(
-                _uri(
-                    path,
-                ),
-                uri=True,
-            )
+            conn = sqlite3.connect(_uri(path, tidy=_nothing_beside(path)), uri=True)
             try:
+                conn.execute("PRAGMA query_only = ON")  # a read, whatever the mode
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.OperationalError as exc:
                 if not _no_shm(exc):
@@ -659,6 +715,11 @@ def _connected(path: Path, st: os.stat_result) -> Iterator[sqlite3.Connection]:
             f"store {str(path)!r} changed while it was read (is a run writing it "
             "from another mount?); read it again"
         )
+
+
+def _nothing_beside(path: Path) -> bool:
+    """Whether the store has neither a ``-wal`` nor a ``-shm`` file beside it."""
+    return not any(os.path.lexists(name) for name in beside(path))
 
 
 def _unchanging(path: Path, exc: sqlite3.Error) -> tuple[int, int, int] | None:
@@ -897,6 +958,11 @@ def _statements(script: str) -> list[str]:
                 out.append(buf.strip())
             buf = ""
     return out
+
+
+def _has_graph_column(conn: sqlite3.Connection) -> bool:
+    """Whether the store's ``runs`` table has the ``graph`` column (added in place)."""
+    return any(row[1] == "graph" for row in conn.execute("PRAGMA table_info(runs)"))
 
 
 def _has_schema(conn: sqlite3.Connection) -> bool:

@@ -28,6 +28,10 @@ every runner: coroutines on the event loop, plain functions in a thread):
 ``run_parallel_async`` worker processes, also for ``async def`` functions that block
 =====================  ==========================================================
 
+The worker processes are started once, by the first parallel run of each ``nprocs``, and
+shared by the runs after it (an :class:`asyncgraph.ProcessBackend`, closed once idle for
+``IDLE_SECONDS``), as a taskmap user calling the runners in a loop expects them to be fast.
+
 Every function is wrapped to log taskmap's lines (``pid N: starting task X``,
 ``finished``, ``failed``) on the ``'<name>-worker'`` logger, in the process that runs it;
 the runner logs ``queueing`` and failure summaries on ``'<name>-manager'``. The wrapper is
@@ -41,11 +45,13 @@ import datetime as dt
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .._api import Graph as _Native
 from .._api import create_graph as _native_create_graph
+from .._backends import ProcessBackend
 from .._exceptions import GraphError, PicklingError, TaskFailures
 from .._graph import BaseGraph
 from .._state import State
@@ -508,12 +514,14 @@ def _execute(
     manager = logging.getLogger(f"{graph.name}-manager")
     for t in to_run:
         manager.info("pid %s: queueing task %s", os.getpid(), t)
+    pool = _POOLS.acquire(nprocs) if mode == "parallel" else None
     try:
         out = _run_sync(
             native,
             max_io=1 if mode == "run" else None,
             cpu_workers=nprocs,
             fail_fast=raise_errors,
+            backend=pool,
         )
     except TaskFailures as exc:  # raise_errors=True: record what happened, then raise
         _fill(target, exc.graph, to_run, manager)
@@ -529,8 +537,61 @@ def _execute(
             "process, or use run()/run_async()"
         )
         raise
+    finally:
+        if pool is not None:
+            _POOLS.release(nprocs)
     _fill(target, out, to_run, manager)
     return target
+
+
+#: How long the parallel runners' workers wait for the next run before they stop.
+IDLE_SECONDS = 2.0
+
+
+class _Pools:
+    """The worker pools the parallel runners share, one per ``nprocs``: started by the
+    first run that needs it, reused by the runs after it, and closed once no run has
+    used it for ``IDLE_SECONDS`` (as loky's reusable executor stops idle workers), so a
+    taskmap script that calls the runners in a loop starts its workers once, and none
+    stay behind for long once it is done. taskmap started them once per run; here that
+    cost each run 100 ms and more before its first task.
+
+    State it keeps: ``pools`` (nprocs -> the ProcessBackend), ``busy`` (runs using
+    each now) and ``uses`` (a count per nprocs, so a timer knows if it was used since).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pools: dict[int, ProcessBackend] = {}
+        self.busy: dict[int, int] = {}
+        self.uses: dict[int, int] = {}
+
+    def acquire(self, nprocs: int) -> ProcessBackend:
+        with self.lock:
+            pool = self.pools.get(nprocs)
+            if pool is None or not pool.started:
+                pool = self.pools[nprocs] = ProcessBackend(workers=nprocs).__enter__()
+            self.busy[nprocs] = self.busy.get(nprocs, 0) + 1
+            self.uses[nprocs] = self.uses.get(nprocs, 0) + 1
+            return pool
+
+    def release(self, nprocs: int) -> None:
+        with self.lock:
+            self.busy[nprocs] -= 1
+            timer = threading.Timer(IDLE_SECONDS, self._idle, (nprocs, self.uses[nprocs]))
+        timer.daemon = True  # never keeps the interpreter from exiting
+        timer.start()
+
+    def _idle(self, nprocs: int, uses: int) -> None:
+        with self.lock:
+            if self.busy.get(nprocs) or self.uses.get(nprocs) != uses:
+                return  # used since: that run's own timer decides
+            pool = self.pools.pop(nprocs, None)
+        if pool is not None:
+            pool.close()
+
+
+_POOLS = _Pools()
 
 
 def _copy(graph: Graph) -> Graph:

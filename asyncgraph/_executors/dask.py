@@ -1,0 +1,769 @@
+"""The Dask backend: a run's ``kind="cpu"`` tasks on a Dask distributed cluster.
+
+``DaskBackend()`` starts a ``LocalCluster`` of the run's own and closes it when the run
+ends; ``DaskBackend("tcp://host:8786")`` connects a client of the run's own to an
+existing scheduler (the client is closed, the cluster never); ``DaskBackend(client)``
+uses a ``Client(asynchronous=True)`` made on the run's loop, and never closes it.
+Coroutines and IO threads stay on the driver (a cluster round trip costs milliseconds);
+only CPU tasks go to the cluster, exactly the ones that otherwise go to the process pool.
+
+``distributed`` is imported when the first CPU task starts, never by ``import asyncgraph``.
+
+How an attempt maps to Dask (the traps are in ``shared/design/backends.md``):
+
+- one ``client.submit`` per attempt, with a key of its own, ``f"{task}-{run}-{attempt}"``:
+  Dask hands back the *old* future for a key its client still holds, so a retry under
+  the same key would return the old error. ``pure=False`` (asyncgraph, not Dask, decides
+  what is reusable) and ``retries=0`` (asyncgraph's retries keep their backoff, attempts
+  and events). An owned cluster is started with ``allowed_failures=0`` and a worker
+  saturation of 1.0 (a worker holds only the tasks it runs): a task that kills its
+  worker kills one worker and fails with :class:`WorkerDiedError` (retried under the
+  task's ``retries``), instead of being rerun on three more workers first. Dask blames
+  every task assigned to the dead worker, though: a task placed there next to its
+  input (Dask does not queue dependents on the scheduler) fails with it, with
+  :class:`WorkerDiedError`, and is retried under its own ``retries``.
+- ``priority`` is the run's dispatch order: the scheduler hands out ready tasks in its
+  critical-path order (with learned durations), and an earlier dispatch gets a higher
+  Dask priority, so that order survives any queueing on the cluster.
+- the function is pickled once per run (cloudpickle: lambdas and notebook functions
+  travel by value), and the check before the run reports every one that cannot travel.
+  The worker shim (``_dask_worker``, stdlib and cloudpickle only) goes by reference, so
+  the workers need asyncgraph importable (any version with that module): shipping it by
+  value cost ~8 ms of driver CPU per task (cloudpickle walks its modules every submit).
+- a result that a later CPU task needs stays on the cluster: the run keeps its Dask
+  future and passes that future, not the value, to the dependent's submit, so the data
+  goes worker to worker and is not sent back out from the driver. The value is still
+  fetched once to the driver (the run's result graph holds values; a local task may
+  need it). A kept future is released once every CPU dependent has finished.
+- with a store, the result's bytes are made on the worker (a second tiny task next to
+  the data), fetched as bytes, loaded here once and handed to the ledger as they are
+  (``pickled``), so the store commits them before ``done`` is reported.
+- failures come back as data with the worker's traceback text; ``KilledWorker`` becomes
+  :class:`WorkerDiedError`.
+- cancellation (the run's cancel, deadline, fail_fast, a timeout) cancels the attempt's
+  Dask future at once; the run closes what it started (client, cluster) on every way
+  out, after cancelling every future it still holds, so no future of the run is left on
+  the scheduler. A Dask worker cannot stop a thread that is running a task: on an owned
+  cluster the workers go with the cluster; on a user's cluster a cancelled or timed-out
+  call may run on, and a timeout's error says so.
+
+State it keeps
+    ``DaskBackend``   only its description (address or client, cluster options,
+                      resource mapping): a run makes its own executor from it;
+    ``DaskExecutor``  ``client``/``cluster`` (with whether it owns each) and
+                      ``_opening``, the task that connects them; ``fn_bytes`` (each CPU
+                      task's pickled function); ``live`` (key -> Dask future of each
+                      attempt in flight); ``kept`` (task -> future of a done result a CPU
+                      dependent still needs) with ``uses`` (how many CPU dependents have
+                      yet to finish); ``attempts`` per task (for the keys); ``_order``
+                      (the dispatch counter behind ``priority``); ``_cancels`` (the
+                      cancel messages sent and not yet acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import anyio
+import cloudpickle
+
+from .._clock import SYSTEM_CLOCK, Clock
+from .._exceptions import PicklingError, WorkerDiedError
+from .._shield import wait_to_the_end
+from .._task import Kind, Task
+from . import _dask_worker
+from .base import Began, Executor
+from .process import shipping_problem
+
+__all__ = ["DaskBackend", "DaskExecutor"]
+
+_INLINE = 4096  # result bytes up to this many are loaded on the loop, bigger in a thread
+
+
+class DaskBackend:
+    """Run the ``kind="cpu"`` tasks of a run on a Dask distributed cluster.
+
+    ::
+
+        done = await ag.run(g, backend=ag.DaskBackend())                    # own LocalCluster
+        done = await ag.run(g, backend=ag.DaskBackend("tcp://sched:8786"))  # a running cluster
+        done = await ag.run(g, backend=ag.DaskBackend(client))              # your async Client
+
+    ``cluster`` is one of:
+
+    - ``None`` (the default): each run starts a ``distributed.LocalCluster`` of its own
+      (``n_workers`` processes, default the run's ``cpu_workers``, each with
+      ``threads_per_worker`` threads; ``processes=False`` for threads in this process)
+      and closes it when the run ends, so nothing it started outlives the run. A task
+      that kills its worker fails with :class:`~asyncgraph.WorkerDiedError` and kills
+      one worker only (``allowed_failures``, default 0). A script that uses it needs an
+      ``if __name__ == "__main__":`` guard, as any Dask LocalCluster of processes does.
+    - a scheduler address (``"tcp://host:8786"``): the run connects a client of its own
+      (closed when the run ends; the cluster never is). ``capacity`` caps the run's
+      tasks in flight on the cluster (default: no cap; Dask queues the rest in the
+      run's priority order; with a client or an owned cluster, the default is two per
+      worker thread).
+    - a ``distributed.Client(asynchronous=True)`` made on the loop the run runs on (or
+      a ``Cluster``): used as it is and never closed. A client made on another loop, or
+      a synchronous one, is refused: pass the scheduler address instead.
+
+    ``resources`` maps an asyncgraph resource name to Dask worker resources: with
+    ``resources={"gpu": {"GPU": 1}}`` a task declaring ``resources=("gpu",)`` still
+    counts against the run's ``limits["gpu"]`` and also asks Dask for a worker with a
+    free ``GPU`` (workers declare theirs: ``dask worker --resources GPU=2``, or
+    ``cluster_kwargs={"resources": {"GPU": 2}}`` for an owned cluster).
+    ``cluster_kwargs`` go to the owned ``LocalCluster``; ``connect_timeout`` bounds
+    the connection to a scheduler.
+
+    Differences from the process pool: a running Dask task cannot be stopped, so a
+    timeout (or a cancel) on a cluster the run does not own leaves the call running
+    there; ``started`` is the moment of submission, so a duration and a timeout include
+    queueing on the cluster; the workers need asyncgraph importable (its worker shim).
+    """
+
+    def __init__(
+        self,
+        cluster: Any = None,
+        *,
+        n_workers: int | None = None,
+        threads_per_worker: int = 1,
+        processes: bool = True,
+        resources: Mapping[str, Mapping[str, float]] | None = None,
+        allowed_failures: int = 0,
+        capacity: int | None = None,
+        cluster_kwargs: Mapping[str, Any] | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.address: str | None = None
+        self.client: Any = None
+        self.cluster: Any = None
+        if isinstance(cluster, str):
+            if not cluster.strip():
+                raise ValueError(
+                    "DaskBackend: the scheduler address is empty; pass one such as "
+                    "'tcp://127.0.0.1:8786', or nothing for a LocalCluster of the run's own"
+                )
+            self.address = cluster
+        elif cluster is not None:
+            kind = _dask_kind(cluster)
+            if kind is None:
+                raise TypeError(
+                    "DaskBackend: cluster must be a scheduler address (str), a "
+                    "distributed.Client(asynchronous=True), a distributed Cluster or None "
+                    f"for a LocalCluster of the run's own; not {type(cluster).__name__} "
+                    f"{cluster!r}"
+                )
+            if kind == "client":
+                if not getattr(cluster, "asynchronous", False):
+                    raise ValueError(
+                        "DaskBackend: the Client is synchronous; asyncgraph needs a "
+                        "Client(asynchronous=True) made on the run's loop, or pass its "
+                        f"scheduler address instead: DaskBackend({_address_of(cluster)!r})"
+                    )
+                self.client = cluster
+            else:
+                self.cluster = cluster
+        for name, value in (("n_workers", n_workers), ("capacity", capacity)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"DaskBackend: {name} must be an int >= 1 or None, not {value!r}")
+            if value is not None and value < 1:
+                raise ValueError(f"DaskBackend: {name} must be >= 1 or None, not {value!r}")
+        if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int):
+            raise TypeError(
+                f"DaskBackend: threads_per_worker must be an int >= 1, not {threads_per_worker!r}"
+            )
+        if threads_per_worker < 1:
+            raise ValueError(
+                f"DaskBackend: threads_per_worker must be >= 1, not {threads_per_worker!r}"
+            )
+        if (
+            isinstance(allowed_failures, bool)
+            or not isinstance(allowed_failures, int)
+            or allowed_failures < 0
+        ):
+            raise ValueError(
+                f"DaskBackend: allowed_failures must be an int >= 0, not {allowed_failures!r}"
+            )
+        if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
+            raise ValueError(
+                "DaskBackend: connect_timeout must be a number of seconds > 0, "
+                f"not {connect_timeout!r}"
+            )
+        self.resources = _check_resources(resources)
+        self.n_workers = n_workers
+        self.threads_per_worker = threads_per_worker
+        self.processes = bool(processes)
+        self.allowed_failures = allowed_failures
+        self.capacity = capacity
+        self.cluster_kwargs = dict(cluster_kwargs or {})
+        self.connect_timeout = float(connect_timeout)
+
+    @property
+    def owns_cluster(self) -> bool:
+        """Whether each run starts (and closes) a LocalCluster of its own."""
+        return self.address is None and self.client is None and self.cluster is None
+
+    def executors(
+        self,
+        *,
+        max_io: int | None,
+        cpu_workers: int,
+        clock: Clock,
+        pickled: Callable[[str, bytes], None] | None,
+    ) -> list[Executor]:
+        """The run's executors: the loop and threads for IO, this cluster for CPU."""
+        from .local import LoopExecutor, ThreadExecutor
+
+        return [
+            LoopExecutor(max_io, clock),
+            ThreadExecutor(max_io, clock),
+            DaskExecutor(self, cpu_workers, clock, pickled),
+        ]
+
+    def __repr__(self) -> str:
+        if self.client is not None:
+            return f"DaskBackend({self.client!r})"
+        if self.cluster is not None:
+            return f"DaskBackend({self.cluster!r})"
+        if self.address is not None:
+            return f"DaskBackend({self.address!r})"
+        return "DaskBackend()"
+
+
+def _dask_kind(obj: Any) -> str | None:
+    """``"client"``, ``"cluster"`` or None, without importing distributed (if ``obj`` is
+    a Client or a Cluster, distributed is imported already)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    if isinstance(obj, distributed.Client):
+        return "client"
+    from distributed.deploy.cluster import Cluster
+
+    if isinstance(obj, Cluster):
+        return "cluster"
+    return None
+
+
+def _address_of(client: Any) -> str:
+    try:
+        return str(client.scheduler.address)
+    except Exception:  # noqa: BLE001 - only for the message
+        return "tcp://host:8786"
+
+
+def _check_resources(
+    resources: Mapping[str, Mapping[str, float]] | None,
+) -> dict[str, dict[str, float]]:
+    if resources is None:
+        return {}
+    if not isinstance(resources, Mapping):
+        raise TypeError(
+            "DaskBackend: resources must map an asyncgraph resource name to Dask worker "
+            f"resources, such as {{'gpu': {{'GPU': 1}}}}; not {resources!r}"
+        )
+    out: dict[str, dict[str, float]] = {}
+    for name, need in resources.items():
+        if not isinstance(name, str) or not isinstance(need, Mapping) or not need:
+            raise TypeError(
+                f"DaskBackend: resources[{name!r}] must be a non-empty mapping of Dask "
+                f"resource names to amounts, such as {{'GPU': 1}}; not {need!r}"
+            )
+        for dask_name, amount in need.items():
+            if (
+                not isinstance(dask_name, str)
+                or isinstance(amount, bool)
+                or not isinstance(amount, (int, float))
+                or amount <= 0
+            ):
+                raise ValueError(
+                    f"DaskBackend: resources[{name!r}] asks for {dask_name!r}: {amount!r}; "
+                    "each amount must be a number > 0 under a str name"
+                )
+        out[name] = {str(k): float(v) for k, v in need.items()}
+    return out
+
+
+class DaskExecutor:
+    """Tasks of kind CPU, each attempt one Dask future on the backend's cluster; one
+    per run (made by :meth:`DaskBackend.executors`)."""
+
+    lane = "cpu"
+
+    def __init__(
+        self,
+        backend: DaskBackend,
+        cpu_workers: int,
+        clock: Clock = SYSTEM_CLOCK,
+        pickled: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.n_workers = backend.n_workers or cpu_workers
+        capacity = backend.capacity
+        # Two tasks in flight per worker thread: one runs while the next is already on
+        # its way, which hides the round trip through the driver (measured: a wide
+        # graph at 2x threads ran 2-3x faster than at 1x); more only moves the queue
+        # into Dask, where timeouts would count the waiting.
+        if capacity is None and backend.owns_cluster:
+            capacity = 2 * self.n_workers * backend.threads_per_worker
+        elif capacity is None and backend.client is not None:
+            capacity = 2 * _cached_threads(backend.client) or None
+        self.capacity: int | None = capacity
+        self.pickled = pickled
+        self.stores = _stores(pickled)
+        self.token = uuid.uuid4().hex[:8]
+        self.fn_bytes: dict[str, bytes] = {}
+        self.tasks: Mapping[str, Task] = {}
+        self.uses: dict[str, int] = {}
+        self.kept: dict[str, Any] = {}
+        self.live: dict[str, Any] = {}
+        self.attempts: dict[str, int] = {}
+        self._order = itertools.count()
+        self._cancels: set[asyncio.Future[Any]] = set()
+        self._runners: set[asyncio.Task[None]] = set()
+        self.client: Any = None
+        self.cluster: Any = None
+        self.owns_client = False
+        self.owns_cluster = False
+        self.worker_resources: dict[str, float] | None = None  # the cluster's, summed
+        self._opening: asyncio.Task[Any] | None = None
+        self._closed = False
+        self._tracker_was_running = True  # multiprocessing's, before the run's cluster
+        self._loads: Any = None  # Threads for loading big results, made on demand
+
+    # -- before the run --------------------------------------------------------------
+
+    def serves(self, kind: Kind, is_async: bool) -> bool:
+        return kind is Kind.CPU
+
+    def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
+        """Pickle every pending CPU task's function once (all that cannot travel in one
+        error), count each CPU task's pending CPU dependents (how long its future is
+        kept), and refuse a client made on another loop when the loop is known."""
+        self.tasks = tasks
+        problems: dict[str, str] = {}
+        verdicts: dict[bytes, str | None] = {}
+        modules: dict[str, str | None] = {}
+        first_error: Exception | None = None
+        for n in pending:
+            t = tasks[n]
+            if t.kind is not Kind.CPU:
+                continue
+            for d in t.deps:
+                if tasks[d].kind is Kind.CPU:
+                    self.uses[d] = self.uses.get(d, 0) + 1
+            try:
+                data = cloudpickle.dumps(t.fn)
+            except Exception as exc:  # noqa: BLE001 - whatever stops pickling
+                first_error = first_error or exc
+                problems[n] = PicklingError(n, f"{type(exc).__name__}: {exc}").problems[n]
+                continue
+            if data not in verdicts:
+                verdicts[data] = shipping_problem(data, modules)
+            verdict = verdicts[data]
+            if verdict is not None:
+                problems[n] = verdict.replace("a worker process", "a Dask worker")
+                continue
+            self.fn_bytes[n] = data
+        if problems:
+            raise PicklingError.for_tasks(problems) from first_error
+        if self.backend.client is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # run_sync makes its loop later: checked when the first task starts
+            _check_client_loop(self.backend.client, loop)
+
+    # -- an attempt ------------------------------------------------------------------
+
+    def start(
+        self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if self._opening is None and self.backend.client is not None:
+            # The first CPU task: a client of another loop ends the run here, with what
+            # to pass instead, before anything is submitted.
+            _check_client_loop(self.backend.client, loop)
+        call = self._call(task, args, kwargs, began)
+        if task.timeout is not None:
+            call = self._timed(task, call)
+        # The run watches a plain future that the attempt's task resolves: a task's
+        # SystemExit or KeyboardInterrupt raised inside an asyncio task would leave the
+        # loop at once, tearing down a cluster that runs on it; set on the future, it
+        # ends the run as on the process pool, after the cleanup.
+        child: asyncio.Future[Any] = loop.create_future()
+        runner = loop.create_task(_resolve(child, call), name=task.name)
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+        child.add_done_callback(functools.partial(_stop_runner, runner))
+        return child
+
+    async def _timed(self, task: Task, call: Any) -> Any:
+        with self.clock.move_on_after(task.timeout) as scope:
+            return await call
+        assert scope.cancelled_caught
+        owned = (
+            "its worker is stopped when the run's own cluster closes"
+            if self.owns_cluster
+            else "the call may still be running on the cluster, whose worker thread "
+            "stays busy until it returns"
+        )
+        raise TimeoutError(
+            f"task {task.name!r} did not finish within timeout={task.timeout}s; its Dask "
+            f"future was cancelled, but a Dask worker cannot stop a running thread: {owned}"
+        )
+
+    async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began) -> Any:
+        client = self.client
+        if client is None:
+            client = await self._open()
+        name = task.name
+        attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
+        kept = self.kept
+        if kept and not task.skip_none:
+            # A dependency's result still on the cluster goes as its future: the data
+            # moves worker to worker, not out from the driver again.
+            args = list(args)
+            for i, d in enumerate(task.args):
+                future = kept.get(d)
+                if future is not None:
+                    args[i] = future
+            if task.kwargs:
+                kwargs = dict(kwargs)
+                for p, d in task.kwargs:
+                    future = kept.get(d)
+                    if future is not None:
+                        kwargs[p] = future
+        key = f"{name}-{self.token}-{attempt}"
+        priority = -next(self._order)
+        resources = self._resources_of(task)
+        future = client.submit(
+            _dask_worker.run_attempt,
+            self.fn_bytes[name],
+            task.is_async,
+            args,
+            kwargs,
+            key=key,
+            pure=False,
+            retries=0,
+            priority=priority,
+            resources=resources,
+        )
+        live = self.live
+        live[key] = future
+        began(name, self.clock.time())
+        blob_key = None
+        try:
+            if self.stores:
+                blob_key = f"{key}-bytes"
+                blob = client.submit(
+                    _dask_worker.dumps,
+                    future,
+                    key=blob_key,
+                    pure=False,
+                    retries=0,
+                    priority=priority,
+                )
+                live[blob_key] = blob
+                data = await blob
+                value = await self._load(name, data)
+            else:
+                value = await future
+        except asyncio.CancelledError:
+            self._cancel([key, blob_key])
+            raise
+        except BaseException as exc:  # the attempt's error, translated
+            self._cancel([key, blob_key])
+            translated = _translated(name, exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        if blob_key is not None:
+            live.pop(blob_key, None)
+            if self.pickled is not None:
+                self.pickled(name, data)
+        live.pop(key, None)
+        self._finished(task, future)
+        return value
+
+    def _finished(self, task: Task, future: Any) -> None:
+        """Keep ``future`` while a CPU dependent still needs it; release what this
+        task's own dependencies no longer need."""
+        name = task.name
+        if self.uses.get(name):
+            self.kept[name] = future
+        else:
+            future.release()
+        for d in task.deps:
+            left = self.uses.get(d)
+            if left is None:
+                continue
+            if left <= 1:
+                del self.uses[d]
+                f = self.kept.pop(d, None)
+                if f is not None:
+                    f.release()
+            else:
+                self.uses[d] = left - 1
+
+    async def _load(self, name: str, data: bytes) -> Any:
+        from .process import _unpickled
+
+        if len(data) <= _INLINE:
+            return _unpickled(name, data)
+        if self._loads is None:
+            from .threads import Threads
+
+            self._loads = Threads(anyio.CapacityLimiter(2))
+        return await self._loads.run(functools.partial(_unpickled, name, data))
+
+    def _resources_of(self, task: Task) -> dict[str, float] | None:
+        mapping = self.backend.resources
+        if not mapping or not task.resources:
+            return None
+        need: dict[str, float] = {}
+        for r in task.resources:
+            for k, v in mapping.get(r, {}).items():
+                need[k] = need.get(k, 0.0) + v
+        if not need:
+            return None
+        have = self.worker_resources
+        if have is not None:
+            missing = {k: v for k, v in need.items() if have.get(k, 0.0) < v}
+            if missing:
+                raise ValueError(
+                    f"task {task.name!r} asks Dask for worker resources {need} (from "
+                    f"DaskBackend(resources=...)), but no worker of the cluster has "
+                    f"{missing}: start workers with them (dask worker --resources "
+                    "'GPU=1'; for the run's own cluster, "
+                    "DaskBackend(cluster_kwargs={'resources': {...}})), or drop the mapping"
+                )
+        return need
+
+    def _cancel(self, keys: list[str | None]) -> None:
+        """Cancel these attempts' futures on the scheduler, without waiting here (a
+        cancelled attempt must end at once); ``aclose`` waits for the messages."""
+        futures = [f for k in keys if k is not None and (f := self.live.pop(k, None)) is not None]
+        client = self.client
+        if not futures or client is None or client.status not in ("running", "connecting"):
+            return
+        sent = asyncio.ensure_future(client.cancel(futures, force=True))
+        self._cancels.add(sent)
+        sent.add_done_callback(_quietly_discard(self._cancels))
+
+    # -- the connection --------------------------------------------------------------
+
+    async def _open(self) -> Any:
+        """The client (connected once; every attempt waits on the same connection)."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._connect())
+        client = await asyncio.shield(self._opening)
+        return client
+
+    async def _connect(self) -> Any:
+        try:
+            import distributed
+        except ImportError as exc:  # pragma: no cover - the test extra installs it
+            raise ImportError(
+                "DaskBackend needs the distributed package: pip install 'asyncgraph[dask]'"
+            ) from exc
+        backend = self.backend
+        loop = asyncio.get_running_loop()
+        if backend.client is not None:
+            _check_client_loop(backend.client, loop)
+            self.client = backend.client
+        elif backend.owns_cluster:
+            options: dict[str, Any] = {
+                "n_workers": self.n_workers,
+                "threads_per_worker": backend.threads_per_worker,
+                "processes": backend.processes,
+                "dashboard_address": ":0",
+                # asyncgraph reports every failure itself; Dask's own log lines (a worker
+                # heartbeat racing the close, "Compute Failed") would only repeat them.
+                "silence_logs": logging.CRITICAL,
+                "scheduler_kwargs": {"allowed_failures": backend.allowed_failures},
+            }
+            options.update(backend.cluster_kwargs)
+            options["asynchronous"] = True
+            import dask
+
+            # A worker holds only the root tasks it runs (Dask's default, 1.1, queues
+            # one more on each one-thread worker): when a task kills its worker, a task
+            # merely waiting there would be blamed too under allowed_failures=0.
+            self._tracker_was_running = _tracker_running()
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                self.cluster = await distributed.LocalCluster(**options)  # type: ignore[no-untyped-call]
+            self.owns_cluster = True
+            try:
+                self.client = await distributed.Client(  # type: ignore[no-untyped-call]
+                    self.cluster, asynchronous=True, set_as_default=False
+                )
+            except BaseException:
+                await wait_to_the_end(self.cluster.close())
+                raise
+            self.owns_client = True
+        else:
+            target = backend.cluster if backend.cluster is not None else backend.address
+            try:
+                self.client = await distributed.Client(  # type: ignore[no-untyped-call]
+                    target,
+                    asynchronous=True,
+                    set_as_default=False,
+                    timeout=backend.connect_timeout,
+                )
+            except OSError as exc:
+                raise OSError(
+                    f"DaskBackend could not connect to the Dask scheduler at {target!r} "
+                    f"within {backend.connect_timeout}s ({exc}); check the address and "
+                    "that the scheduler runs, or pass DaskBackend() for a LocalCluster"
+                ) from exc
+            self.owns_client = True
+        if backend.resources:
+            identity = await self.client.scheduler.identity(n_workers=-1)
+            have: dict[str, float] = {}
+            for w in identity.get("workers", {}).values():
+                for k, v in (w.get("resources") or {}).items():
+                    have[k] = max(have.get(k, 0.0), float(v))
+            self.worker_resources = have
+        return self.client
+
+    async def aclose(self) -> None:
+        """Cancel every future of the run still held, then close what the run started
+        (its client, its cluster); a user's client or cluster is left open."""
+        with anyio.CancelScope(shield=True):
+            if self._runners:  # attempts the run cancelled, ending their cancel path
+                await asyncio.wait(list(self._runners))
+            if self._loads is not None:
+                self._loads.close()
+            if self._opening is not None and not self._opening.done():
+                await asyncio.wait([self._opening])
+            client = self.client
+            futures = [*self.live.values(), *self.kept.values()]
+            self.live.clear()
+            self.kept.clear()
+            if client is not None and futures and client.status == "running":
+                # A connection already gone holds nothing on the scheduler.
+                with contextlib.suppress(Exception):
+                    await client.cancel(futures, force=True)
+            for f in futures:
+                f.release()
+            if self._cancels:
+                await asyncio.wait(list(self._cancels))
+            if self.owns_client and client is not None:
+                await client.close()
+            if self.owns_cluster and self.cluster is not None:
+                await self.cluster.close()
+                if not self._tracker_was_running:
+                    _stop_tracker()  # started by the cluster's spawn: it goes with it
+            self._closed = True
+
+
+async def _resolve(child: asyncio.Future[Any], call: Any) -> None:
+    """Run one attempt and hand its outcome to ``child`` (the future the run watches)."""
+    try:
+        value = await call
+    except asyncio.CancelledError:
+        if not child.done():
+            child.cancel()
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the attempt's outcome, reported
+        if not child.done():
+            child.set_exception(exc)
+        return
+    if not child.done():
+        child.set_result(value)
+
+
+def _stop_runner(runner: asyncio.Task[None], child: asyncio.Future[Any]) -> None:
+    if child.cancelled():  # the run cancelled the attempt: cancel its task too
+        runner.cancel()
+
+
+def _tracker_running() -> bool:
+    """Whether multiprocessing's resource tracker runs (a process of its own, started
+    by the first spawn, which an owned LocalCluster of processes makes)."""
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker._resource_tracker, "_pid", None) is not None
+
+
+def _stop_tracker() -> None:
+    """Stop the resource tracker the run's cluster started (it would outlive the run
+    as a child of this process); the next spawn starts a new one."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        with contextlib.suppress(Exception):
+            stop()
+
+
+def _quietly_discard(pending: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    def done(f: asyncio.Future[Any]) -> None:
+        pending.discard(f)
+        if not f.cancelled():
+            f.exception()  # retrieved: a lost connection is no news here
+
+    return done
+
+
+def _check_client_loop(client: Any, loop: asyncio.AbstractEventLoop) -> None:
+    own = getattr(getattr(client, "loop", None), "asyncio_loop", None)
+    if own is not loop:
+        raise ValueError(
+            "DaskBackend(client): the Client was made on another event loop than the run's "
+            "(run_sync and notebooks run on a loop of their own); pass the scheduler "
+            f"address instead, DaskBackend({_address_of(client)!r}), or make the "
+            "Client(asynchronous=True) inside the coroutine that awaits asyncgraph.run"
+        )
+
+
+def _cached_threads(client: Any) -> int:
+    try:
+        return int(client.scheduler_info().get("total_threads") or 0)
+    except Exception:  # noqa: BLE001 - unknown: no cap
+        return 0
+
+
+def _stores(pickled: Callable[[str, bytes], None] | None) -> bool:
+    """Whether the run keeps results in a store (its ledger wants the bytes)."""
+    if pickled is None:
+        return False
+    owner = getattr(pickled, "__self__", None)
+    return bool(getattr(owner, "stores", True))
+
+
+def _translated(name: str, exc: BaseException) -> BaseException:
+    """A Dask error in asyncgraph's terms; a task's own error as it is."""
+    fatal = getattr(exc, "__asyncgraph_fatal__", None)
+    if isinstance(fatal, BaseException):  # the task's SystemExit/KeyboardInterrupt
+        return fatal
+    distributed = sys.modules.get("distributed")
+    if distributed is not None:
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            died = WorkerDiedError(name, None)
+            died.args = (
+                f"the Dask worker running task {name!r} died before returning a result "
+                f"(os._exit, a signal or running out of memory; Dask: {exc}); Dask "
+                "replaces the worker",
+            )
+            return died
+        if isinstance(exc, distributed.client.FutureCancelledError):
+            from .._exceptions import TaskCancelled
+
+            return TaskCancelled(
+                f"task {name!r}: its Dask future was cancelled by someone other than the "
+                f"run ({exc})"
+            )
+    return exc

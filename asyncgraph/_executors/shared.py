@@ -1,0 +1,327 @@
+"""A process pool started once and shared by many runs, on any loop and any thread.
+
+:class:`SharedPool` is a :class:`~asyncgraph._executors.process.ProcessPool` that lives on
+an event loop of its own, in a daemon thread of its own ("the pool's thread"), from
+:meth:`SharedPool.start` to :meth:`SharedPool.close`. A run reaches it through a
+:class:`PoolClient` (one per run, made by :class:`SharedProcessExecutor`), which hands
+each attempt to the pool's loop with ``call_soon_threadsafe`` and is told the outcome the
+same way. So one pool serves runs on several loops at once: ``await ag.run(...)`` in an
+application, ``ag.run_sync(...)`` (a fresh loop each time), a notebook's helper thread.
+
+Why a thread of its own and not the loop that started it? A worker's pipes belong to one
+loop, and ``run_sync`` makes a new loop per call: a pool tied to the loop of its
+``async with`` could serve no ``run_sync``, and one inside a notebook (whose loop waits
+for ``run_sync``'s helper thread) would deadlock. The price is one hop between threads
+each way per attempt (tens of microseconds), against the 100 ms and more of starting a
+worker per run.
+
+What a shared pool keeps from the run's own pool: a worker that dies fails only its
+task and is replaced when a worker is next needed; a cancelled or timed-out attempt has
+its worker killed (the one really stopped is that run's task, never another run's); the
+workers die with the process (the watchdog pipe, the parent-death signal: the pool's
+thread started them and lives as long as they do). Calls beyond the pool's size wait
+for a free worker, first come first served, across runs; each run's ``cpu_workers``
+caps that run's own attempts in flight.
+
+State it keeps
+    ``SharedPool``   ``size``; ``thread`` and ``loop`` (the pool's own, while started);
+                     ``pool`` (the ProcessPool on that loop); ``slots`` (a semaphore
+                     of ``size`` on that loop: a call holds one while it has a worker);
+                     ``calls`` (each call in flight: its task on the pool's loop);
+                     ``state`` ("new", "started", "closed");
+    ``PoolClient``   ``shared``; ``pending`` (this run's calls not yet ended, to wait
+                     for at the run's end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future as _ThreadFuture
+from typing import Any
+
+import anyio
+
+from .._clock import SYSTEM_CLOCK, Clock
+from .._shield import wait_to_the_end
+from .process import ProcessExecutor, ProcessPool, pickled_args
+
+__all__ = ["BackendClosedError", "PoolClient", "SharedPool", "SharedProcessExecutor"]
+
+#: The pools started in this process and not closed: closed at the interpreter's exit.
+_OPEN: weakref.WeakSet[SharedPool] = weakref.WeakSet()
+
+
+class BackendClosedError(RuntimeError):
+    """A shared pool was used after it was closed, or closed under a running task."""
+
+
+class _Call:
+    """One attempt on the shared pool: what to run and whom to tell (thread-safe)."""
+
+    __slots__ = ("args", "cancelled", "fn", "report", "started", "task", "worker_task")
+
+    def __init__(
+        self,
+        task: str,
+        fn: bytes,
+        args: bytes,
+        started: Callable[[float], None],
+        report: Callable[[str, Any], None],
+    ) -> None:
+        self.task = task
+        self.fn = fn
+        self.args = args
+        self.started = started
+        self.report = report  # report(kind, value): "ok" bytes, "error" exc, "cancelled"
+        self.cancelled = False
+        self.worker_task: asyncio.Task[None] | None = None
+
+
+class SharedPool:
+    """A ProcessPool on a loop of its own in a daemon thread (see the module)."""
+
+    def __init__(self, size: int, owner: str = "ProcessBackend") -> None:
+        self.size = size
+        self.owner = owner  # how errors name it
+        self.state = "new"
+        self.thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pool: ProcessPool | None = None
+        self.slots: asyncio.Semaphore | None = None
+        self.calls: set[asyncio.Task[None]] = set()
+        self._lock = threading.Lock()  # orders start, submit and close across threads
+
+    # -- its lifetime (any thread) -------------------------------------------------------
+
+    def start(self) -> _ThreadFuture[None]:
+        """Start the thread, its loop and every worker; the future ends when all are up
+        (or with the error that stopped a worker from starting: then call close)."""
+        with self._lock:
+            if self.state == "closed":
+                raise BackendClosedError(f"this {self.owner} was closed; make a new one")
+            if self.state == "started":
+                done: _ThreadFuture[None] = _ThreadFuture()
+                done.set_result(None)
+                return done
+            ready = threading.Event()
+            thread = threading.Thread(
+                target=self._main, args=(ready,), name=f"asyncgraph {self.owner}", daemon=True
+            )
+            thread.start()
+            ready.wait()
+            self.thread = thread
+            self.state = "started"
+            _OPEN.add(self)
+            assert self.loop is not None
+            return asyncio.run_coroutine_threadsafe(self._prestart(), self.loop)
+
+    def _main(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        self.pool = ProcessPool(self.size)
+        self.slots = asyncio.Semaphore(self.size)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _prestart(self) -> None:
+        assert self.pool is not None
+        await self.pool.prestart()
+
+    def close(self) -> _ThreadFuture[None] | None:
+        """Stop every call (each fails with BackendClosedError), kill the workers, stop
+        the loop; the future ends when all is done (None: nothing was started)."""
+        with self._lock:
+            state, self.state = self.state, "closed"
+            _OPEN.discard(self)
+        if state != "started":
+            return None
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+
+    def join(self) -> None:
+        """Wait for the pool's thread to end (after :meth:`close`'s future)."""
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    async def _shutdown(self) -> None:
+        for call in list(self.calls):
+            call.cancel()
+        while self.calls:
+            await asyncio.wait(list(self.calls))
+        assert self.pool is not None
+        assert self.loop is not None
+        await self.pool.aclose()
+        self.loop.call_soon(self.loop.stop)
+
+    # -- the calls -----------------------------------------------------------------------
+
+    def submit(self, call: _Call) -> None:
+        """Hand ``call`` to the pool's loop (from any thread). Raises
+        BackendClosedError if the pool is not running."""
+        with self._lock:
+            if self.state != "started":
+                raise BackendClosedError(self._not_running(call.task))
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._begin, call)
+
+    def cancel(self, call: _Call) -> None:
+        """Stop ``call`` (from any thread): its worker is killed if it runs."""
+        with self._lock:
+            if self.state != "started":
+                return  # closing: every call is being stopped anyway
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._cancel, call)
+
+    def _not_running(self, task: str) -> str:
+        if self.state == "new":
+            return (
+                f"task {task!r}: this {self.owner} was not started; use it as "
+                f"`async with ag.{self.owner}(...) as pool:` (or `with`), or "
+                f"`pool = await ag.{self.owner}(...).start()` first"
+            )
+        return f"task {task!r}: this {self.owner} was closed; make a new one"
+
+    def _begin(self, call: _Call) -> None:
+        assert self.loop is not None
+        if call.cancelled:
+            call.report("cancelled", None)
+            return
+        if self.state != "started":
+            call.report("error", self._closed_under(call))
+            return
+        worker_task = self.loop.create_task(self._serve(call))
+        call.worker_task = worker_task
+        self.calls.add(worker_task)
+        worker_task.add_done_callback(self.calls.discard)
+        # Cancelled before its first step, the task never enters _serve's try: say so.
+        worker_task.add_done_callback(functools.partial(self._ended, call))
+
+    def _ended(self, call: _Call, worker_task: asyncio.Task[None]) -> None:
+        if worker_task.cancelled():
+            self._stopped(call)
+
+    def _stopped(self, call: _Call) -> None:
+        if call.cancelled:
+            call.report("cancelled", None)
+        else:  # the pool is closing under the run
+            call.report("error", self._closed_under(call))
+
+    def _closed_under(self, call: _Call) -> BackendClosedError:
+        return BackendClosedError(f"task {call.task!r}: its {self.owner} was closed while it ran")
+
+    def _cancel(self, call: _Call) -> None:
+        call.cancelled = True
+        if call.worker_task is not None:
+            call.worker_task.cancel()
+
+    async def _serve(self, call: _Call) -> None:
+        assert self.pool is not None
+        assert self.slots is not None
+        try:
+            async with self.slots:
+                data = await self.pool.call_pickled(call.task, call.fn, call.args, call.started)
+        except asyncio.CancelledError:
+            self._stopped(call)
+        except BaseException as exc:  # noqa: BLE001 - the attempt's outcome, handed over
+            call.report("error", exc)
+        else:
+            call.report("ok", data)
+
+
+class PoolClient:
+    """One run's way into a :class:`SharedPool`; lives on the run's loop."""
+
+    def __init__(self, shared: SharedPool) -> None:
+        self.shared = shared
+        self.pending: set[asyncio.Future[None]] = set()
+
+    async def call(
+        self,
+        task: str,
+        fn_bytes: bytes,
+        args: tuple[Any, ...],
+        on_start: Callable[[float], None] | None = None,
+    ) -> bytes:
+        """One attempt on the shared pool; cancelled, its worker is killed and the call
+        returns (re-raising the cancellation) once the pool has let go of it."""
+        data = pickled_args(task, args)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bytes] = loop.create_future()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def settle(kind: str, value: Any) -> None:  # on the run's loop
+            if not reply.done():
+                if kind == "ok":
+                    reply.set_result(value)
+                elif kind == "error":
+                    reply.set_exception(value)
+                else:
+                    reply.cancel()
+            if not ended.done():
+                ended.set_result(None)
+
+        def report(kind: str, value: Any) -> None:  # on the pool's thread
+            with contextlib.suppress(RuntimeError):  # the run's loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, kind, value)
+
+        def started(when: float) -> None:  # on the pool's thread
+            if on_start is not None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(on_start, when)
+
+        call = _Call(task, fn_bytes, data, started, report)
+        self.shared.submit(call)
+        self.pending.add(ended)
+        ended.add_done_callback(self.pending.discard)
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            if not ended.done():
+                self.shared.cancel(call)
+                # As with a pool of the run's own: the attempt ends once its worker has.
+                await wait_to_the_end(asyncio.wait((ended,)))
+            raise
+
+    async def aclose(self) -> None:
+        """Wait for this run's calls that are still being stopped (never the pool)."""
+        with anyio.CancelScope(shield=True):
+            while self.pending:
+                await asyncio.wait(list(self.pending))
+
+
+class SharedProcessExecutor(ProcessExecutor):
+    """The ``"cpu"`` lane of a run on a shared pool: :class:`ProcessExecutor`'s check
+    and result path, with attempts sent to the shared pool; at most ``capacity`` of
+    this run's attempts at once."""
+
+    def __init__(
+        self,
+        shared: SharedPool,
+        capacity: int,
+        clock: Clock = SYSTEM_CLOCK,
+        pickled: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        super().__init__(capacity, clock, pickled)
+        self.shared = shared
+
+    def make_pool(self) -> PoolClient:
+        return PoolClient(self.shared)
+
+
+@atexit.register
+def _close_open_pools() -> None:
+    """At the interpreter's exit, kill the workers of pools nobody closed."""
+    for shared in list(_OPEN):
+        done = shared.close()
+        if done is not None:
+            with contextlib.suppress(Exception):
+                done.result(timeout=10)

@@ -1,0 +1,33 @@
+"""benchmarks/dask.py keeps working (measured by hand; here only smoke-run, tiny)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+pytest.importorskip("numpy")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dask_benchmark_runs_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "dask.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/dask.py", "--tiny", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for shape in ("wide 20", "chain 5", "layered 2x5", "big 3x1MB"):
+        assert shape in proc.stdout
+    results = json.loads(out.read_text())["results"]
+    assert all(r["asyncgraph_s"] > 0 and r["plain_s"] > 0 for r in results.values())
