@@ -185,9 +185,18 @@ def binding_bytes(dag: Dag) -> Mapping[str, bytes]:
     out = _BINDINGS.get(dag)
     if out is None:
         out = _BINDINGS[dag.freeze()] = {
-            # Order-only deps (``after``) only when there are some: every other task's
+            # Order-only deps (``after``) only when there are some, and the mapped
+            # dependency (``over``) only for a mapped task: every other task's
             # fingerprint stays what it was before they existed.
-            n: repr((t.args, t.kwargs, t.skip_none, *((t.after,) if t.after else ()))).encode()
+            n: repr(
+                (
+                    t.args,
+                    t.kwargs,
+                    t.skip_none,
+                    *((t.after,) if t.after else ()),
+                    *((("over", t.over),) if t.over else ()),
+                )
+            ).encode()
             for n, t in dag.tasks.items()
         }
     return out

@@ -254,14 +254,18 @@ class Ledger:
 
     def skipped(self, names: Iterable[str], when: float) -> None:
         """Descendants of a failed task: skipped (a family with a failed element: failed,
-        as its aggregate status says, with no error of its own)."""
+        with a cancelled one: cancelled, as its aggregate status says, with no error of
+        its own)."""
         families = self.families
         for name in names:
             status = State.SKIPPED
             if families and name in families:
                 records = self.records
-                if any(records[e.name].status is State.FAILED for e in families[name]):
+                statuses = {records[e.name].status for e in families[name]}
+                if State.FAILED in statuses:
                     status = State.FAILED
+                elif State.CANCELLED in statuses:  # an element cancelled by name
+                    status = State.CANCELLED
             self.records[name] = rec = TaskRecord(status)
             if self.stores:
                 self.sink.ended(name, rec)

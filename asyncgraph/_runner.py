@@ -180,6 +180,7 @@ class _Run:
         self._bad: set[str] = set()  # elements kept failed or skipped from before
         self._refreshed: set[str] = set()  # elements reused by content in this run
         self._static_names: Mapping[str, Task] = {}
+        self._cancel_on_expand: set[str] = set()  # elements cancelled before they exist
         if fans:
             self._static_names = dag.tasks
             full = graph._dag
@@ -367,6 +368,8 @@ class _Run:
         for t in doomed:
             if self.core.waits(t):
                 self.ledger.skipped([t, *self.core.fail_template(t)], now)
+        if self._cancel_on_expand:
+            self._cancel_expanded()
 
     def _register_chain(
         self, template: str, elements: list[Task], found: _fan.Items, doomed: list[str]
@@ -552,6 +555,10 @@ class _Run:
         core = self.core
         if self.children.stopping or not core.is_active() or name in self.cancelled_by_name:
             return False
+        if self._static_names:  # a graph with a mapped task: a family, or an element
+            fanned = self._cancel_fanned(name)
+            if fanned is not None:
+                return fanned
         if name in core.running:
             for child, n in self.children.running.items():
                 if n == name and not child.done():
@@ -559,7 +566,7 @@ class _Run:
                     child.cancel()  # its done-callback records it (see _child_done)
                     return True
             return False  # ended, its report still to come: it stands as it ended
-        if name not in core.pending():
+        if not core.waits(name):
             return False  # done, failed, skipped or cancelled already
         timer = self.children.timers.pop(name, None)
         if timer is not None:  # waiting out a retry's backoff
@@ -570,6 +577,45 @@ class _Run:
         ledger.skipped(skipped, self.now())
         self._post_cancel()
         return True
+
+    def _cancel_fanned(self, name: str) -> bool | None:
+        """``cancel_task`` of a mapped task (its family: each element not ended yet) or
+        of an element its family has not expanded into yet (cancelled as it expands);
+        None for any other task (the plain way)."""
+        core = self.core
+        task = self.tasks.get(name)
+        if task is not None and task.over is not None:
+            if not core.is_expanded(name):
+                return None  # waiting for its parent: dropped as any task
+            hit = False
+            for e in self.ledger.families.get(name, ()):
+                n = e.name
+                if core.waits(n) and n not in self.cancelled_by_name:
+                    hit = self.cancel_task(n) or hit
+            return hit
+        if task is not None:
+            return None
+        parsed = _fan.family_of(name)
+        template = self.tasks.get(parsed[0]) if parsed is not None else None
+        if template is None or template.over is None:
+            return None
+        if core.is_expanded(template.name) or not core.waits(template.name):
+            return False  # its family has no such element, or it ended without one
+        self._cancel_on_expand.add(name)
+        return True
+
+    def _cancel_expanded(self) -> None:
+        """Cancel the elements asked for (by name) before their family expanded."""
+        core = self.core
+        for n in list(self._cancel_on_expand):
+            parsed = _fan.family_of(n)
+            if parsed is None or not core.is_expanded(parsed[0]):
+                continue
+            self._cancel_on_expand.discard(n)
+            if core.waits(n) and n not in core.running:
+                skipped = core.drop(n)
+                self.ledger.cancel((), (n,), _BY_NAME.format(n), set(), self.cancel_grace)
+                self.ledger.skipped(skipped, self.now())
 
     def _post_cancel(self) -> None:
         try:

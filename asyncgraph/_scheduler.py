@@ -317,7 +317,9 @@ class Scheduler:
             task = tasks[name]
             if task.over is not None:  # a template: expanded or collected, never run
                 self.expanding.append(name)
-                continue
+                # Fill no further: its elements, expanded now, may rank before what is
+                # next in line (they take its key: priority, path).
+                break
             if task.resources:
                 res_used = self._res_used
                 full = [r for r in task.resources if res_used[r] >= self._limits[r]]

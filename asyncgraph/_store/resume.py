@@ -552,9 +552,13 @@ def _compare(graph: BaseGraph, other: Mapping[str, str] | BaseGraph) -> pd.DataF
             "plan(fingerprints=...) takes a Graph or a dict of task name -> fingerprint, "
             f"as ag.fingerprints(graph) returns; not {type(other).__name__}"
         )
-    rows = []
+    rows: list[tuple[str, str, str, str, str | None, str | None]] = []
+    elements = []
     for name in graph.topological_order():
         task = graph.tasks[name]
+        if task.family is not None:  # fan-out: no fingerprint of its own (see below)
+            elements.append(task)
+            continue
         own, fp = mine[name]
         before = theirs.get(name)
         if before is None:
@@ -576,6 +580,20 @@ def _compare(graph: BaseGraph, other: Mapping[str, str] | BaseGraph) -> pd.DataF
             (name, task.kind.value, action, reason, fp, None if before is None else before[1])
         )
     by_name = {r[0]: r for r in rows}
+    for e in elements:
+        # An element's fingerprint is taken as its family expands, from its item: here
+        # it does what its mapped task does (its item comes from the same parent).
+        family = e.family
+        assert family is not None
+        _, _, action, reason, _, _ = by_name[family]
+        by_name[e.name] = (
+            e.name,
+            e.kind.value,
+            action,
+            f"as its mapped task {family!r} ({reason})",
+            None,
+            None,
+        )
     ordered = [by_name[n] for n in graph.tasks]  # definition order, as the store's plan
     return pd.DataFrame(
         ordered, columns=["name", "kind", "action", "reason", "fingerprint", "before"]
