@@ -45,6 +45,13 @@ class Case:
     #: A CPU task runs on the calling thread, one at a time (so a plain function that
     #: waits for something blocks the run until it returns).
     calling_thread: bool = False
+    #: In one process, a CPU task's arguments and errors are still pickled (Dask
+    #: serializes every task it is sent and every error it sends back, even between
+    #: threads of this process).
+    pickles_arguments: bool = False
+    #: ``cpu_workers=`` caps the run's CPU tasks at once. On Dask it sizes a cluster the
+    #: run owns; the run's cap there is ``DaskBackend(capacity=...)`` (or ``limits``).
+    cpu_workers_caps: bool = True
 
 
 @contextlib.contextmanager
@@ -106,6 +113,16 @@ def release_abandoned() -> None:
         RELEASES.pop()()
 
 
+@contextlib.contextmanager
+def dask_threads() -> Iterator[Any]:
+    """A Dask LocalCluster of threads, owned by each run (started with its first CPU
+    task, closed with the run); skipped where distributed is not installed."""
+    import pytest
+
+    pytest.importorskip("distributed")
+    yield ag.DaskBackend(processes=False, n_workers=WORKERS)
+
+
 BACKENDS: list[Case] = [
     Case("default", default, processes=True, stops_running=True,
          survives_worker_death=True, isolates_crashes=True),
@@ -119,6 +136,11 @@ BACKENDS: list[Case] = [
          survives_worker_death=False, isolates_crashes=True),
     Case("executor-threads", thread_pool_executor, processes=False, stops_running=False,
          survives_worker_death=False, isolates_crashes=False),
+    # Dask's threads: a timed-out task's thread runs on until the run's cluster closes;
+    # worker death on a cluster of processes is tested in tests/test_dask_processes.py.
+    Case("dask", dask_threads, processes=False, stops_running=False,
+         survives_worker_death=False, isolates_crashes=False, pickles_arguments=True,
+         cpu_workers_caps=False),
 ]
 
 IDS = [case.id for case in BACKENDS]

@@ -164,15 +164,22 @@ async def test_what_cannot_be_pickled(case: Case, backend: Any) -> None:
         assert "HoldsALock: holding a lock" in str(out.errors["lock_exception"])
     else:  # nothing is pickled: the objects arrive as they are
         assert out.status["lock_result"] is ag.State.DONE
-        assert out.results["lock_argument"] == 1
-        assert type(out.errors["lock_exception"]).__name__ == "HoldsALock"
+        if case.pickles_arguments:
+            assert "the arguments of task 'lock_argument' cannot be pickled" in str(
+                out.errors["lock_argument"]
+            )
+            assert isinstance(out.errors["lock_exception"], ag.RemoteError)
+            assert "HoldsALock: holding a lock" in str(out.errors["lock_exception"])
+        else:
+            assert out.results["lock_argument"] == 1
+            assert type(out.errors["lock_exception"]).__name__ == "HoldsALock"
 
     held = threading.Lock()
     ran: list[int] = []
     g = ag.Graph()
     g.add("first", lambda: ran.append(1))
     g.add("holds_lock", lambda: held.locked(), kind="cpu")
-    if case.processes:  # refused before anything runs
+    if case.processes or case.pickles_arguments:  # refused before anything runs
         with pytest.raises(ag.PicklingError, match="'holds_lock'"):
             await ag.run(g, backend=backend)
         assert ran == []
@@ -201,6 +208,8 @@ async def test_cpu_workers_caps_the_run(case: Case, backend: Any, tmp_path: Path
     g = ag.Graph()
     for i in range(4):
         g.add(f"t{i}", lambda i=i: claim(f"t{i}"), kind="cpu")
+    if not case.cpu_workers_caps:  # Dask: the backend's capacity is the run's cap
+        backend = ag.DaskBackend(processes=False, n_workers=2, capacity=1)
     with anyio.fail_after(GUARD):
         out = await ag.run(g, backend=backend, cpu_workers=1)
     assert out.results == {f"t{i}": f"t{i}" for i in range(4)}

@@ -59,9 +59,22 @@ def run_attempt(fn_bytes: bytes, is_async: bool, args: list[Any], kwargs: dict[s
         carrier.__asyncgraph_fatal__ = exc  # type: ignore[attr-defined]
         carrier.__asyncgraph_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
         raise carrier from None
-    except BaseException as exc:
-        exc.__asyncgraph_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
-        raise
+    except BaseException as exc:  # noqa: BLE001 - raised again, or carried as text
+        text = traceback.format_exc()
+        try:
+            cloudpickle.dumps(exc)
+        except Exception:  # noqa: BLE001 - it cannot go back as itself: its text goes
+            kind = type(exc)
+            remote = (f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+        else:
+            exc.__asyncgraph_traceback__ = text  # type: ignore[attr-defined]
+            raise
+    # Outside the handler, so the carrier has no __context__ (Dask pickles an error's
+    # causes and context with it): Dask would send back a bare Exception of the repr;
+    # the driver makes a RemoteError of this, as the process pool does.
+    carrier = RuntimeError(f"{remote[0]}: {remote[1]}")
+    carrier.__asyncgraph_remote__ = remote  # type: ignore[attr-defined]
+    raise carrier
 
 
 def dumps(value: Any) -> bytes:

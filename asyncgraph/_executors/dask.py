@@ -408,6 +408,14 @@ class DaskExecutor:
         return child
 
     async def _timed(self, task: Task, call: Any) -> Any:
+        if self.client is None:
+            # A cluster's start (or connection) is not the task's time: the timeout
+            # counts from the submission, as the pool's counts from the worker's start.
+            try:
+                await self._open()
+            except BaseException:
+                call.close()
+                raise
         with self.clock.move_on_after(task.timeout) as scope:
             return await call
         assert scope.cancelled_caught
@@ -428,6 +436,7 @@ class DaskExecutor:
             client = await self._open()
         name = task.name
         attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
+        sent = (args, kwargs)  # as given: for the message if they cannot be serialized
         kept = self.kept
         if kept and not task.skip_none:
             # A dependency's result still on the cluster goes as its future: the data
@@ -450,18 +459,23 @@ class DaskExecutor:
         fn = self.fn_bytes.get(name)
         if fn is None and task.family is not None:  # fan-out: an element is its template's
             fn = self.fn_bytes[task.family]
-        future = client.submit(
-            _dask_worker.run_attempt,
-            fn or self.fn_bytes[name],
-            task.is_async,
-            args,
-            kwargs,
-            key=key,
-            pure=False,
-            retries=0,
-            priority=priority,
-            resources=resources,
-        )
+        try:
+            future = client.submit(
+                _dask_worker.run_attempt,
+                fn or self.fn_bytes[name],
+                task.is_async,
+                args,
+                kwargs,
+                key=key,
+                pure=False,
+                retries=0,
+                priority=priority,
+                resources=resources,
+            )
+        except TypeError as exc:
+            if "serialize" in str(exc):
+                raise _unserializable(name, sent, exc) from exc
+            raise
         live = self.live
         live[key] = future
         began(name, self.clock.time())
@@ -487,6 +501,8 @@ class DaskExecutor:
             raise
         except BaseException as exc:  # the attempt's error, translated
             self._cancel([key, blob_key])
+            if isinstance(exc, TypeError) and "serialize" in str(exc):
+                raise _unserializable(name, sent, exc) from exc
             translated = _translated(name, exc)
             if translated is exc:
                 raise
@@ -665,6 +681,13 @@ class DaskExecutor:
             if self.owns_client and client is not None:
                 await client.close()
             if self.owns_cluster and self.cluster is not None:
+                if not self.backend.processes:
+                    # Worker threads of this process: a call the run abandoned (a
+                    # timeout, a cancel) cannot be stopped, and a worker's close would
+                    # wait 30 s for it. The run does not wait: its thread ends on its own.
+                    for worker in list(getattr(self.cluster, "workers", {}).values()):
+                        with contextlib.suppress(Exception):
+                            await worker.close(executor_wait=False, reason="run ended")
                 await self.cluster.close()
                 if not self._tracker_was_running:
                     _stop_tracker()  # started by the cluster's spawn: it goes with it
@@ -746,11 +769,35 @@ def _stores(pickled: Callable[[str, bytes], None] | None) -> bool:
     return bool(getattr(owner, "stores", True))
 
 
+def _unserializable(
+    name: str, sent: tuple[list[Any], dict[str, Any]], exc: BaseException
+) -> TypeError:
+    """Dask's "Could not serialize object of type LLGExpr" in the task's terms: which of
+    its inputs cannot be pickled, as the process pool says it."""
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(sent)
+    except Exception as cause:  # noqa: BLE001 - whatever stops pickling
+        return TypeError(
+            f"the arguments of task {name!r} cannot be pickled to send them to a Dask "
+            f"worker (kind='cpu'): {type(cause).__name__}: {cause}"
+        )
+    return TypeError(f"task {name!r} could not be sent to its Dask worker: {exc}")
+
+
 def _translated(name: str, exc: BaseException) -> BaseException:
     """A Dask error in asyncgraph's terms; a task's own error as it is."""
     fatal = getattr(exc, "__asyncgraph_fatal__", None)
     if isinstance(fatal, BaseException):  # the task's SystemExit/KeyboardInterrupt
         return fatal
+    remote = getattr(exc, "__asyncgraph_remote__", None)
+    if isinstance(remote, tuple) and len(remote) == 3:  # an error that cannot be pickled
+        from .._exceptions import RemoteError
+
+        error = RemoteError(*remote)
+        error.__asyncgraph_traceback__ = remote[2]  # type: ignore[attr-defined]
+        return error
     distributed = sys.modules.get("distributed")
     if distributed is not None:
         from distributed.scheduler import KilledWorker
