@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import GraphError, StoreError, StoreMismatchError, UnknownTaskError
 from ._state import State
+from ._store.resume import GONE
 
 if TYPE_CHECKING:
     from ._api import Graph
@@ -333,7 +334,7 @@ def status(args: argparse.Namespace) -> int:
     rows = [
         (
             t.name,
-            t.status.value,
+            "gone" if t.error_type == GONE else t.status.value,
             t.attempts,
             _duration(_seconds(t.started, t.finished)),
             f"{t.run_id}*" if t.run_id == last.id else t.run_id,
@@ -346,6 +347,8 @@ def status(args: argparse.Namespace) -> int:
         print(_table(columns, rows, right=("attempts", "duration", "run")))
         print()
         print(f"* written by the last run (run {last.id}); other tasks were reused or not run")
+        if any(t.error_type == GONE for t in shown):
+            print("gone: an element its mapped task's parent no longer returned")
     else:
         print("no failed tasks" if args.failed else "no tasks recorded")
     if any(t.status is State.RUNNING for t in shown):
@@ -487,7 +490,7 @@ def _prepared(args: argparse.Namespace, store: SQLiteStore) -> Graph:
     graph = load_target(args.target)
     marked, values = _mark_values(args.mark_done, graph)
     unknown = {
-        option: [n for n in names if n not in graph.tasks]
+        option: [n for n in names if n not in graph.tasks and not _element_name(n, graph)]
         for option, names in (("--reset", args.reset), ("--mark-done", marked))
     }
     if any(unknown.values()):
@@ -507,6 +510,13 @@ def _prepared(args: argparse.Namespace, store: SQLiteStore) -> Graph:
         # (which says how to give one: NAME=JSON), rather than silently getting None.
         loaded = ag.mark_done(loaded, marked, results=values)
     return loaded
+
+
+def _element_name(name: str, graph: Graph) -> bool:
+    """``score[k]`` with ``score`` a mapped task: an element (the store says which)."""
+    i = name.find("[")
+    template = graph.tasks.get(name[:i]) if i > 0 and name.endswith("]") else None
+    return template is not None and template.over is not None
 
 
 def _mark_values(items: Sequence[str], graph: Graph) -> tuple[list[str], dict[str, Any]]:
@@ -660,7 +670,8 @@ def _summary(
 ) -> str:
     counts: dict[str, int] = {}
     for name, state in result.status.items():
-        key = "reused" if state is State.DONE and before[name] is State.DONE else state.value
+        was = before.get(name)  # None: an element its family's expansion made in the run
+        key = "reused" if state is State.DONE and was is State.DONE else state.value
         counts[key] = counts.get(key, 0) + 1
     order = ("done", "reused", "failed", "skipped", "cancelled", "pending", "running")
     lines = [
@@ -677,7 +688,7 @@ def _summary(
         rows = []
         for n in failed:
             error = records[n].error
-            kept = before[n] is records[n].status and records[n].status is not State.PENDING
+            kept = before.get(n) is records[n].status and records[n].status is not State.PENDING
             line = "" if error is None else _exception_line(error)
             rows.append((n, records[n].status.value + (" (kept)" if kept else ""), line))
         lines += ["", _table(("name", "status", "error"), rows)]

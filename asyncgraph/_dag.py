@@ -16,8 +16,15 @@ State it keeps
     ``_tasks``     name -> Task, in definition order (the only thing ``add`` changes);
     ``_frozen``    set once the Dag is shared or cached on: from then on it never changes;
     ``_order``     the topological order, once computed;
-    ``_children``  each task's dependents, once computed (tasks without any are absent).
-The two caches are dropped by an ``add`` in place (which only an unfrozen Dag allows).
+    ``_children``  each task's dependents, once computed (tasks without any are absent);
+    ``_fan``       True once a mapped task (a template) or an element was added;
+    ``_families``  each template's elements, in order, once computed (fan-out only).
+The caches are dropped by an ``add`` in place (which only an unfrozen Dag allows).
+
+Fan-out (see :mod:`._fan`): an element ``score[k]`` depends on what its template
+depends on, and the template stands for the whole family, so the structure has one
+more kind of edge: element -> its template (``score[k]`` is upstream of ``score``).
+``child_map``, ``ancestors``, ``descendants`` and the topological order count it.
 """
 
 from __future__ import annotations
@@ -34,13 +41,25 @@ __all__ = ["Dag"]
 class Dag:
     """Tasks by name and the dependencies between them (see the module docstring)."""
 
-    __slots__ = ("__weakref__", "_children", "_frozen", "_order", "_tasks")
+    __slots__ = (
+        "__weakref__",
+        "_children",
+        "_families",
+        "_fan",
+        "_frozen",
+        "_order",
+        "_static",
+        "_tasks",
+    )
 
     def __init__(self, tasks: Iterable[Task] = ()) -> None:
         self._tasks: dict[str, Task] = {}
         self._frozen = False
         self._order: tuple[str, ...] | None = None
         self._children: dict[str, tuple[str, ...]] | None = None
+        self._fan = False
+        self._families: dict[str, tuple[str, ...]] | None = None
+        self._static: Dag | None = None
         for task in tasks:
             self.add(task)
 
@@ -61,9 +80,14 @@ class Dag:
         if self._frozen:
             dag = self._copy()
             dag._tasks[name] = task
+            if task.over is not None or task.family is not None:
+                dag._fan = True
             return dag
         tasks[name] = task
         self._order = self._children = None
+        if task.over is not None or task.family is not None:
+            self._fan = True
+            self._families = None
         return self
 
     def _copy(self) -> Dag:
@@ -72,6 +96,9 @@ class Dag:
         new._frozen = False
         new._order = None
         new._children = None
+        new._fan = self._fan
+        new._families = None
+        new._static = None
         return new
 
     def freeze(self) -> Dag:
@@ -92,6 +119,59 @@ class Dag:
         keep = set(names)
         new = Dag()
         new._tasks = {n: t for n, t in self._tasks.items() if n in keep}
+        new._fan = self._fan
+        return new
+
+    # -- fan-out ----------------------------------------------------------------------
+
+    @property
+    def fans(self) -> bool:
+        """True if some task is mapped (a template) or is an element."""
+        return self._fan
+
+    def families(self) -> Mapping[str, tuple[str, ...]]:
+        """Each template's elements in this Dag, in family order (templates that have
+        none are absent); empty without fan-out."""
+        if self._families is None:
+            acc: dict[str, list[tuple[int, str]]] = {}
+            if self._fan:
+                for t in self._tasks.values():
+                    if t.family is not None:
+                        acc.setdefault(t.family, []).append((getattr(t, "index", 0), t.name))
+            self._families = {f: tuple(n for _, n in sorted(v)) for f, v in acc.items()}
+        return self._families
+
+    def static(self) -> Dag:
+        """This Dag without its elements (itself when it has none): what a run
+        schedules before it expands anything. Frozen, and cached on a frozen Dag."""
+        if not self._fan:
+            return self
+        if self._static is None or not self._frozen:
+            tasks = self._tasks
+            elements = {m for t, members in self.families().items() if t in tasks for m in members}
+            if not elements:
+                return self
+            static = self.subset(n for n in self._tasks if n not in elements).freeze()
+            if not self._frozen:
+                return static
+            self._static = static
+        return self._static
+
+    def with_elements(self, drop: Iterable[str], add: Iterable[Task]) -> Dag:
+        """A new Dag: this one without the elements ``drop``, with ``add`` after it."""
+        gone = set(drop)
+        new = Dag.__new__(Dag)
+        new._tasks = {n: t for n, t in self._tasks.items() if n not in gone}
+        new._frozen = False
+        new._order = None
+        new._children = None
+        new._fan = True
+        new._families = None
+        new._static = None
+        for t in add:
+            if t.name in new._tasks:
+                raise DuplicateTaskError(t.name)
+            new._tasks[t.name] = t
         return new
 
     # -- reading ----------------------------------------------------------------------
@@ -144,6 +224,11 @@ class Dag:
             for t in self._tasks.values():
                 for d in t.deps:
                     acc.setdefault(d, []).append(t.name)
+            if self._fan:  # an element is upstream of its template (the family)
+                for template, members in self.families().items():
+                    if template in self._tasks:
+                        for m in members:
+                            acc.setdefault(m, []).append(template)
             self._children = {k: tuple(v) for k, v in acc.items()}
         return self._children
 
@@ -157,7 +242,19 @@ class Dag:
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """All tasks upstream of ``names`` (not including them)."""
         tasks = self._tasks
+        if self._fan:
+            families = self.families()
+            return _reach(names, lambda n: (*tasks[n].deps, *families.get(n, ())))
         return _reach(names, lambda n: tasks[n].deps)
+
+    def upstream(self, name: str) -> tuple[str, ...]:
+        """What ``name`` waits for: its dependencies, and a template's elements too."""
+        deps = self._tasks[name].deps
+        if self._fan:
+            members = self.families().get(name)
+            if members:
+                return (*deps, *members)
+        return deps
 
     # -- order ------------------------------------------------------------------------
 
@@ -176,6 +273,10 @@ class Dag:
             if missing:
                 raise MissingDependencyError(t.name, missing)
         indegree = {n: len(t.deps) for n, t in tasks.items()}
+        if self._fan:
+            for template, members in self.families().items():
+                if template in indegree:
+                    indegree[template] += len(members)
         children = self.child_map()
         position = {n: i for i, n in enumerate(tasks)}
         heap = [(position[n], n) for n, k in indegree.items() if k == 0]
@@ -202,7 +303,7 @@ class Dag:
         while node not in seen:
             seen[node] = len(path)
             path.append(node)
-            node = next(d for d in self._tasks[node].deps if d in stuck)
+            node = next(d for d in self.upstream(node) if d in stuck)
         cycle = path[seen[node] :]
         # path follows "depends on" edges; report it in dependency order (a needs b ...)
         return [*cycle, cycle[0]]
@@ -221,7 +322,6 @@ class Dag:
         reverse with ``downstream``), so the first of equal maxima is well defined.
         """
         order = self.topological_order()
-        tasks = self._tasks
         children = self.child_map()
         length: dict[str, float] = {}
         link: dict[str, str] = {}
@@ -231,7 +331,7 @@ class Dag:
                 continue
             best = 0.0
             via: str | None = None
-            for m in children.get(n, ()) if downstream else tasks[n].deps:
+            for m in children.get(n, ()) if downstream else self.upstream(n):
                 p = length.get(m)
                 if p is not None and p > best:
                     best, via = p, m

@@ -72,7 +72,16 @@ if TYPE_CHECKING:
     from ._exceptions import InvalidTaskError
     from ._graph import BaseGraph
 
-__all__ = ["binding_bytes", "digests", "fingerprints", "function_digest"]
+__all__ = [
+    "binding_bytes",
+    "digests",
+    "element_fingerprint",
+    "elementwise_fingerprint",
+    "fingerprints",
+    "function_digest",
+    "input_digest",
+    "input_digests",
+]
 
 #: Bumped whenever the digest of anything changes meaning, so old stores rerun everything.
 _TAG = b"asyncgraph-fingerprint-3"
@@ -133,6 +142,9 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
     """
     dag = graph._dag
     order = dag.topological_order()  # raises CycleError / MissingDependencyError first
+    if dag.fans:  # an element's fingerprint is taken when its family expands
+        dag = dag.static()
+        order = dag.topological_order()
     digest = _Digester({}).digest
     tasks = dag.tasks
     bindings = binding_bytes(dag)
@@ -173,12 +185,82 @@ def binding_bytes(dag: Dag) -> Mapping[str, bytes]:
     out = _BINDINGS.get(dag)
     if out is None:
         out = _BINDINGS[dag.freeze()] = {
-            # Order-only deps (``after``) only when there are some: every other task's
+            # Order-only deps (``after``) only when there are some, and the mapped
+            # dependency (``over``) only for a mapped task: every other task's
             # fingerprint stays what it was before they existed.
-            n: repr((t.args, t.kwargs, t.skip_none, *((t.after,) if t.after else ()))).encode()
+            n: repr(
+                (
+                    t.args,
+                    t.kwargs,
+                    t.skip_none,
+                    *((t.after,) if t.after else ()),
+                    *((("over", t.over),) if t.over else ()),
+                )
+            ).encode()
             for n, t in dag.tasks.items()
         }
     return out
+
+
+# -- fan-out ---------------------------------------------------------------------------
+
+_ELEMENT_TAG = b"asyncgraph-element-1"
+
+
+def input_digest(value: Any) -> str | None:
+    """The digest of one element's item, by content (hex), or None when the digest met
+    something it can only count by its type's name (a lock, a socket, an open file):
+    such an item is not known by its content."""
+    return input_digests([value])[0]
+
+
+def input_digests(values: Iterable[Any]) -> list[str | None]:
+    """:func:`input_digest` of each item, sharing one digester (a family's items)."""
+    digester = _Digester({})
+    out: list[str | None] = []
+    for value in values:
+        t = type(value)
+        if t in _ATOMS:  # the common case: ids, names, numbers
+            out.append(hashlib.sha256(b"top" + _atom(value)).hexdigest()[:_HEX])
+            continue
+        digester.opaque = False
+        try:
+            d = digester.digest(value)
+        except Exception:  # noqa: BLE001 - not digestible: the fallback (position) applies
+            out.append(None)
+            continue
+        out.append(None if digester.opaque else d.hex()[:_HEX])
+    return out
+
+
+def element_fingerprint(
+    template: tuple[str, bytes],
+    others: Iterable[str],
+    key: str,
+    item: str | None,
+    parent: str,
+    position: int,
+) -> str:
+    """An element's fingerprint: its template's code and binding (``template``: its own
+    digest and binding bytes), the fingerprints of its other dependencies, its key and
+    its item's digest. The parent's fingerprint is left out on purpose (the item is
+    hashed by value), except for an item that cannot be digested (``item`` None): then
+    its position and the parent's fingerprint stand for it."""
+    own, binding = template
+    parts = [_ELEMENT_TAG, own.encode(), binding, *(o.encode() for o in others), _str(key)]
+    if item is None:
+        parts += [b"?position", _int(position), parent.encode()]
+    else:
+        parts += [b"=", item.encode()]
+    return hashlib.sha256(b"".join(parts)).hexdigest()[:_HEX]
+
+
+def elementwise_fingerprint(template: tuple[str, bytes], deps: Iterable[str]) -> str:
+    """An element-wise element's fingerprint: its template's code and binding and the
+    fingerprints of its dependencies (its counterpart element's among them)."""
+    own, binding = template
+    parts = [_ELEMENT_TAG, b"w", own.encode(), binding, *(d.encode() for d in deps)]
+    return hashlib.sha256(b"".join(parts)).hexdigest()[:_HEX]
 
 
 def _unfingerprintable(task: str, exc: Exception) -> InvalidTaskError:
@@ -655,6 +737,7 @@ class _Digester(_CodeParts):
         self._building: list[_Node] = []
         self._counter = 0
         self._active: set[int] = set()  # values being digested: cycle guard (never output)
+        self.opaque = False  # set once something was counted by its type's name only
 
     def digest(self, obj: Any) -> bytes:
         hit = self._top.get(id(obj))
@@ -777,6 +860,7 @@ class _Digester(_CodeParts):
             out.append(_atom(obj))
             return
         if depth > _MAX_DEPTH:
+            self.opaque = True
             out.append(b"?deep" + _str(_name_of(t)))
             return
         if t is types.FunctionType:
@@ -888,6 +972,7 @@ class _Digester(_CodeParts):
             # with every draw and, seeded from the OS, differs in every process, so
             # ``random.uniform`` (a method of ``random``'s hidden instance) or a module's
             # ``random.Random()`` made every task reaching it rerun in every process.
+            self.opaque = True
             out.append(b"?opaque" + _str(_type_name(t)))
             return
         wrapped = _instance_attr(obj, "__wrapped__")  # functools.cache and friends
@@ -900,6 +985,7 @@ class _Digester(_CodeParts):
             out.append(b"R" + _str(_type_name(t)) + _str(items))
             return
         if items is None:
+            self.opaque = True
             out.append(b"?opaque" + _str(_type_name(t)))
             return
         out.append(b"R%d" % len(items))

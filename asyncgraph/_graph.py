@@ -61,7 +61,7 @@ class BaseGraph:
     Package-internal (used by other asyncgraph modules, not part of the public API):
     ``_dag`` (the structure), ``_origin`` (read only: it is written through
     :meth:`_derive`), :meth:`_derive`, :meth:`_subset`, :meth:`_record_copy`,
-    :meth:`_failures` and :meth:`_insert`.
+    :meth:`_failures`, :meth:`_insert` and :meth:`_with_dag` (fan-out).
     """
 
     __slots__ = ("_dag", "_name", "_origin", "_records")
@@ -95,6 +95,8 @@ class BaseGraph:
         priority: int = 0,
         resources: Iterable[str] = (),
         after: Iterable[str | Task] | str | Task | None = None,
+        over: str | Task | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> Task:
         """Add a task and return its definition.
 
@@ -105,12 +107,23 @@ class BaseGraph:
         results (it is skipped if one of them fails). A :class:`Task` (what ``add``
         returns) may stand for its name in ``deps`` and ``after``, and so may a function
         that ``@g.task`` decorated in this graph (what the decorator returns).
+
+        ``over="users"`` maps the task over that dependency's result: when ``users`` is
+        done, each item of its list (or each value of its dict) becomes an element of
+        its own, a task named ``name[0]``, ``name[1]``, ... (or ``name[<key>]`` with
+        ``key=``, a function of one item returning a str or int), that gets the one
+        item where ``users``'s result would go. ``name`` itself stands for the family:
+        its result is the list of the elements' results (a dict when mapping a dict).
+        Over another mapped task the mapping is element-wise. ``over`` may be a
+        :class:`Task` or a decorated function, as in ``deps``.
         """
         if deps is not None and not isinstance(deps, (str, Mapping)):
             deps = self._tasks_of_functions(deps)
         order_only = _one_or_many(after)
         if order_only is not None:
             order_only = self._tasks_of_functions(order_only)
+        if over is not None and not isinstance(over, str):
+            over = self._tasks_of_functions([over])[0]  # a Task, or a decorated function
         task = make_task(
             name,
             fn,
@@ -122,6 +135,8 @@ class BaseGraph:
             priority=priority,
             resources=resources,
             after=order_only,
+            over=over,
+            key=key,
         )
         self._dag = self._dag.add(task)
         self._records[name] = PENDING_RECORD
@@ -173,6 +188,8 @@ class BaseGraph:
         priority: int = 0,
         resources: Iterable[str] = (),
         after: Iterable[str | Task] | str | Task | None = None,
+        over: str | Task | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> Callable[[_TF], _TF]: ...
 
     def task(
@@ -189,6 +206,8 @@ class BaseGraph:
         priority: int = 0,
         resources: Iterable[str] = (),
         after: Iterable[str | Task] | str | Task | None = None,
+        over: str | Task | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> F | Callable[[F], F]:
         """Decorator form of :meth:`add`: ``@g.task`` or ``@g.task(kind="cpu", ...)``.
 
@@ -208,6 +227,8 @@ class BaseGraph:
                 priority=priority,
                 resources=resources,
                 after=after,
+                over=over,
+                key=key,
             )
             return f
 
@@ -424,6 +445,17 @@ class BaseGraph:
         new._dag = self._dag.freeze()
         new._records = dict(self._records if records is None else records)
         new._origin = self._origin if isinstance(origin, _Keep) else origin
+        new._name = self._name
+        return new
+
+    def _with_dag(self: _G, dag: Dag, records: Mapping[str, TaskRecord]) -> _G:
+        """A new graph of the same class and origin with another Dag (the same tasks
+        with other elements: fan-out) and these records, one per task of ``dag``
+        (package-internal)."""
+        new = object.__new__(type(self))
+        new._dag = dag.freeze()
+        new._records = {n: records[n] for n in dag}
+        new._origin = self._origin
         new._name = self._name
         return new
 

@@ -16,20 +16,25 @@ State it keeps
     ``tries[name]``       attempts in this run, for each task that started;
     ``started_at[name]``  the start of its first attempt in this run;
     ``last_error[name]``  the error (and traceback) of the attempt before a retry;
-    ``reported``          the tasks whose ``done`` event was sent after its commit.
+    ``reported``          the tasks whose ``done`` event was sent after its commit;
+    ``families``          fan-out: each template expanded (or failed to) in this run,
+                          and its elements now: the result's Dag has these instead of
+                          the elements it had before.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import Emit, Event, EventKind
 from ._exceptions import TaskCancelled
-from ._state import State, TaskRecord
+from ._fan import aggregate
+from ._state import PENDING_RECORD, State, TaskRecord
 
 if TYPE_CHECKING:
+    from ._dag import Dag
     from ._graph import BaseGraph
     from ._task import Task
 
@@ -83,6 +88,11 @@ class Sink(Protocol):
         """On every way out: commit what is queued and record how the run ended."""
         ...
 
+    def expanded(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
+        """Fan-out: ``template`` expanded into ``elements``; the records of those whose
+        results the sink holds already (reused, not run)."""
+        ...
+
 
 class NullSink:
     """The sink of a run without a store: it keeps nothing and defers nothing."""
@@ -110,6 +120,9 @@ class NullSink:
     async def close(self) -> None:
         return None
 
+    def expanded(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
+        return {}
+
 
 class Ledger:
     """One run's records and attempts; sends its events and rows (on the loop's thread)."""
@@ -131,6 +144,7 @@ class Ledger:
         self.started_at: dict[str, float] = {}
         self.last_error: dict[str, tuple[BaseException, str | None]] = {}
         self.reported: set[str] = set()
+        self.families: dict[str, list[Task]] = {}
 
     # -- before the tasks start ----------------------------------------------------------
 
@@ -239,12 +253,24 @@ class Ledger:
             self.emit(_new(Event, (_EVENT_OF[status], name, tries, end, error)))
 
     def skipped(self, names: Iterable[str], when: float) -> None:
-        """Descendants of a failed task: skipped."""
+        """Descendants of a failed task: skipped (a family with a failed element: failed,
+        with a cancelled one: cancelled, as its aggregate status says, with no error of
+        its own)."""
+        families = self.families
         for name in names:
-            self.records[name] = rec = TaskRecord(State.SKIPPED)
+            status = State.SKIPPED
+            if families and name in families:
+                records = self.records
+                statuses = {records[e.name].status for e in families[name]}
+                if State.FAILED in statuses:
+                    status = State.FAILED
+                elif State.CANCELLED in statuses:  # an element cancelled by name
+                    status = State.CANCELLED
+            self.records[name] = rec = TaskRecord(status)
             if self.stores:
                 self.sink.ended(name, rec)
             if self.emit is not None:
+                # A family's own event stays "skipped": its failed element has its own.
                 self.emit(Event(_SKIPPED, name, 0, when))
 
     def cancel(
@@ -285,6 +311,87 @@ class Ledger:
             if self.emit is not None:
                 self.emit(Event(_CANCELLED, n, 0, now, why))
 
+    # -- fan-out -----------------------------------------------------------------------
+
+    def expanded(
+        self, template: str, elements: Sequence[Task], kept: Mapping[str, TaskRecord]
+    ) -> list[str]:
+        """``template`` became a family of ``elements``: their records (``kept``: those
+        that stay as they were), in place of the family it had; return the elements to
+        run, each announced with a ``queued`` event."""
+        records = self.records
+        old = self.families.get(template)
+        if old is None:
+            old_names: Iterable[str] = self.graph._dag.families().get(template, ())
+        else:
+            old_names = [t.name for t in old]
+        for n in old_names:
+            records.pop(n, None)
+        self.families[template] = list(elements)
+        run = []
+        for e in elements:
+            n = e.name
+            rec = kept.get(n)
+            if rec is None:
+                records[n] = PENDING_RECORD
+                run.append(n)
+            else:
+                records[n] = rec
+        emit = self.emit
+        if emit is not None and run:
+            now = self.now()
+            for n in run:
+                emit(_new(Event, (_QUEUED, n, 0, now, None)))
+        return run
+
+    def reusable(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
+        """The elements whose results the store holds for their fingerprints (a run
+        without a store: none)."""
+        if not self.stores:
+            return {}
+        return self.sink.expanded(template, elements)
+
+    def given(self, name: str, rec: TaskRecord) -> bool:
+        """A done element kept from before the run, its result in memory: recorded in the
+        store too (False if it cannot be), so the next run reuses it."""
+        if not self.stores:
+            return True
+        if not self.sink.keep(name, rec.result):
+            return False
+        self.sink.ended(name, rec)
+        return True
+
+    def family_done(self, template: str, value: Any, began: float | None, end: float) -> bool:
+        """``template``'s family is done and ``value`` is the collected result; False if
+        the sink cannot keep it (see ``refused``)."""
+        if self.stores and not self.sink.keep(template, value):
+            return False
+        rec = self.records[template]
+        self.tries[template] = 0
+        self.started_at[template] = end if began is None else began
+        new = self.records[template] = TaskRecord(
+            State.DONE, value, None, None, rec.attempts, self.started_at[template], end
+        )
+        if self.stores and self.sink.ended(template, new):
+            return True
+        if self.emit is not None:
+            self.emit(_new(Event, (_DONE, template, 0, end, None)))
+        return True
+
+    def template_failed(
+        self, template: str, error: BaseException, tb: str | None, when: float
+    ) -> None:
+        """``template`` could not be expanded (or its family's result kept): failed."""
+        self.families.setdefault(template, [])
+        rec = self.records[template]
+        new = self.records[template] = TaskRecord(
+            State.FAILED, None, error, tb, rec.attempts, when, when
+        )
+        if self.stores and self.sink.ended(template, new):
+            return
+        if self.emit is not None:
+            self.emit(Event(EventKind.FAILED, template, 0, when, error))
+
     # -- from the sink -------------------------------------------------------------------
 
     def durable(self, done: Iterable[tuple[str, float | None]]) -> None:
@@ -317,10 +424,53 @@ class Ledger:
     def snapshot(self) -> BaseGraph:
         """The Graph as it stands: every record so far (the run's result, at its end)."""
         origin = self.sink.origin
+        records: Mapping[str, TaskRecord] = self.records
+        if self.families:
+            records = families_settled(self.graph, self.families, records)
         if origin is None:
-            return self.graph._derive(self.records)
-        return self.graph._derive(self.records, origin=origin)
+            out = self.graph._derive(records)
+        else:
+            out = self.graph._derive(records, origin=origin)
+        if self.families:
+            return out._with_dag(with_families(self.graph._dag, self.families), records)
+        return out
 
     def result(self, name: str) -> Any:
         """A done task's result."""
         return self.records[name].result
+
+
+def with_families(dag: Dag, families: Mapping[str, Sequence[Task]]) -> Dag:
+    """``dag`` with each template's elements replaced by those of ``families``."""
+    old = dag.families()
+    drop = [m for t in families for m in old.get(t, ())]
+    return dag.with_elements(drop, [e for els in families.values() for e in els])
+
+
+def families_settled(
+    graph: BaseGraph, families: Mapping[str, Sequence[Task]], records: Mapping[str, TaskRecord]
+) -> dict[str, TaskRecord]:
+    """The records with each expanded template's status the aggregate of its elements'
+    (unless it is done or failed on its own), and the elements of a template that was
+    skipped or cancelled before it expanded taking its status."""
+    out = dict(records)
+    for template, elements in families.items():
+        rec = out[template]
+        if not elements or rec.status is State.DONE or rec.error is not None:
+            continue  # done, or failed on its own (its error says why)
+        status = aggregate(out[e.name].status for e in elements)
+        if status is State.DONE:  # the run stopped between the last element and it
+            status = State.PENDING
+        if status is not rec.status:
+            out[template] = TaskRecord(
+                status, None, rec.error, rec.traceback, rec.attempts, rec.started, rec.finished
+            )
+    for template, members in graph._dag.families().items():
+        if template in families:
+            continue
+        st = out[template].status
+        if st is State.SKIPPED or st is State.CANCELLED:
+            for m in members:
+                if not out[m].status.is_terminal:
+                    out[m] = TaskRecord(st)
+    return out

@@ -35,6 +35,7 @@ from ._shield import wait_to_the_end
 
 if TYPE_CHECKING:
     from ._executors.base import Backend
+    from ._graph import BaseGraph
     from ._store import Store
     from ._task import Task
 
@@ -142,11 +143,20 @@ class OpenRun(Generic[G]):
         store still being read), the task is cancelled as soon as the run starts.
 
         Returns True if something was cancelled (or will be, as soon as the run starts).
+
+        Fan-out: ``cancel("score")`` cancels each element of the family ``score`` that
+        has not ended (before it expands: the mapped task, so no element ever starts);
+        ``cancel("score[k]")`` that one element, its element-wise children and the
+        family's reducers then skipped. An element whose family has not expanded yet is
+        cancelled as it expands (False if its family ended, or expanded without it).
         """
         task = self._started()
         if name is None:
             return task.cancel()
-        (the_name,) = self._graph._dag.check_names([name], "cancel")
+        probe = _element_or(self._graph, name)  # an element of a family yet to expand
+        (the_name,) = self._graph._dag.check_names([probe], "cancel")
+        if probe is not name:
+            the_name = cast(str, name)
         if task.done():
             return False
         if self._records is None or not self._history:
@@ -261,3 +271,17 @@ def open_run(
         backend=backend,
     )
     return OpenRun(graph, options)
+
+
+def _element_or(graph: BaseGraph, name: str | Task) -> str | Task:
+    """``name``, or for an element of a mapped task not (yet) in ``graph``
+    (``"score[k]"``), its mapped task's name in its stead for the check."""
+    if isinstance(name, str) and name not in graph._dag.tasks:
+        from ._fan import family_of
+
+        parsed = family_of(name)
+        if parsed is not None:
+            template = graph._dag.tasks.get(parsed[0])
+            if template is not None and template.over is not None:
+                return parsed[0]
+    return name

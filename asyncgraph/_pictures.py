@@ -45,9 +45,41 @@ def _ids(graph: BaseGraph) -> dict[str, str]:
 
 def _edges(graph: BaseGraph) -> list[tuple[str, str, bool]]:
     """(dependency, dependent, order-only) of every edge; order-only edges (``after=``)
-    are drawn dashed: the dependent waits for the dependency but gets no result."""
+    are drawn dashed: the dependent waits for the dependency but gets no result. A
+    family's elements are drawn inside it, without edges."""
     tasks = graph.tasks
+    if graph._dag.fans:
+        return [
+            (dep, name, dep in task.after)
+            for name, task in tasks.items()
+            if task.family is None
+            for dep in task.deps
+        ]
     return [(dep, name, dep in task.after) for name, task in tasks.items() for dep in task.deps]
+
+
+#: At most this many elements of a family are drawn; the rest are counted.
+SHOWN_ELEMENTS = 12
+
+
+def _families(graph: BaseGraph) -> dict[str, tuple[str, list[str], int]]:
+    """Each mapped task with elements: its box's title (the count of its elements by
+    status), the elements drawn, and how many are not."""
+    out = {}
+    records = graph.records
+    for template, members in graph._dag.families().items():
+        if template not in records:
+            continue
+        counts: dict[str, int] = {}
+        for m in members:
+            st = records[m].status.value
+            counts[st] = counts.get(st, 0) + 1
+        order = [st.value for st in State if st.value in counts]
+        detail = ", ".join(f"{st} {counts[st]}" for st in order)
+        title = f"{template} ({len(members)}: {detail})"
+        shown = list(members[:SHOWN_ELEMENTS])
+        out[template] = (title, shown, len(members) - len(shown))
+    return out
 
 
 # -- Mermaid ---------------------------------------------------------------------------
@@ -74,10 +106,28 @@ def to_mermaid(graph: BaseGraph) -> str:
     ids = _ids(graph)
     records = graph.records
     lines = ["flowchart LR"]
-    for name, task in graph.tasks.items():
+    families = _families(graph) if graph._dag.fans else {}
+    tasks = graph.tasks
+    for name, task in tasks.items():
+        if task.family is not None and task.family in families:
+            continue  # drawn in its family's box
         label = _mermaid_label(name)
         shape = f"([{label}])" if task.kind is Kind.IO else f"[{label}]"
-        lines.append(f"    {ids[name]}{shape}:::{records[name].status.value}")
+        node = f"{ids[name]}{shape}:::{records[name].status.value}"
+        family = families.get(name)
+        if family is None:
+            lines.append(f"    {node}")
+            continue
+        title, shown, more = family
+        lines.append(f"    subgraph f{ids[name]} [{_mermaid_label(title)}]")
+        lines.append(f"        {node}")
+        for m in shown:
+            inner = _mermaid_label(m)
+            shape = f"([{inner}])" if tasks[m].kind is Kind.IO else f"[{inner}]"
+            lines.append(f"        {ids[m]}{shape}:::{records[m].status.value}")
+        if more:
+            lines.append(f"        {ids[name]}more[{_mermaid_label(f'... {more} more')}]")
+        lines.append("    end")
     for dep, name, order_only in _edges(graph):
         arrow = "-.->" if order_only else "-->"
         lines.append(f"    {ids[dep]} {arrow} {ids[name]}")
@@ -107,14 +157,37 @@ def to_dot(graph: BaseGraph) -> str:
         "    rankdir=LR;",
         '    node [style=filled, fontname="Helvetica"];',
     ]
-    for name, task in graph.tasks.items():
+    families = _families(graph) if graph._dag.fans else {}
+    tasks = graph.tasks
+
+    def node(name: str, indent: str = "    ") -> str:
         status = records[name].status
         fill, stroke = COLOURS[status]
-        shape = "ellipse" if task.kind is Kind.IO else "box"
-        lines.append(
-            f"    {ids[name]} [label={_dot_string(name)}, shape={shape}, "
+        shape = "ellipse" if tasks[name].kind is Kind.IO else "box"
+        return (
+            f"{indent}{ids[name]} [label={_dot_string(name)}, shape={shape}, "
             f'fillcolor="{fill}", color="{stroke}", tooltip="{status.value}"];'
         )
+
+    for name, task in tasks.items():
+        if task.family is not None and task.family in families:
+            continue  # drawn in its family's box
+        family = families.get(name)
+        if family is None:
+            lines.append(node(name))
+            continue
+        title, shown, more = family
+        lines.append(f"    subgraph cluster_{ids[name]} {{")
+        lines.append(f"        label={_dot_string(title)};")
+        lines.append(node(name, "        "))
+        for m in shown:
+            lines.append(node(m, "        "))
+        if more:
+            lines.append(
+                f"        {ids[name]}more [label={_dot_string(f'... {more} more')}, "
+                "shape=plaintext];"
+            )
+        lines.append("    }")
     for dep, name, order_only in _edges(graph):
         style = " [style=dashed]" if order_only else ""
         lines.append(f"    {ids[dep]} -> {ids[name]}{style};")

@@ -37,7 +37,12 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
     task has no error: pandas' own missing value for text, before a run as after, so
     ``frame.error.isna()`` and ``frame.error.notna()`` select the tasks without and with
     one; the column is pandas' text dtype: ``str`` from pandas 3, ``object`` before).
+
+    A graph with a mapped task has one more column, ``family``: each element's row
+    names its template (None on every other row), and follows the template's row.
     """
+    if graph._dag.fans:
+        return _family_frame(graph)
     tasks = graph.tasks
     rows = [
         (
@@ -53,6 +58,42 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
         for name, rec in graph.records.items()
     ]
     frame = pd.DataFrame.from_records(rows, columns=COLUMNS)
+    for col in ("started", "finished"):
+        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+    frame["duration_s"] = frame["duration_s"].astype("float64")
+    frame["attempts"] = frame["attempts"].astype("int64")
+    frame["error"] = _text_column(frame["error"])
+    return frame
+
+
+def _family_frame(graph: BaseGraph) -> pd.DataFrame:
+    dag = graph._dag
+    tasks = dag.tasks
+    records = graph.records
+    families = dag.families()
+    order: list[str] = []
+    for name in records:
+        if tasks[name].family is None:
+            order.append(name)
+            order.extend(m for m in families.get(name, ()) if m in records)
+    rows = []
+    for name in order:
+        rec = records[name]
+        rows.append(
+            (
+                name,
+                tasks[name].kind.value,
+                rec.status.value,
+                rec.attempts,
+                rec.started,
+                rec.finished,
+                rec.duration,
+                _error_text(rec.error),
+                tasks[name].family,
+            )
+        )
+    frame = pd.DataFrame.from_records(rows, columns=[*COLUMNS, "family"])
+    frame["family"] = pd.Series([r[-1] for r in rows], dtype=object, index=frame.index)
     for col in ("started", "finished"):
         frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
     frame["duration_s"] = frame["duration_s"].astype("float64")
@@ -87,7 +128,7 @@ def summary(graph: BaseGraph) -> Summary:
         key = (rec.status.value, tasks[name].kind.value)
         tally[key] = tally.get(key, 0) + 1
         duration = rec.duration
-        if duration is not None:
+        if duration is not None and tasks[name].over is None:  # a family is not busy
             busy += duration
         if rec.started is not None and (first is None or rec.started < first):
             first = rec.started
@@ -119,6 +160,11 @@ def critical_path(graph: BaseGraph) -> tuple[float, tuple[str, ...]]:
         for name, rec in graph.records.items()
         if rec.status is State.DONE and (duration := rec.duration) is not None
     }
+    if graph._dag.fans:  # a family's span is its elements': it links them, weighing 0
+        tasks = graph.tasks
+        for name in weights:
+            if tasks[name].over is not None:
+                weights[name] = 0.0
     if not weights:
         return 0.0, ()
     # Chains ending at each task, filled in topological order: max keeps the first of
@@ -142,13 +188,14 @@ def timeline(graph: BaseGraph) -> pd.DataFrame:
     ``lane`` (int64, from 0) puts each task on the lowest row free at its start, so
     tasks that ran at the same time are on different lanes and the number of lanes is
     the most tasks that ran at once. ``start``/``finish`` are UTC timestamps. A retried
-    task spans its first attempt's start to its last attempt's end.
+    task spans its first attempt's start to its last attempt's end. A mapped task (a
+    family) never runs: its elements are the rows.
     """
     tasks = graph.tasks
     spans = [
         (rec.started, i, rec.finished, name, rec.status.value)  # ties: definition order
         for i, (name, rec) in enumerate(graph.records.items())
-        if rec.started is not None and rec.finished is not None
+        if rec.started is not None and rec.finished is not None and tasks[name].over is None
     ]
     spans.sort()
     free: list[int] = []  # lanes free now (a heap: the lowest first)

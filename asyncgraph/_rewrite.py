@@ -29,8 +29,16 @@ def reset_failed(graph: G) -> G:
 
 
 def reset(graph: G, names: Iterable[str] | str) -> G:
-    """``names`` and all their descendants back to pending, whatever their state."""
+    """``names`` and all their descendants back to pending, whatever their state.
+
+    A mapped task's name resets its whole family (every element); an element's name
+    (``score[c]``) resets that element, what depends on it element-wise and the
+    family's reducers, never a sibling.
+    """
     start = _check_graph(graph, "reset")._dag.check_names(names, "reset")
+    families = graph._dag.families()
+    if families:
+        start = [*start, *(m for n in start for m in families.get(n, ()))]
     return _to_pending(graph, set(start) | graph.descendants(start))
 
 
@@ -63,8 +71,13 @@ def mark_done(graph: G, names: Iterable[str] | str, results: Mapping[str, Any] |
         else:
             result = NO_RESULT
         records[n] = TaskRecord(status=State.DONE, result=result)
+    families = graph._dag.families()
     for n in graph.descendants(marked):
-        if records[n].status in (State.SKIPPED, State.CANCELLED):
+        rec = records[n]
+        if rec.status in (State.SKIPPED, State.CANCELLED) or (
+            # a family failed only through its elements: it is collected again next run
+            n in families and rec.status is State.FAILED and rec.error is None
+        ):
             records[n] = PENDING_RECORD
     return graph._derive(records)
 
@@ -92,7 +105,12 @@ def mark_done_except(graph: G, names: Iterable[str] | str) -> G:
 
 
 def subgraph(graph: G, targets: Iterable[str] | str) -> G:
-    """The ``targets`` and all their ancestors, with their current states."""
+    """The ``targets`` and all their ancestors, with their current states.
+
+    A mapped task's ancestors include its elements; an element without its mapped task
+    (``subgraph(g, "score[c]")``) keeps its parent and other dependencies and runs as a
+    task of its own, on the item it had.
+    """
     start = _check_graph(graph, "subgraph")._dag.check_names(targets, "subgraph")
     return graph._subset(set(start) | graph._dag.ancestors(start))
 

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from . import _fan
 from ._clock import SYSTEM_CLOCK, Clock
 from ._clock import backoff as _backoff
 from ._events import Emit
 from ._exceptions import (
+    InvalidTaskError,
     MissingResultError,
     TaskCancelled,
     UnpicklingError,
@@ -49,10 +51,13 @@ from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, unit_paths
 from ._shield import wait_to_the_end as _to_the_end
-from ._state import State
+from ._state import NO_RESULT, ResultRef, State, StoredResult, TaskRecord
+from ._task import Task
 from ._taskset import TaskSet
 
 __all__: list[str] = []  # package-internal: _Run is for _lifetime and the tests
+
+_SKIPPED = TaskRecord(State.SKIPPED)
 
 
 #: The reason a task cancelled by name gives (``OpenRun.cancel(name)``).
@@ -84,6 +89,11 @@ class _Run:
         clock      wall time, timers and time limits; ``uniform``: the backoff jitter
         failure    the task that ended a fail_fast run; ``fatal``: a task's
                    KeyboardInterrupt/SystemExit, raised when the run is over
+        fan-out    only for a graph with a mapped task (see ``_fan_out``): each
+                   family's keys and shape this run, when it expanded, the templates
+                   over each template, the elements the graph had before the run,
+                   those kept failed (their families end at once) and those reused
+                   by content from the store
         cancelled_by_name  running tasks ``cancel_task`` cancelled (OpenRun.cancel(name)):
                    their cancellation is recorded, not taken for one from inside
     """
@@ -109,7 +119,11 @@ class _Run:
         graph = graph._derive()
         dag = graph._dag
         order = dag.topological_order()  # raises CycleError / MissingDependencyError
-        self.tasks = dag.tasks
+        fans = dag.fans
+        if fans:  # elements run only when their template expands (see _fan_out)
+            dag = dag.static()
+            order = dag.topological_order()
+        self.tasks: Mapping[str, Task] = dag.tasks
         self.fail_fast = fail_fast
         self.deadline = deadline
         self.cancel_grace = cancel_grace
@@ -135,7 +149,11 @@ class _Run:
             weights=weights,
             lanes=[Lane(*lane) for lane in lanes],
         )
-        self.core.prepare({n: r.status for n, r in ledger.records.items()})
+        records = ledger.records
+        if fans:
+            self.core.prepare({n: records[n].status for n in order})
+        else:
+            self.core.prepare({n: r.status for n, r in records.items()})
         ledger.skip(self.core.initially_skipped)
         # Check that every task can go where it runs before anything starts (a CPU
         # task's function pickles, and names no module a worker could not import).
@@ -152,6 +170,32 @@ class _Run:
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
         self.cancelled_by_name: set[str] = set()  # running tasks cancel_task() cancelled
+        # Fan-out (see _fan_out): only a run whose graph has a mapped task uses these.
+        self._fanned = False
+        self._keys: dict[str, list[str]] = {}  # template -> its element keys, this run
+        self._shape: dict[str, tuple[bool, list[Any]]] = {}  # mapped a Mapping; its keys
+        self._began_at: dict[str, float] = {}  # template -> when it expanded
+        self._over_me: dict[str, list[str]] = {}  # template -> templates over it
+        self._old_elements: frozenset[str] = frozenset()
+        self._bad: set[str] = set()  # elements kept failed or skipped from before
+        self._refreshed: set[str] = set()  # elements reused by content in this run
+        self._static_names: Mapping[str, Task] = {}
+        self._cancel_on_expand: set[str] = set()  # elements cancelled before they exist
+        if fans:
+            self._static_names = dag.tasks
+            full = graph._dag
+            self._old_elements = frozenset(
+                m for members in full.families().values() for m in members
+            )
+            for t in dag.tasks.values():
+                if t.over is not None and t.over in dag.tasks and dag.tasks[t.over].over:
+                    if t.key is not None:
+                        raise InvalidTaskError(
+                            t.name,
+                            f"key= has no use over a mapped task: its elements take the "
+                            f"keys of {t.over!r}'s ({t.name}[k] for {t.over}[k]); remove key=",
+                        )
+                    self._over_me.setdefault(t.over, []).append(t.name)
 
     # -- the children ------------------------------------------------------------------
     #
@@ -227,6 +271,8 @@ class _Run:
 
     def _dispatch(self) -> None:
         ready = self.core.get_ready()
+        if self.core.expanding:
+            ready = self._fan_out(ready)
         if not ready:
             return
         ledger = self.ledger
@@ -252,6 +298,212 @@ class _Run:
             child = route[task.kind][task.is_async].start(task, args, kwargs, began)
             children[child] = task.name
             child.add_done_callback(done)
+
+    # -- fan-out -------------------------------------------------------------------------
+
+    def _fan_out(self, ready: list[Task]) -> list[Task]:
+        """Expand the templates that came up in line, collect the families that are
+        done, and return ``ready`` with what that made ready (see :mod:`._fan`)."""
+        core = self.core
+        while core.expanding:
+            names, core.expanding = core.expanding, []
+            for t in names:
+                if core.is_expanded(t):
+                    if core.waits(t):  # else its family ended with a failed element
+                        self._collect(t)
+                else:
+                    self._expand(t)
+            ready.extend(core.get_ready())
+        if not ready and not core.is_active():
+            self.children.end(None)
+        return ready
+
+    def _own_tasks(self) -> dict[str, Task]:
+        tasks = self.tasks
+        if not isinstance(tasks, dict) or not self._fanned:
+            tasks = self.tasks = dict(tasks)
+            self._fanned = True
+        return tasks
+
+    def _expand(self, template: str) -> None:
+        task = self.tasks[template]
+        records = self.ledger.records
+        over = task.over
+        assert over is not None
+        try:
+            parent = self.tasks[over]
+            if parent.over is not None:  # over a template: element-wise
+                if over in self._keys:
+                    keys = self._keys[over]
+                    mapping, originals = self._shape[over]
+                else:  # its family is done from before: its keys are in the Dag
+                    keys, mapping, originals = self._old_family_keys(over)
+                found = _fan.Items(keys, [], mapping, originals)
+                elements: list[Task] = list(_fan.elementwise(task, keys))
+            else:
+                value = records[over].result
+                if isinstance(value, ResultRef):
+                    value = value.load()
+                found = _fan.items(task, value)
+                elements = list(_fan.elements(task, found))
+            self._check_element_names(template, elements)
+        except Exception as exc:  # noqa: BLE001 - the template fails, not the run
+            now = self.now()
+            self.ledger.expanded(template, [], {})
+            self.ledger.template_failed(template, exc, traceback_of(exc), now)
+            self.ledger.skipped(self.core.fail_template(template), now)
+            if self.fail_fast and self.failure is None:
+                self.failure = template
+            return
+        self._register(template, elements, found)
+
+    def _register(self, template: str, elements: list[Task], found: _fan.Items) -> None:
+        """The family of ``template`` is ``elements``: tell the ledger and the core, then
+        expand the templates over it (element-wise) that wait in the core too. A family
+        with an element that stays failed (or skipped) is ended at once: its reducers
+        are skipped, as below any failed task."""
+        doomed: list[str] = []
+        self._register_chain(template, elements, found, doomed)
+        now = self.now()
+        for t in doomed:
+            if self.core.waits(t):
+                self.ledger.skipped([t, *self.core.fail_template(t)], now)
+        if self._cancel_on_expand:
+            self._cancel_expanded()
+
+    def _register_chain(
+        self, template: str, elements: list[Task], found: _fan.Items, doomed: list[str]
+    ) -> None:
+        ledger = self.ledger
+        old = ledger.records
+        tasks = self._own_tasks()
+        for e in elements:
+            tasks[e.name] = e
+        reusable = ledger.reusable(tasks[template], elements)  # by content (a store)
+        kept: dict[str, TaskRecord] = {}
+        done: set[str] = set()
+        ran = ledger.tries
+        bad = self._bad
+        stores = ledger.stores
+        fresh = not (reusable or bad or self._old_elements)  # a first expansion: all run
+        for e in () if fresh else elements:
+            n = e.name
+            rec = old.get(n)
+            if any(d in bad for d in e.deps):  # below an element that stays failed
+                kept[n] = rec if rec is not None and rec.status is State.SKIPPED else _SKIPPED
+                bad.add(n)
+            elif n in reusable and (
+                # not an element the caller sent back to pending (reset) on its inputs
+                rec is None
+                or rec.status is State.DONE
+                or n not in self._old_elements
+                or any(d in ran or d in self._refreshed for d in e.deps)
+            ):
+                kept[n] = reusable[n]
+                done.add(n)
+                self._refreshed.add(n)
+            elif (
+                rec is not None
+                and rec.status.is_terminal
+                and n in self._old_elements
+                and not any(d in ran for d in e.deps)
+            ):
+                # It ended before, on the same inputs: as a static task would, it
+                # keeps its record (with a store, a done one only if it is stored with
+                # this fingerprint, or was given a result since: mark_done).
+                if rec.status is not State.DONE:
+                    kept[n] = rec
+                    bad.add(n)
+                elif not stores or (not isinstance(rec.result, ResultRef) and ledger.given(n, rec)):
+                    kept[n] = rec
+                    done.add(n)
+        if len(done) != len(kept):
+            doomed.append(template)
+        self._keys[template] = found.keys
+        self._shape[template] = (found.mapping, found.originals)
+        self._began_at[template] = self.now()
+        ledger.expanded(template, elements, kept)
+        self.core.expand(template, elements, kept)
+        if stores:
+            self._load_refs(e for e in elements if e.name not in kept)
+        for child in self._over_me.get(template, ()):
+            if self.core.waits(child) and not self.core.is_expanded(child):
+                ctask = tasks[child]
+                children: list[Task] = list(_fan.elementwise(ctask, found.keys))
+                self._register_chain(child, children, found, doomed)
+
+    def _load_refs(self, pending: Iterable[Task]) -> None:
+        """Load the stored results pending elements take from reused elements (their
+        element-wise parents), before they start."""
+        self._load_refs_of({d for e in pending for d in e.deps})
+
+    def _load_refs_of(self, names: Iterable[str]) -> None:
+        """Replace the stored results of ``names`` in the records by their values, one
+        query per store (a family of reused elements is collected)."""
+        records = self.ledger.records
+        by_store: dict[int, tuple[Any, dict[str, int]]] = {}
+        for n in names:
+            ref = records[n].result
+            if type(ref) is StoredResult:
+                by_store.setdefault(id(ref.store), (ref.store, {}))[1][n] = ref.result_id
+            elif isinstance(ref, ResultRef):
+                by_store.setdefault(0, (None, {}))[1][n] = 0
+        for store, wanted in by_store.values():
+            if store is None:
+                values = {n: records[n].result.load() for n in wanted}
+            else:
+                values = store.load_results(wanted)
+            for n, v in values.items():
+                r = records[n]
+                records[n] = TaskRecord(
+                    r.status, v, r.error, r.traceback, r.attempts, r.started, r.finished
+                )
+
+    def _old_family_keys(self, template: str) -> tuple[list[str], bool, list[Any]]:
+        """The keys of a family expanded before this run, in its parent's order, and its
+        shape: found again from the result of the parent at the root of its chain (the
+        keys a store holds are in the order its elements ended, not their parent's)."""
+        t = self.tasks[template]
+        over = t.over
+        assert over is not None
+        if self.tasks[over].over is not None:
+            return self._old_family_keys(over)
+        value = self.ledger.records[over].result
+        if isinstance(value, ResultRef):
+            value = value.load()
+        found = _fan.items(t, value)
+        return found.keys, found.mapping, found.originals
+
+    def _check_element_names(self, template: str, elements: Sequence[Task]) -> None:
+        static = self._static_names
+        for e in elements:
+            if e.name in static:
+                raise ValueError(
+                    f"mapped task {template!r}: its element {e.name!r} has the name of "
+                    "another task of the graph; rename that task or make key= give "
+                    "other keys"
+                )
+
+    def _collect(self, template: str) -> None:
+        ledger = self.ledger
+        records = ledger.records
+        members = ledger.families[template]
+        mapping, originals = self._shape[template]
+        self._load_refs_of([e.name for e in members])
+        now = self.now()
+        missing = [e.name for e in members if records[e.name].result is NO_RESULT]
+        if missing:  # elements marked done without a result: nothing to collect
+            exc: BaseException = MissingResultError(template, missing)
+            ledger.template_failed(template, exc, traceback_of(exc), now)
+            ledger.skipped(self.core.fail_template(template), now)
+            return
+        value = _fan.collected((records[e.name].result for e in members), mapping, originals)
+        if ledger.family_done(template, value, self._began_at.get(template), now):
+            self.core.collect(template)
+            return
+        exc = ledger.refused(template)
+        ledger.template_failed(template, exc, traceback_of(exc), now)
+        ledger.skipped(self.core.fail_template(template), now)
 
     def _apply(self, msg: Outcome | _Requeue | _CancelOne) -> None:
         if isinstance(msg, _Requeue):
@@ -303,6 +555,10 @@ class _Run:
         core = self.core
         if self.children.stopping or not core.is_active() or name in self.cancelled_by_name:
             return False
+        if self._static_names:  # a graph with a mapped task: a family, or an element
+            fanned = self._cancel_fanned(name)
+            if fanned is not None:
+                return fanned
         if name in core.running:
             for child, n in self.children.running.items():
                 if n == name and not child.done():
@@ -310,7 +566,7 @@ class _Run:
                     child.cancel()  # its done-callback records it (see _child_done)
                     return True
             return False  # ended, its report still to come: it stands as it ended
-        if name not in core.pending():
+        if not core.waits(name):
             return False  # done, failed, skipped or cancelled already
         timer = self.children.timers.pop(name, None)
         if timer is not None:  # waiting out a retry's backoff
@@ -321,6 +577,45 @@ class _Run:
         ledger.skipped(skipped, self.now())
         self._post_cancel()
         return True
+
+    def _cancel_fanned(self, name: str) -> bool | None:
+        """``cancel_task`` of a mapped task (its family: each element not ended yet) or
+        of an element its family has not expanded into yet (cancelled as it expands);
+        None for any other task (the plain way)."""
+        core = self.core
+        task = self.tasks.get(name)
+        if task is not None and task.over is not None:
+            if not core.is_expanded(name):
+                return None  # waiting for its parent: dropped as any task
+            hit = False
+            for e in self.ledger.families.get(name, ()):
+                n = e.name
+                if core.waits(n) and n not in self.cancelled_by_name:
+                    hit = self.cancel_task(n) or hit
+            return hit
+        if task is not None:
+            return None
+        parsed = _fan.family_of(name)
+        template = self.tasks.get(parsed[0]) if parsed is not None else None
+        if template is None or template.over is None:
+            return None
+        if core.is_expanded(template.name) or not core.waits(template.name):
+            return False  # its family has no such element, or it ended without one
+        self._cancel_on_expand.add(name)
+        return True
+
+    def _cancel_expanded(self) -> None:
+        """Cancel the elements asked for (by name) before their family expanded."""
+        core = self.core
+        for n in list(self._cancel_on_expand):
+            parsed = _fan.family_of(n)
+            if parsed is None or not core.is_expanded(parsed[0]):
+                continue
+            self._cancel_on_expand.discard(n)
+            if core.waits(n) and n not in core.running:
+                skipped = core.drop(n)
+                self.ledger.cancel((), (n,), _BY_NAME.format(n), set(), self.cancel_grace)
+                self.ledger.skipped(skipped, self.now())
 
     def _post_cancel(self) -> None:
         try:

@@ -14,7 +14,18 @@ State it keeps
                         in the order they are filled (the executors' order);
     ``_blocked[r, l]``  ready tasks of lane ``l`` parked because named limit ``r`` is
                         exhausted;
-    ``_running``        tasks handed out and not yet reported back.
+    ``_running``        tasks handed out and not yet reported back;
+    ``expanding``       templates (mapped tasks) that came up in line: the caller
+                        expands them (:meth:`expand`) or, once expanded and their
+                        family is done, collects them (:meth:`collect`);
+    ``_expanded``       the templates expanded in this run.
+
+Fan-out (see :mod:`asyncgraph._fan`): a template never runs. When it comes up in line
+it is handed to the caller in ``expanding`` instead (no capacity taken); the caller
+registers its elements with :meth:`expand`, and the template then waits for them as a
+task waits for its dependencies; when the last is done it comes up again and the caller
+collects it (:meth:`collect`), which makes its dependents ready. The first expansion
+copies the shared child lists, keys and tasks, so a run without fan-out pays nothing.
 
 Selection policy
     1. Lanes in order, IO first: :meth:`get_ready` hands out every task of the first lane
@@ -39,7 +50,7 @@ parked on one limit passes its turn on the others to the next task parked there.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import NamedTuple
 from weakref import WeakKeyDictionary
 
@@ -50,7 +61,7 @@ from ._task import Kind, Task
 
 __all__ = ["Lane", "Scheduler", "critical_paths", "unit_paths"]
 
-_Key = tuple[int, float, int]  # (-priority, -path, position)
+_Key = tuple[float, ...]  # (-priority, -path, position[, element index])
 _RUNNABLE = (State.PENDING, State.RUNNING)
 
 
@@ -193,6 +204,9 @@ class Scheduler:
         self._waiting: dict[str, int] = {}
         self._keys: dict[str, _Key] = {}
         self._prepared = False
+        self.expanding: list[str] = []
+        self._expanded: set[str] = set()
+        self._own = False  # tasks, children and keys copied (on the first expand)
         self.initially_skipped: tuple[str, ...] = ()
         if status is not None:
             self.prepare(status)
@@ -301,6 +315,11 @@ class Scheduler:
         while heap and (cap is None or lane.used < cap):
             key, name = heapq.heappop(heap)
             task = tasks[name]
+            if task.over is not None:  # a template: expanded or collected, never run
+                self.expanding.append(name)
+                # Fill no further: its elements, expanded now, may rank before what is
+                # next in line (they take its key: priority, path).
+                break
             if task.resources:
                 res_used = self._res_used
                 full = [r for r in task.resources if res_used[r] >= self._limits[r]]
@@ -332,6 +351,108 @@ class Scheduler:
         self._lanes[task.kind].used -= 1
         if task.resources:
             self._release_resources(task)
+        waiting = self._waiting
+        del waiting[name]
+        children = self._children.get(name)
+        if children:
+            tasks = self._tasks
+            lanes = self._lanes
+            keys = self._keys
+            for c in children:
+                left = waiting.get(c)
+                if left is not None:
+                    waiting[c] = left = left - 1
+                    if left == 0:
+                        heapq.heappush(lanes[tasks[c].kind].heap, (keys[c], c))
+
+    # -- fan-out -----------------------------------------------------------------------
+
+    def expand(self, template: str, elements: Sequence[Task], done: Container[str]) -> None:
+        """Register ``template``'s elements: each waits for its dependencies that are
+        still to run, and the template for its elements not in ``done``.
+
+        ``template`` must be waiting (handed out in ``expanding``, or a template over
+        one being expanded now). Elements take the template's queue key, then their
+        position. A template with no element left to run comes up in ``expanding``
+        again at once, to be collected.
+        """
+        waiting = self._waiting
+        if template not in waiting or template in self._expanded:
+            raise ValueError(f"expand({template!r}): the template is not waiting to be expanded")
+        if not self._own:
+            self._own = True
+            self._tasks = dict(self._tasks)
+            self._children = dict(self._children)
+            self._keys = dict(self._keys)
+        self._expanded.add(template)
+        tasks = self._tasks
+        children = self._children
+        keys = self._keys
+        assert isinstance(tasks, dict)
+        assert isinstance(children, dict)
+        # It stops waiting for its own dependencies (an element-wise template's are
+        # its elements' now): none of them may count it down any more.
+        for d in tasks[template].deps:
+            ch = children.get(d)
+            if ch and template in ch:
+                children[d] = [c for c in ch if c != template]
+        key = keys[template]
+        lanes = self._lanes
+        left_in_family = 0
+        up = (template,)  # shared: a list replaces it if an element-wise child comes
+        ready: list[tuple[_Key, str]] = []
+        for j, e in enumerate(elements):
+            n = e.name
+            tasks[n] = e
+            keys[n] = k = (*key, j)
+            children[n] = up
+            if n in done:
+                continue
+            left_in_family += 1
+            left = 0
+            for d in e.deps:
+                if d in waiting:
+                    left += 1
+                    ch = children.get(d)
+                    if type(ch) is not list:
+                        ch = children[d] = list(ch or ())
+                    ch.append(n)
+            waiting[n] = left
+            if left == 0:
+                ready.append((k, n))
+        if ready:
+            heap = lanes[elements[0].kind].heap
+            if len(ready) > len(heap):
+                heap.extend(ready)
+                heapq.heapify(heap)
+            else:
+                for item in ready:
+                    heapq.heappush(heap, item)
+        waiting[template] = left_in_family
+        if left_in_family == 0:
+            heapq.heappush(lanes[tasks[template].kind].heap, (key, template))
+
+    def waits(self, name: str) -> bool:
+        """True if ``name`` is still to run (or, for a template, to be collected)."""
+        return name in self._waiting
+
+    def is_expanded(self, template: str) -> bool:
+        return template in self._expanded
+
+    def collect(self, template: str) -> None:
+        """``template``'s family is done: make ready what waited only on it."""
+        if self._waiting.get(template) != 0 or template not in self._expanded:
+            raise ValueError(f"collect({template!r}): the family is not done")
+        self._release_children(template)
+
+    def fail_template(self, template: str) -> list[str]:
+        """``template`` could not be expanded: return the descendants to skip."""
+        if template not in self._waiting:
+            raise ValueError(f"fail_template({template!r}): the template is not waiting")
+        del self._waiting[template]
+        return self._skip_below(template)
+
+    def _release_children(self, name: str) -> None:
         waiting = self._waiting
         del waiting[name]
         children = self._children.get(name)

@@ -32,7 +32,7 @@ from ._stream.spec import StreamSpec
 if TYPE_CHECKING:
     from ._state import TaskRecord
 
-__all__ = ["Kind", "Task", "make_task"]
+__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "make_task"]
 
 
 class Kind(enum.Enum):
@@ -68,6 +68,12 @@ class Task:
     #: The dependency names, each once, in binding order (derived from args and kwargs),
     #: then the order-only ones of ``after``.
     deps: tuple[str, ...] = ()
+    #: Fan-out: a template maps over the result of this dependency (see :mod:`._fan`).
+    over: str | None = None
+    #: Fan-out: a template's element key function (None: elements named by position).
+    key: Callable[[Any], Any] | None = None
+    #: Fan-out: an element's template (None for every other task).
+    family: str | None = None
     #: Order-only dependencies: waited for, their results not passed (``after=``).
     after: tuple[str, ...] = ()
     #: A stream stage's options (``Graph.stream``), or None for a plain task.
@@ -100,6 +106,76 @@ class Task:
         bound = dict.fromkeys((*self.args, *(t for _, t in self.kwargs)))
         missing = tuple(d for d in bound if records[d].result is NO_RESULT)
         return MissingResultError(self.name, missing)
+
+
+class _UnknownItem:
+    """The type of :data:`UNKNOWN_ITEM`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<item not loaded: found in its parent's result when the element runs>"
+
+
+#: The item of an element loaded from a store (``load`` unpickles nothing): its family
+#: finds it again when it expands; an element run on its own (``subgraph``) finds it in
+#: its parent's result, by its key.
+UNKNOWN_ITEM: Any = _UnknownItem()
+
+
+@dataclass(frozen=True, slots=True)
+class Element(Task):
+    """One element of a mapped task (a template): ``score[alice]``, a task of its own.
+
+    It shares its template's function and options; ``input`` names the dependency
+    whose result was mapped (None for an element-wise element, which takes its
+    counterpart's whole result), and ``value`` is its one item of that result.
+    ``index`` is its position in the family, ``at`` its key as written in its name.
+    """
+
+    value: Any = None
+    input: str | None = None
+    index: int = 0
+    at: str = ""
+
+    def bind(self, records: Mapping[str, TaskRecord]) -> tuple[list[Any], dict[str, Any]]:
+        """As :meth:`Task.bind`, the mapped dependency giving this element's item."""
+        over = self.input
+        if over is None:
+            return Task.bind(self, records)
+        value = self.value
+        if value is UNKNOWN_ITEM:
+            value = self._find_item(records[over].result)
+        args: list[Any] = []
+        for d in self.args:
+            r = value if d == over else records[d].result
+            if r is NO_RESULT:
+                raise self._missing(records)
+            if not (self.skip_none and r is None):
+                args.append(r)
+        kwargs: dict[str, Any] = {}
+        for p, t in self.kwargs:
+            r = value if t == over else records[t].result
+            if r is NO_RESULT:
+                raise self._missing(records)
+            if not (self.skip_none and r is None):
+                kwargs[p] = r
+        return args, kwargs
+
+    def _find_item(self, parent: Any) -> Any:
+        """This element's item in its parent's result, by its key (see UNKNOWN_ITEM)."""
+        if isinstance(parent, Mapping):
+            for k, v in parent.items():
+                if str(k) == self.at:
+                    return v
+        elif self.key is None:
+            if self.at.isdigit() and int(self.at) < len(parent):
+                return parent[int(self.at)]
+        else:
+            for v in parent:
+                if str(self.key(v)) == self.at:
+                    return v
+        raise MissingResultError(self.name, (self.input or "",))
 
 
 def _unwrap_partial(fn: Any) -> Any:
@@ -289,6 +365,8 @@ def make_task(
     resources: Iterable[str] = (),
     skip_none: bool = False,
     after: Iterable[str] | None = None,
+    over: str | Task | None = None,
+    key: Callable[[Any], Any] | None = None,
 ) -> Task:
     """Build and check a Task; every error names the task and the offending option.
 
@@ -361,6 +439,9 @@ def make_task(
         raise CycleError([name, name])
     if sig is not None and deps is not None:
         _check_binding(name, sig, len(args), (p for p, _ in kwargs), skip_none)
+    all_deps = tuple(dict.fromkeys((*args, *(t for _, t in kwargs))))
+    over_name: str | None = task_name(over)
+    _check_over(name, over_name, key, all_deps)
     return Task(
         name=name,
         fn=fn,
@@ -374,6 +455,46 @@ def make_task(
         priority=priority,
         resources=res,
         is_async=is_async,
-        deps=tuple(dict.fromkeys((*args, *(t for _, t in kwargs), *order_only))),
+        deps=tuple(dict.fromkeys((*all_deps, *order_only))),
+        over=over_name,
+        key=key,
         after=order_only,
     )
+
+
+def _check_over(name: str, over: Any, key: Any, deps: tuple[str, ...]) -> None:
+    """``over=`` names one of the task's dependencies; ``key=`` is a function, and only
+    with ``over=``."""
+    if over is None:
+        if key is not None:
+            raise InvalidTaskError(
+                name,
+                "key= names the elements of a mapped task, but the task has no over=; "
+                "pass over='<dependency>' to map it over that dependency's result",
+            )
+        return
+    if not isinstance(over, str) or not over:
+        raise InvalidTaskError(
+            name,
+            f"over must be the name of one of its dependencies (a str), not "
+            f"{type(over).__name__} {over!r}",
+        )
+    if over not in deps:
+        raise InvalidTaskError(
+            name,
+            f"over={over!r} is not one of its dependencies ({list(deps)}); over= names the "
+            "dependency whose result is mapped, element by element: add it to the "
+            "function's parameters or to deps",
+        )
+    if key is not None and not callable(key):
+        raise InvalidTaskError(
+            name,
+            f"key must be a function of one element returning its key (str or int), not "
+            f"{type(key).__name__} {key!r}",
+        )
+    if "[" in name or "]" in name:
+        raise InvalidTaskError(
+            name,
+            "a mapped task's name may not contain '[' or ']': its elements are named "
+            f"{name}[<key>]",
+        )

@@ -37,6 +37,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_stream.result": (0, "`Batch`, `StageSummary`, `StreamResult`, `StreamFailures`"),
     "_task": (1, "`Task`, `Kind`, `make_task`, binding a task's arguments"),
     "_dag": (1, "`Dag`: tasks, children, order, cycles, reach, name checks, longest paths"),
+    "_fan": (1, "fan-out: a mapped task's items, elements, collected result, aggregate"),
     "_store.protocol": (1, "the `Store` protocol, `StoredTask`, `TaskRow`, `Batch`, `RunInfo`"),
     "_store.serialize": (1, "results to bytes and back (pickle, Parquet)"),
     "_store.files": (1, "the store file's lock and the file-system checks"),
@@ -90,6 +91,7 @@ LAYERS: dict[str, tuple[int, str]] = {
 #: module -> the modules of its own layer it may import.
 SAME: dict[str, set[str]] = {
     "_dag": {"_task"},
+    "_fan": {"_task"},
     "_stream.spec": set(),
     "_stream.frames": set(),
     "_stream.result": set(),

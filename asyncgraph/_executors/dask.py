@@ -358,7 +358,7 @@ class DaskExecutor:
             t = tasks[n]
             if t.kind is not Kind.CPU:
                 continue
-            for d in t.deps:
+            for d in () if t.over is not None else t.deps:  # a mapped task never starts
                 if tasks[d].kind is Kind.CPU:
                     self.uses[d] = self.uses.get(d, 0) + 1
             try:
@@ -442,23 +442,27 @@ class DaskExecutor:
             # A dependency's result still on the cluster goes as its future: the data
             # moves worker to worker, not out from the driver again.
             args = list(args)
+            mapped = getattr(task, "input", None)  # an element's item is not the future
             for i, d in enumerate(task.args):
-                future = kept.get(d)
+                future = None if d == mapped else kept.get(d)
                 if future is not None:
                     args[i] = future
             if task.kwargs:
                 kwargs = dict(kwargs)
                 for p, d in task.kwargs:
-                    future = kept.get(d)
+                    future = None if d == mapped else kept.get(d)
                     if future is not None:
                         kwargs[p] = future
         key = f"{name}-{self.token}-{attempt}"
         priority = -next(self._order)
         resources = self._resources_of(task)
+        fn = self.fn_bytes.get(name)
+        if fn is None and task.family is not None:  # fan-out: an element is its template's
+            fn = self.fn_bytes[task.family]
         try:
             future = client.submit(
                 _dask_worker.run_attempt,
-                self.fn_bytes[name],
+                fn or self.fn_bytes[name],
                 task.is_async,
                 args,
                 kwargs,

@@ -630,7 +630,10 @@ class ProcessExecutor:
         assert self.pool is not None
         name = task.name
         on_start = functools.partial(began, name)
-        data = await self.pool.call(name, self.fn_bytes[name], (args, kwargs), on_start)
+        fn = self.fn_bytes.get(name)
+        if fn is None and task.family is not None:  # fan-out: an element is its template's
+            fn = self.fn_bytes[task.family]
+        data = await self.pool.call(name, fn or self.fn_bytes[name], (args, kwargs), on_start)
         if len(data) <= _INLINE and _NAMES_CODE.search(data) is None:
             # Small, and names no callable, so it can run no code (an int, a tuple of
             # floats, a short str): loaded here in microseconds, where a thread's hop

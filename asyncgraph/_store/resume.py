@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
+from .._fan import element_like, family_of, prototype
 from .._fingerprint import digests
 from .._graph import BaseGraph, G, check_graph
 from .._rewrite import reset_failed
 from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
+from .._task import UNKNOWN_ITEM, Task
 from .protocol import Store, StoredTask
 from .sqlite import SQLiteStore, open_store
 
@@ -79,7 +81,8 @@ def check_names(
     """Raise StoreMismatchError if the store holds tasks the graph lacks (unless forced)."""
     if force or not stored:
         return
-    only_in_store = [n for n in stored if n not in graph.tasks]
+    tasks = graph._dag.tasks
+    only_in_store = [n for n in stored if n not in tasks and not _is_element_of(n, tasks)]
     if not only_in_store:
         return
     only_in_graph = [n for n in graph.tasks if n not in stored]
@@ -96,6 +99,16 @@ def check_names(
     )
 
 
+def _is_element_of(name: str, tasks: Mapping[str, Any]) -> bool:
+    """Whether ``name`` (``score[k]``) is an element of a mapped task of ``tasks``: a
+    family's elements are never a mismatch, however many there were."""
+    split = family_of(name)
+    if split is None:
+        return False
+    template = tasks.get(split[0])
+    return template is not None and template.over is not None
+
+
 def _names(names: list[str]) -> str:
     if not names:
         return "none"
@@ -107,6 +120,10 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     """The work of :func:`load`; blocking (reads the store), so runs call it in a thread."""
     stored = store.tasks()
     check_names(graph, stored, store, force)
+    if graph._dag.fans and graph._dag.static() is not graph._dag:
+        # Its elements come from the store (as they were); its own state for them is
+        # the caller's to keep: load() a graph without them.
+        graph = graph._subset(graph._dag.static())
     fps = digests(graph)
     records = dict(graph.records)
     reasons: dict[str, str] = {}
@@ -160,7 +177,163 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
                 s.finished,
             )
     loaded = graph._derive(records, origin=store_key(store))
+    if graph._dag.fans:
+        loaded = _with_stored_elements(loaded, store, stored, reasons)
     return Loaded(loaded, reasons, stored, fps)
+
+
+#: The error type of the row a run writes for an element its parent no longer produces.
+GONE = "ElementGone"
+
+
+def _with_stored_elements(
+    graph: BaseGraph, store: Store, stored: Mapping[str, StoredTask], reasons: dict[str, str]
+) -> BaseGraph:
+    """``graph`` with the elements its store holds for each mapped task, as they were
+    (a family is expanded again when its mapped task runs, and each element's
+    fingerprint is then checked by its item's content).
+
+    An element is done here if it is done in the store, its mapped task's code is the
+    same, and its parent is done and was not computed after it; else pending (with the
+    reason), or failed/skipped/cancelled as stored. Nothing is unpickled.
+    """
+    tasks = graph._dag.tasks  # the Dag's own dict: read only
+    records = graph._record_copy()
+    members: dict[str, list[StoredTask]] = {}
+    for n, s in stored.items():
+        split = family_of(n)
+        if split is None or n in tasks:
+            continue
+        mapped = tasks.get(split[0])
+        if mapped is None or mapped.over is None or s.error_type == GONE:
+            continue
+        members.setdefault(split[0], []).append(s)
+    if not members:
+        return graph
+    fps = digests(graph)
+    added: list[Task] = []
+    for template, rows in members.items():
+        t = tasks[template]
+        over = t.over
+        assert over is not None
+        parent = tasks[over]
+        own = fps[template][0]
+        proto = prototype(t)
+        rows.sort(key=_stored_order)
+        for i, s in enumerate(rows):
+            key = s.name[len(template) + 1 : -1]
+            deps = t.deps
+            input_dep: str | None = over
+            mine = f"{over}[{key}]"
+            if parent.over is not None:  # element-wise: its counterpart element
+                input_dep = None
+                deps = tuple(mine if d == over else d for d in t.deps)
+            added.append(
+                element_like(
+                    proto,
+                    name=s.name,
+                    args=tuple(mine if d == over else d for d in t.args)
+                    if not input_dep
+                    else t.args,
+                    kwargs=tuple((p, mine if d == over else d) for p, d in t.kwargs)
+                    if not input_dep
+                    else t.kwargs,
+                    deps=deps,
+                    value=UNKNOWN_ITEM,
+                    input=input_dep,
+                    index=i,
+                    at=key,
+                    key=t.key,
+                )
+            )
+            up = [records.get(d) for d in deps]
+            up_done = all(r is not None and r.status is State.DONE for r in up)
+            if s.status is State.DONE:
+                reran = up_done and _upstream_reran(s, deps, records, stored)
+                if s.code == own and up_done and s.result_id is not None and not reran:
+                    records[s.name] = TaskRecord(
+                        State.DONE,
+                        StoredResult(store, s.result_id, s.name),
+                        None,
+                        None,
+                        s.attempts,
+                        s.started,
+                        s.finished,
+                    )
+                    continue
+                records[s.name] = PENDING_RECORD
+                reasons[s.name] = (
+                    "code changed"
+                    if s.code != own
+                    else f"expands again when {over!r} runs"
+                    if not up_done
+                    else "upstream result changed"
+                )
+                continue
+            reasons[s.name] = _LAST_TIME.get(s.status, "never finished")
+            if s.status in FINISHED_BADLY:
+                error = RemoteError(
+                    s.error_type or "Error", s.error_message or "", s.traceback or ""
+                )
+                records[s.name] = TaskRecord(
+                    s.status,
+                    None,
+                    error if s.status is not State.SKIPPED else None,
+                    s.traceback,
+                    s.attempts,
+                    s.started,
+                    s.finished,
+                )
+            else:
+                records[s.name] = PENDING_RECORD
+        # The family is done only if every element is: else it is collected again.
+        rec = records[template]
+        if rec.status is State.DONE and not all(records[s.name].status is State.DONE for s in rows):
+            records[template] = PENDING_RECORD
+            reasons[template] = "an element reruns"
+    return graph._with_dag(graph._dag.with_elements([], added), records)
+
+
+def _stored_order(s: StoredTask) -> tuple[int, float]:
+    return s.run_id, s.started or 0.0
+
+
+def _family_reasons(natural: Loaded, given: BaseGraph) -> None:
+    """A mapped task whose parent runs: it expands then, with how many elements it had."""
+    graph = natural.graph
+    records = given.records
+    families = graph._dag.families()
+    for name, task in graph.tasks.items():
+        over = task.over
+        if over is None or name not in records or records[over].status is State.DONE:
+            continue
+        if records[name].status is not State.PENDING:
+            continue
+        n = len(families.get(name, ()))
+        natural.reasons[name] = f"expands when {over!r} runs (last time: {n:,} elements)"
+
+
+def _gone_rows(natural: Loaded) -> list[dict[str, Any]]:
+    """The stored elements a parent no longer returned when it last ran."""
+    tasks = natural.graph.tasks
+    rows = []
+    for n, s in natural.stored.items():
+        if s.error_type != GONE or n in tasks:
+            continue
+        split = family_of(n)
+        if split is None or split[0] not in tasks:
+            continue
+        rows.append(
+            {
+                "name": n,
+                "kind": tasks[split[0]].kind.value,
+                "action": "gone",
+                "reason": f"gone: {s.error_message}",
+                "last_status": s.status.value,
+                "last_run": s.run_id,
+            }
+        )
+    return rows
 
 
 def _upstream_reran(
@@ -310,10 +483,18 @@ def plan(
         natural = for_run(graph, the_store)
         given = natural.graph
     rows = []
-    for name, task in graph.tasks.items():
+    tasks: Mapping[str, Task] = graph.tasks
+    if natural.graph._dag.fans:  # with the elements the store holds
+        tasks = {**natural.graph.tasks, **given.tasks}
+        _family_reasons(natural, given)
+    given_records = given._record_copy()
+    natural_records = natural.graph._record_copy()
+    for name, task in tasks.items():
         s = natural.stored.get(name)
-        want = given.records[name].status
-        would = natural.graph.records[name].status
+        if name not in given_records or name not in natural_records:
+            continue
+        want = given_records[name].status
+        would = natural_records[name].status
         if want is State.DONE:
             action = "reuse"
             reason = natural.reasons.get(name, "done, unchanged")
@@ -325,6 +506,8 @@ def plan(
                 reason = "reset by the user"
             else:
                 reason = natural.reasons.get(name, "never finished")
+            if task.over is not None and natural.reasons.get(name, "").startswith("expands"):
+                reason = natural.reasons[name]
         else:
             action = "keep"
             reason = f"{want.value} last time; not reset (reset_failed() reruns it)"
@@ -338,6 +521,8 @@ def plan(
                 "last_run": None if s is None else s.run_id,
             }
         )
+    if natural.graph._dag.fans:
+        rows += _gone_rows(natural)
     frame = pd.DataFrame(
         rows, columns=["name", "kind", "action", "reason", "last_status", "last_run"]
     )
@@ -367,9 +552,13 @@ def _compare(graph: BaseGraph, other: Mapping[str, str] | BaseGraph) -> pd.DataF
             "plan(fingerprints=...) takes a Graph or a dict of task name -> fingerprint, "
             f"as ag.fingerprints(graph) returns; not {type(other).__name__}"
         )
-    rows = []
+    rows: list[tuple[str, str, str, str, str | None, str | None]] = []
+    elements = []
     for name in graph.topological_order():
         task = graph.tasks[name]
+        if task.family is not None:  # fan-out: no fingerprint of its own (see below)
+            elements.append(task)
+            continue
         own, fp = mine[name]
         before = theirs.get(name)
         if before is None:
@@ -391,6 +580,20 @@ def _compare(graph: BaseGraph, other: Mapping[str, str] | BaseGraph) -> pd.DataF
             (name, task.kind.value, action, reason, fp, None if before is None else before[1])
         )
     by_name = {r[0]: r for r in rows}
+    for e in elements:
+        # An element's fingerprint is taken as its family expands, from its item: here
+        # it does what its mapped task does (its item comes from the same parent).
+        family = e.family
+        assert family is not None
+        _, _, action, reason, _, _ = by_name[family]
+        by_name[e.name] = (
+            e.name,
+            e.kind.value,
+            action,
+            f"as its mapped task {family!r} ({reason})",
+            None,
+            None,
+        )
     ordered = [by_name[n] for n in graph.tasks]  # definition order, as the store's plan
     return pd.DataFrame(
         ordered, columns=["name", "kind", "action", "reason", "fingerprint", "before"]

@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._exceptions import StoreError, UnstorableResultError
+from .._fingerprint import element_fingerprint, elementwise_fingerprint, input_digests
 from .._graph import BaseGraph
 from .._ledger import Ledger
 from .._shield import in_thread_to_the_end
 from .._state import State, StoredResult, TaskRecord
-from .._task import Task
+from .._task import Element, Task
 from .protocol import Store, TaskRow, new_result_id
+from .resume import GONE
 from .serialize import serialize
 from .writer import RunWriter
 
@@ -182,6 +184,8 @@ class StoreSink:
         for n, r in records.items():
             if r.status is not State.DONE or type(r.result) is StoredResult:
                 continue
+            if n not in self.digests:  # an element: its family's expansion decides
+                continue
             s = stored.get(n)
             if (
                 s is not None
@@ -219,9 +223,84 @@ class StoreSink:
             first_counts={"tasks": len(records), "reused": self.reused},
         )
 
+    def expanded(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
+        """A family expanded: take its elements' fingerprints (by their items' content,
+        see ``_fingerprint.element_fingerprint``) and return the records of those the
+        store holds done with the same fingerprint (reused: their results stay there)."""
+        digests = self.digests
+        own = digests[template.name][0]
+        binding = repr((template.args, template.kwargs, template.skip_none)).encode()
+        over = template.over
+        stored = self.stored
+        reused: dict[str, TaskRecord] = {}
+        first = [e for e in elements if isinstance(e, Element) and e.input is not None]
+        items = dict(
+            zip((e.name for e in first), input_digests(e.value for e in first), strict=True)
+        )
+        others: list[str] | None = None
+        for e in elements:
+            if isinstance(e, Element) and e.input is not None:
+                parent = e.input
+                if others is None:  # the same for every element of the family
+                    others = [digests[d][1] for d in e.deps if d != parent]
+                fp = element_fingerprint(
+                    (own, binding),
+                    others,
+                    e.at,
+                    items[e.name],
+                    digests[parent][1],
+                    e.index,
+                )
+            else:
+                fp = elementwise_fingerprint(
+                    (own, repr((over, e.deps)).encode() + binding),
+                    [self._fingerprint_of(d) for d in e.deps],
+                )
+            digests[e.name] = (own, fp)
+            s = stored.get(e.name)
+            if (
+                s is not None
+                and s.status is State.DONE
+                and s.fingerprint == fp
+                and s.result_id is not None
+            ):
+                reused[e.name] = TaskRecord(
+                    State.DONE,
+                    StoredResult(self.store, s.result_id, e.name),
+                    None,
+                    None,
+                    s.attempts,
+                    s.started,
+                    s.finished,
+                )
+        self.reused += len(reused)
+        self._gone(template, {e.name for e in elements})
+        return reused
+
+    def _fingerprint_of(self, name: str) -> str:
+        """A task's fingerprint in this run; for an element of a family done before the
+        run (not expanded in it), the one it was stored with."""
+        digest = self.digests.get(name)
+        if digest is not None:
+            return digest[1]
+        s = self.stored.get(name)
+        return "" if s is None or s.fingerprint is None else s.fingerprint
+
+    def _gone(self, template: Task, now: set[str]) -> None:
+        """Record the stored elements of ``template`` its parent no longer produces as
+        gone (kept in the history; ``load`` and ``plan`` leave them out)."""
+        if self.writer is None:
+            return
+        prefix = template.name + "["
+        why = f"{template.over!r} no longer returns it"
+        for n, s in self.stored.items():
+            if n.startswith(prefix) and n not in now and s.error_type != GONE:
+                row = self._row(n, TaskRecord(State.PENDING), None)
+                self.writer.put(row._replace(error_type=GONE, error_message=why))
+
     def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
         error = rec.error
-        own, fp = self.digests[name]
+        own, fp = self.digests.get(name) or (None, None)
         if blob is None:
             result_id = fmt = data = None
         else:

@@ -105,3 +105,29 @@ assert_type(done.subgraph(["publish"]), ag.Graph)
 
 assert_type(ag.create_graph(funcs={"a": users}, dependencies={}), ag.Graph)
 assert_type(ag.load(g, "nightly.db"), ag.Graph)
+
+
+# -- fan-out: over= and key= keep the decorated function's type ------------------------
+
+
+@g.task(over="users", key=lambda user: user)
+def greet(users: str) -> str:
+    return f"hello {users}"
+
+
+@g.task(over="greet", kind="cpu", after="users", priority=2)
+async def shout(greet: str) -> str:
+    return greet.upper()
+
+
+assert_type(greet("ada"), str)
+mapped = g.add("lengths", len, deps=["users"], over="users", key=str)
+assert_type(mapped, ag.Task)
+assert_type(mapped.over, str | None)
+assert_type(mapped.key, Callable[[Any], Any] | None)
+assert_type(mapped.family, str | None)
+assert_type(g.add("again", len, deps=["users"], over=g.tasks["users"]), ag.Task)
+
+
+async def fan_out_in_async_code() -> None:
+    assert_type(await shout("hi"), str)
