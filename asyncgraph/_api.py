@@ -19,7 +19,7 @@ from ._lifetime import run
 from ._rewrite import mark_done, mark_done_except, reset, reset_failed, results_dict, subgraph
 from ._state import NO_RESULT, PENDING_RECORD, State, TaskRecord
 from ._sync import run_sync
-from ._task import Kind, make_task
+from ._task import Kind, Task, make_task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,21 +52,21 @@ class Graph(BaseGraph):
         """``asyncgraph.reset_failed(graph)``: failed, skipped, cancelled tasks back to pending."""
         return reset_failed(self)
 
-    def reset(self, names: Iterable[str] | str) -> Graph:
+    def reset(self, names: Iterable[str | Task] | str | Task) -> Graph:
         """``asyncgraph.reset(graph, names)``: these tasks and their descendants back to pending."""
         return reset(self, names)
 
     def mark_done(
-        self, names: Iterable[str] | str, results: Mapping[str, Any] | None = None
+        self, names: Iterable[str | Task] | str | Task, results: Mapping[str, Any] | None = None
     ) -> Graph:
         """``asyncgraph.mark_done(graph, names, results)``: these tasks done, with these results."""
         return mark_done(self, names, results)
 
-    def mark_done_except(self, names: Iterable[str] | str) -> Graph:
+    def mark_done_except(self, names: Iterable[str | Task] | str | Task) -> Graph:
         """``asyncgraph.mark_done_except(graph, names)``: every task done except ``names``."""
         return mark_done_except(self, names)
 
-    def subgraph(self, targets: Iterable[str] | str) -> Graph:
+    def subgraph(self, targets: Iterable[str | Task] | str | Task) -> Graph:
         """``asyncgraph.subgraph(graph, targets)``: only ``targets`` and their ancestors."""
         return subgraph(self, targets)
 

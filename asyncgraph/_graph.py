@@ -404,12 +404,12 @@ class BaseGraph:
         children = self._dag.child_map()
         return tuple(n for n in self._dag if n not in children)
 
-    def descendants(self, names: Iterable[str] | str) -> set[str]:
+    def descendants(self, names: Iterable[str | Task] | str | Task) -> set[str]:
         """All tasks downstream of ``names`` (not including them)."""
         dag = self._dag
         return dag.descendants(dag.check_names(names, "descendants"))
 
-    def ancestors(self, names: Iterable[str] | str) -> set[str]:
+    def ancestors(self, names: Iterable[str | Task] | str | Task) -> set[str]:
         """All tasks upstream of ``names`` (not including them)."""
         dag = self._dag
         return dag.ancestors(dag.check_names(names, "ancestors"))

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from ._graph import BaseGraph, check_graph
 from ._state import FINISHED_BADLY, NO_RESULT, PENDING_RECORD, State, TaskRecord
+from ._task import Task
 
 __all__ = ["mark_done", "mark_done_except", "reset", "reset_failed", "results_dict", "subgraph"]
 
@@ -28,7 +29,7 @@ def reset_failed(graph: G) -> G:
     return _to_pending(graph, set(bad) | graph.descendants(bad))
 
 
-def reset(graph: G, names: Iterable[str] | str) -> G:
+def reset(graph: G, names: Iterable[str | Task] | str | Task) -> G:
     """``names`` and all their descendants back to pending, whatever their state.
 
     A mapped task's name resets its whole family (every element); an element's name
@@ -42,7 +43,9 @@ def reset(graph: G, names: Iterable[str] | str) -> G:
     return _to_pending(graph, set(start) | graph.descendants(start))
 
 
-def mark_done(graph: G, names: Iterable[str] | str, results: Mapping[str, Any] | None = None) -> G:
+def mark_done(
+    graph: G, names: Iterable[str | Task] | str | Task, results: Mapping[str, Any] | None = None
+) -> G:
     """Mark ``names`` done, with ``results[name]`` as their result.
 
     A task without a given result keeps the one it has if it is done already (it ran, or
@@ -82,7 +85,7 @@ def mark_done(graph: G, names: Iterable[str] | str, results: Mapping[str, Any] |
     return graph._derive(records)
 
 
-def mark_done_except(graph: G, names: Iterable[str] | str) -> G:
+def mark_done_except(graph: G, names: Iterable[str | Task] | str | Task) -> G:
     """Mark every task done except ``names``, which go back to pending.
 
     Tasks that are already done keep their results; the others are done without a
@@ -104,7 +107,7 @@ def mark_done_except(graph: G, names: Iterable[str] | str) -> G:
     return graph._derive(records)
 
 
-def subgraph(graph: G, targets: Iterable[str] | str) -> G:
+def subgraph(graph: G, targets: Iterable[str | Task] | str | Task) -> G:
     """The ``targets`` and all their ancestors, with their current states.
 
     A mapped task's ancestors include its elements; an element without its mapped task

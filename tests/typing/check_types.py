@@ -99,6 +99,12 @@ assert_type(done.reset("users"), ag.Graph)
 assert_type(done.mark_done("users"), ag.Graph)
 assert_type(done.mark_done_except(["publish"]), ag.Graph)
 assert_type(done.subgraph(["publish"]), ag.Graph)
+# A Task stands for its name wherever a rewrite takes names (issue 16).
+users_task = done.tasks["users"]
+assert_type(ag.reset(done, users_task), ag.Graph)
+assert_type(ag.subgraph(done, [users_task, "publish"]), ag.Graph)
+assert_type(done.mark_done_except(users_task), ag.Graph)
+assert_type(done.descendants(users_task), set[str])
 
 
 # -- the taskmap-style constructor and the store's readers ----------------------------
