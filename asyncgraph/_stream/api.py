@@ -279,6 +279,14 @@ def open_stream(
     )
 
 
+def _mode(out: Any, collect: Any) -> str:
+    """``collect=``: keep every output batch (the default without ``out=``) or not."""
+    keep = (out is None) if collect is None else collect
+    if not isinstance(keep, bool):
+        raise TypeError(f"collect must be True, False or None, not {collect!r}")
+    return "collect" if keep else "drop"
+
+
 async def run_stream(
     graph: BaseGraph,
     *,
@@ -303,14 +311,11 @@ async def run_stream(
     :func:`open_stream`'s). ``collect=True`` keeps every output batch in
     ``result.outputs``; it is the default without ``out=`` (with ``out=`` the outputs
     are the files, and nothing is kept in memory)."""
-    keep = (out is None) if collect is None else collect
-    if not isinstance(keep, bool):
-        raise TypeError(f"collect must be True, False or None, not {collect!r}")
     engine = _engine(
         graph,
         "run_stream",
         source=source,
-        mode="collect" if keep else "drop",
+        mode=_mode(out, collect),
         max_batches=max_batches,
         start=start,
         queue_size=queue_size,
@@ -353,14 +358,11 @@ def run_stream_sync(
     """:func:`run_stream` for scripts and notebooks, as :func:`asyncgraph.run_sync` is
     for runs: on a new event loop, or in a helper thread inside a running loop; Ctrl-C
     cancels the stream, cleans up and raises KeyboardInterrupt."""
-    keep = (out is None) if collect is None else collect
-    if not isinstance(keep, bool):
-        raise TypeError(f"collect must be True, False or None, not {collect!r}")
     engine = _engine(
         graph,
         "run_stream_sync",
         source=source,
-        mode="collect" if keep else "drop",
+        mode=_mode(out, collect),
         max_batches=max_batches,
         start=start,
         queue_size=queue_size,
