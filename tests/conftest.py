@@ -104,3 +104,63 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+class DeadlineAtSignal:
+    """The system clock, except that a run's deadline passes when the test says.
+
+    A short real deadline races the machine: on a loaded 2-core machine a thread or a
+    worker process may start after it. ``run_until_deadline`` lets the deadline pass
+    once the events a test waits for were seen, whatever the time they took.
+    """
+
+    DEADLINE = 3600.0  # the deadline the run is given; tasks' own timeouts keep real time
+
+    def __init__(self) -> None:
+        from asyncgraph._clock import SYSTEM_CLOCK
+
+        self.passed = asyncio.Event()
+        self.time = SYSTEM_CLOCK.time
+        self.call_later = SYSTEM_CLOCK.call_later
+        self._system = SYSTEM_CLOCK
+        self._waiters: list[asyncio.Task[None]] = []
+
+    def move_on_after(self, delay: float | None) -> Any:
+        import anyio
+
+        if delay != self.DEADLINE:
+            return self._system.move_on_after(delay)
+        scope = anyio.CancelScope()
+        self._waiters.append(asyncio.get_running_loop().create_task(self._cancel(scope)))
+        return scope
+
+    async def _cancel(self, scope: Any) -> None:
+        await self.passed.wait()
+        scope.cancel()
+
+
+async def run_until_deadline(graph: Any, awaited: set[tuple[str, str]], **options: Any) -> Any:
+    """``ag.run(graph, deadline=..., **options)`` whose deadline passes as soon as every
+    ``(event kind, task)`` in ``awaited`` has been seen (the run's own path, with a
+    clock that waits for those events instead of wall time)."""
+    from asyncgraph._lifetime import start
+    from asyncgraph._options import RunOptions
+
+    clock = DeadlineAtSignal()
+    awaited = set(awaited)
+    user = options.pop("on_event", None)
+
+    def on_event(event: Any) -> None:
+        awaited.discard((event.kind.value, event.task))
+        if not awaited:
+            clock.passed.set()
+        if user is not None:
+            user(event)
+
+    try:
+        return await start(
+            graph, RunOptions(deadline=clock.DEADLINE, on_event=on_event, clock=clock, **options)
+        )
+    finally:
+        for waiter in clock._waiters:
+            waiter.cancel()
