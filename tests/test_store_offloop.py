@@ -140,3 +140,14 @@ def test_a_read_that_fails_in_its_thread_fails_as_it_did_on_the_loop(tmp_path):
         assert "the disk is gone" in str(exc)
     else:
         raise AssertionError("the failed read was not reported")
+
+
+def test_a_family_reused_from_the_store_counts_its_elements_once(tmp_path):
+    db, flag = first_run(tmp_path)
+    ag.run_sync(graph(flag), store=db)  # the families expand again: b reruns
+    last = ag.history(db).iloc[-1]
+    # Reused: xs, up[a], up[c], tag[a], tag[c]; done: up[b], tag[b], up, tag, total.
+    assert (last["tasks"], last["reused"], last["done"]) == (10, 5, 5)
+    ag.run_sync(graph(flag), store=db)  # all reused, nothing expands
+    last = ag.history(db).iloc[-1]
+    assert (last["tasks"], last["reused"], last["done"]) == (10, 10, 0)
