@@ -127,27 +127,47 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     fps = digests(graph)
     records = dict(graph.records)
     reasons: dict[str, str] = {}
+    tasks = graph._dag.tasks
+    done, pending = State.DONE, State.PENDING
+    # One pass in topological order; plain loops (this runs once per task of every
+    # resume, and a generator per task costs more than its work).
     for name in graph.topological_order():
         given = records[name]
-        s = stored.get(name)
-        own, fp = fps[name]
-        if given.status is not State.PENDING:
+        if given.status is not pending:
             # The caller's own state (mark_done, create_graph(done=...)) wins.
-            if given.status is State.DONE:
+            if given.status is done:
                 reasons[name] = "marked done by the user"
             elif given.status in _LAST_TIME:
                 reasons[name] = _LAST_TIME[given.status]
             continue
+        s = stored.get(name)
         if s is None:
             reasons[name] = "new"
             continue
-        deps = graph.tasks[name].deps
-        deps_done = all(records[d].status is State.DONE for d in deps)
-        if s.status is State.DONE:
-            reran = deps_done and _upstream_reran(s, deps, records, stored)
+        own, fp = fps[name]
+        deps = tasks[name].deps
+        deps_done = True
+        for d in deps:
+            if records[d].status is not done:
+                deps_done = False
+                break
+        if s.status is done:
+            reran = False
+            if deps_done:  # _upstream_reran, inline
+                run_id = s.run_id
+                for d in deps:
+                    sd = stored.get(d)
+                    if (
+                        sd is not None
+                        and sd.run_id > run_id
+                        and sd.started is not None
+                        and type(records[d].result) is StoredResult
+                    ):
+                        reran = True
+                        break
             if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
                 records[name] = TaskRecord(
-                    State.DONE,
+                    done,
                     StoredResult(store, s.result_id, name),
                     None,
                     None,
