@@ -39,3 +39,17 @@ def test_process_and_fanout_figures_run_tiny_against_a_tree(tmp_path):
     assert [r["tree"] for r in rows] == ["this", "against"]
     assert rows[0]["this_over_against"] > 0
     assert all(len(r["raw"]) == 2 for r in rows)
+
+
+def test_the_writer_a_b_runs_tiny(tmp_path):
+    out = tmp_path / "write.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/store_write.py", "--rows", "300", "--batch", "100",
+         "--pairs", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wall B/A" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["loop_busy"] for r in rows] == [False, True]

@@ -447,9 +447,7 @@ class SQLiteStore:
             conn = self._conn
             assert conn is not None, "write() outside begin_run()/end_run()"
             with _transaction(conn):
-                conn.executemany(
-                    "INSERT OR REPLACE INTO state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
-                )
+                _insert_rows(conn, rows)
                 add = {k: n for k in COUNTS if (n := (counts or {}).get(k, 0))}
                 if add:  # only the columns that change (sqlite3 caches each statement)
                     columns = ", ".join(f"{k} = {k} + ?" for k in add)
@@ -971,6 +969,36 @@ def _statements(script: str) -> list[str]:
                 out.append(buf.strip())
             buf = ""
     return out
+
+
+#: Rows per INSERT statement in ``_insert_rows``, largest first: each size is one
+#: statement SQLite's cache keeps (14 columns x 256 rows: 3,584 parameters, below
+#: SQLite's limit of 32,766, and of 999 before 3.32 only for the 64 and smaller).
+_ROWS_PER_INSERT = (256, 64, 16, 4, 1)
+_INSERTS = {
+    k: "INSERT OR REPLACE INTO state VALUES "
+    + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * k)
+    for k in _ROWS_PER_INSERT
+}
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[TaskRow]) -> None:
+    """``rows`` into ``state``, in order (a later row of a task replaces its earlier
+    one), many rows per statement: ``executemany`` steps SQLite once per row, and each
+    step gives the GIL up and has to win it back from the loop's thread (up to the 5 ms
+    switch interval on a busy machine); here a statement of 256 rows is one step.
+    Before SQLite 3.32 (999 parameters at most) only the smaller statements serve."""
+    import itertools
+    import sqlite3
+
+    sizes = _ROWS_PER_INSERT if sqlite3.sqlite_version_info >= (3, 32) else (64, 16, 4, 1)
+    i, n = 0, len(rows)
+    chain = itertools.chain.from_iterable
+    for k in sizes:
+        sql = _INSERTS[k]
+        while n - i >= k:
+            conn.execute(sql, list(chain(rows[i : i + k])))
+            i += k
 
 
 def _has_graph_column(conn: sqlite3.Connection) -> bool:
