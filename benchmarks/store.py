@@ -56,7 +56,21 @@ after the first run and after the resume.
 Each figure is the median of N repetitions (5, or 2 with --quick); ``gc.collect()``
 before each timed run. --quick also shrinks the graphs to 2000 tasks.
 
+**process** (issue 15) - the resume above as a user's next process pays it: a fresh
+interpreter builds the graph and runs it on a copy of the store with 1 % failed (load,
+reset, rerun), against a fresh interpreter that builds the same graph and runs all of
+it without a store; each timed after its imports, in pairs of alternating order, the
+figure the median of the per-pair ratios resume / plain (target <= 0.3).
+
+**fanout** (issue 13) - ``plan`` + a rerun of 1 failed element of a family of N (10k) on
+a store, in a fresh interpreter (pandas imported before ``plan``), in seconds (target
+<= 1 s).
+
+``--against DIR`` runs every child of process/fanout with DIR's asyncgraph too (a before
+tree), alternating, so one command gives before and after.
+
 Usage:  python benchmarks/store.py [--quick] [--json PATH] [--sizes 10000] [--dir DIR]
+                                   [--only overhead|resume|process|fanout] [--against DIR]
 """
 
 from __future__ import annotations
