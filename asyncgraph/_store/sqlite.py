@@ -976,8 +976,7 @@ def _statements(script: str) -> list[str]:
 #: SQLite's limit of 32,766, and of 999 before 3.32 only for the 64 and smaller).
 _ROWS_PER_INSERT = (256, 64, 16, 4, 1)
 _INSERTS = {
-    k: "INSERT OR REPLACE INTO state VALUES "
-    + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * k)
+    k: "INSERT OR REPLACE INTO state VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * k)
     for k in _ROWS_PER_INSERT
 }
 
