@@ -76,6 +76,7 @@ __all__ = [
     "binding_bytes",
     "digests",
     "element_fingerprint",
+    "element_fingerprints",
     "elementwise_fingerprint",
     "fingerprints",
     "function_digest",
@@ -253,6 +254,31 @@ def element_fingerprint(
     else:
         parts += [b"=", item.encode()]
     return hashlib.sha256(b"".join(parts)).hexdigest()[:_HEX]
+
+
+def element_fingerprints(
+    template: tuple[str, bytes],
+    others: Iterable[str],
+    parent: str,
+    elements: Iterable[tuple[str, str | None, int]],
+) -> list[str]:
+    """:func:`element_fingerprint` of each ``(key, item, position)`` of one family, the
+    same bytes hashed: the part every element shares (template, binding, other
+    dependencies) is hashed once and copied, so an element costs one short update."""
+    own, binding = template
+    base = hashlib.sha256(
+        b"".join([_ELEMENT_TAG, own.encode(), binding, *(o.encode() for o in others)])
+    )
+    tail = parent.encode()
+    out: list[str] = []
+    for key, item, position in elements:
+        h = base.copy()
+        if item is None:
+            h.update(b"".join([_str(key), b"?position", _int(position), tail]))
+        else:
+            h.update(b"".join([_str(key), b"=", item.encode()]))
+        out.append(h.hexdigest()[:_HEX])
+    return out
 
 
 def elementwise_fingerprint(template: tuple[str, bytes], deps: Iterable[str]) -> str:

@@ -28,9 +28,12 @@ State it keeps
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
+
+import anyio
 
 from . import _fan
 from ._clock import SYSTEM_CLOCK, Clock
@@ -72,6 +75,20 @@ class _Requeue(NamedTuple):
 
 class _CancelOne(NamedTuple):
     """A running task the caller cancelled by name (``OpenRun.cancel(name)``) ended."""
+
+    name: str
+
+
+class _InputsIn(NamedTuple):
+    """The stored results ``deps`` that elements ``held`` take are in memory."""
+
+    held: tuple[str, ...]
+    deps: tuple[str, ...]
+
+
+class _Fetched(NamedTuple):
+    """The stored results a template's expansion or collection reads are in memory
+    (read in a thread, see ``_Run._fetch``): it can expand or collect now."""
 
     name: str
 
@@ -181,6 +198,9 @@ class _Run:
         self._refreshed: set[str] = set()  # elements reused by content in this run
         self._static_names: Mapping[str, Task] = {}
         self._cancel_on_expand: set[str] = set()  # elements cancelled before they exist
+        self._fetching: set[str] = set()  # templates whose stored inputs a thread reads
+        self._held: dict[str, Task | None] = {}  # elements waiting for those (and, once
+        self._released: list[Task] = []  # handed out, their tasks); those free to start
         if fans:
             self._static_names = dag.tasks
             full = graph._dag
@@ -203,7 +223,7 @@ class _Run:
     # _taskset for why not an anyio task group); it reports back through
     # ``_child_done``, a done-callback, which applies the outcome at once (``_post``).
 
-    def _post(self, message: Outcome | _Requeue | _CancelOne) -> None:
+    def _post(self, message: Outcome | _Requeue | _CancelOne | _Fetched | _InputsIn) -> None:
         """Apply a child's report at once and start what it made ready.
 
         Called from done-callbacks and timers, so on the loop's thread and never
@@ -273,6 +293,8 @@ class _Run:
         ready = self.core.get_ready()
         if self.core.expanding:
             ready = self._fan_out(ready)
+        if self._held or self._released:  # fan-out: inputs still in the store
+            ready = self._hold(ready)
         if not ready:
             return
         ledger = self.ledger
@@ -308,6 +330,8 @@ class _Run:
         while core.expanding:
             names, core.expanding = core.expanding, []
             for t in names:
+                if self._fetch(t):  # its stored inputs are read in a thread first
+                    continue
                 if core.is_expanded(t):
                     if core.waits(t):  # else its family ended with a failed element
                         self._collect(t)
@@ -434,8 +458,45 @@ class _Run:
 
     def _load_refs(self, pending: Iterable[Task]) -> None:
         """Load the stored results pending elements take from reused elements (their
-        element-wise parents), before they start."""
-        self._load_refs_of({d for e in pending for d in e.deps})
+        element-wise parents), before they start: those still in the store are read in
+        a thread, and the elements that take them are held until they are in (see
+        ``_hold``)."""
+        pending = list(pending)
+        records = self.ledger.records
+        unread = {
+            d
+            for e in pending
+            for d in e.deps
+            if type(ref := records[d].result) is StoredResult and not ref.loaded
+        }
+        if unread:
+            held = [e.name for e in pending if not unread.isdisjoint(e.deps)]
+            for n in held:
+                self._held[n] = None
+            refs = [records[d].result for d in unread]
+            child = asyncio.get_running_loop().create_task(self._read_stored(refs))
+            self.children.running[child] = f"<the stored inputs of {held[0]!r}>"
+            child.add_done_callback(functools.partial(self._inputs_in, held, unread))
+        self._load_refs_of({d for e in pending for d in e.deps if d not in unread})
+
+    def _inputs_in(self, held: list[str], deps: set[str], child: asyncio.Future[Any]) -> None:
+        self.children.running.pop(child, None)
+        if child.cancelled() or self.children.stopping:
+            return
+        child.exception()  # seen: a failed read is read again (and reported) on the loop
+        self._post(_InputsIn(tuple(held), tuple(deps)))
+
+    def _hold(self, ready: list[Task]) -> list[Task]:
+        """``ready`` without the elements whose stored inputs a thread still reads
+        (they start once those are in), with those whose inputs came in since."""
+        out, self._released = self._released, []
+        held = self._held
+        for t in ready:
+            if t.name in held:
+                held[t.name] = t
+            else:
+                out.append(t)
+        return out
 
     def _load_refs_of(self, names: Iterable[str]) -> None:
         """Replace the stored results of ``names`` in the records by their values, one
@@ -444,7 +505,7 @@ class _Run:
         by_store: dict[int, tuple[Any, dict[str, int]]] = {}
         for n in names:
             ref = records[n].result
-            if type(ref) is StoredResult:
+            if type(ref) is StoredResult and not ref.loaded:  # else read in a thread (_fetch)
                 by_store.setdefault(id(ref.store), (ref.store, {}))[1][n] = ref.result_id
             elif isinstance(ref, ResultRef):
                 by_store.setdefault(0, (None, {}))[1][n] = 0
@@ -458,6 +519,77 @@ class _Run:
                 records[n] = TaskRecord(
                     r.status, v, r.error, r.traceback, r.attempts, r.started, r.finished
                 )
+
+    # -- store reads off the loop (issue 13) ----------------------------------------------
+
+    def _fetch(self, template: str) -> bool:
+        """Whether the stored results that expanding or collecting ``template`` reads
+        (its parent's, or the root parent's of an element-wise chain expanded before
+        the run; the family's elements reused from the store) were sent to a thread: the
+        loop never waits on the store. The template comes back to ``core.expanding``
+        once they are in memory (``_Fetched``). A read that fails is left to the step
+        itself, which reads again on the loop and fails as it always did."""
+        if template in self._fetching:
+            self._fetching.discard(template)  # back from its thread: go on
+            return False
+        wanted = self._stored_inputs(template)
+        if not wanted:
+            return False
+        self._fetching.add(template)
+        child = asyncio.get_running_loop().create_task(self._read_stored(wanted))
+        # Stopped and waited for as a child; named so that no task's cancel finds it.
+        self.children.running[child] = f"<the stored inputs of {template!r}>"
+        child.add_done_callback(functools.partial(self._fetched, template))
+        return True
+
+    def _stored_inputs(self, template: str) -> list[StoredResult]:
+        """The stored results not in memory yet that ``template``'s step would read."""
+        records = self.ledger.records
+        tasks = self.tasks
+        if self.core.is_expanded(template):  # collecting: its members' results
+            if not self.core.waits(template):
+                return []
+            names = [e.name for e in self.ledger.families.get(template, ())]
+        else:
+            over = tasks[template].over
+            assert over is not None
+            if tasks[over].over is not None:  # element-wise
+                if over in self._keys:
+                    return []  # its keys are this run's: nothing to read
+                while (up := tasks[over].over) is not None:
+                    over = up  # the root parent, whose result gives the keys
+            names = [over]
+        refs = []
+        for n in names:
+            rec = records.get(n)
+            if rec is not None and type(rec.result) is StoredResult and not rec.result.loaded:
+                refs.append(rec.result)
+        return refs
+
+    async def _read_stored(self, refs: list[StoredResult]) -> None:
+        """Load ``refs`` in a thread, one query per store (each keeps its value)."""
+
+        def read() -> None:
+            by_store: dict[int, tuple[Any, dict[str, StoredResult]]] = {}
+            for ref in refs:
+                by_store.setdefault(id(ref.store), (ref.store, {}))[1][ref.task] = ref
+            for store, wanted in by_store.values():
+                if len(wanted) == 1:
+                    next(iter(wanted.values())).load()
+                    continue
+                values = store.load_results({n: r.result_id for n, r in wanted.items()})
+                for n, ref in wanted.items():
+                    if n in values:
+                        ref._value, ref._loaded = values[n], True
+
+        await anyio.to_thread.run_sync(read)  # not abandoned: a stopped run waits for it
+
+    def _fetched(self, template: str, child: asyncio.Future[Any]) -> None:
+        self.children.running.pop(child, None)
+        if child.cancelled() or self.children.stopping:
+            return
+        child.exception()  # seen: a failed read is read again (and reported) on the loop
+        self._post(_Fetched(template))
 
     def _old_family_keys(self, template: str) -> tuple[list[str], bool, list[Any]]:
         """The keys of a family expanded before this run, in its parent's order, and its
@@ -505,7 +637,20 @@ class _Run:
         ledger.template_failed(template, exc, traceback_of(exc), now)
         ledger.skipped(self.core.fail_template(template), now)
 
-    def _apply(self, msg: Outcome | _Requeue | _CancelOne) -> None:
+    def _apply(self, msg: Outcome | _Requeue | _CancelOne | _Fetched | _InputsIn) -> None:
+        if isinstance(msg, _InputsIn):
+            self._load_refs_of(msg.deps)  # in memory now (or read again, to fail here)
+            for n in msg.held:
+                task = self._held.pop(n, None)
+                if task is not None:  # handed out meanwhile: it starts now
+                    self._released.append(task)
+            return
+        if isinstance(msg, _Fetched):
+            if self.core.waits(msg.name):  # not cancelled meanwhile
+                self.core.expanding.append(msg.name)
+            else:
+                self._fetching.discard(msg.name)
+            return
         if isinstance(msg, _Requeue):
             self.core.requeue(msg.name)
             return

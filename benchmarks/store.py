@@ -56,7 +56,21 @@ after the first run and after the resume.
 Each figure is the median of N repetitions (5, or 2 with --quick); ``gc.collect()``
 before each timed run. --quick also shrinks the graphs to 2000 tasks.
 
+**process** (issue 15) - the resume above as a user's next process pays it: a fresh
+interpreter builds the graph and runs it on a copy of the store with 1 % failed (load,
+reset, rerun), against a fresh interpreter that builds the same graph and runs all of
+it without a store; each timed after its imports, in pairs of alternating order, the
+figure the median of the per-pair ratios resume / plain (target <= 0.3).
+
+**fanout** (issue 13) - ``plan`` + a rerun of 1 failed element of a family of N (10k) on
+a store, in a fresh interpreter (pandas imported before ``plan``), in seconds (target
+<= 1 s).
+
+``--against DIR`` runs every child of process/fanout with DIR's asyncgraph too (a before
+tree), alternating, so one command gives before and after.
+
 Usage:  python benchmarks/store.py [--quick] [--json PATH] [--sizes 10000] [--dir DIR]
+                                   [--only overhead|resume|process|fanout] [--against DIR]
 """
 
 from __future__ import annotations
@@ -461,6 +475,182 @@ def bench_resume(
     return rows
 
 
+# -- in new processes: resume x plain, and fan-out's plan + rerun (issues 15, 13) ------------
+#
+# Each figure here is timed inside a fresh interpreter (``--child``), after its imports,
+# as a user's next process would do it; the parent alternates the two sides of each
+# pair (A B, B A, ...) and quotes the median of the per-pair ratios with min-max. With
+# ``--against DIR`` every child runs once with this checkout's asyncgraph and once with
+# DIR's (a before tree), so the same command gives the before/after ratio too.
+
+
+def _child(argv: list[str]) -> None:
+    """One measurement in this (fresh) process; prints its seconds as JSON."""
+    import json
+
+    kind, store_path, n, work_ms, flag = argv[0], argv[1], int(argv[2]), float(argv[3]), argv[4]
+    out: dict[str, float] = {}
+    if kind in ("resume", "plain"):
+        t0 = time.perf_counter()
+        g, _ = build_resume_graph(n, flag, work_ms / 1000)  # flag: a switch that is off
+        t1 = time.perf_counter()
+        options = {"store": store_path} if kind == "resume" else {}
+        result = asyncio.run(ag.run(g, **options))
+        t2 = time.perf_counter()
+        assert count(result, ag.State.DONE) == n, f"{kind}: not every task is done"
+        out = {"build": t1 - t0, "run": t2 - t1, "total": t2 - t0}
+    elif kind == "fanout":
+        import pandas  # noqa: F401 - imported first: plan's own time, not pandas's import
+
+        t0 = time.perf_counter()
+        plan = ag.plan(fanout_graph(n, Path(flag)), store_path)
+        t1 = time.perf_counter()
+        result = ag.run_sync(fanout_graph(n, Path(flag)), store=store_path)
+        t2 = time.perf_counter()
+        assert int((plan["action"] == "run").sum()) == 2, "plan: not 1 element and its family"
+        assert result.status["t"] is ag.State.DONE
+        out = {"plan": t1 - t0, "rerun": t2 - t1, "total": t2 - t0}
+    print(json.dumps(out))
+
+
+def fanout_graph(n: int, flag: Path) -> ag.Graph:
+    """items -> t over items (n elements); element 0 fails while ``flag`` exists."""
+
+    async def work(i: int) -> int:
+        if i == 0 and flag.exists():  # noqa: ASYNC240 - one stat
+            raise ValueError("the first element fails")
+        return i
+
+    g = ag.Graph()
+    g.add("items", functools.partial(list, range(n)), deps=[])
+    g.add("t", work, deps=["items"], over="items")
+    return g
+
+
+def _spawn(tree: str | None, argv: list[str]) -> dict[str, float]:
+    import json
+    import subprocess
+
+    env = dict(os.environ)
+    if tree is not None:  # that checkout's asyncgraph first on the path
+        env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {argv[0]} failed:\n{proc.stdout}{proc.stderr}")
+    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _trees(against: str | None) -> list[tuple[str, str | None]]:
+    here = str(Path(__file__).resolve().parent.parent)
+    return [("this", here)] + ([("against", str(Path(against).resolve()))] if against else [])
+
+
+def bench_process_resume(
+    files: Files, n: int, pairs: int, work_ms: float, against: str | None
+) -> list[dict[str, Any]]:
+    """Resume of n tasks with 1 % failed in a new process x a plain run of all n in a
+    new process (each: build + run; the resume's run loads, resets and reruns)."""
+    switch = files.dir / "switch"
+    switch.touch()
+    g, failing = build_resume_graph(n, str(switch), work_ms / 1000)
+    first = files.fresh()
+    out = asyncio.run(ag.run(g, store=first))
+    assert count(out, ag.State.FAILED) == len(failing)
+    switch.unlink()
+    rows = []
+    for label, tree in _trees(against):
+        ratios, resumes, plains = [], [], []
+        for p in range(pairs):
+            copy = files.fresh()
+            for suffix in ("", "-wal"):
+                if os.path.exists(f"{first}{suffix}"):
+                    shutil.copyfile(f"{first}{suffix}", f"{copy}{suffix}")
+            got: dict[str, dict[str, float]] = {}
+            for kind in ("resume", "plain") if p % 2 == 0 else ("plain", "resume"):
+                got[kind] = _spawn(tree, [kind, str(copy), str(n), str(work_ms), str(switch)])
+            files.remove(copy)
+            resumes.append(got["resume"])
+            plains.append(got["plain"])
+            ratios.append(got["resume"]["total"] / got["plain"]["total"])
+        row = {
+            "tree": label,
+            "n": n,
+            "failed": len(failing),
+            "pairs": pairs,
+            "ratio": median(ratios),
+            "ratio_range": _range(ratios),
+            "resume_s": median([r["total"] for r in resumes]),
+            "resume_build_s": median([r["build"] for r in resumes]),
+            "resume_run_s": median([r["run"] for r in resumes]),
+            "plain_s": median([r["total"] for r in plains]),
+            "plain_build_s": median([r["build"] for r in plains]),
+            "plain_run_s": median([r["run"] for r in plains]),
+            "raw_ratios": ratios,
+        }
+        rows.append(row)
+        print(
+            f"  process resume ({label}) n={n}: resume/plain {row['ratio']:.2f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    files.remove(first)
+    return rows
+
+
+def bench_fanout_rerun(
+    files: Files, n: int, reps: int, against: str | None
+) -> list[dict[str, Any]]:
+    """plan + rerun of 1 failed element of n on a store, in a new process each time."""
+    flag = files.dir / "fanout-fail"
+    flag.touch()
+    first = files.fresh()
+    out = ag.run_sync(fanout_graph(n, flag), store=first)
+    assert out.status["t[0]"] is ag.State.FAILED
+    flag.unlink()
+    per: dict[str, list[dict[str, float]]] = {label: [] for label, _ in _trees(against)}
+    trees = _trees(against)
+    for r in range(reps):
+        for label, tree in trees if r % 2 == 0 else trees[::-1]:
+            copy = files.fresh()
+            for suffix in ("", "-wal"):
+                if os.path.exists(f"{first}{suffix}"):
+                    shutil.copyfile(f"{first}{suffix}", f"{copy}{suffix}")
+            per[label].append(_spawn(tree, ["fanout", str(copy), str(n), "0", str(flag)]))
+            files.remove(copy)
+    files.remove(first)
+    rows = []
+    for label, got in per.items():
+        row = {
+            "tree": label,
+            "n": n,
+            "reps": reps,
+            "plan_s": median([g["plan"] for g in got]),
+            "rerun_s": median([g["rerun"] for g in got]),
+            "total_s": median([g["total"] for g in got]),
+            "total_range_s": _range([g["total"] for g in got]),
+            "raw": got,
+        }
+        if against and label == "this":
+            this, other = got, per["against"]
+            row["this_over_against"] = median(
+                [a["total"] / b["total"] for a, b in zip(this, other, strict=True)]
+            )
+        rows.append(row)
+        print(
+            f"  fan-out plan + rerun ({label}) n={n}: {row['total_s']:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -474,7 +664,16 @@ def main() -> None:
     p.add_argument("--work-ms", type=float, default=5.0, help="each failed task's own work")
     p.add_argument("--dir", default=None, help="where the store files go (default: tmp)")
     p.add_argument("--top", type=int, default=15, help="functions shown per profile")
-    p.add_argument("--only", choices=["overhead", "resume"], default=None)
+    p.add_argument("--only", choices=["overhead", "resume", "process", "fanout"], default=None)
+    p.add_argument(
+        "--against",
+        metavar="DIR",
+        help="process/fanout: also run each child with DIR's asyncgraph (a before tree)",
+    )
+    p.add_argument("--pairs", type=int, default=None, help="process: pairs (default reps)")
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(sys.argv[2:])
+        return
     args = p.parse_args()
     reps = args.reps or (2 if args.quick else 5)
     sizes = [int(s) for s in (args.sizes or ("2000" if args.quick else "10000")).split(",")]
@@ -484,6 +683,8 @@ def main() -> None:
     t_start = time.perf_counter()
     overhead_rows: list[dict[str, Any]] = []
     resume_rows: list[dict[str, Any]] = []
+    process_rows: list[dict[str, Any]] = []
+    fanout_rows: list[dict[str, Any]] = []
     profile: dict[str, Any] | None = None
     try:
         warm = build_asyncgraph(SHAPES["wide"](500))  # untimed: imports, code caches
@@ -496,6 +697,11 @@ def main() -> None:
                 overhead_rows += bench_overhead(runner, files, shapes, n, reps)
             if args.only in (None, "resume"):
                 resume_rows += bench_resume(runner, files, n, reps, args.work_ms)
+            if args.only in (None, "process"):
+                pairs = args.pairs or reps
+                process_rows += bench_process_resume(files, n, pairs, args.work_ms, args.against)
+            if args.only in (None, "fanout"):
+                fanout_rows += bench_fanout_rerun(files, n, reps, args.against)
         if args.only in (None, "overhead"):
             profile = profile_store_run(runner, files, "layered", max(sizes), args.top)
     finally:
@@ -612,6 +818,80 @@ def main() -> None:
             )
         )
         print("\ntarget: the resume is dominated by the failed tasks' own work, not by loading")
+    if process_rows:
+        print(
+            "\nResume with 1 % failed in a new process (build + load + reset + run) x a plain "
+            "run of all tasks in a new process (build + run); median of per-pair ratios"
+        )
+        print(
+            table(
+                [
+                    "tree",
+                    "tasks",
+                    "failed",
+                    "pairs",
+                    "resume/plain",
+                    "range",
+                    "resume s",
+                    "build s",
+                    "run s",
+                    "plain s",
+                    "build s",
+                    "run s",
+                ],
+                [
+                    [
+                        r["tree"],
+                        r["n"],
+                        r["failed"],
+                        r["pairs"],
+                        r["ratio"],
+                        "{:.2f}-{:.2f}".format(*r["ratio_range"]),
+                        r["resume_s"],
+                        r["resume_build_s"],
+                        r["resume_run_s"],
+                        r["plain_s"],
+                        r["plain_build_s"],
+                        r["plain_run_s"],
+                    ]
+                    for r in process_rows
+                ],
+            )
+        )
+        print("\ntarget: resume/plain <= 0.3")
+    if fanout_rows:
+        print(
+            "\nFan-out: plan + rerun of 1 failed element on a store, in a new process "
+            "(pandas imported before plan; seconds, median)"
+        )
+        print(
+            table(
+                [
+                    "tree",
+                    "elements",
+                    "reps",
+                    "plan s",
+                    "rerun s",
+                    "plan+rerun s",
+                    "range s",
+                    "this/against",
+                ],
+                [
+                    [
+                        r["tree"],
+                        r["n"],
+                        r["reps"],
+                        r["plan_s"],
+                        r["rerun_s"],
+                        r["total_s"],
+                        "{:.2f}-{:.2f}".format(*r["total_range_s"]),
+                        r.get("this_over_against", ""),
+                    ]
+                    for r in fanout_rows
+                ],
+            )
+        )
+        print("\ntarget: plan + rerun <= 1 s")
     print(f"(total {time.perf_counter() - t_start:.0f} s)")
     write_json(
         args.json,
@@ -621,6 +901,8 @@ def main() -> None:
             "overhead": overhead_rows,
             "profile": profile,
             "resume": resume_rows,
+            "process_resume": process_rows,
+            "fanout_rerun": fanout_rows,
         },
     )
 

@@ -19,7 +19,7 @@ import datetime as dt
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
@@ -28,7 +28,7 @@ from .._fingerprint import digests
 from .._graph import BaseGraph, G, check_graph
 from .._rewrite import reset_failed
 from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
-from .._task import UNKNOWN_ITEM, Task
+from .._task import UNKNOWN_ITEM, Element, Task
 from .protocol import Store, StoredTask
 from .sqlite import SQLiteStore, open_store
 
@@ -127,27 +127,47 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     fps = digests(graph)
     records = dict(graph.records)
     reasons: dict[str, str] = {}
+    tasks = graph._dag.tasks
+    done, pending = State.DONE, State.PENDING
+    # One pass in topological order; plain loops (this runs once per task of every
+    # resume, and a generator per task costs more than its work).
     for name in graph.topological_order():
         given = records[name]
-        s = stored.get(name)
-        own, fp = fps[name]
-        if given.status is not State.PENDING:
+        if given.status is not pending:
             # The caller's own state (mark_done, create_graph(done=...)) wins.
-            if given.status is State.DONE:
+            if given.status is done:
                 reasons[name] = "marked done by the user"
             elif given.status in _LAST_TIME:
                 reasons[name] = _LAST_TIME[given.status]
             continue
+        s = stored.get(name)
         if s is None:
             reasons[name] = "new"
             continue
-        deps = graph.tasks[name].deps
-        deps_done = all(records[d].status is State.DONE for d in deps)
-        if s.status is State.DONE:
-            reran = deps_done and _upstream_reran(s, deps, records, stored)
+        own, fp = fps[name]
+        deps = tasks[name].deps
+        deps_done = True
+        for d in deps:
+            if records[d].status is not done:
+                deps_done = False
+                break
+        if s.status is done:
+            reran = False
+            if deps_done:  # _upstream_reran, inline
+                run_id = s.run_id
+                for d in deps:
+                    sd = stored.get(d)
+                    if (
+                        sd is not None
+                        and sd.run_id > run_id
+                        and sd.started is not None
+                        and type(records[d].result) is StoredResult
+                    ):
+                        reran = True
+                        break
             if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
                 records[name] = TaskRecord(
-                    State.DONE,
+                    done,
                     StoredResult(store, s.result_id, name),
                     None,
                     None,
@@ -212,6 +232,7 @@ def _with_stored_elements(
         return graph
     fps = digests(graph)
     added: list[Task] = []
+    done = State.DONE
     for template, rows in members.items():
         t = tasks[template]
         over = t.over
@@ -220,40 +241,65 @@ def _with_stored_elements(
         own = fps[template][0]
         proto = prototype(t)
         rows.sort(key=_stored_order)
-        for i, s in enumerate(rows):
-            key = s.name[len(template) + 1 : -1]
-            deps = t.deps
-            input_dep: str | None = over
-            mine = f"{over}[{key}]"
-            if parent.over is not None:  # element-wise: its counterpart element
-                input_dep = None
-                deps = tuple(mine if d == over else d for d in t.deps)
-            added.append(
-                element_like(
-                    proto,
-                    name=s.name,
-                    args=tuple(mine if d == over else d for d in t.args)
-                    if not input_dep
-                    else t.args,
-                    kwargs=tuple((p, mine if d == over else d) for p, d in t.kwargs)
-                    if not input_dep
-                    else t.kwargs,
-                    deps=deps,
-                    value=UNKNOWN_ITEM,
-                    input=input_dep,
-                    index=i,
-                    at=key,
-                    key=t.key,
-                )
+        wise = parent.over is not None  # element-wise: each takes its counterpart element
+        if not wise:
+            # Mapped over a task's result: every element has the template's deps, so
+            # whether they are done and the latest run that computed one of them are
+            # the same for the whole family (``_upstream_reran`` for each row, at once).
+            proto[_IN_AT["input"]] = over
+            proto[_IN_AT["value"]] = UNKNOWN_ITEM
+            proto[_IN_AT["key"]] = t.key
+            deps_done = all((r := records.get(d)) is not None and r.status is done for d in t.deps)
+            latest = max(
+                (
+                    sd.run_id
+                    for d in t.deps
+                    if (sd := stored.get(d)) is not None
+                    and sd.started is not None
+                    and type(records[d].result) is StoredResult
+                ),
+                default=0,
             )
-            up = [records.get(d) for d in deps]
-            up_done = all(r is not None and r.status is State.DONE for r in up)
-            if s.status is State.DONE:
-                reran = up_done and _upstream_reran(s, deps, records, stored)
+        i_name, i_index, i_at = _IN_AT["name"], _IN_AT["index"], _IN_AT["at"]
+        cut = len(template) + 1
+        for i, s in enumerate(rows):
+            name = s.name
+            key = name[cut:-1]
+            if wise:
+                mine = f"{over}[{key}]"
+                deps = tuple(mine if d == over else d for d in t.deps)
+                added.append(
+                    element_like(
+                        proto,
+                        name=name,
+                        args=tuple(mine if d == over else d for d in t.args),
+                        kwargs=tuple((p, mine if d == over else d) for p, d in t.kwargs),
+                        deps=deps,
+                        value=UNKNOWN_ITEM,
+                        input=None,
+                        index=i,
+                        at=key,
+                        key=t.key,
+                    )
+                )
+                up_done = all((r := records.get(d)) is not None and r.status is done for d in deps)
+            else:
+                args = proto.copy()
+                args[i_name] = name
+                args[i_index] = i
+                args[i_at] = key
+                added.append(Element(*args))
+                up_done = deps_done
+            status = s.status
+            if status is done:
+                if wise:
+                    reran = up_done and _upstream_reran(s, deps, records, stored)
+                else:
+                    reran = up_done and latest > s.run_id
                 if s.code == own and up_done and s.result_id is not None and not reran:
-                    records[s.name] = TaskRecord(
-                        State.DONE,
-                        StoredResult(store, s.result_id, s.name),
+                    records[name] = TaskRecord(
+                        done,
+                        StoredResult(store, s.result_id, name),
                         None,
                         None,
                         s.attempts,
@@ -261,8 +307,8 @@ def _with_stored_elements(
                         s.finished,
                     )
                     continue
-                records[s.name] = PENDING_RECORD
-                reasons[s.name] = (
+                records[name] = PENDING_RECORD
+                reasons[name] = (
                     "code changed"
                     if s.code != own
                     else f"expands again when {over!r} runs"
@@ -270,28 +316,32 @@ def _with_stored_elements(
                     else "upstream result changed"
                 )
                 continue
-            reasons[s.name] = _LAST_TIME.get(s.status, "never finished")
-            if s.status in FINISHED_BADLY:
+            reasons[name] = _LAST_TIME.get(status, "never finished")
+            if status in FINISHED_BADLY:
                 error = RemoteError(
                     s.error_type or "Error", s.error_message or "", s.traceback or ""
                 )
-                records[s.name] = TaskRecord(
-                    s.status,
+                records[name] = TaskRecord(
+                    status,
                     None,
-                    error if s.status is not State.SKIPPED else None,
+                    error if status is not State.SKIPPED else None,
                     s.traceback,
                     s.attempts,
                     s.started,
                     s.finished,
                 )
             else:
-                records[s.name] = PENDING_RECORD
+                records[name] = PENDING_RECORD
         # The family is done only if every element is: else it is collected again.
         rec = records[template]
         if rec.status is State.DONE and not all(records[s.name].status is State.DONE for s in rows):
             records[template] = PENDING_RECORD
             reasons[template] = "an element reruns"
     return graph._with_dag(graph._dag.with_elements([], added), records)
+
+
+#: Where each field of an Element goes in its constructor's arguments.
+_IN_AT = {f.name: i for i, f in enumerate(fields(Element))}
 
 
 def _stored_order(s: StoredTask) -> tuple[int, float]:

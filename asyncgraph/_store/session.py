@@ -11,6 +11,8 @@ State it keeps
     ``blobs[name]``          a done task's serialized result, until its row is queued;
     ``unstorable_errors``    why a result could not be serialized, until its task fails;
     ``counts[state]``        tasks ended, by state (committed or not);
+    ``reused``, ``done_before``  tasks reused from the store (the run's count), and the
+                             elements among them loaded as done (not counted twice);
     ``writer``, ``run_id``   the writer thread and the run's key, once begun;
     ``error``                a write that failed (the run was stopped).
 """
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._exceptions import StoreError, UnstorableResultError
-from .._fingerprint import element_fingerprint, elementwise_fingerprint, input_digests
+from .._fingerprint import element_fingerprints, elementwise_fingerprint, input_digests
 from .._graph import BaseGraph
 from .._ledger import Ledger
 from .._shield import in_thread_to_the_end
@@ -146,6 +148,13 @@ class StoreSink:
         self.stored = loaded.stored
         self.origin = loaded.graph._origin
         self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
+        # Elements loaded as done (counted above) that a family reuses again as it expands
+        # are not counted twice.
+        self.done_before: frozenset[str] = (
+            frozenset(n for n, r in loaded.graph.records.items() if r.status is State.DONE)
+            if loaded.graph._dag.fans
+            else frozenset()
+        )
         self.blobs: dict[str, tuple[str, bytes]] = {}
         self.ready: dict[str, tuple[str, bytes]] = {}  # pre_serialized, until kept
         self.unstorable_errors: dict[str, UnstorableResultError] = {}
@@ -234,29 +243,32 @@ class StoreSink:
         stored = self.stored
         reused: dict[str, TaskRecord] = {}
         first = [e for e in elements if isinstance(e, Element) and e.input is not None]
-        items = dict(
-            zip((e.name for e in first), input_digests(e.value for e in first), strict=True)
-        )
-        others: list[str] | None = None
+        if first:  # mapped over a task's result: by each item's content, in one batch
+            parent = first[0].input
+            assert parent is not None
+            others = [digests[d][1] for d in first[0].deps if d != parent]
+            fps = element_fingerprints(
+                (own, binding),
+                others,
+                digests[parent][1],
+                zip(
+                    (e.at for e in first),
+                    input_digests(e.value for e in first),
+                    (e.index for e in first),
+                    strict=True,
+                ),
+            )
+            for el, fp in zip(first, fps, strict=True):
+                digests[el.name] = (own, fp)
         for e in elements:
-            if isinstance(e, Element) and e.input is not None:
-                parent = e.input
-                if others is None:  # the same for every element of the family
-                    others = [digests[d][1] for d in e.deps if d != parent]
-                fp = element_fingerprint(
-                    (own, binding),
-                    others,
-                    e.at,
-                    items[e.name],
-                    digests[parent][1],
-                    e.index,
-                )
-            else:
+            if not (isinstance(e, Element) and e.input is not None):
                 fp = elementwise_fingerprint(
                     (own, repr((over, e.deps)).encode() + binding),
                     [self._fingerprint_of(d) for d in e.deps],
                 )
-            digests[e.name] = (own, fp)
+                digests[e.name] = (own, fp)
+            else:
+                fp = digests[e.name][1]
             s = stored.get(e.name)
             if (
                 s is not None
@@ -273,7 +285,8 @@ class StoreSink:
                     s.started,
                     s.finished,
                 )
-        self.reused += len(reused)
+        before = self.done_before
+        self.reused += sum(1 for n in reused if n not in before)
         self._gone(template, {e.name for e in elements})
         return reused
 

@@ -122,6 +122,16 @@ END
 _GRAPH_COLUMN = "ALTER TABLE runs ADD COLUMN graph TEXT DEFAULT NULL"
 
 
+#: How many results ``load_results`` asks for in one statement (SQLite takes 32766
+#: parameters since 3.32, 999 before: below both).
+_CHUNK = 500
+_LOAD_RESULTS = (
+    "SELECT name, result_id, result_format, result FROM state WHERE name IN ("
+    + ",".join("?" * _CHUNK)
+    + ")"
+)
+
+
 # -- the SQLite store -------------------------------------------------------------------
 
 #: SQLite's limit for a row on a new connection (SQLITE_LIMIT_LENGTH), once read.
@@ -355,15 +365,18 @@ class SQLiteStore:
     def load_results(self, wanted: Mapping[str, int]) -> dict[str, Any]:
         """Several results at once (task name -> result id), on one connection."""
         out: dict[str, Any] = {}
+        names = list(wanted)
         with self._reading() as conn:
             if conn is not None:
-                for name, result_id in wanted.items():
-                    row = conn.execute(
-                        "SELECT result_format, result FROM state WHERE name = ? AND result_id = ?",
-                        (name, result_id),
-                    ).fetchone()
-                    if row is not None:
-                        out[name] = row
+                # One statement per _CHUNK names (a family's 10k elements: 20 queries,
+                # not 10k), padded to the chunk's size so SQLite's statement cache keeps
+                # the one statement; a row whose result id differs was replaced since.
+                for i in range(0, len(names), _CHUNK):
+                    part = names[i : i + _CHUNK]
+                    part += [part[-1]] * (_CHUNK - len(part))
+                    for name, result_id, fmt, data in conn.execute(_LOAD_RESULTS, part):
+                        if wanted[name] == result_id:
+                            out[name] = (fmt, data)
         missing = [n for n in wanted if n not in out]
         if missing:
             return {
@@ -434,9 +447,7 @@ class SQLiteStore:
             conn = self._conn
             assert conn is not None, "write() outside begin_run()/end_run()"
             with _transaction(conn):
-                conn.executemany(
-                    "INSERT OR REPLACE INTO state VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
-                )
+                _insert_rows(conn, rows)
                 add = {k: n for k in COUNTS if (n := (counts or {}).get(k, 0))}
                 if add:  # only the columns that change (sqlite3 caches each statement)
                     columns = ", ".join(f"{k} = {k} + ?" for k in add)
@@ -958,6 +969,35 @@ def _statements(script: str) -> list[str]:
                 out.append(buf.strip())
             buf = ""
     return out
+
+
+#: Rows per INSERT statement in ``_insert_rows``, largest first: each size is one
+#: statement SQLite's cache keeps (14 columns x 256 rows: 3,584 parameters, below
+#: SQLite's limit of 32,766, and of 999 before 3.32 only for the 64 and smaller).
+_ROWS_PER_INSERT = (256, 64, 16, 4, 1)
+_INSERTS = {
+    k: "INSERT OR REPLACE INTO state VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * k)
+    for k in _ROWS_PER_INSERT
+}
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[TaskRow]) -> None:
+    """``rows`` into ``state``, in order (a later row of a task replaces its earlier
+    one), many rows per statement: ``executemany`` steps SQLite once per row, and each
+    step gives the GIL up and has to win it back from the loop's thread (up to the 5 ms
+    switch interval on a busy machine); here a statement of 256 rows is one step.
+    Before SQLite 3.32 (999 parameters at most) only the smaller statements serve."""
+    import itertools
+    import sqlite3
+
+    sizes = _ROWS_PER_INSERT if sqlite3.sqlite_version_info >= (3, 32) else (64, 16, 4, 1)
+    i, n = 0, len(rows)
+    chain = itertools.chain.from_iterable
+    for k in sizes:
+        sql = _INSERTS[k]
+        while n - i >= k:
+            conn.execute(sql, list(chain(rows[i : i + k])))
+            i += k
 
 
 def _has_graph_column(conn: sqlite3.Connection) -> bool:
