@@ -48,9 +48,7 @@ def executed() -> Any:
 
 
 def _stream_cells(nb: Any) -> list[Any]:
-    return [
-        c for c in nb.cells if c.cell_type == "code" and "stream" in c.metadata.get("tags", [])
-    ]
+    return [c for c in nb.cells if c.cell_type == "code" and "stream" in c.metadata.get("tags", [])]
 
 
 def _text(cell: Any, name: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -78,6 +78,7 @@ def _engine(
     store: str | os.PathLike[str] | Store | None,
     max_io: int | None,
     cpu_workers: int | None,
+    limits: Mapping[str, int] | None,
     fail_fast: bool,
     max_failed_batches: int | None,
     deadline: float | None,
@@ -102,6 +103,7 @@ def _engine(
     options = RunOptions(
         max_io=max_io,
         cpu_workers=cpu_workers,
+        limits=limits,
         fail_fast=fail_fast,
         deadline=deadline,
         cancel_grace=cancel_grace,
@@ -232,6 +234,7 @@ def open_stream(
     store: str | os.PathLike[str] | Store | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     max_failed_batches: int | None = None,
     deadline: float | None = None,
@@ -249,10 +252,12 @@ def open_stream(
     ``queue_size`` batches per input edge, and a call starts only when its targets have
     room, so memory stays bounded whatever the source's speed. IO stages run many
     batches at once on the loop (at most ``max_io``), CPU stages in ``cpu_workers``
-    processes (or on ``backend``). A stage that fails a batch (after its retries) fails
-    that batch only; ``fail_fast=True`` stops at the first, ``max_failed_batches=N``
-    after N, each raising :class:`StreamFailures`; ``deadline`` (seconds) stops the
-    stream and records the unfinished batches cancelled. Plain tasks the stages depend
+    processes (or on ``backend``); ``limits={"gpu": 1}`` caps the running calls of the
+    stages (and plain tasks) declaring ``resources=("gpu",)``, one unit per call. A
+    stage that fails a batch (after its retries) fails that batch only;
+    ``fail_fast=True`` stops at the first, ``max_failed_batches=N`` after N, each
+    raising :class:`StreamFailures`; ``deadline`` (seconds) stops the stream and
+    records the unfinished batches cancelled. Plain tasks the stages depend
     on run once, before the stream. See docs/streams.md.
     """
     return OpenStream(
@@ -268,6 +273,7 @@ def open_stream(
             store=store,
             max_io=max_io,
             cpu_workers=cpu_workers,
+            limits=limits,
             fail_fast=fail_fast,
             max_failed_batches=max_failed_batches,
             deadline=deadline,
@@ -299,6 +305,7 @@ async def run_stream(
     collect: bool | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     max_failed_batches: int | None = None,
     deadline: float | None = None,
@@ -323,6 +330,7 @@ async def run_stream(
         store=store,
         max_io=max_io,
         cpu_workers=cpu_workers,
+        limits=limits,
         fail_fast=fail_fast,
         max_failed_batches=max_failed_batches,
         deadline=deadline,
@@ -347,6 +355,7 @@ def run_stream_sync(
     collect: bool | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     max_failed_batches: int | None = None,
     deadline: float | None = None,
@@ -370,6 +379,7 @@ def run_stream_sync(
         store=store,
         max_io=max_io,
         cpu_workers=cpu_workers,
+        limits=limits,
         fail_fast=fail_fast,
         max_failed_batches=max_failed_batches,
         deadline=deadline,

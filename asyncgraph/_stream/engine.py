@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._clock import SYSTEM_CLOCK, backoff
 from .._events import Emit, Event, EventKind
-from .._exceptions import InvalidTaskError, TaskCancelled, TaskError
+from .._exceptions import GraphError, InvalidTaskError, TaskCancelled, TaskError
 from .._executors import default_executors
 from .._executors.base import Executor, route
 from .._observe import StreamProgress, Watch
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from .._graph import BaseGraph
     from .._options import RunOptions
 
-__all__ = ["Engine", "Outputs", "check_stream_graph", "live_bound"]
+__all__ = ["Engine", "Outputs", "check_stream_graph", "check_stream_limits", "live_bound"]
 
 _INF = math.inf
 _QUEUED, _STARTED, _RETRYING = EventKind.QUEUED, EventKind.STARTED, EventKind.RETRYING
@@ -188,6 +188,7 @@ class _Stage:
         "queued_rows",
         "rank",
         "reserved",
+        "resources",
         "rows_in",
         "rows_out",
         "running",
@@ -209,6 +210,7 @@ class _Stage:
         self.priority = task.priority
         self.batch_size = spec.batch_size
         self.timeout = spec.batch_timeout
+        self.resources = task.resources  # one unit of each per running call (limits=)
         self.cap = cap * len(spec.inputs)
         self.queue: deque[_Piece] = deque()
         self.queued_rows = 0
@@ -322,6 +324,20 @@ def check_stream_graph(graph: BaseGraph) -> tuple[list[Task], list[str]]:
     return stages, plain
 
 
+def check_stream_limits(stages: list[Task], limits: Mapping[str, int]) -> dict[str, int]:
+    """Units in use per limit (all 0), or GraphError naming a stage whose resource has
+    no limit: each running call of a stage holds one unit of each of its resources."""
+    for t in stages:
+        for r in t.resources:
+            if r not in limits:
+                raise GraphError(
+                    f"stream stage {t.name!r} declares resource {r!r} but no limit is set "
+                    f"for it; pass limits={{{r!r}: N}} to the stream (limits set: "
+                    f"{sorted(limits)})"
+                )
+    return dict.fromkeys(limits, 0)
+
+
 def live_bound(graph: BaseGraph, queue_size: int) -> int:
     """The most batches a stream of ``graph`` holds at once (queued, running, and
     delivered but not yet read), when no stage re-batches: ``queue_size`` per input
@@ -368,6 +384,8 @@ class Engine:
         self.start = start
         self.max_failed = max_failed_batches
         self.stage_tasks, self.plain = check_stream_graph(graph)
+        self.limits = dict(options.limits)
+        self.res_used = check_stream_limits(self.stage_tasks, self.limits)
         fed = {i for t in self.stage_tasks for i in t.stream.inputs}  # type: ignore[union-attr]
         sinks = sum(1 for t in self.stage_tasks if t.name not in fed)
         self.out = outputs = Outputs(mode, queue_size * sinks)
@@ -625,6 +643,8 @@ class Engine:
         for st in lane.stages:
             if not (st.split or (st.queue and self._ready(st))):
                 continue
+            if st.resources and not self._units_free(st):
+                continue
             for t in st.targets:
                 if not t.room():
                     break
@@ -633,6 +653,10 @@ class Engine:
                 if best_key is None or key < best_key:
                     best, best_key = st, key
         return best
+
+    def _units_free(self, st: _Stage) -> bool:
+        used, limits = self.res_used, self.limits
+        return all(used[r] < limits[r] for r in st.resources)
 
     def _ready(self, st: _Stage) -> bool:
         if st.split:
@@ -879,6 +903,9 @@ class Engine:
     def _start(self, st: _Stage, piece: _Piece) -> None:
         st.running += 1
         st.lane.running += 1  # type: ignore[union-attr]
+        if st.resources:  # held until the call ends, its retries' waits included
+            for r in st.resources:
+                self.res_used[r] += 1
         for t in st.targets:
             t.reserved += 1
         st.rows_in += piece.rows
@@ -906,6 +933,9 @@ class Engine:
         st = call.stage
         st.running -= 1
         st.lane.running -= 1  # type: ignore[union-attr]
+        if st.resources:
+            for r in st.resources:
+                self.res_used[r] -= 1
         for t in st.targets:
             t.reserved -= 1
         self.calls.discard(call)
