@@ -18,16 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+from .._exceptions import UnknownTaskError
 from .._graph import BaseGraph, check_graph
 from .._lifetime import require_asyncio
 from .._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from .._shield import wait_to_the_end
 from .._sync import _run_in_helper_thread, _run_on_new_loop, _Signals
-from .durable import Durable, stream_digest
+from .._task import Task, task_name
+from .durable import RESET, Durable, Reset, stream_digest
 from .engine import Engine, check_stream_graph
 from .result import Batch, StreamPlan, StreamResult
 from .store import read_batches
@@ -65,6 +67,54 @@ def _check_source(source: Any) -> None:
     )
 
 
+#: What ``reset=`` takes: a task name, a source batch id, or a list of them.
+ResetArg = str | int | Task | Iterable[str | int | Task] | None
+
+
+def _check_reset(graph: BaseGraph, reset: Any, store: Any, caller: str) -> Reset | None:
+    """``reset=`` checked against the graph: task names (a stage, or a plain task the
+    stream runs) and source batch ids; every error says what to pass."""
+    if reset is None:
+        return None
+    items: list[Any]
+    if isinstance(reset, (str, int, Task)) and not isinstance(reset, bool):
+        items = [reset]
+    elif isinstance(reset, Iterable) and not isinstance(reset, (bytes, Mapping)):
+        items = list(reset)
+    else:
+        raise TypeError(
+            f"{caller}: reset= takes a task name, a source batch id, or a list of them, "
+            f"not {type(reset).__name__} {reset!r}"
+        )
+    names: list[str] = []
+    ids: set[int] = set()
+    for item in items:
+        item = task_name(item)  # a Task stands for its name
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise TypeError(
+                f"{caller}: reset= lists task names (str) and source batch ids (int), not "
+                f"{type(item).__name__} {item!r}"
+            )
+        if isinstance(item, int):
+            if item < 0:
+                raise ValueError(f"{caller}: reset= source batch ids are >= 0, not {item}")
+            ids.add(item)
+        else:
+            names.append(item)
+    unknown = [n for n in names if n not in graph._dag.tasks]
+    if unknown:
+        raise UnknownTaskError(unknown, where=f"{caller} reset=")
+    if store is None:
+        raise ValueError(
+            f"{caller}: reset= sends done batches of a durable stream back to be computed "
+            "again, and this stream has no store= (without one every batch is computed "
+            "anyway): pass store=, or drop reset="
+        )
+    tasks = graph._dag.tasks
+    plain = tuple(n for n in names if tasks[n].stream is None)
+    return Reset(bool(names), frozenset(ids), plain)
+
+
 def _engine(
     graph: Any,
     caller: str,
@@ -86,6 +136,7 @@ def _engine(
     on_event: OnEvent | None,
     backend: Backend | None,
     cancel_grace: float,
+    reset: ResetArg = None,
 ) -> Engine:
     check_graph(graph, caller)
     _check_source(source)
@@ -99,7 +150,8 @@ def _engine(
         raise TypeError(
             f"a stream's store must be a file path (str or Path), not {type(store).__name__}"
         )
-    durable = None if out is None and store is None else Durable(out, store)
+    resets = _check_reset(graph, reset, store, caller)
+    durable = None if out is None and store is None else Durable(out, store, reset=resets)
     options = RunOptions(
         max_io=max_io,
         cpu_workers=cpu_workers,
@@ -232,6 +284,7 @@ def open_stream(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    reset: ResetArg = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
     limits: Mapping[str, int] | None = None,
@@ -258,7 +311,10 @@ def open_stream(
     ``fail_fast=True`` stops at the first, ``max_failed_batches=N`` after N, each
     raising :class:`StreamFailures`; ``deadline`` (seconds) stops the stream and
     records the unfinished batches cancelled. Plain tasks the stages depend
-    on run once, before the stream. See docs/streams.md.
+    on run once, before the stream. With ``store=``, done batches are skipped;
+    ``reset=`` sends some back to be computed again (their files replaced): a task
+    name (a stage, or a plain task, which then runs again too) sends every done batch,
+    source batch ids only those. See docs/streams.md.
     """
     return OpenStream(
         _engine(
@@ -271,6 +327,7 @@ def open_stream(
             queue_size=queue_size,
             out=out,
             store=store,
+            reset=reset,
             max_io=max_io,
             cpu_workers=cpu_workers,
             limits=limits,
@@ -302,6 +359,7 @@ async def run_stream(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    reset: ResetArg = None,
     collect: bool | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
@@ -328,6 +386,7 @@ async def run_stream(
         queue_size=queue_size,
         out=out,
         store=store,
+        reset=reset,
         max_io=max_io,
         cpu_workers=cpu_workers,
         limits=limits,
@@ -352,6 +411,7 @@ def run_stream_sync(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    reset: ResetArg = None,
     collect: bool | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
@@ -377,6 +437,7 @@ def run_stream_sync(
         queue_size=queue_size,
         out=out,
         store=store,
+        reset=reset,
         max_io=max_io,
         cpu_workers=cpu_workers,
         limits=limits,
@@ -406,23 +467,32 @@ def run_stream_sync(
         signals.restore()
 
 
-def plan_stream(graph: BaseGraph, *, store: str | os.PathLike[str]) -> StreamPlan:
-    """What :func:`run_stream` would do with this ``store``: how many source batches it
-    would skip as done, recompute because the stream's code changed since they were
-    done (``stale``), or source again because they failed or were cancelled. Reads the
-    store without locking it; a store with no stream yet plans nothing."""
+def plan_stream(
+    graph: BaseGraph, *, store: str | os.PathLike[str], reset: ResetArg = None
+) -> StreamPlan:
+    """What :func:`run_stream` would do with this ``store`` (and ``reset=``): how many
+    source batches it would skip as done, compute again because ``reset=`` names them
+    (``reset``) or because the stream's code changed since they were done (``stale``),
+    or source again because they failed or were cancelled. Reads the store without
+    locking it; a store with no stream yet plans nothing."""
     check_graph(graph, "plan_stream")
     if not isinstance(store, (str, os.PathLike)):
         raise TypeError(f"store must be a file path (str or Path), not {type(store).__name__}")
     stages, plain = check_stream_graph(graph)
+    resets = _check_reset(graph, reset, store, "plan_stream")
     if not os.path.exists(store):
         return StreamPlan(0, 0, 0, 0)
     digest = stream_digest(stages, graph._subset(plain) if plain else None)
-    counts = {"done": 0, "stale": 0, "failed": 0, "cancelled": 0}
-    for status, _rows, fp, files in read_batches(store).values():
+    counts = {"done": 0, "stale": 0, "failed": 0, "cancelled": 0, "reset": 0}
+    for sid, (status, _rows, fp, files) in read_batches(store).items():
         if status == "done":
+            if resets is not None and resets.covers(sid):
+                counts["reset"] += 1
+                continue
             ok = fp == digest and all(os.path.exists(f) for f in files)
             counts["done" if ok else "stale"] += 1
+        elif status == RESET:  # reset by a stream that stopped before computing it
+            counts["reset"] += 1
         elif status in counts:
             counts[status] += 1
     return StreamPlan(**counts)

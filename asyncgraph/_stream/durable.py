@@ -18,7 +18,10 @@ State it keeps
     ``store``  the stream tables (``StreamStore``), open from ``prepare`` to ``close``;
     ``pending``  batches that ended and wait for the next commit (``timer``);
     ``done``   the done batches still valid: sid -> rows the source gave for it;
-    ``stale``  how many done batches were found stale at the start.
+    ``stale``  how many done batches were found stale at the start;
+    ``reset``  what ``reset=`` named (``Reset``), and ``was_reset`` how many done
+               batches it sent back (recorded ``reset`` in the store at the start, before
+               any is computed again, and their files deleted with the leftovers).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .._fingerprint import fingerprints, function_digest
 from .._task import Task
 from .store import BatchRow, StreamReplayError, StreamStore
 
-__all__ = ["MARKER", "Durable", "stream_digest"]
+__all__ = ["MARKER", "RESET", "Durable", "Reset", "stream_digest"]
 
 #: The file that marks a directory as a stream's ``out=``: only there are files deleted.
 MARKER = ".asyncgraph-stream"
@@ -45,6 +48,26 @@ MARKER = ".asyncgraph-stream"
 #: rows, whichever comes first): one transaction for many batches, off the hot path.
 COMMIT_EVERY = 0.05
 COMMIT_ROWS = 512
+
+
+#: The status of a done batch that ``reset=`` sent back: sourced again, like a failed one.
+RESET = "reset"
+
+
+class Reset:
+    """What ``reset=`` names: every done batch (``every``: a task was named, and the
+    recovery unit is the source batch, which goes through every stage) or these source
+    batch ids; and the plain tasks to run again (``plain``)."""
+
+    __slots__ = ("every", "ids", "plain")
+
+    def __init__(self, every: bool, ids: frozenset[int], plain: tuple[str, ...]) -> None:
+        self.every = every
+        self.ids = ids
+        self.plain = plain
+
+    def covers(self, sid: int) -> bool:
+        return self.every or sid in self.ids
 
 
 def stream_digest(stages: Sequence[Task], plain: Any) -> str:
@@ -94,6 +117,7 @@ class Durable:
         *,
         partition: bool | None = None,
         part_name: str = "task",
+        reset: Reset | None = None,
     ) -> None:
         self.out = None if out is None else Path(out).absolute()
         self.store_path = store
@@ -102,6 +126,8 @@ class Durable:
         self.store: StreamStore | None = None
         self.done: dict[int, int] = {}
         self.stale = 0
+        self.reset = reset  # done batches to compute again (reset=), or None
+        self.was_reset = 0
         self.dirs: dict[str, Path] = {}
         self.shared = False
         self.pending: list[BatchRow] = []  # ended, not yet committed
@@ -117,8 +143,12 @@ class Durable:
             self.store = StreamStore(self.store_path)
             self.store.open()
             try:
+                undone: list[BatchRow] = []
                 for sid, (status, rows, fp, files) in self.store.batches().items():
                     if status != "done":
+                        continue
+                    if self.reset is not None and self.reset.covers(sid):
+                        undone.append((sid, RESET, rows, [], None, None))
                         continue
                     if fp != digest or not all(os.path.exists(f) for f in files):
                         self.stale += 1
@@ -126,6 +156,9 @@ class Durable:
                     self.done[sid] = rows
                     keep.update(files)
                 self.store.begin(digest, None if self.out is None else str(self.out))
+                if undone:  # durable first: a crash from now on sources them again
+                    self.store.commit(undone)
+                    self.was_reset = len(undone)
             except BaseException:
                 self.store.close()
                 self.store = None

@@ -577,6 +577,9 @@ class Engine:
 
         o = self.options
         sub = self.graph._subset(self.plain)
+        d = self.durable
+        if d is not None and d.reset is not None and d.reset.plain:
+            sub = reset_plain(sub, o.store, d.reset.plain)
         done = await run(
             sub,
             max_io=o.max_io,
@@ -1188,6 +1191,17 @@ class Engine:
                 for sid in g.ids
             ]
         )
+
+
+def reset_plain(sub: Any, store: Any, names: tuple[str, ...]) -> Any:
+    """The plain tasks' graph with ``names`` (and what depends on them) to run again:
+    loaded from the store as a run on it would be, then reset."""
+    from .._rewrite import reset, reset_failed
+    from .._store.resume import load
+
+    if store is not None and sub._origin is None:
+        sub = reset_failed(load(sub, store))
+    return reset(sub, names)
 
 
 def _takes_start(fn: Any) -> bool:
