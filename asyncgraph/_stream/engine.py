@@ -422,6 +422,7 @@ class Engine:
     # -- building ------------------------------------------------------------------
 
     def _build(self, plain_results: Mapping[str, Any]) -> None:
+        _is_frame(None)  # resolves pandas.DataFrame once (_done checks the type first)
         for index, t in enumerate(self.stage_tasks):
             self.stages[t.name] = _Stage(t, index, self.queue_size)
         for st in self.stages.values():
@@ -644,12 +645,14 @@ class Engine:
         best: _Stage | None = None
         best_key: tuple[int, int, int, int] | None = None
         for st in lane.stages:
-            if not (st.split or (st.queue and self._ready(st))):
+            if not st.split and not (
+                st.queue and (st.batch_size is None or self._ready(st))
+            ):  # nothing to start (batches as they come need no _ready)
                 continue
             if st.resources and not self._units_free(st):
                 continue
-            for t in st.targets:
-                if not t.room():
+            for t in st.targets:  # room(), its common case inlined (a call per target)
+                if len(t.queue) + t.reserved >= t.cap and not t.room():
                     break
             else:
                 key = (st.rank, st.calls, -st.priority, st.index)
@@ -683,7 +686,9 @@ class Engine:
         while q:
             p = q.popleft()
             st.queued_rows -= p.rows
-            g = _root(p.group)
+            g = p.group
+            if g.up is not None:
+                g = _root(g)
             if g.error is None:
                 return p
             self.live -= 1
@@ -783,8 +788,9 @@ class Engine:
     def _pull(self) -> bool:
         if self.source_done or self.pulling is not None:
             return False
-        if not all(s.room() for s in self.source_stages):
-            return False
+        for s in self.source_stages:
+            if not s.room():
+                return False
         if self.max_batches is not None and self.pulled >= self.max_batches:
             self._source_ended()
             return True
@@ -893,8 +899,9 @@ class Engine:
             st.timer = self.loop.call_later(st.timeout, self._flush, st)  # type: ignore[union-attr]
         st.queue.append(piece)
         st.queued_rows += piece.rows
-        self.live += 1
-        self._note_peak()
+        self.live = live = self.live + 1
+        if live + len(self.out.queue) > self.peak:  # _note_peak, inlined: once per piece
+            self.peak = live + len(self.out.queue)
 
     def _note_peak(self) -> None:
         live = self.live + len(self.out.queue)
@@ -949,21 +956,23 @@ class Engine:
         call.future = None
         if self.stopping is not None:
             return  # the stop's cleanup accounts for it
-        if fut.cancelled():
-            exc: BaseException | None = TaskCancelled(
+        exc: BaseException | None = None
+        try:
+            value = fut.result()  # one call on the hot path, not exception() then result()
+        except asyncio.CancelledError:
+            exc = TaskCancelled(
                 f"stream stage {st.name!r} was cancelled from inside on batch {call.piece.id}"
             )
-        else:
-            exc = fut.exception()
+        except BaseException as error:  # noqa: BLE001 - the call's own error, as data
+            exc = error
         if exc is None:
-            value = fut.result()
             if value is None and st.children:
                 exc = TypeError(
                     f"stream stage {st.name!r} returned None for batch {call.piece.id}, and "
                     f"stages take its output ({', '.join(c.name for c in st.children)}): "
                     "return a DataFrame (an empty one passes nothing on); a missing return?"
                 )
-            elif value is not None and not _is_frame(value):
+            elif value is not None and type(value) is not _FRAME[0] and not _is_frame(value):
                 exc = TypeError(
                     f"stream stage {st.name!r} returned {type(value).__name__} for batch "
                     f"{call.piece.id}, not a pandas DataFrame (a sink may return None)"
@@ -1022,8 +1031,10 @@ class Engine:
         emit = self.emit
         if emit is not None:
             emit(Event(_DONE, f"{st.name}#{piece.id}", call.attempt, time.time()))
-        g = _root(piece.group)
-        rows = 0 if value is None else len(value)
+        g = piece.group
+        if g.up is not None:
+            g = _root(g)
+        rows = 0 if value is None else len(value.index)
         st.rows_out += rows
         if g.error is not None or rows == 0:
             self.live -= 1
@@ -1036,7 +1047,9 @@ class Engine:
             for c, tag in zip(st.children, st.tags, strict=True):
                 self._enqueue(c, _Piece(value, rows, piece.id + tag, piece.sources, g))
             return
-        self.out.put(Batch(st.name, piece.id, rows, value, piece.sources, path))
+        out = self.out
+        if out.mode != "drop":  # nobody reads or keeps it: no Batch to build
+            out.put(Batch(st.name, piece.id, rows, value, piece.sources, path))
         if path is not None:
             g.files.append(path)
         self.live -= 1
