@@ -188,3 +188,40 @@ def test_bad_reset_names_what_is_wrong_and_changes_nothing(done_stream, tmp_path
     with pytest.raises(ag.UnknownTaskError):
         ag.plan_stream(g, store=store, reset="nope")
     assert read_batches(store) == before and not calls
+
+
+def merged_graph() -> ag.Graph:
+    g = ag.Graph()
+
+    @g.stream(batch_size=3)  # 2-row batches merged by two, then split: files shared
+    async def pair(source):
+        return source
+
+    return g
+
+
+def test_a_batch_merged_with_others_goes_back_with_them(tmp_path):
+    # Batches 0 and 1 were merged ("0+1"), so their rows are in the same files: resetting
+    # 1 alone would leave 0's files holding 1's rows beside the new ones.
+    out, store = tmp_path / "out", tmp_path / "s.db"
+    g = merged_graph()
+    r = ag.run_stream_sync(g, source=source, out=out, store=store)
+    assert r.done == N and any("0+1" in f for f in r.files)
+    assert ag.plan_stream(g, store=store, reset=1) == (N - 2, 0, 0, 0, 2)
+    r = ag.run_stream_sync(g, source=source, out=out, store=store, reset=1)
+    assert (r.done, r.skipped) == (2, N - 2)
+    data = rows_in(out)  # each row once
+    assert len(data) == 2 * N and sorted(data["id"].unique()) == list(range(N))
+
+
+def test_a_lost_file_of_a_merge_makes_every_batch_in_it_stale(tmp_path):
+    out, store = tmp_path / "out", tmp_path / "s.db"
+    g = merged_graph()
+    ag.run_stream_sync(g, source=source, out=out, store=store)
+    [lost] = [p for p in out.rglob("*.parquet") if p.name.startswith("part-2+3.0")]
+    lost.unlink()
+    assert ag.plan_stream(g, store=store) == (N - 2, 2, 0, 0, 0)
+    r = ag.run_stream_sync(g, source=source, out=out, store=store)
+    assert (r.done, r.skipped) == (2, N - 2)
+    data = rows_in(out)
+    assert len(data) == 2 * N and sorted(data["id"].unique()) == list(range(N))

@@ -29,7 +29,7 @@ from .._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from .._shield import wait_to_the_end
 from .._sync import _run_in_helper_thread, _run_on_new_loop, _Signals
 from .._task import Task, task_name
-from .durable import RESET, Durable, Reset, stream_digest
+from .durable import RESET, Durable, Reset, classify, stream_digest
 from .engine import Engine, check_stream_graph
 from .result import Batch, StreamPlan, StreamResult
 from .store import read_batches
@@ -483,16 +483,13 @@ def plan_stream(
     if not os.path.exists(store):
         return StreamPlan(0, 0, 0, 0)
     digest = stream_digest(stages, graph._subset(plain) if plain else None)
-    counts = {"done": 0, "stale": 0, "failed": 0, "cancelled": 0, "reset": 0}
-    for sid, (status, _rows, fp, files) in read_batches(store).items():
-        if status == "done":
-            if resets is not None and resets.covers(sid):
-                counts["reset"] += 1
-                continue
-            ok = fp == digest and all(os.path.exists(f) for f in files)
-            counts["done" if ok else "stale"] += 1
-        elif status == RESET:  # reset by a stream that stopped before computing it
+    batches = read_batches(store)
+    valid, reset_ids, stale = classify(batches, digest, resets)
+    counts = {"done": len(valid), "stale": len(stale), "failed": 0, "cancelled": 0}
+    counts["reset"] = len(reset_ids)
+    for status, *_ in batches.values():
+        if status == RESET:  # reset by a stream that stopped before computing it
             counts["reset"] += 1
-        elif status in counts:
+        elif status in ("failed", "cancelled"):
             counts[status] += 1
     return StreamPlan(**counts)

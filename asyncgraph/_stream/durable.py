@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from .._fingerprint import fingerprints, function_digest
 from .._task import Task
 from .store import BatchRow, StreamReplayError, StreamStore
 
-__all__ = ["MARKER", "RESET", "Durable", "Reset", "stream_digest"]
+__all__ = ["MARKER", "RESET", "Durable", "Reset", "classify", "stream_digest"]
 
 #: The file that marks a directory as a stream's ``out=``: only there are files deleted.
 MARKER = ".asyncgraph-stream"
@@ -68,6 +68,41 @@ class Reset:
 
     def covers(self, sid: int) -> bool:
         return self.every or sid in self.ids
+
+
+def classify(
+    batches: Mapping[int, tuple[str, int, str, list[str]]], digest: str, reset: Reset | None
+) -> tuple[set[int], set[int], set[int]]:
+    """The done batches of a store split three ways: still valid (skipped), sent back by
+    ``reset`` and stale (done by other code, or a file of theirs is gone).
+
+    Batches that a merge tied together share their files, so they go back together: a
+    batch is reset (or stale) when any batch it shares a file with is, or else the
+    kept file of its partner would hold its rows a second time."""
+    done = {sid: row for sid, row in batches.items() if row[0] == "done"}
+    by_file: dict[str, list[int]] = {}
+    for sid, (_, _, _, files) in done.items():
+        for f in files:
+            by_file.setdefault(f, []).append(sid)
+
+    def tied(start: set[int]) -> set[int]:
+        out, todo = set(start), list(start)
+        while todo:
+            for f in done[todo.pop()][3]:
+                for other in by_file[f]:
+                    if other not in out:
+                        out.add(other)
+                        todo.append(other)
+        return out
+
+    reset_ids = tied({sid for sid in done if reset is not None and reset.covers(sid)})
+    bad = {
+        sid
+        for sid, (_, _, fp, files) in done.items()
+        if sid not in reset_ids and (fp != digest or not all(os.path.exists(f) for f in files))
+    }
+    stale = tied(bad) - reset_ids
+    return set(done) - reset_ids - stale, reset_ids, stale
 
 
 def stream_digest(stages: Sequence[Task], plain: Any) -> str:
@@ -143,18 +178,16 @@ class Durable:
             self.store = StreamStore(self.store_path)
             self.store.open()
             try:
-                undone: list[BatchRow] = []
-                for sid, (status, rows, fp, files) in self.store.batches().items():
-                    if status != "done":
-                        continue
-                    if self.reset is not None and self.reset.covers(sid):
-                        undone.append((sid, RESET, rows, [], None, None))
-                        continue
-                    if fp != digest or not all(os.path.exists(f) for f in files):
-                        self.stale += 1
-                        continue
+                batches = self.store.batches()
+                valid, reset, stale = classify(batches, digest, self.reset)
+                self.stale = len(stale)
+                for sid in valid:
+                    _, rows, _, files = batches[sid]
                     self.done[sid] = rows
                     keep.update(files)
+                undone: list[BatchRow] = [
+                    (sid, RESET, batches[sid][1], [], None, None) for sid in sorted(reset)
+                ]
                 self.store.begin(digest, None if self.out is None else str(self.out))
                 if undone:  # durable first: a crash from now on sources them again
                     self.store.commit(undone)
