@@ -67,10 +67,6 @@ def _check_source(source: Any) -> None:
     )
 
 
-#: What ``reset=`` takes: a task name, a source batch id, or a list of them.
-ResetArg = str | int | Task | Iterable[str | int | Task] | None
-
-
 def _check_reset(graph: BaseGraph, reset: Any, store: Any, caller: str) -> Reset | None:
     """``reset=`` checked against the graph: task names (a stage, or a plain task the
     stream runs) and source batch ids; every error says what to pass."""
@@ -136,7 +132,7 @@ def _engine(
     on_event: OnEvent | None,
     backend: Backend | None,
     cancel_grace: float,
-    reset: ResetArg = None,
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
 ) -> Engine:
     check_graph(graph, caller)
     _check_source(source)
@@ -284,7 +280,7 @@ def open_stream(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
-    reset: ResetArg = None,
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
     limits: Mapping[str, int] | None = None,
@@ -359,7 +355,7 @@ async def run_stream(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
-    reset: ResetArg = None,
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
     collect: bool | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
@@ -411,7 +407,7 @@ def run_stream_sync(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
-    reset: ResetArg = None,
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
     collect: bool | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
@@ -468,7 +464,10 @@ def run_stream_sync(
 
 
 def plan_stream(
-    graph: BaseGraph, *, store: str | os.PathLike[str], reset: ResetArg = None
+    graph: BaseGraph,
+    *,
+    store: str | os.PathLike[str],
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
 ) -> StreamPlan:
     """What :func:`run_stream` would do with this ``store`` (and ``reset=``): how many
     source batches it would skip as done, compute again because ``reset=`` names them
