@@ -10,9 +10,9 @@ them). Every stream runs on uvloop when installed, one at a time, in this proces
   rounds in this process, their order rotating, the same pipeline also runs on
   dplutils' ``LocalSerialExecutor`` (an installed dplutils, or the sdist the tests
   unpack) and on a hand-written asyncio driver (the floor: no failures, events, counts
-  or re-batching); the ratios are taken per round, and the median (min-max) printed.
-  ``its CPU us`` is the process's CPU time per task-batch during asyncgraph's streams:
-  on a loaded machine, wall time also counts the waits for a core.
+  or re-batching). Each is timed in wall and CPU time; the ratios are of CPU time (on a
+  loaded machine, wall time also counts the waits for a core), taken per round, and the
+  median (min-max) is printed.
 * **peak** - ``--big`` source batches of ``--rows`` rows through 3 stages, the middle
   one splitting to a quarter (``batch_size``), with a slow sink; the most live batches
   seen (``OpenStream.peak``) against ``live_bound`` plus the split's pieces, for
@@ -113,22 +113,23 @@ def _dplutils() -> Any:
     return LocalSerialExecutor, PipelineTask
 
 
-def _ours(stages: int, batches: int, cpu: list[float]) -> float:
-    c0 = time.process_time()
-    wall, r = run(timed_stream(chain(stages), one_row(batches)))
-    cpu.append((time.process_time() - c0) / (batches * stages) * 1e6)
+def _timed(fn: Callable[[], Any], per: int) -> tuple[float, float]:
+    """(wall, CPU) microseconds of ``fn()`` per task-batch (``per`` of them)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) / per * 1e6, (time.process_time() - c0) / per * 1e6
+
+
+def _ours(stages: int, batches: int) -> None:
+    _, r = run(timed_stream(chain(stages), one_row(batches)))
     assert r.done == batches
-    return wall / (batches * stages) * 1e6
 
 
-def _theirs(dpl: Any, stages: int, batches: int) -> float:
+def _theirs(dpl: Any, stages: int, batches: int) -> None:
     executor, task = dpl
     tasks = [task(f"s{i}", _identity) for i in range(stages)]
     pl = executor(tasks, max_batches=batches, generator=one_row(batches))
-    t0 = time.perf_counter()
-    n = sum(1 for _ in pl.run())
-    assert n == batches
-    return (time.perf_counter() - t0) / (batches * stages) * 1e6
+    assert sum(1 for _ in pl.run()) == batches
 
 
 def _identity(frame: Any) -> Any:
@@ -178,10 +179,8 @@ async def _floor_run(stages: int, batches: int, width: int = 2) -> None:
             await wake.wait()
 
 
-def _floor(stages: int, batches: int) -> float:
-    t0 = time.perf_counter()
+def _floor(stages: int, batches: int) -> None:
     run(_floor_run(stages, batches))
-    return (time.perf_counter() - t0) / (batches * stages) * 1e6
 
 
 def _spread(xs: list[float]) -> str:
@@ -191,37 +190,39 @@ def _spread(xs: list[float]) -> str:
 def overhead(batches: int, reps: int) -> list[list[Any]]:
     """Per stage count: asyncgraph, dplutils' LocalSerialExecutor (when importable) and
     the hand-written floor, in ``reps`` rounds in this process, their order rotating
-    each round; the ratios are per round, then the median (min-max) is taken."""
+    each round. Each is timed in wall and CPU time; the ratios are of CPU time (a
+    loaded machine's waits for a core are not the driver's), per round, and then the
+    median (min-max) is taken."""
     dpl = _dplutils()
     rows = []
     run(timed_stream(chain(3), one_row(50)))  # warm: imports, first loop
     for stages in (3, 1):
-        ours: list[float] = []
-        ours_cpu: list[float] = []
-        theirs: list[float] = []
-        floor: list[float] = []
+        per = batches * stages
+        times: dict[str, list[tuple[float, float]]] = {"ours": [], "theirs": [], "floor": []}
+        legs: list[tuple[str, Callable[[], Any]]] = [
+            ("ours", functools.partial(_ours, stages, batches)),
+            ("floor", functools.partial(_floor, stages, batches)),
+        ]
+        if dpl is not None:
+            legs.append(("theirs", functools.partial(_theirs, dpl, stages, batches)))
         for rep in range(reps):
-            legs: list[tuple[list[float], Callable[[], float]]] = [
-                (ours, functools.partial(_ours, stages, batches, ours_cpu)),
-                (floor, functools.partial(_floor, stages, batches)),
-            ]
-            if dpl is not None:
-                legs.append((theirs, functools.partial(_theirs, dpl, stages, batches)))
             shift = rep % len(legs)
-            for into, leg in legs[shift:] + legs[:shift]:
-                into.append(leg())
-        vs_theirs = [t / o for t, o in zip(theirs, ours, strict=False)]
-        vs_floor = [o / f for o, f in zip(ours, floor, strict=True)]
+            for name, leg in legs[shift:] + legs[:shift]:
+                times[name].append(_timed(leg, per))
+        ours = times["ours"]
+        cpu = {k: [c for _, c in v] for k, v in times.items()}
+        vs_theirs = [t / o for t, o in zip(cpu["theirs"], cpu["ours"], strict=False)]
+        vs_floor = [o / f for o, f in zip(cpu["ours"], cpu["floor"], strict=True)]
         rows.append(
             [
                 stages,
                 batches,
                 reps,
-                _spread(ours),
-                _spread(ours_cpu),
-                _spread(theirs) if theirs else None,
-                _spread(vs_theirs) if vs_theirs else None,
-                _spread(floor),
+                _spread([w for w, _ in ours]),
+                _spread(cpu["ours"]),
+                _spread(cpu["theirs"]) if dpl is not None else None,
+                _spread(vs_theirs) if dpl is not None else None,
+                _spread(cpu["floor"]),
                 _spread(vs_floor),
             ]
         )
@@ -346,10 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     print("overhead per task-batch (1-row batches, no-op coroutine stages)")
     rows = overhead(a.batches, a.reps)
     results["overhead"] = rows
-    headers = ["stages", "batches", "rounds", "asyncgraph us", "its CPU us", "dplutils serial us"]
-    headers += ["dplutils/asyncgraph", "asyncio floor us", "asyncgraph/floor"]
+    headers = ["stages", "batches", "rounds", "asyncgraph wall us", "asyncgraph CPU us"]
+    headers += ["dplutils CPU us", "dplutils/asyncgraph", "floor CPU us", "asyncgraph/floor"]
     print(table(headers, rows))
-    print("(median (min-max) over the rounds; ratios taken per round, in this process)\n")
+    print("(median (min-max) over the rounds; ratios of CPU time, per round, in this process)\n")
     print("peak live batches (slow sink, middle stage splits to a quarter)")
     rows = peak(a.big, a.rows)
     results["peak"] = rows

@@ -481,6 +481,7 @@ class Engine:
             checks.setdefault(id(ex), (ex, {}))[1][t.name] = st.call_task
         for ex, tasks in checks.values():
             ex.check(tasks, list(tasks))
+        self.lanes = [lane for lane in self.lanes if lane.stages]  # dispatch skips the rest
 
     def _open_source(self) -> None:
         fn = self.source_fn
@@ -864,7 +865,7 @@ class Engine:
                 "pandas DataFrame: the source must yield DataFrames"
             )
             return
-        rows = len(item)
+        rows = len(item.index)
         self.result.rows += rows
         if self.bar is not None:
             self.bar.rows(rows)
