@@ -513,7 +513,8 @@ class StreamProgress:
                 import ipywidgets  # noqa: F401
                 from tqdm.notebook import tqdm as notebook_tqdm
 
-                return cls(functools.partial(notebook_tqdm, **options))
+                bar = functools.partial(notebook_tqdm, display=False, **options)
+                return _NotebookStreamProgress(bar, total)
             except ImportError:
                 pass
         from tqdm import tqdm as text_tqdm
@@ -563,3 +564,51 @@ class StreamProgress:
             self.draw(time.time())
             self.bar.close()
             self.bar = None
+
+
+class _NotebookStreamProgress(StreamProgress):
+    """A stream's bar in Jupyter: tqdm's widget, shown through a display handle that is
+    updated when it closes (so a saved notebook's text reads the final counts, not the
+    opening ``0/12``), ending ``danger`` when a batch failed or was cancelled. Without
+    ``max_batches`` its ``max`` follows the source batches read so far, so it fills as
+    they settle instead of showing tqdm's indeterminate bar."""
+
+    def __init__(self, open_bar: Callable[[], Any], total: int | None) -> None:
+        super().__init__(open_bar)
+        self.total = total
+        self.handle: Any = None  # IPython's DisplayHandle of the widget
+        self.widget_total = 0
+
+    def start(self) -> None:
+        import IPython.display
+
+        show: Callable[..., Any] = IPython.display.display  # IPython's is untyped
+        super().start()
+        self.handle = show(self.bar.container, display_id=True)
+
+    def draw(self, now: float) -> None:
+        bar = self.bar
+        if self.total is None and bar is not None:
+            c = self.counts
+            seen = max(c[_QUEUED], c[EventKind.DONE] + c[EventKind.FAILED] + c[EventKind.CANCELLED])
+            if seen != self.widget_total:  # before the count moves: the widget clamps
+                widget = bar.container.children[1]
+                widget.max = max(seen, 1)
+                if widget.bar_style == "info":  # tqdm's "no total" look
+                    widget.bar_style = ""
+                bar.total = seen
+                self.widget_total = seen
+        super().draw(now)
+
+    def close(self) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        self.draw(time.time())
+        c = self.counts
+        if c[EventKind.FAILED] or c[EventKind.CANCELLED]:
+            bar.disp(bar_style="danger", check_delay=False)  # tqdm keeps it past close
+        bar.close()
+        self.bar = None
+        if self.handle is not None:
+            self.handle.update(bar.container)

@@ -523,8 +523,6 @@ def test_stage_definitions_are_checked_where_they_are_written():
         def gen(source):
             yield source
 
-    with pytest.raises(ag.InvalidTaskError, match="resources= is not supported"):
-        g.add_stream("r", lambda source: source, resources=["gpu"])
     with pytest.raises(ag.InvalidTaskError, match="unknown kind"):
         g.add_stream("k", lambda source: source, kind="gpu")
     assert "none" not in g and len(g) == 0

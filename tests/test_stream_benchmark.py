@@ -27,3 +27,8 @@ def test_the_stream_benchmark_runs_tiny(tmp_path):
     for queue_size, _batches, peak, bound, _unrolled in data["peak"]:
         assert peak <= bound, f"queue_size={queue_size}: peak {peak} over the bound {bound}"
     assert data["resume"][0][0] == 100
+    # stages, batches, rounds, ours, its CPU, dplutils, dplutils/ours, floor, ours/floor
+    assert [row[0] for row in data["overhead"]] == [3, 1]
+    for row in data["overhead"]:
+        assert len(row) == 9 and row[7] is not None and row[8] is not None
+    assert "asyncgraph/floor" in proc.stdout

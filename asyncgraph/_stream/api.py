@@ -18,16 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+from .._exceptions import UnknownTaskError
 from .._graph import BaseGraph, check_graph
 from .._lifetime import require_asyncio
 from .._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from .._shield import wait_to_the_end
 from .._sync import _run_in_helper_thread, _run_on_new_loop, _Signals
-from .durable import Durable, stream_digest
+from .._task import Task, task_name
+from .durable import RESET, Durable, Reset, classify, stream_digest
 from .engine import Engine, check_stream_graph
 from .result import Batch, StreamPlan, StreamResult
 from .store import read_batches
@@ -65,6 +67,50 @@ def _check_source(source: Any) -> None:
     )
 
 
+def _check_reset(graph: BaseGraph, reset: Any, store: Any, caller: str) -> Reset | None:
+    """``reset=`` checked against the graph: task names (a stage, or a plain task the
+    stream runs) and source batch ids; every error says what to pass."""
+    if reset is None:
+        return None
+    items: list[Any]
+    if isinstance(reset, (str, int, Task)) and not isinstance(reset, bool):
+        items = [reset]
+    elif isinstance(reset, Iterable) and not isinstance(reset, (bytes, Mapping)):
+        items = list(reset)
+    else:
+        raise TypeError(
+            f"{caller}: reset= takes a task name, a source batch id, or a list of them, "
+            f"not {type(reset).__name__} {reset!r}"
+        )
+    names: list[str] = []
+    ids: set[int] = set()
+    for item in items:
+        item = task_name(item)  # a Task stands for its name
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise TypeError(
+                f"{caller}: reset= lists task names (str) and source batch ids (int), not "
+                f"{type(item).__name__} {item!r}"
+            )
+        if isinstance(item, int):
+            if item < 0:
+                raise ValueError(f"{caller}: reset= source batch ids are >= 0, not {item}")
+            ids.add(item)
+        else:
+            names.append(item)
+    unknown = [n for n in names if n not in graph._dag.tasks]
+    if unknown:
+        raise UnknownTaskError(unknown, where=f"{caller} reset=")
+    if store is None:
+        raise ValueError(
+            f"{caller}: reset= sends done batches of a durable stream back to be computed "
+            "again, and this stream has no store= (without one every batch is computed "
+            "anyway): pass store=, or drop reset="
+        )
+    tasks = graph._dag.tasks
+    plain = tuple(n for n in names if tasks[n].stream is None)
+    return Reset(bool(names), frozenset(ids), plain)
+
+
 def _engine(
     graph: Any,
     caller: str,
@@ -78,6 +124,7 @@ def _engine(
     store: str | os.PathLike[str] | Store | None,
     max_io: int | None,
     cpu_workers: int | None,
+    limits: Mapping[str, int] | None,
     fail_fast: bool,
     max_failed_batches: int | None,
     deadline: float | None,
@@ -85,6 +132,7 @@ def _engine(
     on_event: OnEvent | None,
     backend: Backend | None,
     cancel_grace: float,
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
 ) -> Engine:
     check_graph(graph, caller)
     _check_source(source)
@@ -98,10 +146,12 @@ def _engine(
         raise TypeError(
             f"a stream's store must be a file path (str or Path), not {type(store).__name__}"
         )
-    durable = None if out is None and store is None else Durable(out, store)
+    resets = _check_reset(graph, reset, store, caller)
+    durable = None if out is None and store is None else Durable(out, store, reset=resets)
     options = RunOptions(
         max_io=max_io,
         cpu_workers=cpu_workers,
+        limits=limits,
         fail_fast=fail_fast,
         deadline=deadline,
         cancel_grace=cancel_grace,
@@ -230,8 +280,10 @@ def open_stream(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     max_failed_batches: int | None = None,
     deadline: float | None = None,
@@ -249,11 +301,16 @@ def open_stream(
     ``queue_size`` batches per input edge, and a call starts only when its targets have
     room, so memory stays bounded whatever the source's speed. IO stages run many
     batches at once on the loop (at most ``max_io``), CPU stages in ``cpu_workers``
-    processes (or on ``backend``). A stage that fails a batch (after its retries) fails
-    that batch only; ``fail_fast=True`` stops at the first, ``max_failed_batches=N``
-    after N, each raising :class:`StreamFailures`; ``deadline`` (seconds) stops the
-    stream and records the unfinished batches cancelled. Plain tasks the stages depend
-    on run once, before the stream. See docs/streams.md.
+    processes (or on ``backend``); ``limits={"gpu": 1}`` caps the running calls of the
+    stages (and plain tasks) declaring ``resources=("gpu",)``, one unit per call. A
+    stage that fails a batch (after its retries) fails that batch only;
+    ``fail_fast=True`` stops at the first, ``max_failed_batches=N`` after N, each
+    raising :class:`StreamFailures`; ``deadline`` (seconds) stops the stream and
+    records the unfinished batches cancelled. Plain tasks the stages depend
+    on run once, before the stream. With ``store=``, done batches are skipped;
+    ``reset=`` sends some back to be computed again (their files replaced): a task
+    name (a stage, or a plain task, which then runs again too) sends every done batch,
+    source batch ids only those. See docs/streams.md.
     """
     return OpenStream(
         _engine(
@@ -266,8 +323,10 @@ def open_stream(
             queue_size=queue_size,
             out=out,
             store=store,
+            reset=reset,
             max_io=max_io,
             cpu_workers=cpu_workers,
+            limits=limits,
             fail_fast=fail_fast,
             max_failed_batches=max_failed_batches,
             deadline=deadline,
@@ -296,9 +355,11 @@ async def run_stream(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
     collect: bool | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     max_failed_batches: int | None = None,
     deadline: float | None = None,
@@ -321,8 +382,10 @@ async def run_stream(
         queue_size=queue_size,
         out=out,
         store=store,
+        reset=reset,
         max_io=max_io,
         cpu_workers=cpu_workers,
+        limits=limits,
         fail_fast=fail_fast,
         max_failed_batches=max_failed_batches,
         deadline=deadline,
@@ -344,9 +407,11 @@ def run_stream_sync(
     queue_size: int = 2,
     out: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
     collect: bool | None = None,
     max_io: int | None = None,
     cpu_workers: int | None = None,
+    limits: Mapping[str, int] | None = None,
     fail_fast: bool = False,
     max_failed_batches: int | None = None,
     deadline: float | None = None,
@@ -368,8 +433,10 @@ def run_stream_sync(
         queue_size=queue_size,
         out=out,
         store=store,
+        reset=reset,
         max_io=max_io,
         cpu_workers=cpu_workers,
+        limits=limits,
         fail_fast=fail_fast,
         max_failed_batches=max_failed_batches,
         deadline=deadline,
@@ -396,23 +463,32 @@ def run_stream_sync(
         signals.restore()
 
 
-def plan_stream(graph: BaseGraph, *, store: str | os.PathLike[str]) -> StreamPlan:
-    """What :func:`run_stream` would do with this ``store``: how many source batches it
-    would skip as done, recompute because the stream's code changed since they were
-    done (``stale``), or source again because they failed or were cancelled. Reads the
-    store without locking it; a store with no stream yet plans nothing."""
+def plan_stream(
+    graph: BaseGraph,
+    *,
+    store: str | os.PathLike[str],
+    reset: str | int | Task | Iterable[str | int | Task] | None = None,
+) -> StreamPlan:
+    """What :func:`run_stream` would do with this ``store`` (and ``reset=``): how many
+    source batches it would skip as done, compute again because ``reset=`` names them
+    (``reset``) or because the stream's code changed since they were done (``stale``),
+    or source again because they failed or were cancelled. Reads the store without
+    locking it; a store with no stream yet plans nothing."""
     check_graph(graph, "plan_stream")
     if not isinstance(store, (str, os.PathLike)):
         raise TypeError(f"store must be a file path (str or Path), not {type(store).__name__}")
     stages, plain = check_stream_graph(graph)
+    resets = _check_reset(graph, reset, store, "plan_stream")
     if not os.path.exists(store):
         return StreamPlan(0, 0, 0, 0)
     digest = stream_digest(stages, graph._subset(plain) if plain else None)
-    counts = {"done": 0, "stale": 0, "failed": 0, "cancelled": 0}
-    for status, _rows, fp, files in read_batches(store).values():
-        if status == "done":
-            ok = fp == digest and all(os.path.exists(f) for f in files)
-            counts["done" if ok else "stale"] += 1
-        elif status in counts:
+    batches = read_batches(store)
+    valid, reset_ids, stale = classify(batches, digest, resets)
+    counts = {"done": len(valid), "stale": len(stale), "failed": 0, "cancelled": 0}
+    counts["reset"] = len(reset_ids)
+    for status, *_ in batches.values():
+        if status == RESET:  # reset by a stream that stopped before computing it
+            counts["reset"] += 1
+        elif status in ("failed", "cancelled"):
             counts[status] += 1
     return StreamPlan(**counts)

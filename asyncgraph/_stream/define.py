@@ -99,12 +99,6 @@ def make_stream_task(
             "use batch_size= to have the stream split the batches)",
         )
     param = _batch_param(name, fn)
-    if resources:
-        raise InvalidTaskError(
-            name,
-            "resources= is not supported on stream stages yet: the queues bound how many "
-            "calls of a stage run at once (queue_size=, max_io=, cpu_workers=)",
-        )
     _check_batch_options(name, batch_size, batch_timeout)
     if inputs is None:
         parents: tuple[str, ...] = () if param == SOURCE else (param,)

@@ -18,7 +18,10 @@ State it keeps
     ``store``  the stream tables (``StreamStore``), open from ``prepare`` to ``close``;
     ``pending``  batches that ended and wait for the next commit (``timer``);
     ``done``   the done batches still valid: sid -> rows the source gave for it;
-    ``stale``  how many done batches were found stale at the start.
+    ``stale``  how many done batches were found stale at the start;
+    ``reset``  what ``reset=`` named (``Reset``), and ``was_reset`` how many done
+               batches it sent back (recorded ``reset`` in the store at the start, before
+               any is computed again, and their files deleted with the leftovers).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from .._fingerprint import fingerprints, function_digest
 from .._task import Task
 from .store import BatchRow, StreamReplayError, StreamStore
 
-__all__ = ["MARKER", "Durable", "stream_digest"]
+__all__ = ["MARKER", "RESET", "Durable", "Reset", "classify", "stream_digest"]
 
 #: The file that marks a directory as a stream's ``out=``: only there are files deleted.
 MARKER = ".asyncgraph-stream"
@@ -45,6 +48,61 @@ MARKER = ".asyncgraph-stream"
 #: rows, whichever comes first): one transaction for many batches, off the hot path.
 COMMIT_EVERY = 0.05
 COMMIT_ROWS = 512
+
+
+#: The status of a done batch that ``reset=`` sent back: sourced again, like a failed one.
+RESET = "reset"
+
+
+class Reset:
+    """What ``reset=`` names: every done batch (``every``: a task was named, and the
+    recovery unit is the source batch, which goes through every stage) or these source
+    batch ids; and the plain tasks to run again (``plain``)."""
+
+    __slots__ = ("every", "ids", "plain")
+
+    def __init__(self, every: bool, ids: frozenset[int], plain: tuple[str, ...]) -> None:
+        self.every = every
+        self.ids = ids
+        self.plain = plain
+
+    def covers(self, sid: int) -> bool:
+        return self.every or sid in self.ids
+
+
+def classify(
+    batches: Mapping[int, tuple[str, int, str, list[str]]], digest: str, reset: Reset | None
+) -> tuple[set[int], set[int], set[int]]:
+    """The done batches of a store split three ways: still valid (skipped), sent back by
+    ``reset`` and stale (done by other code, or a file of theirs is gone).
+
+    Batches that a merge tied together share their files, so they go back together: a
+    batch is reset (or stale) when any batch it shares a file with is, or else the
+    kept file of its partner would hold its rows a second time."""
+    done = {sid: row for sid, row in batches.items() if row[0] == "done"}
+    by_file: dict[str, list[int]] = {}
+    for sid, (_, _, _, files) in done.items():
+        for f in files:
+            by_file.setdefault(f, []).append(sid)
+
+    def tied(start: set[int]) -> set[int]:
+        out, todo = set(start), list(start)
+        while todo:
+            for f in done[todo.pop()][3]:
+                for other in by_file[f]:
+                    if other not in out:
+                        out.add(other)
+                        todo.append(other)
+        return out
+
+    reset_ids = tied({sid for sid in done if reset is not None and reset.covers(sid)})
+    bad = {
+        sid
+        for sid, (_, _, fp, files) in done.items()
+        if sid not in reset_ids and (fp != digest or not all(os.path.exists(f) for f in files))
+    }
+    stale = tied(bad) - reset_ids
+    return set(done) - reset_ids - stale, reset_ids, stale
 
 
 def stream_digest(stages: Sequence[Task], plain: Any) -> str:
@@ -94,6 +152,7 @@ class Durable:
         *,
         partition: bool | None = None,
         part_name: str = "task",
+        reset: Reset | None = None,
     ) -> None:
         self.out = None if out is None else Path(out).absolute()
         self.store_path = store
@@ -102,6 +161,8 @@ class Durable:
         self.store: StreamStore | None = None
         self.done: dict[int, int] = {}
         self.stale = 0
+        self.reset = reset  # done batches to compute again (reset=), or None
+        self.was_reset = 0
         self.dirs: dict[str, Path] = {}
         self.shared = False
         self.pending: list[BatchRow] = []  # ended, not yet committed
@@ -117,15 +178,20 @@ class Durable:
             self.store = StreamStore(self.store_path)
             self.store.open()
             try:
-                for sid, (status, rows, fp, files) in self.store.batches().items():
-                    if status != "done":
-                        continue
-                    if fp != digest or not all(os.path.exists(f) for f in files):
-                        self.stale += 1
-                        continue
+                batches = self.store.batches()
+                valid, reset, stale = classify(batches, digest, self.reset)
+                self.stale = len(stale)
+                for sid in valid:
+                    _, rows, _, files = batches[sid]
                     self.done[sid] = rows
                     keep.update(files)
+                undone: list[BatchRow] = [
+                    (sid, RESET, batches[sid][1], [], None, None) for sid in sorted(reset)
+                ]
                 self.store.begin(digest, None if self.out is None else str(self.out))
+                if undone:  # durable first: a crash from now on sources them again
+                    self.store.commit(undone)
+                    self.was_reset = len(undone)
             except BaseException:
                 self.store.close()
                 self.store = None

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._clock import SYSTEM_CLOCK, backoff
 from .._events import Emit, Event, EventKind
-from .._exceptions import InvalidTaskError, TaskCancelled, TaskError
+from .._exceptions import GraphError, InvalidTaskError, TaskCancelled, TaskError
 from .._executors import default_executors
 from .._executors.base import Executor, route
 from .._observe import StreamProgress, Watch
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from .._graph import BaseGraph
     from .._options import RunOptions
 
-__all__ = ["Engine", "Outputs", "check_stream_graph", "live_bound"]
+__all__ = ["Engine", "Outputs", "check_stream_graph", "check_stream_limits", "live_bound"]
 
 _INF = math.inf
 _QUEUED, _STARTED, _RETRYING = EventKind.QUEUED, EventKind.STARTED, EventKind.RETRYING
@@ -188,6 +188,7 @@ class _Stage:
         "queued_rows",
         "rank",
         "reserved",
+        "resources",
         "rows_in",
         "rows_out",
         "running",
@@ -209,6 +210,7 @@ class _Stage:
         self.priority = task.priority
         self.batch_size = spec.batch_size
         self.timeout = spec.batch_timeout
+        self.resources = task.resources  # one unit of each per running call (limits=)
         self.cap = cap * len(spec.inputs)
         self.queue: deque[_Piece] = deque()
         self.queued_rows = 0
@@ -322,6 +324,20 @@ def check_stream_graph(graph: BaseGraph) -> tuple[list[Task], list[str]]:
     return stages, plain
 
 
+def check_stream_limits(stages: list[Task], limits: Mapping[str, int]) -> dict[str, int]:
+    """Units in use per limit (all 0), or GraphError naming a stage whose resource has
+    no limit: each running call of a stage holds one unit of each of its resources."""
+    for t in stages:
+        for r in t.resources:
+            if r not in limits:
+                raise GraphError(
+                    f"stream stage {t.name!r} declares resource {r!r} but no limit is set "
+                    f"for it; pass limits={{{r!r}: N}} to the stream (limits set: "
+                    f"{sorted(limits)})"
+                )
+    return dict.fromkeys(limits, 0)
+
+
 def live_bound(graph: BaseGraph, queue_size: int) -> int:
     """The most batches a stream of ``graph`` holds at once (queued, running, and
     delivered but not yet read), when no stage re-batches: ``queue_size`` per input
@@ -368,6 +384,8 @@ class Engine:
         self.start = start
         self.max_failed = max_failed_batches
         self.stage_tasks, self.plain = check_stream_graph(graph)
+        self.limits = dict(options.limits)
+        self.res_used = check_stream_limits(self.stage_tasks, self.limits)
         fed = {i for t in self.stage_tasks for i in t.stream.inputs}  # type: ignore[union-attr]
         sinks = sum(1 for t in self.stage_tasks if t.name not in fed)
         self.out = outputs = Outputs(mode, queue_size * sinks)
@@ -404,6 +422,7 @@ class Engine:
     # -- building ------------------------------------------------------------------
 
     def _build(self, plain_results: Mapping[str, Any]) -> None:
+        _is_frame(None)  # resolves pandas.DataFrame once (_done checks the type first)
         for index, t in enumerate(self.stage_tasks):
             self.stages[t.name] = _Stage(t, index, self.queue_size)
         for st in self.stages.values():
@@ -462,6 +481,7 @@ class Engine:
             checks.setdefault(id(ex), (ex, {}))[1][t.name] = st.call_task
         for ex, tasks in checks.values():
             ex.check(tasks, list(tasks))
+        self.lanes = [lane for lane in self.lanes if lane.stages]  # dispatch skips the rest
 
     def _open_source(self) -> None:
         fn = self.source_fn
@@ -559,6 +579,9 @@ class Engine:
 
         o = self.options
         sub = self.graph._subset(self.plain)
+        d = self.durable
+        if d is not None and d.reset is not None and d.reset.plain:
+            sub = reset_plain(sub, o.store, d.reset.plain)
         done = await run(
             sub,
             max_io=o.max_io,
@@ -623,16 +646,24 @@ class Engine:
         best: _Stage | None = None
         best_key: tuple[int, int, int, int] | None = None
         for st in lane.stages:
-            if not (st.split or (st.queue and self._ready(st))):
+            if not st.split and not (
+                st.queue and (st.batch_size is None or self._ready(st))
+            ):  # nothing to start (batches as they come need no _ready)
                 continue
-            for t in st.targets:
-                if not t.room():
+            if st.resources and not self._units_free(st):
+                continue
+            for t in st.targets:  # room(), its common case inlined (a call per target)
+                if len(t.queue) + t.reserved >= t.cap and not t.room():
                     break
             else:
                 key = (st.rank, st.calls, -st.priority, st.index)
                 if best_key is None or key < best_key:
                     best, best_key = st, key
         return best
+
+    def _units_free(self, st: _Stage) -> bool:
+        used, limits = self.res_used, self.limits
+        return all(used[r] < limits[r] for r in st.resources)
 
     def _ready(self, st: _Stage) -> bool:
         if st.split:
@@ -656,7 +687,9 @@ class Engine:
         while q:
             p = q.popleft()
             st.queued_rows -= p.rows
-            g = _root(p.group)
+            g = p.group
+            if g.up is not None:
+                g = _root(g)
             if g.error is None:
                 return p
             self.live -= 1
@@ -756,8 +789,9 @@ class Engine:
     def _pull(self) -> bool:
         if self.source_done or self.pulling is not None:
             return False
-        if not all(s.room() for s in self.source_stages):
-            return False
+        for s in self.source_stages:
+            if not s.room():
+                return False
         if self.max_batches is not None and self.pulled >= self.max_batches:
             self._source_ended()
             return True
@@ -831,7 +865,7 @@ class Engine:
                 "pandas DataFrame: the source must yield DataFrames"
             )
             return
-        rows = len(item)
+        rows = len(item.index)
         self.result.rows += rows
         if self.bar is not None:
             self.bar.rows(rows)
@@ -866,8 +900,9 @@ class Engine:
             st.timer = self.loop.call_later(st.timeout, self._flush, st)  # type: ignore[union-attr]
         st.queue.append(piece)
         st.queued_rows += piece.rows
-        self.live += 1
-        self._note_peak()
+        self.live = live = self.live + 1
+        if live + len(self.out.queue) > self.peak:  # _note_peak, inlined: once per piece
+            self.peak = live + len(self.out.queue)
 
     def _note_peak(self) -> None:
         live = self.live + len(self.out.queue)
@@ -879,6 +914,9 @@ class Engine:
     def _start(self, st: _Stage, piece: _Piece) -> None:
         st.running += 1
         st.lane.running += 1  # type: ignore[union-attr]
+        if st.resources:  # held until the call ends, its retries' waits included
+            for r in st.resources:
+                self.res_used[r] += 1
         for t in st.targets:
             t.reserved += 1
         st.rows_in += piece.rows
@@ -906,6 +944,9 @@ class Engine:
         st = call.stage
         st.running -= 1
         st.lane.running -= 1  # type: ignore[union-attr]
+        if st.resources:
+            for r in st.resources:
+                self.res_used[r] -= 1
         for t in st.targets:
             t.reserved -= 1
         self.calls.discard(call)
@@ -916,21 +957,23 @@ class Engine:
         call.future = None
         if self.stopping is not None:
             return  # the stop's cleanup accounts for it
-        if fut.cancelled():
-            exc: BaseException | None = TaskCancelled(
+        exc: BaseException | None = None
+        try:
+            value = fut.result()  # one call on the hot path, not exception() then result()
+        except asyncio.CancelledError:
+            exc = TaskCancelled(
                 f"stream stage {st.name!r} was cancelled from inside on batch {call.piece.id}"
             )
-        else:
-            exc = fut.exception()
+        except BaseException as error:  # noqa: BLE001 - the call's own error, as data
+            exc = error
         if exc is None:
-            value = fut.result()
             if value is None and st.children:
                 exc = TypeError(
                     f"stream stage {st.name!r} returned None for batch {call.piece.id}, and "
                     f"stages take its output ({', '.join(c.name for c in st.children)}): "
                     "return a DataFrame (an empty one passes nothing on); a missing return?"
                 )
-            elif value is not None and not _is_frame(value):
+            elif value is not None and type(value) is not _FRAME[0] and not _is_frame(value):
                 exc = TypeError(
                     f"stream stage {st.name!r} returned {type(value).__name__} for batch "
                     f"{call.piece.id}, not a pandas DataFrame (a sink may return None)"
@@ -989,8 +1032,10 @@ class Engine:
         emit = self.emit
         if emit is not None:
             emit(Event(_DONE, f"{st.name}#{piece.id}", call.attempt, time.time()))
-        g = _root(piece.group)
-        rows = 0 if value is None else len(value)
+        g = piece.group
+        if g.up is not None:
+            g = _root(g)
+        rows = 0 if value is None else len(value.index)
         st.rows_out += rows
         if g.error is not None or rows == 0:
             self.live -= 1
@@ -1003,7 +1048,9 @@ class Engine:
             for c, tag in zip(st.children, st.tags, strict=True):
                 self._enqueue(c, _Piece(value, rows, piece.id + tag, piece.sources, g))
             return
-        self.out.put(Batch(st.name, piece.id, rows, value, piece.sources, path))
+        out = self.out
+        if out.mode != "drop":  # nobody reads or keeps it: no Batch to build
+            out.put(Batch(st.name, piece.id, rows, value, piece.sources, path))
         if path is not None:
             g.files.append(path)
         self.live -= 1
@@ -1158,6 +1205,17 @@ class Engine:
                 for sid in g.ids
             ]
         )
+
+
+def reset_plain(sub: Any, store: Any, names: tuple[str, ...]) -> Any:
+    """The plain tasks' graph with ``names`` (and what depends on them) to run again:
+    loaded from the store as a run on it would be, then reset."""
+    from .._rewrite import reset, reset_failed
+    from .._store.resume import load
+
+    if store is not None and sub._origin is None:
+        sub = reset_failed(load(sub, store))
+    return reset(sub, names)
 
 
 def _takes_start(fn: Any) -> bool:

@@ -119,15 +119,19 @@ class StreamResult:
 class StreamPlan(NamedTuple):
     """What a durable stream will do on its store, from :func:`plan_stream`: source
     batches done and still valid (skipped), done by other code (``stale``: recomputed,
-    their files replaced), and failed or cancelled (sourced again)."""
+    their files replaced), failed or cancelled (sourced again), and done batches that
+    ``reset=`` sends back (``reset``: recomputed, their files replaced)."""
 
     done: int
     stale: int
     failed: int
     cancelled: int
+    reset: int = 0
 
     def __str__(self) -> str:
         lines = [f"{self.done} done batches will be skipped"]
+        if self.reset:
+            lines.append(f"reset: {self.reset} done batches will be recomputed")
         if self.stale:
             lines.append(f"code changed: {self.stale} done batches will be recomputed")
         if self.failed or self.cancelled:
