@@ -359,7 +359,7 @@ class _Run:
                         self._collect(t)
                 else:
                     self._expand(t)
-            ready.extend(core.get_ready())
+            ready = [*ready, *core.get_ready()]  # not in place: the core's may be shared
         if not ready and not core.is_active():
             self.children.end(None)
         return ready

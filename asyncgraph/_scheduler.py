@@ -63,6 +63,9 @@ __all__ = ["Lane", "Scheduler", "critical_paths", "fresh_start", "unit_paths"]
 
 _Key = tuple[float, ...]  # (-priority, -path, position[, element index])
 _RUNNABLE = (State.PENDING, State.RUNNING)
+#: What :meth:`Scheduler.done_ready` returns when nothing became ready: one shared empty
+#: list (an allocation per completion otherwise); callers never change what it returns.
+_NOTHING: list[Task] = []
 
 
 def critical_paths(
@@ -431,7 +434,8 @@ class Scheduler:
 
     def done_ready(self, name: str) -> list[Task]:
         """:meth:`done`, then :meth:`get_ready`, in one call: the run's completion path
-        (a no-op task costs a few microseconds, and each call is a share of it)."""
+        (a no-op task costs a few microseconds, and each call is a share of it). The
+        list returned is the caller's to read, not to change (it may be shared)."""
         try:
             self._running.remove(name)
         except KeyError:
@@ -453,7 +457,31 @@ class Scheduler:
                     waiting[c] = left = left - 1
                     if left == 0:
                         heapq.heappush(lanes[tasks[c].kind].heap, (keys[c], c))
-        return self.get_ready()
+        if self._limits:
+            return self.get_ready()
+        # get_ready() without named limits (see there), inline: this runs once per task.
+        for lane in self._lane_order:
+            if lane.heap:
+                break
+        else:
+            return _NOTHING  # the common case in a wide layer: no list made
+        out: list[Task] = []
+        tasks = self._tasks
+        running = self._running
+        heappop = heapq.heappop
+        for lane in self._lane_order:
+            heap = lane.heap
+            cap = lane.capacity
+            while heap and (cap is None or lane.used < cap):
+                c = heappop(heap)[1]
+                ctask = tasks[c]
+                if ctask.over is not None:  # a template: see _fill
+                    self.expanding.append(c)
+                    break
+                lane.used += 1
+                running.add(c)
+                out.append(ctask)
+        return out
 
     # -- fan-out -----------------------------------------------------------------------
 
