@@ -203,3 +203,16 @@ def test_the_hot_path_benchmark_runs_tiny(tmp_path):
     for row in ("run layered", "sleep wide", "memory layered", "progress on/off"):
         assert row in proc.stdout
     assert out.stat().st_size > 0
+
+
+def test_the_in_process_ab_benchmark_runs_a_tree_against_itself(tmp_path):
+    out = tmp_path / "ab.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/ab_inprocess.py", str(ROOT), "--n", "200", "--pairs", "1",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "new/old" in proc.stdout and "layered" in proc.stdout
+    assert out.stat().st_size > 0
