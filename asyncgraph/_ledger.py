@@ -45,6 +45,26 @@ __all__ = ["Ledger", "NullSink", "Sink"]
 _new = tuple.__new__
 _QUEUED, _STARTED, _DONE = EventKind.QUEUED, EventKind.STARTED, EventKind.DONE
 _SKIPPED, _CANCELLED = EventKind.SKIPPED, EventKind.CANCELLED
+# A done record built slot by slot: TaskRecord's own __init__ (a frozen dataclass's,
+# one object.__setattr__ per field) costs about twice as much, and a run builds one per
+# task. The fields are pinned here, so a field added to TaskRecord fails at import.
+assert TaskRecord.__slots__ == (
+    "status",
+    "result",
+    "error",
+    "traceback",
+    "attempts",
+    "started",
+    "finished",
+), "TaskRecord's fields changed: update the ledger's done record"
+_blank = object.__new__
+_set_status, _set_result, _set_error, _set_traceback = (
+    getattr(TaskRecord, f).__set__ for f in ("status", "result", "error", "traceback")
+)
+_set_attempts, _set_started, _set_finished = (
+    getattr(TaskRecord, f).__set__ for f in ("attempts", "started", "finished")
+)
+_DONE_STATE = State.DONE
 _EVENT_OF = {
     State.DONE: EventKind.DONE,
     State.FAILED: EventKind.FAILED,
@@ -216,17 +236,25 @@ class Ledger:
 
     def done(self, name: str, value: Any, end: float) -> bool:
         """``name`` returned ``value``; False if the sink cannot keep it (see refused)."""
-        if self.stores and not self.sink.keep(name, value):
+        stores = self.stores
+        if stores and not self.sink.keep(name, value):
             return False
-        rec = self.records[name]
+        records = self.records
         tries = self.tries[name]
-        new = self.records[name] = TaskRecord(
-            State.DONE, value, None, None, rec.attempts + tries, self.started_at[name], end
-        )
-        if self.stores and self.sink.ended(name, new):
+        new = _blank(TaskRecord)  # TaskRecord(DONE, value, None, None, ...), faster
+        _set_status(new, _DONE_STATE)
+        _set_result(new, value)
+        _set_error(new, None)
+        _set_traceback(new, None)
+        _set_attempts(new, records[name].attempts + tries)
+        _set_started(new, self.started_at[name])
+        _set_finished(new, end)
+        records[name] = new
+        if stores and self.sink.ended(name, new):
             return True  # its event waits for the commit (durable)
-        if self.emit is not None:
-            self.emit(_new(Event, (_DONE, name, tries, end, None)))
+        emit = self.emit
+        if emit is not None:
+            emit(_new(Event, (_DONE, name, tries, end, None)))
         return True
 
     def refused(self, name: str) -> BaseException:

@@ -29,15 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
+from weakref import WeakKeyDictionary
 
 import anyio
 
 from . import _fan
 from ._clock import SYSTEM_CLOCK, Clock
 from ._clock import backoff as _backoff
+from ._dag import Dag
 from ._events import Emit
 from ._exceptions import (
     InvalidTaskError,
@@ -52,15 +55,29 @@ from ._graph import BaseGraph
 from ._ledger import Ledger, NullSink, Sink
 from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
-from ._scheduler import Lane, Scheduler, unit_paths
+from ._scheduler import Lane, Scheduler, fresh_start, unit_paths
 from ._shield import wait_to_the_end as _to_the_end
 from ._state import NO_RESULT, ResultRef, State, StoredResult, TaskRecord
-from ._task import Task
+from ._task import Kind, Task
 from ._taskset import TaskSet
 
 __all__: list[str] = []  # package-internal: _Run is for _lifetime and the tests
 
 _SKIPPED = TaskRecord(State.SKIPPED)
+_ALL_PENDING = {State.PENDING}
+_status_of = operator.attrgetter("status")
+
+#: The (kind, is_async) pairs of each (frozen) Dag's tasks: which executors a run of it
+#: uses, so one that serves none of them checks nothing (a pass over every task).
+_KINDS: WeakKeyDictionary[Dag, frozenset[tuple[Kind, bool]]] = WeakKeyDictionary()
+
+
+def _kinds_of(dag: Dag) -> frozenset[tuple[Kind, bool]]:
+    dag = dag.freeze()
+    kinds = _KINDS.get(dag)
+    if kinds is None:
+        kinds = _KINDS[dag] = frozenset({(t.kind, t.is_async) for t in dag.tasks.values()})
+    return kinds
 
 
 #: The reason a task cancelled by name gives (``OpenRun.cancel(name)``).
@@ -169,21 +186,30 @@ class _Run:
         records = ledger.records
         if fans:
             self.core.prepare({n: records[n].status for n in order})
+        elif set(map(_status_of, records.values())) == _ALL_PENDING:
+            self.core.prepare_fresh(fresh_start(dag))  # every task runs: cached per Dag
         else:
             self.core.prepare({n: r.status for n, r in records.items()})
         ledger.skip(self.core.initially_skipped)
         # Check that every task can go where it runs before anything starts (a CPU
-        # task's function pickles, and names no module a worker could not import).
+        # task's function pickles, and names no module a worker could not import):
+        # an executor that serves no kind of task this graph has is given none to check
+        # (a pass over 100k tasks that are not its own costs more than the rest of the
+        # set-up).
         pending = self.core.pending()
-        used = {id(ex) for pair in self.route.values() for ex in pair}
+        table = self.route
+        used = {id(ex) for pair in table.values() for ex in pair}
+        serving = {id(table[kind][is_async]) for kind, is_async in _kinds_of(dag)}
         for ex in self.executors:
             if id(ex) in used:
-                ex.check(self.tasks, pending)
+                ex.check(self.tasks, pending if id(ex) in serving else ())
         self.children = TaskSet(cancel_grace)
         # Bound once: the dispatch hands these to every child, and a bound method
         # made per dispatch is an allocation per task on a chain.
         self._began = ledger.began
         self._on_done = self._child_done
+        # kind -> (plain, coroutine) executors' ``start``, bound once for the same reason.
+        self._starts = {k: (pair[0].start, pair[1].start) for k, pair in self.route.items()}
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
         self.cancelled_by_name: set[str] = set()  # running tasks cancel_task() cancelled
@@ -253,6 +279,39 @@ class _Run:
     def _child_done(self, child: asyncio.Future[Any]) -> None:
         children = self.children
         name = children.running.pop(child)
+        if child.cancelled() or child.exception() is not None:
+            self._child_ended_badly(name, child)
+            return
+        value = child.result()
+        if children.stopping:
+            children.inbox.append(Outcome(name, True, value, None, self.now()))
+            return
+        # The common case, fused (no Outcome, no _post/_apply hop): it runs once per
+        # task, and each Python call here is a measurable share of a no-op task.
+        try:
+            if not self.ledger.done(name, value, self.now()):
+                self._post(self._refused(name))
+                return
+            core = self.core
+            if self.failure is not None:  # a fail_fast run is ending: start nothing
+                core.done(name)
+                children.end(None)
+                return
+            ready = core.done_ready(name)  # done(name), then get_ready()
+            if core.expanding:
+                ready = self._fan_out(ready)
+            if self._held or self._released:  # fan-out: inputs still in the store
+                ready = self._hold(ready)
+            if ready:
+                self._start(ready)
+            elif not core.is_active():
+                children.end(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting run
+            children.end(error)
+
+    def _child_ended_badly(self, name: str, child: asyncio.Future[Any]) -> None:
+        """A child that was cancelled or raised (``_child_done``'s other cases)."""
+        children = self.children
         if child.cancelled():
             if children.stopping:
                 return  # the run cancelled it; _close() records it
@@ -265,22 +324,8 @@ class _Run:
             self._post(cancelled_from_inside(name, self.now()))
             return
         exc = child.exception()
-        if exc is None:
-            if children.stopping:
-                children.inbox.append(Outcome(name, True, child.result(), None, self.now()))
-                return
-            # The common case, fused (no Outcome, no _post/_apply hop): it runs once per
-            # task, and each Python call here is a measurable share of a no-op task.
-            try:
-                if not self.ledger.done(name, child.result(), self.now()):
-                    self._post(self._refused(name))
-                    return
-                self.core.done(name)
-                self._continue()
-            except BaseException as error:  # noqa: BLE001 - handed to the awaiting run
-                children.end(error)
-        else:
-            self._post(failed(name, exc, self.now()))
+        assert exc is not None
+        self._post(failed(name, exc, self.now()))
 
     def _refused(self, name: str) -> Outcome:
         """The outcome of a task whose result the store cannot keep: it fails."""
@@ -295,13 +340,16 @@ class _Run:
             ready = self._fan_out(ready)
         if self._held or self._released:  # fan-out: inputs still in the store
             ready = self._hold(ready)
-        if not ready:
-            return
+        if ready:
+            self._start(ready)
+
+    def _start(self, ready: list[Task]) -> None:
+        """Start ``ready`` (handed out by the core): each attempt through its executor."""
         ledger = self.ledger
         ledger.started(ready, self.now())
         records = ledger.records
         children = self.children.running
-        route = self.route
+        starts = self._starts
         began = self._began
         done = self._on_done
         for task in ready:
@@ -317,7 +365,7 @@ class _Run:
                     continue
             else:
                 args, kwargs = [], {}
-            child = route[task.kind][task.is_async].start(task, args, kwargs, began)
+            child = starts[task.kind][task.is_async](task, args, kwargs, began)
             children[child] = task.name
             child.add_done_callback(done)
 
@@ -337,7 +385,7 @@ class _Run:
                         self._collect(t)
                 else:
                     self._expand(t)
-            ready.extend(core.get_ready())
+            ready = [*ready, *core.get_ready()]  # not in place: the core's may be shared
         if not ready and not core.is_active():
             self.children.end(None)
         return ready
@@ -817,9 +865,11 @@ class _Run:
         core = self.core
         try:
             self.children.open()
-            await ledger.open(core.pending(), self.children.end)
+            pending = core.pending()  # one list for both (100k names at 100k tasks)
+            await ledger.open(pending, self.children.end)
             ledger.write_skipped(core.initially_skipped)
-            ledger.announce(core.pending(), core.initially_skipped)
+            if ledger.emit is not None:
+                ledger.announce(core.pending(), core.initially_skipped)
             if core.is_active():
                 if self.deadline is None:
                     await self._loop()

@@ -59,10 +59,13 @@ from ._exceptions import GraphError
 from ._state import State
 from ._task import Kind, Task
 
-__all__ = ["Lane", "Scheduler", "critical_paths", "unit_paths"]
+__all__ = ["Lane", "Scheduler", "critical_paths", "fresh_start", "unit_paths"]
 
 _Key = tuple[float, ...]  # (-priority, -path, position[, element index])
 _RUNNABLE = (State.PENDING, State.RUNNING)
+#: What :meth:`Scheduler.done_ready` returns when nothing became ready: one shared empty
+#: list (an allocation per completion otherwise); callers never change what it returns.
+_NOTHING: list[Task] = []
 
 
 def critical_paths(
@@ -109,6 +112,25 @@ def unit_paths(dag: Dag) -> tuple[dict[str, float], dict[str, _Key]]:
         paths = critical_paths(dag.tasks, dag.topological_order(), dag.child_map())
         _UNIT_PATHS[dag] = paths
     return paths
+
+
+#: Each (frozen) Dag's start when every task is to run: its in-degrees and its roots.
+_FRESH: WeakKeyDictionary[Dag, tuple[dict[str, int], tuple[str, ...]]] = WeakKeyDictionary()
+
+
+def fresh_start(dag: Dag) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Every task's number of dependencies, in topological order, and the tasks with
+    none: what :meth:`Scheduler.prepare` computes when every task is pending, cached per
+    Dag (freezing it) for :meth:`Scheduler.prepare_fresh`."""
+    dag = dag.freeze()
+    start = _FRESH.get(dag)
+    if start is None:
+        tasks = dag.tasks
+        order = dag.topological_order()
+        waiting = {n: len(tasks[n].deps) for n in order}
+        start = (waiting, tuple(n for n, k in waiting.items() if not k))
+        _FRESH[dag] = start
+    return start
 
 
 class Lane(NamedTuple):
@@ -268,6 +290,31 @@ class Scheduler:
         for lane in self._lane_order:
             heapq.heapify(lane.heap)
 
+    def prepare_fresh(self, start: tuple[dict[str, int], tuple[str, ...]]) -> None:
+        """:meth:`prepare` for a run in which every task is pending, from ``start``
+        (:func:`fresh_start` of the Dag these tasks and this order come from): a copy of
+        the in-degrees instead of a pass over the graph. Nothing is skipped."""
+        if self._prepared:
+            raise ValueError("prepare() was called already: a Scheduler serves one run")
+        waiting, roots = start
+        if len(waiting) != len(self._order):
+            raise ValueError("prepare_fresh(): the start is not of this graph (fresh_start)")
+        self._prepared = True
+        self._waiting = dict(waiting)
+        self.initially_skipped = ()
+        unit_paths = self._unit_paths
+        if unit_paths is not None and self._weights is None:
+            keys = unit_paths[1]
+        else:
+            _, keys = critical_paths(self._tasks, self._order, self._children, None, self._weights)
+        self._keys = keys
+        tasks = self._tasks
+        lanes = self._lanes
+        for n in roots:
+            lanes[tasks[n].kind].heap.append((keys[n], n))
+        for lane in self._lane_order:
+            heapq.heapify(lane.heap)
+
     # -- queries ---------------------------------------------------------------------
 
     def is_active(self) -> bool:
@@ -280,7 +327,10 @@ class Scheduler:
 
     def pending(self) -> list[str]:
         """Tasks still to run that are not running now (including those awaiting retry)."""
-        return [n for n in self._waiting if n not in self._running]
+        running = self._running
+        if not running:
+            return list(self._waiting)
+        return [n for n in self._waiting if n not in running]
 
     # -- the protocol ----------------------------------------------------------------
 
@@ -296,6 +346,23 @@ class Scheduler:
             # Checked here, off the hot path: before prepare() every lane is empty.
             if not self._prepared:
                 raise ValueError("prepare() must be called first")
+            return out
+        if not self._limits:  # no task takes a named limit: one pass, nothing parks
+            tasks = self._tasks
+            running = self._running
+            heappop = heapq.heappop
+            for lane in lanes:
+                heap = lane.heap
+                cap = lane.capacity
+                while heap and (cap is None or lane.used < cap):
+                    name = heappop(heap)[1]
+                    task = tasks[name]
+                    if task.over is not None:  # a template: see _fill
+                        self.expanding.append(name)
+                        break
+                    lane.used += 1
+                    running.add(name)
+                    out.append(task)
             return out
         # Parking a CPU task can wake an IO task parked on another limit, so scan the
         # lanes again until a pass changes nothing (at most a few passes).
@@ -364,6 +431,57 @@ class Scheduler:
                     waiting[c] = left = left - 1
                     if left == 0:
                         heapq.heappush(lanes[tasks[c].kind].heap, (keys[c], c))
+
+    def done_ready(self, name: str) -> list[Task]:
+        """:meth:`done`, then :meth:`get_ready`, in one call: the run's completion path
+        (a no-op task costs a few microseconds, and each call is a share of it). The
+        list returned is the caller's to read, not to change (it may be shared)."""
+        try:
+            self._running.remove(name)
+        except KeyError:
+            raise ValueError(_not_running("done", name)) from None
+        task = self._tasks[name]
+        self._lanes[task.kind].used -= 1
+        if task.resources:
+            self._release_resources(task)
+        waiting = self._waiting
+        del waiting[name]
+        children = self._children.get(name)
+        if children:
+            tasks = self._tasks
+            lanes = self._lanes
+            keys = self._keys
+            for c in children:
+                left = waiting.get(c)
+                if left is not None:
+                    waiting[c] = left = left - 1
+                    if left == 0:
+                        heapq.heappush(lanes[tasks[c].kind].heap, (keys[c], c))
+        if self._limits:
+            return self.get_ready()
+        # get_ready() without named limits (see there), inline: this runs once per task.
+        for lane in self._lane_order:
+            if lane.heap:
+                break
+        else:
+            return _NOTHING  # the common case in a wide layer: no list made
+        out: list[Task] = []
+        tasks = self._tasks
+        running = self._running
+        heappop = heapq.heappop
+        for lane in self._lane_order:
+            heap = lane.heap
+            cap = lane.capacity
+            while heap and (cap is None or lane.used < cap):
+                c = heappop(heap)[1]
+                ctask = tasks[c]
+                if ctask.over is not None:  # a template: see _fill
+                    self.expanding.append(c)
+                    break
+                lane.used += 1
+                running.add(c)
+                out.append(ctask)
+        return out
 
     # -- fan-out -----------------------------------------------------------------------
 

@@ -124,7 +124,8 @@ class Executor(Protocol):
     def check(self, tasks: Mapping[str, Task], pending: Iterable[str]) -> None:
         """Before anything starts: raise if any of the ``pending`` tasks it serves
         cannot run here (all of the bad ones in one error). One pass, no list built:
-        a run of 100k tasks calls this for each executor."""
+        a run of 100k tasks calls this for each executor. An executor that serves no
+        kind of task the graph has is given no tasks (``()``): it is still called."""
         ...
 
     def start(
