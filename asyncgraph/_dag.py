@@ -268,6 +268,23 @@ class Dag:
         if self._order is not None:
             return self._order
         tasks = self._tasks
+        if not self._fan:
+            # Most graphs are defined dependencies first: then the definition order is a
+            # topological order, and the smallest one by position, which is what the
+            # heap below gives. One pass proves it; any other graph takes the heap.
+            seen: set[str] = set()
+            add = seen.add
+            for n, t in tasks.items():
+                for d in t.deps:
+                    if d not in seen:
+                        break
+                else:
+                    add(n)
+                    continue
+                break
+            else:
+                self._order = tuple(tasks)
+                return self._order
         for t in tasks.values():
             missing = [d for d in t.deps if d not in tasks]
             if missing:

@@ -117,9 +117,9 @@ class BaseGraph:
         Over another mapped task the mapping is element-wise. ``over`` may be a
         :class:`Task` or a decorated function, as in ``deps``.
         """
-        if deps is not None and not isinstance(deps, (str, Mapping)):
+        if deps is not None and type(deps) is not dict and not isinstance(deps, (str, Mapping)):
             deps = self._tasks_of_functions(deps)
-        order_only = _one_or_many(after)
+        order_only = None if after is None else _one_or_many(after)
         if order_only is not None:
             order_only = self._tasks_of_functions(order_only)
         if over is not None and not isinstance(over, str):

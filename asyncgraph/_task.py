@@ -32,7 +32,7 @@ from ._stream.spec import StreamSpec
 if TYPE_CHECKING:
     from ._state import TaskRecord
 
-__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "make_task"]
+__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "make_task", "new_element"]
 
 
 class Kind(enum.Enum):
@@ -372,7 +372,135 @@ def make_task(
 
     ``after`` names order-only dependencies: the task waits for them (and is skipped if
     one fails) but is not passed their results.
+
+    Most tasks take a fast path: a plain function (the same code as a function seen
+    before, so its signature was read once, see :class:`_Plan`), options of their usual
+    types, ``deps`` a list, tuple or dict of names, no ``after``/``over``. Anything
+    else, and anything the fast path would refuse, goes the full way
+    (:func:`_make_task_checked`), which raises every error as it always did: the fast
+    path only ever builds the Task the full way would build.
     """
+    # Each test below admits only values the full path accepts unchanged; a test that
+    # fails sends the call the full way, never raises itself.
+    while after is None and over is None and key is None:
+        if type(name) is not str or not name or not name.isascii():
+            break
+        if type(fn) is not types.FunctionType or fn.__dict__ or fn.__kwdefaults__:
+            break
+        code = fn.__code__
+        plan = _PLANS.get(id(code))
+        defaults = fn.__defaults__
+        if plan is None or plan.code is not code or plan.n_defaults != len(defaults or ()):
+            plan = _plan_of(fn)
+            if plan is None:
+                break
+        if kind is None:
+            the_kind = Kind.IO
+        elif type(kind) is Kind:
+            the_kind = kind
+        else:
+            the_kind = _KIND_OF.get(kind) if type(kind) is str else None  # type: ignore[assignment]
+            if the_kind is None:
+                break
+        if type(retries) is not int or retries < 0 or type(priority) is not int:
+            break
+        number: type[Any] = type(retry_delay)
+        if (number is not float and number is not int) or not 0 <= retry_delay < math.inf:
+            break
+        if timeout is not None:
+            number = type(timeout)
+            if (number is not float and number is not int) or not timeout >= 0:
+                break
+            timeout = float(timeout)
+        if type(resources) is not tuple or resources:
+            break
+        given: type[Any] = type(deps)
+        if deps is None:
+            kwargs = plan.auto
+            if kwargs is None or name in plan.auto_names:
+                break
+            args: tuple[str, ...] = ()
+            all_deps = plan.auto_names
+            bind_key: tuple[Any, ...] | None = None
+        elif given is list or given is tuple:
+            args = tuple(deps)
+            for a in args:
+                if type(a) is not str:
+                    break
+            else:
+                if name in args or (len(args) > 1 and len(set(args)) != len(args)):
+                    break
+                kwargs = ()
+                all_deps = args
+                bind_key = (len(args), skip_none)
+                if bind_key not in plan.binds and not plan.check(fn, name, bind_key):
+                    break
+                return _new_task(
+                    name, fn, the_kind, args, kwargs, skip_none, retries,
+                    float(retry_delay), timeout, priority, (), plan.is_async, all_deps,
+                    None, None, None, (), None,
+                )  # fmt: skip
+            break
+        elif given is dict:
+            kwargs = tuple(deps.items())  # type: ignore[attr-defined]
+            for p, d in kwargs:
+                if type(p) is not str or type(d) is not str or not p.isidentifier():
+                    break
+                if keyword.iskeyword(p) or d == name:
+                    break
+            else:
+                args = ()
+                all_deps = tuple(dict.fromkeys(d for _, d in kwargs))
+                bind_key = (0, tuple(p for p, _ in kwargs), skip_none)
+                if bind_key not in plan.binds and not plan.check(fn, name, bind_key):
+                    break
+                return _new_task(
+                    name, fn, the_kind, args, kwargs, skip_none, retries,
+                    float(retry_delay), timeout, priority, (), plan.is_async, all_deps,
+                    None, None, None, (), None,
+                )  # fmt: skip
+            break
+        else:
+            break
+        return _new_task(
+            name, fn, the_kind, args, kwargs, skip_none, retries,
+            float(retry_delay), timeout, priority, (), plan.is_async, all_deps,
+            None, None, None, (), None,
+        )  # fmt: skip
+    return _make_task_checked(
+        name,
+        fn,
+        deps=deps,
+        kind=kind,
+        retries=retries,
+        retry_delay=retry_delay,
+        timeout=timeout,
+        priority=priority,
+        resources=resources,
+        skip_none=skip_none,
+        after=after,
+        over=over,
+        key=key,
+    )
+
+
+def _make_task_checked(
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    deps: Iterable[str] | Mapping[str, str] | None = None,
+    kind: Kind | str | None = None,
+    retries: int = 0,
+    retry_delay: float = 0.1,
+    timeout: float | None = None,
+    priority: int = 0,
+    resources: Iterable[str] = (),
+    skip_none: bool = False,
+    after: Iterable[str] | None = None,
+    over: str | Task | None = None,
+    key: Callable[[Any], Any] | None = None,
+) -> Task:
+    """:func:`make_task`'s full path: every check, in order (see there)."""
     if not isinstance(name, str) or not name:
         raise InvalidTaskError(str(name), "a task name must be a non-empty string")
     _check_encodable(name)
@@ -498,3 +626,137 @@ def _check_over(name: str, over: Any, key: Any, deps: tuple[str, ...]) -> None:
             "a mapped task's name may not contain '[' or ']': its elements are named "
             f"{name}[<key>]",
         )
+
+
+# -- the fast path's memory: one plan per code object ------------------------------------
+
+_KIND_OF = {k.value: k for k in Kind}
+_CO_GENERATORS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+#: id(code) -> its plan. Bounded: it holds code objects (never functions, their globals
+#: or closures), and is emptied when full; a miss only costs one signature read.
+_PLANS: dict[int, _Plan] = {}
+_PLANS_MAX = 4096
+
+
+class _Plan:
+    """What :func:`make_task` reads from a plain function's signature, once.
+
+    It is the same for every function made from one code object (a ``def`` in a loop,
+    a closure, a lambda per task) that has as many positional defaults and no
+    keyword-only ones: the parameters, their kinds and which have defaults all come
+    from the code and those counts, and binding depends on nothing else (the default
+    values themselves and the annotations only show in error messages, which the full
+    path writes). ``binds`` remembers the bindings ``Signature.bind`` accepted:
+    ``(n_positional, skip_none)`` for a list of deps, ``(0, keywords, skip_none)`` for
+    a dict.
+
+    State it keeps
+        ``code``        the code object (its id is the key: kept alive, so never reused);
+        ``n_defaults``  how many positional parameters have defaults;
+        ``is_async``    a coroutine function (``async def``);
+        ``sig``         the signature (read once, with ``inspect.signature``);
+        ``auto``        the ``(parameter, task)`` pairs of ``deps=None``, or None when
+                        the full path refuses them (a positional-only parameter);
+        ``auto_names``  those tasks, in order;
+        ``binds``       the binding keys checked and accepted.
+    """
+
+    __slots__ = ("auto", "auto_names", "binds", "code", "is_async", "n_defaults", "sig")
+
+    def __init__(self, fn: types.FunctionType, sig: inspect.Signature) -> None:
+        self.code = fn.__code__
+        self.n_defaults = len(fn.__defaults__ or ())
+        self.is_async = bool(self.code.co_flags & inspect.CO_COROUTINE)
+        self.sig = sig
+        try:
+            self.auto: tuple[tuple[str, str], ...] | None = _params_as_deps("", sig)
+        except SignatureError:
+            self.auto = None
+        self.auto_names = tuple(t for _, t in self.auto or ())
+        self.binds: set[tuple[Any, ...]] = set()
+
+    def check(self, fn: types.FunctionType, name: str, bind_key: tuple[Any, ...]) -> bool:
+        """Whether the signature accepts the binding ``bind_key`` (remembered if so)."""
+        if len(bind_key) == 2:  # a list of deps
+            n_args, kw, skip_none = bind_key[0], (), bind_key[1]
+        else:  # a dict
+            n_args, kw, skip_none = 0, bind_key[1], bind_key[2]
+        try:
+            _check_binding(name, self.sig, n_args, kw, skip_none)
+        except SignatureError:
+            return False
+        self.binds.add(bind_key)
+        return True
+
+
+def _plan_of(fn: types.FunctionType) -> _Plan | None:
+    """The plan of a plain function (made and kept), or None when the full path must
+    look at it: a generator function (refused there), or no signature."""
+    code = fn.__code__
+    if code.co_flags & _CO_GENERATORS:
+        return None
+    sig = _signature(fn)
+    if sig is None:
+        return None
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    plan = _PLANS[id(code)] = _Plan(fn, sig)
+    return plan
+
+
+def _constructor(cls: type) -> Callable[..., Any]:
+    """A function building a ``cls`` (a frozen dataclass with slots) from all its
+    fields' values, positionally, in field order, for the many tasks a graph or a family
+    builds at once (everything else calls the class).
+
+    It fills a *body*, an object of a mutable twin of ``cls`` (the same base and slots,
+    plain attribute setting), with plain stores, which the interpreter specializes to a
+    slot write each, and then makes it a ``cls`` (``__class__`` assignment, allowed
+    between classes of the same layout). The dataclass's ``__init__`` goes through
+    ``object.__setattr__`` by name for every field (frozen), three to four times
+    slower. The result is an ordinary ``cls``: the same type, fields, equality, hash,
+    pickling and immutability. Checked once here; if this Python refused it, the
+    fields would be stored through the slots' descriptors instead.
+    """
+    from dataclasses import fields
+
+    names = [f.name for f in fields(cls)]
+    base = cls.__mro__[1]
+    body = type(
+        f"_{cls.__name__}Body",
+        (base,),
+        {
+            "__slots__": cls.__dict__["__slots__"],
+            # both, so the type's one setattr slot is the generic one (a dataclass
+            # base's frozen __delattr__ would make every store a Python call)
+            "__setattr__": object.__setattr__,
+            "__delattr__": object.__delattr__,
+        },
+    )
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_body": body}
+    lines = ["def build(" + ", ".join(names) + "):", "    self = _new(_body)"]
+    lines += [f"    self.{n} = {n}" for n in names]
+    lines += ["    self.__class__ = _cls", "    return self"]
+    exec("\n".join(lines), env)
+    build: Callable[..., Any] = env["build"]
+    try:
+        probe = build(*names)
+        ok = type(probe) is cls and all(getattr(probe, n) == n for n in names)
+    except TypeError:
+        ok = False
+    if not ok:  # pragma: no cover - CPython allows it since 3.0
+        env2: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+        lines = ["def build(" + ", ".join(names) + "):", "    self = _new(_cls)"]
+        for k, n in enumerate(names):
+            env2[f"_set{k}"] = getattr(cls, n).__set__
+            lines.append(f"    _set{k}(self, {n})")
+        lines.append("    return self")
+        exec("\n".join(lines), env2)
+        build = env2["build"]
+    build.__qualname__ = build.__name__ = f"new_{cls.__name__.lower()}"
+    return build
+
+
+_new_task: Callable[..., Task] = _constructor(Task)
+#: ``Element(*values)``, faster: the fields in order (see :func:`_constructor`).
+new_element: Callable[..., Element] = _constructor(Element)
