@@ -31,7 +31,7 @@ from typing import Any, TypeVar, overload
 from ._dag import Dag
 from ._exceptions import TaskFailures, UnknownTaskError
 from ._state import PENDING_RECORD, ResultRef, State, TaskRecord
-from ._task import Kind, Task, make_task
+from ._task import Kind, Task, fast_task, make_task
 
 __all__ = ["BaseGraph", "G", "check_graph", "check_graph_name"]
 
@@ -117,9 +117,17 @@ class BaseGraph:
         Over another mapped task the mapping is element-wise. ``over`` may be a
         :class:`Task` or a decorated function, as in ``deps``.
         """
-        if deps is not None and type(deps) is not dict and not isinstance(deps, (str, Mapping)):
+        if after is None and over is None and key is None:
+            task = fast_task(
+                name, fn, deps, kind, retries, retry_delay, timeout, priority, resources, False
+            )
+            if task is not None:  # else the full way, which says what is wrong
+                self._dag = self._dag.add(task)
+                self._records[name] = PENDING_RECORD
+                return task
+        if deps is not None and not isinstance(deps, (str, Mapping)):
             deps = self._tasks_of_functions(deps)
-        order_only = None if after is None else _one_or_many(after)
+        order_only = _one_or_many(after)
         if order_only is not None:
             order_only = self._tasks_of_functions(order_only)
         if over is not None and not isinstance(over, str):

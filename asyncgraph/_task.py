@@ -32,7 +32,7 @@ from ._stream.spec import StreamSpec
 if TYPE_CHECKING:
     from ._state import TaskRecord
 
-__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "make_task", "new_element"]
+__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "fast_task", "make_task", "new_element"]
 
 
 class Kind(enum.Enum):
@@ -380,93 +380,12 @@ def make_task(
     (:func:`_make_task_checked`), which raises every error as it always did: the fast
     path only ever builds the Task the full way would build.
     """
-    # Each test below admits only values the full path accepts unchanged; a test that
-    # fails sends the call the full way, never raises itself.
-    while after is None and over is None and key is None:
-        if type(name) is not str or not name or not name.isascii():
-            break
-        if type(fn) is not types.FunctionType or fn.__dict__ or fn.__kwdefaults__:
-            break
-        code = fn.__code__
-        plan = _PLANS.get(id(code))
-        defaults = fn.__defaults__
-        if plan is None or plan.code is not code or plan.n_defaults != len(defaults or ()):
-            plan = _plan_of(fn)
-            if plan is None:
-                break
-        if kind is None:
-            the_kind = Kind.IO
-        elif type(kind) is Kind:
-            the_kind = kind
-        else:
-            the_kind = _KIND_OF.get(kind) if type(kind) is str else None  # type: ignore[assignment]
-            if the_kind is None:
-                break
-        if type(retries) is not int or retries < 0 or type(priority) is not int:
-            break
-        number: type[Any] = type(retry_delay)
-        if (number is not float and number is not int) or not 0 <= retry_delay < math.inf:
-            break
-        if timeout is not None:
-            number = type(timeout)
-            if (number is not float and number is not int) or not timeout >= 0:
-                break
-            timeout = float(timeout)
-        if type(resources) is not tuple or resources:
-            break
-        given: type[Any] = type(deps)
-        if deps is None:
-            kwargs = plan.auto
-            if kwargs is None or name in plan.auto_names:
-                break
-            args: tuple[str, ...] = ()
-            all_deps = plan.auto_names
-            bind_key: tuple[Any, ...] | None = None
-        elif given is list or given is tuple:
-            args = tuple(deps)
-            for a in args:
-                if type(a) is not str:
-                    break
-            else:
-                if name in args or (len(args) > 1 and len(set(args)) != len(args)):
-                    break
-                kwargs = ()
-                all_deps = args
-                bind_key = (len(args), skip_none)
-                if bind_key not in plan.binds and not plan.check(fn, name, bind_key):
-                    break
-                return _new_task(
-                    name, fn, the_kind, args, kwargs, skip_none, retries,
-                    float(retry_delay), timeout, priority, (), plan.is_async, all_deps,
-                    None, None, None, (), None,
-                )  # fmt: skip
-            break
-        elif given is dict:
-            kwargs = tuple(deps.items())  # type: ignore[attr-defined]
-            for p, d in kwargs:
-                if type(p) is not str or type(d) is not str or not p.isidentifier():
-                    break
-                if keyword.iskeyword(p) or d == name:
-                    break
-            else:
-                args = ()
-                all_deps = tuple(dict.fromkeys(d for _, d in kwargs))
-                bind_key = (0, tuple(p for p, _ in kwargs), skip_none)
-                if bind_key not in plan.binds and not plan.check(fn, name, bind_key):
-                    break
-                return _new_task(
-                    name, fn, the_kind, args, kwargs, skip_none, retries,
-                    float(retry_delay), timeout, priority, (), plan.is_async, all_deps,
-                    None, None, None, (), None,
-                )  # fmt: skip
-            break
-        else:
-            break
-        return _new_task(
-            name, fn, the_kind, args, kwargs, skip_none, retries,
-            float(retry_delay), timeout, priority, (), plan.is_async, all_deps,
-            None, None, None, (), None,
-        )  # fmt: skip
+    if after is None and over is None and key is None:
+        task = fast_task(
+            name, fn, deps, kind, retries, retry_delay, timeout, priority, resources, skip_none
+        )
+        if task is not None:
+            return task
     return _make_task_checked(
         name,
         fn,
@@ -482,6 +401,101 @@ def make_task(
         over=over,
         key=key,
     )
+
+
+def fast_task(
+    name: Any,
+    fn: Any,
+    deps: Any,
+    kind: Any,
+    retries: Any,
+    retry_delay: Any,
+    timeout: Any,
+    priority: Any,
+    resources: Any,
+    skip_none: bool,
+) -> Task | None:
+    """:func:`make_task` without ``after``/``over``/``key``, for the usual arguments
+    only: the Task the full path would build, or None when the full path must look
+    (an unusual argument, or one it would refuse). It never raises for bad input.
+    ``Graph.add`` calls it first, positionally.
+
+    Each test admits only values the full path accepts unchanged: a plain function
+    with a plan (see :class:`_Plan`), an ASCII name, a kind given as None, a Kind or
+    its value, ints and finite floats of the usual signs, no resources, and deps None,
+    a list or tuple of names, or a dict of parameter names to names.
+    """
+    if type(fn) is not types.FunctionType or type(name) is not str:
+        return None
+    if not name or not name.isascii() or fn.__dict__ or fn.__kwdefaults__ is not None:
+        return None
+    code = fn.__code__
+    plan = _PLANS.get(id(code))
+    if plan is None or plan.code is not code or plan.n_defaults != len(fn.__defaults__ or ()):
+        plan = _plan_of(fn)
+        if plan is None:
+            return None
+    if kind is None:
+        the_kind = Kind.IO
+    elif type(kind) is Kind:
+        the_kind = kind
+    else:
+        the_kind = _KIND_OF.get(kind) if type(kind) is str else None  # type: ignore[assignment]
+        if the_kind is None:
+            return None
+    if type(retries) is not int or retries < 0 or type(priority) is not int:
+        return None
+    if type(retry_delay) is not float or not 0.0 <= retry_delay < math.inf:
+        if type(retry_delay) is not int or retry_delay < 0:
+            return None
+        retry_delay = float(retry_delay)
+    if timeout is not None:
+        number: type[Any] = type(timeout)
+        if (number is not float and number is not int) or not timeout >= 0:
+            return None
+        timeout = float(timeout)
+    if type(resources) is not tuple or resources:
+        return None
+    given: type[Any] = type(deps)
+    if given is list or given is tuple:
+        args: tuple[str, ...] = tuple(deps)
+        for a in args:
+            if type(a) is not str:
+                return None
+        if name in args or (len(args) > 1 and len(set(args)) != len(args)):
+            return None
+        bind_key: tuple[Any, bool] = (len(args), skip_none)
+        if bind_key not in plan.binds and not plan.check(bind_key, name, len(args), ()):
+            return None
+        return _new_task(
+            name, fn, the_kind, args, (), skip_none, retries, retry_delay, timeout,
+            priority, (), plan.is_async, args, None, None, None, (), None,
+        )  # fmt: skip
+    if deps is None:
+        kwargs = plan.auto
+        if kwargs is None or name in plan.auto_names:
+            return None
+        return _new_task(
+            name, fn, the_kind, (), kwargs, skip_none, retries, retry_delay, timeout,
+            priority, (), plan.is_async, plan.auto_names, None, None, None, (), None,
+        )  # fmt: skip
+    if given is dict:
+        kwargs = tuple(deps.items())
+        for p, d in kwargs:
+            if type(p) is not str or type(d) is not str or d == name:
+                return None
+            if not p.isidentifier() or keyword.iskeyword(p):
+                return None
+        params = tuple(p for p, _ in kwargs)
+        bind_key = (params, skip_none)
+        if bind_key not in plan.binds and not plan.check(bind_key, name, 0, params):
+            return None
+        return _new_task(
+            name, fn, the_kind, (), kwargs, skip_none, retries, retry_delay, timeout,
+            priority, (), plan.is_async, tuple(dict.fromkeys(d for _, d in kwargs)),
+            None, None, None, (), None,
+        )  # fmt: skip
+    return None
 
 
 def _make_task_checked(
@@ -647,8 +661,8 @@ class _Plan:
     from the code and those counts, and binding depends on nothing else (the default
     values themselves and the annotations only show in error messages, which the full
     path writes). ``binds`` remembers the bindings ``Signature.bind`` accepted:
-    ``(n_positional, skip_none)`` for a list of deps, ``(0, keywords, skip_none)`` for
-    a dict.
+    ``(n_positional, skip_none)`` for a list of deps, ``(keywords, skip_none)`` for a
+    dict.
 
     State it keeps
         ``code``        the code object (its id is the key: kept alive, so never reused);
@@ -673,16 +687,15 @@ class _Plan:
         except SignatureError:
             self.auto = None
         self.auto_names = tuple(t for _, t in self.auto or ())
-        self.binds: set[tuple[Any, ...]] = set()
+        self.binds: set[tuple[Any, bool]] = set()
 
-    def check(self, fn: types.FunctionType, name: str, bind_key: tuple[Any, ...]) -> bool:
-        """Whether the signature accepts the binding ``bind_key`` (remembered if so)."""
-        if len(bind_key) == 2:  # a list of deps
-            n_args, kw, skip_none = bind_key[0], (), bind_key[1]
-        else:  # a dict
-            n_args, kw, skip_none = 0, bind_key[1], bind_key[2]
+    def check(
+        self, bind_key: tuple[Any, bool], name: str, n_args: int, kw: tuple[str, ...]
+    ) -> bool:
+        """Whether the signature accepts ``n_args`` positional results and the keywords
+        ``kw``; remembered as ``bind_key`` if so."""
         try:
-            _check_binding(name, self.sig, n_args, kw, skip_none)
+            _check_binding(name, self.sig, n_args, kw, bind_key[1])
         except SignatureError:
             return False
         self.binds.add(bind_key)

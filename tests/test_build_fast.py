@@ -172,6 +172,29 @@ def test_make_task_builds_what_the_full_path_builds_or_raises_its_error(fn: Any)
             assert outcome(make_task, name, fn, **kw) == expected, (name, fn, kw)
 
 
+def graph_add(name: Any, fn: Any, **kw: Any) -> Task:
+    g = ag.Graph()
+    g.add("other", coro, deps=[])
+    task = g.add(name, fn, **kw)
+    assert g.tasks[name] is task and g.records[name].status is ag.State.PENDING
+    return task
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=repr)
+def test_graph_add_builds_what_the_full_path_builds_or_raises_its_error(fn: Any) -> None:
+    for deps, options in itertools.product(DEPS, OPTIONS):
+        kw = {"deps": deps, **options}
+        kw.pop("skip_none", None)  # not an option of add
+        expected = outcome(_make_task_checked, "me", fn, **kw)
+        for _ in range(2):
+            assert outcome(graph_add, "me", fn, **kw) == expected, (fn, kw)
+    g = ag.Graph()
+    g.add("me", coro, deps=[])
+    with pytest.raises(ag.DuplicateTaskError):
+        g.add("me", coro, deps=[])
+    assert len(g) == 1
+
+
 def test_functions_of_one_code_share_a_plan_but_not_their_defaults() -> None:
     def make() -> Any:
         def f(a, b):  # type: ignore[no-untyped-def]
