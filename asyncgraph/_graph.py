@@ -224,8 +224,17 @@ class BaseGraph:
         """
 
         def decorate(f: F) -> F:
+            n = name if name is not None else _name_of(f)
+            if after is None and over is None and key is None and type(self).add is _ADD:
+                task = fast_task(
+                    n, f, deps, kind, retries, retry_delay, timeout, priority, resources, False
+                )
+                if task is not None:  # else add's full way, which says what is wrong
+                    self._dag = self._dag.add(task)
+                    self._records[n] = PENDING_RECORD
+                    return f
             self.add(
-                name if name is not None else _name_of(f),
+                n,
                 f,
                 deps=deps,
                 kind=kind,
@@ -655,6 +664,11 @@ class _Tasks(Mapping[str, Task]):
 
     def __repr__(self) -> str:
         return repr(self._graph._dag.tasks)
+
+
+#: ``BaseGraph.add``: the decorator builds a task itself (the fast path) unless a
+#: subclass has its own ``add``, which it then calls, as before.
+_ADD = BaseGraph.add
 
 
 def _one_or_many(after: Any) -> Any:

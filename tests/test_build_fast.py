@@ -375,3 +375,53 @@ def test_fingerprints_of_tasks_built_fast_equal_those_built_the_full_way() -> No
     for n in fast:
         assert fast.tasks[n] == slow.tasks[n]
     assert digests(fast) == digests(slow)
+
+
+# -- the decorator and create_graph ---------------------------------------------------------
+
+
+def test_the_decorator_builds_what_add_builds_and_honours_a_subclass_add() -> None:
+    g = ag.Graph()
+    for i in range(3):
+
+        @g.task(name=f"t{i}", deps=[f"t{i - 1}"] if i else [], retries=i)
+        async def step(*a: Any) -> int:
+            return len(a)
+
+    for i in range(3):
+        deps = [f"t{i - 1}"] if i else []
+        assert g.tasks[f"t{i}"] == _make_task_checked(
+            f"t{i}", g.tasks[f"t{i}"].fn, deps=deps, retries=i
+        )
+    with pytest.raises(ag.InvalidTaskError, match="retries"):
+        g.task(name="bad", retries=-1)(coro)
+    assert "bad" not in g
+
+    added: list[str] = []
+
+    class Logged(ag.Graph):
+        __slots__ = ()
+
+        def add(self, name: str, fn: Any, **kw: Any) -> Task:  # type: ignore[override]
+            added.append(name)
+            return super().add(name, fn, **kw)
+
+    h = Logged()
+    h.task(name="x", deps=[])(coro)
+    assert added == ["x"] and "x" in h
+
+
+def test_create_graph_builds_what_the_full_path_builds() -> None:
+    funcs = {"a": nothing, "b": plain, "c": coro, "d": with_default, "e": len}
+    dependencies: dict[str, Any] = {"b": ("a", "c"), "c": {"a"}, "d": ["b"], "e": {"c", "d"}}
+    g = ag.create_graph(funcs, dependencies, io_bound=["c"], done=["a"], results={"a": 1})
+    for n, fn in funcs.items():
+        deps = dependencies.get(n, ())
+        deps = sorted(deps) if isinstance(deps, set) else list(deps)
+        kind = "io" if n == "c" else "cpu"
+        assert g.tasks[n] == _make_task_checked(n, fn, deps=deps, kind=kind, skip_none=True)
+    assert g.status["a"] is ag.State.DONE and g.topological_order()[-1] == "e"
+    with pytest.raises(ag.InvalidTaskError, match=r"dependencies\['b'\]"):
+        ag.create_graph({"b": plain}, {"b": "a"})
+    with pytest.raises(ag.SignatureError, match="'b'"):
+        ag.create_graph({"a": nothing, "b": plain}, {"b": ["a"]})
