@@ -425,3 +425,16 @@ def test_create_graph_builds_what_the_full_path_builds() -> None:
         ag.create_graph({"b": plain}, {"b": "a"})
     with pytest.raises(ag.SignatureError, match="'b'"):
         ag.create_graph({"a": nothing, "b": plain}, {"b": ["a"]})
+
+
+def test_a_graph_built_fast_pickles_and_compares_as_before() -> None:
+    g = ag.Graph(name="p")
+    g.add("x", nothing, deps=[])
+    g.add("a", plain, deps=["x", "x2"])
+    g.add("x2", with_default, deps=["x"])
+    g.add("b", var_kw, deps={"a": "a"}, kind="cpu", retries=1, timeout=3)
+    back = pickle.loads(pickle.dumps(g))
+    assert dict(back.tasks) == dict(g.tasks) and back.status == g.status
+    assert all(type(t) is Task for t in back.tasks.values())
+    assert back.topological_order() == ("x", "x2", "a", "b")  # a waits for x2: the heap
+    assert repr(back) == repr(g) == "<Graph 'p' 4 tasks: pending 4>"
