@@ -336,6 +336,12 @@ def test_the_order_is_the_heaps_whether_defined_in_order_or_not(
     for name in names:
         g.add(name, coro, deps=list(deps[name]))
     assert g.topological_order() == reference_order({k: deps[k] for k in names})
+    children: dict[str, list[str]] = {}
+    for name in names:  # each task's dependents, in definition order
+        for d in deps[name]:
+            children.setdefault(d, []).append(name)
+    made = dict(g._dag._children or {})  # the pass that proved the order made them
+    assert made == {k: tuple(v) for k, v in children.items()} == dict(g._dag.child_map())
 
 
 def test_missing_dependencies_and_cycles_are_reported_as_before() -> None:
