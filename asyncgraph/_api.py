@@ -19,7 +19,7 @@ from ._lifetime import run
 from ._rewrite import mark_done, mark_done_except, reset, reset_failed, results_dict, subgraph
 from ._state import NO_RESULT, PENDING_RECORD, State, TaskRecord
 from ._sync import run_sync
-from ._task import Kind, Task, make_task
+from ._task import Kind, Task, fast_task, make_task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,18 +215,17 @@ def create_graph(
     g = Graph(name=name)
     for name, fn in funcs.items():  # the graph's name was used above
         deps = dependencies.get(name, ())
-        if isinstance(deps, str) or not isinstance(deps, Iterable):
-            raise InvalidTaskError(
-                name,
-                f"dependencies[{name!r}] must be a list or set of task names, "
-                f"not {type(deps).__name__} {deps!r}",
-            )
-        task = make_task(
-            name,
-            fn,
-            deps=sorted(deps) if isinstance(deps, (set, frozenset)) else list(deps),
-            kind=Kind.IO if name in io else Kind.CPU,
-            skip_none=True,
+        if type(deps) is not list:
+            if isinstance(deps, str) or not isinstance(deps, Iterable):
+                raise InvalidTaskError(
+                    name,
+                    f"dependencies[{name!r}] must be a list or set of task names, "
+                    f"not {type(deps).__name__} {deps!r}",
+                )
+            deps = sorted(deps) if isinstance(deps, (set, frozenset)) else list(deps)
+        kind = Kind.IO if name in io else Kind.CPU
+        task = fast_task(name, fn, deps, kind, 0, 0.1, None, 0, (), True) or make_task(
+            name, fn, deps=deps, kind=kind, skip_none=True
         )
         record = (
             TaskRecord(status=State.DONE, result=given.get(name, NO_RESULT))

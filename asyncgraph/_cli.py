@@ -669,9 +669,12 @@ def _summary(
     args: argparse.Namespace, before: dict[str, State], result: Graph, info: RunInfo | None
 ) -> str:
     counts: dict[str, int] = {}
+    records = result.records
     for name, state in result.status.items():
         was = before.get(name)  # None: an element its family's expansion made in the run
-        key = "reused" if state is State.DONE and was is State.DONE else state.value
+        key = state.value
+        if state is State.DONE and (was is State.DONE or _reused_in(records[name], info)):
+            key = "reused"
         counts[key] = counts.get(key, 0) + 1
     order = ("done", "reused", "failed", "skipped", "cancelled", "pending", "running")
     lines = [
@@ -682,7 +685,6 @@ def _summary(
     ]
     from shlex import quote
 
-    records = result.records
     failed = [n for n, s in result.status.items() if s in (State.FAILED, State.CANCELLED)]
     if failed:
         rows = []
@@ -700,6 +702,14 @@ def _summary(
             f"{quote(args.store)} --reset-failed",
         ]
     return "\n".join(lines)
+
+
+def _reused_in(record: Any, info: RunInfo | None) -> bool:
+    """A done task the run took from the store without running it: it finished before
+    the run began. An element a family's expansion reused by content (its parent ran
+    again) is pending or absent in the graph before the run, so only its record says."""
+    finished = record.finished
+    return info is not None and finished is not None and finished < info.started
 
 
 def _exception_line(error: BaseException) -> str:

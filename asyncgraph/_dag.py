@@ -268,6 +268,33 @@ class Dag:
         if self._order is not None:
             return self._order
         tasks = self._tasks
+        if not self._fan:
+            # Most graphs are defined dependencies first: then the definition order is a
+            # topological order, and the smallest one by position, which is what the
+            # heap below gives. One pass proves it, and gathers the children on the way
+            # (as the heap's path does, so a run finds them made); any other graph takes
+            # the heap.
+            seen: set[str] = set()
+            add = seen.add
+            acc: dict[str, list[str]] = {}
+            for n, t in tasks.items():
+                for d in t.deps:
+                    if d not in seen:
+                        break
+                    kids = acc.get(d)
+                    if kids is None:
+                        acc[d] = [n]
+                    else:
+                        kids.append(n)
+                else:
+                    add(n)
+                    continue
+                break
+            else:
+                if self._children is None:
+                    self._children = {k: tuple(v) for k, v in acc.items()}
+                self._order = tuple(tasks)
+                return self._order
         for t in tasks.values():
             missing = [d for d in t.deps if d not in tasks]
             if missing:

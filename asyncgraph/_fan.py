@@ -24,7 +24,7 @@ from dataclasses import fields
 from typing import Any
 
 from ._state import State
-from ._task import Element, Task
+from ._task import Element, Task, new_element
 
 __all__ = [
     "Items",
@@ -166,7 +166,7 @@ def element_like(template: Task | list[Any], **own: Any) -> Element:
     args = prototype(template) if isinstance(template, Task) else template.copy()
     for k, v in own.items():
         args[_AT[k]] = v
-    return Element(*args)
+    return new_element(*args)
 
 
 def elements(template: Task, found: Items) -> list[Element]:
@@ -176,14 +176,15 @@ def elements(template: Task, found: Items) -> list[Element]:
     proto[_AT["input"]] = template.over
     i_name, i_value, i_index, i_at = _AT["name"], _AT["value"], _AT["index"], _AT["at"]
     prefix = template.name + "["
-    out = []
+    out: list[Element] = []
+    append = out.append
     for i, (k, v) in enumerate(zip(found.keys, found.values, strict=True)):
         args = proto.copy()
         args[i_name] = prefix + k + "]"
         args[i_value] = v
         args[i_index] = i
         args[i_at] = k
-        out.append(Element(*args))
+        append(new_element(*args))
     return out
 
 

@@ -31,7 +31,7 @@ from typing import Any, TypeVar, overload
 from ._dag import Dag
 from ._exceptions import TaskFailures, UnknownTaskError
 from ._state import PENDING_RECORD, ResultRef, State, TaskRecord
-from ._task import Kind, Task, make_task
+from ._task import Kind, Task, fast_task, make_task
 
 __all__ = ["BaseGraph", "G", "check_graph", "check_graph_name"]
 
@@ -117,6 +117,14 @@ class BaseGraph:
         Over another mapped task the mapping is element-wise. ``over`` may be a
         :class:`Task` or a decorated function, as in ``deps``.
         """
+        if after is None and over is None and key is None:
+            task = fast_task(
+                name, fn, deps, kind, retries, retry_delay, timeout, priority, resources, False
+            )
+            if task is not None:  # else the full way, which says what is wrong
+                self._dag = self._dag.add(task)
+                self._records[name] = PENDING_RECORD
+                return task
         if deps is not None and not isinstance(deps, (str, Mapping)):
             deps = self._tasks_of_functions(deps)
         order_only = _one_or_many(after)
@@ -216,8 +224,17 @@ class BaseGraph:
         """
 
         def decorate(f: F) -> F:
+            n = name if name is not None else _name_of(f)
+            if after is None and over is None and key is None and type(self).add is _ADD:
+                task = fast_task(
+                    n, f, deps, kind, retries, retry_delay, timeout, priority, resources, False
+                )
+                if task is not None:  # else add's full way, which says what is wrong
+                    self._dag = self._dag.add(task)
+                    self._records[n] = PENDING_RECORD
+                    return f
             self.add(
-                name if name is not None else _name_of(f),
+                n,
                 f,
                 deps=deps,
                 kind=kind,
@@ -647,6 +664,11 @@ class _Tasks(Mapping[str, Task]):
 
     def __repr__(self) -> str:
         return repr(self._graph._dag.tasks)
+
+
+#: ``BaseGraph.add``: the decorator builds a task itself (the fast path) unless a
+#: subclass has its own ``add``, which it then calls, as before.
+_ADD = BaseGraph.add
 
 
 def _one_or_many(after: Any) -> Any:

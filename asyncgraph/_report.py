@@ -39,7 +39,9 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
     one; the column is pandas' text dtype: ``str`` from pandas 3, ``object`` before).
 
     A graph with a mapped task has one more column, ``family``: each element's row
-    names its template (None on every other row), and follows the template's row.
+    names its template (NaN on every other row, as ``error``: pandas' missing text, so
+    ``frame.family.isna()`` selects the tasks that are not elements), and follows the
+    template's row.
     """
     if graph._dag.fans:
         return _family_frame(graph)
@@ -93,7 +95,7 @@ def _family_frame(graph: BaseGraph) -> pd.DataFrame:
             )
         )
     frame = pd.DataFrame.from_records(rows, columns=[*COLUMNS, "family"])
-    frame["family"] = pd.Series([r[-1] for r in rows], dtype=object, index=frame.index)
+    frame["family"] = _text_column(frame["family"])
     for col in ("started", "finished"):
         frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
     frame["duration_s"] = frame["duration_s"].astype("float64")

@@ -11,6 +11,12 @@ The three definition styles map onto it: parameter names (``kwargs``), ``deps=[.
 (``args``), ``deps={"param": "task"}`` (``kwargs``), and ``create_graph`` (``args`` with
 ``skip_none``). Binding is checked against the function's signature when the task is
 added, so a mismatch is reported before anything runs.
+
+Building is fast for the many tasks of a big graph (issue 15): what a plain function's
+signature says is read once per code object (:class:`_Plan`), the usual arguments take
+:func:`fast_task`, which builds exactly what the full checks (:func:`_make_task_checked`)
+would and leaves every error to them, and Tasks and Elements are built by plain slot
+stores (:func:`_constructor`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from ._stream.spec import StreamSpec
 if TYPE_CHECKING:
     from ._state import TaskRecord
 
-__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "make_task"]
+__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "fast_task", "make_task", "new_element"]
 
 
 class Kind(enum.Enum):
@@ -372,7 +378,149 @@ def make_task(
 
     ``after`` names order-only dependencies: the task waits for them (and is skipped if
     one fails) but is not passed their results.
+
+    Most tasks take a fast path: a plain function (the same code as a function seen
+    before, so its signature was read once, see :class:`_Plan`), options of their usual
+    types, ``deps`` a list, tuple or dict of names, no ``after``/``over``. Anything
+    else, and anything the fast path would refuse, goes the full way
+    (:func:`_make_task_checked`), which raises every error as it always did: the fast
+    path only ever builds the Task the full way would build.
     """
+    if after is None and over is None and key is None:
+        task = fast_task(
+            name, fn, deps, kind, retries, retry_delay, timeout, priority, resources, skip_none
+        )
+        if task is not None:
+            return task
+    return _make_task_checked(
+        name,
+        fn,
+        deps=deps,
+        kind=kind,
+        retries=retries,
+        retry_delay=retry_delay,
+        timeout=timeout,
+        priority=priority,
+        resources=resources,
+        skip_none=skip_none,
+        after=after,
+        over=over,
+        key=key,
+    )
+
+
+def fast_task(
+    name: Any,
+    fn: Any,
+    deps: Any,
+    kind: Any,
+    retries: Any,
+    retry_delay: Any,
+    timeout: Any,
+    priority: Any,
+    resources: Any,
+    skip_none: bool,
+) -> Task | None:
+    """:func:`make_task` without ``after``/``over``/``key``, for the usual arguments
+    only: the Task the full path would build, or None when the full path must look
+    (an unusual argument, or one it would refuse). It never raises for bad input.
+    ``Graph.add`` calls it first, positionally.
+
+    Each test admits only values the full path accepts unchanged: a plain function
+    with a plan (see :class:`_Plan`), an ASCII name, a kind given as None, a Kind or
+    its value, ints and finite floats of the usual signs, no resources, and deps None,
+    a list or tuple of names, or a dict of parameter names to names.
+    """
+    if type(fn) is not types.FunctionType or type(name) is not str:
+        return None
+    if not name or not name.isascii() or fn.__dict__ or fn.__kwdefaults__ is not None:
+        return None
+    code = fn.__code__
+    plan = _PLANS.get(id(code))
+    if plan is None or plan.code is not code or plan.n_defaults != len(fn.__defaults__ or ()):
+        plan = _plan_of(fn)
+        if plan is None:
+            return None
+    if kind is None:
+        the_kind = Kind.IO
+    elif type(kind) is Kind:
+        the_kind = kind
+    else:
+        the_kind = _KIND_OF.get(kind) if type(kind) is str else None  # type: ignore[assignment]
+        if the_kind is None:
+            return None
+    if type(retries) is not int or retries < 0 or type(priority) is not int:
+        return None
+    if type(retry_delay) is not float or not 0.0 <= retry_delay < math.inf:
+        if type(retry_delay) is not int or retry_delay < 0:
+            return None
+        retry_delay = float(retry_delay)
+    if timeout is not None:
+        number: type[Any] = type(timeout)
+        if (number is not float and number is not int) or not timeout >= 0:
+            return None
+        timeout = float(timeout)
+    if type(resources) is not tuple or resources:
+        return None
+    given: type[Any] = type(deps)
+    if given is list or given is tuple:
+        args: tuple[str, ...] = tuple(deps)
+        for a in args:
+            if type(a) is not str:
+                return None
+        if name in args or (len(args) > 1 and len(set(args)) != len(args)):
+            return None
+        bind_key: tuple[Any, bool] = (len(args), skip_none)
+        if bind_key not in plan.binds and not plan.check(bind_key, name, len(args), ()):
+            return None
+        return _new_task(
+            name, fn, the_kind, args, (), skip_none, retries, retry_delay, timeout,
+            priority, (), plan.is_async, args, None, None, None, (), None,
+        )  # fmt: skip
+    if deps is None:
+        kwargs = plan.auto
+        if kwargs is None or name in plan.auto_names:
+            return None
+        return _new_task(
+            name, fn, the_kind, (), kwargs, skip_none, retries, retry_delay, timeout,
+            priority, (), plan.is_async, plan.auto_names, None, None, None, (), None,
+        )  # fmt: skip
+    if given is dict:
+        kwargs = tuple(deps.items())
+        for p, d in kwargs:
+            if type(p) is not str or type(d) is not str or d == name:
+                return None
+            if not p.isidentifier() or keyword.iskeyword(p):
+                return None
+        params = tuple(p for p, _ in kwargs)
+        bind_key = (params, skip_none)
+        if bind_key not in plan.binds and not plan.check(bind_key, name, 0, params):
+            return None
+        return _new_task(
+            name, fn, the_kind, (), kwargs, skip_none, retries, retry_delay, timeout,
+            priority, (), plan.is_async, tuple(dict.fromkeys(d for _, d in kwargs)),
+            None, None, None, (), None,
+        )  # fmt: skip
+    return None
+
+
+def _make_task_checked(
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    deps: Iterable[str] | Mapping[str, str] | None = None,
+    kind: Kind | str | None = None,
+    retries: int = 0,
+    retry_delay: float = 0.1,
+    timeout: float | None = None,
+    priority: int = 0,
+    resources: Iterable[str] = (),
+    skip_none: bool = False,
+    after: Iterable[str] | None = None,
+    over: str | Task | None = None,
+    key: Callable[[Any], Any] | None = None,
+) -> Task:
+    """:func:`make_task`'s full path: every check, in order (see there)."""
     if not isinstance(name, str) or not name:
         raise InvalidTaskError(str(name), "a task name must be a non-empty string")
     _check_encodable(name)
@@ -498,3 +646,136 @@ def _check_over(name: str, over: Any, key: Any, deps: tuple[str, ...]) -> None:
             "a mapped task's name may not contain '[' or ']': its elements are named "
             f"{name}[<key>]",
         )
+
+
+# -- the fast path's memory: one plan per code object ------------------------------------
+
+_KIND_OF = {k.value: k for k in Kind}
+_CO_GENERATORS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+#: id(code) -> its plan. Bounded: it holds code objects (never functions, their globals
+#: or closures), and is emptied when full; a miss only costs one signature read.
+_PLANS: dict[int, _Plan] = {}
+_PLANS_MAX = 4096
+
+
+class _Plan:
+    """What :func:`make_task` reads from a plain function's signature, once.
+
+    It is the same for every function made from one code object (a ``def`` in a loop,
+    a closure, a lambda per task) that has as many positional defaults and no
+    keyword-only ones: the parameters, their kinds and which have defaults all come
+    from the code and those counts, and binding depends on nothing else (the default
+    values themselves and the annotations only show in error messages, which the full
+    path writes). ``binds`` remembers the bindings ``Signature.bind`` accepted:
+    ``(n_positional, skip_none)`` for a list of deps, ``(keywords, skip_none)`` for a
+    dict.
+
+    State it keeps
+        ``code``        the code object (its id is the key: kept alive, so never reused);
+        ``n_defaults``  how many positional parameters have defaults;
+        ``is_async``    a coroutine function (``async def``);
+        ``sig``         the signature (read once, with ``inspect.signature``);
+        ``auto``        the ``(parameter, task)`` pairs of ``deps=None``, or None when
+                        the full path refuses them (a positional-only parameter);
+        ``auto_names``  those tasks, in order;
+        ``binds``       the binding keys checked and accepted.
+    """
+
+    __slots__ = ("auto", "auto_names", "binds", "code", "is_async", "n_defaults", "sig")
+
+    def __init__(self, fn: types.FunctionType, sig: inspect.Signature) -> None:
+        self.code = fn.__code__
+        self.n_defaults = len(fn.__defaults__ or ())
+        self.is_async = bool(self.code.co_flags & inspect.CO_COROUTINE)
+        self.sig = sig
+        try:
+            self.auto: tuple[tuple[str, str], ...] | None = _params_as_deps("", sig)
+        except SignatureError:
+            self.auto = None
+        self.auto_names = tuple(t for _, t in self.auto or ())
+        self.binds: set[tuple[Any, bool]] = set()
+
+    def check(
+        self, bind_key: tuple[Any, bool], name: str, n_args: int, kw: tuple[str, ...]
+    ) -> bool:
+        """Whether the signature accepts ``n_args`` positional results and the keywords
+        ``kw``; remembered as ``bind_key`` if so."""
+        try:
+            _check_binding(name, self.sig, n_args, kw, bind_key[1])
+        except SignatureError:
+            return False
+        self.binds.add(bind_key)
+        return True
+
+
+def _plan_of(fn: types.FunctionType) -> _Plan | None:
+    """The plan of a plain function (made and kept), or None when the full path must
+    look at it: a generator function (refused there), or no signature."""
+    code = fn.__code__
+    if code.co_flags & _CO_GENERATORS:
+        return None
+    sig = _signature(fn)
+    if sig is None:
+        return None
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    plan = _PLANS[id(code)] = _Plan(fn, sig)
+    return plan
+
+
+def _constructor(cls: type) -> Callable[..., Any]:
+    """A function building a ``cls`` (a frozen dataclass with slots) from all its
+    fields' values, positionally, in field order, for the many tasks a graph or a family
+    builds at once (everything else calls the class).
+
+    It fills a *body*, an object of a mutable twin of ``cls`` (the same base and slots,
+    plain attribute setting), with plain stores, which the interpreter specializes to a
+    slot write each, and then makes it a ``cls`` (``__class__`` assignment, allowed
+    between classes of the same layout). The dataclass's ``__init__`` goes through
+    ``object.__setattr__`` by name for every field (frozen), three to four times
+    slower. The result is an ordinary ``cls``: the same type, fields, equality, hash,
+    pickling and immutability. Checked once here; if this Python refused it, the
+    fields would be stored through the slots' descriptors instead.
+    """
+    from dataclasses import fields
+
+    names = [f.name for f in fields(cls)]
+    base = cls.__mro__[1]
+    body = type(
+        f"_{cls.__name__}Body",
+        (base,),
+        {
+            "__slots__": cls.__dict__["__slots__"],
+            # both, so the type's one setattr slot is the generic one (a dataclass
+            # base's frozen __delattr__ would make every store a Python call)
+            "__setattr__": object.__setattr__,
+            "__delattr__": object.__delattr__,
+        },
+    )
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_body": body}
+    lines = ["def build(" + ", ".join(names) + "):", "    self = _new(_body)"]
+    lines += [f"    self.{n} = {n}" for n in names]
+    lines += ["    self.__class__ = _cls", "    return self"]
+    exec("\n".join(lines), env)
+    build: Callable[..., Any] = env["build"]
+    try:
+        probe = build(*names)
+        ok = type(probe) is cls and all(getattr(probe, n) == n for n in names)
+    except TypeError:
+        ok = False
+    if not ok:  # pragma: no cover - CPython allows it since 3.0
+        env2: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+        lines = ["def build(" + ", ".join(names) + "):", "    self = _new(_cls)"]
+        for k, n in enumerate(names):
+            env2[f"_set{k}"] = getattr(cls, n).__set__
+            lines.append(f"    _set{k}(self, {n})")
+        lines.append("    return self")
+        exec("\n".join(lines), env2)
+        build = env2["build"]
+    build.__qualname__ = build.__name__ = f"new_{cls.__name__.lower()}"
+    return build
+
+
+_new_task: Callable[..., Task] = _constructor(Task)
+#: ``Element(*values)``, faster: the fields in order (see :func:`_constructor`).
+new_element: Callable[..., Element] = _constructor(Element)

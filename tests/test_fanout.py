@@ -8,6 +8,7 @@ events; ``fail_after`` only turns a hang into a failure.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections import Counter
 
@@ -504,7 +505,8 @@ async def test_to_frame_has_a_family_column_with_element_rows_after_the_template
     fam = dict(zip(frame["name"], frame["family"], strict=True))
     assert fam["score[b]"] == "score"
     assert fam["publish[c]"] == "publish"
-    assert fam["score"] is None
+    assert frame.family[frame.name == "score"].isna().all()  # NaN: missing text (issue 16)
+    assert isinstance(fam["score"], float) and math.isnan(fam["score"])
     assert "family" not in ag.Graph().to_frame().columns  # plain graphs: as before
 
 
