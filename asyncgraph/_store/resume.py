@@ -242,6 +242,15 @@ def _with_stored_elements(
         proto = prototype(t)
         rows.sort(key=_stored_order)
         wise = parent.over is not None  # element-wise: each takes its counterpart element
+        # A family a run collected done was expanded in that run from its inputs as they
+        # were then, and each element it kept was checked against them (computed again,
+        # or reused because its item's content was the same): an element row is as
+        # recent as that run, although the row itself is older. (A family given by
+        # mark_done has no start: it vouches for nothing.)
+        fam = stored.get(template)
+        vouched = (
+            fam.run_id if fam is not None and fam.status is done and fam.started is not None else 0
+        )
         if not wise:
             # Mapped over a task's result: every element has the template's deps, so
             # whether they are done and the latest run that computed one of them are
@@ -293,9 +302,9 @@ def _with_stored_elements(
             status = s.status
             if status is done:
                 if wise:
-                    reran = up_done and _upstream_reran(s, deps, records, stored)
+                    reran = up_done and _upstream_reran(s, deps, records, stored, vouched)
                 else:
-                    reran = up_done and latest > s.run_id
+                    reran = up_done and latest > max(s.run_id, vouched)
                 if s.code == own and up_done and s.result_id is not None and not reran:
                     records[name] = TaskRecord(
                         done,
@@ -391,8 +400,10 @@ def _upstream_reran(
     deps: Any,
     records: Mapping[str, TaskRecord],
     stored: Mapping[str, StoredTask],
+    vouched: int = 0,
 ) -> bool:
-    """Whether a dependency reused from the store was computed in a later run than ``s``.
+    """Whether a dependency reused from the store was computed in a later run than ``s``
+    (or than ``vouched``, the run that last collected ``s``'s family done).
 
     Then ``s`` was computed from that dependency's earlier result: a run that reran the
     dependency without it (a subgraph that left it out) would otherwise leave it looking
@@ -403,7 +414,7 @@ def _upstream_reran(
         sd = stored.get(d)
         if (
             sd is not None
-            and sd.run_id > s.run_id
+            and sd.run_id > max(s.run_id, vouched)
             and sd.started is not None
             and type(records[d].result) is StoredResult
         ):
