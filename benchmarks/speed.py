@@ -766,8 +766,7 @@ class Bench:
         self.table.add(
             10,
             "cpu.speedup",
-            f"{tasks} CPU tasks of 20 ms, 2 workers: speedup "
-            "over serial, pool start included (new process)",
+            f"{tasks} x 20 ms CPU tasks on 2 workers, speedup over serial (new process)",
             speed["cpu40"],
             "x",
             (">=", 1.8),
