@@ -149,3 +149,27 @@ def test_bad_arguments_say_what_is_wrong(args, says):
     proc = speed(*args, timeout=120)
     assert proc.returncode != 0
     assert says in proc.stderr, proc.stderr
+
+
+def test_profile_shows_where_the_time_goes(tmp_path):
+    out = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "_speed_profile.py"), "--n", "300",
+         "--top", "5", "--sampling", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    for what in ("build", "run"):
+        prof = report[what]["cprofile"]
+        assert len(prof["top"]) == 5
+        assert prof["calls_per_task"] > 1
+        assert all(r["calls"] >= 1 and r["own_us_per_task"] >= 0 for r in prof["top"])
+        assert prof["top"][0]["share"] >= prof["top"][-1]["share"]
+        assert f"{what} of 300 layered tasks" in proc.stdout
+    if _have("pyinstrument"):
+        assert "sampling view" in proc.stdout
+        assert "build_add" in report["build"]["sampling"]  # speed.py's builder, sampled
+    else:
+        assert "no sampling view" in proc.stdout
