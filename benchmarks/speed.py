@@ -70,6 +70,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import tracemalloc
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -292,6 +293,9 @@ def paired(pairs: int, sides: dict[str, Callable[[], float]]) -> dict[str, list[
             got[k].append(sides[k]())
     return got
 
+
+#: The exit status of a table in which some rows failed (each says why; the rest stand).
+ROW_FAILED = 3
 
 OPS = {"<=": operator.le, ">=": operator.ge}
 
@@ -997,11 +1001,17 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         bench.clock.aio(lambda: ag.run(build_add(warm)), lambda out: all_done(out, 500))
         bench.clock.aio(lambda: run_hand(dict.fromkeys(warm, noop), warm), _count(500))
         for r in sorted(rows):
-            if r in (3, 4):
-                if r == min(rows & {3, 4}):
+            if r in (3, 4) and r != min(rows & {3, 4}):
+                continue  # one loop measures both
+            try:
+                if r in (3, 4):
                     bench.row34_build_run(rows)
-                continue
-            getattr(bench, ROWS[r])()
+                else:
+                    getattr(bench, ROWS[r])()
+            except Exception as exc:  # noqa: BLE001 - one row's failure is that row's note
+                traceback.print_exc()
+                what = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                bench.table.note(r, f"row{r}.failed", f"row {r}", f"failed: {what}")
     finally:
         bench.close()
     return sorted(bench.table.rows, key=lambda r: int(r["row"]))
@@ -1032,7 +1042,9 @@ def show(rows: list[dict[str, Any]], title: str) -> None:
             else f"{fmt(r['min'], r['unit'])} - {fmt(r['max'], r['unit'])}"
         )
         met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        figure = "skipped (below)" if r.get("note") else fmt(r["value"], r["unit"])
+        figure = (
+            r["note"].split(":")[0] + " (below)" if r.get("note") else fmt(r["value"], r["unit"])
+        )
         body.append([r["row"], r["measure"], figure, rng, r["target"] or "(info)", met])
     print(grid(["#", "measure", "figure", "min - max", "target", "met?"], body, {1}))
     for r in rows:
@@ -1077,7 +1089,7 @@ def run_checkouts(args: argparse.Namespace, passthrough: list[str]) -> None:
                 # Its own table goes to stderr: stdout is for the side-by-side one.
                 env = {**os.environ, "PYTHONPATH": str(root)}
                 proc = subprocess.run(cmd, env=env, stdout=sys.stderr)
-                if proc.returncode:
+                if proc.returncode not in (0, ROW_FAILED) or not out.exists():
                     raise SystemExit(f"the run on {name} ({root}) failed: exit {proc.returncode}")
                 payload = json.loads(out.read_text())
                 got[name].append(payload["rows"])
@@ -1092,7 +1104,9 @@ def run_checkouts(args: argparse.Namespace, passthrough: list[str]) -> None:
         found = [merged[name].get(key) for name in names]
         ref = next(r for r in found if r is not None)
         cells = " -> ".join(
-            "-" if r is None else ("skipped" if r.get("note") else fmt(r["value"], r["unit"]))
+            "-"
+            if r is None
+            else (r["note"].split(":")[0] if r.get("note") else fmt(r["value"], r["unit"]))
             for r in found
         )
         final = merged[last].get(key)
@@ -1103,6 +1117,15 @@ def run_checkouts(args: argparse.Namespace, passthrough: list[str]) -> None:
         f"each figure a median of per-pair ratios in one process)"
     )
     print(grid(["#", "measure", " -> ".join(names), "target", f"met? ({last})"], body, {1}))
+    for name in names:
+        for r in merged[name].values():
+            if r.get("note"):
+                print(f"{name}, row {r['row']}, {r['measure']}: {r['note']}")
+    for name, root, _python in specs:
+        info = machine_info.get(name) or {}
+        commit = (info.get("asyncgraph_commit") or "?")[:10]
+        dirty = " + uncommitted changes" if info.get("asyncgraph_dirty") else ""
+        print(f"{name}: {root} at {commit}{dirty}")
     write_json(
         args.json,
         {
@@ -1202,6 +1225,10 @@ def main() -> None:
     )
     print(f"(total {time.perf_counter() - t0:.0f} s)")
     write_json(args.json, {"benchmark": "speed", "args": vars(args), "rows": rows})
+    failed = [r["row"] for r in rows if str(r.get("note", "")).startswith("failed:")]
+    if failed:
+        print(f"rows that failed (their traceback is above, on stderr): {failed}")
+        sys.exit(ROW_FAILED)
 
 
 def _strip_checkout(argv: list[str]) -> list[str]:

@@ -173,3 +173,42 @@ def test_profile_shows_where_the_time_goes(tmp_path):
         assert "build_add" in report["build"]["sampling"]  # speed.py's builder, sampled
     else:
         assert "no sampling view" in proc.stdout
+
+
+FAKE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location(
+    "asyncgraph", {init!r}, submodule_search_locations=[{pkg!r}])
+module = importlib.util.module_from_spec(spec)
+sys.modules["asyncgraph"] = module
+spec.loader.exec_module(module)
+
+def create_graph(*a, **k):
+    raise RuntimeError("this checkout's create_graph is broken on purpose")
+
+module.create_graph = create_graph
+module.__file__ = __file__  # this checkout's, as speed.py checks
+"""
+
+
+def test_a_row_that_fails_says_so_and_the_others_stand(tmp_path):
+    """A checkout where one API breaks: its row says why; the table still comes out."""
+    fake = tmp_path / "broken"
+    (fake / "asyncgraph").mkdir(parents=True)
+    pkg = ROOT / "asyncgraph"
+    (fake / "asyncgraph" / "__init__.py").write_text(
+        FAKE.format(init=str(pkg / "__init__.py"), pkg=str(pkg))
+    )
+    out = tmp_path / "both.json"
+    proc = speed("--quick", "--only", "1,8", "--checkout", f"good={ROOT}", "--checkout",
+                 f"broken={fake}", "--json", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    both = json.loads(out.read_text())["checkouts"]
+    good = {r["key"]: r for r in both["good"]["merged"]}
+    broken = {r["key"]: r for r in both["broken"]["merged"]}
+    assert set(good) == set(EXPECTED[1] + EXPECTED[8])
+    assert set(broken) == {"row1.failed", *EXPECTED[8]}
+    assert "create_graph is broken on purpose" in broken["row1.failed"]["note"]
+    assert broken["memory"]["value"] is not None
+    assert "broken, row 1, row 1: failed: RuntimeError" in proc.stdout
+    assert "-> failed" in proc.stdout
