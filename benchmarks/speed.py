@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import graphlib
 import io
@@ -419,8 +420,8 @@ class Bench:
         }
         for sh in ("wide", "chain", "layered"):
             deps = shape(sh, n)
-            sides = {
-                k: (lambda b=b, deps=deps: self.clock.sync(lambda: b(deps)))
+            sides: dict[str, Callable[[], float]] = {
+                k: functools.partial(self.clock.sync, functools.partial(b, deps))
                 for k, b in builders.items()
             }
             got = paired(self.pairs, sides)
@@ -776,7 +777,7 @@ class Bench:
             (">=", 1.8),
         )
 
-        big = self.args.calls
+        big: int = self.args.calls
         small = max(1, big // 10)
 
         def ag_calls(k: int) -> float:
@@ -833,8 +834,6 @@ class Bench:
         mb = self.args.mb
 
         def frame_run(fn: Callable[[int], Any]) -> float:
-            import functools
-
             g = ag.Graph()
             g.add("big", functools.partial(fn, mb), kind="cpu")
 
