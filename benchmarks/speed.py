@@ -430,7 +430,7 @@ class Bench:
                 self.table.add(
                     1,
                     f"build.{k}.{sh}",
-                    f"build {k} / graphlib, {sh} {n}",
+                    f"build {k} / graphlib, {sh} {size(n)}",
                     per_pair(got[k], gl),
                     "x",
                     ("<=", 2.0),
@@ -1064,6 +1064,8 @@ def run_checkouts(args: argparse.Namespace, passthrough: list[str]) -> None:
         root = Path(tree).resolve()
         if not (root / "asyncgraph" / "__init__.py").is_file():
             raise SystemExit(f"--checkout {name}: {root} has no asyncgraph/ package")
+        if python and not (shutil.which(python) or Path(python).is_file()):
+            raise SystemExit(f"--checkout {name}: no Python at {python!r}")
         specs.append((name, root, python or sys.executable))
     names = [s[0] for s in specs]
     if len(set(names)) != len(names):
@@ -1204,12 +1206,15 @@ def main() -> None:
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
-    if args.pairs < 1 or args.n < 100 or args.big < 100:
-        raise SystemExit("--pairs must be >= 1 and --n, --big >= 100")
-    if args.calls < 20 or args.cpu_tasks < 1 or args.mb < 1 or args.rounds < 1:
-        raise SystemExit("--calls must be >= 20, --cpu-tasks, --mb and --rounds >= 1")
-    if args.sleep_ms < 0 or args.work_ms < 0:
-        raise SystemExit("--sleep-ms and --work-ms must be >= 0")
+    wrong = [
+        f"--{name.replace('_', '-')} must be >= {least:g}, not {getattr(args, name):g}"
+        for name, least in (("pairs", 1), ("n", 100), ("big", 100), ("calls", 20),
+                            ("cpu_tasks", 1), ("mb", 1), ("rounds", 1), ("sleep_ms", 0),
+                            ("work_ms", 0))
+        if getattr(args, name) < least
+    ]  # fmt: skip
+    if wrong:
+        raise SystemExit("; ".join(wrong))
     parse_rows(args.only)
     if args.checkout:
         passthrough = _strip_checkout(sys.argv[1:])

@@ -142,7 +142,10 @@ def test_checkouts_side_by_side(tmp_path):
         (["--only", "two"], "--only takes row numbers"),
         (["--checkout", "nothing-here"], "--checkout takes NAME=DIR"),
         (["--checkout", "x=/nonexistent/dir"], "has no asyncgraph/ package"),
-        (["--pairs", "0"], "--pairs must be >= 1"),
+        (["--pairs", "0"], "--pairs must be >= 1, not 0"),
+        (["--n", "5", "--mb", "0"], "--n must be >= 100, not 5; --mb must be >= 1, not 0"),
+        (["--checkout", f"x={ROOT}=/no/python"], "--checkout x: no Python at '/no/python'"),
+        (["--checkout", f"a={ROOT}", "--checkout", f"a={ROOT}"], "names must differ"),
     ],
 )
 def test_bad_arguments_say_what_is_wrong(args, says):
