@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from _common import write_json  # first: it may put the repo on sys.path
+from _common import machine, write_json  # first: it may put the repo on sys.path
 from overhead import SHAPES, run_hand, shape_layered
 
 import asyncgraph as ag
@@ -1227,12 +1227,23 @@ def main() -> None:
         f"Issue 15's ratio table (median of {args.pairs} pair(s) per row, min - max "
         f"of the pairs; n = {args.n}, big = {args.big}; measured on a shared machine)",
     )
-    print(f"(total {time.perf_counter() - t0:.0f} s)")
+    info = machine()
+    dirty = " + uncommitted changes" if info.get("asyncgraph_dirty") else ""
+    print(
+        f"asyncgraph: {info['asyncgraph_path']} at {(info['asyncgraph_commit'] or '?')[:10]}"
+        f"{dirty}; load average at the start {_load(info)}"
+        f" (total {time.perf_counter() - t0:.0f} s)"
+    )
     write_json(args.json, {"benchmark": "speed", "args": vars(args), "rows": rows})
     failed = [r["row"] for r in rows if str(r.get("note", "")).startswith("failed:")]
     if failed:
         print(f"rows that failed (their traceback is above, on stderr): {failed}")
         sys.exit(ROW_FAILED)
+
+
+def _load(info: dict[str, Any]) -> str:
+    load = info.get("loadavg_at_start")
+    return "?" if not load else " ".join(f"{x:.1f}" for x in load)
 
 
 def _strip_checkout(argv: list[str]) -> list[str]:
