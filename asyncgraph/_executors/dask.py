@@ -99,6 +99,7 @@ from .process import shipping_problem
 __all__ = ["DaskBackend", "DaskExecutor"]
 
 _INLINE = 4096  # result bytes up to this many are loaded on the loop, bigger in a thread
+_SCATTER = 8 << 20  # a driver value above this many bytes is scattered, not embedded
 
 
 class DaskBackend:
@@ -371,6 +372,8 @@ class DaskExecutor:
         self._fetch_soon = False
         self._fetches: set[asyncio.Future[Any]] = set()
         self.journal: str | None = None  # the started-journal's directory (owned cluster)
+        self.feeds: dict[str, int] = {}  # task -> its pending CPU dependents
+        self.scattered: dict[str, asyncio.Future[Any]] = {}  # task -> its value, scattered
 
     # -- before the run --------------------------------------------------------------
 
@@ -393,6 +396,7 @@ class DaskExecutor:
             for d in () if t.over is not None else t.deps:  # a mapped task never starts
                 if tasks[d].kind is Kind.CPU:
                     self.uses[d] = self.uses.get(d, 0) + 1
+                self.feeds[d] = self.feeds.get(d, 0) + 1
             try:
                 data = cloudpickle.dumps(t.fn)
             except Exception as exc:  # noqa: BLE001 - whatever stops pickling
@@ -506,22 +510,8 @@ class DaskExecutor:
         name = task.name
         attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
         sent = (args, kwargs)  # as given: for the message if they cannot be serialized
-        kept = self.kept
-        if kept and not task.skip_none:
-            # A dependency's result still on the cluster goes as its future: the data
-            # moves worker to worker, not out from the driver again.
-            args = list(args)
-            mapped = getattr(task, "input", None)  # an element's item is not the future
-            for i, d in enumerate(task.args):
-                future = None if d == mapped else kept.get(d)
-                if future is not None:
-                    args[i] = future
-            if task.kwargs:
-                kwargs = dict(kwargs)
-                for p, d in task.kwargs:
-                    future = None if d == mapped else kept.get(d)
-                    if future is not None:
-                        kwargs[p] = future
+        if task.deps and not task.skip_none:
+            args, kwargs = await self._inputs(task, args, kwargs)
         fn = self.fn_bytes.get(name)
         if fn is None and task.family is not None:  # fan-out: an element is its template's
             fn = self.fn_bytes[task.family]
@@ -558,6 +548,8 @@ class DaskExecutor:
         if data is not None and self.pickled is not None:
             self.pickled(name, data)
         self._finished(task, future)
+        if task.deps:
+            self._unfeed(task)  # a task that fails for good leaves them to aclose
         return value
 
     async def _outcome(
@@ -598,6 +590,66 @@ class DaskExecutor:
             raise translated from exc
         live.pop(key, None)
         return value, data
+
+    async def _inputs(
+        self, task: Task, args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments as they go to the cluster: a dependency's result still there
+        as its future (the data moves worker to worker, not out from the driver
+        again); a value of the driver's above 8 MB scattered to the workers once and
+        passed as its future (embedded in the task, it would go through the
+        scheduler with every task that takes it)."""
+        kept = self.kept
+        mapped = getattr(task, "input", None)  # an element's item is not the future
+        args = list(args)
+        for i, d in enumerate(task.args):
+            if d == mapped:
+                continue
+            future = kept.get(d)
+            if future is None and d in self.feeds:
+                future = await self._scattered(d, args[i])
+            if future is not None:
+                args[i] = future
+        if task.kwargs:
+            kwargs = dict(kwargs)
+            for p, d in task.kwargs:
+                if d == mapped:
+                    continue
+                future = kept.get(d)
+                if future is None and d in self.feeds:
+                    future = await self._scattered(d, kwargs[p])
+                if future is not None:
+                    kwargs[p] = future
+        return args, kwargs
+
+    async def _scattered(self, name: str, value: Any) -> Any:
+        """The Dask future of the driver's ``value`` of ``name`` if it is over 8 MB
+        (scattered once, released when its last CPU dependent ends), else None."""
+        sending = self.scattered.get(name)
+        if sending is None:
+            from dask.sizeof import sizeof
+
+            if sizeof(value) <= _SCATTER:
+                return None
+            direct = True if self.owns_cluster else None
+            sending = asyncio.ensure_future(self.client.scatter(value, direct=direct, hash=False))
+            self.scattered[name] = sending
+        return await asyncio.shield(sending)
+
+    def _unfeed(self, task: Task) -> None:
+        """``task`` ended: release the scattered values no other CPU task needs."""
+        feeds = self.feeds
+        for d in task.deps:
+            left = feeds.get(d)
+            if left is None:
+                continue
+            if left > 1:
+                feeds[d] = left - 1
+                continue
+            del feeds[d]
+            sending = self.scattered.pop(d, None)
+            if sending is not None:
+                sending.add_done_callback(_release_scattered)
 
     # -- many attempts, few messages ---------------------------------------------------
     #
@@ -710,7 +762,10 @@ class DaskExecutor:
 
     async def _fetch(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         try:
-            values = await self.client.gather([f for f, _ in batch])
+            # From the workers straight to the driver on the run's own (local) cluster; on
+            # another, as the client says (its workers may not be reachable from here).
+            direct = True if self.owns_cluster else None
+            values = await self.client.gather([f for f, _ in batch], direct=direct)
         except Exception:  # noqa: BLE001 - one lost or cancelled: each alone
             for f, waiter in batch:
                 try:
@@ -884,6 +939,12 @@ class DaskExecutor:
                 await asyncio.wait([self._opening])
             client = self.client
             futures = [*self.live.values(), *self.kept.values()]
+            for sending in self.scattered.values():
+                if sending.done() and not sending.cancelled() and sending.exception() is None:
+                    futures.append(sending.result())
+                else:
+                    sending.cancel()
+            self.scattered.clear()
             self.live.clear()
             self.kept.clear()
             if client is not None and futures and client.status == "running":
@@ -917,6 +978,11 @@ class DaskExecutor:
                 _dask_worker.forget_journal(self.journal)  # worker threads of this process
                 shutil.rmtree(self.journal, ignore_errors=True)
             self._closed = True
+
+
+def _release_scattered(sending: asyncio.Future[Any]) -> None:
+    if not sending.cancelled() and sending.exception() is None:
+        sending.result().release()
 
 
 class _NeverStartedError(Exception):
