@@ -16,7 +16,9 @@ the median per task of each and the median of the per-pair ratios:
 - layered     L layers of W tasks, each reading two of the layer above;
 - big         a chain of K tasks passing an M MB array: plain Dask passes futures on
               (no data through the driver); asyncgraph passes them on too, and also
-              fetches every result to the driver (its result graph holds values).
+              fetches every result to the driver (its result graph holds values);
+- big, plain gathers all: the same, plain Dask also gathering every result (the
+              same data moved as asyncgraph's run moves).
 
 ``driver CPU/task`` is the driver process's CPU time (``time.process_time``) per task.
 Figures on a shared 2-core machine are upper bounds; say "measured under load".
@@ -103,6 +105,15 @@ async def plain_big(client: Any, k: int, mb: int) -> None:
     assert await client.submit(len, f, pure=False) == mb * (1 << 20) // 8
 
 
+async def plain_big_gathered(client: Any, k: int, mb: int) -> None:
+    # What an asyncgraph run also does: every result ends up on the driver.
+    futures = [client.submit(big_first, mb, pure=False)]
+    for _ in range(k - 1):
+        futures.append(client.submit(big_next, futures[-1], pure=False))
+    values = await client.gather(futures)
+    assert len(values[-1]) == mb * (1 << 20) // 8
+
+
 # -- asyncgraph ----------------------------------------------------------------------------
 
 
@@ -183,6 +194,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                  lambda: run_graph(graph_layered(layers, width), backend)),
                 (f"big {big_k}x{big_mb}MB", big_k,
                  lambda: plain_big(client, big_k, big_mb),
+                 lambda: run_graph(graph_big(big_k, big_mb), backend)),
+                (f"big {big_k}x{big_mb}MB, plain gathers all", big_k,
+                 lambda: plain_big_gathered(client, big_k, big_mb),
                  lambda: run_graph(graph_big(big_k, big_mb), backend)),
             ]  # fmt: skip
         rows = []

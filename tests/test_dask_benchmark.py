@@ -27,7 +27,7 @@ def test_dask_benchmark_runs_tiny(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for shape in ("wide 20", "chain 5", "layered 2x5", "big 3x1MB"):
+    for shape in ("wide 20", "chain 5", "layered 2x5", "big 3x1MB", "plain gathers all"):
         assert shape in proc.stdout
     results = json.loads(out.read_text())["results"]
     assert all(r["asyncgraph_s"] > 0 and r["plain_s"] > 0 for r in results.values())

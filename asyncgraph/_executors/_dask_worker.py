@@ -13,31 +13,91 @@ text as ``__asyncgraph_traceback__`` (kept when the exception is pickled back); 
 ``SystemExit`` or ``KeyboardInterrupt`` travels inside a RuntimeError, as
 ``__asyncgraph_fatal__``, and the driver raises it again.
 
+On a cluster the run owns (its workers on this machine), an attempt first appends its
+key to a *journal*, one file per worker process in a directory of the run's own, with
+one unbuffered write: a worker that dies after that (``os._exit``, a signal) cannot
+take the line with it. When Dask blames every task that was on a dead worker, the
+driver reads the journal: a task whose key is not there never started, and is
+resubmitted once, free.
+
 State it keeps
     ``_FUNCTIONS``  per worker process: the loaded functions by their bytes (cleared
                     when it holds more than 64).
+    ``_JOURNALS``   per worker process: the open journal file of each run's directory
+                    (closed by :func:`forget_journal`, or with the process).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import threading
 import traceback
 from typing import Any
 
 import cloudpickle
 
-__all__ = ["dumps", "run_attempt"]
+__all__ = ["dumps", "forget_journal", "journal_has", "run_attempt"]
 
 _FUNCTIONS: dict[bytes, Any] = {}
+_JOURNALS: dict[str, Any] = {}
+_JOURNAL_LOCK = threading.Lock()
+
+
+def _note(journal: str, key: str) -> None:
+    """Append ``key`` to this process's file in ``journal`` (one unbuffered write)."""
+    f = _JOURNALS.get(journal)
+    if f is None:
+        with _JOURNAL_LOCK:
+            f = _JOURNALS.get(journal)
+            if f is None:
+                path = os.path.join(journal, f"started-{os.getpid()}")
+                f = _JOURNALS[journal] = open(path, "ab", buffering=0)  # noqa: SIM115
+    f.write(key.encode() + b"\n")
+
+
+def journal_has(journal: str, key: str) -> bool:
+    """Whether an attempt under ``key`` started on a worker (read on the driver)."""
+    line = key.encode() + b"\n"
+    try:
+        names = os.listdir(journal)
+    except OSError:
+        return True  # no journal to ask: count it as started (never a free rerun)
+    for name in names:
+        try:
+            with open(os.path.join(journal, name), "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if data.startswith(line) or b"\n" + line in data:
+            return True
+    return False
+
+
+def forget_journal(journal: str) -> None:
+    """Close this process's file of ``journal`` (worker threads in the driver's process)."""
+    with _JOURNAL_LOCK:
+        f = _JOURNALS.pop(journal, None)
+    if f is not None:
+        f.close()
 
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-def run_attempt(fn_bytes: bytes, is_async: bool, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    """Load the task's function (once per worker) and call it with ``args``/``kwargs``."""
+def run_attempt(
+    fn_bytes: bytes,
+    is_async: bool,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    journal: tuple[str, str] | None = None,
+) -> Any:
+    """Load the task's function (once per worker) and call it with ``args``/``kwargs``;
+    ``journal`` is ``(directory, key)``: the attempt notes there that it started."""
+    if journal is not None:
+        _note(*journal)
     try:
         fn = _FUNCTIONS.get(fn_bytes)
         if fn is None:
