@@ -672,6 +672,10 @@ class _Run:
         core = self.core
         try:
             self.children.open()
+            for ex in self.executors:  # issue 15: a CPU pool starts now, beside the IO tasks
+                begin = getattr(ex, "begin", None)
+                if begin is not None:
+                    begin()
             await ledger.open(core.pending(), self.children.end)
             ledger.write_skipped(core.initially_skipped)
             ledger.announce(core.pending(), core.initially_skipped)
