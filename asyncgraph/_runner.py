@@ -865,6 +865,10 @@ class _Run:
         core = self.core
         try:
             self.children.open()
+            for ex in self.executors:  # issue 15: a CPU pool starts now, beside the IO tasks
+                begin = getattr(ex, "begin", None)
+                if begin is not None:
+                    begin()
             pending = core.pending()  # one list for both (100k names at 100k tasks)
             await ledger.open(pending, self.children.end)
             ledger.write_skipped(core.initially_skipped)

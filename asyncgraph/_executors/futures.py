@@ -48,7 +48,7 @@ from .._exceptions import WorkerDiedError
 from .._task import Kind, Task
 from . import _worker
 from .base import Began, with_timeout
-from .process import ProcessExecutor, outcome, pickled_args
+from .process import Mapped, ProcessExecutor, outcome, pickled_args
 
 __all__ = ["ExecutorClient", "ShippedExecutor", "ThreadedExecutor", "broken", "refused"]
 
@@ -126,7 +126,9 @@ class ExecutorClient:
             raise broken(task, exc) from exc
         if on_start is not None:
             on_start(began)
-        return outcome(task, reply)
+        result: bytes | Mapped = outcome(task, reply)  # serve_call replies in-band: bytes
+        assert isinstance(result, bytes)
+        return result
 
     async def aclose(self) -> None:
         return None  # the executor is the user's: never shut down here

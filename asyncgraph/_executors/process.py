@@ -7,10 +7,15 @@ out-of-memory killer) fails only the task it was running; the pool starts a fres
 worker for the next task. A task that times out or is cancelled has its worker killed,
 which really stops the work, unlike a thread.
 
-Workers start on demand, at most ``size`` of them, and are reused. The runner guarantees
-no more than ``size`` calls at once, so a call never waits for a worker. Workers are
-started with ``subprocess`` (never ``fork``), so they share nothing with the parent but
-``sys.path``; functions and values cross with cloudpickle.
+Workers start with the run (:meth:`ProcessExecutor.begin`, in the background, as many as
+the run has CPU tasks to run, at most ``size``), so they boot while the run's IO tasks
+and its store's opening go on; a call that comes before they are up waits for them
+instead of starting more. They are reused, and each imports the modules the run's CPU
+functions name before its first call (``preload``). The runner guarantees no more than
+``size`` calls at once, so a call never waits for a busy worker. Workers are started
+with ``subprocess`` (never ``fork``: the driver has threads and a running loop), so they
+share nothing with the parent but ``sys.path``; functions and values cross with
+cloudpickle.
 
 Process groups. Each worker starts in a session, and so a process group, of its own; a
 worker is always stopped by killing its whole group, so a program its task started
@@ -36,14 +41,27 @@ pickle that names no callable, on the loop), then hands the same bytes to the ru
 ledger, so a store keeps them as they are instead of pickling the value again on the
 loop. A big reply frame leaves the pipe's buffer as a view, with no copy.
 
+Big results. A result whose out-of-band buffers (pickle protocol 5: numpy's, pandas',
+Arrow's data) come to 1 MiB or more is not pickled into the pipe: the worker writes the
+buffers into a memfd of its own, and the pool maps that memfd (``/proc/<pid>/fd/<fd>``,
+``MAP_PRIVATE``) as the reply arrives, before the worker is reused (:class:`Mapped`).
+The value's arrays are then views of that mapping: one copy in all (the worker's
+write), where the pipe took a pickle, two frame copies and an unpickle. A store gets
+the same pickle with the buffers in it (:func:`inband`), made in the load's thread, so
+its rows stay plain pickles. Nothing is named in ``/dev/shm``: the memory goes with the
+last mapping, however the processes end.
 State it keeps
     ``ProcessPool``      its workers by state: ``_idle`` (reused first), ``_busy`` (in a
                          call), ``_starting`` (being started), ``_abandoned`` (their call
                          was cancelled: killed at the end), ``_dead`` (died while idle,
                          reaped by their threads); ``_watch``, the watchdog pipe;
+                         ``_warming`` (workers started ahead, until they are up);
+                         ``preload``; ``replace`` (a dead worker is replaced at once);
+                         ``_maps`` (whether a worker's memfd can be mapped here);
     ``ProcessExecutor``  ``fn_bytes`` (each CPU task's pickled function, from the check),
-                         ``pool`` (started with the first CPU task), ``threads`` (where
-                         results are unpickled) and ``pickled`` (the ledger's hook).
+                         ``pool`` (its workers start with the run: ``begin``),
+                         ``_to_warm``, ``threads`` (where results are unpickled) and
+                         ``pickled`` (the ledger's hook).
 """
 
 from __future__ import annotations
@@ -51,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import mmap
 import os
 import pickle
 import pickletools
@@ -76,6 +95,7 @@ from .base import Began, with_timeout
 from .threads import Threads
 
 __all__ = [
+    "Mapped",
     "PoolLike",
     "ProcessExecutor",
     "ProcessPool",
@@ -87,7 +107,13 @@ __all__ = [
 _HEADER = struct.Struct(">Q")
 _BIG = 1 << 16  # a reply frame past this many bytes is not copied out of its buffer
 _WORKER = str(Path(__file__).with_name("_worker.py"))
-_BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__asyncgraph_worker__')"
+#: Runs the worker script from its cached bytecode with the importer the interpreter has
+#: loaded already (``runpy`` costs an import and a compile of the source each start).
+_BOOT = (
+    "import sys, _frozen_importlib as b, _frozen_importlib_external as e; "
+    "s = e.spec_from_file_location('__asyncgraph_worker__', sys.argv[1]); "
+    "s.loader.exec_module(b.module_from_spec(s))"
+)
 
 
 class _Replies(asyncio.Protocol):
@@ -171,6 +197,7 @@ class _Worker:
         self.initialised = False  # has it been sent the parent's sys.path yet?
         self.exitcode: int | None = None
         self.exited: asyncio.Future[int | None] = loop.create_future()
+        self.killed = False  # did we kill it (a timeout, a cancel, the end)?
         self._lock = threading.Lock()  # orders our kills against the reaping
         self._reaped = False
         threading.Thread(
@@ -221,6 +248,7 @@ class _Worker:
 
     def signal_kill(self) -> None:
         """SIGKILL the worker's process group, unless the worker was already reaped."""
+        self.killed = True
         with self._lock:
             if not self._reaped:
                 _kill_group(self.pid)
@@ -309,14 +337,23 @@ class _NotStartedError(Exception):
 
 
 class ProcessPool:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, replace: bool = False) -> None:
         self.size = size
+        #: Start a worker in the background as soon as one dies (a shared pool: the next
+        #: call should not pay a worker's start); a run's own pool starts one on demand.
+        self.replace = replace
+        #: Modules a worker imports as soon as it has our ``sys.path``, before its first
+        #: call (the ones the run's CPU functions name: see ProcessExecutor.check).
+        self.preload: list[str] = []
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._starting: set[asyncio.Future[_Worker]] = set()
         self._abandoned: list[_Worker] = []
         self._dead: list[_Worker] = []  # died while idle: reaped by their threads
         self._watch: tuple[int, int] | None = None  # the watchdog pipe (read, write)
+        self._warming: asyncio.Future[None] | None = None  # workers started ahead
+        self._closing = False
+        self._maps: bool | None = None  # may we map a worker's memfd? (None: not known)
 
     def _watch_fd(self) -> int:
         """The read end of the watchdog pipe every worker of this pool inherits; only
@@ -352,8 +389,65 @@ class ProcessPool:
     async def _spawn(self) -> _Worker:
         worker = _Worker(asyncio.get_running_loop(), self._watch_fd())
         self._busy.add(worker)  # no await since the fork: aclose() always sees it
+        if self._maps is None:
+            self._maps = _can_open_fds_of(worker.pid)
+        worker.exited.add_done_callback(lambda _: self._lost(worker))
         await worker.connect()
+        self._init(worker)
         return worker
+
+    def _init(self, worker: _Worker) -> None:
+        """Send the worker our ``sys.path``, whether it may hand big results over in a
+        memfd, and what to import before its first call (it does so while it waits)."""
+        if not worker.initialised and worker.alive:
+            worker.send(("init", list(sys.path), bool(self._maps), self.preload))
+            worker.initialised = True
+
+    def _lost(self, worker: _Worker) -> None:
+        """A worker exited: if it was idle, and died on its own (not killed by us for a
+        timeout or a cancel), a replacement starts now (``replace``)."""
+        if worker in self._idle:
+            self._idle.remove(worker)
+            self._dead.append(worker)
+            if self.replace and not worker.killed:
+                self.warm(self.size)
+
+    async def _replace(self) -> None:
+        """Start a worker for one that died, before its task's failure is reported: only
+        the process's creation waits here (its boot goes on in the background), so the
+        next call finds it up, and whoever hears of the failure sees the pool whole."""
+        if self._closing or len(self._idle) + len(self._busy) >= self.size:
+            return
+        try:
+            worker = await self._start()
+        except Exception:  # noqa: BLE001 - the next call starts one, and reports why not
+            return
+        self._busy.discard(worker)
+        self._idle.append(worker)
+
+    def warm(self, n: int) -> None:
+        """Start workers in the background (on the loop's thread, no wait) until ``n``
+        of them (at most ``size``) are up or starting; calls meanwhile wait for them
+        instead of starting more. A start that fails is left to the next call."""
+        missing = min(n, self.size) - len(self._idle) - len(self._busy)
+        if missing <= 0 or self._warming is not None or self._closing:
+            return
+        self._warming = asyncio.ensure_future(self._warm(missing))
+
+    async def _warm(self, n: int) -> None:
+        try:
+            started = await asyncio.gather(
+                *(self._start() for _ in range(n)), return_exceptions=True
+            )
+            for worker in started:
+                if isinstance(worker, _Worker):
+                    self._busy.discard(worker)
+                    if self._closing or not worker.alive:
+                        self._dead.append(worker)
+                    else:
+                        self._idle.append(worker)
+        finally:
+            self._warming = None
 
     def _abandon(self, spawn: asyncio.Future[_Worker]) -> None:
         """A worker whose caller was cancelled while it started: kill it, reap it later."""
@@ -381,6 +475,9 @@ class ProcessPool:
                 await worker.kill()
 
     async def _acquire(self) -> _Worker:
+        warming = self._warming
+        if warming is not None:  # workers started ahead: they are a moment away
+            await asyncio.shield(warming)
         while self._idle:
             worker = self._idle.pop()
             if worker.alive:
@@ -398,7 +495,7 @@ class ProcessPool:
         fn_bytes: bytes,
         args: tuple[Any, ...],
         on_start: Callable[[float], None] | None = None,
-    ) -> bytes:
+    ) -> bytes | Mapped:
         """Run one task in a worker and return its result as the worker pickled it
         (cloudpickle), or raise its exception. The pool never unpickles a result (see
         :meth:`ProcessExecutor._call`): its worker is idle again as soon as the bytes
@@ -414,7 +511,7 @@ class ProcessPool:
         fn_bytes: bytes,
         args_bytes: bytes,
         on_start: Callable[[float], None] | None = None,
-    ) -> bytes:
+    ) -> bytes | Mapped:
         """:meth:`call` with the arguments pickled already (see :func:`pickled_args`)."""
         for fresh_try in (False, True):
             worker = await self._acquire()
@@ -442,9 +539,14 @@ class ProcessPool:
             #     g.add("t", lambda: os._exit(1), kind="cpu")
             # (or a fork of it lives on, holding its pipes); report how it ended.
             await worker.kill()
+            if self.replace:
+                await self._replace()
             raise WorkerDiedError(task, worker.exitcode)
-        self._idle.append(worker)
-        return outcome(task, reply)
+        try:
+            # Before the worker is reused: it closes a big result's memfd at its next call.
+            return outcome(task, reply, worker.pid)
+        finally:
+            self._idle.append(worker)
 
     @staticmethod
     async def _converse(
@@ -455,7 +557,7 @@ class ProcessPool:
     ) -> Any:
         """Send a call; the worker's reply, or None if it died after it began the task."""
         if not worker.initialised:
-            worker.send(("init", list(sys.path)))
+            worker.send(("init", list(sys.path), False, []))
             worker.initialised = True
         worker.send(("call", fn_bytes, args_bytes))
         started = await worker.next()
@@ -474,7 +576,10 @@ class ProcessPool:
         (a cancelled run) must be killed anyway. All are signalled first, then waited
         for, so they die in parallel; their groups go with them.
         """
+        self._closing = True
         with anyio.CancelScope(shield=True):
+            if self._warming is not None:
+                await asyncio.wait((self._warming,))
             while self._starting:  # a worker being started is stopped too
                 await asyncio.wait(list(self._starting))
             workers = [*self._idle, *self._busy, *self._abandoned, *self._dead]
@@ -498,12 +603,102 @@ def pickled_args(task: str, args: tuple[Any, ...]) -> bytes:
     return data
 
 
-def outcome(task: str, reply: Any) -> bytes:
+class Mapped:
+    """A result whose out-of-band buffers arrived in a worker's memfd, mapped here
+    (``MAP_PRIVATE``: copy-on-write, so the value is the parent's own to change): the
+    pickle's ``head`` and the ``buffers`` it loads from, with no copy."""
+
+    __slots__ = ("buffers", "head")
+
+    def __init__(self, head: bytes, buffers: list[memoryview]) -> None:
+        self.head = head
+        self.buffers = buffers
+
+    def load(self) -> Any:
+        return pickle.loads(self.head, buffers=self.buffers)
+
+    def inband(self) -> bytes:
+        """The same pickle with its buffers in it: what a store keeps (see inband)."""
+        return inband(self.head, self.buffers)
+
+
+def _can_open_fds_of(pid: int) -> bool:
+    """Whether this process may open a child's descriptors by ``/proc/<pid>/fd``."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _mapped(pid: int, fd: int, sizes: list[int], head: bytes) -> Mapped:
+    """Map worker ``pid``'s memfd ``fd`` (see _worker's "oob" reply)."""
+    total = sum(sizes)
+    own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        area = mmap.mmap(own, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(own)
+    view = memoryview(area)
+    buffers = []
+    at = 0
+    for n in sizes:
+        buffers.append(view[at : at + n])
+        at += n
+    return Mapped(head, buffers)
+
+
+def inband(head: bytes, buffers: list[memoryview]) -> bytes:
+    """A protocol-5 pickle made with out-of-band ``buffers``, rewritten with each buffer
+    in it, as ``pickle.dumps`` makes it without a ``buffer_callback``: a writable buffer
+    as BYTEARRAY8, a read-only one as BINBYTES8 (neither memoized, as NEXT_BUFFER is
+    not, so the memo's numbering holds). FRAME opcodes are dropped (they are optional
+    hints, and their lengths would no longer hold). Any unpickler of protocol 5 reads
+    it, with no ``buffers=``: a store's old readers too."""
+    ops = [(op.code, pos or 0) for op, _, pos in pickletools.genops(head)]
+    parts: list[bytes | memoryview] = []
+    at = 0
+    i = 0
+    used = 0
+    while i < len(ops):
+        code, pos = ops[i]
+        if code == "\x95":  # FRAME
+            parts.append(head[at:pos])
+            at = pos + 9
+        elif code == "\x97":  # NEXT_BUFFER
+            parts.append(head[at:pos])
+            buf = buffers[used]
+            used += 1
+            at = pos + 1
+            if i + 1 < len(ops) and ops[i + 1][0] == "\x98":  # READONLY_BUFFER
+                parts.append(b"\x8e" + struct.pack("<Q", buf.nbytes))  # BINBYTES8
+                at += 1
+                i += 1
+            else:
+                parts.append(b"\x96" + struct.pack("<Q", buf.nbytes))  # BYTEARRAY8
+            parts.append(buf)
+        i += 1
+    parts.append(head[at:])
+    return b"".join(parts)
+
+
+def outcome(task: str, reply: Any, pid: int | None = None) -> bytes | Mapped:
     """The pickled result a worker's reply carries, or raise the error it reports."""
     kind = reply[0]
     if kind == "ok":
         data: bytes = reply[1]
         return data
+    if kind == "oob" and pid is not None:
+        _, head, fd, sizes = reply
+        try:
+            return _mapped(pid, fd, sizes, head)
+        except OSError as exc:
+            raise UnpicklingError(
+                task, "result", f"its worker's shared memory could not be mapped: {exc}"
+            ) from exc
     if kind == "bad_result":
         raise TypeError(
             f"the result of task {task!r} ({reply[1]}) cannot be pickled to return it "
@@ -537,7 +732,7 @@ class PoolLike(Protocol):
         fn_bytes: bytes,
         args: tuple[Any, ...],
         on_start: Callable[[float], None] | None = None,
-    ) -> bytes: ...
+    ) -> bytes | Mapped: ...
 
     async def aclose(self) -> None: ...
 
@@ -569,6 +764,7 @@ class ProcessExecutor:
         #: them to the store as they are). None: nobody wants them.
         self.pickled = pickled or _ignore
         self.threads: Threads | None = None  # where results are unpickled, off the loop
+        self._to_warm = 0  # how many workers begin() starts (the CPU tasks to run)
 
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.CPU
@@ -578,10 +774,12 @@ class ProcessExecutor:
         verdicts: dict[bytes, str | None] = {}  # the same function in many tasks: once
         modules: dict[str, str | None] = {}
         first_error: Exception | None = None
+        count = 0
         for n in pending:
             t = tasks[n]
             if t.kind is not Kind.CPU:
                 continue
+            count += 1
             try:
                 data = cloudpickle.dumps(t.fn)
             except Exception as exc:  # noqa: BLE001 - whatever stops pickling
@@ -601,6 +799,16 @@ class ProcessExecutor:
             raise PicklingError.for_tasks(problems) from first_error
         if self.fn_bytes:
             self.pool = self.make_pool()
+            self._to_warm = count
+            if isinstance(self.pool, ProcessPool):
+                self.pool.preload = _preloads(verdicts)
+
+    def begin(self) -> None:
+        """The run starts (on its loop): start its workers now, in the background, while
+        its IO tasks run, as many as it has CPU tasks to run (at most ``workers``); each
+        imports the modules the run's functions name before its first call."""
+        if isinstance(self.pool, ProcessPool) and self._to_warm:
+            self.pool.warm(self._to_warm)
 
     def make_pool(self) -> PoolLike:
         """Where the attempts go: a pool of the run's own, whose workers start with the
@@ -634,6 +842,18 @@ class ProcessExecutor:
         if fn is None and task.family is not None:  # fan-out: an element is its template's
             fn = self.fn_bytes[task.family]
         data = await self.pool.call(name, fn or self.fn_bytes[name], (args, kwargs), on_start)
+        if isinstance(data, Mapped):
+            # Its big buffers are mapped from the worker's memfd: the load copies
+            # nothing (in a thread, as any pickle that may run code); a store gets the
+            # pickle with the buffers in it, made in that thread.
+            threads = self.threads
+            if threads is None:
+                threads = self.threads = Threads(anyio.CapacityLimiter(self.workers))
+            keeps = getattr(getattr(self.pickled, "__self__", None), "stores", True)
+            value, data = await threads.run(functools.partial(_load_mapped, name, data, keeps))
+            if data:
+                self.pickled(name, data)
+            return value
         if len(data) <= _INLINE and _NAMES_CODE.search(data) is None:
             # Small, and names no callable, so it can run no code (an int, a tuple of
             # floats, a short str): loaded here in microseconds, where a thread's hop
@@ -668,6 +888,29 @@ def _unpickled(task: str, data: bytes) -> Any:
         return cloudpickle.loads(data)
     except Exception as exc:  # any failure: it cannot come back here
         raise UnpicklingError(task, "result", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _load_mapped(task: str, mapped: Mapped, keeps: bool) -> tuple[Any, bytes]:
+    """A mapped result's value, and (``keeps``: a store wants them) its in-band bytes."""
+    try:
+        value = mapped.load()
+    except Exception as exc:  # any failure: it cannot come back here
+        raise UnpicklingError(task, "result", f"{type(exc).__name__}: {exc}") from exc
+    return value, (mapped.inband() if keeps else b"")
+
+
+def _preloads(functions: Iterable[bytes]) -> list[str]:
+    """The modules these pickled functions name that this process has loaded (so a
+    worker can import them too), for a worker to import before its first call."""
+    names: set[str] = set()
+    for data in functions:
+        with contextlib.suppress(Exception):  # a pickle we cannot read: no preload
+            names |= _modules_named(data)
+    return sorted(m for m in names if m not in _NO_PRELOAD and m in sys.modules)
+
+
+#: Modules a worker has loaded anyway, or that only name where a function lives.
+_NO_PRELOAD = frozenset({"__main__", "builtins", "copyreg", "_codecs", "pickle", "types"})
 
 
 def _ignore(name: str, data: bytes) -> None:

@@ -16,9 +16,10 @@ each way per attempt (tens of microseconds), against the 100 ms and more of star
 worker per run.
 
 What a shared pool keeps from the run's own pool: a worker that dies fails only its
-task and is replaced when a worker is next needed; a cancelled or timed-out attempt has
-its worker killed (the one really stopped is that run's task, never another run's); the
-workers die with the process (the watchdog pipe, the parent-death signal: the pool's
+task and is replaced at once (the new one boots in the background, so the next call
+does not pay for its start); a cancelled or timed-out attempt has its worker killed
+(the one really stopped is that run's task, never another run's); the workers die with
+the process (the watchdog pipe, the parent-death signal: the pool's
 thread started them and lives as long as they do). Calls beyond the pool's size wait
 for a free worker, first come first served, across runs; each run's ``cpu_workers``
 caps that run's own attempts in flight.
@@ -124,7 +125,7 @@ class SharedPool:
     def _main(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
         self.loop = loop
-        self.pool = ProcessPool(self.size)
+        self.pool = ProcessPool(self.size, replace=True)  # a dead worker: a new one at once
         self.slots = asyncio.Semaphore(self.size)
         loop.call_soon(ready.set)
         try:

@@ -1,0 +1,285 @@
+"""CPU tasks: the pool's start, the speedup, the per-call cost and a big result.
+
+The four rows of issue 15's CPU table, each measured in this one process on uvloop, in
+pairs whose order alternates (A B, B A, ...), as the median over the pairs with the
+min-max of the per-pair figures:
+
+* ``first CPU task``   - ``await ag.run(g)`` of a graph of one trivial CPU task, with a
+  pool of the run's own (its worker starts in the run): the run's wall time, against
+  the first ``submit`` of a fresh ``ProcessPoolExecutor(1)`` (fork; forkserver);
+* ``hidden start``     - the same CPU task after a 100 ms IO task (``asyncio.sleep``):
+  the run's wall time minus the 100 ms, which is what the pool's start adds when the
+  run starts the pool at its start, in parallel with the IO task;
+* ``40 x 20 ms``       - 40 independent CPU tasks of 20 ms of busy work on 2 workers:
+  serial time (the 40 calls, one after the other, in this process) over the run's wall
+  time, the pool's start included (the limit is 2x);
+* ``per call``         - the marginal wall time of a trivial CPU task on 2 workers,
+  pipelined: (run of N tasks - run of 2 tasks) / (N - 2), against ``ProcessPoolExecutor``
+  (2 workers, fork) ``map`` of the same calls;
+* ``big result``       - a CPU task builds a DataFrame of ``--mb`` MB and returns it,
+  against the same task returning the frame's length: the extra wall time of the run,
+  without a store and with one, against the same pair on a ``ProcessPoolExecutor(1)``.
+
+Usage:  python benchmarks/cpu.py [--pairs 5] [--mb 100] [--calls 2000] [--only ROWS]
+        [--json PATH]      (ROWS: a comma-separated subset of start,hidden,speedup,call,big)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import functools
+import gc
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+from _common import median, table, write_json  # first: it may put the repo on sys.path
+
+import asyncgraph as ag
+
+
+def one() -> int:
+    return 1
+
+
+def busy(seconds: float) -> None:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pass
+
+
+def frame(mb: int) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    rows = mb * 1024 * 1024 // (8 * 10)
+    return pd.DataFrame(np.random.default_rng(0).random((rows, 10)))
+
+
+def frame_len(mb: int) -> int:
+    return len(frame(mb))
+
+
+async def _wall(make: Callable[[], Awaitable[Any]]) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    await make()
+    return time.perf_counter() - t0
+
+
+async def _run(g: ag.Graph, **kw: Any) -> None:
+    out = await ag.run(g, **kw)
+    assert set(out.status.values()) == {ag.State.DONE}, out.errors
+
+
+async def _pairs(
+    pairs: int, a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]]
+) -> tuple[list[float], list[float]]:
+    xs: list[float] = []
+    ys: list[float] = []
+    for i in range(pairs):
+        if i % 2:
+            ys.append(await _wall(b))
+            xs.append(await _wall(a))
+        else:
+            xs.append(await _wall(a))
+            ys.append(await _wall(b))
+    return xs, ys
+
+
+async def _pool_first(method: str) -> None:
+    loop = asyncio.get_running_loop()
+    ctx = multiprocessing.get_context(method)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        assert await loop.run_in_executor(ex, one) == 1
+
+
+def _spread(xs: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    return f"{min(xs) * scale:.{digits}f}-{max(xs) * scale:.{digits}f}"
+
+
+async def row_start(pairs: int) -> list[list[Any]]:
+    g = ag.Graph()
+    g.add("one", one, kind="cpu")
+    ours, fork = await _pairs(pairs, lambda: _run(g, cpu_workers=1), lambda: _pool_first("fork"))
+    _, server = await _pairs(
+        pairs, lambda: _run(g, cpu_workers=1), lambda: _pool_first("forkserver")
+    )
+    return [
+        [
+            "first CPU task, ms",
+            median(ours) * 1e3,
+            _spread(ours, 1e3),
+            "ProcessPoolExecutor fork / forkserver",
+            f"{median(fork) * 1e3:.1f} / {median(server) * 1e3:.1f}",
+        ],
+    ]
+
+
+async def row_hidden(pairs: int) -> list[list[Any]]:
+    async def io() -> None:
+        await asyncio.sleep(0.1)
+
+    def cpu(io: None) -> int:
+        return 1
+
+    g = ag.Graph()
+    g.add("io", io)
+    g.add("cpu", cpu, kind="cpu")
+    plain = ag.Graph()
+    plain.add("io", io)
+    with_cpu, without = await _pairs(pairs, lambda: _run(g, cpu_workers=1), lambda: _run(plain))
+    extra = [a - b for a, b in zip(with_cpu, without, strict=True)]
+    return [
+        [
+            "start behind 100 ms of IO, ms",
+            median(extra) * 1e3,
+            _spread(extra, 1e3),
+            "the IO task alone, ms",
+            f"{median(without) * 1e3:.1f}",
+        ],
+    ]
+
+
+async def row_speedup(pairs: int) -> list[list[Any]]:
+    g = ag.Graph()
+    for i in range(40):
+        g.add(f"c{i}", functools.partial(busy, 0.02), kind="cpu")
+
+    async def serial() -> None:
+        for _ in range(40):
+            busy(0.02)
+
+    ser, run = await _pairs(pairs, serial, lambda: _run(g, cpu_workers=2))
+    ratios = [s / r for s, r in zip(ser, run, strict=True)]
+    return [
+        [
+            "40 x 20 ms on 2 workers, speedup",
+            median(ratios),
+            _spread(ratios, 1, 2),
+            "run wall, s",
+            f"{median(run):.3f}",
+        ],
+    ]
+
+
+async def row_call(pairs: int, calls: int) -> list[list[Any]]:
+    many = ag.Graph()
+    for i in range(calls):
+        many.add(f"t{i}", one, kind="cpu")
+    few = ag.Graph()
+    for i in range(2):
+        few.add(f"t{i}", one, kind="cpu")
+    loop = asyncio.get_running_loop()
+    ctx = multiprocessing.get_context("fork")
+
+    async def pool_map(n: int) -> None:
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+            futures = [loop.run_in_executor(ex, one) for _ in range(n)]
+            assert sum(await asyncio.gather(*futures)) == n
+
+    marginal: list[float] = []
+    reference: list[float] = []
+    for _ in range(pairs):
+        a, b = await _pairs(2, lambda: _run(many, cpu_workers=2), lambda: _run(few, cpu_workers=2))
+        marginal.append((median(a) - median(b)) / (calls - 2))
+        c, d = await _pairs(2, lambda: pool_map(calls), lambda: pool_map(2))
+        reference.append((median(c) - median(d)) / (calls - 2))
+    return [
+        [
+            "per call, 2 workers, pipelined, us",
+            median(marginal) * 1e6,
+            _spread(marginal, 1e6),
+            "ProcessPoolExecutor fork, us",
+            f"{median(reference) * 1e6:.0f}",
+        ],
+    ]
+
+
+def _options(d: str, store: bool, n: Any) -> dict[str, Any]:
+    return {"cpu_workers": 1, "store": os.path.join(d, f"{next(n)}.db") if store else None}
+
+
+async def row_big(pairs: int, mb: int) -> list[list[Any]]:
+    big = ag.Graph()
+    big.add("big", functools.partial(frame, mb), kind="cpu")
+    small = ag.Graph()
+    small.add("big", functools.partial(frame_len, mb), kind="cpu")
+    rows: list[list[Any]] = []
+    for label, store in (("no store", False), ("store", True)):
+        with tempfile.TemporaryDirectory() as d:
+            kw = functools.partial(_options, d, store, iter(range(10**6)))
+            a, b = await _pairs(
+                pairs,
+                lambda kw=kw: _run(big, **kw()),
+                lambda kw=kw: _run(small, **kw()),
+            )
+        extra = [x - y for x, y in zip(a, b, strict=True)]
+        rows.append(
+            [
+                f"{mb} MB frame over its length, {label}, ms",
+                median(extra) * 1e3,
+                _spread(extra, 1e3, 0),
+                "",
+                "",
+            ]
+        )
+    loop = asyncio.get_running_loop()
+    ctx = multiprocessing.get_context("fork")
+
+    async def on_pool(fn: Callable[[int], Any]) -> None:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+            await loop.run_in_executor(ex, fn, mb)
+
+    c, d = await _pairs(pairs, lambda: on_pool(frame), lambda: on_pool(frame_len))
+    extra = [x - y for x, y in zip(c, d, strict=True)]
+    rows[0][3] = "ProcessPoolExecutor fork, ms"
+    rows[0][4] = f"{median(extra) * 1e3:.0f}"
+    return rows
+
+
+ROWS = ("start", "hidden", "speedup", "call", "big")
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    only = args.only.split(",") if args.only else list(ROWS)
+    unknown = sorted(set(only) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"--only: unknown rows {unknown}; choose from {','.join(ROWS)}")
+    rows: list[list[Any]] = []
+    if "start" in only:
+        rows += await row_start(args.pairs)
+    if "hidden" in only:
+        rows += await row_hidden(args.pairs)
+    if "speedup" in only:
+        rows += await row_speedup(args.pairs)
+    if "call" in only:
+        rows += await row_call(args.pairs, args.calls)
+    if "big" in only:
+        rows += await row_big(args.pairs, args.mb)
+    return {"rows": rows}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--mb", type=int, default=100)
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--only", default="")
+    p.add_argument("--json", metavar="PATH")
+    args = p.parse_args()
+    result = uvloop.run(main_async(args))
+    print(table(["measure", "median", "min-max", "reference", "reference median"], result["rows"]))
+    write_json(args.json, {"cpu": result, "pairs": args.pairs, "mb": args.mb})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
