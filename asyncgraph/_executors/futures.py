@@ -137,6 +137,10 @@ class ExecutorClient:
 class ShippedExecutor(ProcessExecutor):
     """The ``"cpu"`` lane on a user's process-like executor (see the module)."""
 
+    # A user's executor says when the call began only with its result: a timeout
+    # counts from the submission.
+    reports_start = False
+
     def __init__(
         self,
         executor: concurrent.futures.Executor,

@@ -803,6 +803,10 @@ class ProcessExecutor:
             if isinstance(self.pool, ProcessPool):
                 self.pool.preload = _preloads(verdicts)
 
+    #: Whether the pool says when a worker begins an attempt (before it ends): then a
+    #: timeout counts from there (see ``_timed``); else from the dispatch.
+    reports_start = True
+
     def begin(self) -> None:
         """The run starts (on its loop): start its workers now, in the background, while
         its IO tasks run, as many as it has CPU tasks to run (at most ``workers``); each
@@ -818,10 +822,38 @@ class ProcessExecutor:
     def start(
         self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
     ) -> asyncio.Future[Any]:
-        call = self._call(task, args, kwargs, began)
-        if task.timeout is not None:
-            call = with_timeout(task, call, self.clock)
+        if task.timeout is None:
+            call = self._call(task, args, kwargs, began)
+        elif self.reports_start:
+            call = self._timed(task, args, kwargs, began)
+        else:
+            call = with_timeout(task, self._call(task, args, kwargs, began), self.clock)
         return asyncio.get_running_loop().create_task(call, name=task.name)
+
+    async def _timed(
+        self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
+    ) -> Any:
+        """``_call`` under ``task.timeout``, counted from the moment its worker began
+        the attempt: a worker's start, its imports and the wait for a free worker of a
+        shared pool are not the task's time (a pool that starts slowly on a loaded
+        machine must not time a task out before it ran; the run's ``deadline`` still
+        bounds everything)."""
+        assert task.timeout is not None
+        timeout, clock = task.timeout, self.clock
+        scope = anyio.CancelScope()
+        timer: list[Any] = []
+
+        def on_start(name: str, when: float) -> None:
+            began(name, when)
+            timer.append(clock.call_later(timeout, scope.cancel))
+
+        try:
+            with scope:
+                return await self._call(task, args, kwargs, on_start)
+        finally:
+            for t in timer:
+                t.cancel()
+        raise TimeoutError(f"task {task.name!r} did not finish within timeout={timeout}s")
 
     async def _call(self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began) -> Any:
         """One attempt: the worker's bytes, unpickled once in a thread of this executor
