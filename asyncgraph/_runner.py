@@ -187,7 +187,7 @@ class _Run:
         if fans:
             self.core.prepare({n: records[n].status for n in order})
         elif set(map(_status_of, records.values())) == _ALL_PENDING:
-            self.core.prepare_fresh(fresh_start(dag))  # every task runs: cached per Dag
+            self.core.prepare_fresh(fresh_start(dag))  # every task runs
         else:
             self.core.prepare({n: r.status for n, r in records.items()})
         ledger.skip(self.core.initially_skipped)

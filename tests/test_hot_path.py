@@ -107,10 +107,12 @@ def test_prepare_fresh_refuses_a_second_prepare_and_a_start_of_another_graph():
         s.prepare(dict.fromkeys(g, ag.State.PENDING))
 
 
-def test_fresh_start_is_cached_per_dag_and_a_later_add_gets_its_own():
+def test_fresh_start_is_a_new_table_each_time_and_a_later_add_gets_its_own():
+    # prepare_fresh takes the dict over: a run must never share it with another
     g = random_graph(3, n=8)
     first = fresh_start(g._dag)
-    assert fresh_start(g._dag) is first
+    assert fresh_start(g._dag)[0] is not first[0]
+    assert fresh_start(g._dag) == first
     g.add("late", lambda *a: None, deps=["t0"])
     waiting, roots = fresh_start(g._dag)
     assert waiting["late"] == 1 and "late" not in first[0]
