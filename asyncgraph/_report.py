@@ -15,6 +15,8 @@ from ._state import State
 from ._summary import Summary
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ._graph import BaseGraph
 
 __all__ = ["Summary", "summary", "timeline", "to_frame"]
@@ -43,23 +45,28 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
     ``frame.family.isna()`` selects the tasks that are not elements), and follows the
     template's row.
     """
-    if graph._dag.fans:
-        return _family_frame(graph)
-    tasks = graph.tasks
+    dag = graph._dag
+    records = graph.records
+    fans = bool(dag.fans)
+    tasks = dag.tasks if fans else graph.tasks
+    names: Iterable[str] = _family_order(graph) if fans else records
     rows = [
         (
             name,
             tasks[name].kind.value,
-            rec.status.value,
+            (rec := records[name]).status.value,
             rec.attempts,
             rec.started,
             rec.finished,
             rec.duration,
             _error_text(rec.error),
+            *((tasks[name].family,) if fans else ()),
         )
-        for name, rec in graph.records.items()
+        for name in names
     ]
-    frame = pd.DataFrame.from_records(rows, columns=COLUMNS)
+    frame = pd.DataFrame.from_records(rows, columns=[*COLUMNS, "family"] if fans else COLUMNS)
+    if fans:
+        frame["family"] = _text_column(frame["family"])
     for col in ("started", "finished"):
         frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
     frame["duration_s"] = frame["duration_s"].astype("float64")
@@ -68,7 +75,8 @@ def to_frame(graph: BaseGraph) -> pd.DataFrame:
     return frame
 
 
-def _family_frame(graph: BaseGraph) -> pd.DataFrame:
+def _family_order(graph: BaseGraph) -> list[str]:
+    """The graph's tasks in order, each family's elements right after it."""
     dag = graph._dag
     tasks = dag.tasks
     records = graph.records
@@ -78,30 +86,7 @@ def _family_frame(graph: BaseGraph) -> pd.DataFrame:
         if tasks[name].family is None:
             order.append(name)
             order.extend(m for m in families.get(name, ()) if m in records)
-    rows = []
-    for name in order:
-        rec = records[name]
-        rows.append(
-            (
-                name,
-                tasks[name].kind.value,
-                rec.status.value,
-                rec.attempts,
-                rec.started,
-                rec.finished,
-                rec.duration,
-                _error_text(rec.error),
-                tasks[name].family,
-            )
-        )
-    frame = pd.DataFrame.from_records(rows, columns=[*COLUMNS, "family"])
-    frame["family"] = _text_column(frame["family"])
-    for col in ("started", "finished"):
-        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
-    frame["duration_s"] = frame["duration_s"].astype("float64")
-    frame["attempts"] = frame["attempts"].astype("int64")
-    frame["error"] = _text_column(frame["error"])
-    return frame
+    return order
 
 
 #: pandas' dtype for a text column: ``str`` (missing: NaN) from pandas 3, else object.
