@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import GraphError, StoreError, StoreMismatchError, UnknownTaskError
+from ._fan import family_of
 from ._state import State
 from ._store.resume import GONE
 
@@ -369,9 +370,33 @@ def status(args: argparse.Namespace) -> int:
 
 def _in_graph_order(tasks: dict[str, StoredTask], order: Sequence[str]) -> dict[str, StoredTask]:
     """``tasks`` in the order of the last run's graph (topological, then definition), as
-    the store recorded it; tasks it did not have (an earlier graph's) after, as stored."""
-    out = {n: tasks[n] for n in order if n in tasks}
-    out.update((n, t) for n, t in tasks.items() if n not in out)
+    the store recorded it; tasks it did not have (an earlier graph's) after, as stored.
+
+    A family's elements follow the family, by position when their keys are positions
+    (``score[2]`` before ``score[10]``), else in the order above: the store writes an
+    element's row when it ends, so its own order is the order they finished in.
+    """
+    ordered = [n for n in order if n in tasks]
+    seen = set(ordered)
+    ordered += [n for n in tasks if n not in seen]
+    elements: dict[str, list[str]] = {}
+    plain: list[str] = []
+    for name in ordered:
+        parsed = family_of(name)
+        if parsed is not None and parsed[0] in tasks:
+            elements.setdefault(parsed[0], []).append(name)
+        else:
+            plain.append(name)
+    out: dict[str, StoredTask] = {}
+    for name in plain:
+        out[name] = tasks[name]
+        members = elements.pop(name, [])
+        keys = [m[len(name) + 1 : -1] for m in members]
+        if all(k.isdigit() for k in keys):
+            members = [m for _, m in sorted(zip(map(int, keys), members, strict=True))]
+        out.update((m, tasks[m]) for m in members)
+    for members in elements.values():  # a family without its own row: as they came
+        out.update((m, tasks[m]) for m in members)
     return out
 
 
