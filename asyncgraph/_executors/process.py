@@ -933,7 +933,7 @@ class ProcessExecutor:
         fn = self.fn_bytes.get(name)
         if fn is None and task.family is not None:  # fan-out: an element is its template's
             fn = self.fn_bytes[task.family]
-        data = await self.pool.call(name, fn or self.fn_bytes[name], (args, kwargs), on_start)
+        data = await self.pool_call(task, fn or self.fn_bytes[name], (args, kwargs), on_start)
         if isinstance(data, Mapped):
             # Its big buffers are mapped from the worker's memfd: the load copies
             # nothing (in a thread, as any pickle that may run code); a store gets the
@@ -958,6 +958,14 @@ class ProcessExecutor:
             value = await threads.run(functools.partial(_unpickled, name, data))
         self.pickled(name, data)
         return value
+
+    async def pool_call(
+        self, task: Task, fn: bytes, args: tuple[Any, ...], on_start: Callable[[float], None]
+    ) -> bytes | Mapped:
+        """One attempt's call to the pool (a shared pool's executor adds the task's
+        priority, which orders it among other runs' calls)."""
+        assert self.pool is not None
+        return await self.pool.call(task.name, fn, args, on_start)
 
     async def aclose(self) -> None:
         if self.threads is not None:
