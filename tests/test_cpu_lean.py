@@ -85,6 +85,10 @@ def empty_cell():
     got.append(inner())
     return got
 
+def loaded(*_):
+    import sys
+    return sorted(sys.modules)
+
 def where(*_):
     import sys
     return sorted(m for m in ("cloudpickle", "inspect", "dataclasses") if m in sys.modules)
@@ -316,3 +320,31 @@ async def test_the_anyio_import_thread_is_gone_when_the_run_ends(
     assert len(importers) == 1
     assert imported == ["ag_lean_probe_never_loaded"]
     assert not importers[0].is_alive()
+
+
+def _pdeathsig(*_: Any) -> int:
+    import ctypes
+
+    value = ctypes.c_int(0)
+    ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return value.value
+
+
+async def test_a_worker_starts_on_the_c_halves_of_pickle_signal_and_ctypes() -> None:
+    pool = ProcessPool(1)
+    try:
+        loaded = pickle.loads(await pool.call("t", cloudpickle.dumps(MOD.loaded), ((), {})))  # type: ignore[arg-type]
+        assert {"_pickle", "_signal"} <= set(loaded)
+        assert not {"pickle", "signal", "enum", "re", "ctypes", "cloudpickle"} & set(loaded)
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl")
+async def test_a_worker_still_arms_the_parent_death_signal() -> None:
+    pool = ProcessPool(1)
+    try:
+        data = await pool.call("t", cloudpickle.dumps(_pdeathsig), ((), {}))
+        assert pickle.loads(data) == _worker._PARENT_DIED  # type: ignore[arg-type]
+    finally:
+        await pool.aclose()

@@ -4,8 +4,9 @@ Started by :mod:`asyncgraph._executors.process` as ``python -c <boot> THIS_FILE 
 WATCH_FD`` in a session (and process group) of its own; it does not import asyncgraph,
 so a worker starts fast and never re-runs the user's ``__main__``.
 
-Start-up. A worker imports only what its loop needs (``os``, ``pickle``, ``signal``,
-``struct``, ``sys``, ``time``; ``ctypes`` for the parent-death signal); the boot loads
+Start-up. A worker imports only what its loop needs (``os``, ``_pickle`` and
+``_signal``, the C halves of ``pickle`` and ``signal``, ``struct``, ``sys``, ``time``;
+``_ctypes`` for the parent-death signal); the boot loads
 this file from its cached bytecode. asyncio (an ``async def`` task), inspect,
 traceback (an error) and cloudpickle load when a call needs them: a function sent by
 value names cloudpickle's helpers, which :func:`lean_loads` provides itself for the
@@ -64,15 +65,28 @@ from __future__ import annotations
 # Only what a worker needs before its first call, for a fast start (see "Start-up" in
 # the module's docstring): asyncio, inspect, traceback and cloudpickle load on demand.
 import os
-import pickle
-import signal
 import struct
 import sys
 import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import pickle
+    import signal
     from typing import Any, NoReturn
+else:
+    # The C modules themselves: ``pickle`` is ``_pickle``'s functions plus imports of
+    # re, functools and a failed search of sys.path for Jython's org.python.core, and
+    # ``signal`` is ``_signal`` plus enum (10-20 ms of a worker's start in all, under
+    # load); the functions and constants are the same objects.
+    try:
+        import _pickle as pickle
+    except ImportError:  # pragma: no cover - an interpreter without the C pickler
+        import pickle
+    try:
+        import _signal as signal
+    except ImportError:  # pragma: no cover
+        import signal
 
 _HEADER = struct.Struct(">Q")
 _SMALL = 1 << 16  # a reply at least this long is written without a copy for its header
@@ -103,15 +117,27 @@ def _watch_parent(fd: int) -> None:
     _die()
 
 
+def _prctl(option: int, arg: int) -> int:
+    """``prctl(option, arg, 0, 0, 0)`` of libc, through ``_ctypes`` (2 ms to import,
+    where ``ctypes`` builds its classes in 10-20 ms of a worker's start), or ctypes if
+    that fails."""
+    try:
+        import _ctypes
+
+        address = _ctypes.dlsym(_ctypes.dlopen(None, os.RTLD_NOW), "prctl")  # type: ignore[arg-type]
+        return int(_ctypes.call_function(address, (option, arg, 0, 0, 0)))
+    except (ImportError, AttributeError, OSError, TypeError):
+        import ctypes
+
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0))
+
+
 def _guard(parent: int | None, watch: int) -> None:
     """Arrange to die with the driver (see the module's docstring)."""
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             signal.signal(_PARENT_DIED, lambda *_: _die())
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, _PARENT_DIED, 0, 0, 0)
+            _prctl(_PR_SET_PDEATHSIG, _PARENT_DIED)
         except (OSError, AttributeError, ValueError):
             pass  # no prctl here: the watchdog pipe still tells
     if parent is not None and os.getppid() != parent:
