@@ -56,12 +56,16 @@ State it keeps
                          was cancelled: killed at the end), ``_dead`` (died while idle,
                          reaped by their threads); ``_watch``, the watchdog pipe;
                          ``_warming`` (workers started ahead, until they are up);
-                         ``preload``; ``replace`` (a dead worker is replaced at once);
-                         ``_maps`` (whether a worker's memfd can be mapped here);
+                         ``preload``; ``lean`` (workers load by-value functions
+                         without cloudpickle: ``_worker.lean_loads``); ``replace`` (a
+                         dead worker is replaced at once); ``_maps`` (whether a
+                         worker's memfd can be mapped here);
     ``ProcessExecutor``  ``fn_bytes`` (each CPU task's pickled function, from the check),
                          ``pool`` (its workers start with the run: ``begin``),
-                         ``_to_warm``, ``threads`` (where results are unpickled) and
-                         ``pickled`` (the ledger's hook).
+                         ``_to_warm``, ``threads`` (where results are unpickled),
+                         ``pickled`` (the ledger's hook) and ``_importer`` (the thread
+                         that loads anyio's asyncio backend while the workers boot,
+                         joined at ``aclose``).
 """
 
 from __future__ import annotations
