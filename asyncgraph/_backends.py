@@ -72,7 +72,8 @@ class ProcessBackend:
     by every run, on any loop or thread, so a CPU task on a started pool costs what a
     call to a worker costs, not the 100 ms and more of starting one. Each run's
     ``cpu_workers`` caps its own CPU tasks in flight (default: ``workers``); calls of
-    several runs beyond ``workers`` wait for a free worker, first come first served, and
+    several runs beyond ``workers`` wait for a free worker, served by their task's
+    ``priority`` (higher first) across runs, in turns between runs at equal priority, and
     a task's ``timeout`` does not count that wait. As with the default pool, a worker that dies
     fails only its task (:class:`WorkerDiedError`) and is replaced, and a task that
     times out or is cancelled has its worker killed: only that run's task stops.

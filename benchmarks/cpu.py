@@ -18,10 +18,15 @@ min-max of the per-pair figures:
   (2 workers, fork) ``map`` of the same calls;
 * ``big result``       - a CPU task builds a DataFrame of ``--mb`` MB and returns it,
   against the same task returning the frame's length: the extra wall time of the run,
-  without a store and with one, against the same pair on a ``ProcessPoolExecutor(1)``.
+  without a store and with one, against the same pair on a ``ProcessPoolExecutor(1)``;
+* ``phases``           - a worker's first call in three parts: the parent's spawn, the
+  worker's boot until it begins the call (its clock), the call to its reply;
+* ``shared``           - one trivial CPU task per run on a started ``ProcessBackend``,
+  against the same run with a pool of its own.
 
 Usage:  python benchmarks/cpu.py [--pairs 5] [--mb 100] [--calls 2000] [--only ROWS]
-        [--json PATH]      (ROWS: a comma-separated subset of start,hidden,speedup,call,big)
+        [--json PATH]      (ROWS: a comma-separated subset of
+                            start,hidden,speedup,call,big,phases,shared)
 """
 
 from __future__ import annotations
@@ -245,7 +250,63 @@ async def row_big(pairs: int, mb: int) -> list[list[Any]]:
     return rows
 
 
-ROWS = ("start", "hidden", "speedup", "call", "big")
+async def row_phases(pairs: int) -> list[list[Any]]:
+    """Where a worker's first call goes: the parent's spawn (fork/exec and the pipes),
+    the worker's boot (interpreter, its imports, the preload; until it begins the call,
+    by its ``started`` frame) and the call itself, for a function of this script (sent
+    by value, as a notebook's)."""
+    import cloudpickle
+
+    from asyncgraph._executors.process import ProcessPool
+
+    fn = cloudpickle.dumps(one)
+    spawn: list[float] = []
+    boot: list[float] = []
+    call: list[float] = []
+    for _ in range(pairs):
+        pool = ProcessPool(1)
+        try:
+            t0 = time.time()
+            pool.warm(1)
+            assert pool._warming is not None
+            await pool._warming
+            t1 = time.time()
+            began: list[float] = []
+            await pool.call("one", fn, ((), {}), began.append)
+            t3 = time.time()
+        finally:
+            await pool.aclose()
+        spawn.append(t1 - t0)
+        boot.append(began[0] - t1)
+        call.append(t3 - began[0])
+    return [
+        ["worker's spawn (parent), ms", median(spawn) * 1e3, _spread(spawn, 1e3), "", ""],
+        ["worker's boot to its first call, ms", median(boot) * 1e3, _spread(boot, 1e3), "", ""],
+        ["first call, begun to reply, ms", median(call) * 1e3, _spread(call, 1e3), "", ""],
+    ]
+
+
+async def row_shared(pairs: int) -> list[list[Any]]:
+    """A run of one trivial CPU task on a started ProcessBackend, against the same run
+    with a pool of its own (this process has run before: no first-run imports)."""
+    g = ag.Graph()
+    g.add("one", one, kind="cpu")
+    async with ag.ProcessBackend(workers=2) as pool:
+        shared, own = await _pairs(
+            pairs, lambda: _run(g, backend=pool), lambda: _run(g, cpu_workers=1)
+        )
+    return [
+        [
+            "one CPU task on a started ProcessBackend, ms",
+            median(shared) * 1e3,
+            _spread(shared, 1e3, 2),
+            "a run's own pool, ms",
+            f"{median(own) * 1e3:.1f}",
+        ],
+    ]
+
+
+ROWS = ("start", "hidden", "speedup", "call", "big", "phases", "shared")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -264,6 +325,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         rows += await row_call(args.pairs, args.calls)
     if "big" in only:
         rows += await row_big(args.pairs, args.mb)
+    if "phases" in only:
+        rows += await row_phases(args.pairs)
+    if "shared" in only:
+        rows += await row_shared(args.pairs)
     return {"rows": rows}
 
 

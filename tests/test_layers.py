@@ -105,7 +105,7 @@ SAME: dict[str, set[str]] = {
     "_executors": {"_clock", "_executors.base", "_executors.local", "_executors.process"},
     "_executors.base": {"_clock"},
     "_executors.local": {"_clock", "_executors.base", "_executors.threads"},
-    "_executors.process": {"_clock", "_executors.base", "_executors.threads"},
+    "_executors.process": {"_clock", "_executors._worker", "_executors.base", "_executors.threads"},
     "_executors.shared": {"_clock", "_executors.process"},
     "_executors.futures": {"_clock", "_executors.base", "_executors.process", "_executors._worker"},
     "_executors.dask": {

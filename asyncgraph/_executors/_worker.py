@@ -4,11 +4,14 @@ Started by :mod:`asyncgraph._executors.process` as ``python -c <boot> THIS_FILE 
 WATCH_FD`` in a session (and process group) of its own; it does not import asyncgraph,
 so a worker starts fast and never re-runs the user's ``__main__``.
 
-Start-up. A worker imports only what its loop needs (``os``, ``pickle``, ``signal``,
-``struct``, ``sys``, ``time``; ``ctypes`` for the parent-death signal); the boot loads
+Start-up. A worker imports only what its loop needs (``os``, ``_pickle`` and
+``_signal``, the C halves of ``pickle`` and ``signal``, ``struct``, ``sys``, ``time``;
+``_ctypes`` for the parent-death signal); the boot loads
 this file from its cached bytecode. asyncio (an ``async def`` task), inspect,
 traceback (an error) and cloudpickle load when a call needs them: a function sent by
-value names cloudpickle, so its unpickling imports it; a result is pickled with
+value names cloudpickle's helpers, which :func:`lean_loads` provides itself for the
+usual ones (a plain function, a closure, a lambda) and imports cloudpickle for the rest
+(a class defined in ``__main__``); a result is pickled with
 :mod:`pickle` (protocol 5) and only one that pickle cannot pickle by name (a lambda, a
 class of the user's ``__main__``) goes to cloudpickle. asyncio and cloudpickle were
 two thirds of a worker's start (100 ms and 70 ms of CPU time on the measuring machine,
@@ -18,8 +21,10 @@ Protocol: frames of an 8-byte big-endian length and a pickle, over the worker's 
 (requests) and the stdout it had at start (replies). The worker then points fd 1 at the
 parent's stdout (``OUT_FD``), so ``print`` in a task goes where the user looks.
 
-    request  ("init", sys_path, oob, modules)   once, first: ``oob`` says whether the
-                 parent can map a memfd of ours; ``modules`` are imported at once
+    request  ("init", sys_path, oob, modules, lean)   once, first: ``oob`` says whether
+                 the parent can map a memfd of ours; ``modules`` are imported at once;
+                 ``lean``: load by-value functions with :func:`lean_loads` (no
+                 cloudpickle import; the parent's cloudpickle is a version it knows)
              ("call", fn_pickle, args_pickle)    then one per task
     reply    ("started", time)                   at once, when a call arrives
              then one of:
@@ -60,15 +65,28 @@ from __future__ import annotations
 # Only what a worker needs before its first call, for a fast start (see "Start-up" in
 # the module's docstring): asyncio, inspect, traceback and cloudpickle load on demand.
 import os
-import pickle
-import signal
 import struct
 import sys
 import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import pickle
+    import signal
     from typing import Any, NoReturn
+else:
+    # The C modules themselves: ``pickle`` is ``_pickle``'s functions plus imports of
+    # re, functools and a failed search of sys.path for Jython's org.python.core, and
+    # ``signal`` is ``_signal`` plus enum (10-20 ms of a worker's start in all, under
+    # load); the functions and constants are the same objects.
+    try:
+        import _pickle as pickle
+    except ImportError:  # pragma: no cover - an interpreter without the C pickler
+        import pickle
+    try:
+        import _signal as signal
+    except ImportError:  # pragma: no cover
+        import signal
 
 _HEADER = struct.Struct(">Q")
 _SMALL = 1 << 16  # a reply at least this long is written without a copy for its header
@@ -99,15 +117,27 @@ def _watch_parent(fd: int) -> None:
     _die()
 
 
+def _prctl(option: int, arg: int) -> int:
+    """``prctl(option, arg, 0, 0, 0)`` of libc, through ``_ctypes`` (2 ms to import,
+    where ``ctypes`` builds its classes in 10-20 ms of a worker's start), or ctypes if
+    that fails."""
+    try:
+        import _ctypes
+
+        address = _ctypes.dlsym(_ctypes.dlopen(None, os.RTLD_NOW), "prctl")  # type: ignore[arg-type]
+        return int(_ctypes.call_function(address, (option, arg, 0, 0, 0)))
+    except (ImportError, AttributeError, OSError, TypeError):
+        import ctypes
+
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0))
+
+
 def _guard(parent: int | None, watch: int) -> None:
     """Arrange to die with the driver (see the module's docstring)."""
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             signal.signal(_PARENT_DIED, lambda *_: _die())
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, _PARENT_DIED, 0, 0, 0)
+            _prctl(_PR_SET_PDEATHSIG, _PARENT_DIED)
         except (OSError, AttributeError, ValueError):
             pass  # no prctl here: the watchdog pipe still tells
     if parent is not None and os.getppid() != parent:
@@ -192,6 +222,110 @@ def _dumps(value: Any, buffer_callback: Any = None) -> bytes:
     for b in buffers:
         buffer_callback(b)
     return head
+
+
+# -- a by-value function, loaded without cloudpickle -------------------------------------
+#
+# A function of a script or a notebook travels by value: its pickle calls a handful of
+# cloudpickle's helpers, and unpickling it the usual way imports cloudpickle (and with it
+# dataclasses, inspect, typing, logging: 70 ms of a worker's start on the measuring
+# machine, the largest part of its first call). These are those helpers, as cloudpickle
+# 3.0 and 3.1 define them (cloudpickle/cloudpickle.py), for the loader below; the parent
+# allows them only for those versions ("init"), and tests/test_cpu_lean.py loads the same
+# pickles both ways and compares. Any other name of cloudpickle's (a class by value, say)
+# is cloudpickle's own: the loader imports it then, as pickle would.
+
+
+def _lean_builtin_type(name: str) -> Any:
+    if name == "ClassType":  # cloudpickle < 1.3's name, which cloudpickle still loads
+        return type
+    import types
+
+    return getattr(types, name)
+
+
+def _lean_make_function(
+    code: Any, globals: dict[str, Any], name: str, argdefs: Any, closure: Any
+) -> Any:
+    import builtins
+    import types
+
+    globals["__builtins__"] = builtins.__dict__
+    return types.FunctionType(code, globals, name, argdefs, closure)
+
+
+def _lean_function_setstate(obj: Any, state: Any) -> None:
+    import builtins
+
+    state, slotstate = state
+    obj.__dict__.update(state)
+    obj_globals = slotstate.pop("__globals__")
+    obj_closure = slotstate.pop("__closure__")
+    slotstate.pop("_cloudpickle_submodules")  # imported already, as the pickle loaded
+    obj.__globals__.update(obj_globals)
+    obj.__globals__["__builtins__"] = builtins.__dict__
+    if obj_closure is not None:
+        for i, cell in enumerate(obj_closure):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            obj.__closure__[i].cell_contents = value
+    for k, v in slotstate.items():
+        setattr(obj, k, v)
+
+
+def _lean_subimport(name: str) -> Any:
+    __import__(name)
+    return sys.modules[name]
+
+
+def _lean_make_empty_cell() -> Any:
+    import types
+
+    return types.CellType()  # empty (cloudpickle makes one with a lambda's closure)
+
+
+class _LeanEmpty:
+    """cloudpickle's ``_empty_cell_value``: the default of ``_make_cell`` (no contents)."""
+
+
+def _lean_make_cell(value: Any = _LeanEmpty) -> Any:
+    cell = _lean_make_empty_cell()
+    if value is not _LeanEmpty:
+        cell.cell_contents = value
+    return cell
+
+
+#: cloudpickle's helpers (by their names in ``cloudpickle.cloudpickle``) that the lean
+#: loader provides itself; the parent reads the same names (see process._preloads).
+LEAN: dict[str, Any] = {
+    "_builtin_type": _lean_builtin_type,
+    "_make_function": _lean_make_function,
+    "_function_setstate": _lean_function_setstate,
+    "subimport": _lean_subimport,
+    "_make_empty_cell": _lean_make_empty_cell,
+    "_make_cell": _lean_make_cell,
+    "_empty_cell_value": _LeanEmpty,
+}
+_CLOUDPICKLE_MODULES = ("cloudpickle", "cloudpickle.cloudpickle")
+
+
+class _LeanUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _CLOUDPICKLE_MODULES:
+            found = LEAN.get(name)
+            if found is not None:
+                return found
+        return super().find_class(module, name)
+
+
+def lean_loads(data: bytes) -> Any:
+    """``pickle.loads(data)``, with cloudpickle's helpers in :data:`LEAN` taken from
+    here: a by-value function loads without importing cloudpickle."""
+    import io
+
+    return _LeanUnpickler(io.BytesIO(data)).load()
 
 
 def _error_reply(exc: BaseException) -> tuple[Any, ...]:
@@ -293,16 +427,21 @@ def _result_reply(result: Any, shared: _Shared | None) -> tuple[Any, ...]:
 
 
 def _serve(
-    fn_bytes: bytes, args_bytes: bytes, functions: dict[bytes, Any], shared: _Shared | None = None
+    fn_bytes: bytes,
+    args_bytes: bytes,
+    functions: dict[bytes, Any],
+    shared: _Shared | None = None,
+    load: Any = pickle.loads,
 ) -> tuple[Any, ...]:
-    """Run one call; the reply to send (never raises)."""
+    """Run one call; the reply to send (never raises). ``load`` loads the function
+    (:func:`lean_loads` when the parent allows it)."""
     what = "function"
     try:
         fn = functions.get(fn_bytes)
         if fn is None:
             if len(functions) > 256:
                 functions.clear()
-            fn = pickle.loads(fn_bytes)  # cloudpickle's loads is pickle's
+            fn = load(fn_bytes)  # cloudpickle's loads is pickle's
             functions[fn_bytes] = fn
         what = "arguments"
         args, kwargs = pickle.loads(args_bytes)
@@ -351,6 +490,7 @@ def main() -> None:
     )
     functions: dict[bytes, Any] = {}
     shared = _Shared()
+    load: Any = pickle.loads
     while True:
         header = _read_exactly(requests, _HEADER.size)
         body = None if header is None else _read_exactly(requests, _HEADER.unpack(header)[0])
@@ -359,14 +499,15 @@ def main() -> None:
         shared.release()  # the parent mapped the last big result when its reply came
         message = pickle.loads(body)
         if message[0] == "init":
-            _, sys.path[:], shared.ok, preload = message
+            _, sys.path[:], shared.ok, preload, lean = message
             shared.ok = shared.ok and hasattr(os, "memfd_create")
+            load = lean_loads if lean else pickle.loads
             _preload(preload)
             continue
         _, fn_bytes, args_bytes = message
         try:
             _write(replies, pickle.dumps(("started", time.time())))
-            reply = _serve(fn_bytes, args_bytes, functions, shared)
+            reply = _serve(fn_bytes, args_bytes, functions, shared, load)
             sys.stdout.flush()
             sys.stderr.flush()
             _write(replies, pickle.dumps(reply, protocol=5))

@@ -56,12 +56,16 @@ State it keeps
                          was cancelled: killed at the end), ``_dead`` (died while idle,
                          reaped by their threads); ``_watch``, the watchdog pipe;
                          ``_warming`` (workers started ahead, until they are up);
-                         ``preload``; ``replace`` (a dead worker is replaced at once);
-                         ``_maps`` (whether a worker's memfd can be mapped here);
+                         ``preload``; ``lean`` (workers load by-value functions
+                         without cloudpickle: ``_worker.lean_loads``); ``replace`` (a
+                         dead worker is replaced at once); ``_maps`` (whether a
+                         worker's memfd can be mapped here);
     ``ProcessExecutor``  ``fn_bytes`` (each CPU task's pickled function, from the check),
                          ``pool`` (its workers start with the run: ``begin``),
-                         ``_to_warm``, ``threads`` (where results are unpickled) and
-                         ``pickled`` (the ledger's hook).
+                         ``_to_warm``, ``threads`` (where results are unpickled),
+                         ``pickled`` (the ledger's hook) and ``_importer`` (the thread
+                         that loads anyio's asyncio backend while the workers boot,
+                         joined at ``aclose``).
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import PicklingError, RemoteError, UnpicklingError, WorkerDiedError
 from .._shield import wait_to_the_end
 from .._task import Kind, Task
+from . import _worker
 from .base import Began, with_timeout
 from .threads import Threads
 
@@ -101,6 +106,7 @@ __all__ = [
     "ProcessPool",
     "outcome",
     "pickled_args",
+    "pickled_function",
     "shipping_problem",
 ]
 
@@ -345,6 +351,9 @@ class ProcessPool:
         #: Modules a worker imports as soon as it has our ``sys.path``, before its first
         #: call (the ones the run's CPU functions name: see ProcessExecutor.check).
         self.preload: list[str] = []
+        #: Whether workers load by-value functions without importing cloudpickle
+        #: (``_worker.lean_loads``; see LEAN).
+        self.lean = LEAN
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._starting: set[asyncio.Future[_Worker]] = set()
@@ -400,7 +409,7 @@ class ProcessPool:
         """Send the worker our ``sys.path``, whether it may hand big results over in a
         memfd, and what to import before its first call (it does so while it waits)."""
         if not worker.initialised and worker.alive:
-            worker.send(("init", list(sys.path), bool(self._maps), self.preload))
+            worker.send(("init", list(sys.path), bool(self._maps), self.preload, self.lean))
             worker.initialised = True
 
     def _lost(self, worker: _Worker) -> None:
@@ -425,20 +434,23 @@ class ProcessPool:
         self._busy.discard(worker)
         self._idle.append(worker)
 
-    def warm(self, n: int) -> None:
+    def warm(self, n: int, then: Callable[[], None] | None = None) -> None:
         """Start workers in the background (on the loop's thread, no wait) until ``n``
         of them (at most ``size``) are up or starting; calls meanwhile wait for them
-        instead of starting more. A start that fails is left to the next call."""
+        instead of starting more. A start that fails is left to the next call.
+        ``then`` is called once the processes are started and connected (they boot on)."""
         missing = min(n, self.size) - len(self._idle) - len(self._busy)
         if missing <= 0 or self._warming is not None or self._closing:
             return
-        self._warming = asyncio.ensure_future(self._warm(missing))
+        self._warming = asyncio.ensure_future(self._warm(missing, then))
 
-    async def _warm(self, n: int) -> None:
+    async def _warm(self, n: int, then: Callable[[], None] | None = None) -> None:
         try:
             started = await asyncio.gather(
                 *(self._start() for _ in range(n)), return_exceptions=True
             )
+            if then is not None:
+                then()
             for worker in started:
                 if isinstance(worker, _Worker):
                     self._busy.discard(worker)
@@ -557,7 +569,7 @@ class ProcessPool:
     ) -> Any:
         """Send a call; the worker's reply, or None if it died after it began the task."""
         if not worker.initialised:
-            worker.send(("init", list(sys.path), False, []))
+            worker.send(("init", list(sys.path), False, [], False))
             worker.initialised = True
         worker.send(("call", fn_bytes, args_bytes))
         started = await worker.next()
@@ -591,10 +603,47 @@ class ProcessPool:
             self._close_watchdog()
 
 
-def pickled_args(task: str, args: tuple[Any, ...]) -> bytes:
-    """``args`` as a worker loads them (cloudpickle); TypeError naming the task if not."""
+def pickled_function(
+    fn: object, made: dict[int, tuple[object, bytes | Exception]]
+) -> bytes | Exception:
+    """``fn`` pickled with cloudpickle, or the exception that stopped it, made once per
+    function object in ``made`` (one check's cache: the tasks of a fan-out or a loop
+    share their function, and a by-value function's pickle cost 100-200 µs a task).
+
+    Within one check the pickle of one object is the same for every task that holds it
+    (a by-value function's globals are read as the check runs), so this is the same
+    bytes that pickling it per task made. Keyed by ``id``: every function is held by
+    its task for the whole check, and the object is kept next to its bytes anyway.
+    """
+    key = id(fn)
+    hit = made.get(key)
+    if hit is not None and hit[0] is fn:
+        return hit[1]
     try:
-        data: bytes = cloudpickle.dumps(args)
+        data: bytes | Exception = cloudpickle.dumps(fn)
+    except Exception as exc:  # noqa: BLE001 - whatever stops pickling: the caller says
+        data = exc
+    made[key] = (fn, data)
+    return data
+
+
+def pickled_args(task: str, args: tuple[Any, ...]) -> bytes:
+    """``args`` as a worker loads them (cloudpickle); TypeError naming the task if not.
+
+    Plain data (no callable or class named: ints, strings, lists and dicts of them) is
+    pickled by :mod:`pickle`'s C pickler, which makes the same bytes as cloudpickle's
+    (protocol 5) without its per-object ``reducer_override`` (10-20 µs a call); anything
+    that names a global goes to cloudpickle, which decides by value or by name."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:  # out-of-band buffers (an array's data) are not copied: such args go on below
+        data = pickle.dumps(args, protocol=5, buffer_callback=buffers.append)
+    except Exception:  # noqa: BLE001 - cloudpickle decides, and reports
+        pass
+    else:
+        if not buffers and _NAMES_CODE.search(data) is None:
+            return data
+    try:
+        data = bytes(cloudpickle.dumps(args))
     except Exception as exc:
         raise TypeError(
             f"the arguments of task {task!r} cannot be pickled for its worker process"
@@ -765,6 +814,7 @@ class ProcessExecutor:
         self.pickled = pickled or _ignore
         self.threads: Threads | None = None  # where results are unpickled, off the loop
         self._to_warm = 0  # how many workers begin() starts (the CPU tasks to run)
+        self._importer: threading.Thread | None = None  # see begin()
 
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.CPU
@@ -775,16 +825,16 @@ class ProcessExecutor:
         modules: dict[str, str | None] = {}
         first_error: Exception | None = None
         count = 0
+        made: dict[int, tuple[object, bytes | Exception]] = {}
         for n in pending:
             t = tasks[n]
             if t.kind is not Kind.CPU:
                 continue
             count += 1
-            try:
-                data = cloudpickle.dumps(t.fn)
-            except Exception as exc:  # noqa: BLE001 - whatever stops pickling
-                first_error = first_error or exc
-                problems[t.name] = PicklingError(t.name, f"{type(exc).__name__}: {exc}").problems[
+            data = pickled_function(t.fn, made)
+            if isinstance(data, Exception):
+                first_error = first_error or data
+                problems[t.name] = PicklingError(t.name, f"{type(data).__name__}: {data}").problems[
                     t.name
                 ]
                 continue
@@ -801,7 +851,7 @@ class ProcessExecutor:
             self.pool = self.make_pool()
             self._to_warm = count
             if isinstance(self.pool, ProcessPool):
-                self.pool.preload = _preloads(verdicts)
+                self.pool.preload = _preloads(verdicts, self.pool.lean)
 
     #: Whether the pool says when a worker begins an attempt (before it ends): then a
     #: timeout counts from there (see ``_timed``); else from the dispatch.
@@ -812,7 +862,21 @@ class ProcessExecutor:
         its IO tasks run, as many as it has CPU tasks to run (at most ``workers``); each
         imports the modules the run's functions name before its first call."""
         if isinstance(self.pool, ProcessPool) and self._to_warm:
-            self.pool.warm(self._to_warm)
+            self.pool.warm(self._to_warm, then=self._import_anyio)
+
+    def _import_anyio(self) -> None:
+        """Once the workers are started (their boot goes on): anyio loads its asyncio
+        backend at the first cancel scope of a process (30-50 ms, on the loop, as the
+        first run ends), so it is loaded now in a thread, while the loop waits for the
+        workers. Joined at :meth:`aclose` (done long since, or the loop would wait for
+        the import anyway)."""
+        if _ANYIO_BACKEND in sys.modules or self._importer is not None:
+            return
+        self._importer = threading.Thread(
+            target=_import_quietly, args=(_ANYIO_BACKEND,), name="asyncgraph-import"
+        )
+        self._importer.daemon = True
+        self._importer.start()
 
     def make_pool(self) -> PoolLike:
         """Where the attempts go: a pool of the run's own, whose workers start with the
@@ -873,7 +937,7 @@ class ProcessExecutor:
         fn = self.fn_bytes.get(name)
         if fn is None and task.family is not None:  # fan-out: an element is its template's
             fn = self.fn_bytes[task.family]
-        data = await self.pool.call(name, fn or self.fn_bytes[name], (args, kwargs), on_start)
+        data = await self.pool_call(task, fn or self.fn_bytes[name], (args, kwargs), on_start)
         if isinstance(data, Mapped):
             # Its big buffers are mapped from the worker's memfd: the load copies
             # nothing (in a thread, as any pickle that may run code); a store gets the
@@ -899,11 +963,22 @@ class ProcessExecutor:
         self.pickled(name, data)
         return value
 
+    async def pool_call(
+        self, task: Task, fn: bytes, args: tuple[Any, ...], on_start: Callable[[float], None]
+    ) -> bytes | Mapped:
+        """One attempt's call to the pool (a shared pool's executor adds the task's
+        priority, which orders it among other runs' calls)."""
+        assert self.pool is not None
+        return await self.pool.call(task.name, fn, args, on_start)
+
     async def aclose(self) -> None:
         if self.threads is not None:
             self.threads.close()
         if self.pool is not None:
             await self.pool.aclose()
+        if self._importer is not None:
+            self._importer.join()  # done long since, or the loop needed it anyway
+            self._importer = None
 
 
 #: A pickle at most this long that holds none of the bytes of the opcodes that fetch a
@@ -931,14 +1006,29 @@ def _load_mapped(task: str, mapped: Mapped, keeps: bool) -> tuple[Any, bytes]:
     return value, (mapped.inband() if keeps else b"")
 
 
-def _preloads(functions: Iterable[bytes]) -> list[str]:
+def _preloads(functions: Iterable[bytes], lean: bool = False) -> list[str]:
     """The modules these pickled functions name that this process has loaded (so a
-    worker can import them too), for a worker to import before its first call."""
+    worker can import them too), for a worker to import before its first call.
+
+    ``lean``: the workers load by-value functions with ``_worker.lean_loads``; then
+    cloudpickle is left out when every helper of its that the pickles name is one the
+    lean loader has (a plain function, a closure), so no worker imports it for nothing.
+    """
     names: set[str] = set()
+    helpers: set[tuple[str, str]] = set()
     for data in functions:
         with contextlib.suppress(Exception):  # a pickle we cannot read: no preload
-            names |= _modules_named(data)
+            names |= _modules_named(data, helpers)
+    if lean and all(n in _worker.LEAN for m, n in helpers if m in _CLOUDPICKLE_MODULES):
+        names.difference_update(_CLOUDPICKLE_MODULES)
     return sorted(m for m in names if m not in _NO_PRELOAD and m in sys.modules)
+
+
+_CLOUDPICKLE_MODULES = frozenset({"cloudpickle", "cloudpickle.cloudpickle"})
+#: Whether a worker may load by-value functions without cloudpickle: its helpers that
+#: ``_worker.LEAN`` copies are those of cloudpickle 3.0 and 3.1 (any other version:
+#: the worker imports cloudpickle, as pickle would).
+LEAN = cloudpickle.__version__.split(".")[:2] in (["3", "0"], ["3", "1"])
 
 
 #: Modules a worker has loaded anyway, or that only name where a function lives.
@@ -947,6 +1037,15 @@ _NO_PRELOAD = frozenset({"__main__", "builtins", "copyreg", "_codecs", "pickle",
 
 def _ignore(name: str, data: bytes) -> None:
     return None
+
+
+_ANYIO_BACKEND = "anyio._backends._asyncio"
+
+
+def _import_quietly(name: str) -> None:
+    """Import ``name`` (in a helper thread); a failure is the importer's to report."""
+    with contextlib.suppress(Exception):
+        __import__(name)
 
 
 def _dup_stdout() -> int | None:
@@ -969,7 +1068,7 @@ _PUTS = frozenset({"BINPUT", "LONG_BINPUT", "PUT"})
 _SILENT = frozenset({"FRAME", "PROTO", "STOP", "MARK"})
 
 
-def _modules_named(payload: bytes) -> set[str]:
+def _modules_named(payload: bytes, globals_: set[tuple[str, str]] | None = None) -> set[str]:
     """The modules a pickle refers to by name (what the unpickler will import).
 
     A global is ``GLOBAL "module name"`` or, from protocol 4, two strings pushed (or
@@ -998,9 +1097,14 @@ def _modules_named(payload: bytes) -> set[str]:
         elif name == "STACK_GLOBAL":
             if isinstance(last[0], str):
                 found.add(last[0])
+                if globals_ is not None:
+                    globals_.add((last[0], str(last[1])))
                 subimport = last[1] == "subimport" and last[0].startswith("cloudpickle")
         elif name in ("GLOBAL", "INST") and isinstance(arg, str):
-            found.add(arg.split(" ", 1)[0])
+            module, _, attr = arg.partition(" ")
+            found.add(module)
+            if globals_ is not None:
+                globals_.add((module, attr))
         if subimport and isinstance(value, str):
             found.add(value)
             subimport = False

@@ -21,13 +21,15 @@ does not pay for its start); a cancelled or timed-out attempt has its worker kil
 (the one really stopped is that run's task, never another run's); the workers die with
 the process (the watchdog pipe, the parent-death signal: the pool's
 thread started them and lives as long as they do). Calls beyond the pool's size wait
-for a free worker, first come first served, across runs; each run's ``cpu_workers``
-caps that run's own attempts in flight.
+for a free worker, served by their task's ``priority`` across runs, in turns between
+runs at equal priority, each run's calls in its own order (:class:`_Slots`); each run's
+``cpu_workers`` caps that run's own attempts in flight.
 
 State it keeps
     ``SharedPool``   ``size``; ``thread`` and ``loop`` (the pool's own, while started);
-                     ``pool`` (the ProcessPool on that loop); ``slots`` (a semaphore
-                     of ``size`` on that loop: a call holds one while it has a worker);
+                     ``pool`` (the ProcessPool on that loop); ``slots`` (its
+                     :class:`_Slots` of ``size``: a call holds one while it has a
+                     worker, and waiting calls are served by priority, then in turns);
                      ``calls`` (each call in flight: its task on the pool's loop);
                      ``state`` ("new", "started", "closed");
     ``PoolClient``   ``shared``; ``pending`` (this run's calls not yet ended, to wait
@@ -40,6 +42,8 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import heapq
+import itertools
 import threading
 import weakref
 from collections.abc import Callable
@@ -50,7 +54,8 @@ import anyio
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._shield import wait_to_the_end
-from .process import ProcessExecutor, ProcessPool, pickled_args
+from .._task import Task
+from .process import Mapped, ProcessExecutor, ProcessPool, pickled_args
 
 __all__ = ["BackendClosedError", "PoolClient", "SharedPool", "SharedProcessExecutor"]
 
@@ -65,7 +70,10 @@ class BackendClosedError(RuntimeError):
 class _Call:
     """One attempt on the shared pool: what to run and whom to tell (thread-safe)."""
 
-    __slots__ = ("args", "cancelled", "fn", "report", "started", "task", "worker_task")
+    __slots__ = (
+        "args", "cancelled", "fn", "owner", "priority", "report", "started", "task",
+        "worker_task",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -74,14 +82,116 @@ class _Call:
         args: bytes,
         started: Callable[[float], None],
         report: Callable[[str, Any], None],
+        priority: int = 0,
+        owner: object = None,
     ) -> None:
         self.task = task
         self.fn = fn
         self.args = args
         self.started = started
         self.report = report  # report(kind, value): "ok" bytes, "error" exc, "cancelled"
+        self.priority = priority  # the task's ``priority``: higher is served first
+        self.owner = owner  # whose call (the run's PoolClient): turns are fair between runs
         self.cancelled = False
         self.worker_task: asyncio.Task[None] | None = None
+
+
+class _Slots:
+    """The pool's ``size`` workers, handed to the calls that wait for one in order of
+    their task's ``priority`` (higher first) across runs; among calls of equal priority,
+    the run whose last turn is the oldest goes first (round robin: a run with many
+    calls waiting does not starve one that has a few); within a run, its calls in the
+    order it sent them (its scheduler's: critical path, then definition order). On the
+    pool's loop only.
+
+    State it keeps
+        ``free`` (workers no call holds); ``waiting`` (each run's heap of
+        ``(-priority, seq, future)``: a future is granted a worker by ``set_result``);
+        ``held`` (each run's calls holding a worker); ``turns`` (each run's last turn,
+        from ``_clock``; forgotten when the run has no call here, so a run that comes
+        back goes first among equals, as one that never had a turn); ``_seq`` (the
+        order calls came in).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiting: dict[object, list[tuple[int, int, asyncio.Future[None]]]] = {}
+        self.held: dict[object, int] = {}
+        self.turns: dict[object, int] = {}
+        self._seq = itertools.count()
+        self._clock = itertools.count()
+        #: Called after each change (a call queued, granted, or gone): for a watcher
+        #: that waits on the queue instead of polling it (tests).
+        self.watch: Callable[[], None] | None = None
+
+    def __len__(self) -> int:
+        """How many calls wait for a worker."""
+        return sum(len(q) for q in self.waiting.values())
+
+    async def acquire(self, priority: int, owner: object) -> None:
+        """Wait for a worker (at once if one is free and nobody waits)."""
+        if self.free > 0 and not self.waiting:
+            self._grant(owner)
+            if self.watch is not None:
+                self.watch()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (-priority, next(self._seq), future)
+        heapq.heappush(self.waiting.setdefault(owner, []), entry)
+        self._hand_out()
+        if self.watch is not None:
+            self.watch()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(owner)  # granted as it was cancelled: pass the worker on
+            else:
+                queue = self.waiting.get(owner)
+                if queue is not None and entry in queue:
+                    queue.remove(entry)
+                    heapq.heapify(queue)
+                    if not queue:
+                        del self.waiting[owner]
+                self._forget(owner)
+                if self.watch is not None:
+                    self.watch()
+            raise
+
+    def release(self, owner: object) -> None:
+        """A call of ``owner`` let go of its worker: the best waiting call gets it."""
+        self.free += 1
+        self.held[owner] -= 1
+        self._forget(owner)
+        self._hand_out()
+        if self.watch is not None:
+            self.watch()
+
+    def _hand_out(self) -> None:
+        while self.free > 0 and self.waiting:
+            best = min(self.waiting, key=self._rank)
+            queue = self.waiting[best]
+            _, _, future = heapq.heappop(queue)
+            if not queue:
+                del self.waiting[best]
+            if future.done():  # cancelled, its waiter not yet woken: skip it
+                self._forget(best)
+                continue
+            self._grant(best)
+            future.set_result(None)
+
+    def _grant(self, owner: object) -> None:
+        self.free -= 1
+        self.held[owner] = self.held.get(owner, 0) + 1
+        self.turns[owner] = next(self._clock)
+
+    def _rank(self, owner: object) -> tuple[int, int]:
+        return self.waiting[owner][0][0], self.turns.get(owner, -1)
+
+    def _forget(self, owner: object) -> None:
+        if not self.held.get(owner) and owner not in self.waiting:
+            self.held.pop(owner, None)
+            self.turns.pop(owner, None)
 
 
 class SharedPool:
@@ -94,7 +204,7 @@ class SharedPool:
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool: ProcessPool | None = None
-        self.slots: asyncio.Semaphore | None = None
+        self.slots: _Slots | None = None
         self.calls: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()  # orders start, submit and close across threads
 
@@ -126,7 +236,7 @@ class SharedPool:
         loop = asyncio.new_event_loop()
         self.loop = loop
         self.pool = ProcessPool(self.size, replace=True)  # a dead worker: a new one at once
-        self.slots = asyncio.Semaphore(self.size)
+        self.slots = _Slots(self.size)
         loop.call_soon(ready.set)
         try:
             loop.run_forever()
@@ -227,9 +337,13 @@ class SharedPool:
     async def _serve(self, call: _Call) -> None:
         assert self.pool is not None
         assert self.slots is not None
+        slots = self.slots
         try:
-            async with self.slots:
+            await slots.acquire(call.priority, call.owner)
+            try:
                 data = await self.pool.call_pickled(call.task, call.fn, call.args, call.started)
+            finally:
+                slots.release(call.owner)
         except asyncio.CancelledError:
             self._stopped(call)
         except BaseException as exc:  # noqa: BLE001 - the attempt's outcome, handed over
@@ -251,9 +365,12 @@ class PoolClient:
         fn_bytes: bytes,
         args: tuple[Any, ...],
         on_start: Callable[[float], None] | None = None,
+        priority: int = 0,
     ) -> bytes:
         """One attempt on the shared pool; cancelled, its worker is killed and the call
-        returns (re-raising the cancellation) once the pool has let go of it."""
+        returns (re-raising the cancellation) once the pool has let go of it. With more
+        calls than workers, ``priority`` (the task's) orders it among all runs' calls
+        (see :class:`_Slots`)."""
         data = pickled_args(task, args)
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[bytes] = loop.create_future()
@@ -279,7 +396,7 @@ class PoolClient:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(on_start, when)
 
-        call = _Call(task, fn_bytes, data, started, report)
+        call = _Call(task, fn_bytes, data, started, report, priority, self)
         self.shared.submit(call)
         self.pending.add(ended)
         ended.add_done_callback(self.pending.discard)
@@ -316,6 +433,13 @@ class SharedProcessExecutor(ProcessExecutor):
 
     def make_pool(self) -> PoolClient:
         return PoolClient(self.shared)
+
+    async def pool_call(
+        self, task: Task, fn: bytes, args: tuple[Any, ...], on_start: Callable[[float], None]
+    ) -> bytes | Mapped:
+        """The attempt, with its task's priority (see :class:`_Slots`)."""
+        assert isinstance(self.pool, PoolClient)
+        return await self.pool.call(task.name, fn, args, on_start, task.priority)
 
 
 @atexit.register
