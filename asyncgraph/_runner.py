@@ -776,6 +776,8 @@ class _Run:
         of an element its family has not expanded into yet (cancelled as it expands);
         None for any other task (the plain way)."""
         core = self.core
+        if self._held.get(name) is not None:  # handed out, its stored inputs being read
+            return self._cancel_held(name)
         task = self.tasks.get(name)
         if task is not None and task.over is not None:
             if not core.is_expanded(name):
@@ -795,6 +797,19 @@ class _Run:
         if core.is_expanded(template.name) or not core.waits(template.name):
             return False  # its family has no such element, or it ended without one
         self._cancel_on_expand.add(name)
+        return True
+
+    def _cancel_held(self, name: str) -> bool:
+        """``cancel_task`` of an element the core handed out that waits for its stored
+        inputs (``_hold``): it never started, so it is cancelled as a task in line is
+        (recorded "did not start", its descendants skipped) and does not start when its
+        inputs come in."""
+        del self._held[name]
+        skipped = self.core.failed(name)  # handed out: the core counts it as running
+        ledger = self.ledger
+        ledger.cancel((), (name,), _BY_NAME.format(name), set(), self.cancel_grace)
+        ledger.skipped(skipped, self.now())
+        self._post_cancel()
         return True
 
     def _cancel_expanded(self) -> None:
