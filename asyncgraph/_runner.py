@@ -458,18 +458,30 @@ class _Run:
         bad = self._bad
         stores = ledger.stores
         fresh = not (reusable or bad or self._old_elements)  # a first expansion: all run
+        # An item's content vouches for the mapped input only: an element whose other
+        # dependency ran in this run (reset, or failed last time), or whose counterpart
+        # did (element-wise), takes that one's new result, which its fingerprint (code,
+        # not data) cannot tell from the old one: it runs.
+        t = tasks[template]
+        others_ran = any(d in ran for d in t.deps if d != t.over)
+        wise = t.over is not None and tasks[t.over].over is not None
         for e in () if fresh else elements:
             n = e.name
             rec = old.get(n)
             if any(d in bad for d in e.deps):  # below an element that stays failed
                 kept[n] = rec if rec is not None and rec.status is State.SKIPPED else _SKIPPED
                 bad.add(n)
-            elif n in reusable and (
+            elif (
+                n in reusable
+                and not others_ran
+                and not (wise and any(d in ran for d in e.deps))
                 # not an element the caller sent back to pending (reset) on its inputs
-                rec is None
-                or rec.status is State.DONE
-                or n not in self._old_elements
-                or any(d in ran or d in self._refreshed for d in e.deps)
+                and (
+                    rec is None
+                    or rec.status is State.DONE
+                    or n not in self._old_elements
+                    or any(d in ran or d in self._refreshed for d in e.deps)
+                )
             ):
                 kept[n] = reusable[n]
                 done.add(n)
