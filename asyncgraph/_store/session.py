@@ -157,6 +157,7 @@ class StoreSink:
         )
         self.blobs: dict[str, tuple[str, bytes]] = {}
         self.ready: dict[str, tuple[str, bytes]] = {}  # pre_serialized, until kept
+        self.vouches: dict[str, int] = {}  # fan-out: see _vouch_later
         self.unstorable_errors: dict[str, UnstorableResultError] = {}
         self.writer: RunWriter | None = None
         self.run_id = 0
@@ -288,7 +289,46 @@ class StoreSink:
         before = self.done_before
         self.reused += sum(1 for n in reused if n not in before)
         self._gone(template, {e.name for e in elements})
+        if reused:
+            self._vouch_later(elements, reused)
         return reused
+
+    def _vouch_later(self, elements: Sequence[Task], reused: Mapping[str, TaskRecord]) -> None:
+        """Note the reusable elements whose rows are older than one of their inputs (a
+        parent that ran in this run or since they were written, a counterpart noted):
+        if the run keeps them, their rows are re-stamped with its id at its end
+        (``vouch``), so the next load does not take them for stale."""
+        tries = self.ledger.tries
+        stored = self.stored
+        vouches = self.vouches
+        for e in elements:
+            n = e.name
+            if n not in reused:
+                continue
+            s = stored[n]
+            for d in e.deps:
+                sd = stored.get(d)
+                if d in tries or d in vouches or (sd is not None and sd.run_id > s.run_id):
+                    assert s.result_id is not None
+                    vouches[n] = s.result_id
+                    break
+
+    async def _vouch(self) -> None:
+        """Re-stamp the rows of the elements this run kept by content (see
+        ``_vouch_later``) on a store that can (``SQLiteStore.vouch``): only those that
+        ended the run done with their stored result, after every row of the run."""
+        vouch = getattr(self.store, "vouch", None)  # SQLiteStore's (issue 13)
+        if vouch is None or not self.vouches or self.error is not None:
+            return
+        records = self.ledger.records
+        stored = self.stored
+        kept = {}
+        for n, result_id in self.vouches.items():
+            rec = records.get(n)
+            if rec is not None and rec.status is State.DONE and rec.finished == stored[n].finished:
+                kept[n] = result_id
+        if kept:
+            await anyio.to_thread.run_sync(vouch, self.run_id, kept)
 
     def _fingerprint_of(self, name: str) -> str:
         """A task's fingerprint in this run; for an element of a family done before the
@@ -397,8 +437,18 @@ class StoreSink:
 
     async def close(self) -> None:
         """Commit what is queued and record how the run ended (called on every way out)."""
+        unvouched: StoreError | None = None
         if self.writer is not None:
             await anyio.to_thread.run_sync(self.writer.close)
+            try:
+                await self._vouch()
+            except Exception as exc:  # noqa: BLE001 - raised once the run's end is recorded
+                unvouched = StoreError(
+                    f"re-stamping the elements this run kept in store {self.store} failed "
+                    f"({type(exc).__name__}: {exc}); every result of the run is committed, "
+                    "and the next run computes those elements again"
+                )
+                unvouched.__cause__ = exc
         if self.error is not None:
             self.ledger.lost(self.error)
         if self.run_id:
@@ -423,6 +473,8 @@ class StoreSink:
                     raise
         if self.error is not None:
             raise self.error
+        if unvouched is not None:
+            raise unvouched
 
 
 @contextlib.asynccontextmanager

@@ -430,6 +430,24 @@ class SQLiteStore:
                     "INSERT OR REPLACE INTO meta VALUES ('order', ?)", (json.dumps(list(order)),)
                 )
 
+    def vouch(self, run_id: int, results: Mapping[str, int]) -> None:
+        """Re-stamp done rows as checked by run ``run_id``, in one transaction: each
+        task's row that still holds the result ``results[task]`` takes that run's id
+        (its result, times and history stay as they are). Fan-out: a family that expanded
+        again in that run kept these elements by their items' content, against that
+        run's inputs, so the next load reuses them although their parent's row is newer
+        than theirs. Not part of the Store protocol: a run calls it on stores that have
+        it, after its last write (issue 13)."""
+        with self._lock:
+            conn = self._conn
+            assert conn is not None, "vouch() outside begin_run()/end_run()"
+            with _transaction(conn):
+                conn.executemany(
+                    "UPDATE state SET run_id = ? WHERE name = ? AND result_id = ? "
+                    "AND status = 'done' AND run_id < ?",
+                    [(run_id, name, result_id, run_id) for name, result_id in results.items()],
+                )
+
     def write(
         self, run_id: int, rows: Sequence[TaskRow], counts: Mapping[str, int] | None = None
     ) -> None:
