@@ -53,6 +53,7 @@ from ._executors import Executor, default_executors
 from ._executors.base import Outcome, cancelled_from_inside, failed, route, traceback_of
 from ._graph import BaseGraph
 from ._ledger import Ledger, NullSink, Sink
+from ._nogc import paused
 from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, fresh_start, unit_paths
@@ -375,6 +376,14 @@ class _Run:
         """Expand the templates that came up in line, collect the families that are
         done, and return ``ready`` with what that made ready (see :mod:`._fan`)."""
         core = self.core
+        with paused():  # a family of 10k builds 10k elements and records at once
+            ready = self._fan_out_all(ready)
+        if not ready and not core.is_active():
+            self.children.end(None)
+        return ready
+
+    def _fan_out_all(self, ready: list[Task]) -> list[Task]:
+        core = self.core
         while core.expanding:
             names, core.expanding = core.expanding, []
             for t in names:
@@ -386,8 +395,6 @@ class _Run:
                 else:
                     self._expand(t)
             ready = [*ready, *core.get_ready()]  # not in place: the core's may be shared
-        if not ready and not core.is_active():
-            self.children.end(None)
         return ready
 
     def _own_tasks(self) -> dict[str, Task]:

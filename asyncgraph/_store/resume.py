@@ -26,6 +26,7 @@ from .._exceptions import RemoteError, StoreError, StoreMismatchError
 from .._fan import element_like, family_of, prototype
 from .._fingerprint import digests
 from .._graph import BaseGraph, G, check_graph
+from .._nogc import paused
 from .._rewrite import reset_failed
 from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
 from .._task import UNKNOWN_ITEM, Element, Task, constructor, new_element
@@ -124,6 +125,11 @@ def _names(names: list[str]) -> str:
 
 def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     """The work of :func:`load`; blocking (reads the store), so runs call it in a thread."""
+    with paused():  # it builds a row, a record and perhaps an element per task
+        return _load_from(graph, store, force)
+
+
+def _load_from(graph: BaseGraph, store: Store, force: bool) -> Loaded:
     stored = store.tasks()
     check_names(graph, stored, store, force)
     if graph._dag.fans and graph._dag.static() is not graph._dag:
@@ -501,7 +507,8 @@ def for_run(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     check_origin(graph, store)
     if graph._origin is not None:
         # Loaded from this store already (its names were checked then): as it is.
-        return Loaded(graph, {}, store.tasks(), digests(graph))
+        with paused():
+            return Loaded(graph, {}, store.tasks(), digests(graph))
     loaded = load_from(graph, store, force=force)
     ready = reset_failed(loaded.graph)  # keeps _origin: _derive copies it
     return Loaded(ready, loaded.reasons, loaded.stored, loaded.digests)
@@ -539,8 +546,6 @@ def plan(
     Columns: name, kind, action, reason, fingerprint, before (the other's fingerprint,
     or None).
     """
-    import pandas as pd
-
     check_graph(graph, "plan")
     if isinstance(store, BaseGraph) and fingerprints is None:
         store, fingerprints = None, store  # plan(new, old): two graphs, no store
@@ -556,6 +561,14 @@ def plan(
             "plan() needs a store (plan(graph, 'nightly.db')) or another graph's "
             "fingerprints (plan(graph, fingerprints=ag.fingerprints(old)))"
         )
+    with paused():  # a row per task, and perhaps an element per stored one
+        return _store_plan(graph, store)
+
+
+def _store_plan(graph: BaseGraph, store: Any) -> pd.DataFrame:
+    """:func:`plan` on a store (a path or a Store)."""
+    import pandas as pd
+
     the_store = open_store(store)
     check_origin(graph, the_store)
     if graph._origin is not None:
