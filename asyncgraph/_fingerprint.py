@@ -146,19 +146,27 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
     if dag.fans:  # an element's fingerprint is taken when its family expands
         dag = dag.static()
         order = dag.topological_order()
-    digest = _Digester({}).digest
     tasks = dag.tasks
+    before = _LAST.get(dag)
+    if before is not None:
+        again = before.again(order)
+        if again is not None:
+            return again
+    digest = _Digester({}).digest
     bindings = binding_bytes(dag)
     sha = hashlib.sha256
     raw: dict[str, bytes] = {}
     hexes: dict[bytes, str] = {}
     out: dict[str, tuple[str, str]] = {}
+    fns: dict[int, tuple[Any, bytes]] = {}  # the functions digested, by id: for _Last
     for name in order:
         task = tasks[name]
+        fn = task.fn
         try:
-            code = digest(task.fn)
+            code = digest(fn)
         except Exception as exc:  # named for the user, with its task
             raise _unfingerprintable(name, exc) from exc
+        fns[id(fn)] = (fn, code)
         own = hexes.get(code)
         if own is None:
             own = hexes[code] = code.hex()[:_HEX]
@@ -170,7 +178,54 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
             full = sha(_TAG + code + bindings[name])
         raw[name] = f = full.digest()
         out[name] = (own, f.hex()[:_HEX])
+    if dag.frozen:
+        _LAST[dag] = _Last(tuple(fns.values()), out)
     return out
+
+
+class _Last:
+    """The last :func:`digests` of one (frozen) Dag, kept to answer the next call for it
+    (``load`` then ``run``; a notebook's runs of one graph) without hashing every task
+    again, compactly: a function's digest is taken again every time, since its globals
+    can change between calls (a constant edited in a notebook), and only if every
+    function's digest is what it was is the answer the same. A fingerprint is a pure
+    function of the Dag's tasks (frozen: their bindings and dependencies cannot change)
+    and of their functions' digests, so this is exact, never a stale fingerprint.
+
+    State it keeps
+        ``fns``    each distinct function and its digest then (they are the Dag's own
+                   tasks' functions, which it keeps alive anyway);
+        ``owns``   each task's code digest (hex, shared between tasks of one function),
+                   in topological order;
+        ``fps``    each task's fingerprint, 16 bytes a task, in the same order.
+    """
+
+    __slots__ = ("fns", "fps", "owns")
+
+    def __init__(self, fns: tuple[tuple[Any, bytes], ...], out: Mapping[str, tuple[str, str]]):
+        self.fns = fns
+        self.owns = [own for own, _ in out.values()]
+        self.fps = bytes.fromhex("".join(fp for _, fp in out.values()))
+
+    def again(self, order: tuple[str, ...]) -> dict[str, tuple[str, str]] | None:
+        """The same answer, or None if a function's digest changed (or fails now)."""
+        digest = _Digester({}).digest
+        try:
+            for fn, code in self.fns:
+                if digest(fn) != code:
+                    return None
+        except Exception:  # noqa: BLE001 - the full pass raises it, naming the task
+            return None
+        fps = self.fps
+        step = _HEX // 2
+        return {
+            name: (own, fps[i * step : i * step + step].hex())
+            for i, (name, own) in enumerate(zip(order, self.owns, strict=True))
+        }
+
+
+#: The last ``digests`` of each frozen Dag still alive (see :class:`_Last`).
+_LAST: WeakKeyDictionary[Dag, _Last] = WeakKeyDictionary()
 
 
 #: ``binding_bytes`` of each Dag still alive: the same for every graph derived from it.
