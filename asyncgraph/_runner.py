@@ -180,7 +180,8 @@ class _Run:
             order,
             limits=limits,
             children=dag.child_map(),
-            unit_paths=unit_paths(dag),
+            # (used only without weights: a resume on a store has its own)
+            unit_paths=unit_paths(dag) if weights is None else None,
             weights=weights,
             lanes=[Lane(*lane) for lane in lanes],
         )

@@ -761,18 +761,31 @@ def _ts(value: float | None) -> dt.datetime | None:
 def durations(stored: Mapping[str, StoredTask]) -> dict[str, float]:
     """Past durations, for the scheduler's critical-path estimate."""
     out: dict[str, float] = {}
+    done = State.DONE
     for n, s in stored.items():
-        if s.status is State.DONE and s.started is not None and s.finished is not None:
-            out[n] = max(s.finished - s.started, 0.0)
+        if s.status is done:
+            started, finished = s.started, s.finished
+            if started is not None and finished is not None:
+                out[n] = finished - started if finished > started else 0.0
     return out
 
 
 def weights_of(loaded: Loaded) -> dict[str, float] | None:
     """Critical-path weights from the past durations of ``loaded``'s tasks (None if none
-    was ever timed); a task never timed gets the median."""
+    was ever timed); a task never timed gets the median.
+
+    Only the tasks to run get one: the scheduler measures the paths of those alone (a
+    task's path runs through its descendants, which run too), so a resume of 100 tasks
+    of 10k does not make 10k weights.
+    """
     known = durations(loaded.stored)
     if not known:
         return None
     ordered = sorted(known.values())
     typical = ordered[len(ordered) // 2] or 1e-6
-    return {n: known.get(n, typical) or 1e-6 for n in loaded.graph.tasks}
+    runnable = (State.PENDING, State.RUNNING)
+    return {
+        n: known.get(n, typical) or 1e-6
+        for n, r in loaded.graph.records.items()
+        if r.status in runnable
+    }
