@@ -158,18 +158,24 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
     raw: dict[str, bytes] = {}
     hexes: dict[bytes, str] = {}
     out: dict[str, tuple[str, str]] = {}
-    fns: dict[int, tuple[Any, bytes]] = {}  # the functions digested, by id: for _Last
+    # Each function's (function, digest, hex digest), by id, met once: many tasks share
+    # one (holding it keeps its id from being reused meanwhile); kept for _Last too.
+    fns: dict[int, tuple[Any, bytes, str]] = {}
     for name in order:
         task = tasks[name]
         fn = task.fn
-        try:
-            code = digest(fn)
-        except Exception as exc:  # named for the user, with its task
-            raise _unfingerprintable(name, exc) from exc
-        fns[id(fn)] = (fn, code)
-        own = hexes.get(code)
-        if own is None:
-            own = hexes[code] = code.hex()[:_HEX]
+        hit = fns.get(id(fn))
+        if hit is None:
+            try:
+                code = digest(fn)
+            except Exception as exc:  # named for the user, with its task
+                raise _unfingerprintable(name, exc) from exc
+            own = hexes.get(code)
+            if own is None:
+                own = hexes[code] = code.hex()[:_HEX]
+            fns[id(fn)] = (fn, code, own)
+        else:
+            _, code, own = hit
         # Upstream fingerprints are 32 bytes each, in binding order; the binding fixes
         # how many there are, so the joined string is unambiguous.
         if task.deps:
@@ -179,7 +185,7 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
         raw[name] = f = full.digest()
         out[name] = (own, f.hex()[:_HEX])
     if dag.frozen:
-        _LAST[dag] = _Last(tuple(fns.values()), out)
+        _LAST[dag] = _Last(tuple((fn, code) for fn, code, _ in fns.values()), out)
     return out
 
 

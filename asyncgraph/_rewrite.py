@@ -25,7 +25,7 @@ G = TypeVar("G", bound=BaseGraph)
 def reset_failed(graph: G) -> G:
     """Failed, skipped and cancelled tasks, and all their descendants, back to pending."""
     _check_graph(graph, "reset_failed")
-    bad = [n for n, r in graph.records.items() if r.status in FINISHED_BADLY]
+    bad = [n for n, r in graph._record_copy().items() if r.status in FINISHED_BADLY]
     return _to_pending(graph, set(bad) | graph.descendants(bad))
 
 
@@ -124,7 +124,7 @@ def _check_graph(graph: G, where: str) -> G:
 
 
 def _to_pending(graph: G, names: set[str]) -> G:
-    records = dict(graph.records)
+    records = graph._record_copy()  # a dict: graph.records is a view, a call per item
     for n in names:
         records[n] = PENDING_RECORD
     return graph._derive(records)

@@ -137,7 +137,7 @@ def _load_from(graph: BaseGraph, store: Store, force: bool) -> Loaded:
         # the caller's to keep: load() a graph without them.
         graph = graph._subset(graph._dag.static())
     fps = digests(graph)
-    records = dict(graph.records)
+    records = graph._record_copy()  # a dict: graph.records is a view, a call per item
     reasons: dict[str, str] = {}
     tasks = graph._dag.tasks
     done, pending = State.DONE, State.PENDING
@@ -786,6 +786,6 @@ def weights_of(loaded: Loaded) -> dict[str, float] | None:
     runnable = (State.PENDING, State.RUNNING)
     return {
         n: known.get(n, typical) or 1e-6
-        for n, r in loaded.graph.records.items()
+        for n, r in loaded.graph._record_copy().items()
         if r.status in runnable
     }

@@ -147,11 +147,12 @@ class StoreSink:
         self.digests = loaded.digests
         self.stored = loaded.stored
         self.origin = loaded.graph._origin
-        self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
+        records = loaded.graph._record_copy()  # a dict: graph.records is a view
+        self.reused = sum(1 for r in records.values() if r.status is State.DONE)
         # Elements loaded as done (counted above) that a family reuses again as it expands
         # are not counted twice.
         self.done_before: frozenset[str] = (
-            frozenset(n for n, r in loaded.graph.records.items() if r.status is State.DONE)
+            frozenset(n for n, r in records.items() if r.status is State.DONE)
             if loaded.graph._dag.fans
             else frozenset()
         )
