@@ -280,10 +280,22 @@ def input_digests(values: Iterable[Any]) -> list[str | None]:
     """:func:`input_digest` of each item, sharing one digester (a family's items)."""
     digester = _Digester({})
     out: list[str | None] = []
+    append = out.append
+    sha = hashlib.sha256
+    pack = _LENGTH.pack
     for value in values:
         t = type(value)
-        if t in _ATOMS:  # the common case: ids, names, numbers
-            out.append(hashlib.sha256(b"top" + _atom(value)).hexdigest()[:_HEX])
+        # the common cases, ints and strs: _atom's bytes, written out here (no call)
+        if t is int:
+            data = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
+            append(sha(b"topi" + pack(len(data)) + data).hexdigest()[:_HEX])
+            continue
+        if t is str:
+            data = value.encode("utf-8", "surrogatepass")
+            append(sha(b"tops" + pack(len(data)) + data).hexdigest()[:_HEX])
+            continue
+        if t in _ATOMS:  # the other atoms: names, numbers
+            append(sha(b"top" + _atom(value)).hexdigest()[:_HEX])
             continue
         digester.opaque = False
         try:
@@ -332,13 +344,16 @@ def element_fingerprints(
     )
     tail = parent.encode()
     out: list[str] = []
+    append = out.append
+    pack = _LENGTH.pack
     for key, item, position in elements:
         h = base.copy()
+        k = key.encode("utf-8", "surrogatepass")  # _str(key), written out here
         if item is None:
-            h.update(b"".join([_str(key), b"?position", _int(position), tail]))
+            h.update(b"".join([b"s", pack(len(k)), k, b"?position", _int(position), tail]))
         else:
-            h.update(b"".join([_str(key), b"=", item.encode()]))
-        out.append(h.hexdigest()[:_HEX])
+            h.update(b"".join([b"s", pack(len(k)), k, b"=", item.encode()]))
+        append(h.hexdigest()[:_HEX])
     return out
 
 
@@ -378,6 +393,10 @@ def function_digest(fn: Callable[..., Any], memo: Memo | None = None) -> str:
 # -- encoding -------------------------------------------------------------------------
 # Every atom is written with a type tag and a length, so no two different values can
 # produce the same byte stream by concatenation.
+
+
+#: A frame's length field (``_frame``), for the loops that write frames out inline.
+_LENGTH = struct.Struct("<Q")
 
 
 def _frame(tag: bytes, data: bytes) -> bytes:

@@ -638,6 +638,10 @@ class _Run:
         """Load ``refs`` in a thread, one query per store (each keeps its value)."""
 
         def read() -> None:
+            with paused():  # a family's 10k results, on a heap of its 10k elements
+                read_all()
+
+        def read_all() -> None:
             by_store: dict[int, tuple[Any, dict[str, StoredResult]]] = {}
             for ref in refs:
                 by_store.setdefault(id(ref.store), (ref.store, {}))[1][ref.task] = ref

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,9 +32,10 @@ from .._exceptions import StoreError, UnstorableResultError
 from .._fingerprint import element_fingerprints, elementwise_fingerprint, input_digests
 from .._graph import BaseGraph
 from .._ledger import Ledger
+from .._nogc import paused
 from .._shield import in_thread_to_the_end
 from .._state import State, StoredResult, TaskRecord
-from .._task import Element, Task
+from .._task import Element, Task, constructor
 from .protocol import Store, TaskRow, new_result_id
 from .resume import GONE
 from .serialize import serialize
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_ERROR_TEXT", "StoreSink", "hold", "load_inputs"]
 
 _VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
+#: ``TaskRecord(*fields)``, faster (``_task.constructor``): one per element reused.
+_new_record = constructor(TaskRecord)
 
 
 #: What a row of a done task holds beside its result, at most (its name, times, digests
@@ -72,8 +76,9 @@ async def load_inputs(
 
     def load_all() -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for store, wanted in by_store.values():
-            values.update(store.load_results(wanted))
+        with paused():  # many results at once (the inputs of 10k elements)
+            for store, wanted in by_store.values():
+                values.update(store.load_results(wanted))
         return values
 
     for d, value in (await anyio.to_thread.run_sync(load_all)).items():
@@ -260,17 +265,34 @@ class StoreSink:
                     strict=True,
                 ),
             )
+            done, store, new, get = State.DONE, self.store, _new_record, stored.get
             for el, fp in zip(first, fps, strict=True):
-                digests[el.name] = (own, fp)
+                name = el.name
+                digests[name] = (own, fp)
+                s = get(name)
+                if (
+                    s is not None
+                    and s.status is done
+                    and s.fingerprint == fp
+                    and s.result_id is not None
+                ):
+                    reused[name] = new(
+                        done,
+                        StoredResult(store, s.result_id, name),
+                        None,
+                        None,
+                        s.attempts,
+                        s.started,
+                        s.finished,
+                    )
         for e in elements:
-            if not (isinstance(e, Element) and e.input is not None):
-                fp = elementwise_fingerprint(
-                    (own, repr((over, e.deps)).encode() + binding),
-                    [self._fingerprint_of(d) for d in e.deps],
-                )
-                digests[e.name] = (own, fp)
-            else:
-                fp = digests[e.name][1]
+            if isinstance(e, Element) and e.input is not None:
+                continue  # above
+            fp = elementwise_fingerprint(
+                (own, repr((over, e.deps)).encode() + binding),
+                [self._fingerprint_of(d) for d in e.deps],
+            )
+            digests[e.name] = (own, fp)
             s = stored.get(e.name)
             if (
                 s is not None
@@ -302,6 +324,20 @@ class StoreSink:
         tries = self.ledger.tries
         stored = self.stored
         vouches = self.vouches
+        first = elements[0] if elements else None
+        if isinstance(first, Element) and first.input is not None:
+            # Mapped over a task's result: every element has the family's deps.
+            deps = first.deps
+            if any(d in tries or d in vouches for d in deps):
+                newer = math.inf  # a dep ran in this run: every kept element
+            else:
+                newer = max((sd.run_id for d in deps if (sd := stored.get(d))), default=0)
+            for n in reused:
+                s = stored[n]
+                if newer > s.run_id:
+                    assert s.result_id is not None
+                    vouches[n] = s.result_id
+            return
         for e in elements:
             n = e.name
             if n not in reused:
