@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, cast
@@ -118,13 +119,17 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
-def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
-    """The work of :func:`load`; blocking (reads the store), so runs call it in a thread."""
+def load_from(
+    graph: BaseGraph, store: Store, *, force: bool = False, remember: bool = False
+) -> Loaded:
+    """The work of :func:`load`; blocking (reads the store), so runs call it in a thread.
+    ``remember``: keep the rows read for the run of the graph it returns (``load``)."""
     with paused():  # it builds a row, a record and perhaps an element per task
-        return _load_from(graph, store, force)
+        return _load_from(graph, store, force, remember)
 
 
-def _load_from(graph: BaseGraph, store: Store, force: bool) -> Loaded:
+def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> Loaded:
+    generation = _generation(store) if remember else None  # first: a later write shows
     stored = store.tasks()
     check_names(graph, stored, store, force)
     if graph._dag.fans and graph._dag.static() is not graph._dag:
@@ -206,7 +211,44 @@ def _load_from(graph: BaseGraph, store: Store, force: bool) -> Loaded:
     loaded = graph._derive(records, origin=store_key(store))
     if graph._dag.fans:
         loaded = _with_stored_elements(loaded, store, stored, reasons, fps)
+    if generation is not None:
+        _remember(loaded, store, generation, stored)
     return Loaded(loaded, reasons, stored, fps)
+
+
+#: The rows the last ``load`` read, for the run of the graph it returned (a run of a
+#: loaded graph reads the store's rows again otherwise): ``(its Dag, weakly; the store's
+#: key; the store's generation before the read; the rows)``. One at most, given to one
+#: run at most, so no more than one load's rows are ever kept.
+_LAST_LOAD: tuple[weakref.ref[Any], str, tuple[int, str | None, int], dict[str, StoredTask]] | None
+_LAST_LOAD = None
+
+
+def _generation(store: Store) -> tuple[int, str | None, int] | None:
+    """``SQLiteStore.generation()``; None for a store that cannot say (read it again)."""
+    return store.generation() if isinstance(store, SQLiteStore) else None
+
+
+def _remember(
+    graph: BaseGraph,
+    store: Store,
+    generation: tuple[int, str | None, int],
+    stored: dict[str, StoredTask],
+) -> None:
+    global _LAST_LOAD
+    _LAST_LOAD = (weakref.ref(graph._dag), store_key(store), generation, stored)
+
+
+def _stored_for(graph: BaseGraph, store: Store) -> dict[str, StoredTask]:
+    """The store's rows for a run of ``graph`` (loaded from it): those its ``load`` read,
+    if the store says nothing was written since, else read again."""
+    global _LAST_LOAD
+    last, _LAST_LOAD = _LAST_LOAD, None
+    if last is not None:
+        dag, key, generation, stored = last
+        if dag() is graph._dag and key == store_key(store) and _generation(store) == generation:
+            return stored
+    return store.tasks()
 
 
 #: The error type of the row a run writes for an element its parent no longer produces.
@@ -461,7 +503,7 @@ def load(graph: G, store: str | os.PathLike[str] | Store, *, force: bool = False
     check_graph(graph, "load")
     if not isinstance(force, bool):
         raise TypeError(f"force must be True or False, not {force!r}")
-    loaded = load_from(graph, open_store(store), force=force).graph
+    loaded = load_from(graph, open_store(store), force=force, remember=True).graph
     return cast(G, loaded)  # derived from graph: of its class
 
 
@@ -503,7 +545,7 @@ def for_run(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     if graph._origin is not None:
         # Loaded from this store already (its names were checked then): as it is.
         with paused():
-            return Loaded(graph, {}, store.tasks(), digests(graph))
+            return Loaded(graph, {}, _stored_for(graph, store), digests(graph))
     loaded = load_from(graph, store, force=force)
     ready = reset_failed(loaded.graph)  # keeps _origin: _derive copies it
     return Loaded(ready, loaded.reasons, loaded.stored, loaded.digests)

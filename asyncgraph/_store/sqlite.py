@@ -292,6 +292,19 @@ class SQLiteStore:
             # State(...) for an unknown value: its ValueError says what it read
             return {r[0]: new(r[0], r[1], states.get(r[2]) or State(r[2]), *r[3:]) for r in rows}
 
+    def generation(self) -> tuple[int, str | None, int]:
+        """What a write to this store changes: the last run's id and status, and the
+        history's last row. Every write belongs to a run, whose rows add history rows and
+        whose end changes its status, so an equal answer later means that ``tasks()``
+        would read the same rows. Not part of the Store protocol: a run reuses the rows
+        its graph's ``load`` read when this says nothing was written since (issue 15)."""
+        with self._reading() as conn:
+            if conn is None:
+                return (0, None, 0)
+            run = conn.execute("SELECT id, status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+            last = conn.execute("SELECT max(rowid) FROM history").fetchone()[0]
+        return (0, None, last or 0) if run is None else (run[0], run[1], last or 0)
+
     def runs(self) -> list[RunInfo]:
         """Every run, oldest first (see :class:`Store`)."""
         with self._reading() as conn:
