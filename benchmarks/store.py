@@ -664,7 +664,11 @@ def main() -> None:
     p.add_argument("--work-ms", type=float, default=5.0, help="each failed task's own work")
     p.add_argument("--dir", default=None, help="where the store files go (default: tmp)")
     p.add_argument("--top", type=int, default=15, help="functions shown per profile")
-    p.add_argument("--only", choices=["overhead", "resume", "process", "fanout"], default=None)
+    p.add_argument(
+        "--only",
+        default=None,
+        help="one figure or several, comma-separated: overhead, resume, process, fanout",
+    )
     p.add_argument(
         "--against",
         metavar="DIR",
@@ -675,6 +679,10 @@ def main() -> None:
         _child(sys.argv[2:])
         return
     args = p.parse_args()
+    figures = {"overhead", "resume", "process", "fanout"}
+    only = figures if args.only is None else set(args.only.split(","))
+    if not only <= figures:
+        p.error(f"--only: unknown {sorted(only - figures)}; choose among {sorted(figures)}")
     reps = args.reps or (2 if args.quick else 5)
     sizes = [int(s) for s in (args.sizes or ("2000" if args.quick else "10000")).split(",")]
     shapes = args.shapes.split(",")
@@ -693,16 +701,16 @@ def main() -> None:
         runner.run(ag.run(warm, store=path))
         files.remove(path)
         for n in sizes:
-            if args.only in (None, "overhead"):
+            if "overhead" in only:
                 overhead_rows += bench_overhead(runner, files, shapes, n, reps)
-            if args.only in (None, "resume"):
+            if "resume" in only:
                 resume_rows += bench_resume(runner, files, n, reps, args.work_ms)
-            if args.only in (None, "process"):
+            if "process" in only:
                 pairs = args.pairs or reps
                 process_rows += bench_process_resume(files, n, pairs, args.work_ms, args.against)
-            if args.only in (None, "fanout"):
+            if "fanout" in only:
                 fanout_rows += bench_fanout_rerun(files, n, reps, args.against)
-        if args.only in (None, "overhead"):
+        if "overhead" in only:
             profile = profile_store_run(runner, files, "layered", max(sizes), args.top)
     finally:
         runner.close()
