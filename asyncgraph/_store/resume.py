@@ -198,15 +198,18 @@ def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> L
             continue
         reasons[name] = _LAST_TIME.get(s.status, "never finished")
         if s.status in FINISHED_BADLY:
-            error = RemoteError(s.error_type or "Error", s.error_message or "", s.traceback or "")
+            error: BaseException | None = None
+            if s.status is not State.SKIPPED and (
+                s.error_type is not None or tasks[name].over is None
+            ):
+                error = RemoteError(
+                    s.error_type or "Error", s.error_message or "", s.traceback or ""
+                )
+            # (A family failed or cancelled through its elements has no error of its
+            # own, as in the run that ended it: mark_done of the failed element sends
+            # it back to pending, and raise_for_failures lists each failure once.)
             records[name] = TaskRecord(
-                s.status,
-                None,
-                error if s.status is not State.SKIPPED else None,
-                s.traceback,
-                s.attempts,
-                s.started,
-                s.finished,
+                s.status, None, error, s.traceback, s.attempts, s.started, s.finished
             )
     loaded = graph._derive(records, origin=store_key(store))
     if graph._dag.fans:

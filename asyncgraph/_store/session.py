@@ -200,8 +200,8 @@ class StoreSink:
         for n, r in records.items():
             if r.status is not State.DONE or type(r.result) is StoredResult:
                 continue
-            if n not in self.digests:  # an element: its family's expansion decides
-                continue
+            if n not in self.digests and not self._given_element(n, records, tasks):
+                continue  # an element: its family's expansion decides
             s = stored.get(n)
             if (
                 s is not None
@@ -238,6 +238,25 @@ class StoreSink:
             first=first,
             first_counts={"tasks": len(records), "reused": self.reused},
         )
+
+    def _given_element(
+        self, name: str, records: Mapping[str, TaskRecord], tasks: Mapping[str, Task]
+    ) -> bool:
+        """Whether ``name``, an element done in the graph with a result not from the
+        store (``mark_done``), is recorded as given now, as a static task would be: its
+        family does not expand in this run (it is done), so no expansion will; it keeps
+        the fingerprint the store has for it (its family is unchanged). Else its
+        family's expansion decides (and records it, see ``Ledger.given``)."""
+        task = tasks.get(name)
+        family = None if task is None else task.family
+        fam = None if family is None else records.get(family)
+        s = self.stored.get(name)
+        if fam is None or fam.status in (State.PENDING, State.RUNNING) or s is None:
+            return False
+        if s.fingerprint is None:
+            return False
+        self.digests[name] = (s.code or "", s.fingerprint)
+        return True
 
     def expanded(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
         """A family expanded: take its elements' fingerprints (by their items' content,
