@@ -305,7 +305,13 @@ def _with_stored_elements(
         parent = tasks[over]
         own = fps[template][0]
         proto = prototype(t)
-        rows.sort(key=_stored_order)
+        cut = len(template) + 1
+        # In family order where the names say it (by position: ``t[2]`` before ``t[10]``),
+        # else as the store wrote them (each run's in the order they started).
+        if all(s.name[cut:-1].isdecimal() for s in rows):
+            rows.sort(key=lambda s: int(s.name[cut:-1]))
+        else:
+            rows.sort(key=_stored_order)
         wise = parent.over is not None  # element-wise: each takes its counterpart element
         # A family a run collected done was expanded in that run from its inputs as they
         # were then, and each element it kept was checked against them (computed again,
@@ -338,7 +344,6 @@ def _with_stored_elements(
             )
             stale_after = latest if deps_done and latest > vouched else 0
         i_name, i_index, i_at = _IN_AT["name"], _IN_AT["index"], _IN_AT["at"]
-        cut = len(template) + 1
         why_not_up = f"expands again when {over!r} runs"
         all_done = True
         for i, s in enumerate(rows):
