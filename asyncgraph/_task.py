@@ -38,16 +38,7 @@ from ._stream.spec import StreamSpec
 if TYPE_CHECKING:
     from ._state import TaskRecord
 
-__all__ = [
-    "UNKNOWN_ITEM",
-    "Element",
-    "Kind",
-    "Task",
-    "constructor",
-    "fast_task",
-    "make_task",
-    "new_element",
-]
+__all__ = ["UNKNOWN_ITEM", "Element", "Kind", "Task", "fast_task", "make_task", "new_element"]
 
 
 class Kind(enum.Enum):
@@ -792,3 +783,4 @@ new_element: Callable[..., Element] = _constructor(Element)
 #: The same fast constructor for other frozen, slotted dataclasses built in bulk (a
 #: store's records, ``load``'s TaskRecords: 10k of each on every resume).
 constructor = _constructor
+__all__ += ["constructor"]
