@@ -564,21 +564,26 @@ def bench_process_resume(
     out = asyncio.run(ag.run(g, store=first))
     assert count(out, ag.State.FAILED) == len(failing)
     switch.unlink()
-    rows = []
-    for label, tree in _trees(against):
-        ratios, resumes, plains = [], [], []
-        for p in range(pairs):
+    trees = _trees(against)
+    got: dict[str, dict[str, list[dict[str, float]]]] = {
+        label: {"resume": [], "plain": []} for label, _ in trees
+    }
+    # Pair by pair, both trees (in alternating order), so that a change of the
+    # machine's load moves both sides of every comparison alike.
+    for p in range(pairs):
+        for label, tree in trees if p % 2 == 0 else trees[::-1]:
             copy = files.fresh()
             for suffix in ("", "-wal"):
                 if os.path.exists(f"{first}{suffix}"):
                     shutil.copyfile(f"{first}{suffix}", f"{copy}{suffix}")
-            got: dict[str, dict[str, float]] = {}
             for kind in ("resume", "plain") if p % 2 == 0 else ("plain", "resume"):
-                got[kind] = _spawn(tree, [kind, str(copy), str(n), str(work_ms), str(switch)])
+                argv = [kind, str(copy), str(n), str(work_ms), str(switch)]
+                got[label][kind].append(_spawn(tree, argv))
             files.remove(copy)
-            resumes.append(got["resume"])
-            plains.append(got["plain"])
-            ratios.append(got["resume"]["total"] / got["plain"]["total"])
+    rows = []
+    for label, _ in trees:
+        resumes, plains = got[label]["resume"], got[label]["plain"]
+        ratios = [r["total"] / q["total"] for r, q in zip(resumes, plains, strict=True)]
         row = {
             "tree": label,
             "n": n,
@@ -594,6 +599,11 @@ def bench_process_resume(
             "plain_run_s": median([r["run"] for r in plains]),
             "raw_ratios": ratios,
         }
+        if against and label == "this":
+            other = got["against"]["resume"]
+            row["resume_this_over_against"] = median(
+                [a["total"] / b["total"] for a, b in zip(resumes, other, strict=True)]
+            )
         rows.append(row)
         print(
             f"  process resume ({label}) n={n}: resume/plain {row['ratio']:.2f}",
@@ -846,6 +856,7 @@ def main() -> None:
                     "plain s",
                     "build s",
                     "run s",
+                    "resume this/against",
                 ],
                 [
                     [
@@ -861,6 +872,7 @@ def main() -> None:
                         r["plain_s"],
                         r["plain_build_s"],
                         r["plain_run_s"],
+                        r.get("resume_this_over_against", ""),
                     ]
                     for r in process_rows
                 ],
