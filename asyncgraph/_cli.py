@@ -392,7 +392,7 @@ def _in_graph_order(tasks: dict[str, StoredTask], order: Sequence[str]) -> dict[
         out[name] = tasks[name]
         members = elements.pop(name, [])
         keys = [m[len(name) + 1 : -1] for m in members]
-        if all(k.isdigit() for k in keys):
+        if all(k.isdecimal() for k in keys):
             members = [m for _, m in sorted(zip(map(int, keys), members, strict=True))]
         out.update((m, tasks[m]) for m in members)
     for members in elements.values():  # a family without its own row: as they came

@@ -146,22 +146,36 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
     if dag.fans:  # an element's fingerprint is taken when its family expands
         dag = dag.static()
         order = dag.topological_order()
-    digest = _Digester({}).digest
     tasks = dag.tasks
+    before = _LAST.get(dag)
+    if before is not None:
+        again = before.again(order)
+        if again is not None:
+            return again
+    digest = _Digester({}).digest
     bindings = binding_bytes(dag)
     sha = hashlib.sha256
     raw: dict[str, bytes] = {}
     hexes: dict[bytes, str] = {}
     out: dict[str, tuple[str, str]] = {}
+    # Each function's (function, digest, hex digest), by id, met once: many tasks share
+    # one (holding it keeps its id from being reused meanwhile); kept for _Last too.
+    fns: dict[int, tuple[Any, bytes, str]] = {}
     for name in order:
         task = tasks[name]
-        try:
-            code = digest(task.fn)
-        except Exception as exc:  # named for the user, with its task
-            raise _unfingerprintable(name, exc) from exc
-        own = hexes.get(code)
-        if own is None:
-            own = hexes[code] = code.hex()[:_HEX]
+        fn = task.fn
+        hit = fns.get(id(fn))
+        if hit is None:
+            try:
+                code = digest(fn)
+            except Exception as exc:  # named for the user, with its task
+                raise _unfingerprintable(name, exc) from exc
+            own = hexes.get(code)
+            if own is None:
+                own = hexes[code] = code.hex()[:_HEX]
+            fns[id(fn)] = (fn, code, own)
+        else:
+            _, code, own = hit
         # Upstream fingerprints are 32 bytes each, in binding order; the binding fixes
         # how many there are, so the joined string is unambiguous.
         if task.deps:
@@ -170,7 +184,54 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
             full = sha(_TAG + code + bindings[name])
         raw[name] = f = full.digest()
         out[name] = (own, f.hex()[:_HEX])
+    if dag.frozen:
+        _LAST[dag] = _Last(tuple((fn, code) for fn, code, _ in fns.values()), out)
     return out
+
+
+class _Last:
+    """The last :func:`digests` of one (frozen) Dag, kept to answer the next call for it
+    (``load`` then ``run``; a notebook's runs of one graph) without hashing every task
+    again, compactly: a function's digest is taken again every time, since its globals
+    can change between calls (a constant edited in a notebook), and only if every
+    function's digest is what it was is the answer the same. A fingerprint is a pure
+    function of the Dag's tasks (frozen: their bindings and dependencies cannot change)
+    and of their functions' digests, so this is exact, never a stale fingerprint.
+
+    State it keeps
+        ``fns``    each distinct function and its digest then (they are the Dag's own
+                   tasks' functions, which it keeps alive anyway);
+        ``owns``   each task's code digest (hex, shared between tasks of one function),
+                   in topological order;
+        ``fps``    each task's fingerprint, 16 bytes a task, in the same order.
+    """
+
+    __slots__ = ("fns", "fps", "owns")
+
+    def __init__(self, fns: tuple[tuple[Any, bytes], ...], out: Mapping[str, tuple[str, str]]):
+        self.fns = fns
+        self.owns = [own for own, _ in out.values()]
+        self.fps = bytes.fromhex("".join(fp for _, fp in out.values()))
+
+    def again(self, order: tuple[str, ...]) -> dict[str, tuple[str, str]] | None:
+        """The same answer, or None if a function's digest changed (or fails now)."""
+        digest = _Digester({}).digest
+        try:
+            for fn, code in self.fns:
+                if digest(fn) != code:
+                    return None
+        except Exception:  # noqa: BLE001 - the full pass raises it, naming the task
+            return None
+        fps = self.fps
+        step = _HEX // 2
+        return {
+            name: (own, fps[i * step : i * step + step].hex())
+            for i, (name, own) in enumerate(zip(order, self.owns, strict=True))
+        }
+
+
+#: The last ``digests`` of each frozen Dag still alive (see :class:`_Last`).
+_LAST: WeakKeyDictionary[Dag, _Last] = WeakKeyDictionary()
 
 
 #: ``binding_bytes`` of each Dag still alive: the same for every graph derived from it.
@@ -219,10 +280,22 @@ def input_digests(values: Iterable[Any]) -> list[str | None]:
     """:func:`input_digest` of each item, sharing one digester (a family's items)."""
     digester = _Digester({})
     out: list[str | None] = []
+    append = out.append
+    sha = hashlib.sha256
+    pack = _LENGTH.pack
     for value in values:
         t = type(value)
-        if t in _ATOMS:  # the common case: ids, names, numbers
-            out.append(hashlib.sha256(b"top" + _atom(value)).hexdigest()[:_HEX])
+        # the common cases, ints and strs: _atom's bytes, written out here (no call)
+        if t is int:
+            data = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
+            append(sha(b"topi" + pack(len(data)) + data).hexdigest()[:_HEX])
+            continue
+        if t is str:
+            data = value.encode("utf-8", "surrogatepass")
+            append(sha(b"tops" + pack(len(data)) + data).hexdigest()[:_HEX])
+            continue
+        if t in _ATOMS:  # the other atoms: names, numbers
+            append(sha(b"top" + _atom(value)).hexdigest()[:_HEX])
             continue
         digester.opaque = False
         try:
@@ -271,13 +344,16 @@ def element_fingerprints(
     )
     tail = parent.encode()
     out: list[str] = []
+    append = out.append
+    pack = _LENGTH.pack
     for key, item, position in elements:
         h = base.copy()
+        k = key.encode("utf-8", "surrogatepass")  # _str(key), written out here
         if item is None:
-            h.update(b"".join([_str(key), b"?position", _int(position), tail]))
+            h.update(b"".join([b"s", pack(len(k)), k, b"?position", _int(position), tail]))
         else:
-            h.update(b"".join([_str(key), b"=", item.encode()]))
-        out.append(h.hexdigest()[:_HEX])
+            h.update(b"".join([b"s", pack(len(k)), k, b"=", item.encode()]))
+        append(h.hexdigest()[:_HEX])
     return out
 
 
@@ -317,6 +393,10 @@ def function_digest(fn: Callable[..., Any], memo: Memo | None = None) -> str:
 # -- encoding -------------------------------------------------------------------------
 # Every atom is written with a type tag and a length, so no two different values can
 # produce the same byte stream by concatenation.
+
+
+#: A frame's length field (``_frame``), for the loops that write frames out inline.
+_LENGTH = struct.Struct("<Q")
 
 
 def _frame(tag: bytes, data: bytes) -> bytes:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from ._exceptions import UnknownTaskError
+from ._fan import family_of
 from ._graph import BaseGraph, check_graph
 from ._state import FINISHED_BADLY, NO_RESULT, PENDING_RECORD, State, TaskRecord
 from ._task import Task
@@ -25,7 +27,7 @@ G = TypeVar("G", bound=BaseGraph)
 def reset_failed(graph: G) -> G:
     """Failed, skipped and cancelled tasks, and all their descendants, back to pending."""
     _check_graph(graph, "reset_failed")
-    bad = [n for n, r in graph.records.items() if r.status in FINISHED_BADLY]
+    bad = [n for n, r in graph._record_copy().items() if r.status in FINISHED_BADLY]
     return _to_pending(graph, set(bad) | graph.descendants(bad))
 
 
@@ -36,7 +38,7 @@ def reset(graph: G, names: Iterable[str | Task] | str | Task) -> G:
     (``score[c]``) resets that element, what depends on it element-wise and the
     family's reducers, never a sibling.
     """
-    start = _check_graph(graph, "reset")._dag.check_names(names, "reset")
+    start = _names(_check_graph(graph, "reset"), names, "reset")
     families = graph._dag.families()
     if families:
         start = [*start, *(m for n in start for m in families.get(n, ()))]
@@ -56,11 +58,11 @@ def mark_done(
     back to pending, so the next run runs them; a run skips them again if another of
     their ancestors is still failed.
     """
-    marked = _check_graph(graph, "mark_done")._dag.check_names(names, "mark_done")
+    marked = _names(_check_graph(graph, "mark_done"), names, "mark_done")
     given = results_dict(results, "mark_done")
     stray = [n for n in given if n not in marked]
     if stray:
-        graph._dag.check_names(stray, "mark_done results")  # unknown names first
+        _names(graph, stray, "mark_done results")  # unknown names first
         raise ValueError(
             f"mark_done: results given for {sorted(stray)}, which are not among the names "
             "being marked done; add them to names"
@@ -95,7 +97,7 @@ def mark_done_except(graph: G, names: Iterable[str | Task] | str | Task) -> G:
     ``mark_as_done_except`` does.
     """
     checked = _check_graph(graph, "mark_done_except")
-    keep = set(checked._dag.check_names(names, "mark_done_except"))
+    keep = set(_names(checked, names, "mark_done_except"))
     records = {}
     for n, r in graph.records.items():
         if n in keep:
@@ -114,8 +116,36 @@ def subgraph(graph: G, targets: Iterable[str | Task] | str | Task) -> G:
     (``subgraph(g, "score[c]")``) keeps its parent and other dependencies and runs as a
     task of its own, on the item it had.
     """
-    start = _check_graph(graph, "subgraph")._dag.check_names(targets, "subgraph")
+    start = _names(_check_graph(graph, "subgraph"), targets, "subgraph")
     return graph._subset(set(start) | graph._dag.ancestors(start))
+
+
+def _names(graph: BaseGraph, names: Iterable[str | Task] | str | Task, where: str) -> list[str]:
+    """``graph._dag.check_names``, whose UnknownTaskError says, for a name of an element
+    of a mapped task that has no elements in this graph, where to find them."""
+    try:
+        return graph._dag.check_names(names, where)
+    except UnknownTaskError as exc:
+        tasks = graph._dag.tasks
+        families = graph._dag.families()
+        pending = sorted(
+            {
+                split[0]
+                for n in exc.names
+                if (split := family_of(n)) is not None
+                and (t := tasks.get(split[0])) is not None
+                and t.over is not None
+                and split[0] not in families
+            }
+        )
+        if pending:
+            which = ", ".join(repr(t) for t in pending)
+            exc.args = (
+                f"{exc.args[0]}; {which} maps over its parent's result and has no elements "
+                "in this graph yet: they exist once its family has expanded, in the graph "
+                "a run returns or in ag.load(graph, store)",
+            )
+        raise
 
 
 def _check_graph(graph: G, where: str) -> G:
@@ -124,7 +154,7 @@ def _check_graph(graph: G, where: str) -> G:
 
 
 def _to_pending(graph: G, names: set[str]) -> G:
-    records = dict(graph.records)
+    records = graph._record_copy()  # a dict: graph.records is a view, a call per item
     for n in names:
         records[n] = PENDING_RECORD
     return graph._derive(records)

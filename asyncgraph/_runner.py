@@ -53,6 +53,7 @@ from ._executors import Executor, default_executors
 from ._executors.base import Outcome, cancelled_from_inside, failed, route, traceback_of
 from ._graph import BaseGraph
 from ._ledger import Ledger, NullSink, Sink
+from ._nogc import paused
 from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, fresh_start, unit_paths
@@ -179,7 +180,8 @@ class _Run:
             order,
             limits=limits,
             children=dag.child_map(),
-            unit_paths=unit_paths(dag),
+            # (used only without weights: a resume on a store has its own)
+            unit_paths=unit_paths(dag) if weights is None else None,
             weights=weights,
             lanes=[Lane(*lane) for lane in lanes],
         )
@@ -375,6 +377,14 @@ class _Run:
         """Expand the templates that came up in line, collect the families that are
         done, and return ``ready`` with what that made ready (see :mod:`._fan`)."""
         core = self.core
+        with paused():  # a family of 10k builds 10k elements and records at once
+            ready = self._fan_out_all(ready)
+        if not ready and not core.is_active():
+            self.children.end(None)
+        return ready
+
+    def _fan_out_all(self, ready: list[Task]) -> list[Task]:
+        core = self.core
         while core.expanding:
             names, core.expanding = core.expanding, []
             for t in names:
@@ -386,8 +396,6 @@ class _Run:
                 else:
                     self._expand(t)
             ready = [*ready, *core.get_ready()]  # not in place: the core's may be shared
-        if not ready and not core.is_active():
-            self.children.end(None)
         return ready
 
     def _own_tasks(self) -> dict[str, Task]:
@@ -458,18 +466,30 @@ class _Run:
         bad = self._bad
         stores = ledger.stores
         fresh = not (reusable or bad or self._old_elements)  # a first expansion: all run
+        # An item's content vouches for the mapped input only: an element whose other
+        # dependency ran in this run (reset, or failed last time), or whose counterpart
+        # did (element-wise), takes that one's new result, which its fingerprint (code,
+        # not data) cannot tell from the old one: it runs.
+        t = tasks[template]
+        others_ran = any(d in ran for d in t.deps if d != t.over)
+        wise = t.over is not None and tasks[t.over].over is not None
         for e in () if fresh else elements:
             n = e.name
             rec = old.get(n)
             if any(d in bad for d in e.deps):  # below an element that stays failed
                 kept[n] = rec if rec is not None and rec.status is State.SKIPPED else _SKIPPED
                 bad.add(n)
-            elif n in reusable and (
+            elif (
+                n in reusable
+                and not others_ran
+                and not (wise and any(d in ran for d in e.deps))
                 # not an element the caller sent back to pending (reset) on its inputs
-                rec is None
-                or rec.status is State.DONE
-                or n not in self._old_elements
-                or any(d in ran or d in self._refreshed for d in e.deps)
+                and (
+                    rec is None
+                    or rec.status is State.DONE
+                    or n not in self._old_elements
+                    or any(d in ran or d in self._refreshed for d in e.deps)
+                )
             ):
                 kept[n] = reusable[n]
                 done.add(n)
@@ -618,6 +638,10 @@ class _Run:
         """Load ``refs`` in a thread, one query per store (each keeps its value)."""
 
         def read() -> None:
+            with paused():  # a family's 10k results, on a heap of its 10k elements
+                read_all()
+
+        def read_all() -> None:
             by_store: dict[int, tuple[Any, dict[str, StoredResult]]] = {}
             for ref in refs:
                 by_store.setdefault(id(ref.store), (ref.store, {}))[1][ref.task] = ref
@@ -776,6 +800,8 @@ class _Run:
         of an element its family has not expanded into yet (cancelled as it expands);
         None for any other task (the plain way)."""
         core = self.core
+        if self._held.get(name) is not None:  # handed out, its stored inputs being read
+            return self._cancel_held(name)
         task = self.tasks.get(name)
         if task is not None and task.over is not None:
             if not core.is_expanded(name):
@@ -795,6 +821,19 @@ class _Run:
         if core.is_expanded(template.name) or not core.waits(template.name):
             return False  # its family has no such element, or it ended without one
         self._cancel_on_expand.add(name)
+        return True
+
+    def _cancel_held(self, name: str) -> bool:
+        """``cancel_task`` of an element the core handed out that waits for its stored
+        inputs (``_hold``): it never started, so it is cancelled as a task in line is
+        (recorded "did not start", its descendants skipped) and does not start when its
+        inputs come in."""
+        del self._held[name]
+        skipped = self.core.failed(name)  # handed out: the core counts it as running
+        ledger = self.ledger
+        ledger.cancel((), (name,), _BY_NAME.format(name), set(), self.cancel_grace)
+        ledger.skipped(skipped, self.now())
+        self._post_cancel()
         return True
 
     def _cancel_expanded(self) -> None:

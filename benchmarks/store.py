@@ -564,21 +564,26 @@ def bench_process_resume(
     out = asyncio.run(ag.run(g, store=first))
     assert count(out, ag.State.FAILED) == len(failing)
     switch.unlink()
-    rows = []
-    for label, tree in _trees(against):
-        ratios, resumes, plains = [], [], []
-        for p in range(pairs):
+    trees = _trees(against)
+    got: dict[str, dict[str, list[dict[str, float]]]] = {
+        label: {"resume": [], "plain": []} for label, _ in trees
+    }
+    # Pair by pair, both trees (in alternating order), so that a change of the
+    # machine's load moves both sides of every comparison alike.
+    for p in range(pairs):
+        for label, tree in trees if p % 2 == 0 else trees[::-1]:
             copy = files.fresh()
             for suffix in ("", "-wal"):
                 if os.path.exists(f"{first}{suffix}"):
                     shutil.copyfile(f"{first}{suffix}", f"{copy}{suffix}")
-            got: dict[str, dict[str, float]] = {}
             for kind in ("resume", "plain") if p % 2 == 0 else ("plain", "resume"):
-                got[kind] = _spawn(tree, [kind, str(copy), str(n), str(work_ms), str(switch)])
+                argv = [kind, str(copy), str(n), str(work_ms), str(switch)]
+                got[label][kind].append(_spawn(tree, argv))
             files.remove(copy)
-            resumes.append(got["resume"])
-            plains.append(got["plain"])
-            ratios.append(got["resume"]["total"] / got["plain"]["total"])
+    rows = []
+    for label, _ in trees:
+        resumes, plains = got[label]["resume"], got[label]["plain"]
+        ratios = [r["total"] / q["total"] for r, q in zip(resumes, plains, strict=True)]
         row = {
             "tree": label,
             "n": n,
@@ -594,6 +599,11 @@ def bench_process_resume(
             "plain_run_s": median([r["run"] for r in plains]),
             "raw_ratios": ratios,
         }
+        if against and label == "this":
+            other = got["against"]["resume"]
+            row["resume_this_over_against"] = median(
+                [a["total"] / b["total"] for a, b in zip(resumes, other, strict=True)]
+            )
         rows.append(row)
         print(
             f"  process resume ({label}) n={n}: resume/plain {row['ratio']:.2f}",
@@ -664,7 +674,11 @@ def main() -> None:
     p.add_argument("--work-ms", type=float, default=5.0, help="each failed task's own work")
     p.add_argument("--dir", default=None, help="where the store files go (default: tmp)")
     p.add_argument("--top", type=int, default=15, help="functions shown per profile")
-    p.add_argument("--only", choices=["overhead", "resume", "process", "fanout"], default=None)
+    p.add_argument(
+        "--only",
+        default=None,
+        help="one figure or several, comma-separated: overhead, resume, process, fanout",
+    )
     p.add_argument(
         "--against",
         metavar="DIR",
@@ -675,6 +689,10 @@ def main() -> None:
         _child(sys.argv[2:])
         return
     args = p.parse_args()
+    figures = {"overhead", "resume", "process", "fanout"}
+    only = figures if args.only is None else set(args.only.split(","))
+    if not only <= figures:
+        p.error(f"--only: unknown {sorted(only - figures)}; choose among {sorted(figures)}")
     reps = args.reps or (2 if args.quick else 5)
     sizes = [int(s) for s in (args.sizes or ("2000" if args.quick else "10000")).split(",")]
     shapes = args.shapes.split(",")
@@ -693,16 +711,16 @@ def main() -> None:
         runner.run(ag.run(warm, store=path))
         files.remove(path)
         for n in sizes:
-            if args.only in (None, "overhead"):
+            if "overhead" in only:
                 overhead_rows += bench_overhead(runner, files, shapes, n, reps)
-            if args.only in (None, "resume"):
+            if "resume" in only:
                 resume_rows += bench_resume(runner, files, n, reps, args.work_ms)
-            if args.only in (None, "process"):
+            if "process" in only:
                 pairs = args.pairs or reps
                 process_rows += bench_process_resume(files, n, pairs, args.work_ms, args.against)
-            if args.only in (None, "fanout"):
+            if "fanout" in only:
                 fanout_rows += bench_fanout_rerun(files, n, reps, args.against)
-        if args.only in (None, "overhead"):
+        if "overhead" in only:
             profile = profile_store_run(runner, files, "layered", max(sizes), args.top)
     finally:
         runner.close()
@@ -838,6 +856,7 @@ def main() -> None:
                     "plain s",
                     "build s",
                     "run s",
+                    "resume this/against",
                 ],
                 [
                     [
@@ -853,6 +872,7 @@ def main() -> None:
                         r["plain_s"],
                         r["plain_build_s"],
                         r["plain_run_s"],
+                        r.get("resume_this_over_against", ""),
                     ]
                     for r in process_rows
                 ],

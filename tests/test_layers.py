@@ -31,6 +31,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_state": (0, "`State`, `TaskRecord`, `ResultRef`, `StoredResult`, `NO_RESULT`"),
     "_events": (0, "`Event`, `EventKind`, `Emit`"),
     "_shield": (0, "`wait_to_the_end`, `in_thread_to_the_end`: the one shield"),
+    "_nogc": (0, "`paused`: the cycle collector off while a load builds its records"),
     "_stream": (0, "the stream package (its `__init__` imports none of its modules)"),
     "_stream.spec": (0, "`StreamSpec`: what makes a task a stream stage"),
     "_stream.frames": (0, "splitting and merging batches; a stage's call on a list of pieces"),

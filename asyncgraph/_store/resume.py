@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, cast
@@ -26,9 +27,10 @@ from .._exceptions import RemoteError, StoreError, StoreMismatchError
 from .._fan import element_like, family_of, prototype
 from .._fingerprint import digests
 from .._graph import BaseGraph, G, check_graph
+from .._nogc import paused
 from .._rewrite import reset_failed
 from .._state import FINISHED_BADLY, PENDING_RECORD, State, StoredResult, TaskRecord
-from .._task import UNKNOWN_ITEM, Element, Task
+from .._task import UNKNOWN_ITEM, Element, Kind, Task, constructor, new_element
 from .protocol import Store, StoredTask
 from .sqlite import SQLiteStore, open_store
 
@@ -48,6 +50,10 @@ __all__ = [
     "store_key",
     "weights_of",
 ]
+
+#: ``TaskRecord(*fields)``, faster (see ``_task.constructor``): a load builds one per
+#: task done in the store (10k on a resume of 10k).
+_new_record = constructor(TaskRecord)
 
 _LAST_TIME = {
     State.FAILED: "failed last time",
@@ -82,7 +88,14 @@ def check_names(
     if force or not stored:
         return
     tasks = graph._dag.tasks
-    only_in_store = [n for n in stored if n not in tasks and not _is_element_of(n, tasks)]
+    only_in_store = [n for n in stored if n not in tasks]
+    if only_in_store and graph._dag.fans:
+        mapped = {n for n, t in tasks.items() if t.over is not None}
+        only_in_store = [
+            n
+            for n in only_in_store
+            if not (n[-1:] == "]" and (i := n.find("[")) > 0 and n[:i] in mapped)
+        ]
     if not only_in_store:
         return
     only_in_graph = [n for n in graph.tasks if n not in stored]
@@ -99,16 +112,6 @@ def check_names(
     )
 
 
-def _is_element_of(name: str, tasks: Mapping[str, Any]) -> bool:
-    """Whether ``name`` (``score[k]``) is an element of a mapped task of ``tasks``: a
-    family's elements are never a mismatch, however many there were."""
-    split = family_of(name)
-    if split is None:
-        return False
-    template = tasks.get(split[0])
-    return template is not None and template.over is not None
-
-
 def _names(names: list[str]) -> str:
     if not names:
         return "none"
@@ -116,8 +119,17 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
-def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
-    """The work of :func:`load`; blocking (reads the store), so runs call it in a thread."""
+def load_from(
+    graph: BaseGraph, store: Store, *, force: bool = False, remember: bool = False
+) -> Loaded:
+    """The work of :func:`load`; blocking (reads the store), so runs call it in a thread.
+    ``remember``: keep the rows read for the run of the graph it returns (``load``)."""
+    with paused():  # it builds a row, a record and perhaps an element per task
+        return _load_from(graph, store, force, remember)
+
+
+def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> Loaded:
+    generation = _generation(store) if remember else None  # first: a later write shows
     stored = store.tasks()
     check_names(graph, stored, store, force)
     if graph._dag.fans and graph._dag.static() is not graph._dag:
@@ -125,7 +137,7 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
         # the caller's to keep: load() a graph without them.
         graph = graph._subset(graph._dag.static())
     fps = digests(graph)
-    records = dict(graph.records)
+    records = graph._record_copy()  # a dict: graph.records is a view, a call per item
     reasons: dict[str, str] = {}
     tasks = graph._dag.tasks
     done, pending = State.DONE, State.PENDING
@@ -166,7 +178,7 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
                         reran = True
                         break
             if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
-                records[name] = TaskRecord(
+                records[name] = _new_record(
                     done,
                     StoredResult(store, s.result_id, name),
                     None,
@@ -186,20 +198,60 @@ def load_from(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
             continue
         reasons[name] = _LAST_TIME.get(s.status, "never finished")
         if s.status in FINISHED_BADLY:
-            error = RemoteError(s.error_type or "Error", s.error_message or "", s.traceback or "")
+            error: BaseException | None = None
+            if s.status is not State.SKIPPED and (
+                s.error_type is not None or tasks[name].over is None
+            ):
+                error = RemoteError(
+                    s.error_type or "Error", s.error_message or "", s.traceback or ""
+                )
+            # (A family failed or cancelled through its elements has no error of its
+            # own, as in the run that ended it: mark_done of the failed element sends
+            # it back to pending, and raise_for_failures lists each failure once.)
             records[name] = TaskRecord(
-                s.status,
-                None,
-                error if s.status is not State.SKIPPED else None,
-                s.traceback,
-                s.attempts,
-                s.started,
-                s.finished,
+                s.status, None, error, s.traceback, s.attempts, s.started, s.finished
             )
     loaded = graph._derive(records, origin=store_key(store))
     if graph._dag.fans:
-        loaded = _with_stored_elements(loaded, store, stored, reasons)
+        loaded = _with_stored_elements(loaded, store, stored, reasons, fps)
+    if generation is not None:
+        _remember(loaded, store, generation, stored)
     return Loaded(loaded, reasons, stored, fps)
+
+
+#: The rows the last ``load`` read, for the run of the graph it returned (a run of a
+#: loaded graph reads the store's rows again otherwise): ``(its Dag, weakly; the store's
+#: key; the store's generation before the read; the rows)``. One at most, given to one
+#: run at most, so no more than one load's rows are ever kept.
+_LAST_LOAD: tuple[weakref.ref[Any], str, tuple[int, str | None, int], dict[str, StoredTask]] | None
+_LAST_LOAD = None
+
+
+def _generation(store: Store) -> tuple[int, str | None, int] | None:
+    """``SQLiteStore.generation()``; None for a store that cannot say (read it again)."""
+    return store.generation() if isinstance(store, SQLiteStore) else None
+
+
+def _remember(
+    graph: BaseGraph,
+    store: Store,
+    generation: tuple[int, str | None, int],
+    stored: dict[str, StoredTask],
+) -> None:
+    global _LAST_LOAD
+    _LAST_LOAD = (weakref.ref(graph._dag), store_key(store), generation, stored)
+
+
+def _stored_for(graph: BaseGraph, store: Store) -> dict[str, StoredTask]:
+    """The store's rows for a run of ``graph`` (loaded from it): those its ``load`` read,
+    if the store says nothing was written since, else read again."""
+    global _LAST_LOAD
+    last, _LAST_LOAD = _LAST_LOAD, None
+    if last is not None:
+        dag, key, generation, stored = last
+        if dag() is graph._dag and key == store_key(store) and _generation(store) == generation:
+            return stored
+    return store.tasks()
 
 
 #: The error type of the row a run writes for an element its parent no longer produces.
@@ -207,7 +259,11 @@ GONE = "ElementGone"
 
 
 def _with_stored_elements(
-    graph: BaseGraph, store: Store, stored: Mapping[str, StoredTask], reasons: dict[str, str]
+    graph: BaseGraph,
+    store: Store,
+    stored: Mapping[str, StoredTask],
+    reasons: dict[str, str],
+    fps: Mapping[str, tuple[str, str]],
 ) -> BaseGraph:
     """``graph`` with the elements its store holds for each mapped task, as they were
     (a family is expanded again when its mapped task runs, and each element's
@@ -215,46 +271,63 @@ def _with_stored_elements(
 
     An element is done here if it is done in the store, its mapped task's code is the
     same, and its parent is done and was not computed after it; else pending (with the
-    reason), or failed/skipped/cancelled as stored. Nothing is unpickled.
+    reason), or failed/skipped/cancelled as stored. Nothing is unpickled. ``fps``: the
+    graph's ``digests``.
     """
     tasks = graph._dag.tasks  # the Dag's own dict: read only
-    records = graph._record_copy()
-    members: dict[str, list[StoredTask]] = {}
-    for n, s in stored.items():
-        split = family_of(n)
-        if split is None or n in tasks:
-            continue
-        mapped = tasks.get(split[0])
-        if mapped is None or mapped.over is None or s.error_type == GONE:
-            continue
-        members.setdefault(split[0], []).append(s)
+    # Each mapped task's stored element rows: one pass over the store's names, a name's
+    # family read from it inline (this runs on every load of a graph that maps).
+    members: dict[str, list[StoredTask]] = {n: [] for n, t in tasks.items() if t.over is not None}
     if not members:
         return graph
-    fps = digests(graph)
+    found = False
+    for n, s in stored.items():
+        if n[-1:] != "]":
+            continue
+        i = n.find("[")
+        rows_of = members.get(n[:i]) if i > 0 else None
+        if rows_of is None or n in tasks or s.error_type == GONE:
+            continue
+        rows_of.append(s)
+        found = True
+    if not found:
+        return graph
+    records = graph._record_copy()
     added: list[Task] = []
     done = State.DONE
+    new = _new_record
     for template, rows in members.items():
+        if not rows:
+            continue
         t = tasks[template]
         over = t.over
         assert over is not None
         parent = tasks[over]
         own = fps[template][0]
         proto = prototype(t)
-        rows.sort(key=_stored_order)
+        cut = len(template) + 1
+        # In family order where the names say it (by position: ``t[2]`` before ``t[10]``),
+        # else as the store wrote them (each run's in the order they started).
+        if all(s.name[cut:-1].isdecimal() for s in rows):
+            rows.sort(key=lambda s: int(s.name[cut:-1]))
+        else:
+            rows.sort(key=_stored_order)
         wise = parent.over is not None  # element-wise: each takes its counterpart element
         # A family a run collected done was expanded in that run from its inputs as they
         # were then, and each element it kept was checked against them (computed again,
         # or reused because its item's content was the same): an element row is as
         # recent as that run, although the row itself is older. (A family given by
-        # mark_done has no start: it vouches for nothing.)
+        # mark_done has no start: it vouches for nothing.) A run that kept an element
+        # of a family that did not end done re-stamps the element's own row (``vouch``).
         fam = stored.get(template)
         vouched = (
             fam.run_id if fam is not None and fam.status is done and fam.started is not None else 0
         )
+        stale_after = 0  # mapped over a task's result: a row older than this is stale
         if not wise:
-            # Mapped over a task's result: every element has the template's deps, so
-            # whether they are done and the latest run that computed one of them are
-            # the same for the whole family (``_upstream_reran`` for each row, at once).
+            # Every element has the template's deps, so whether they are done and the
+            # latest run that computed one of them are the same for the whole family
+            # (``_upstream_reran`` for each row, at once).
             proto[_IN_AT["input"]] = over
             proto[_IN_AT["value"]] = UNKNOWN_ITEM
             proto[_IN_AT["key"]] = t.key
@@ -269,8 +342,10 @@ def _with_stored_elements(
                 ),
                 default=0,
             )
+            stale_after = latest if deps_done and latest > vouched else 0
         i_name, i_index, i_at = _IN_AT["name"], _IN_AT["index"], _IN_AT["at"]
-        cut = len(template) + 1
+        why_not_up = f"expands again when {over!r} runs"
+        all_done = True
         for i, s in enumerate(rows):
             name = s.name
             key = name[cut:-1]
@@ -297,16 +372,16 @@ def _with_stored_elements(
                 args[i_name] = name
                 args[i_index] = i
                 args[i_at] = key
-                added.append(Element(*args))
+                added.append(new_element(*args))
                 up_done = deps_done
             status = s.status
             if status is done:
                 if wise:
                     reran = up_done and _upstream_reran(s, deps, records, stored, vouched)
                 else:
-                    reran = up_done and latest > max(s.run_id, vouched)
+                    reran = stale_after > s.run_id
                 if s.code == own and up_done and s.result_id is not None and not reran:
-                    records[name] = TaskRecord(
+                    records[name] = new(
                         done,
                         StoredResult(store, s.result_id, name),
                         None,
@@ -320,11 +395,13 @@ def _with_stored_elements(
                 reasons[name] = (
                     "code changed"
                     if s.code != own
-                    else f"expands again when {over!r} runs"
+                    else why_not_up
                     if not up_done
                     else "upstream result changed"
                 )
+                all_done = False
                 continue
+            all_done = False
             reasons[name] = _LAST_TIME.get(status, "never finished")
             if status in FINISHED_BADLY:
                 error = RemoteError(
@@ -342,8 +419,7 @@ def _with_stored_elements(
             else:
                 records[name] = PENDING_RECORD
         # The family is done only if every element is: else it is collected again.
-        rec = records[template]
-        if rec.status is State.DONE and not all(records[s.name].status is State.DONE for s in rows):
+        if records[template].status is done and not all_done:
             records[template] = PENDING_RECORD
             reasons[template] = "an element reruns"
     return graph._with_dag(graph._dag.with_elements([], added), records)
@@ -435,7 +511,7 @@ def load(graph: G, store: str | os.PathLike[str] | Store, *, force: bool = False
     check_graph(graph, "load")
     if not isinstance(force, bool):
         raise TypeError(f"force must be True or False, not {force!r}")
-    loaded = load_from(graph, open_store(store), force=force).graph
+    loaded = load_from(graph, open_store(store), force=force, remember=True).graph
     return cast(G, loaded)  # derived from graph: of its class
 
 
@@ -476,7 +552,8 @@ def for_run(graph: BaseGraph, store: Store, *, force: bool = False) -> Loaded:
     check_origin(graph, store)
     if graph._origin is not None:
         # Loaded from this store already (its names were checked then): as it is.
-        return Loaded(graph, {}, store.tasks(), digests(graph))
+        with paused():
+            return Loaded(graph, {}, _stored_for(graph, store), digests(graph))
     loaded = load_from(graph, store, force=force)
     ready = reset_failed(loaded.graph)  # keeps _origin: _derive copies it
     return Loaded(ready, loaded.reasons, loaded.stored, loaded.digests)
@@ -514,8 +591,6 @@ def plan(
     Columns: name, kind, action, reason, fingerprint, before (the other's fingerprint,
     or None).
     """
-    import pandas as pd
-
     check_graph(graph, "plan")
     if isinstance(store, BaseGraph) and fingerprints is None:
         store, fingerprints = None, store  # plan(new, old): two graphs, no store
@@ -531,6 +606,14 @@ def plan(
             "plan() needs a store (plan(graph, 'nightly.db')) or another graph's "
             "fingerprints (plan(graph, fingerprints=ag.fingerprints(old)))"
         )
+    with paused():  # a row per task, and perhaps an element per stored one
+        return _store_plan(graph, store)
+
+
+def _store_plan(graph: BaseGraph, store: Any) -> pd.DataFrame:
+    """:func:`plan` on a store (a path or a Store)."""
+    import pandas as pd
+
     the_store = open_store(store)
     check_origin(graph, the_store)
     if graph._origin is not None:
@@ -543,51 +626,54 @@ def plan(
     else:
         natural = for_run(graph, the_store)
         given = natural.graph
-    rows = []
-    tasks: Mapping[str, Task] = graph.tasks
+    rows: list[tuple[Any, ...]] = []  # one tuple a task (a dict a task cost a third more)
+    append = rows.append
+    stored = natural.stored
+    reasons = natural.reasons
+    kinds = _KIND_VALUE
+    values = _STATE_VALUE
+    done, pending = State.DONE, State.PENDING
+    tasks: Mapping[str, Task] = graph._dag.tasks
     if natural.graph._dag.fans:  # with the elements the store holds
-        tasks = {**natural.graph.tasks, **given.tasks}
+        tasks = {**natural.graph._dag.tasks, **given._dag.tasks}
         _family_reasons(natural, given)
     given_records = given._record_copy()
     natural_records = natural.graph._record_copy()
     for name, task in tasks.items():
-        s = natural.stored.get(name)
-        if name not in given_records or name not in natural_records:
+        given_record = given_records.get(name)
+        natural_record = natural_records.get(name)
+        if given_record is None or natural_record is None:
             continue
-        want = given_records[name].status
-        would = natural_records[name].status
-        if want is State.DONE:
+        want = given_record.status
+        would = natural_record.status
+        if want is done:
             action = "reuse"
-            reason = natural.reasons.get(name, "done, unchanged")
-            if would is not State.DONE:
+            reason = reasons.get(name, "done, unchanged")
+            if would is not done:
                 reason = "marked done by the user"
-        elif want is State.PENDING:
+        elif want is pending:
             action = "run"
-            if would is State.DONE:
-                reason = "reset by the user"
-            else:
-                reason = natural.reasons.get(name, "never finished")
-            if task.over is not None and natural.reasons.get(name, "").startswith("expands"):
-                reason = natural.reasons[name]
+            reason = "reset by the user" if would is done else reasons.get(name, "never finished")
+            if task.over is not None and reasons.get(name, "").startswith("expands"):
+                reason = reasons[name]
         else:
             action = "keep"
             reason = f"{want.value} last time; not reset (reset_failed() reruns it)"
-        rows.append(
-            {
-                "name": name,
-                "kind": task.kind.value,
-                "action": action,
-                "reason": reason,
-                "last_status": None if s is None else s.status.value,
-                "last_run": None if s is None else s.run_id,
-            }
-        )
+        s = stored.get(name)
+        if s is None:
+            append((name, kinds[task.kind], action, reason, None, None))
+        else:
+            append((name, kinds[task.kind], action, reason, values[s.status], s.run_id))
     if natural.graph._dag.fans:
-        rows += _gone_rows(natural)
-    frame = pd.DataFrame(
-        rows, columns=["name", "kind", "action", "reason", "last_status", "last_run"]
-    )
+        rows += [tuple(row.values()) for row in _gone_rows(natural)]
+    frame = pd.DataFrame(rows, columns=_PLAN_COLUMNS)
     return frame.astype({"last_run": "Int64"})
+
+
+#: A store plan's columns (``_gone_rows`` gives its rows in this order too).
+_PLAN_COLUMNS = ["name", "kind", "action", "reason", "last_status", "last_run"]
+_KIND_VALUE = {kind: kind.value for kind in Kind}  # Enum's .value is a Python property
+_STATE_VALUE = {state: state.value for state in State}
 
 
 def _compare(graph: BaseGraph, other: Mapping[str, str] | BaseGraph) -> pd.DataFrame:
@@ -723,18 +809,31 @@ def _ts(value: float | None) -> dt.datetime | None:
 def durations(stored: Mapping[str, StoredTask]) -> dict[str, float]:
     """Past durations, for the scheduler's critical-path estimate."""
     out: dict[str, float] = {}
+    done = State.DONE
     for n, s in stored.items():
-        if s.status is State.DONE and s.started is not None and s.finished is not None:
-            out[n] = max(s.finished - s.started, 0.0)
+        if s.status is done:
+            started, finished = s.started, s.finished
+            if started is not None and finished is not None:
+                out[n] = finished - started if finished > started else 0.0
     return out
 
 
 def weights_of(loaded: Loaded) -> dict[str, float] | None:
     """Critical-path weights from the past durations of ``loaded``'s tasks (None if none
-    was ever timed); a task never timed gets the median."""
+    was ever timed); a task never timed gets the median.
+
+    Only the tasks to run get one: the scheduler measures the paths of those alone (a
+    task's path runs through its descendants, which run too), so a resume of 100 tasks
+    of 10k does not make 10k weights.
+    """
     known = durations(loaded.stored)
     if not known:
         return None
     ordered = sorted(known.values())
     typical = ordered[len(ordered) // 2] or 1e-6
-    return {n: known.get(n, typical) or 1e-6 for n in loaded.graph.tasks}
+    runnable = (State.PENDING, State.RUNNING)
+    return {
+        n: known.get(n, typical) or 1e-6
+        for n, r in loaded.graph._record_copy().items()
+        if r.status in runnable
+    }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,9 +32,10 @@ from .._exceptions import StoreError, UnstorableResultError
 from .._fingerprint import element_fingerprints, elementwise_fingerprint, input_digests
 from .._graph import BaseGraph
 from .._ledger import Ledger
+from .._nogc import paused
 from .._shield import in_thread_to_the_end
 from .._state import State, StoredResult, TaskRecord
-from .._task import Element, Task
+from .._task import Element, Task, constructor
 from .protocol import Store, TaskRow, new_result_id
 from .resume import GONE
 from .serialize import serialize
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_ERROR_TEXT", "StoreSink", "hold", "load_inputs"]
 
 _VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
+#: ``TaskRecord(*fields)``, faster (``_task.constructor``): one per element reused.
+_new_record = constructor(TaskRecord)
 
 
 #: What a row of a done task holds beside its result, at most (its name, times, digests
@@ -72,8 +76,9 @@ async def load_inputs(
 
     def load_all() -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for store, wanted in by_store.values():
-            values.update(store.load_results(wanted))
+        with paused():  # many results at once (the inputs of 10k elements)
+            for store, wanted in by_store.values():
+                values.update(store.load_results(wanted))
         return values
 
     for d, value in (await anyio.to_thread.run_sync(load_all)).items():
@@ -147,16 +152,18 @@ class StoreSink:
         self.digests = loaded.digests
         self.stored = loaded.stored
         self.origin = loaded.graph._origin
-        self.reused = sum(1 for r in loaded.graph.records.values() if r.status is State.DONE)
+        records = loaded.graph._record_copy()  # a dict: graph.records is a view
+        self.reused = sum(1 for r in records.values() if r.status is State.DONE)
         # Elements loaded as done (counted above) that a family reuses again as it expands
         # are not counted twice.
         self.done_before: frozenset[str] = (
-            frozenset(n for n, r in loaded.graph.records.items() if r.status is State.DONE)
+            frozenset(n for n, r in records.items() if r.status is State.DONE)
             if loaded.graph._dag.fans
             else frozenset()
         )
         self.blobs: dict[str, tuple[str, bytes]] = {}
         self.ready: dict[str, tuple[str, bytes]] = {}  # pre_serialized, until kept
+        self.vouches: dict[str, int] = {}  # fan-out: see _vouch_later
         self.unstorable_errors: dict[str, UnstorableResultError] = {}
         self.writer: RunWriter | None = None
         self.run_id = 0
@@ -193,8 +200,8 @@ class StoreSink:
         for n, r in records.items():
             if r.status is not State.DONE or type(r.result) is StoredResult:
                 continue
-            if n not in self.digests:  # an element: its family's expansion decides
-                continue
+            if n not in self.digests and not self._given_element(n, records, tasks):
+                continue  # an element: its family's expansion decides
             s = stored.get(n)
             if (
                 s is not None
@@ -232,6 +239,25 @@ class StoreSink:
             first_counts={"tasks": len(records), "reused": self.reused},
         )
 
+    def _given_element(
+        self, name: str, records: Mapping[str, TaskRecord], tasks: Mapping[str, Task]
+    ) -> bool:
+        """Whether ``name``, an element done in the graph with a result not from the
+        store (``mark_done``), is recorded as given now, as a static task would be: its
+        family does not expand in this run (it is done), so no expansion will; it keeps
+        the fingerprint the store has for it (its family is unchanged). Else its
+        family's expansion decides (and records it, see ``Ledger.given``)."""
+        task = tasks.get(name)
+        family = None if task is None else task.family
+        fam = None if family is None else records.get(family)
+        s = self.stored.get(name)
+        if fam is None or fam.status in (State.PENDING, State.RUNNING) or s is None:
+            return False
+        if s.fingerprint is None:
+            return False
+        self.digests[name] = (s.code or "", s.fingerprint)
+        return True
+
     def expanded(self, template: Task, elements: Sequence[Task]) -> dict[str, TaskRecord]:
         """A family expanded: take its elements' fingerprints (by their items' content,
         see ``_fingerprint.element_fingerprint``) and return the records of those the
@@ -258,17 +284,34 @@ class StoreSink:
                     strict=True,
                 ),
             )
+            done, store, new, get = State.DONE, self.store, _new_record, stored.get
             for el, fp in zip(first, fps, strict=True):
-                digests[el.name] = (own, fp)
+                name = el.name
+                digests[name] = (own, fp)
+                s = get(name)
+                if (
+                    s is not None
+                    and s.status is done
+                    and s.fingerprint == fp
+                    and s.result_id is not None
+                ):
+                    reused[name] = new(
+                        done,
+                        StoredResult(store, s.result_id, name),
+                        None,
+                        None,
+                        s.attempts,
+                        s.started,
+                        s.finished,
+                    )
         for e in elements:
-            if not (isinstance(e, Element) and e.input is not None):
-                fp = elementwise_fingerprint(
-                    (own, repr((over, e.deps)).encode() + binding),
-                    [self._fingerprint_of(d) for d in e.deps],
-                )
-                digests[e.name] = (own, fp)
-            else:
-                fp = digests[e.name][1]
+            if isinstance(e, Element) and e.input is not None:
+                continue  # above
+            fp = elementwise_fingerprint(
+                (own, repr((over, e.deps)).encode() + binding),
+                [self._fingerprint_of(d) for d in e.deps],
+            )
+            digests[e.name] = (own, fp)
             s = stored.get(e.name)
             if (
                 s is not None
@@ -288,7 +331,60 @@ class StoreSink:
         before = self.done_before
         self.reused += sum(1 for n in reused if n not in before)
         self._gone(template, {e.name for e in elements})
+        if reused:
+            self._vouch_later(elements, reused)
         return reused
+
+    def _vouch_later(self, elements: Sequence[Task], reused: Mapping[str, TaskRecord]) -> None:
+        """Note the reusable elements whose rows are older than one of their inputs (a
+        parent that ran in this run or since they were written, a counterpart noted):
+        if the run keeps them, their rows are re-stamped with its id at its end
+        (``vouch``), so the next load does not take them for stale."""
+        tries = self.ledger.tries
+        stored = self.stored
+        vouches = self.vouches
+        first = elements[0] if elements else None
+        if isinstance(first, Element) and first.input is not None:
+            # Mapped over a task's result: every element has the family's deps.
+            deps = first.deps
+            if any(d in tries or d in vouches for d in deps):
+                newer = math.inf  # a dep ran in this run: every kept element
+            else:
+                newer = max((sd.run_id for d in deps if (sd := stored.get(d))), default=0)
+            for n in reused:
+                s = stored[n]
+                if newer > s.run_id:
+                    assert s.result_id is not None
+                    vouches[n] = s.result_id
+            return
+        for e in elements:
+            n = e.name
+            if n not in reused:
+                continue
+            s = stored[n]
+            for d in e.deps:
+                sd = stored.get(d)
+                if d in tries or d in vouches or (sd is not None and sd.run_id > s.run_id):
+                    assert s.result_id is not None
+                    vouches[n] = s.result_id
+                    break
+
+    async def _vouch(self) -> None:
+        """Re-stamp the rows of the elements this run kept by content (see
+        ``_vouch_later``) on a store that can (``SQLiteStore.vouch``): only those that
+        ended the run done with their stored result, after every row of the run."""
+        vouch = getattr(self.store, "vouch", None)  # SQLiteStore's (issue 13)
+        if vouch is None or not self.vouches or self.error is not None:
+            return
+        records = self.ledger.records
+        stored = self.stored
+        kept = {}
+        for n, result_id in self.vouches.items():
+            rec = records.get(n)
+            if rec is not None and rec.status is State.DONE and rec.finished == stored[n].finished:
+                kept[n] = result_id
+        if kept:
+            await anyio.to_thread.run_sync(vouch, self.run_id, kept)
 
     def _fingerprint_of(self, name: str) -> str:
         """A task's fingerprint in this run; for an element of a family done before the
@@ -397,8 +493,18 @@ class StoreSink:
 
     async def close(self) -> None:
         """Commit what is queued and record how the run ended (called on every way out)."""
+        unvouched: StoreError | None = None
         if self.writer is not None:
             await anyio.to_thread.run_sync(self.writer.close)
+            try:
+                await self._vouch()
+            except Exception as exc:  # noqa: BLE001 - raised once the run's end is recorded
+                unvouched = StoreError(
+                    f"re-stamping the elements this run kept in store {self.store} failed "
+                    f"({type(exc).__name__}: {exc}); every result of the run is committed, "
+                    "and the next run computes those elements again"
+                )
+                unvouched.__cause__ = exc
         if self.error is not None:
             self.ledger.lost(self.error)
         if self.run_id:
@@ -423,6 +529,8 @@ class StoreSink:
                     raise
         if self.error is not None:
             raise self.error
+        if unvouched is not None:
+            raise unvouched
 
 
 @contextlib.asynccontextmanager
