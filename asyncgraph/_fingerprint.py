@@ -153,24 +153,42 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
     raw: dict[str, bytes] = {}
     hexes: dict[bytes, str] = {}
     out: dict[str, tuple[str, str]] = {}
+    # A task with no dependencies hashes its code and binding only: tasks of one
+    # function bound alike hash the same bytes, so they share one hash (issue 15).
+    alone: dict[tuple[bytes, bytes], tuple[bytes, tuple[str, str]]] = {}
+    last_fn: Any = _NOTHING  # the previous task's function, and its digests
+    code, own = b"", ""
     for name in order:
         task = tasks[name]
-        try:
-            code = digest(task.fn)
-        except Exception as exc:  # named for the user, with its task
-            raise _unfingerprintable(name, exc) from exc
-        own = hexes.get(code)
-        if own is None:
-            own = hexes[code] = code.hex()[:_HEX]
+        fn = task.fn
+        if fn is not last_fn:  # tasks of one function often come one after another
+            try:
+                code = digest(fn)
+            except Exception as exc:  # named for the user, with its task
+                raise _unfingerprintable(name, exc) from exc
+            last_fn = fn
+            own_hex = hexes.get(code)
+            if own_hex is None:
+                own_hex = hexes[code] = code.hex()[:_HEX]
+            own = own_hex
         # Upstream fingerprints are 32 bytes each, in binding order; the binding fixes
         # how many there are, so the joined string is unambiguous.
         if task.deps:
-            full = sha(b"".join([_TAG, code, bindings[name], *[raw[d] for d in task.deps]]))
-        else:
-            full = sha(_TAG + code + bindings[name])
-        raw[name] = f = full.digest()
-        out[name] = (own, f.hex()[:_HEX])
+            f = sha(b"".join([_TAG, code, bindings[name], *[raw[d] for d in task.deps]])).digest()
+            raw[name] = f
+            out[name] = (own, f.hex()[:_HEX])
+            continue
+        key = (code, bindings[name])
+        same = alone.get(key)
+        if same is None:
+            f = sha(_TAG + code + key[1]).digest()
+            same = alone[key] = (f, (own, f.hex()[:_HEX]))
+        raw[name] = same[0]
+        out[name] = same[1]
     return out
+
+
+_NOTHING = object()  # no function yet (see digests)
 
 
 #: ``binding_bytes`` of each Dag still alive: the same for every graph derived from it.
