@@ -157,7 +157,7 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
     # function bound alike hash the same bytes, so they share one hash (issue 15).
     alone: dict[tuple[bytes, bytes], tuple[bytes, tuple[str, str]]] = {}
     last_fn: Any = _NOTHING  # the previous task's function, and its digests
-    code, own = b"", ""
+    code, own, head = b"", "", b""
     for name in order:
         task = tasks[name]
         fn = task.fn
@@ -171,24 +171,27 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
             if own_hex is None:
                 own_hex = hexes[code] = code.hex()[:_HEX]
             own = own_hex
+            head = _TAG + code
         # Upstream fingerprints are 32 bytes each, in binding order; the binding fixes
         # how many there are, so the joined string is unambiguous.
-        if task.deps:
-            f = sha(b"".join([_TAG, code, bindings[name], *[raw[d] for d in task.deps]])).digest()
+        deps = task.deps
+        if deps:
+            f = sha(head + bindings[name] + b"".join(map(raw.__getitem__, deps))).digest()
             raw[name] = f
-            out[name] = (own, f.hex()[:_HEX])
+            out[name] = (own, f[:_BYTES].hex())
             continue
         key = (code, bindings[name])
         same = alone.get(key)
         if same is None:
-            f = sha(_TAG + code + key[1]).digest()
-            same = alone[key] = (f, (own, f.hex()[:_HEX]))
+            f = sha(head + key[1]).digest()
+            same = alone[key] = (f, (own, f[:_BYTES].hex()))
         raw[name] = same[0]
         out[name] = same[1]
     return out
 
 
 _NOTHING = object()  # no function yet (see digests)
+_BYTES = _HEX // 2  # a digest's first bytes, whose hex is the fingerprint
 
 
 #: ``binding_bytes`` of each Dag still alive: the same for every graph derived from it.
@@ -207,13 +210,17 @@ def binding_bytes(dag: Dag) -> Mapping[str, bytes]:
             # Order-only deps (``after``) only when there are some, and the mapped
             # dependency (``over``) only for a mapped task: every other task's
             # fingerprint stays what it was before they existed.
-            n: repr(
-                (
-                    t.args,
-                    t.kwargs,
-                    t.skip_none,
-                    *((t.after,) if t.after else ()),
-                    *((("over", t.over),) if t.over else ()),
+            n: (
+                repr((t.args, t.kwargs, t.skip_none))
+                if not t.after and not t.over
+                else repr(
+                    (
+                        t.args,
+                        t.kwargs,
+                        t.skip_none,
+                        *((t.after,) if t.after else ()),
+                        *((("over", t.over),) if t.over else ()),
+                    )
                 )
             ).encode()
             for n, t in dag.tasks.items()
