@@ -14,6 +14,7 @@ State it keeps
     ``reused``, ``done_before``  tasks reused from the store (the run's count), and the
                              elements among them loaded as done (not counted twice);
     ``writer``, ``run_id``   the writer thread and the run's key, once begun;
+    ``ids``                  the run's result keys: consecutive from a random start;
     ``error``                a write that failed (the run was stopped).
 """
 
@@ -172,7 +173,7 @@ class StoreSink:
         self.counts: dict[State, int] = {}  # tasks ended, by state (committed or not)
         self.room: int | None = None  # the largest result the store takes, in bytes
         self.limit: int | None = None  # the store's own limit for a row
-        self.sqlite = sqlite = isinstance(store, SQLiteStore)
+        sqlite = isinstance(store, SQLiteStore)
         self.limit_name = " (SQLite's SQLITE_LIMIT_LENGTH)" if sqlite else ""
         self.none_fits = True  # whether a None result fits the store (see open)
         # Result keys: consecutive from a random start, one C call per result (see
