@@ -158,35 +158,53 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
     raw: dict[str, bytes] = {}
     hexes: dict[bytes, str] = {}
     out: dict[str, tuple[str, str]] = {}
-    # Each function's (function, digest, hex digest), by id, met once: many tasks share
-    # one (holding it keeps its id from being reused meanwhile); kept for _Last too.
-    fns: dict[int, tuple[Any, bytes, str]] = {}
+    # Each function's (function, digest, hex digest, prefix), by id, met once: many
+    # tasks share one (holding it keeps its id from being reused meanwhile); kept for
+    # _Last too.
+    fns: dict[int, tuple[Any, bytes, str, bytes]] = {}
+    # A task with no dependencies hashes its code and binding only: tasks of one
+    # function bound alike hash the same bytes, so they share one hash (issue 15).
+    alone: dict[tuple[bytes, bytes], tuple[bytes, tuple[str, str]]] = {}
+    last_fn: Any = _NOTHING  # the previous task's function, and its digests
+    code, own, head = b"", "", b""
     for name in order:
         task = tasks[name]
         fn = task.fn
-        hit = fns.get(id(fn))
-        if hit is None:
-            try:
-                code = digest(fn)
-            except Exception as exc:  # named for the user, with its task
-                raise _unfingerprintable(name, exc) from exc
-            own = hexes.get(code)
-            if own is None:
-                own = hexes[code] = code.hex()[:_HEX]
-            fns[id(fn)] = (fn, code, own)
-        else:
-            _, code, own = hit
+        if fn is not last_fn:  # tasks of one function often come one after another
+            hit = fns.get(id(fn))
+            if hit is None:
+                try:
+                    code = digest(fn)
+                except Exception as exc:  # named for the user, with its task
+                    raise _unfingerprintable(name, exc) from exc
+                own_hex = hexes.get(code)
+                if own_hex is None:
+                    own_hex = hexes[code] = code.hex()[:_HEX]
+                hit = fns[id(fn)] = (fn, code, own_hex, _TAG + code)
+            _, code, own, head = hit
+            last_fn = fn
         # Upstream fingerprints are 32 bytes each, in binding order; the binding fixes
         # how many there are, so the joined string is unambiguous.
-        if task.deps:
-            full = sha(b"".join([_TAG, code, bindings[name], *[raw[d] for d in task.deps]]))
-        else:
-            full = sha(_TAG + code + bindings[name])
-        raw[name] = f = full.digest()
-        out[name] = (own, f.hex()[:_HEX])
+        deps = task.deps
+        if deps:
+            f = sha(head + bindings[name] + b"".join(map(raw.__getitem__, deps))).digest()
+            raw[name] = f
+            out[name] = (own, f[:_BYTES].hex())
+            continue
+        key = (code, bindings[name])
+        same = alone.get(key)
+        if same is None:
+            f = sha(head + key[1]).digest()
+            same = alone[key] = (f, (own, f[:_BYTES].hex()))
+        raw[name] = same[0]
+        out[name] = same[1]
     if dag.frozen:
-        _LAST[dag] = _Last(tuple((fn, code) for fn, code, _ in fns.values()), out)
+        _LAST[dag] = _Last(tuple((fn, code) for fn, code, _, _ in fns.values()), out)
     return out
+
+
+_NOTHING = object()  # no function yet (see digests)
+_BYTES = _HEX // 2  # a digest's first bytes, whose hex is the fingerprint
 
 
 class _Last:
@@ -250,13 +268,17 @@ def binding_bytes(dag: Dag) -> Mapping[str, bytes]:
             # Order-only deps (``after``) only when there are some, and the mapped
             # dependency (``over``) only for a mapped task: every other task's
             # fingerprint stays what it was before they existed.
-            n: repr(
-                (
-                    t.args,
-                    t.kwargs,
-                    t.skip_none,
-                    *((t.after,) if t.after else ()),
-                    *((("over", t.over),) if t.over else ()),
+            n: (
+                repr((t.args, t.kwargs, t.skip_none))
+                if not t.after and not t.over
+                else repr(
+                    (
+                        t.args,
+                        t.kwargs,
+                        t.skip_none,
+                        *((t.after,) if t.after else ()),
+                        *((("over", t.over),) if t.over else ()),
+                    )
                 )
             ).encode()
             for n, t in dag.tasks.items()

@@ -488,6 +488,19 @@ def _child(argv: list[str]) -> None:
     """One measurement in this (fresh) process; prints its seconds as JSON."""
     import json
 
+    if argv[0] == "overhead":  # overhead SHAPE N REPS: bench_overhead here, in one process
+        shape, n, reps = argv[1], int(argv[2]), int(argv[3])
+        files = Files(None)
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        try:
+            _warm(runner, files)
+            (row,) = bench_overhead(runner, files, [shape], n, reps)
+        finally:
+            runner.close()
+            files.close()
+        keep = ("ratio", "ratio_range", "cpu_ratio", "us_per_task", "split_s", "store_bytes")
+        print(json.dumps({k: row[k] for k in keep}))
+        return
     kind, store_path, n, work_ms, flag = argv[0], argv[1], int(argv[2]), float(argv[3]), argv[4]
     out: dict[str, float] = {}
     if kind in ("resume", "plain"):
@@ -545,6 +558,64 @@ def _spawn(tree: str | None, argv: list[str]) -> dict[str, float]:
         raise RuntimeError(f"child {argv[0]} failed:\n{proc.stdout}{proc.stderr}")
     result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
+
+
+def bench_overhead_against(
+    shapes: list[str], n: int, pairs: int, reps: int, against: str
+) -> list[dict[str, Any]]:
+    """The overhead on this tree and on ``against``, each in fresh processes taken in
+    turns (A B, B A, ...): each child measures plain and store runs side by side
+    (``reps`` of each, interleaved) and gives its median ratio; the figures are the
+    medians over the children, and after / before of the store run's us per task per
+    pair of children."""
+    rows = []
+    trees = _trees(against)
+    for shape in shapes:
+        got: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in trees}
+        for p in range(pairs):
+            for label, tree in trees if p % 2 == 0 else trees[::-1]:
+                got[label].append(_spawn(tree, ["overhead", shape, str(n), str(reps)]))
+        this, before = got["this"], got["against"]
+        per_pair = [
+            a["us_per_task"]["store"] / b["us_per_task"]["store"]
+            for a, b in zip(this, before, strict=True)
+        ]
+        for label, children in got.items():
+            ratios = [c["ratio"] for c in children]
+            row = {
+                "shape": shape,
+                "tree": label,
+                "n": n,
+                "reps": f"{pairs}x{reps}",
+                "ratio": median(ratios),
+                "ratio_range": _range(ratios),
+                "cpu_ratio": median([c["cpu_ratio"] for c in children]),
+                "us_per_task": {
+                    k: median([c["us_per_task"][k] for c in children]) for k in ("plain", "store")
+                },
+                "split_s": {
+                    k: median([c["split_s"][k] for c in children]) for k in children[0]["split_s"]
+                },
+                "store_bytes": median([c["store_bytes"] for c in children]),
+                "store_after_over_before": median(per_pair),
+                "store_after_over_before_range": _range(per_pair),
+            }
+            rows.append(row)
+            print(
+                f"  {shape:7} ({label}) n={n}: store/plain {row['ratio']:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
+
+
+def _warm(runner: asyncio.Runner, files: Files) -> None:
+    """Untimed: imports, code caches, a first store."""
+    warm = build_asyncgraph(SHAPES["wide"](500))
+    runner.run(ag.run(warm))
+    path = files.fresh()
+    runner.run(ag.run(warm, store=path))
+    files.remove(path)
 
 
 def _trees(against: str | None) -> list[tuple[str, str | None]]:
@@ -682,7 +753,8 @@ def main() -> None:
     p.add_argument(
         "--against",
         metavar="DIR",
-        help="process/fanout: also run each child with DIR's asyncgraph (a before tree)",
+        help="also run with DIR's asyncgraph (a before tree): process/fanout children "
+        "alternate, overhead runs in fresh processes of each tree in turns",
     )
     p.add_argument("--pairs", type=int, default=None, help="process: pairs (default reps)")
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
@@ -705,13 +777,12 @@ def main() -> None:
     fanout_rows: list[dict[str, Any]] = []
     profile: dict[str, Any] | None = None
     try:
-        warm = build_asyncgraph(SHAPES["wide"](500))  # untimed: imports, code caches
-        runner.run(ag.run(warm))
-        path = files.fresh()
-        runner.run(ag.run(warm, store=path))
-        files.remove(path)
+        _warm(runner, files)
         for n in sizes:
-            if "overhead" in only:
+            if "overhead" in only and args.against:
+                pairs = args.pairs or reps
+                overhead_rows += bench_overhead_against(shapes, n, pairs, 3, args.against)
+            elif "overhead" in only:
                 overhead_rows += bench_overhead(runner, files, shapes, n, reps)
             if "resume" in only:
                 resume_rows += bench_resume(runner, files, n, reps, args.work_ms)
@@ -720,7 +791,7 @@ def main() -> None:
                 process_rows += bench_process_resume(files, n, pairs, args.work_ms, args.against)
             if "fanout" in only:
                 fanout_rows += bench_fanout_rerun(files, n, reps, args.against)
-        if "overhead" in only:
+        if "overhead" in only and not args.against:
             profile = profile_store_run(runner, files, "layered", max(sizes), args.top)
     finally:
         runner.close()
@@ -732,6 +803,7 @@ def main() -> None:
             table(
                 [
                     "shape",
+                    "tree",
                     "tasks",
                     "plain us",
                     "store us",
@@ -750,6 +822,7 @@ def main() -> None:
                 [
                     [
                         r["shape"],
+                        r.get("tree", "this"),
                         r["n"],
                         r["us_per_task"]["plain"],
                         r["us_per_task"]["store"],
@@ -767,7 +840,14 @@ def main() -> None:
                 ],
             )
         )
-        print("\ntarget: store/plain <= 1.5")
+        for r in overhead_rows:
+            if r.get("tree") == "this" and "store_after_over_before" in r:
+                lo, hi = r["store_after_over_before_range"]
+                print(
+                    f"{r['shape']}: store run us/task, this / against: "
+                    f"{r['store_after_over_before']:.2f} ({lo:.2f}-{hi:.2f}), per pair of children"
+                )
+        print("\ntarget: store/plain <= 1.3 (issue 15; 1.5 before it)")
     if profile is not None:
         for thread in ("loop_thread", "writer_thread"):
             prof = profile[thread]

@@ -23,6 +23,7 @@ import anyio
 import cloudpickle
 import pytest
 from conftest import statuses
+from store_rows import latest_rows
 
 import asyncgraph as ag
 from asyncgraph._store.sqlite import SQLiteStore
@@ -31,14 +32,9 @@ GUARD = 60  # seconds: a guard against a hang, not a bound
 
 
 def _row(db: Path, name: str) -> tuple[str, bytes]:
-    conn = sqlite3.connect(db)
-    try:
-        fmt, data = conn.execute(
-            "SELECT result_format, result FROM state WHERE name = ?", (name,)
-        ).fetchone()
-    finally:
-        conn.close()
-    return fmt, data
+    row = latest_rows(db)[name]  # schema 2: records in batches, big results apart
+    assert row.result_format is not None and row.result is not None
+    return row.result_format, row.result
 
 
 # -- the store row holds the worker's bytes ----------------------------------------------

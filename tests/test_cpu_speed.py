@@ -206,8 +206,8 @@ async def test_a_big_frame_on_a_store_is_kept_as_a_plain_pickle(tmp_path: Path) 
     pd.testing.assert_frame_equal(done.results["big"], _frame(50_000))
     conn = sqlite3.connect(db)
     try:
-        fmt, data = conn.execute(
-            "SELECT result_format, result FROM state WHERE name = 'big'"
+        fmt, data = conn.execute(  # schema 2: a big result is a row of results
+            "SELECT format, data FROM results WHERE name = 'big'"
         ).fetchone()
     finally:
         conn.close()

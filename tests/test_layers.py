@@ -42,6 +42,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_store.protocol": (1, "the `Store` protocol, `StoredTask`, `TaskRow`, `Batch`, `RunInfo`"),
     "_store.serialize": (1, "results to bytes and back (pickle, Parquet)"),
     "_store.files": (1, "the store file's lock and the file-system checks"),
+    "_store.journal": (1, "a batch of task records as one value (schema 2), read safely"),
     "_stream.define": (1, "a stream stage's `Task` (`Graph.stream`, `add_stream`)"),
     "_graph": (2, "`BaseGraph`: a Dag and its records; build, read, derive"),
     "_rewrite": (2, "the five rewrites, pure functions over `BaseGraph`"),

@@ -32,6 +32,7 @@ import pytest
 import reliability_driver as driver
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
+from store_rows import history_records
 from strategies import (
     HOLDER,
     Dag,
@@ -1081,12 +1082,9 @@ class ScenarioTrial:
             runs = conn.execute(
                 "SELECT id, status, done, failed, skipped, cancelled FROM runs ORDER BY id"
             ).fetchall()
-            rows = conn.execute(
-                "SELECT run_id, name, status, attempts FROM history ORDER BY rowid"
-            ).fetchall()
         finally:
             conn.close()
-        return runs, rows
+        return runs, history_records(self.db)  # schema 2: one history row per batch
 
 
 def _watchdog(proc: subprocess.Popen[str], phase: Stage) -> threading.Timer:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_rows import rewrite
 
 import asyncgraph as ag
 
@@ -161,9 +162,7 @@ def bad_status(tmp: Path) -> Path:
     db = a_store(tmp)
     bad = tmp / "bad-status.db"
     bad.write_bytes(db.read_bytes())
-    with sqlite3.connect(bad) as conn:
-        conn.execute("UPDATE state SET status = 'bogus' WHERE name = 'one'")
-    conn.close()
+    rewrite(bad, "one", status="bogus")  # schema 2: the record inside its batch's row
     return bad
 
 

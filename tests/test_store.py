@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import statuses
+from store_rows import latest_rows, rewrite
 
 import asyncgraph as ag
 from asyncgraph._store import SQLiteStore, TaskRow, new_result_id
@@ -345,9 +346,7 @@ async def test_damage_deep_in_a_store_is_a_store_error(tmp_path: Path) -> None:
     await ag.run(g, store=db)
     pristine = db.read_bytes()
 
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE state SET status = 'bogus' WHERE name = 't7'")
-    conn.close()
+    rewrite(db, "t7", status="bogus")  # schema 2: the record inside its batch's row
     with pytest.raises(ag.StoreError, match=r"s.db' is damaged .*'bogus' is not a valid State"):
         ag.load(g, db)
 
@@ -475,10 +474,8 @@ async def test_dataframe_results_are_stored_as_parquet(tmp_path: Path) -> None:
     g.add("table", lambda: frame)
     g.add("mixed", lambda: pd.DataFrame({"x": [1, "a"]}))  # parquet cannot: pickled
     await ag.run(g, store=db)
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT result_format FROM state WHERE result_format IS NOT NULL")
-        formats = sorted(r[0] for r in rows)
-    conn.close()
+    rows = latest_rows(db).values()  # schema 2: records in batches, big results apart
+    formats = sorted(r.result_format for r in rows if r.result_format is not None)
     assert formats == ["parquet", "pickle"]
     loaded = ag.load(g, db)
     pd.testing.assert_frame_equal(loaded.results["table"], frame)

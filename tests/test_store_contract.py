@@ -447,6 +447,41 @@ MASTER_NOW = {
     **MASTER_BEFORE,
     "runs": SCHEMA_BEFORE["runs"].removesuffix(")") + ", graph TEXT DEFAULT NULL)",
 }
+# Schema version 2 (issue 15, the store's second pass): a batch of records is one row of
+# history, the latest records are a few rows of state, both holding records in one value
+# each; a result bigger than the records keep is a row of results. meta, runs as before.
+# A store of version 1 (MASTER_NOW) is converted in place by the first run on it.
+MASTER_V2 = {
+    "meta": MASTER_NOW["meta"],
+    "runs": MASTER_NOW["runs"],
+    "sqlite_sequence": MASTER_NOW["sqlite_sequence"],
+    "history": """CREATE TABLE history (
+    seq INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    tasks INTEGER NOT NULL,
+    rows BLOB NOT NULL
+)""",
+    "state": """CREATE TABLE state (
+    part INTEGER PRIMARY KEY,
+    upto INTEGER NOT NULL,
+    tasks INTEGER NOT NULL,
+    rows BLOB NOT NULL
+)""",
+    "results": """CREATE TABLE results (
+    name TEXT PRIMARY KEY,
+    id INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    data BLOB NOT NULL
+)""",
+}
+META_V2 = {"format": "asyncgraph-store", "version": "2"}
+
+
+def _without_token(meta: dict[str, str]) -> dict[str, str]:
+    """meta less its random ``token`` (checked to be one: 16 hex digits)."""
+    token = meta.pop("token")
+    assert len(token) == 16 and int(token, 16) >= 0
+    return meta
 
 
 def _schema(path: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -460,10 +495,11 @@ def _schema(path: Path) -> tuple[dict[str, str], dict[str, str]]:
         conn.close()
 
 
-async def test_a_store_written_now_has_the_schema_written_before(tmp_path: Path) -> None:
+async def test_a_store_written_now_has_the_schema_of_version_2(tmp_path: Path) -> None:
     db = tmp_path / "now.db"
     await ag.run(_two(), store=db)
-    assert _schema(db) == (MASTER_NOW, {**META_BEFORE, "order": '["a", "b"]'})
+    objects, meta = _schema(db)
+    assert (objects, _without_token(meta)) == (MASTER_V2, {**META_V2, "order": '["a", "b"]'})
 
 
 async def test_a_store_written_before_opens_and_runs_on(tmp_path: Path) -> None:
@@ -506,5 +542,6 @@ async def test_a_store_written_before_opens_and_runs_on(tmp_path: Path) -> None:
         (1, "cancelled", 0, 1),
         (2, "done", 1, 1),
     ]
-    assert _schema(db) == (MASTER_NOW, {**META_BEFORE, "order": '["a", "b"]'})
+    objects, meta = _schema(db)  # converted to version 2 by the run, in place
+    assert (objects, _without_token(meta)) == (MASTER_V2, {**META_V2, "order": '["a", "b"]'})
     assert [t.name for t in SQLiteStore(db).run_tasks(1)] == ["a"]

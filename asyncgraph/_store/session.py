@@ -14,6 +14,7 @@ State it keeps
     ``reused``, ``done_before``  tasks reused from the store (the run's count), and the
                              elements among them loaded as done (not counted twice);
     ``writer``, ``run_id``   the writer thread and the run's key, once begun;
+    ``ids``                  the run's result keys: consecutive from a random start;
     ``error``                a write that failed (the run was stopped).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -49,6 +51,12 @@ __all__ = ["MAX_ERROR_TEXT", "StoreSink", "hold", "load_inputs"]
 _VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
 #: ``TaskRecord(*fields)``, faster (``_task.constructor``): one per element reused.
 _new_record = constructor(TaskRecord)
+_DONE = State.DONE
+NONE_BLOB = serialize("", None)  # what a None result is stored as (made once)
+_NO_DIGEST = (None, None)
+#: A run's first result key is random below 2**61: the run's own keys, one after
+#: another, stay below SQLite's largest integer (2**63 - 1) for 2**62 results.
+_BASE_MASK = (1 << 61) - 1
 
 
 #: What a row of a done task holds beside its result, at most (its name, times, digests
@@ -152,8 +160,9 @@ class StoreSink:
         self.digests = loaded.digests
         self.stored = loaded.stored
         self.origin = loaded.graph._origin
-        records = loaded.graph._record_copy()  # a dict: graph.records is a view
-        self.reused = sum(1 for r in records.values() if r.status is State.DONE)
+        records = loaded.graph._records  # read only here (graph.records is a view)
+        done = State.DONE
+        self.reused = sum(1 for r in records.values() if r.status is done)
         # Elements loaded as done (counted above) that a family reuses again as it expands
         # are not counted twice.
         self.done_before: frozenset[str] = (
@@ -173,6 +182,10 @@ class StoreSink:
         self.limit: int | None = None  # the store's own limit for a row
         sqlite = isinstance(store, SQLiteStore)
         self.limit_name = " (SQLite's SQLITE_LIMIT_LENGTH)" if sqlite else ""
+        self.none_fits = True  # whether a None result fits the store (see open)
+        # Result keys: consecutive from a random start, one C call per result (see
+        # new_result_id: no key is handed out twice, in this process or another).
+        self.ids = itertools.count((new_result_id() & _BASE_MASK) + 1)
         self.ledger: Ledger
         self.on_error: Callable[[BaseException], None]
 
@@ -180,24 +193,29 @@ class StoreSink:
         self, ledger: Ledger, pending: Sequence[str], on_error: Callable[[BaseException], None]
     ) -> None:
         """Load the stored results the pending tasks need, then record the run's start."""
+        from .sqlite import SQLiteStore
+
         self.ledger = ledger
         self.on_error = on_error
         records = ledger.records
         tasks = ledger.graph._dag.tasks
         stored = self.stored
-        invalidate = [
-            n for n in pending if (s := stored.get(n)) is not None and s.status is State.DONE
-        ]
+        invalidate = (
+            [n for n in pending if (s := stored.get(n)) is not None and s.status is State.DONE]
+            if stored
+            else []
+        )
         self.limit = await anyio.to_thread.run_sync(self.store.result_size_limit)
         if self.limit is not None:
             # The row holds more than the result: its name, times, digests and
             # SQLite's record header; what the room leaves is far more than those.
             self.room = self.limit - _ROW_OVERHEAD
+            self.none_fits = len(NONE_BLOB[1]) <= self.room
         # Done in the graph but not from the store (mark_done, create_graph(done=...), a
         # run without a store): recorded as done now, so the next run reuses them too.
         # Not the ones a run on this store recorded already (same outcome, same time).
         given = {}
-        for n, r in records.items():
+        for n, r in records.items() if self.reused else ():  # no task done: none given
             if r.status is not State.DONE or type(r.result) is StoredResult:
                 continue
             if n not in self.digests and not self._given_element(n, records, tasks):
@@ -213,13 +231,20 @@ class StoreSink:
                 continue
             given[n] = blob = serialize(n, r.result, "was marked done with")
             self._check_size(n, blob, "was marked done with")
-        await load_inputs(records, tasks, pending)
+        if self.reused:  # a stored input is a done task's
+            await load_inputs(records, tasks, pending)
 
         def begin() -> None:
-            self.run_id = self.store.begin_run()  # kept even if we are cancelled meanwhile
-            describe = getattr(self.store, "describe_run", None)  # SQLiteStore's (issue 16)
+            graph = ledger.graph
+            store = self.store
+            if isinstance(store, SQLiteStore):  # it records both in the run's first commit
+                store._described = (graph.name, graph.topological_order())
+            self.run_id = store.begin_run()  # kept even if we are cancelled meanwhile
+            if isinstance(store, SQLiteStore) and store._described is None:
+                return  # described by begin_run
+            describe = getattr(store, "describe_run", None)  # a store's own (issue 16)
             if describe is not None:
-                describe(self.run_id, ledger.graph.name, ledger.graph.topological_order())
+                describe(self.run_id, graph.name, graph.topological_order())
 
         await in_thread_to_the_end(begin)
         # The resets first, then the tasks marked done: one transaction, before any row
@@ -409,11 +434,11 @@ class StoreSink:
 
     def _row(self, name: str, rec: TaskRecord, blob: tuple[str, bytes] | None) -> TaskRow:
         error = rec.error
-        own, fp = self.digests.get(name) or (None, None)
+        own, fp = self.digests.get(name) or _NO_DIGEST
         if blob is None:
             result_id = fmt = data = None
         else:
-            result_id = new_result_id()
+            result_id = next(self.ids)
             fmt, data = blob
         # tuple.__new__: a NamedTuple's own __new__ is Python code, and this runs per task.
         row: TaskRow = tuple.__new__(
@@ -443,8 +468,11 @@ class StoreSink:
     def keep(self, name: str, value: Any) -> bool:
         """Serialize a result (or take the bytes it came as, see ``pre_serialized``);
         False (and the reason kept) if it cannot be stored."""
+        ready = self.ready
+        if value is None and not ready and self.none_fits:  # a task run for its effects
+            self.blobs[name] = NONE_BLOB
+            return True
         try:
-            ready = self.ready
             blob = (ready.pop(name, None) if ready else None) or serialize(name, value)
             self.blobs[name] = blob
             if self.room is not None and len(blob[1]) > self.room:
@@ -473,12 +501,40 @@ class StoreSink:
     def ended(self, name: str, rec: TaskRecord) -> bool:
         """Queue the row; True (the ledger sends no event now) for a done task, whose
         event waits for its commit, and for every task before the run began."""
-        if self.writer is None:
+        writer = self.writer
+        if writer is None:
             return True
         status = rec.status
-        self.counts[status] = self.counts.get(status, 0) + 1
-        self.writer.put(self._row(name, rec, self.blobs.pop(name, None)))
-        return status is State.DONE
+        counts = self.counts
+        counts[status] = counts.get(status, 0) + 1
+        blob = self.blobs.pop(name, None)
+        if status is _DONE and blob is not None and rec.error is None:
+            # _row, inline for the common case: a task done with its result
+            own, fp = self.digests.get(name) or _NO_DIGEST
+            fmt, data = blob
+            row: TaskRow = tuple.__new__(
+                TaskRow,
+                (
+                    name,
+                    self.run_id,
+                    "done",
+                    rec.attempts,
+                    rec.started,
+                    rec.finished,
+                    None,
+                    None,
+                    None,
+                    fp,
+                    own,
+                    next(self.ids),
+                    fmt,
+                    data,
+                ),
+            )
+            writer.put(row)
+            return True
+        writer.put(self._row(name, rec, blob))
+        return status is _DONE
 
     def _committed(self, rows: list[TaskRow]) -> None:
         self.ledger.durable((row[0], row[5]) for row in rows if row[2] == "done")

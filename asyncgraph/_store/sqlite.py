@@ -1,16 +1,24 @@
 """The embedded store: one SQLite file that records every run and every task's outcome.
 
-Layout (see ``docs/store.md``)::
+Layout, schema version 2 (see ``docs/store.md``)::
 
-    meta   (key, value)              format marker and schema version; ``order``: the
-                                     task names of the last run's graph, in its order
-    runs   (id, started, finished, status, pid, host, counts..., graph: the graph's
+    meta    (key, value)             format marker, schema version, the file's random
+                                     ``token``; ``order``: the task names of the last
+                                     run's graph, in its order
+    runs    (id, started, finished, status, pid, host, counts..., graph: the graph's
                                      name, a column added to stores from before it)
-    state  (name -> latest record)   status, times, error text, fingerprint, and the
-                                     result (its format, a random key, the bytes: the
-                                     last column, which status reads never touch)
-    history (run_id, name, ...)      every record every run wrote, without results:
-                                     appended by a trigger on state, in SQLite itself
+    history (seq, run_id, tasks, rows)  every record every run wrote: one row per
+                                     committed batch, its records in one value
+                                     (``journal``), small results inside them
+    state   (part, upto, tasks, rows)   the latest record of every task as of history
+                                     row ``upto``, in the same form: the history after
+                                     it completes it (rewritten once that is longer)
+    results (name, id, format, data)    each task's result bigger than
+                                     ``journal.INLINE``, under its random key
+
+Version 1 had a row per task in ``state`` and in ``history`` (a trigger's); the first
+run of this version on such a store converts it in place, in one transaction
+(``_migrate_v1``), and reads of it before then read it as it is.
 
 A run holds the store for its whole length through an ``flock`` on the store file itself,
 so every name of the file finds the same lock (the kernel drops it if the process dies, so
@@ -18,7 +26,8 @@ a SIGKILLed run never leaves it held): ``files.FileLock``, a collaborator with t
 what concerns the file rather than its SQL. The run's writes come from one writer thread
 (``writer.RunWriter``) in batches, each one transaction. WAL mode with
 ``synchronous=FULL``: a committed result survives a crash of the process and of the
-machine.
+machine (the schema and the run's start are committed ``NORMAL`` and synced with the
+first batch: see ``_connect_for_run``).
 
 The only module of the package that uses :mod:`sqlite3`, and only inside functions, so
 ``import asyncgraph`` does not load it.
@@ -39,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import StoreError
 from .._state import State
 from .._task import constructor
+from . import journal
 from .files import (
     SHM_SIZE,
     FileLock,
@@ -68,9 +78,34 @@ __all__ = ["FORMAT", "SCHEMA_VERSION", "SQLiteStore", "open_store"]
 _new_stored_task = constructor(StoredTask)
 
 FORMAT = "asyncgraph-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: The versions this asyncgraph reads; it writes only SCHEMA_VERSION (a run converts).
+_READS = (1, 2)
 
-_SCHEMA = """
+#: What version 2 adds to a version 1 store's meta and runs (``_migrate_v1`` makes these).
+_TABLES = """
+CREATE TABLE history (
+    seq INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    tasks INTEGER NOT NULL,
+    rows BLOB NOT NULL
+);
+CREATE TABLE state (
+    part INTEGER PRIMARY KEY,
+    upto INTEGER NOT NULL,
+    tasks INTEGER NOT NULL,
+    rows BLOB NOT NULL
+);
+CREATE TABLE results (
+    name TEXT PRIMARY KEY,
+    id INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    data BLOB NOT NULL
+)
+"""
+
+_SCHEMA = (
+    """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,41 +121,15 @@ CREATE TABLE runs (
     skipped INTEGER NOT NULL DEFAULT 0,
     cancelled INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE state (
-    name TEXT PRIMARY KEY,
-    run_id INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    started REAL,
-    finished REAL,
-    error_type TEXT,
-    error_message TEXT,
-    traceback TEXT,
-    fingerprint TEXT,
-    code TEXT,
-    result_id INTEGER,
-    result_format TEXT,
-    result BLOB
-);
-CREATE TABLE history (
-    run_id INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    started REAL,
-    finished REAL,
-    error_type TEXT,
-    error_message TEXT,
-    traceback TEXT,
-    fingerprint TEXT
-);
-CREATE TRIGGER state_history AFTER INSERT ON state BEGIN
-    INSERT INTO history VALUES (
-        NEW.run_id, NEW.name, NEW.status, NEW.attempts, NEW.started, NEW.finished,
-        NEW.error_type, NEW.error_message, NEW.traceback, NEW.fingerprint
-    );
-END
 """
+    + _TABLES
+)
+
+#: The columns of a version 1 store's ``state``, in a record's order.
+_V1_COLUMNS = (
+    "name, run_id, status, attempts, started, finished, error_type, error_message, "
+    "traceback, fingerprint, code, result_id, result_format"
+)
 
 
 #: Added to ``runs`` by the first run on a store (a guarded ALTER: see _connect_for_run).
@@ -134,6 +143,17 @@ _LOAD_RESULTS = (
     "SELECT name, result_id, result_format, result FROM state WHERE name IN ("
     + ",".join("?" * _CHUNK)
     + ")"
+)
+_LOAD_BIG = (
+    "SELECT name, id, format, data FROM results WHERE name IN (" + ",".join("?" * _CHUNK) + ")"
+)
+
+_DROP_BIG = "DELETE FROM results WHERE name IN (" + ",".join("?" * _CHUNK) + ")"
+
+#: A version 2 store's records as of now: (token, state's upto, history's last seq).
+_WHERE = (
+    "SELECT (SELECT value FROM meta WHERE key = 'token'), "
+    "(SELECT max(upto) FROM state), (SELECT max(seq) FROM history)"
 )
 
 
@@ -162,6 +182,12 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._file = FileLock(self.path)  # the run's hold on the store file
         self._held_by_run = False  # by a run of asyncgraph's (set by it), until release
+        # The latest records read last (version 2), and what they were read at (see
+        # _latest): reading a result again costs one small query, not a decode.
+        self._cache: tuple[tuple[Any, ...], dict[str, tuple[list[Any], int]]] | None = None
+        self._big = False  # whether results holds rows (the run's writes delete them)
+        #: The run's graph name and task order, for begin_run to record (see there).
+        self._described: tuple[str | None, Sequence[str]] | None = None
         _check_store(self.path)
 
     def __repr__(self) -> str:
@@ -179,6 +205,9 @@ class SQLiteStore:
         self._conn = None
         self._file = FileLock(self.path)
         self._held_by_run = False
+        self._cache = None
+        self._big = False
+        self._described = None
 
     def __del__(self) -> None:
         # A store dropped while held (a run that could not clean up) lets go of its
@@ -282,15 +311,28 @@ class SQLiteStore:
         with self._reading() as conn:
             if conn is None:
                 return {}
-            rows = conn.execute(
-                "SELECT name, run_id, status, attempts, started, finished, error_type, "
-                "error_message, traceback, fingerprint, code, result_id FROM state "
-                "ORDER BY rowid"
-            ).fetchall()
             states = {s.value: s for s in State}
             new = _new_stored_task  # StoredTask(...), a third of its cost (issue 15)
-            # State(...) for an unknown value: its ValueError says what it read
-            return {r[0]: new(r[0], r[1], states.get(r[2]) or State(r[2]), *r[3:]) for r in rows}
+            if _version_of(conn) == 1:
+                rows = conn.execute(
+                    "SELECT name, run_id, status, attempts, started, finished, error_type, "
+                    "error_message, traceback, fingerprint, code, result_id FROM state "
+                    "ORDER BY rowid"
+                ).fetchall()
+                # State(...) for an unknown value: its ValueError says what it read
+                return {
+                    r[0]: new(r[0], r[1], states.get(r[2]) or State(r[2]), *r[3:]) for r in rows
+                }
+            out = {}
+            for name, (flat, i) in self._latest(conn).items():
+                status = flat[i + 2]
+                out[name] = new(
+                    name,
+                    flat[i + 1],
+                    states.get(status) or State(status),
+                    *flat[i + 3 : i + 12],
+                )
+            return out
 
     def generation(self) -> tuple[int, str | None, int]:
         """What a write to this store changes: the last run's id and status, and the
@@ -341,12 +383,20 @@ class SQLiteStore:
         with self._reading() as conn:
             if conn is None:
                 return []
-            rows = conn.execute(
-                "SELECT name, run_id, status, attempts, started, finished, error_type, "
-                "error_message, traceback, fingerprint FROM history WHERE run_id = ? "
-                "ORDER BY rowid",
-                (run_id,),
-            ).fetchall()
+            if _version_of(conn) == 1:
+                rows = conn.execute(
+                    "SELECT name, run_id, status, attempts, started, finished, error_type, "
+                    "error_message, traceback, fingerprint FROM history WHERE run_id = ? "
+                    "ORDER BY rowid",
+                    (run_id,),
+                ).fetchall()
+            else:
+                rows = []
+                for (data,) in conn.execute(
+                    "SELECT rows FROM history WHERE run_id = ? ORDER BY seq", (run_id,)
+                ):
+                    flat = journal.decode(data)
+                    rows += [flat[i : i + 10] for i in range(0, len(flat), journal.FIELDS)]
             return [
                 StoredTask(
                     r[0], r[1], State(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], None, None
@@ -357,14 +407,7 @@ class SQLiteStore:
     def load_result(self, result_id: int, task: str) -> Any:
         """The value ``task``'s row was written with under ``result_id`` (see :class:`Store`)."""
         with self._reading() as conn:
-            row = (
-                None
-                if conn is None
-                else conn.execute(
-                    "SELECT result_format, result FROM state WHERE name = ? AND result_id = ?",
-                    (task, result_id),
-                ).fetchone()
-            )
+            row = None if conn is None else self._result_row(conn, task, result_id)
         if row is None:
             if conn is None:  # no file there, or an empty one: not a replaced result
                 raise StoreError(
@@ -379,12 +422,36 @@ class SQLiteStore:
             )
         return _decode(self.path, {task: row})[task]
 
+    def _result_row(
+        self, conn: sqlite3.Connection, task: str, result_id: int
+    ) -> tuple[str, bytes] | None:
+        """``(format, bytes)`` of ``task``'s result under ``result_id``, or None (gone)."""
+        if _version_of(conn) == 1:
+            row = conn.execute(
+                "SELECT result_format, result FROM state WHERE name = ? AND result_id = ?",
+                (task, result_id),
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+        row = conn.execute(
+            "SELECT format, data FROM results WHERE name = ? AND id = ?", (task, result_id)
+        ).fetchone()
+        if row is not None:  # a big one: the row is there only while it is the latest
+            return row[0], row[1]
+        found = self._latest(conn).get(task)
+        if found is None:
+            return None
+        flat, i = found
+        data = flat[i + journal.RESULT]
+        if flat[i + journal.RESULT_ID] != result_id or data is None:
+            return None
+        return flat[i + journal.RESULT_FORMAT], data
+
     def load_results(self, wanted: Mapping[str, int]) -> dict[str, Any]:
         """Several results at once (task name -> result id), on one connection."""
         out: dict[str, Any] = {}
         names = list(wanted)
         with self._reading() as conn:
-            if conn is not None:
+            if conn is not None and _version_of(conn) == 1:
                 # One statement per _CHUNK names (a family's 10k elements: 20 queries,
                 # not 10k), padded to the chunk's size so SQLite's statement cache keeps
                 # the one statement; a row whose result id differs was replaced since.
@@ -394,6 +461,27 @@ class SQLiteStore:
                     for name, result_id, fmt, data in conn.execute(_LOAD_RESULTS, part):
                         if wanted[name] == result_id:
                             out[name] = (fmt, data)
+            elif conn is not None:
+                records = self._latest(conn)
+                big = []
+                for name in names:
+                    found = records.get(name)
+                    if found is None:
+                        continue
+                    flat, i = found
+                    if flat[i + journal.RESULT_ID] != wanted[name]:
+                        continue  # replaced since
+                    data = flat[i + journal.RESULT]
+                    if data is None:
+                        big.append(name)  # in results, if it is still the latest
+                    else:
+                        out[name] = (flat[i + journal.RESULT_FORMAT], data)
+                for i in range(0, len(big), _CHUNK):
+                    part = big[i : i + _CHUNK]
+                    part += [part[-1]] * (_CHUNK - len(part))
+                    for name, result_id, fmt, data in conn.execute(_LOAD_BIG, part):
+                        if wanted[name] == result_id:
+                            out[name] = (fmt, data)
         missing = [n for n in wanted if n not in out]
         if missing:
             return {
@@ -401,6 +489,25 @@ class SQLiteStore:
                 **_decode(self.path, out),
             }
         return _decode(self.path, out)
+
+    def _latest(self, conn: sqlite3.Connection) -> dict[str, tuple[list[Any], int]]:
+        """Every task's latest record in a version 2 store (see ``journal.latest``):
+        ``state``'s, then the history after it. Kept for as long as the store says it
+        holds the same (its token, the upto of ``state``, the last history row)."""
+        where = tuple(conn.execute(_WHERE).fetchone())
+        cache = self._cache
+        if cache is not None and cache[0] == where:
+            return cache[1]
+        batches = []
+        upto = 0
+        for up, data in conn.execute("SELECT upto, rows FROM state ORDER BY part"):
+            upto = up
+            batches.append(journal.decode(data))
+        for (data,) in conn.execute("SELECT rows FROM history WHERE seq > ? ORDER BY seq", (upto,)):
+            batches.append(journal.decode(data))
+        records = journal.latest(batches)
+        self._cache = (where, records)
+        return records
 
     # -- one run ------------------------------------------------------------------------
 
@@ -415,7 +522,14 @@ class SQLiteStore:
         self._close()
 
     def begin_run(self) -> int:
-        """Record that a run starts and return its id (see :class:`Store`)."""
+        """Record that a run starts and return its id (see :class:`Store`).
+
+        ``_described`` (the run's graph name and task order, set by the run before it
+        calls this) is recorded in the same transaction, as :meth:`describe_run` would
+        (one commit, not two). The latest records are rewritten into ``state`` here
+        when the history written since it last was holds more records than it (see
+        ``_fold``).
+        """
         import socket
 
         assert self._lock_fd is not None, "begin_run() without acquire()"
@@ -428,24 +542,53 @@ class SQLiteStore:
                 "INSERT INTO runs (started, status, pid, host) VALUES (?, 'running', ?, ?)",
                 (time.time(), os.getpid(), socket.gethostname()),
             )
-        run_id = cur.lastrowid
-        assert run_id is not None
+            run_id = cur.lastrowid
+            assert run_id is not None
+            described, self._described = self._described, None
+            if described is not None:
+                _describe(conn, run_id, *described)
+            self._fold(conn)
+            self._big = conn.execute("SELECT EXISTS (SELECT 1 FROM results)").fetchone()[0] == 1
+        conn.execute("PRAGMA synchronous=FULL")  # every batch and the run's end: durable
         return run_id
+
+    def _fold(self, conn: sqlite3.Connection) -> None:
+        """Rewrite ``state`` (the latest record of every task) from itself and the
+        history after it, when that history holds more records than ``state``: reading
+        the latest records then costs at most about twice what ``state`` alone would,
+        and each record is rewritten about once per record written (amortized)."""
+        held, since = conn.execute(
+            "SELECT (SELECT coalesce(sum(tasks), 0) FROM state), "
+            "(SELECT coalesce(sum(tasks), 0) FROM history "
+            "WHERE seq > (SELECT coalesce(max(upto), 0) FROM state))"
+        ).fetchone()
+        if since <= held:
+            return
+        self._write_state(conn, journal.flatten(self._latest(conn)))
+
+    def _write_state(self, conn: sqlite3.Connection, flat: list[Any]) -> None:
+        """``state`` rewritten as ``flat`` (every task's latest record) as of the
+        history's last row, in the caller's transaction. The file's token changes with
+        it: a vouch rewrites ``state`` as of the same history row, and every reader's
+        cache of the latest records (``_latest``) is keyed by the token and that row."""
+        upto = conn.execute("SELECT max(seq) FROM history").fetchone()[0]
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'token'", (os.urandom(8).hex(),))
+        conn.execute("DELETE FROM state")
+        limit = conn.getlimit(_limit_length()) // 2
+        for count, data in journal.parts(flat, limit):
+            conn.execute(
+                "INSERT INTO state (upto, tasks, rows) VALUES (?, ?, ?)", (upto, count, data)
+            )
 
     def describe_run(self, run_id: int, graph: str | None, order: Sequence[str]) -> None:
         """Record the run's graph name and its task order (for ``history`` and ``status``),
         in one transaction, after :meth:`begin_run`. Not part of the Store protocol: a
-        run calls it on stores that have it."""
-        import json
-
+        run calls it on stores that have it (or passes both to ``begin_run``)."""
         with self._lock:
             conn = self._conn
             assert conn is not None, "describe_run() outside begin_run()/end_run()"
             with _transaction(conn):
-                conn.execute("UPDATE runs SET graph = ? WHERE id = ?", (graph, run_id))
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('order', ?)", (json.dumps(list(order)),)
-                )
+                _describe(conn, run_id, graph, order)
 
     def vouch(self, run_id: int, results: Mapping[str, int]) -> None:
         """Re-stamp done rows as checked by run ``run_id``, in one transaction: each
@@ -459,11 +602,32 @@ class SQLiteStore:
             conn = self._conn
             assert conn is not None, "vouch() outside begin_run()/end_run()"
             with _transaction(conn):
-                conn.executemany(
-                    "UPDATE state SET run_id = ? WHERE name = ? AND result_id = ? "
-                    "AND status = 'done' AND run_id < ?",
-                    [(run_id, name, result_id, run_id) for name, result_id in results.items()],
-                )
+                if _version_of(conn) == 1:  # a run converts its store first: not seen
+                    conn.executemany(
+                        "UPDATE state SET run_id = ? WHERE name = ? AND result_id = ? "
+                        "AND status = 'done' AND run_id < ?",
+                        [(run_id, n, result_id, run_id) for n, result_id in results.items()],
+                    )
+                    return
+                # Version 2: the latest records with those re-stamped, as a new state
+                # (its history stays as it is: the rows were written by earlier runs).
+                flat: list[Any] = []
+                extend = flat.extend
+                stamped = False
+                for name, (rows, i) in self._latest(conn).items():
+                    record = rows[i : i + journal.FIELDS]
+                    result_id = results.get(name)
+                    if (
+                        result_id is not None
+                        and record[2] == "done"
+                        and record[journal.RESULT_ID] == result_id
+                        and record[1] < run_id
+                    ):
+                        record[1] = run_id
+                        stamped = True
+                    extend(record)
+                if stamped:
+                    self._write_state(conn, flat)
 
     def write(
         self, run_id: int, rows: Sequence[TaskRow], counts: Mapping[str, int] | None = None
@@ -475,18 +639,52 @@ class SQLiteStore:
         """
         if counts is None and isinstance(rows, Batch):
             counts = rows.counts
-        # One statement per batch: the rows are the table's columns, bound in C. A
-        # task's later row in the same batch replaces its earlier one (INSERT OR
-        # REPLACE, applied in order).
         with self._lock:
             conn = self._conn
             assert conn is not None, "write() outside begin_run()/end_run()"
             with _transaction(conn):
-                _insert_rows(conn, rows)
+                self._append(conn, run_id, rows)
                 add = {k: n for k in COUNTS if (n := (counts or {}).get(k, 0))}
                 if add:  # only the columns that change (sqlite3 caches each statement)
                     columns = ", ".join(f"{k} = {k} + ?" for k in add)
                     conn.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*add.values(), run_id))
+
+    def _append(self, conn: sqlite3.Connection, run_id: int, rows: Sequence[TaskRow]) -> None:
+        """``rows`` as one history row (more only for huge ones), in order: a task's
+        later row in the batch is its latest. A result bigger than ``journal.INLINE``
+        goes to ``results`` (replacing the task's one there); every other row of a task
+        drops the task's big result, if ``results`` holds any (so a replaced result is
+        never read in its place)."""
+        import itertools
+
+        flat: list[Any] = list(itertools.chain.from_iterable(rows))
+        fields, at = journal.FIELDS, journal.RESULT
+        inline = journal.INLINE
+        longest = max(map(len, filter(None, flat[at::fields])), default=0)
+        if longest > inline or self._big:
+            last: dict[str, tuple[str, int, str, bytes] | None] = {}  # by each's last row
+            for i in range(0, len(flat), fields):
+                data = flat[i + at]
+                if data is not None and len(data) > inline:
+                    last[flat[i]] = (flat[i], flat[i + journal.RESULT_ID], flat[i + at - 1], data)
+                    flat[i + at] = None
+                else:
+                    last[flat[i]] = None
+            if self._big:
+                drop = [name for name, big in last.items() if big is None]
+                for i in range(0, len(drop), _CHUNK):
+                    part = drop[i : i + _CHUNK]
+                    part += [part[-1]] * (_CHUNK - len(part))
+                    conn.execute(_DROP_BIG, part)
+            bigs = [big for big in last.values() if big is not None]
+            if bigs:
+                conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", bigs)
+                self._big = True
+        limit = conn.getlimit(_limit_length()) // 2
+        for count, data in journal.parts(flat, limit):
+            conn.execute(
+                "INSERT INTO history (run_id, tasks, rows) VALUES (?, ?, ?)", (run_id, count, data)
+            )
 
     def result_size_limit(self) -> int:
         """The largest row SQLite takes on this store's connection (SQLITE_LIMIT_LENGTH,
@@ -552,7 +750,12 @@ def _connect_for_run(path: Path, fd: int, key: tuple[int, int]) -> sqlite3.Conne
         raise
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        # NORMAL until the run has begun (begin_run sets FULL): the schema, a version
+        # 1 store's conversion and the run's start reach the disk with the run's first
+        # batch, whose commit (FULL) syncs the whole WAL. A machine that dies before it
+        # loses only those (no task's row: the store is as it was). A process that dies
+        # loses nothing either way: the WAL is in the OS's cache.
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=10000")
         # Whether the schema is there, not whether the file is empty: the WAL pragma
         # writes the first page before the schema's transaction, so a run killed in
@@ -564,8 +767,18 @@ def _connect_for_run(path: Path, fd: int, key: tuple[int, int]) -> sqlite3.Conne
                     conn.execute(statement)
                 conn.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
-                    [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
+                    [
+                        ("format", FORMAT),
+                        ("version", str(SCHEMA_VERSION)),
+                        ("token", os.urandom(8).hex()),
+                    ],
                 )
+            else:
+                version = _version_of(conn)
+                if version == 1:  # converted in place, in this transaction
+                    _migrate_v1(conn)
+                elif version != SCHEMA_VERSION:  # changed since the store was opened
+                    raise _unreadable_version(path, str(version))
             if not _has_graph_column(conn):
                 # Runs record their graph's name (issue 16): a store from before gets the
                 # column here, empty for the runs it has, and so does a new one, so both
@@ -675,12 +888,23 @@ def _check_store(path: Path) -> None:
             "number: something other than asyncgraph changed the file; restore it from "
             "a backup, or start a new store"
         )
-    if int(version) != SCHEMA_VERSION:
-        raise StoreError(
-            f"store {str(path)!r} has schema version {version}, and this "
-            f"asyncgraph reads version {SCHEMA_VERSION}; use the asyncgraph that wrote "
-            "it, or start a new store"
+    if int(version) not in _READS:
+        raise _unreadable_version(path, version)
+
+
+def _unreadable_version(path: Path, version: str) -> StoreError:
+    """The error for a store of a schema version this asyncgraph does not read."""
+    if int(version) > SCHEMA_VERSION:
+        return StoreError(
+            f"store {str(path)!r} has schema version {version}, written by a newer "
+            f"asyncgraph; this one reads versions {_READS[0]} to {SCHEMA_VERSION}: "
+            "upgrade asyncgraph (pip install -U asyncgraph) to use it, or start a new store"
         )
+    return StoreError(
+        f"store {str(path)!r} has schema version {version}, which no asyncgraph wrote "
+        f"(this one reads versions {_READS[0]} to {SCHEMA_VERSION}); restore it from a "
+        "backup, or start a new store"
+    )
 
 
 def _damaged(path: Path, exc: BaseException) -> StoreError:
@@ -1006,33 +1230,80 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-#: Rows per INSERT statement in ``_insert_rows``, largest first: each size is one
-#: statement SQLite's cache keeps (14 columns x 256 rows: 3,584 parameters, below
-#: SQLite's limit of 32,766, and of 999 before 3.32 only for the 64 and smaller).
-_ROWS_PER_INSERT = (256, 64, 16, 4, 1)
-_INSERTS = {
-    k: "INSERT OR REPLACE INTO state VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * k)
-    for k in _ROWS_PER_INSERT
-}
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: Sequence[TaskRow]) -> None:
-    """``rows`` into ``state``, in order (a later row of a task replaces its earlier
-    one), many rows per statement: ``executemany`` steps SQLite once per row, and each
-    step gives the GIL up and has to win it back from the loop's thread (up to the 5 ms
-    switch interval on a busy machine); here a statement of 256 rows is one step.
-    Before SQLite 3.32 (999 parameters at most) only the smaller statements serve."""
-    import itertools
+def _limit_length() -> int:
     import sqlite3
 
-    sizes = _ROWS_PER_INSERT if sqlite3.sqlite_version_info >= (3, 32) else (64, 16, 4, 1)
-    i, n = 0, len(rows)
-    chain = itertools.chain.from_iterable
-    for k in sizes:
-        sql = _INSERTS[k]
-        while n - i >= k:
-            conn.execute(sql, list(chain(rows[i : i + k])))
-            i += k
+    return sqlite3.SQLITE_LIMIT_LENGTH
+
+
+def _describe(
+    conn: sqlite3.Connection, run_id: int, graph: str | None, order: Sequence[str]
+) -> None:
+    import json
+
+    conn.execute("UPDATE runs SET graph = ? WHERE id = ?", (graph, run_id))
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('order', ?)", (json.dumps(list(order)),))
+
+
+def _version_of(conn: sqlite3.Connection) -> int:
+    """The schema version of the store ``conn`` reads (checked on open: 1 or 2)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+    return 1 if row is None or row[0] == "1" else int(row[0])
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Convert a version 1 store to version 2, in the caller's transaction.
+
+    Version 1 had a row per task in ``state`` (its latest record, with its result) and
+    one in ``history`` per record written (a trigger's). Here: the history, in its
+    order, becomes one row per run (more if huge), its records without results as
+    they were; ``state`` becomes the latest records as of the last of them, the small
+    results inside, the bigger ones moved to ``results`` by SQLite itself (never held
+    in memory). Every run, count, fingerprint, result and its key stays the same, so
+    what was done is reused, and a graph loaded before still reads its results.
+    """
+    import itertools
+
+    limit = conn.getlimit(_limit_length()) // 2
+    conn.execute("DROP TRIGGER IF EXISTS state_history")
+    conn.execute("ALTER TABLE history RENAME TO history_v1")
+    conn.execute("ALTER TABLE state RENAME TO state_v1")
+    for statement in _statements(_TABLES):
+        conn.execute(statement)
+    rows = conn.execute(
+        "SELECT run_id, name, status, attempts, started, finished, error_type, "
+        "error_message, traceback, fingerprint FROM history_v1 ORDER BY rowid"
+    )
+    for run_id, group in itertools.groupby(rows, key=lambda r: r[0]):
+        flat: list[Any] = []
+        for r in group:
+            flat += (r[1], r[0], *r[2:], None, None, None, None)
+        for count, data in journal.parts(flat, limit):
+            conn.execute(
+                "INSERT INTO history (run_id, tasks, rows) VALUES (?, ?, ?)",
+                (run_id, count, data),
+            )
+    conn.execute(
+        "INSERT INTO results SELECT name, result_id, result_format, result FROM state_v1 "
+        "WHERE result IS NOT NULL AND length(result) > ?",
+        (journal.INLINE,),
+    )
+    latest = conn.execute(
+        f"SELECT {_V1_COLUMNS}, CASE WHEN length(result) > ? THEN NULL ELSE result END "
+        "FROM state_v1 ORDER BY rowid",
+        (journal.INLINE,),
+    ).fetchall()
+    upto = conn.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
+    flat = list(itertools.chain.from_iterable(latest))
+    if flat:
+        for count, data in journal.parts(flat, limit):
+            conn.execute(
+                "INSERT INTO state (upto, tasks, rows) VALUES (?, ?, ?)", (upto, count, data)
+            )
+    conn.execute("DROP TABLE history_v1")
+    conn.execute("DROP TABLE state_v1")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION),))
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('token', ?)", (os.urandom(8).hex(),))
 
 
 def _has_graph_column(conn: sqlite3.Connection) -> bool:
