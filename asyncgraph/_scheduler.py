@@ -367,11 +367,13 @@ class Scheduler:
         self._waiting: dict[str, int] = {}
         self._keys: dict[str, _Key] = {}
         self._prepared = False
-        # The lane of the lazy mode (see lazy_keys and direct()), once prepared in it;
-        # and how its keys come, once asked for.
+        # The one lane without a cap of a scheduler given lazy_keys (see direct()),
+        # once prepared; with every task to run, the keys too wait (``_lazy``) until
+        # order_keys() is first asked, which computes them (``_key_source``).
         self._direct: _Lane | None = None
+        self._lazy = False
         self._key_source: Callable[[], dict[str, _Key]] | None = None
-        self._order_keys: Mapping[str, _Key] = {}
+        self._real_keys: Mapping[str, _Key] = {}
         self.expanding: list[str] = []
         self._expanded: set[str] = set()
         self._own = False  # tasks, children and keys copied (on the first expand)
@@ -422,11 +424,12 @@ class Scheduler:
         self._waiting = waiting
         self.initially_skipped = tuple(skipped)
 
-        if len(waiting) == len(order) and self._go_lazy():
+        if len(waiting) == len(order) and self._go_direct(lazy=True):
             lane = self._direct
             assert lane is not None
             lane.heap.extend((None, n) for n, left in waiting.items() if left == 0)
             return
+        self._go_direct(lazy=False)
         weights = self._weights
         if self._unit_paths is not None and weights is None and len(waiting) == len(order):
             self._keys = self._unit()[1]
@@ -451,11 +454,13 @@ class Scheduler:
             return self._unit()[1]
         return critical_paths(self._tasks, self._order, self._children, None, self._weights)[1]
 
-    def _go_lazy(self) -> bool:
-        """Enter the lazy mode (see ``lazy_keys``) if this scheduler may: every task is
-        to run (the caller checked), no named limit, one lane without a cap. In it the
-        queue's entries are ``(None, name)`` (``_keys`` gives None for every task) and
-        the real keys come from :meth:`order_keys` when first asked for."""
+    def _go_direct(self, lazy: bool) -> bool:
+        """Note the one lane without a cap (see ``lazy_keys`` and :meth:`direct`) if
+        this scheduler has one: given lazy_keys, no named limit, every task in that
+        lane. With ``lazy`` (every task is to run: the caller checked) its keys wait
+        too: the queue's entries are ``(None, name)`` (``_keys`` gives None for every
+        task) and the real keys come from :meth:`order_keys` when first asked for.
+        True if the keys wait."""
         if not self._lazy_keys or self._limits:
             return False
         lanes = {id(self._lanes[k]): self._lanes[k] for k in self._kinds_used}
@@ -465,19 +470,19 @@ class Scheduler:
         if lane.capacity is not None:
             return False
         self._direct = lane
-        self._keys = _NO_KEYS
-        self._key_source = self._all_keys
-        return True
+        if lazy:
+            self._lazy = True
+            self._keys = _NO_KEYS
+            self._key_source = self._all_keys
+        return lazy
 
     def order_keys(self) -> Mapping[str, _Key]:
-        """Every task's queue key (computed now if the lazy mode deferred them)."""
+        """Every task's queue key (computed now if they waited, see ``lazy_keys``)."""
         source = self._key_source
-        if source is not None:  # the lazy mode's first ask
+        if source is not None:  # the first ask
             self._key_source = None
-            self._order_keys = source()
-        elif self._direct is None:
-            return self._keys
-        return self._order_keys
+            self._real_keys = source()
+        return self._real_keys if self._lazy else self._keys
 
     def prepare_fresh(self, start: tuple[dict[str, int], tuple[str, ...]]) -> None:
         """:meth:`prepare` for a run in which every task is pending, from ``start``
@@ -492,7 +497,7 @@ class Scheduler:
         self._prepared = True
         self._waiting = waiting
         self.initially_skipped = ()
-        if self._go_lazy():
+        if self._go_direct(lazy=True):
             lane = self._direct
             assert lane is not None
             lane.heap.extend(zip(itertools.repeat(None), roots))
@@ -525,8 +530,8 @@ class Scheduler:
     def direct(self) -> Direct | None:
         """The live structures behind :meth:`done_ready`, for a caller that applies it
         inline (the run's fused path, :mod:`asyncgraph._fused`), or None unless this
-        scheduler was prepared in the lazy mode (see ``lazy_keys``: every task to run,
-        no named limit, every task in one lane without a cap, no template).
+        scheduler was given ``lazy_keys`` (no template) and has no named limit and
+        every task in one lane without a cap.
 
         In such a lane :meth:`get_ready` hands out every queued task at once, so its
         queue is empty between two calls, and ``done_ready(n)`` is exactly: ``running``
@@ -597,7 +602,7 @@ class Scheduler:
         unique); a template stops it there, as in :meth:`_fill`, and what is behind it
         stays queued (a sorted list is a heap)."""
         heap = lane.heap
-        if lane is self._direct:  # the lazy mode: the entries carry no key
+        if self._lazy:  # the entries carry no key (see lazy_keys)
             if len(heap) > 1:
                 keys = self.order_keys()
                 heap[:] = [(keys[n], n) for _, n in heap]
@@ -745,7 +750,7 @@ class Scheduler:
         waiting = self._waiting
         if template not in waiting or template in self._expanded:
             raise ValueError(f"expand({template!r}): the template is not waiting to be expanded")
-        if self._direct is not None:
+        if self._lazy_keys:
             raise ValueError(
                 f"expand({template!r}): this scheduler was given lazy_keys (no templates)"
             )
