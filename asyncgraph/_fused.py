@@ -97,7 +97,7 @@ def fused(
     records = ledger.records
     tries = ledger.tries
     started_at = ledger.started_at
-    emit = ledger.emit
+    emit = ledger.hot  # queued, started, done (None when a bar reads counts instead)
     taskset = run.children
     running = taskset.running
     inbox = taskset.inbox

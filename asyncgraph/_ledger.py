@@ -150,6 +150,10 @@ class Ledger:
         self.graph = graph  # the run's snapshot: its tasks, and the result's base
         self.records: dict[str, TaskRecord] = graph._record_copy()
         self.emit = emit
+        #: Where the per-task ``queued``, ``started`` and ``done`` events go: ``emit``,
+        #: or None when the only listener is a progress bar that reads the run's counts
+        #: instead (``_observe._Progress.follow``); the rest always go to ``emit``.
+        self.hot = emit
         self.sink = sink
         self.stores = sink.stores
         self.now = clock
@@ -187,8 +191,10 @@ class Ledger:
         if emit is None:
             return
         now = self.now()
-        for n in pending:
-            emit(_new(Event, (_QUEUED, n, 0, now, None)))
+        hot = self.hot
+        if hot is not None:
+            for n in pending:
+                hot(_new(Event, (_QUEUED, n, 0, now, None)))
         for n in skipped:
             emit(Event(_SKIPPED, n, 0, now))
 
@@ -198,7 +204,7 @@ class Ledger:
         """Attempts of ``ready`` begin. Running tasks keep their old record until they
         end: the frozen record is written once per task."""
         tries = self.tries
-        emit = self.emit
+        emit = self.hot
         for task in ready:
             name = task.name
             if name in tries:
@@ -246,7 +252,7 @@ class Ledger:
         records[name] = new
         if stores and self.sink.ended(name, new):
             return True  # its event waits for the commit (durable)
-        emit = self.emit
+        emit = self.hot
         if emit is not None:
             emit(_new(Event, (_DONE, name, tries, end, None)))
         return True

@@ -52,6 +52,7 @@ from ._executors.base import Outcome, cancelled_from_inside, failed, route, trac
 from ._fused import fused
 from ._graph import BaseGraph
 from ._ledger import Ledger, NullSink, Sink
+from ._observe import _Progress
 from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, fresh_start, survey, unit_paths
@@ -131,6 +132,7 @@ class _Run:
         weights: Mapping[str, float] | None = None,
         executors: Sequence[Executor] | None = None,
         sink: Sink | None = None,
+        bar: _Progress | None = None,
     ) -> None:
         clock: Clock = options.clock or SYSTEM_CLOCK
         rng = options.rng
@@ -199,6 +201,17 @@ class _Run:
             if id(ex) in used:
                 ex.check(self.tasks, pending if id(ex) in serving else ())
         self.children = TaskSet(cancel_grace)
+        if bar is not None and not fans and not ledger.stores:
+            # The run's only listener is a progress bar: it reads the counts (on a loop
+            # timer) instead of three events a task (see _Progress.follow).
+            ledger.hot = None
+            running = self.children.running
+            bar.follow(
+                self.core.left(),
+                len(self.core.initially_skipped),
+                self.core.left,
+                running.values,
+            )
         # Bound once: the dispatch hands these to every child, and a bound method
         # made per dispatch is an allocation per task on a chain.
         self._began = ledger.began

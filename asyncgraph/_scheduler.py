@@ -516,6 +516,10 @@ class Scheduler:
         """True while some task is still to run, running or waiting to retry."""
         return bool(self._waiting)
 
+    def left(self) -> int:
+        """How many tasks are still to run, running or waiting to retry."""
+        return len(self._waiting)
+
     @property
     def running(self) -> frozenset[str]:
         return frozenset(self._running)
