@@ -192,7 +192,9 @@ class _Progress:
                 forget(event[1], None)
                 if kind is _SKIPPED and not counts[_STARTED] and this.left is None:
                     this.extra += 1  # (a followed run said how many: see follow())
-            if event[3] >= this.next_draw:
+            # Following a run, only its timer draws: between two callbacks, where the
+            # counts agree (an event comes before the run's own count moves).
+            if event[3] >= this.next_draw and this.left is None:
                 this.draw(event[3])
 
         return on_event
