@@ -172,10 +172,11 @@ def fused(
 
     def done(child: Child) -> None:
         name = running.pop(child)
-        if child.cancelled() or child.exception() is not None:
+        try:
+            value = child.result()  # one call where success is the rule (try is free)
+        except BaseException:  # noqa: BLE001 - cancelled or failed: the long way
             badly(name, child)
             return
-        value = child.result()
         if taskset.stopping:
             inbox.append(Outcome(name, True, value, None, now()))
             return
