@@ -122,9 +122,7 @@ def took_the_fused_path(run: _Run) -> bool:
 
 @pytest.mark.parametrize("seed", range(8))
 async def test_a_plain_graph_runs_the_same_both_ways(seed):
-    (fused, jf, rf), (long, jl, rl) = await both(
-        lambda j: random_graph(seed, j, mixed=False)
-    )
+    (fused, jf, rf), (long, jl, rl) = await both(lambda j: random_graph(seed, j, mixed=False))
     assert took_the_fused_path(rf) and not took_the_fused_path(rl)
     assert strip(fused) == strip(long)
     assert all(s is ag.State.DONE for s in fused.status.values())
@@ -528,8 +526,9 @@ def test_packed_keys_refuse_weights_and_a_subset():
     g = sched_graph(0, n=5)
     dag = g._dag
     with pytest.raises(ValueError, match="unit weights"):
-        critical_paths(dag.tasks, g.topological_order(), dag.child_map(), None, {"t0": 2.0},
-                       packed=True)
+        critical_paths(
+            dag.tasks, g.topological_order(), dag.child_map(), None, {"t0": 2.0}, packed=True
+        )
 
 
 def test_unit_paths_keep_tuples_for_a_graph_with_fan_out():
@@ -551,6 +550,7 @@ def test_the_survey_says_what_passes_over_the_tasks_say(seed):
         elif rnd.random() < 0.2:
             g.add(f"t{i}", lambda *a: 0, deps=deps, kind="cpu")
         else:
+
             async def fn(*a: Any) -> None:
                 return None
 
@@ -560,8 +560,12 @@ def test_the_survey_says_what_passes_over_the_tasks_say(seed):
     assert found.kinds == {(t.kind, t.is_async) for t in tasks}
     assert found.resources == {r for t in tasks for r in t.resources}
     assert found.plain == all(
-        t.kind is ag.Kind.IO and t.is_async and t.timeout is None and not t.kwargs
-        and not t.skip_none for t in tasks
+        t.kind is ag.Kind.IO
+        and t.is_async
+        and t.timeout is None
+        and not t.kwargs
+        and not t.skip_none
+        for t in tasks
     )
     order = g.topological_order()
     assert found.indegree == tuple(len(g.tasks[n].deps) for n in order)
