@@ -302,12 +302,13 @@ class Scheduler:
         :func:`survey` of the Dag these tasks are) spares the checks a pass over the
         tasks. With ``status``, :meth:`prepare` is called too.
 
-        ``lazy_keys`` (from a caller that knows no task is a template): when every task
-        is to run, no named limit is set and every task goes to one lane without a cap
-        (:meth:`direct`), the queue keys are computed only when two ready tasks must be
-        ordered (:meth:`order_keys`): such a lane hands out all it holds at once, so
-        its queue needs no order until then, and a graph that never has two tasks
-        ready together (a chain) never pays for its critical paths.
+        ``lazy_keys`` (from a caller that knows no task is a template): when no named
+        limit is set and every task goes to one lane without a cap, :meth:`direct`
+        hands out the live structures; and when every task is to run as well, the
+        queue keys are computed only when two ready tasks must be ordered
+        (:meth:`order_keys`): such a lane hands out all it holds at once, so its queue
+        needs no order until then, and a graph that never has two tasks ready together
+        (a chain) never pays for its critical paths.
         """
         self._tasks = tasks
         self._order = order
