@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._events import Emit, Event, EventKind
 from ._exceptions import TaskCancelled
 from ._fan import aggregate
-from ._state import PENDING_RECORD, State, TaskRecord
+from ._state import PENDING_RECORD, RecordBody, State, TaskRecord
 
 if TYPE_CHECKING:
     from ._dag import Dag
@@ -45,9 +45,9 @@ __all__ = ["Ledger", "NullSink", "Sink"]
 _new = tuple.__new__
 _QUEUED, _STARTED, _DONE = EventKind.QUEUED, EventKind.STARTED, EventKind.DONE
 _SKIPPED, _CANCELLED = EventKind.SKIPPED, EventKind.CANCELLED
-# A done record built slot by slot: TaskRecord's own __init__ (a frozen dataclass's,
-# one object.__setattr__ per field) costs about twice as much, and a run builds one per
-# task. The fields are pinned here, so a field added to TaskRecord fails at import.
+# A done record built with plain stores into a RecordBody, then retyped (see there): a
+# run builds one per task. The fields are pinned here, so a field added to TaskRecord
+# fails at import instead of leaving a slot unset.
 assert TaskRecord.__slots__ == (
     "status",
     "result",
@@ -56,14 +56,7 @@ assert TaskRecord.__slots__ == (
     "attempts",
     "started",
     "finished",
-), "TaskRecord's fields changed: update the ledger's done record"
-_blank = object.__new__
-_set_status, _set_result, _set_error, _set_traceback = (
-    getattr(TaskRecord, f).__set__ for f in ("status", "result", "error", "traceback")
-)
-_set_attempts, _set_started, _set_finished = (
-    getattr(TaskRecord, f).__set__ for f in ("attempts", "started", "finished")
-)
+), "TaskRecord's fields changed: update the ledger's done record (and _fused's)"
 _DONE_STATE = State.DONE
 _EVENT_OF = {
     State.DONE: EventKind.DONE,
@@ -157,6 +150,10 @@ class Ledger:
         self.graph = graph  # the run's snapshot: its tasks, and the result's base
         self.records: dict[str, TaskRecord] = graph._record_copy()
         self.emit = emit
+        #: Where the per-task ``queued``, ``started`` and ``done`` events go: ``emit``,
+        #: or None when the only listener is a progress bar that reads the run's counts
+        #: instead (``_observe._Progress.follow``); the rest always go to ``emit``.
+        self.hot = emit
         self.sink = sink
         self.stores = sink.stores
         self.now = clock
@@ -194,8 +191,10 @@ class Ledger:
         if emit is None:
             return
         now = self.now()
-        for n in pending:
-            emit(_new(Event, (_QUEUED, n, 0, now, None)))
+        hot = self.hot
+        if hot is not None:
+            for n in pending:
+                hot(_new(Event, (_QUEUED, n, 0, now, None)))
         for n in skipped:
             emit(Event(_SKIPPED, n, 0, now))
 
@@ -205,7 +204,7 @@ class Ledger:
         """Attempts of ``ready`` begin. Running tasks keep their old record until they
         end: the frozen record is written once per task."""
         tries = self.tries
-        emit = self.emit
+        emit = self.hot
         for task in ready:
             name = task.name
             if name in tries:
@@ -241,18 +240,19 @@ class Ledger:
             return False
         records = self.records
         tries = self.tries[name]
-        new = _blank(TaskRecord)  # TaskRecord(DONE, value, None, None, ...), faster
-        _set_status(new, _DONE_STATE)
-        _set_result(new, value)
-        _set_error(new, None)
-        _set_traceback(new, None)
-        _set_attempts(new, records[name].attempts + tries)
-        _set_started(new, self.started_at[name])
-        _set_finished(new, end)
+        new: Any = RecordBody()  # TaskRecord(DONE, value, None, None, ...), faster
+        new.status = _DONE_STATE
+        new.result = value
+        new.error = None
+        new.traceback = None
+        new.attempts = records[name].attempts + tries
+        new.started = self.started_at[name]
+        new.finished = end
+        new.__class__ = TaskRecord
         records[name] = new
         if stores and self.sink.ended(name, new):
             return True  # its event waits for the commit (durable)
-        emit = self.emit
+        emit = self.hot
         if emit is not None:
             emit(_new(Event, (_DONE, name, tries, end, None)))
         return True

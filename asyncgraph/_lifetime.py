@@ -79,7 +79,7 @@ def start(
     )
     the_run = None
     if options.store is None:
-        the_run = _Run(graph, options, emit=watch.emit)
+        the_run = _Run(graph, options, emit=watch.emit, bar=watch.bar_alone)
         if on_run is not None:
             on_run(the_run)
     # Every graph the run derives is of the caller's class (``_derive``: ``type(self)``).

@@ -41,7 +41,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
 from typing import Any
 
@@ -88,6 +88,53 @@ class _Progress:
         self.extra = 0  # skipped before anything started: not queued, still settled
         self.shown = 0  # settled tasks the bar has been told about
         self.next_draw = 0.0
+        # Following a run (see follow()): how many tasks it has left, which run.
+        self.left: Callable[[], int] | None = None
+        self.now_running: Callable[[], Collection[str]] = tuple
+        self.timer: asyncio.TimerHandle | None = None
+
+    def follow(
+        self,
+        total: int,
+        extra: int,
+        left: Callable[[], int],
+        running: Callable[[], Collection[str]],
+    ) -> None:
+        """Read the run's counts instead of its per-task events (issue 15).
+
+        Called by a run of which this bar is the only listener (and which has no store
+        and no fan-out): it then sends no ``queued``, ``started`` or ``done`` events (three
+        per task, most of the bar's cost), only the rare ones (failed, skipped,
+        cancelled, retrying), and the bar redraws on a loop timer every
+        :data:`REDRAW_EVERY` seconds, cancelled when it closes, from ``total`` (the tasks
+        queued), ``extra`` (skipped before anything started), ``left()`` (the tasks not
+        settled yet) and ``running()`` (the running tasks' names, oldest first): done is
+        what settled without an event. The last draw, at close, is exact.
+        """
+        self.counts[_QUEUED] = total
+        self.extra = extra
+        self.left = left
+        self.now_running = running
+
+    def _tick(self) -> None:
+        # A loop timer, one at a time, cancelled by close(): never outlives the run.
+        self.timer = asyncio.get_running_loop().call_later(REDRAW_EVERY, self._tick)
+        self.draw(0.0)
+
+    def _begin_ticking(self) -> None:
+        if self.left is not None:
+            self.timer = asyncio.get_running_loop().call_later(REDRAW_EVERY, self._tick)
+
+    def _pull(self, left: Callable[[], int]) -> None:
+        c = self.counts
+        later_skips = c[EventKind.SKIPPED] - self.extra
+        c[EventKind.DONE] = (
+            c[_QUEUED] - left() - c[EventKind.FAILED] - later_skips - c[EventKind.CANCELLED]
+        )
+
+    def _running(self) -> Collection[str]:
+        """The running tasks' names, oldest first (a live view when following a run)."""
+        return self.running if self.left is None else self.now_running()
 
     @classmethod
     def make(cls, progress: Progress, label: str | None = None) -> _Progress | None:
@@ -126,6 +173,7 @@ class _Progress:
 
     def start(self) -> None:
         self.bar = self.open_bar()
+        self._begin_ticking()
 
     def listener(self) -> Emit:
         """The function that takes each event: a closure over the counters, not a
@@ -142,9 +190,11 @@ class _Progress:
                 running[event[1]] = None
             elif kind is not _QUEUED:
                 forget(event[1], None)
-                if kind is _SKIPPED and not counts[_STARTED]:
-                    this.extra += 1
-            if event[3] >= this.next_draw:
+                if kind is _SKIPPED and not counts[_STARTED] and this.left is None:
+                    this.extra += 1  # (a followed run said how many: see follow())
+            # Following a run, only its timer draws: between two callbacks, where the
+            # counts agree (an event comes before the run's own count moves).
+            if event[3] >= this.next_draw and this.left is None:
                 this.draw(event[3])
 
         return on_event
@@ -161,15 +211,18 @@ class _Progress:
         ]
         if c[EventKind.CANCELLED]:
             parts.append(f"cancelled {c[EventKind.CANCELLED]}")
-        if self.running:
-            names = list(itertools.islice(self.running, 3))
+        running = self._running()
+        if running:
+            names = list(itertools.islice(running, 3))
             shown = ", ".join(n if len(n) <= 24 else n[:23] + "…" for n in names)
-            more = len(self.running) - len(names)
+            more = len(running) - len(names)
             parts.append(f"running {shown}" + (f" +{more}" if more else ""))
         return " · ".join(parts)
 
     def draw(self, now: float) -> None:
         self.next_draw = now + REDRAW_EVERY
+        if self.left is not None:
+            self._pull(self.left)
         bar = self.bar
         c = self.counts
         settled = sum(c[k] for k in _SETTLED)
@@ -182,9 +235,16 @@ class _Progress:
             bar.refresh()
 
     def close(self) -> None:
+        self._stop_ticking()
         if self.bar is not None:
             self.draw(0.0)
             self.bar.close()
+
+    def _stop_ticking(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.now_running = tuple  # the run is over: nothing runs (each settled)
 
 
 class _NotebookProgress(_Progress):
@@ -209,6 +269,7 @@ class _NotebookProgress(_Progress):
         show: Callable[..., Any] = IPython.display.display  # IPython's is untyped
         self.bar = self.open_bar()
         self.handle = show(self.bar.container, display_id=True)
+        self._begin_ticking()
 
     def draw(self, now: float) -> None:
         total = self.counts[_QUEUED] + self.extra
@@ -222,12 +283,13 @@ class _NotebookProgress(_Progress):
         super().draw(now)
 
     def close(self) -> None:
+        self._stop_ticking()
         bar = self.bar
         if bar is None:
             return
         self.draw(0.0)
         c = self.counts
-        if sum(c[k] for k in _SETTLED) > c[EventKind.DONE] or self.running:
+        if sum(c[k] for k in _SETTLED) > c[EventKind.DONE] or self._running():
             bar.disp(bar_style="danger", check_delay=False)  # tqdm keeps it past close
         bar.close()
         if self.handle is not None:
@@ -400,6 +462,7 @@ class Watch:
             listeners.append(extra)
         if self.progress is not None:
             listeners.append(self.progress.listener())
+        alone = len(listeners) == 1 and extra is None
         if on_event is not None:
             if is_async_callable(on_event):
                 self.relay = _Relay(on_event)
@@ -411,6 +474,9 @@ class Watch:
         elif logger.isEnabledFor(logging.INFO):
             listeners.append(_log_failures)
         self.emit = _fan_out(listeners)
+        #: The bar, when it is the only listener: a run may have it follow its counts
+        #: instead of sending it three events a task (see ``_Progress.follow``).
+        self.bar_alone = self.progress if alone and len(listeners) == 1 else None
 
     async def __aenter__(self) -> Watch:
         if self.deadline is not None:

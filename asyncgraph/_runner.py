@@ -31,16 +31,14 @@ import asyncio
 import functools
 import operator
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
-from weakref import WeakKeyDictionary
 
 import anyio
 
 from . import _fan
 from ._clock import SYSTEM_CLOCK, Clock
 from ._clock import backoff as _backoff
-from ._dag import Dag
 from ._events import Emit
 from ._exceptions import (
     InvalidTaskError,
@@ -51,15 +49,17 @@ from ._exceptions import (
 )
 from ._executors import Executor, default_executors
 from ._executors.base import Outcome, cancelled_from_inside, failed, route, traceback_of
+from ._fused import fused
 from ._graph import BaseGraph
 from ._ledger import Ledger, NullSink, Sink
 from ._nogc import paused
+from ._observe import _Progress
 from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
-from ._scheduler import Lane, Scheduler, fresh_start, unit_paths
+from ._scheduler import Lane, Scheduler, fresh_start, survey, unit_paths
 from ._shield import wait_to_the_end as _to_the_end
 from ._state import NO_RESULT, ResultRef, State, StoredResult, TaskRecord
-from ._task import Kind, Task
+from ._task import Task
 from ._taskset import TaskSet
 
 __all__: list[str] = []  # package-internal: _Run is for _lifetime and the tests
@@ -67,19 +67,6 @@ __all__: list[str] = []  # package-internal: _Run is for _lifetime and the tests
 _SKIPPED = TaskRecord(State.SKIPPED)
 _ALL_PENDING = {State.PENDING}
 _status_of = operator.attrgetter("status")
-
-#: The (kind, is_async) pairs of each (frozen) Dag's tasks: which executors a run of it
-#: uses, so one that serves none of them checks nothing (a pass over every task).
-_KINDS: WeakKeyDictionary[Dag, frozenset[tuple[Kind, bool]]] = WeakKeyDictionary()
-
-
-def _kinds_of(dag: Dag) -> frozenset[tuple[Kind, bool]]:
-    dag = dag.freeze()
-    kinds = _KINDS.get(dag)
-    if kinds is None:
-        kinds = _KINDS[dag] = frozenset({(t.kind, t.is_async) for t in dag.tasks.values()})
-    return kinds
-
 
 #: The reason a task cancelled by name gives (``OpenRun.cancel(name)``).
 _BY_NAME = "r.cancel({!r}) was called on its open run; the rest of the run went on"
@@ -133,6 +120,10 @@ class _Run:
                    their cancellation is recorded, not taken for one from inside
     """
 
+    #: Whether a run may take the fused path (see _fused); the tests turn it off to
+    #: hold the two ways against each other.
+    fuse = True
+
     def __init__(
         self,
         graph: BaseGraph,
@@ -142,6 +133,7 @@ class _Run:
         weights: Mapping[str, float] | None = None,
         executors: Sequence[Executor] | None = None,
         sink: Sink | None = None,
+        bar: _Progress | None = None,
     ) -> None:
         clock: Clock = options.clock or SYSTEM_CLOCK
         rng = options.rng
@@ -175,15 +167,21 @@ class _Run:
                 )
         self.executors = executors
         self.route, lanes = route(self.executors)
+        # The fused path (_fused) for a run with no fan-out, named limits or store.
+        self._fusable = self.fuse and not fans and not limits and not ledger.stores
+        found = survey(dag)  # the tasks' kinds, resources, in-degrees: one pass per Dag
         self.core = Scheduler(
             self.tasks,
             order,
             limits=limits,
             children=dag.child_map(),
-            # (used only without weights: a resume on a store has its own)
-            unit_paths=unit_paths(dag) if weights is None else None,
+            # computed when first needed, and only without weights (a resume on a
+            # store has its own)
+            unit_paths=functools.partial(unit_paths, dag) if weights is None else None,
             weights=weights,
             lanes=[Lane(*lane) for lane in lanes],
+            survey=found,
+            lazy_keys=self._fusable,
         )
         records = ledger.records
         if fans:
@@ -201,17 +199,31 @@ class _Run:
         pending = self.core.pending()
         table = self.route
         used = {id(ex) for pair in table.values() for ex in pair}
-        serving = {id(table[kind][is_async]) for kind, is_async in _kinds_of(dag)}
+        serving = {id(table[kind][is_async]) for kind, is_async in found.kinds}
         for ex in self.executors:
             if id(ex) in used:
                 ex.check(self.tasks, pending if id(ex) in serving else ())
         self.children = TaskSet(cancel_grace)
+        if bar is not None and not fans and not ledger.stores:
+            # The run's only listener is a progress bar: it reads the counts (on a loop
+            # timer) instead of three events a task (see _Progress.follow).
+            ledger.hot = None
+            running = self.children.running
+            bar.follow(
+                self.core.left(),
+                len(self.core.initially_skipped),
+                self.core.left,
+                running.values,
+            )
         # Bound once: the dispatch hands these to every child, and a bound method
         # made per dispatch is an allocation per task on a chain.
         self._began = ledger.began
-        self._on_done = self._child_done
+        self._on_done: Callable[[asyncio.Future[Any]], None] = self._child_done
         # kind -> (plain, coroutine) executors' ``start``, bound once for the same reason.
         self._starts = {k: (pair[0].start, pair[1].start) for k, pair in self.route.items()}
+        # Starts what the scheduler hands out: _start, or the fused path's (see run()).
+        self._launch: Callable[[list[Task]], None] = self._start
+        self._plain = found.plain
         self.failure: str | None = None  # the task that ended a fail_fast run
         self.fatal: BaseException | None = None  # a task's KeyboardInterrupt/SystemExit
         self.cancelled_by_name: set[str] = set()  # running tasks cancel_task() cancelled
@@ -343,7 +355,7 @@ class _Run:
         if self._held or self._released:  # fan-out: inputs still in the store
             ready = self._hold(ready)
         if ready:
-            self._start(ready)
+            self._launch(ready)
 
     def _start(self, ready: list[Task]) -> None:
         """Start ``ready`` (handed out by the core): each attempt through its executor."""
@@ -913,6 +925,10 @@ class _Run:
             ledger.write_skipped(core.initially_skipped)
             if ledger.emit is not None:
                 ledger.announce(core.pending(), core.initially_skipped)
+            if self._fusable:
+                paths = fused(self, self._plain)
+                if paths is not None:  # the children's done-callback, and the start
+                    self._on_done, self._launch = paths
             if core.is_active():
                 if self.deadline is None:
                     await self._loop()

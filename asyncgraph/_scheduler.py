@@ -50,8 +50,10 @@ parked on one limit passes its turn on the others to the next task parked there.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Container, Mapping, Sequence
-from typing import NamedTuple
+import itertools
+import operator
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
+from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
 from ._dag import Dag
@@ -59,9 +61,20 @@ from ._exceptions import GraphError
 from ._state import State
 from ._task import Kind, Task
 
-__all__ = ["Lane", "Scheduler", "critical_paths", "fresh_start", "unit_paths"]
+__all__ = [
+    "Direct",
+    "Lane",
+    "Scheduler",
+    "Survey",
+    "critical_paths",
+    "fresh_start",
+    "survey",
+    "unit_paths",
+]
 
-_Key = tuple[float, ...]  # (-priority, -path, position[, element index])
+#: A task's queue key: ``(-priority, -path, position[, element index])``, or that order
+#: packed into one int (``critical_paths(..., packed=True)``). One kind per Scheduler.
+_Key = Any
 _RUNNABLE = (State.PENDING, State.RUNNING)
 #: What :meth:`Scheduler.done_ready` returns when nothing became ready: one shared empty
 #: list (an allocation per completion otherwise); callers never change what it returns.
@@ -74,12 +87,26 @@ def critical_paths(
     children: Mapping[str, Sequence[str]],
     among: Mapping[str, object] | None = None,
     weights: Mapping[str, float] | None = None,
+    *,
+    packed: bool = False,
 ) -> tuple[dict[str, float], dict[str, _Key]]:
     """Longest remaining path of each task (``among`` only, if given) and its queue key.
 
     Computed from the terminals up, with plain loops: this runs for every run that cannot
     reuse the graph's cached copy, and generators would cost more than the work.
+
+    ``packed`` (unit weights over every task: no ``among``, no ``weights``): each key is
+    one int that orders as the tuple does, ``(-priority * (n + 2) - path) * (n + 1) +
+    position`` for ``n`` tasks (a path counts at most ``n`` tasks, a position is below
+    ``n``), and each path an int: no tuple and no float made per task, which is most of
+    the pass's time on a graph run once, and about 90 bytes a task of the cache. Not for
+    a graph with fan-out, whose elements extend their template's key as a tuple
+    (:meth:`Scheduler.expand`).
     """
+    if packed:
+        if among is not None or weights:
+            raise ValueError("critical_paths(packed=True) is for unit weights over every task")
+        return _packed_paths(tasks, order, children)
     w = weights or {}
     path: dict[str, float] = {}
     keys: dict[str, _Key] = {}
@@ -98,6 +125,28 @@ def critical_paths(
     return path, keys
 
 
+def _packed_paths(
+    tasks: Mapping[str, Task], order: Sequence[str], children: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, float], dict[str, _Key]]:
+    """``critical_paths(..., packed=True)``: see there."""
+    n = len(order)
+    m2 = n + 1  # above every position
+    m1 = m2 + 1  # above every path
+    path: dict[str, float] = {}
+    keys: dict[str, _Key] = {}
+    get = children.get
+    path_of = path.__getitem__
+    i = n
+    for name in reversed(order):
+        i -= 1
+        kids = get(name)
+        p = 1 + max(map(path_of, kids)) if kids else 1
+        path[name] = p
+        priority = tasks[name].priority
+        keys[name] = (-priority * m1 - p) * m2 + i if priority else i - p * m2
+    return path, keys
+
+
 #: The unit-weight critical paths of each (frozen) Dag, computed once: every run of a
 #: graph and of the graphs derived from it shares the Dag, hence this.
 _UNIT_PATHS: WeakKeyDictionary[Dag, tuple[dict[str, float], dict[str, _Key]]] = WeakKeyDictionary()
@@ -105,28 +154,90 @@ _UNIT_PATHS: WeakKeyDictionary[Dag, tuple[dict[str, float], dict[str, _Key]]] = 
 
 def unit_paths(dag: Dag) -> tuple[dict[str, float], dict[str, _Key]]:
     """:func:`critical_paths` of every task of ``dag`` with unit weights, cached per Dag
-    (freezing it: a Dag that is added to afterwards is a copy, with its own entry)."""
+    (freezing it: a Dag that is added to afterwards is a copy, with its own entry); the
+    keys packed into ints unless the Dag has fan-out (see :func:`critical_paths`)."""
     dag = dag.freeze()
     paths = _UNIT_PATHS.get(dag)
     if paths is None:
-        paths = critical_paths(dag.tasks, dag.topological_order(), dag.child_map())
+        paths = critical_paths(
+            dag.tasks, dag.topological_order(), dag.child_map(), packed=not dag.fans
+        )
         _UNIT_PATHS[dag] = paths
     return paths
 
 
-#: Each (frozen) Dag's start when every task is to run: its in-degrees and its roots.
+class Survey(NamedTuple):
+    """What a run needs to know of every task of its graph, found in one pass per Dag
+    (:func:`survey`): the scheduler's checks and the run's choices read it instead of
+    each passing over 100k tasks of a graph run once."""
+
+    #: The (kind, is_async) pairs the tasks have: which executors the run uses.
+    kinds: frozenset[tuple[Kind, bool]]
+    #: The resource names the tasks declare (each needs a limit).
+    resources: frozenset[str]
+    #: Every task a coroutine function of kind IO without a timeout, keyword arguments or
+    #: skip_none: the fused path starts each inline (see :mod:`asyncgraph._fused`).
+    plain: bool
+    #: Each task's number of dependencies, in topological order (for :func:`fresh_start`).
+    indegree: tuple[int, ...]
+    #: The tasks with none, in topological order.
+    roots: tuple[str, ...]
+
+
+_SURVEYS: WeakKeyDictionary[Dag, Survey] = WeakKeyDictionary()
+_KIND_ASYNC = operator.attrgetter("kind", "is_async")
+_PLAIN_FIELDS = operator.attrgetter("timeout", "kwargs", "skip_none")
+_RESOURCES = operator.attrgetter("resources")
+_DEPS = operator.attrgetter("deps")
+_ONLY_IO_COROUTINES = frozenset({(Kind.IO, True)})
+
+
+def survey(dag: Dag) -> Survey:
+    """The :class:`Survey` of ``dag``, cached per Dag (freezing it). Each field is one
+    pass in C (``map`` over the tasks with an ``attrgetter``), not a Python loop."""
+    dag = dag.freeze()
+    found = _SURVEYS.get(dag)
+    if found is not None:
+        return found
+    tasks = dag.tasks
+    order = dag.topological_order()
+    ts = tasks.values()
+    kinds = frozenset(map(_KIND_ASYNC, ts))
+    resources = frozenset(itertools.chain.from_iterable(map(_RESOURCES, ts)))
+    plain = kinds == _ONLY_IO_COROUTINES and not any(
+        timeout is not None or kwargs or skip_none
+        for timeout, kwargs, skip_none in frozenset(map(_PLAIN_FIELDS, ts))
+    )
+    indegree = tuple(map(len, map(_DEPS, map(tasks.__getitem__, order))))
+    roots = tuple(itertools.compress(order, map(operator.not_, indegree)))
+    found = _SURVEYS[dag] = Survey(kinds, resources, plain, indegree, roots)
+    return found
+
+
 def fresh_start(dag: Dag) -> tuple[dict[str, int], tuple[str, ...]]:
     """Every task's number of dependencies, in topological order, and the tasks with
     none: what :meth:`Scheduler.prepare` computes when every task is pending, for
     :meth:`Scheduler.prepare_fresh`, which takes the dict over.
 
-    Not cached per Dag: a cached table would have to be copied for each run, and the
-    two dicts at once cost 50 bytes a task of a run's peak memory (100k tasks: 578 B a
-    task against 625), for 80 ns a task saved on a graph run again.
+    The dict is made for each run (one ``dict(zip(...))`` in C from the Dag's
+    :func:`survey`): a cached dict would have to be copied for each run, and the two at
+    once cost 50 bytes a task of a run's peak memory; the survey's tuple costs 8.
     """
-    tasks = dag.tasks
-    waiting = {n: len(tasks[n].deps) for n in dag.topological_order()}
-    return waiting, tuple(n for n, k in waiting.items() if not k)
+    found = survey(dag)
+    return dict(zip(dag.topological_order(), found.indegree, strict=True)), found.roots
+
+
+_UnitPaths = tuple[dict[str, float], dict[str, _Key]]
+
+
+class _NoKeys(dict[str, None]):
+    """The queue key of every task in the lazy mode: None (see ``Scheduler.lazy_keys``)."""
+
+    def __missing__(self, name: str) -> None:
+        return None
+
+
+_NO_KEYS = _NoKeys()
 
 
 class Lane(NamedTuple):
@@ -139,7 +250,7 @@ class Lane(NamedTuple):
 
 
 class _Lane:
-    """The ready queue and capacity of one lane."""
+    """The ready queue and capacity of one lane (``used``: its tasks running)."""
 
     __slots__ = ("capacity", "heap", "name", "used")
 
@@ -148,6 +259,18 @@ class _Lane:
         self.capacity = capacity
         self.used = 0
         self.heap: list[tuple[_Key, str]] = []
+
+
+class Direct(NamedTuple):
+    """The scheduler's own live structures, for the run's fused path (see
+    :meth:`Scheduler.direct`): not copies."""
+
+    tasks: Mapping[str, Task]
+    waiting: dict[str, int]
+    running: set[str]
+    children: Mapping[str, Sequence[str]]
+    keys: Callable[[], Mapping[str, _Key]]
+    lane: _Lane
 
 
 class Scheduler:
@@ -162,8 +285,10 @@ class Scheduler:
         limits: Mapping[str, int] | None = None,
         weights: Mapping[str, float] | None = None,
         children: Mapping[str, Sequence[str]] | None = None,
-        unit_paths: tuple[dict[str, float], dict[str, _Key]] | None = None,
+        unit_paths: _UnitPaths | Callable[[], _UnitPaths] | None = None,
         lanes: Sequence[Lane] | None = None,
+        survey: Survey | None = None,
+        lazy_keys: bool = False,
     ) -> None:
         """Set up the lanes and limits for ``tasks`` (``order``: a topological order).
 
@@ -171,22 +296,41 @@ class Scheduler:
         ``"io"`` lane of ``max_io`` and a ``"cpu"`` lane of ``cpu_slots``. Lanes and
         limits are fixed here, once. ``children`` (every task's dependents) and
         ``unit_paths`` (the result of :func:`critical_paths` over the whole graph with
-        unit weights) may be passed in by a caller that caches them; ``unit_paths`` is
-        used only when every task is to run and no ``weights`` are given, since
-        otherwise the paths differ. With ``status``, :meth:`prepare` is called too.
+        unit weights, or a function that returns it) may be passed in by a caller that
+        caches them; ``unit_paths`` is used only when every task is to run and no
+        ``weights`` are given, since otherwise the paths differ. ``survey`` (the
+        :func:`survey` of the Dag these tasks are) spares the checks a pass over the
+        tasks. With ``status``, :meth:`prepare` is called too.
+
+        ``lazy_keys`` (from a caller that knows no task is a template): when no named
+        limit is set and every task goes to one lane without a cap, :meth:`direct`
+        hands out the live structures; and when every task is to run as well, the
+        queue keys are computed only when two ready tasks must be ordered
+        (:meth:`order_keys`): such a lane hands out all it holds at once, so its queue
+        needs no order until then, and a graph that never has two tasks ready together
+        (a chain) never pays for its critical paths.
         """
         self._tasks = tasks
         self._order = order
         self._weights = weights
         self._unit_paths = unit_paths
+        self._lazy_keys = lazy_keys
         self._limits = dict(limits or {})
-        for t in tasks.values():
-            for r in t.resources:
-                if r not in self._limits:
-                    raise GraphError(
-                        f"task {t.name!r} declares resource {r!r} but no limit is set for "
-                        f"it; pass limits={{{r!r}: N}} (limits set: {sorted(self._limits)})"
-                    )
+        if survey is not None:
+            kinds_used: Collection[Kind] = {k for k, _ in survey.kinds}
+            unlimited = [r for r in survey.resources if r not in self._limits]
+            if unlimited:  # the long way names the first task that declares one
+                survey = None
+        if survey is None:
+            kinds_used = {t.kind for t in tasks.values()}
+            for t in tasks.values():
+                for r in t.resources:
+                    if r not in self._limits:
+                        raise GraphError(
+                            f"task {t.name!r} declares resource {r!r} but no limit is set "
+                            f"for it; pass limits={{{r!r}: N}} (limits set: "
+                            f"{sorted(self._limits)})"
+                        )
         if lanes is None:
             lanes = (Lane("io", max_io, (Kind.IO,)), Lane("cpu", cpu_slots, (Kind.CPU,)))
         self._lane_order = [_Lane(lane.name, lane.capacity) for lane in lanes]
@@ -197,12 +341,14 @@ class Scheduler:
                 if kind in self._lanes:
                     raise ValueError(f"kind {kind.value!r} is given two lanes")
                 self._lanes[kind] = lane
-        for t in tasks.values():
-            if t.kind not in self._lanes:
-                raise ValueError(
-                    f"task {t.name!r} is of kind {t.kind.value!r}, which no lane takes "
-                    f"(lanes: {[lane.name for lane in lanes]})"
-                )
+        if any(kind not in self._lanes for kind in kinds_used):
+            for t in tasks.values():
+                if t.kind not in self._lanes:
+                    raise ValueError(
+                        f"task {t.name!r} is of kind {t.kind.value!r}, which no lane takes "
+                        f"(lanes: {[lane.name for lane in lanes]})"
+                    )
+        self._kinds_used = kinds_used
         self._res_used = dict.fromkeys(self._limits, 0)
         self._blocked: dict[tuple[str, str], list[tuple[_Key, str]]] = {
             (r, lane.name): [] for r in self._limits for lane in self._lane_order
@@ -222,6 +368,13 @@ class Scheduler:
         self._waiting: dict[str, int] = {}
         self._keys: dict[str, _Key] = {}
         self._prepared = False
+        # The one lane without a cap of a scheduler given lazy_keys (see direct()),
+        # once prepared; with every task to run, the keys too wait (``_lazy``) until
+        # order_keys() is first asked, which computes them (``_key_source``).
+        self._direct: _Lane | None = None
+        self._lazy = False
+        self._key_source: Callable[[], dict[str, _Key]] | None = None
+        self._real_keys: Mapping[str, _Key] = {}
         self.expanding: list[str] = []
         self._expanded: set[str] = set()
         self._own = False  # tasks, children and keys copied (on the first expand)
@@ -272,10 +425,15 @@ class Scheduler:
         self._waiting = waiting
         self.initially_skipped = tuple(skipped)
 
+        if len(waiting) == len(order) and self._go_direct(lazy=True):
+            lane = self._direct
+            assert lane is not None
+            lane.heap.extend((None, n) for n, left in waiting.items() if left == 0)
+            return
+        self._go_direct(lazy=False)
         weights = self._weights
-        unit_paths = self._unit_paths
-        if unit_paths is not None and weights is None and len(waiting) == len(order):
-            self._keys = unit_paths[1]
+        if self._unit_paths is not None and weights is None and len(waiting) == len(order):
+            self._keys = self._unit()[1]
         else:
             _, self._keys = critical_paths(tasks, order, self._children, waiting, weights)
         keys = self._keys
@@ -285,6 +443,47 @@ class Scheduler:
                 lanes[tasks[n].kind].heap.append((keys[n], n))
         for lane in self._lane_order:
             heapq.heapify(lane.heap)
+
+    def _unit(self) -> _UnitPaths:
+        unit_paths = self._unit_paths
+        assert unit_paths is not None
+        return unit_paths() if callable(unit_paths) else unit_paths
+
+    def _all_keys(self) -> dict[str, _Key]:
+        """The queue keys when every task is to run."""
+        if self._unit_paths is not None and self._weights is None:
+            return self._unit()[1]
+        return critical_paths(self._tasks, self._order, self._children, None, self._weights)[1]
+
+    def _go_direct(self, lazy: bool) -> bool:
+        """Note the one lane without a cap (see ``lazy_keys`` and :meth:`direct`) if
+        this scheduler has one: given lazy_keys, no named limit, every task in that
+        lane. With ``lazy`` (every task is to run: the caller checked) its keys wait
+        too: the queue's entries are ``(None, name)`` (``_keys`` gives None for every
+        task) and the real keys come from :meth:`order_keys` when first asked for.
+        True if the keys wait."""
+        if not self._lazy_keys or self._limits:
+            return False
+        lanes = {id(self._lanes[k]): self._lanes[k] for k in self._kinds_used}
+        if len(lanes) != 1:
+            return False
+        (lane,) = lanes.values()
+        if lane.capacity is not None:
+            return False
+        self._direct = lane
+        if lazy:
+            self._lazy = True
+            self._keys = _NO_KEYS
+            self._key_source = self._all_keys
+        return lazy
+
+    def order_keys(self) -> Mapping[str, _Key]:
+        """Every task's queue key (computed now if they waited, see ``lazy_keys``)."""
+        source = self._key_source
+        if source is not None:  # the first ask
+            self._key_source = None
+            self._real_keys = source()
+        return self._real_keys if self._lazy else self._keys
 
     def prepare_fresh(self, start: tuple[dict[str, int], tuple[str, ...]]) -> None:
         """:meth:`prepare` for a run in which every task is pending, from ``start``
@@ -299,12 +498,12 @@ class Scheduler:
         self._prepared = True
         self._waiting = waiting
         self.initially_skipped = ()
-        unit_paths = self._unit_paths
-        if unit_paths is not None and self._weights is None:
-            keys = unit_paths[1]
-        else:
-            _, keys = critical_paths(self._tasks, self._order, self._children, None, self._weights)
-        self._keys = keys
+        if self._go_direct(lazy=True):
+            lane = self._direct
+            assert lane is not None
+            lane.heap.extend(zip(itertools.repeat(None), roots))
+            return
+        self._keys = keys = self._all_keys()
         tasks = self._tasks
         lanes = self._lanes
         for n in roots:
@@ -318,6 +517,10 @@ class Scheduler:
         """True while some task is still to run, running or waiting to retry."""
         return bool(self._waiting)
 
+    def left(self) -> int:
+        """How many tasks are still to run, running or waiting to retry."""
+        return len(self._waiting)
+
     @property
     def running(self) -> frozenset[str]:
         return frozenset(self._running)
@@ -328,6 +531,28 @@ class Scheduler:
         if not running:
             return list(self._waiting)
         return [n for n in self._waiting if n not in running]
+
+    def direct(self) -> Direct | None:
+        """The live structures behind :meth:`done_ready`, for a caller that applies it
+        inline (the run's fused path, :mod:`asyncgraph._fused`), or None unless this
+        scheduler was given ``lazy_keys`` (no template) and has no named limit and
+        every task in one lane without a cap.
+
+        In such a lane :meth:`get_ready` hands out every queued task at once, so its
+        queue is empty between two calls, and ``done_ready(n)`` is exactly: ``running``
+        loses ``n``, ``lane.used`` one, ``waiting`` its entry; each child of ``n``
+        still in ``waiting`` counts down, and the children that reach 0 are handed out
+        in key order (``order_keys()``, asked only when there are two or more), each
+        added to ``running`` and to ``lane.used``. The caller does just that, and goes
+        through the methods for everything else (failures, retries, cancels), which
+        then find the state they expect.
+        """
+        lane = self._direct
+        if lane is None:
+            return None
+        return Direct(
+            self._tasks, self._waiting, self._running, self._children, self.order_keys, lane
+        )
 
     # -- the protocol ----------------------------------------------------------------
 
@@ -351,6 +576,9 @@ class Scheduler:
             for lane in lanes:
                 heap = lane.heap
                 cap = lane.capacity
+                if cap is None and heap:
+                    self._take_all(lane, out)
+                    continue
                 while heap and (cap is None or lane.used < cap):
                     name = heappop(heap)[1]
                     task = tasks[name]
@@ -370,6 +598,36 @@ class Scheduler:
                 if lane.heap:
                     self._fill(lane, out)
         return out
+
+    def _take_all(self, lane: _Lane, out: list[Task]) -> None:
+        """Hand out the whole queue of a lane without a cap (and no named limits), in
+        key order: one sort (in C, and linear on roots that come in key order, as a wide
+        graph's do) instead of a ``heappop`` each, which compares tuples ``log n`` times
+        for each of a 100k-task graph's roots. The order is the pops' (keys are
+        unique); a template stops it there, as in :meth:`_fill`, and what is behind it
+        stays queued (a sorted list is a heap)."""
+        heap = lane.heap
+        if self._lazy:  # the entries carry no key (see lazy_keys)
+            if len(heap) > 1:
+                keys = self.order_keys()
+                heap[:] = [(keys[n], n) for _, n in heap]
+                heap.sort()
+        else:
+            heap.sort()
+        tasks = self._tasks
+        running = self._running
+        first = len(out)
+        taken = 0
+        for _, name in heap:
+            taken += 1
+            task = tasks[name]
+            if task.over is not None:  # a template: expanded or collected, never run
+                self.expanding.append(name)
+                break
+            running.add(name)
+            out.append(task)
+        del heap[:taken]
+        lane.used += len(out) - first
 
     def _fill(self, lane: _Lane, out: list[Task]) -> None:
         heap = lane.heap
@@ -469,6 +727,9 @@ class Scheduler:
         for lane in self._lane_order:
             heap = lane.heap
             cap = lane.capacity
+            if cap is None and heap:
+                self._take_all(lane, out)
+                continue
             while heap and (cap is None or lane.used < cap):
                 c = heappop(heap)[1]
                 ctask = tasks[c]
@@ -494,6 +755,10 @@ class Scheduler:
         waiting = self._waiting
         if template not in waiting or template in self._expanded:
             raise ValueError(f"expand({template!r}): the template is not waiting to be expanded")
+        if self._lazy_keys:
+            raise ValueError(
+                f"expand({template!r}): this scheduler was given lazy_keys (no templates)"
+            )
         if not self._own:
             self._own = True
             self._tasks = dict(self._tasks)

@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "FINISHED_BADLY",
     "NO_RESULT",
+    "RecordBody",
     "ResultRef",
     "State",
     "StoredResult",
@@ -70,6 +71,43 @@ class TaskRecord:
 
 
 PENDING_RECORD = TaskRecord()
+
+
+class RecordBody:
+    """A :class:`TaskRecord` being built on a hot path: the same slots as one, set with
+    plain stores (each a slot write the interpreter specializes), then made a
+    TaskRecord with ``body.__class__ = TaskRecord`` (allowed between classes of the same
+    layout). TaskRecord's own ``__init__`` (a frozen dataclass's) goes through
+    ``object.__setattr__`` by name for every field, about three times slower; the
+    slots' descriptors called one by one, about twice. What comes out is an ordinary
+    TaskRecord: the same type, fields, equality, hash, pickling and immutability
+    (``tests/test_hot_path.py``; ``_task._constructor`` does the same for a Task).
+
+    A run builds one per task that ends done (the ledger's done record, the fused
+    path's). Every field must be set before the ``__class__`` assignment.
+    """
+
+    __slots__ = TaskRecord.__slots__
+
+    status: State
+    result: Any
+    error: BaseException | None
+    traceback: str | None
+    attempts: int
+    started: float | None
+    finished: float | None
+
+
+def _check_record_body() -> None:
+    body: Any = RecordBody()
+    body.status, body.result, body.error, body.traceback = State.DONE, 1, None, None
+    body.attempts, body.started, body.finished = 1, 2.0, 3.0
+    body.__class__ = TaskRecord
+    if type(body) is not TaskRecord or body != TaskRecord(State.DONE, 1, None, None, 1, 2.0, 3.0):
+        raise ImportError("asyncgraph needs CPython's __class__ assignment between slotted classes")
+
+
+_check_record_body()
 
 
 class _NoResult:

@@ -72,6 +72,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "_stream.durable": (3, "`Durable`: Parquet out, the record, resume and leftovers"),
     "_store.session": (4, "`StoreSink` (the store's side of a run), `hold`, `load_inputs`"),
     "_backends": (4, "`ProcessBackend`, `InlineBackend`, `ExecutorBackend`"),
+    "_fused": (4, "the run's fused path: a plain run's done-callback and start, inline"),
     "_runner": (5, "`_Run`: one run of one graph, a record of collaborators"),
     "_report": (5, "`to_frame`, `summary`, `timeline`, critical path (pandas)"),
     "_pictures": (5, "Mermaid, DOT, SVG, HTML, the timeline plot"),

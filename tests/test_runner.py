@@ -728,6 +728,9 @@ async def test_structure_is_computed_once_per_graph(monkeypatch):
     g = ag.Graph()
     g.add("a", lambda: 1)
     g.add("b", lambda a: a, deps=["a"])
+    # Two tasks ready at once, so the run needs their order (a run that never has two
+    # never computes the paths: issue 15's lazy keys, tests/test_fused.py).
+    g.add("c", lambda: 2)
     await ag.run(g)
     await ag.run(g)
     assert len(calls) == 1  # the graph's cache serves the second run
