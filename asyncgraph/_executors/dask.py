@@ -21,7 +21,10 @@ How an attempt maps to Dask (the traps are in ``shared/design/backends.md``):
   message and one round trip per task before). An owned cluster is started with
   ``allowed_failures=0`` and a worker saturation of 1.0: a task that kills its worker
   kills one worker and fails with :class:`WorkerDiedError` (retried under the task's
-  ``retries``), instead of being rerun on three more workers first.
+  ``retries``), instead of being rerun on three more workers first. It keeps every
+  worker it was started with: a dead worker's nanny restarts it however long that
+  takes under load (a plain LocalCluster gives up after 15 s and never replaces the
+  worker, which left a run with no worker and its tasks queued for ever).
 - Dask blames every task that was on a dead worker, also one only waiting there (a
   dependent placed next to its input). On an owned cluster the shim notes each
   attempt's key in a journal before it calls the task (a file per worker process, one
@@ -887,7 +890,7 @@ class DaskExecutor:
             # merely waiting there would be blamed too under allowed_failures=0.
             self._tracker_was_running = _tracker_running()
             with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-                self.cluster = await distributed.LocalCluster(**options)  # type: ignore[no-untyped-call]
+                self.cluster = await _run_cluster_class()(**options)
             self.owns_cluster = True
             import tempfile
 
@@ -978,6 +981,49 @@ class DaskExecutor:
                 _dask_worker.forget_journal(self.journal)  # worker threads of this process
                 shutil.rmtree(self.journal, ignore_errors=True)
             self._closed = True
+
+
+_RUN_CLUSTER: Any = None
+
+
+def _run_cluster_class() -> Any:
+    """The LocalCluster a run owns, which keeps every worker it was started with.
+
+    A worker process that dies (a task's ``os._exit``, a signal) is restarted by its
+    nanny. A plain ``LocalCluster`` (``SpecCluster``) also closes the nanny of a worker
+    that has not registered again within ``distributed.deploy.lost-worker-timeout``
+    (15 s), and never starts another: under load a restart took 20 s, so the cluster
+    lost that worker for good, the restarted worker was stopped under the task it ran
+    (a retry, a free resubmission), and once every worker was gone the run's tasks
+    waited in Dask's queue forever. Here a lost worker's nanny is left to its restart,
+    however long it takes, and a nanny that is gone itself is replaced.
+    """
+    global _RUN_CLUSTER
+    if _RUN_CLUSTER is not None:
+        return _RUN_CLUSTER
+    from distributed import LocalCluster
+    from distributed.core import Status
+    from distributed.deploy.cluster import Cluster
+
+    running = (Status.init, Status.starting, Status.running)
+
+    class RunCluster(LocalCluster):
+        def _update_worker_status(self, op: str, msg: Any) -> None:
+            if op != "remove":
+                super()._update_worker_status(op, msg)  # type: ignore[no-untyped-call]
+                return
+            name = self.scheduler_info["workers"].get(msg, {}).get("name")
+            # The bookkeeping, without SpecCluster's delayed close of the nanny.
+            Cluster._update_worker_status(self, op, msg)  # type: ignore[no-untyped-call]
+            worker = self.workers.get(name)
+            if worker is None or self.status != Status.running:
+                return
+            if getattr(worker, "status", Status.running) not in running:
+                del self.workers[name]  # its nanny closed: start the spec's worker again
+                self._futures.add(asyncio.ensure_future(self._correct_state()))  # type: ignore[no-untyped-call]
+
+    _RUN_CLUSTER = RunCluster
+    return RunCluster
 
 
 def _release_scattered(sending: asyncio.Future[Any]) -> None:
