@@ -239,3 +239,27 @@ def test_a_task_that_started_on_a_worker_another_task_killed_is_retried_under_re
     assert done.results["S"] == "second"
     assert done.records["S"].attempts == 2  # the death counted against its retries
     assert Path(log).read_text().split().count("S") == 2
+
+
+def test_with_eager_a_dependent_sent_with_a_dying_input_goes_again_with_its_retry(
+    tmp_path: Path,
+) -> None:
+    # eager=True: "after" goes to the cluster with the first attempt's future; that
+    # attempt kills its worker, "after" is taken back (Dask fails it with its input),
+    # and goes again, under a key of its own, with the retry's future.
+    log = str(tmp_path / "ran.log")
+    g = ag.Graph()
+    g.add(
+        "dies",
+        functools.partial(dies_first, log, str(tmp_path / "flag")),
+        kind="cpu",
+        retries=1,
+        retry_delay=0.01,
+    )
+    g.add("after", lambda s: s + "!", deps=["dies"], kind="cpu")
+    before = children()
+    done = run_guarded(g, backend=ag.DaskBackend(n_workers=2, eager=True))
+    assert done.results == {"dies": "second", "after": "second!"}
+    assert done.records["dies"].attempts == 2
+    assert done.records["after"].attempts == 1
+    assert children() <= before
