@@ -263,3 +263,23 @@ def test_with_eager_a_dependent_sent_with_a_dying_input_goes_again_with_its_retr
     assert done.records["dies"].attempts == 2
     assert done.records["after"].attempts == 1
     assert children() <= before
+
+
+def test_with_eager_a_task_sent_ahead_and_blamed_for_a_death_is_resubmitted_free(
+    tmp_path: Path,
+) -> None:
+    # As the queued bystander above, with eager=True: "queued" went to the cluster with
+    # "first"'s future and waited on the worker "dies" killed; it goes again, free.
+    log = str(tmp_path / "ran.log")
+    g = ag.Graph()
+    g.add("first", functools.partial(double, log, 1), kind="cpu", priority=2)
+    g.add("dies", functools.partial(dies, log), deps=["first"], kind="cpu", priority=1)
+    g.add("queued", functools.partial(double, log), deps=["first"], kind="cpu")
+    before = children()
+    done = run_guarded(g, backend=ag.DaskBackend(n_workers=1, eager=True))
+    assert done.status["dies"] is ag.State.FAILED
+    assert isinstance(done.records["dies"].error, ag.WorkerDiedError)
+    assert done.status["queued"] is ag.State.DONE, done.records["queued"].error
+    assert done.results["queued"] == 4
+    assert done.records["queued"].attempts == 1
+    assert children() <= before

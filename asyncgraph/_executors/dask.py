@@ -546,7 +546,8 @@ class DaskExecutor:
         attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
         sent = (args, kwargs)  # as given: for the message if they cannot be serialized
         ahead = self.ahead.pop(name, None) if attempt == 1 and self.ahead else None
-        if ahead is None and task.deps and not task.skip_none:
+        inputs = ahead is None  # the arguments as they go to the cluster
+        if inputs and task.deps and not task.skip_none:
             args, kwargs = await self._inputs(task, args, kwargs)
         fn = self.fn_bytes.get(name)
         if fn is None and task.family is not None:  # fan-out: an element is its template's
@@ -586,6 +587,10 @@ class DaskExecutor:
                 self._drop_ahead(name)
                 self._cancel([key, f"{key}-bytes"])
                 key = f"{base}-again"
+                if not inputs:  # it went ahead: its inputs' futures, as a first submission
+                    inputs = True
+                    if task.deps and not task.skip_none:
+                        args, kwargs = await self._inputs(task, args, kwargs)
                 continue
             except BaseException:
                 self.current.pop(name, None)
