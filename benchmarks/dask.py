@@ -1,7 +1,7 @@
 """asyncgraph on a Dask cluster against plain Dask on the same cluster.
 
     python benchmarks/dask.py [--wide 500] [--chain 100] [--layers 5x100] [--big 20x80]
-                              [--pairs 3] [--json PATH] [--tiny]
+                              [--pairs 3] [--eager] [--json PATH] [--tiny]
 
 One Dask cluster with its scheduler and two one-thread workers in processes of their
 own (``SubprocessCluster``), so the driver's CPU time is the client's and asyncgraph's
@@ -19,6 +19,9 @@ the median per task of each and the median of the per-pair ratios:
               fetches every result to the driver (its result graph holds values);
 - big, plain gathers all: the same, plain Dask also gathering every result (the
               same data moved as asyncgraph's run moves).
+
+``--eager`` runs asyncgraph with ``DaskBackend(client, eager=True)``: a CPU task whose
+inputs are CPU tasks goes to the cluster with their futures before they finish.
 
 ``driver CPU/task`` is the driver process's CPU time (``time.process_time``) per task.
 Figures on a shared 2-core machine are upper bounds; say "measured under load".
@@ -181,7 +184,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     client = distributed.Client(cluster, asynchronous=True, set_as_default=False)
     async with cluster, client:
         capacity = None if args.capacity == 0 else args.capacity
-        backend = ag.DaskBackend(client, capacity=capacity)
+        backend = ag.DaskBackend(client, capacity=capacity, eager=args.eager)
         shapes: list[tuple[str, int, Step, Step]] = [
                 (f"wide {args.wide}", args.wide,
                  lambda: plain_wide(client, args.wide),
@@ -239,7 +242,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             }
     headers = ["shape", "plain Dask", "asyncgraph", "ratio", "driver CPU/task plain",
                "driver CPU/task asyncgraph"]  # fmt: skip
-    print(f"Dask SubprocessCluster 2x1; per task (big: whole run); median of {args.pairs} pairs")
+    mode = "eager=True" if args.eager else "eager=False"
+    print(
+        f"Dask SubprocessCluster 2x1; asyncgraph {mode}; per task (big: whole run); "
+        f"median of {args.pairs} pairs"
+    )
     print(table(headers, rows))
     return results
 
@@ -257,6 +264,7 @@ def main() -> None:
         default=0,
         help="DaskBackend(capacity=): tasks in flight (0: the backend's default)",
     )
+    p.add_argument("--eager", action="store_true", help="asyncgraph with DaskBackend(eager=True)")
     p.add_argument("--tiny", action="store_true", help="a smoke run: tiny shapes, one pair")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()

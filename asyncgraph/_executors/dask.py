@@ -21,7 +21,10 @@ How an attempt maps to Dask (the traps are in ``shared/design/backends.md``):
   message and one round trip per task before). An owned cluster is started with
   ``allowed_failures=0`` and a worker saturation of 1.0: a task that kills its worker
   kills one worker and fails with :class:`WorkerDiedError` (retried under the task's
-  ``retries``), instead of being rerun on three more workers first.
+  ``retries``), instead of being rerun on three more workers first. It keeps every
+  worker it was started with: a dead worker's nanny restarts it however long that
+  takes under load (a plain LocalCluster gives up after 15 s and never replaces the
+  worker, which left a run with no worker and its tasks queued for ever).
 - Dask blames every task that was on a dead worker, also one only waiting there (a
   dependent placed next to its input). On an owned cluster the shim notes each
   attempt's key in a journal before it calls the task (a file per worker process, one
@@ -138,6 +141,18 @@ class DaskBackend:
     ``cluster_kwargs`` go to the owned ``LocalCluster``; ``connect_timeout`` bounds
     the connection to a scheduler.
 
+    ``eager=True`` sends a CPU task whose inputs are all CPU tasks (and which has no
+    ``timeout``, ``resources``, ``skip_none``, ``after`` or fan-out) to the cluster
+    with its inputs' futures as soon as they are submitted: Dask starts it the moment
+    they finish, worker to worker, as a plain Dask graph does, instead of after a
+    result fetch and a submission per link (a chain of small tasks runs at about plain
+    Dask's speed). Results, failures, retries, events and the store are as without it;
+    a failed input takes what was sent with it back (the run skips or retries as
+    always). The price: a task sent ahead may start on the cluster as its inputs
+    finish even when the run stops before it starts the task (Dask's cancel is a
+    message that can arrive after that), so a stopped run may have run a task it
+    records as not started. Off by default.
+
     Differences from the process pool: a running Dask task cannot be stopped, so a
     timeout (or a cancel) on a cluster the run does not own leaves the call running
     there; ``started`` is the moment of submission, so a duration and a timeout include
@@ -159,6 +174,7 @@ class DaskBackend:
         capacity: int | None = None,
         cluster_kwargs: Mapping[str, Any] | None = None,
         connect_timeout: float = 10.0,
+        eager: bool = False,
     ) -> None:
         self.address: str | None = None
         self.client: Any = None
@@ -210,6 +226,8 @@ class DaskBackend:
             raise ValueError(
                 f"DaskBackend: allowed_failures must be an int >= 0, not {allowed_failures!r}"
             )
+        if not isinstance(eager, bool):
+            raise TypeError(f"DaskBackend: eager must be True or False, not {eager!r}")
         if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
             raise ValueError(
                 "DaskBackend: connect_timeout must be a number of seconds > 0, "
@@ -223,6 +241,7 @@ class DaskBackend:
         self.capacity = capacity
         self.cluster_kwargs = dict(cluster_kwargs or {})
         self.connect_timeout = float(connect_timeout)
+        self.eager = eager
 
     @property
     def owns_cluster(self) -> bool:
@@ -374,6 +393,12 @@ class DaskExecutor:
         self.journal: str | None = None  # the started-journal's directory (owned cluster)
         self.feeds: dict[str, int] = {}  # task -> its pending CPU dependents
         self.scattered: dict[str, asyncio.Future[Any]] = {}  # task -> its value, scattered
+        # Eager submission (see ``_ahead_from``).
+        self.eager_children: dict[str, list[Task]] = {}  # task -> its eager CPU dependents
+        self.current: dict[str, Any] = {}  # task -> the Dask future of its attempt out
+        self.ahead: dict[str, _Ahead] = {}  # task -> its attempt 1, submitted ahead
+        self.dropped: dict[str, int] = {}  # task -> how many of those were dropped
+        self.ahead_window = 2 * capacity if capacity else 256
 
     # -- before the run --------------------------------------------------------------
 
@@ -387,6 +412,7 @@ class DaskExecutor:
         self.tasks = tasks
         problems: dict[str, str] = {}
         verdicts: dict[bytes, str | None] = {}
+        by_fn: dict[int, bytes] = {}
         modules: dict[str, str | None] = {}
         first_error: Exception | None = None
         for n in pending:
@@ -397,12 +423,21 @@ class DaskExecutor:
                 if tasks[d].kind is Kind.CPU:
                     self.uses[d] = self.uses.get(d, 0) + 1
                 self.feeds[d] = self.feeds.get(d, 0) + 1
-            try:
-                data = cloudpickle.dumps(t.fn)
-            except Exception as exc:  # noqa: BLE001 - whatever stops pickling
-                first_error = first_error or exc
-                problems[n] = PicklingError(n, f"{type(exc).__name__}: {exc}").problems[n]
-                continue
+            if self.backend.eager and _eager(t, tasks):
+                for d in t.deps:
+                    self.eager_children.setdefault(d, []).append(t)
+            # Pickled once per function object, not per task: tasks made from one
+            # function share it (cloudpickle of a __main__ function by value cost about
+            # 1 ms of driver CPU a task, most of a wide run's). The tasks hold the
+            # objects, so no id is reused while this runs.
+            data = by_fn.get(id(t.fn))
+            if data is None:
+                try:
+                    data = by_fn[id(t.fn)] = cloudpickle.dumps(t.fn)
+                except Exception as exc:  # noqa: BLE001 - whatever stops pickling
+                    first_error = first_error or exc
+                    problems[n] = PicklingError(n, f"{type(exc).__name__}: {exc}").problems[n]
+                    continue
             if data not in verdicts:
                 verdicts[data] = shipping_problem(data, modules)
             verdict = verdicts[data]
@@ -510,7 +545,9 @@ class DaskExecutor:
         name = task.name
         attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
         sent = (args, kwargs)  # as given: for the message if they cannot be serialized
-        if task.deps and not task.skip_none:
+        ahead = self.ahead.pop(name, None) if attempt == 1 and self.ahead else None
+        inputs = ahead is None  # the arguments as they go to the cluster
+        if inputs and task.deps and not task.skip_none:
             args, kwargs = await self._inputs(task, args, kwargs)
         fn = self.fn_bytes.get(name)
         if fn is None and task.family is not None:  # fan-out: an element is its template's
@@ -521,30 +558,46 @@ class DaskExecutor:
         base = f"{name}-{self.token}-{attempt}"
         journal = self.journal
         key = base  # then f"{base}-again": one free resubmission of a blamed bystander
+        first = True
         while True:
-            note = None if journal is None else (journal, key)
-            submit = (_dask_worker.run_attempt, (fn, task.is_async, args, kwargs, note))
-            try:
-                future = await self._submit(key, submit, resources, order)
-            except asyncio.CancelledError:
-                self._cancel([key])  # if it went out meanwhile
-                raise
-            except TypeError as exc:
-                if "serialize" in str(exc):
-                    raise _unserializable(name, sent, exc) from exc
-                raise
-            if key is base:
+            fetching: asyncio.Future[Any] | None = None
+            if ahead is not None:  # submitted with its inputs (``_ahead_from``)
+                key, future, fetching, ahead = ahead.key, ahead.future, ahead.fetching, None
+            else:
+                note = None if journal is None else (journal, key)
+                submit = (_dask_worker.run_attempt, (fn, task.is_async, args, kwargs, note))
+                try:
+                    future = await self._submit(key, submit, resources, order, name)
+                except asyncio.CancelledError:
+                    self._cancel([key])  # if it went out meanwhile
+                    raise
+                except TypeError as exc:
+                    if "serialize" in str(exc):
+                        raise _unserializable(name, sent, exc) from exc
+                    raise
+            if first:
+                first = False
                 began(name, self.clock.time())
             try:
-                value, data = await self._outcome(name, key, future, sent)
+                value, data = await self._outcome(name, key, future, sent, fetching)
             except _NeverStartedError:
                 # Dask failed every task that was on a worker that died, also the ones
                 # only waiting there: this attempt never began, so it goes again, under
                 # a key of its own, and does not count against the task's retries.
+                self._drop_ahead(name)
                 self._cancel([key, f"{key}-bytes"])
                 key = f"{base}-again"
+                if not inputs:  # it went ahead: its inputs' futures, as a first submission
+                    inputs = True
+                    if task.deps and not task.skip_none:
+                        args, kwargs = await self._inputs(task, args, kwargs)
                 continue
+            except BaseException:
+                self.current.pop(name, None)
+                self._drop_ahead(name)  # they took this attempt's future as an input
+                raise
             break
+        self.current.pop(name, None)
         if data is not None and self.pickled is not None:
             self.pickled(name, data)
         self._finished(task, future)
@@ -553,22 +606,32 @@ class DaskExecutor:
         return value
 
     async def _outcome(
-        self, name: str, key: str, future: Any, sent: tuple[list[Any], dict[str, Any]]
+        self,
+        name: str,
+        key: str,
+        future: Any,
+        sent: tuple[list[Any], dict[str, Any]],
+        fetching: asyncio.Future[Any] | None = None,
     ) -> tuple[Any, bytes | None]:
         """The attempt's value (and its bytes, with a store) once Dask has it; raises
-        the attempt's error in asyncgraph's terms, or :class:`_NeverStartedError`."""
+        the attempt's error in asyncgraph's terms, or :class:`_NeverStartedError`.
+        ``fetching``: the value (or bytes) already being fetched, for an attempt that
+        was submitted ahead."""
         blob_key = None
         data: bytes | None = None
         live = self.live
         try:
             if self.stores:
                 blob_key = f"{key}-bytes"
-                blob = await self._submit(blob_key, (_dask_worker.dumps, (future,)), None, None)
-                data = await self._value(blob)
+                if fetching is None:
+                    dumps = (_dask_worker.dumps, (future,))
+                    blob = await self._submit(blob_key, dumps, None, None)
+                    fetching = asyncio.ensure_future(self._value(blob))
+                data = await fetching
                 live.pop(blob_key, None)
                 value = await self._load(name, data)
             else:
-                value = await self._value(future)
+                value = await (fetching if fetching is not None else self._value(future))
         except asyncio.CancelledError:
             self._cancel([key, blob_key])
             raise
@@ -664,15 +727,17 @@ class DaskExecutor:
         call: tuple[Callable[..., Any], tuple[Any, ...]],
         resources: dict[str, float] | None,
         order: int | None,
+        name: str | None = None,
     ) -> asyncio.Future[Any]:
         """The Dask future of ``call`` under ``key``, submitted with the others of this
         turn of the loop; ``order`` is the dispatch order behind ``priority`` (None:
-        the next)."""
+        the next); ``name``: the task whose attempt it is (its eager dependents go out
+        after it, with its future)."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
         if order is None:
             order = next(self._order)
-        self._to_submit.append((key, call, resources, order, waiter))
+        self._to_submit.append((key, call, resources, order, waiter, name))
         if not self._submit_soon:
             self._submit_soon = True
             loop.call_soon(self._submit_all)
@@ -705,6 +770,131 @@ class DaskExecutor:
             for item, f in zip(items, futures, strict=True):
                 self.live[item[0]] = f
                 item[4].set_result(f)
+        if self.eager_children:
+            roots = []
+            for item in batch:
+                name = item[5]
+                if name is not None and item[0] in self.live:
+                    self.current[name] = self.live[item[0]]
+                    if name in self.eager_children:
+                        roots.append(name)
+            if roots:
+                self._ahead_from(roots)
+
+    # -- eager submission ----------------------------------------------------------------
+    #
+    # A CPU task whose inputs are all CPU tasks on the cluster (no resources, timeout,
+    # skip_none, order-only dependency or fan-out) goes to the cluster as soon as every
+    # input has a Dask future, with those futures as its arguments: Dask starts it the
+    # moment its inputs finish, worker to worker, as a plain Dask graph does, instead of
+    # after a result fetch and a submission round trip per link. Its value is fetched
+    # as soon as Dask has it. When the run starts the task (its inputs done, in the
+    # scheduler's order), the attempt takes over that submission. An input's attempt
+    # that fails (or is cancelled) takes its eager dependents with it: they are
+    # cancelled, and the run skips or retries as it always does.
+
+    def _ahead_from(self, roots: list[str]) -> None:
+        """Submit the eager dependents of ``roots`` whose inputs all have a Dask future
+        (one map per level), then theirs, up to ``ahead_window`` submitted ahead."""
+        level = roots
+        while level and len(self.ahead) < self.ahead_window:
+            ready: list[tuple[Task, list[Any], dict[str, Any]]] = []
+            seen: set[str] = set()
+            for parent in level:
+                for child in self.eager_children.get(parent, ()):
+                    c = child.name
+                    if c in seen or c in self.ahead or c in self.attempts:
+                        continue
+                    inputs = self._input_futures(child)
+                    if inputs is not None:
+                        seen.add(c)
+                        ready.append((child, *inputs))
+            del ready[max(0, self.ahead_window - len(self.ahead)) :]
+            if not ready:
+                return
+            self._submit_ahead(ready)
+            level = [child.name for child, _, _ in ready if child.name in self.ahead]
+
+    def _input_futures(self, task: Task) -> tuple[list[Any], dict[str, Any]] | None:
+        current, kept = self.current, self.kept
+        found: dict[str, Any] = {}
+        for d in task.deps:
+            f = current.get(d)
+            if f is None:
+                f = kept.get(d)
+                if f is None:
+                    return None
+            found[d] = f
+        args = [found[d] for d in task.args]
+        kwargs = {p: found[d] for p, d in task.kwargs} if task.kwargs else {}
+        return args, kwargs
+
+    def _submit_ahead(self, ready: list[tuple[Task, list[Any], dict[str, Any]]]) -> None:
+        journal = self.journal
+        items = []
+        for child, args, kwargs in ready:
+            name = child.name
+            fn = self.fn_bytes.get(name)
+            if fn is None:
+                continue
+            # Attempt 1's key; one sent ahead before (and dropped with an input's
+            # failed attempt) is still known to the client: Dask would hand it back.
+            dropped = self.dropped.get(name, 0)
+            key = f"{name}-{self.token}-1" if not dropped else f"{name}-{self.token}-1-{dropped}"
+            note = None if journal is None else (journal, key)
+            call = (_dask_worker.run_attempt, (fn, child.is_async, args, kwargs, note))
+            items.append((key, call, None, next(self._order), None, name))
+        if not items:
+            return
+        try:
+            futures = self._map(self.client, items)
+        except Exception:  # noqa: BLE001 - not ahead, then: each goes when it starts
+            return
+        blobs: list[Any] = [None] * len(items)
+        if self.stores:  # the result's bytes, made on the worker that holds it
+            blob_items = [
+                (f"{it[0]}-bytes", (_dask_worker.dumps, (f,)), None, it[3], None, None)
+                for it, f in zip(items, futures, strict=True)
+            ]
+            try:
+                blobs = self._map(self.client, blob_items)
+            except Exception:  # noqa: BLE001 - as above
+                self._cancel_futures(futures)
+                return
+            for blob_item, b in zip(blob_items, blobs, strict=True):
+                self.live[blob_item[0]] = b
+        for item, f, b in zip(items, futures, blobs, strict=True):
+            key, name = item[0], item[5]
+            self.live[key] = f
+            self.current[name] = f
+            fetching = asyncio.ensure_future(self._value(f if b is None else b))
+            fetching.add_done_callback(_retrieved)
+            self.ahead[name] = _Ahead(key, f, fetching)
+
+    def _cancel_futures(self, futures: list[Any]) -> None:
+        client = self.client
+        if client is not None and client.status in ("running", "connecting"):
+            sent = asyncio.ensure_future(client.cancel(futures, force=True))
+            self._cancels.add(sent)
+            sent.add_done_callback(_quietly_discard(self._cancels))
+
+    def _drop_ahead(self, name: str) -> None:
+        """``name``'s attempt ended without a value: cancel its dependents submitted
+        ahead with its future (and theirs)."""
+        if not self.ahead:
+            return
+        stack = [name]
+        while stack:
+            parent = stack.pop()
+            for child in self.eager_children.get(parent, ()):
+                gone = self.ahead.pop(child.name, None)
+                if gone is None:
+                    continue
+                self.current.pop(child.name, None)
+                self.dropped[child.name] = self.dropped.get(child.name, 0) + 1
+                gone.fetching.cancel()
+                self._cancel([gone.key, f"{gone.key}-bytes"])
+                stack.append(child.name)
 
     def _map(self, client: Any, items: list[Any]) -> list[Any]:
         first = items[0]
@@ -887,7 +1077,7 @@ class DaskExecutor:
             # merely waiting there would be blamed too under allowed_failures=0.
             self._tracker_was_running = _tracker_running()
             with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-                self.cluster = await distributed.LocalCluster(**options)  # type: ignore[no-untyped-call]
+                self.cluster = await _run_cluster_class()(**options)
             self.owns_cluster = True
             import tempfile
 
@@ -938,6 +1128,10 @@ class DaskExecutor:
             if self._opening is not None and not self._opening.done():
                 await asyncio.wait([self._opening])
             client = self.client
+            for gone in self.ahead.values():
+                gone.fetching.cancel()
+            self.ahead.clear()
+            self.current.clear()
             futures = [*self.live.values(), *self.kept.values()]
             for sending in self.scattered.values():
                 if sending.done() and not sending.cancelled() and sending.exception() is None:
@@ -980,9 +1174,93 @@ class DaskExecutor:
             self._closed = True
 
 
+_RUN_CLUSTER: Any = None
+
+
+def _run_cluster_class() -> Any:
+    """The LocalCluster a run owns, which keeps every worker it was started with.
+
+    A worker process that dies (a task's ``os._exit``, a signal) is restarted by its
+    nanny. A plain ``LocalCluster`` (``SpecCluster``) also closes the nanny of a worker
+    that has not registered again within ``distributed.deploy.lost-worker-timeout``
+    (15 s), and never starts another: under load a restart took 20 s, so the cluster
+    lost that worker for good, the restarted worker was stopped under the task it ran
+    (a retry, a free resubmission), and once every worker was gone the run's tasks
+    waited in Dask's queue forever. Here a lost worker's nanny is left to its restart,
+    however long it takes, and a nanny that is gone itself is replaced.
+    """
+    global _RUN_CLUSTER
+    if _RUN_CLUSTER is not None:
+        return _RUN_CLUSTER
+    from distributed import LocalCluster
+    from distributed.core import Status
+    from distributed.deploy.cluster import Cluster
+
+    running = (Status.init, Status.starting, Status.running)
+
+    class RunCluster(LocalCluster):
+        def _update_worker_status(self, op: str, msg: Any) -> None:
+            if op != "remove":
+                super()._update_worker_status(op, msg)  # type: ignore[no-untyped-call]
+                return
+            name = self.scheduler_info["workers"].get(msg, {}).get("name")
+            # The bookkeeping, without SpecCluster's delayed close of the nanny.
+            Cluster._update_worker_status(self, op, msg)  # type: ignore[no-untyped-call]
+            worker = self.workers.get(name)
+            if worker is None or self.status != Status.running:
+                return
+            if getattr(worker, "status", Status.running) not in running:
+                del self.workers[name]  # its nanny closed: start the spec's worker again
+                self._futures.add(asyncio.ensure_future(self._correct_state()))  # type: ignore[no-untyped-call]
+
+    _RUN_CLUSTER = RunCluster
+    return RunCluster
+
+
 def _release_scattered(sending: asyncio.Future[Any]) -> None:
     if not sending.cancelled() and sending.exception() is None:
         sending.result().release()
+
+
+class _Ahead:
+    """An attempt submitted ahead: its key, its Dask future, and the fetch of its value
+    (or of its bytes, with a store) that starts once Dask has it."""
+
+    __slots__ = ("fetching", "future", "key")
+
+    def __init__(self, key: str, future: Any, fetching: asyncio.Future[Any]) -> None:
+        self.key = key
+        self.future = future
+        self.fetching = fetching
+
+
+def _eager(task: Task, tasks: Mapping[str, Task]) -> bool:
+    """Whether ``task`` may go to the cluster with its inputs' futures before the run
+    starts it: a CPU task with inputs, each a CPU task, and nothing the run must decide
+    or count first (resources and limits, a timeout's clock, skip_none, order-only
+    dependencies, fan-out, a stream stage)."""
+    if (
+        task.kind is not Kind.CPU
+        or not task.deps
+        or task.resources
+        or task.timeout is not None
+        or task.skip_none
+        or task.after
+        or task.over is not None
+        or task.family is not None
+        or task.stream is not None
+    ):
+        return False
+    for d in task.deps:
+        dep = tasks.get(d)
+        if dep is None or dep.kind is not Kind.CPU or dep.over is not None:
+            return False
+    return True
+
+
+def _retrieved(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()  # an attempt dropped before the run took it: no news
 
 
 class _NeverStartedError(Exception):

@@ -1,0 +1,331 @@
+"""Eager submission on Dask: a CPU task whose inputs are CPU tasks goes to the cluster with
+their futures before they finish, so Dask starts it worker to worker (no result fetch
+and no submission round trip per link), and the run takes that submission over when it
+starts the task.
+
+``DaskBackend(eager=True)``; off by default. What must hold: results and failures as
+data, a failed input cancels what was submitted with its future (the run skips or
+retries as always), a retried input's dependent gets the retry's value, cancellation
+leaves nothing on the scheduler, a task the run must decide on first (a timeout,
+resources) is not sent ahead, ``eager=False`` sends nothing ahead, a store run commits
+bytes made on the worker. A LocalCluster of threads (processes=False) in this process,
+so the test reads the scheduler's tasks directly. Skipped without ``distributed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncgraph as ag
+
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+STARTED = threading.Event()
+RELEASE = threading.Event()
+
+
+@pytest.fixture(autouse=True)
+def gates() -> Iterator[None]:
+    STARTED.clear()
+    RELEASE.clear()
+    yield
+    RELEASE.set()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Any]:
+    async with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=False,
+            asynchronous=True,
+            dashboard_address=":0",
+            silence_logs=50,
+        ) as cluster,
+        distributed.Client(cluster, asynchronous=True, set_as_default=False) as c,
+    ):
+        yield c
+
+
+async def scheduler_keys(client: Any) -> list[str]:
+    """The keys the scheduler still holds once the run's releases and cancels arrived
+    (the last "forgotten" transition; no polling; bounded at 10 s)."""
+    sched = client.cluster.scheduler
+    if sched.tasks:
+        empty = asyncio.Event()
+
+        class Forgotten(distributed.diagnostics.plugin.SchedulerPlugin):  # type: ignore[misc]
+            def transition(self, key: Any, start: str, finish: str, *a: Any, **k: Any) -> None:
+                if finish == "forgotten" and set(sched.tasks) <= {key}:
+                    empty.set()
+
+        sched.add_plugin(Forgotten(), name="asyncgraph-eager-forgotten")
+        try:
+            if sched.tasks:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(empty.wait(), 10)
+        finally:
+            sched.remove_plugin("asyncgraph-eager-forgotten")
+    return [str(k) for k in sched.tasks]
+
+
+def hold(log: str) -> int:
+    """Notes that it ran, then blocks its worker thread until the test releases it."""
+    noted(log, "hold")
+    STARTED.set()
+    RELEASE.wait(30)
+    return 1
+
+
+def hold_then_fail(log: str) -> int:
+    noted(log, "hold")
+    STARTED.set()
+    RELEASE.wait(30)
+    raise ValueError("the input failed")
+
+
+def noted(log: str, text: str) -> None:
+    with open(log, "a") as f:
+        f.write(text + "\n")
+
+
+def inc(log: str, x: int) -> int:
+    noted(log, "inc")
+    return x + 1
+
+
+def lines(log: str) -> list[str]:
+    p = Path(log)
+    return p.read_text().split() if p.exists() else []
+
+
+class Watch:
+    """Every task transition on the (in-process) scheduler, in order, from a plugin."""
+
+    def __init__(self, client: Any) -> None:
+        self.sched = client.cluster.scheduler
+        self.order: list[tuple[str, str]] = []
+        self.changed = asyncio.Event()
+        watch = self
+
+        class Plugin(distributed.diagnostics.plugin.SchedulerPlugin):  # type: ignore[misc]
+            def transition(self, key: Any, start: str, finish: str, *a: Any, **k: Any) -> None:
+                watch.order.append((str(key), finish))
+                watch.changed.set()
+
+        self.sched.add_plugin(Plugin(), name="asyncgraph-eager-watch")
+
+    def close(self) -> None:
+        self.sched.remove_plugin("asyncgraph-eager-watch")
+
+    def has(self, prefix: str) -> bool:
+        return any(k.startswith(prefix) for k, _ in self.order)
+
+    async def until(self, prefixes: list[str]) -> None:
+        """Wait until the scheduler has had a key for each of ``prefixes`` (event-driven;
+        a test whose keys never come fails after 30 s)."""
+
+        async def wait() -> None:
+            while not all(self.has(p) for p in prefixes):
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(wait(), 30)
+
+    def first(self, prefix: str, finish: str | None = None) -> int:
+        return next(
+            i
+            for i, (k, f) in enumerate(self.order)
+            if k.startswith(prefix) and (finish is None or f == finish)
+        )
+
+
+@pytest.fixture
+def watch(client: Any) -> Iterator[Watch]:
+    w = Watch(client)
+    yield w
+    w.close()
+
+
+async def test_a_chain_goes_to_the_cluster_before_its_inputs_finish(
+    tmp_path: Path, client: Any, watch: Watch
+) -> None:
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add("a", functools.partial(hold, log), kind="cpu")
+    g.add("b", functools.partial(inc, log), deps=["a"], kind="cpu")
+    g.add("c", functools.partial(inc, log), deps=["b"], kind="cpu")
+    g.add("d", functools.partial(inc, log), deps=["c"], kind="cpu")
+    events: list[ag.Event] = []
+    run = asyncio.ensure_future(
+        ag.run(g, backend=ag.DaskBackend(client, eager=True), on_event=events.append)
+    )
+    await asyncio.to_thread(STARTED.wait, 30)
+    await watch.until(["b-", "c-", "d-"])  # all on the scheduler while "a" is held
+    RELEASE.set()
+    done = await run
+    assert done.results == {"a": 1, "b": 2, "c": 3, "d": 4}
+    assert {n: done.records[n].attempts for n in "abcd"} == dict.fromkeys("abcd", 1)
+    assert lines(log).count("inc") == 3  # each ran once
+    # The run's events are as before: each task started, then done, in chain order.
+    order = [(e.kind.value, e.task) for e in events if e.kind.value in ("started", "done")]
+    assert order == [(k, n) for n in "abcd" for k in ("started", "done")]
+    assert await scheduler_keys(client) == []
+    assert not client.futures
+
+
+async def test_a_failed_input_cancels_what_went_ahead_and_its_dependents_skip(
+    tmp_path: Path, client: Any, watch: Watch
+) -> None:
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add("a", functools.partial(hold_then_fail, log), kind="cpu")
+    g.add("b", functools.partial(inc, log), deps=["a"], kind="cpu")
+    g.add("c", functools.partial(inc, log), deps=["b"], kind="cpu")
+    g.add("other", functools.partial(inc, log, 10), kind="cpu")
+    run = asyncio.ensure_future(ag.run(g, backend=ag.DaskBackend(client, eager=True)))
+    await asyncio.to_thread(STARTED.wait, 30)
+    await watch.until(["b-", "c-"])
+    RELEASE.set()
+    done = await run
+    assert done.status["a"] is ag.State.FAILED
+    assert str(done.records["a"].error) == "the input failed"
+    assert done.status["b"] is ag.State.SKIPPED
+    assert done.status["c"] is ag.State.SKIPPED
+    assert done.results == {"other": 11}
+    assert lines(log).count("inc") == 1  # only "other": b and c never ran
+    assert await scheduler_keys(client) == []
+    assert not client.futures
+
+
+def fails_first(counter: str) -> int:
+    path = Path(counter)
+    n = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(n + 1))
+    if n == 0:
+        raise ZeroDivisionError("first attempt")
+    return 100
+
+
+async def test_a_retried_input_feeds_its_dependent_the_retrys_value(
+    tmp_path: Path, client: Any
+) -> None:
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add(
+        "a",
+        functools.partial(fails_first, str(tmp_path / "n")),
+        kind="cpu",
+        retries=1,
+        retry_delay=0.001,
+    )
+    g.add("b", functools.partial(inc, log), deps=["a"], kind="cpu")
+    g.add("c", functools.partial(inc, log), deps=["b"], kind="cpu")
+    done = await ag.run(g, backend=ag.DaskBackend(client, eager=True))
+    assert done.results == {"a": 100, "b": 101, "c": 102}
+    assert done.records["a"].attempts == 2
+    assert done.records["b"].attempts == 1  # its first submission was dropped, not failed
+    assert lines(log).count("inc") == 2
+    assert await scheduler_keys(client) == []
+
+
+async def test_a_cancelled_run_leaves_nothing_on_the_scheduler(
+    tmp_path: Path, client: Any, watch: Watch
+) -> None:
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add("a", functools.partial(hold, log), kind="cpu")
+    g.add("b", functools.partial(inc, log), deps=["a"], kind="cpu")
+    run = asyncio.ensure_future(ag.run(g, backend=ag.DaskBackend(client, eager=True)))
+    await asyncio.to_thread(STARTED.wait, 30)
+    await watch.until(["b-"])
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    RELEASE.set()  # "a" returns now, on a cancelled future
+    assert await scheduler_keys(client) == []
+    assert not client.futures
+    # Not asserted: that "b" never ran. Dask's cancel is a message on its batched
+    # stream; if "a" finishes before the scheduler has it, Dask starts "b" at once
+    # (a task sent ahead runs when its inputs finish): why eager is opt-in.
+
+
+async def test_a_task_the_run_decides_on_first_is_not_sent_ahead(
+    tmp_path: Path, client: Any, watch: Watch
+) -> None:
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add("a", functools.partial(hold, log), kind="cpu")
+    g.add("timed", functools.partial(inc, log), deps=["a"], kind="cpu", timeout=60)
+    g.add("limited", functools.partial(inc, log), deps=["a"], kind="cpu", resources=("db",))
+    g.add("plain", functools.partial(inc, log), deps=["a"], kind="cpu")
+    g.add("after_io", functools.partial(inc, log), deps=["io"], kind="cpu")
+    g.add("io", lambda: 5)
+    run = asyncio.ensure_future(
+        ag.run(g, backend=ag.DaskBackend(client, eager=True), limits={"db": 1})
+    )
+    await asyncio.to_thread(STARTED.wait, 30)
+    await watch.until(["plain-"])
+    # Had they gone ahead, they would have gone in the same message as "plain".
+    assert not watch.has("timed-") and not watch.has("limited-")
+    RELEASE.set()
+    done = await run
+    assert done.results == {"a": 1, "timed": 2, "limited": 2, "plain": 2, "io": 5, "after_io": 6}
+    assert await scheduler_keys(client) == []
+
+
+def test_eager_is_off_by_default() -> None:
+    assert ag.DaskBackend().eager is False
+
+
+async def test_eager_false_sends_nothing_ahead(tmp_path: Path, client: Any, watch: Watch) -> None:
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add("a", functools.partial(hold, log), kind="cpu")
+    g.add("b", functools.partial(inc, log), deps=["a"], kind="cpu")
+    run = asyncio.ensure_future(ag.run(g, backend=ag.DaskBackend(client, eager=False)))
+    await asyncio.to_thread(STARTED.wait, 30)
+    RELEASE.set()
+    done = await run
+    assert done.results == {"a": 1, "b": 2}
+    # "b" reached the scheduler only once "a" had finished.
+    assert watch.first("b-") > watch.first("a-", "memory")
+
+
+def test_eager_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="eager must be True or False"):
+        ag.DaskBackend(eager="yes")  # type: ignore[arg-type]
+
+
+async def test_a_store_run_commits_the_bytes_of_what_went_ahead(tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    store = tmp_path / "s.db"
+    g = ag.Graph()
+    g.add("a", lambda: [1, 2], kind="cpu")
+    g.add("b", lambda a: [*a, 3], deps=["a"], kind="cpu")
+    g.add("c", lambda b: [*b, 4], deps=["b"], kind="cpu")
+    g.add("d", functools.partial(inc, log), deps=["e"], kind="cpu")
+    g.add("e", lambda c: len(c), deps=["c"], kind="cpu")
+    done_events: list[str] = []
+    done = await ag.run(
+        g,
+        backend=ag.DaskBackend(processes=False, n_workers=2, eager=True),
+        store=store,
+        on_event=lambda e: done_events.append(e.task) if e.kind.value == "done" else None,
+    )
+    assert done.results == {"a": [1, 2], "b": [1, 2, 3], "c": [1, 2, 3, 4], "e": 4, "d": 5}
+    assert done_events == ["a", "b", "c", "e", "d"]
+    loaded = ag.load(g, store)
+    assert loaded.results == done.results
+    assert all(s is ag.State.DONE for s in loaded.status.values())
