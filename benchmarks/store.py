@@ -488,6 +488,19 @@ def _child(argv: list[str]) -> None:
     """One measurement in this (fresh) process; prints its seconds as JSON."""
     import json
 
+    if argv[0] == "resume-prepare":  # resume-prepare STORE N WORK_MS SWITCH: 1 % failed
+        store_path, n, work_ms, switch = argv[1], int(argv[2]), float(argv[3]), argv[4]
+        g, failing = build_resume_graph(n, switch, work_ms / 1000)
+        out = asyncio.run(ag.run(g, store=store_path))
+        assert count(out, ag.State.FAILED) == len(failing)
+        print(json.dumps({}))
+        return
+    if argv[0] == "fanout-prepare":  # fanout-prepare STORE N FLAG: the failed family
+        store_path, n, flag = argv[1], int(argv[2]), Path(argv[3])
+        out = ag.run_sync(fanout_graph(n, flag), store=store_path)
+        assert out.status["t[0]"] is ag.State.FAILED
+        print(json.dumps({}))
+        return
     if argv[0] == "overhead":  # overhead SHAPE N REPS: bench_overhead here, in one process
         shape, n, reps = argv[1], int(argv[2]), int(argv[3])
         files = Files(None)
@@ -630,12 +643,13 @@ def bench_process_resume(
     new process (each: build + run; the resume's run loads, resets and reruns)."""
     switch = files.dir / "switch"
     switch.touch()
-    g, failing = build_resume_graph(n, str(switch), work_ms / 1000)
-    first = files.fresh()
-    out = asyncio.run(ag.run(g, store=first))
-    assert count(out, ag.State.FAILED) == len(failing)
-    switch.unlink()
     trees = _trees(against)
+    # Each tree writes its own store (two trees may write different schema versions).
+    firsts: dict[str, str] = {}
+    for label, tree in trees:
+        firsts[label] = str(files.fresh())
+        _spawn(tree, ["resume-prepare", firsts[label], str(n), str(work_ms), str(switch)])
+    switch.unlink()
     got: dict[str, dict[str, list[dict[str, float]]]] = {
         label: {"resume": [], "plain": []} for label, _ in trees
     }
@@ -644,6 +658,7 @@ def bench_process_resume(
     for p in range(pairs):
         for label, tree in trees if p % 2 == 0 else trees[::-1]:
             copy = files.fresh()
+            first = firsts[label]
             for suffix in ("", "-wal"):
                 if os.path.exists(f"{first}{suffix}"):
                     shutil.copyfile(f"{first}{suffix}", f"{copy}{suffix}")
@@ -658,7 +673,7 @@ def bench_process_resume(
         row = {
             "tree": label,
             "n": n,
-            "failed": len(failing),
+            "failed": len(failing_names(n, shape_layered(n))),
             "pairs": pairs,
             "ratio": median(ratios),
             "ratio_range": _range(ratios),
@@ -681,7 +696,8 @@ def bench_process_resume(
             file=sys.stderr,
             flush=True,
         )
-    files.remove(first)
+    for path in firsts.values():
+        files.remove(Path(path))
     return rows
 
 
@@ -691,21 +707,24 @@ def bench_fanout_rerun(
     """plan + rerun of 1 failed element of n on a store, in a new process each time."""
     flag = files.dir / "fanout-fail"
     flag.touch()
-    first = files.fresh()
-    out = ag.run_sync(fanout_graph(n, flag), store=first)
-    assert out.status["t[0]"] is ag.State.FAILED
-    flag.unlink()
-    per: dict[str, list[dict[str, float]]] = {label: [] for label, _ in _trees(against)}
     trees = _trees(against)
+    # Each tree writes its own store (two trees may write different schema versions).
+    first: dict[str, str] = {}
+    for label, tree in trees:
+        first[label] = str(files.fresh())
+        _spawn(tree, ["fanout-prepare", first[label], str(n), str(flag)])
+    flag.unlink()
+    per: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
     for r in range(reps):
         for label, tree in trees if r % 2 == 0 else trees[::-1]:
             copy = files.fresh()
             for suffix in ("", "-wal"):
-                if os.path.exists(f"{first}{suffix}"):
-                    shutil.copyfile(f"{first}{suffix}", f"{copy}{suffix}")
+                if os.path.exists(f"{first[label]}{suffix}"):
+                    shutil.copyfile(f"{first[label]}{suffix}", f"{copy}{suffix}")
             per[label].append(_spawn(tree, ["fanout", str(copy), str(n), "0", str(flag)]))
             files.remove(copy)
-    files.remove(first)
+    for path in first.values():
+        files.remove(Path(path))
     rows = []
     for label, got in per.items():
         row = {
