@@ -861,6 +861,13 @@ def _built_in_row_limit() -> int:
 def _check_store(path: Path) -> None:
     """Raise StoreError if the file exists and is not a readable asyncgraph store."""
     st = stat_of(path)
+    if st is None and not path.parent.is_dir():
+        # What a run would refuse (files.FileLock), said as early: a load or plan of a
+        # store in a missing directory (a typo) would otherwise plan every task "new".
+        raise StoreError(
+            f"store {str(path)!r}: the directory {str(path.parent)!r} does not "
+            "exist; create it first (a typo in the path?)"
+        )
     if st is None or st.st_size == 0:
         return  # created on first write
     import sqlite3  # here, not at the top: `import asyncgraph` stays cheap

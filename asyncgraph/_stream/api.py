@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from .._exceptions import UnknownTaskError
+from .._exceptions import StoreError, UnknownTaskError
 from .._graph import BaseGraph, check_graph
 from .._lifetime import require_asyncio
 from .._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
@@ -480,6 +480,12 @@ def plan_stream(
     stages, plain = check_stream_graph(graph)
     resets = _check_reset(graph, reset, store, "plan_stream")
     if not os.path.exists(store):
+        parent = os.path.dirname(os.fspath(store)) or "."
+        if not os.path.isdir(parent):  # what the stream itself would refuse, said now
+            raise StoreError(
+                f"store {os.fspath(store)!r}: the directory {parent!r} does not exist; "
+                "create it first (a typo in the path?)"
+            )
         return StreamPlan(0, 0, 0, 0)
     digest = stream_digest(stages, graph._subset(plain) if plain else None)
     batches = read_batches(store)
