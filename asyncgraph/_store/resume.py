@@ -47,6 +47,7 @@ __all__ = [
     "load",
     "load_from",
     "plan",
+    "reused_record",
     "store_key",
     "weights_of",
 ]
@@ -54,6 +55,23 @@ __all__ = [
 #: ``TaskRecord(*fields)``, faster (see ``_task.constructor``): a load builds one per
 #: task done in the store (10k on a resume of 10k).
 _new_record = constructor(TaskRecord)
+
+
+def reused_record(store: Store, s: StoredTask, name: str) -> TaskRecord:
+    """The record of a task reused from ``store``: done, its result left in the store
+    (a :class:`StoredResult` read when asked), its attempts and times as stored."""
+    assert s.result_id is not None
+    record: TaskRecord = _new_record(
+        State.DONE,
+        StoredResult(store, s.result_id, name),
+        None,
+        None,
+        s.attempts,
+        s.started,
+        s.finished,
+    )
+    return record
+
 
 _LAST_TIME = {
     State.FAILED: "failed last time",
@@ -178,15 +196,7 @@ def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> L
                         reran = True
                         break
             if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
-                records[name] = _new_record(
-                    done,
-                    StoredResult(store, s.result_id, name),
-                    None,
-                    None,
-                    s.attempts,
-                    s.started,
-                    s.finished,
-                )
+                records[name] = reused_record(store, s, name)
             elif s.code != own:
                 reasons[name] = "code changed"
             elif s.fingerprint != fp:
@@ -295,7 +305,6 @@ def _with_stored_elements(
     records = graph._record_copy()
     added: list[Task] = []
     done = State.DONE
-    new = _new_record
     for template, rows in members.items():
         if not rows:
             continue
@@ -381,15 +390,7 @@ def _with_stored_elements(
                 else:
                     reran = stale_after > s.run_id
                 if s.code == own and up_done and s.result_id is not None and not reran:
-                    records[name] = new(
-                        done,
-                        StoredResult(store, s.result_id, name),
-                        None,
-                        None,
-                        s.attempts,
-                        s.started,
-                        s.finished,
-                    )
+                    records[name] = reused_record(store, s, name)
                     continue
                 records[name] = PENDING_RECORD
                 reasons[name] = (

@@ -37,9 +37,9 @@ from .._ledger import Ledger
 from .._nogc import paused
 from .._shield import in_thread_to_the_end
 from .._state import State, StoredResult, TaskRecord
-from .._task import Element, Task, constructor
+from .._task import Element, Task
 from .protocol import Store, TaskRow, new_result_id
-from .resume import GONE
+from .resume import GONE, reused_record
 from .serialize import serialize
 from .writer import RunWriter
 
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_ERROR_TEXT", "StoreSink", "hold", "load_inputs"]
 
 _VALUE_OF = {state: state.value for state in State}  # Enum's .value is a Python property
-#: ``TaskRecord(*fields)``, faster (``_task.constructor``): one per element reused.
-_new_record = constructor(TaskRecord)
 _DONE = State.DONE
 NONE_BLOB = serialize("", None)  # what a None result is stored as (made once)
 _NO_DIGEST = (None, None)
@@ -309,7 +307,7 @@ class StoreSink:
                     strict=True,
                 ),
             )
-            done, store, new, get = State.DONE, self.store, _new_record, stored.get
+            done, store, get = State.DONE, self.store, stored.get
             for el, fp in zip(first, fps, strict=True):
                 name = el.name
                 digests[name] = (own, fp)
@@ -320,15 +318,7 @@ class StoreSink:
                     and s.fingerprint == fp
                     and s.result_id is not None
                 ):
-                    reused[name] = new(
-                        done,
-                        StoredResult(store, s.result_id, name),
-                        None,
-                        None,
-                        s.attempts,
-                        s.started,
-                        s.finished,
-                    )
+                    reused[name] = reused_record(store, s, name)
         for e in elements:
             if isinstance(e, Element) and e.input is not None:
                 continue  # above
@@ -344,15 +334,7 @@ class StoreSink:
                 and s.fingerprint == fp
                 and s.result_id is not None
             ):
-                reused[e.name] = TaskRecord(
-                    State.DONE,
-                    StoredResult(self.store, s.result_id, e.name),
-                    None,
-                    None,
-                    s.attempts,
-                    s.started,
-                    s.finished,
-                )
+                reused[e.name] = reused_record(self.store, s, e.name)
         before = self.done_before
         self.reused += sum(1 for n in reused if n not in before)
         self._gone(template, {e.name for e in elements})
