@@ -691,27 +691,7 @@ class Scheduler:
         """:meth:`done`, then :meth:`get_ready`, in one call: the run's completion path
         (a no-op task costs a few microseconds, and each call is a share of it). The
         list returned is the caller's to read, not to change (it may be shared)."""
-        try:
-            self._running.remove(name)
-        except KeyError:
-            raise ValueError(_not_running("done", name)) from None
-        task = self._tasks[name]
-        self._lanes[task.kind].used -= 1
-        if task.resources:
-            self._release_resources(task)
-        waiting = self._waiting
-        del waiting[name]
-        children = self._children.get(name)
-        if children:
-            tasks = self._tasks
-            lanes = self._lanes
-            keys = self._keys
-            for c in children:
-                left = waiting.get(c)
-                if left is not None:
-                    waiting[c] = left = left - 1
-                    if left == 0:
-                        heapq.heappush(lanes[tasks[c].kind].heap, (keys[c], c))
+        self.done(name)
         if self._limits:
             return self.get_ready()
         # get_ready() without named limits (see there), inline: this runs once per task.
