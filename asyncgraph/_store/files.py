@@ -31,6 +31,7 @@ __all__ = [
     "FileLock",
     "alive",
     "beside",
+    "check_directory",
     "full_because",
     "has_wal",
     "identity",
@@ -88,11 +89,7 @@ class FileLock:
             raise StoreLockedError(
                 f"store {str(self.path)!r} is in use by {holder}; {advice}", holder
             )
-        if not self.path.parent.is_dir():
-            raise StoreError(
-                f"store {str(self.path)!r}: the directory {str(self.path.parent)!r} does not "
-                "exist; create it first (a typo in the path?)"
-            )
+        check_directory(self.path)
         stat_of(self.path)  # a directory, a FIFO, a socket: refused before anything is opened
         flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
         existed = os.path.exists(self.path)
@@ -401,6 +398,16 @@ os.register_at_fork(
     after_in_parent=lambda: _fork_guard.release(),
     after_in_child=_after_fork_in_child_guarded,
 )
+
+
+def check_directory(path: Path) -> None:
+    """Raise StoreError if the directory the store ``path`` would be in does not exist:
+    a run cannot create the file there, and a reader would see an empty store."""
+    if not path.parent.is_dir():
+        raise StoreError(
+            f"store {str(path)!r}: the directory {str(path.parent)!r} does not "
+            "exist; create it first (a typo in the path?)"
+        )
 
 
 def stat_of(path: Path) -> os.stat_result | None:

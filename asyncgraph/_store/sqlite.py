@@ -54,6 +54,7 @@ from .files import (
     FileLock,
     alive,
     beside,
+    check_directory,
     full_because,
     has_wal,
     identity,
@@ -602,14 +603,8 @@ class SQLiteStore:
             conn = self._conn
             assert conn is not None, "vouch() outside begin_run()/end_run()"
             with _transaction(conn):
-                if _version_of(conn) == 1:  # a run converts its store first: not seen
-                    conn.executemany(
-                        "UPDATE state SET run_id = ? WHERE name = ? AND result_id = ? "
-                        "AND status = 'done' AND run_id < ?",
-                        [(run_id, n, result_id, run_id) for n, result_id in results.items()],
-                    )
-                    return
-                # Version 2: the latest records with those re-stamped, as a new state
+                # The run's connection converted a version 1 store as it opened, so this
+                # is version 2: the latest records with those re-stamped, as a new state
                 # (its history stays as it is: the rows were written by earlier runs).
                 flat: list[Any] = []
                 extend = flat.extend
@@ -861,13 +856,10 @@ def _built_in_row_limit() -> int:
 def _check_store(path: Path) -> None:
     """Raise StoreError if the file exists and is not a readable asyncgraph store."""
     st = stat_of(path)
-    if st is None and not path.parent.is_dir():
+    if st is None:
         # What a run would refuse (files.FileLock), said as early: a load or plan of a
         # store in a missing directory (a typo) would otherwise plan every task "new".
-        raise StoreError(
-            f"store {str(path)!r}: the directory {str(path.parent)!r} does not "
-            "exist; create it first (a typo in the path?)"
-        )
+        check_directory(path)
     if st is None or st.st_size == 0:
         return  # created on first write
     import sqlite3  # here, not at the top: `import asyncgraph` stays cheap

@@ -19,14 +19,16 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from .._exceptions import StoreError, UnknownTaskError
+from .._exceptions import UnknownTaskError
 from .._graph import BaseGraph, check_graph
 from .._lifetime import require_asyncio
 from .._options import CANCEL_GRACE, OnEvent, Progress, RunOptions
 from .._shield import wait_to_the_end
+from .._store.files import check_directory
 from .._sync import _run_in_helper_thread, _run_on_new_loop, _Signals
 from .._task import Task, task_name
 from .durable import RESET, Durable, Reset, classify, stream_digest
@@ -480,12 +482,7 @@ def plan_stream(
     stages, plain = check_stream_graph(graph)
     resets = _check_reset(graph, reset, store, "plan_stream")
     if not os.path.exists(store):
-        parent = os.path.dirname(os.fspath(store)) or "."
-        if not os.path.isdir(parent):  # what the stream itself would refuse, said now
-            raise StoreError(
-                f"store {os.fspath(store)!r}: the directory {parent!r} does not exist; "
-                "create it first (a typo in the path?)"
-            )
+        check_directory(Path(store))  # what the stream itself would refuse, said now
         return StreamPlan(0, 0, 0, 0)
     digest = stream_digest(stages, graph._subset(plain) if plain else None)
     batches = read_batches(store)
