@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import GraphError, StoreError, StoreMismatchError, UnknownTaskError
-from ._fan import family_of
+from ._fan import family_of, positions
 from ._state import State
 from ._store.resume import GONE
 
@@ -391,9 +391,9 @@ def _in_graph_order(tasks: dict[str, StoredTask], order: Sequence[str]) -> dict[
     for name in plain:
         out[name] = tasks[name]
         members = elements.pop(name, [])
-        keys = [m[len(name) + 1 : -1] for m in members]
-        if all(k.isdecimal() for k in keys):
-            members = [m for _, m in sorted(zip(map(int, keys), members, strict=True))]
+        at = positions([m[len(name) + 1 : -1] for m in members])
+        if at is not None:
+            members = [members[i] for i in sorted(range(len(members)), key=at.__getitem__)]
         out.update((m, tasks[m]) for m in members)
     for members in elements.values():  # a family without its own row: as they came
         out.update((m, tasks[m]) for m in members)

@@ -36,6 +36,7 @@ __all__ = [
     "elements",
     "elementwise",
     "family_of",
+    "positions",
     "items",
 ]
 
@@ -56,6 +57,15 @@ class Items:
 
 def element_name(template: str, key: str) -> str:
     return f"{template}[{key}]"
+
+
+def positions(keys: Sequence[str]) -> list[int] | None:
+    """The positions ``keys`` (element keys, as in their names) stand for, or None if
+    one of them is not a position (a ``key=`` family's, or ``"²"``, which ``isdigit``
+    takes and ``int`` refuses): how a list of a family's elements is put in order."""
+    if all(k.isdecimal() for k in keys):
+        return [int(k) for k in keys]
+    return None
 
 
 def family_of(name: str) -> tuple[str, str] | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
-from .._fan import element_like, family_of, prototype
+from .._fan import element_like, family_of, positions, prototype
 from .._fingerprint import digests
 from .._graph import BaseGraph, G, check_graph
 from .._nogc import paused
@@ -317,8 +317,9 @@ def _with_stored_elements(
         cut = len(template) + 1
         # In family order where the names say it (by position: ``t[2]`` before ``t[10]``),
         # else as the store wrote them (each run's in the order they started).
-        if all(s.name[cut:-1].isdecimal() for s in rows):
-            rows.sort(key=lambda s: int(s.name[cut:-1]))
+        at = positions([s.name[cut:-1] for s in rows])
+        if at is not None:
+            rows[:] = [rows[i] for i in sorted(range(len(rows)), key=at.__getitem__)]
         else:
             rows.sort(key=_stored_order)
         wise = parent.over is not None  # element-wise: each takes its counterpart element
