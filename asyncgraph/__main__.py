@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -72,6 +73,7 @@ def _graph_options(sub: argparse.ArgumentParser, *, verb: str, store_help: str) 
     sub.add_argument(
         "target",
         metavar="MODULE:GRAPH",
+        nargs="?",  # required; checked in _settle, which also finds it after --reset a b
         help="MODULE is a module name or a .py file; GRAPH an asyncgraph.Graph in it, or a "
         "function without arguments that returns one (e.g. jobs/nightly.py:graph)",
     )
@@ -107,6 +109,65 @@ def _graph_options(sub: argparse.ArgumentParser, *, verb: str, store_help: str) 
     )
 
 
+def _store_argument(sub: argparse.ArgumentParser) -> None:
+    """STORE for the commands that read only a store: positional, or ``--store`` as in
+    ``plan`` and ``run`` (a user who has just typed ``run --store s.db`` types it again)."""
+    sub.add_argument("store", metavar="STORE", nargs="?", help="a store file a run wrote")
+    sub.add_argument(
+        "--store", dest="store_option", metavar="STORE", help="the same, given as an option"
+    )
+    # ``status --store s.db jobs.py:graph``: a graph given out of habit, named in the error.
+    sub.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
+
+
+#: What a MODULE:GRAPH looks like: a module name or path, a colon, a dotted attribute.
+_TARGET = re.compile(r"[^=\s]+:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def _settle(args: argparse.Namespace, argv: list[str]) -> None:
+    """The checks argparse cannot make: where STORE and MODULE:GRAPH went.
+
+    ``--reset`` and ``--mark-done`` take every name that follows them, so ``run --store
+    s.db --reset db jobs.py:graph`` would leave MODULE:GRAPH empty with the graph read as
+    a task name: when the last word of the command line is such a name and looks like
+    MODULE:GRAPH, it is the graph.
+    """
+    sub: argparse.ArgumentParser = args.parser
+    if hasattr(args, "store_option"):
+        if args.store is not None and args.store_option is not None:
+            if _TARGET.fullmatch(args.store) and not os.path.exists(args.store):
+                args.extra.insert(0, args.store)
+            elif args.store != args.store_option:
+                sub.error(
+                    f"two stores given, {args.store!r} and --store {args.store_option!r}: give one"
+                )
+            args.store = args.store_option
+        elif args.store is None:
+            args.store = args.store_option
+        if args.store is None:
+            sub.error(f"the store is missing: asyncgraph {args.command} STORE")
+        if args.extra:
+            words = " ".join(args.extra)
+            if all(_TARGET.fullmatch(w) for w in args.extra):
+                sub.error(f"{args.command} reads only the store and takes no graph: drop {words}")
+            sub.error(f"unrecognized arguments: {words}")
+        return
+    if not hasattr(args, "target") or args.target is not None:
+        return
+    last = argv[-1] if argv else None
+    for names in (args.mark_done, args.reset):
+        if last is not None and names and names[-1] == last and _TARGET.fullmatch(last):
+            args.target = names.pop()
+            if not names:
+                option = "--reset" if names is args.reset else "--mark-done"
+                sub.error(f"{option} needs at least one task name before MODULE:GRAPH")
+            return
+    sub.error(
+        "MODULE:GRAPH is missing (such as jobs/nightly.py:graph); --reset and --mark-done "
+        "take every name that follows them, so give MODULE:GRAPH first or last"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -128,12 +189,12 @@ def _parser() -> argparse.ArgumentParser:
         "the run that wrote it, the error), marking the tasks the last run wrote. Reads "
         "the store only; the graph's code is not needed.",
     )
-    status.add_argument("store", metavar="STORE", help="a store file a run wrote")
+    _store_argument(status)
     status.add_argument(
         "--failed", action="store_true", help="only failed tasks, with their tracebacks"
     )
     status.add_argument("--json", action="store_true", help="print a JSON object instead")
-    status.set_defaults(handler=_command("status"))
+    status.set_defaults(handler=_command("status"), parser=status)
 
     plan = commands.add_parser(
         "plan",
@@ -145,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
         plan, verb="plan to run", store_help="the store file (a missing one reads as empty)"
     )
     plan.add_argument("--json", action="store_true", help="print a JSON object instead")
-    plan.set_defaults(handler=_command("plan"))
+    plan.set_defaults(handler=_command("plan"), parser=plan)
 
     run = commands.add_parser(
         "run",
@@ -173,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
         "ADDRESS), a process pool started for the command, or the calling thread "
         "(default: worker processes of the run's own)",
     )
-    run.set_defaults(handler=_command("run"))
+    run.set_defaults(handler=_command("run"), parser=run)
 
     history = commands.add_parser(
         "history",
@@ -181,9 +242,9 @@ def _parser() -> argparse.ArgumentParser:
         description="List every run in STORE, oldest first: start, duration, how it "
         "ended and its task counts.",
     )
-    history.add_argument("store", metavar="STORE", help="a store file a run wrote")
+    _store_argument(history)
     history.add_argument("--json", action="store_true", help="print a JSON object instead")
-    history.set_defaults(handler=_command("history"))
+    history.set_defaults(handler=_command("history"), parser=history)
 
     demo = commands.add_parser(
         "demo",
@@ -204,6 +265,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-progress", action="store_true", help="draw no progress bar")
     demo.set_defaults(handler=_demo)
+    for sub in (plan, run):  # MODULE:GRAPH is required although argparse takes it as "?"
+        usage = sub.format_usage().removeprefix("usage: ").rstrip()
+        sub.usage = usage.replace("[MODULE:GRAPH]", "MODULE:GRAPH").replace(sub.prog, "%(prog)s")
     return parser
 
 
@@ -211,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``asyncgraph`` and ``python -m asyncgraph``; returns the exit code."""
     from ._exceptions import Terminated
 
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(words)
+    _settle(args, words)
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
