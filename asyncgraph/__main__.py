@@ -132,7 +132,9 @@ def _settle(args: argparse.Namespace, argv: list[str]) -> None:
     a task name: when the last word of the command line is such a name and looks like
     MODULE:GRAPH, it is the graph.
     """
-    sub: argparse.ArgumentParser = args.parser
+    sub: argparse.ArgumentParser | None = getattr(args, "parser", None)
+    if sub is None:  # demo
+        return
     if hasattr(args, "store_option"):
         if args.store is not None and args.store_option is not None:
             if _TARGET.fullmatch(args.store) and not os.path.exists(args.store):
