@@ -233,7 +233,8 @@ def _check_not_a_generator(name: str, fn: Any) -> None:
                 f"its function is {what}: calling it only creates a generator and runs "
                 "none of its body, so the task would end done with an unstarted generator "
                 f"as its result; return a list instead (collect the items: return "
-                f"{instead}), since asyncgraph has no streaming tasks yet",
+                f"{instead}); a task runs once, so for DataFrame batches that flow through "
+                "stages use @g.stream and run_stream (docs/streams.md)",
             )
 
 
