@@ -1077,7 +1077,7 @@ class DaskExecutor:
             # merely waiting there would be blamed too under allowed_failures=0.
             self._tracker_was_running = _tracker_running()
             with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-                self.cluster = await _run_cluster_class()(**options)
+                self.cluster = await _start_cluster(options)
             self.owns_cluster = True
             import tempfile
 
@@ -1400,3 +1400,24 @@ def _translated(name: str, exc: BaseException) -> BaseException:
                 f"run ({exc})"
             )
     return exc
+
+
+async def _start_cluster(options: dict[str, Any]) -> Any:
+    """The run's own cluster, started; a failed start says its likely cause and the way out.
+
+    Dask's worker processes start by importing the main module (multiprocessing's spawn),
+    so a script that starts its run at import time, without the ``__main__`` guard, starts
+    another run in each worker: the worker never comes up and Dask says only "Nanny
+    failed to start".
+    """
+    try:
+        return await _run_cluster_class()(**options)
+    except Exception as exc:
+        if not options.get("processes", True):
+            raise
+        raise RuntimeError(
+            f"DaskBackend could not start its LocalCluster's worker processes ({exc}). "
+            "Dask starts each worker by importing the main module, so a script that starts "
+            'a run when imported must put that call under `if __name__ == "__main__":`; '
+            "or pass DaskBackend(processes=False) for worker threads in this process"
+        ) from exc
