@@ -41,9 +41,17 @@ How an attempt maps to Dask (the traps are in ``shared/design/backends.md``):
   value cost ~8 ms of driver CPU per task (cloudpickle walks its modules every submit).
 - a result that a later CPU task needs stays on the cluster: the run keeps its Dask
   future and passes that future, not the value, to the dependent's submit, so the data
-  goes worker to worker and is not sent back out from the driver. The value is still
-  fetched once to the driver (the run's result graph holds values; a local task may
-  need it). A kept future is released once every CPU dependent has finished.
+  goes worker to worker and is not sent back out from the driver. A kept future is
+  released once every CPU dependent has finished (and the value is on the driver).
+- a result is fetched only when the driver needs it. The rule (``_takes_futures``):
+  without a store and an open run, a plain CPU task whose every pending dependent is a
+  plain CPU task (not fan-out, ``skip_none`` or a stream stage) is done once Dask has
+  its result, unfetched: its record holds a :class:`RemoteResult`, its dependents get
+  its future, and :meth:`DaskExecutor.settle` fetches every one still there in one
+  ``gather`` when the run ends with its graph, before the run's cluster closes (a
+  chain paid one fetch round trip per link before). Any other result is fetched as
+  its task ends, in the batched gathers. ``keep_remote=True`` (a user's client only)
+  leaves the handles in the result graph instead of that last fetch.
 - with a store, the result's bytes are made on the worker (a second tiny task next to
   the data), fetched as bytes, loaded here once and handed to the ledger as they are
   (``pickled``), so the store commits them before ``done`` is reported.
@@ -72,7 +80,11 @@ State it keeps
                       ``_out`` (attempts on the cluster) and ``_held`` (attempts with
                       a timeout, and those after them, waiting until at most
                       ``window`` are out); ``journal`` (the started-journal's
-                      directory, on an owned cluster).
+                      directory, on an owned cluster); ``lazy`` (the tasks whose
+                      result may stay on the cluster), ``values_wanted`` (True unless
+                      the run settles at its end and nothing reads values meanwhile)
+                      and ``remote`` (task -> the RemoteResult of a result left there,
+                      whose future it holds until ``settle`` or ``aclose``).
 """
 
 from __future__ import annotations
