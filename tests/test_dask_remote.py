@@ -358,3 +358,12 @@ async def test_keep_remote_cancelled_run_leaves_nothing(client: Any) -> None:
         await run
     RELEASE.set()
     assert await scheduler_keys(client) == []
+
+
+async def test_the_runs_own_cluster_is_fetched_before_it_closes() -> None:
+    # DaskBackend() of threads: the last gather runs before the cluster goes.
+    g = chain(4)
+    g.add("far", inc, deps=["c1"], kind="cpu")
+    done = await ag.run(g, backend=ag.DaskBackend(processes=False, n_workers=2))
+    assert done.results == {"c0": 9, "c1": 10, "c2": 11, "c3": 12, "far": 11}
+    assert not any(isinstance(v, ag.RemoteResult) for v in done.results.values())
