@@ -1,7 +1,8 @@
 """asyncgraph on a Dask cluster against plain Dask on the same cluster.
 
     python benchmarks/dask.py [--wide 500] [--chain 100] [--layers 5x100] [--big 20x80]
-                              [--pairs 3] [--eager] [--json PATH] [--tiny]
+                              [--pairs 3] [--eager] [--only chain,keep_remote]
+                              [--json PATH] [--tiny]
 
 One Dask cluster with its scheduler and two one-thread workers in processes of their
 own (``SubprocessCluster``), so the driver's CPU time is the client's and asyncgraph's
@@ -241,6 +242,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             ]  # fmt: skip
         if kept is None:
             shapes = [shape for shape in shapes if "keep_remote" not in shape[0]]
+        if args.only:
+            wanted = args.only.split(",")
+            shapes = [shape for shape in shapes if any(w in shape[0] for w in wanted)]
         rows = []
         results: dict[str, Any] = {}
         for name, n, plain, ours in shapes:
@@ -304,6 +308,9 @@ def main() -> None:
         help="DaskBackend(capacity=): tasks in flight (0: the backend's default)",
     )
     p.add_argument("--eager", action="store_true", help="asyncgraph with DaskBackend(eager=True)")
+    p.add_argument(
+        "--only", default="", help="comma-separated parts of shape names: run only those"
+    )
     p.add_argument("--tiny", action="store_true", help="a smoke run: tiny shapes, one pair")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
