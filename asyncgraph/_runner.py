@@ -15,7 +15,9 @@ loop's thread, one at a time, so there is no locking. No child outlives the run,
 however it ends.
 
 Per-run resources (the executors' process pool and threads) are created by the run and
-closed by it, under a shield, whatever way the run ends.
+closed by it, under a shield, whatever way the run ends. Before that, a run that returns
+its graph has each executor ``settle``: results it left elsewhere (on a Dask cluster)
+come into the records, so the graph holds values.
 
 State it keeps
     A ``_Run`` is a record of collaborators, each keeping its own state (see their
@@ -917,14 +919,16 @@ class _Run:
         await self.children.stop()
         if self.core.is_active():
             self._close(reason)
-        if settle and self.fatal is None:  # the run returns its graph: values in it
+        try:
+            if settle and self.fatal is None:  # the run returns its graph: values in it
+                for ex in self.executors:
+                    fetch = getattr(ex, "settle", None)  # results left on a cluster
+                    if fetch is not None:
+                        await fetch(self.ledger.records)
+        finally:
             for ex in self.executors:
-                fetch = getattr(ex, "settle", None)  # results left on a cluster
-                if fetch is not None:
-                    await fetch(self.ledger.records)
-        for ex in self.executors:
-            await ex.aclose()
-        await self.ledger.close()
+                await ex.aclose()
+            await self.ledger.close()
 
     async def run(self) -> BaseGraph:
         reason = "the run was cancelled"
