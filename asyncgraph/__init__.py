@@ -37,6 +37,7 @@ from ._exceptions import UnpicklingError as UnpicklingError
 from ._exceptions import UnstorableResultError as UnstorableResultError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._executors.dask import DaskBackend as DaskBackend
+from ._executors.dask import RemoteResult as RemoteResult
 from ._lifetime import run as run
 from ._open_run import OpenRun as OpenRun
 from ._open_run import open_run as open_run
@@ -96,6 +97,7 @@ __all__ = [
     "PicklingError",
     "ProcessBackend",
     "RemoteError",
+    "RemoteResult",
     "SQLiteStore",
     "SignatureError",
     "StageSummary",

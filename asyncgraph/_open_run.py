@@ -100,8 +100,12 @@ class OpenRun(Generic[G]):
 
     def _attach(self, records: RunRecords) -> None:
         # Called as soon as the run exists: at once without a store, after the store
-        # was read with one.
+        # was read with one. The block reads values as they come (as_completed, graph):
+        # the run keeps none on a cluster (see DaskExecutor.settle).
         self._records = records
+        want = getattr(records, "want_values", None)
+        if want is not None:
+            want()
 
     def _ended(self, task: asyncio.Task[G]) -> None:
         self._closed = True

@@ -15,7 +15,9 @@ loop's thread, one at a time, so there is no locking. No child outlives the run,
 however it ends.
 
 Per-run resources (the executors' process pool and threads) are created by the run and
-closed by it, under a shield, whatever way the run ends.
+closed by it, under a shield, whatever way the run ends. Before that, a run that returns
+its graph has each executor ``settle``: results it left elsewhere (on a Dask cluster)
+come into the records, so the graph holds values.
 
 State it keeps
     A ``_Run`` is a record of collaborators, each keeping its own state (see their
@@ -203,6 +205,9 @@ class _Run:
         for ex in self.executors:
             if id(ex) in used:
                 ex.check(self.tasks, pending if id(ex) in serving else ())
+            later = getattr(ex, "values_at_end", None)  # it may leave results remote:
+            if later is not None:  # _cleanup settles them
+                later()
         self.children = TaskSet(cancel_grace)
         if bar is not None and not fans and not ledger.stores:
             # The run's only listener is a progress bar: it reads the counts (on a loop
@@ -902,18 +907,34 @@ class _Run:
         running, rest = self.core.cancel()
         self.ledger.cancel(running, rest, reason, self.children.abandoned, self.cancel_grace)
 
-    async def _cleanup(self, reason: str) -> None:
+    def want_values(self) -> None:
+        """Someone reads results while the run goes on (an open run): no executor may
+        leave one elsewhere (a Dask cluster) until the run's end."""
+        for ex in self.executors:
+            want = getattr(ex, "want_values", None)
+            if want is not None:
+                want()
+
+    async def _cleanup(self, reason: str, settle: bool) -> None:
         await self.children.stop()
         if self.core.is_active():
             self._close(reason)
-        for ex in self.executors:
-            await ex.aclose()
-        await self.ledger.close()
+        try:
+            if settle and self.fatal is None:  # the run returns its graph: values in it
+                for ex in self.executors:
+                    fetch = getattr(ex, "settle", None)  # results left on a cluster
+                    if fetch is not None:
+                        await fetch(self.ledger.records)
+        finally:
+            for ex in self.executors:
+                await ex.aclose()
+            await self.ledger.close()
 
     async def run(self) -> BaseGraph:
         reason = "the run was cancelled"
         ledger = self.ledger
         core = self.core
+        settle = False  # whether the run ends with its graph (not cancelled, no error)
         try:
             self.children.open()
             for ex in self.executors:  # issue 15: a CPU pool starts now, beside the IO tasks
@@ -938,6 +959,7 @@ class _Run:
                     reason = f"the run's deadline of {self.deadline}s passed"
             if self.failure is not None:
                 reason = f"task {self.failure!r} failed and fail_fast=True"
+            settle = True
         except asyncio.CancelledError as exc:
             # run_sync's signal handler says which signal it was (see _Signals).
             if exc.args and exc.args[0] in _STOPPED_BY.values():
@@ -948,7 +970,7 @@ class _Run:
             #     task = asyncio.create_task(ag.run(g)); task.cancel()
             # ) no child outlives it: cancel them, record them cancelled, stop the
             # workers, and let a cancellation continue.
-            await _to_the_end(self._cleanup(reason))
+            await _to_the_end(self._cleanup(reason, settle))
         if self.fatal is not None:
             raise self.fatal
         result = ledger.snapshot()

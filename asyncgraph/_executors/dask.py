@@ -41,9 +41,17 @@ How an attempt maps to Dask (the traps are in ``shared/design/backends.md``):
   value cost ~8 ms of driver CPU per task (cloudpickle walks its modules every submit).
 - a result that a later CPU task needs stays on the cluster: the run keeps its Dask
   future and passes that future, not the value, to the dependent's submit, so the data
-  goes worker to worker and is not sent back out from the driver. The value is still
-  fetched once to the driver (the run's result graph holds values; a local task may
-  need it). A kept future is released once every CPU dependent has finished.
+  goes worker to worker and is not sent back out from the driver. A kept future is
+  released once every CPU dependent has finished (and the value is on the driver).
+- a result is fetched only when the driver needs it. The rule (``_takes_futures``):
+  without a store and an open run, a plain CPU task whose every pending dependent is a
+  plain CPU task (not fan-out, ``skip_none`` or a stream stage) is done once Dask has
+  its result, unfetched: its record holds a :class:`RemoteResult`, its dependents get
+  its future, and :meth:`DaskExecutor.settle` fetches every one still there in one
+  ``gather`` when the run ends with its graph, before the run's cluster closes (a
+  chain paid one fetch round trip per link before). Any other result is fetched as
+  its task ends, in the batched gathers. ``keep_remote=True`` (a user's client only)
+  leaves the handles in the result graph instead of that last fetch.
 - with a store, the result's bytes are made on the worker (a second tiny task next to
   the data), fetched as bytes, loaded here once and handed to the ledger as they are
   (``pickled``), so the store commits them before ``done`` is reported.
@@ -72,7 +80,11 @@ State it keeps
                       ``_out`` (attempts on the cluster) and ``_held`` (attempts with
                       a timeout, and those after them, waiting until at most
                       ``window`` are out); ``journal`` (the started-journal's
-                      directory, on an owned cluster).
+                      directory, on an owned cluster); ``lazy`` (the tasks whose
+                      result may stay on the cluster), ``values_wanted`` (True unless
+                      the run settles at its end and nothing reads values meanwhile)
+                      and ``remote`` (task -> the RemoteResult of a result left there,
+                      whose future it holds until ``settle`` or ``aclose``).
 """
 
 from __future__ import annotations
@@ -80,6 +92,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -94,15 +107,60 @@ import cloudpickle
 from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import PicklingError, WorkerDiedError
 from .._shield import wait_to_the_end
+from .._state import State
 from .._task import Kind, Task
 from . import _dask_worker
 from .base import Began, Executor
 from .process import shipping_problem
 
-__all__ = ["DaskBackend", "DaskExecutor"]
+__all__ = ["DaskBackend", "DaskExecutor", "RemoteResult"]
 
 _INLINE = 4096  # result bytes up to this many are loaded on the loop, bigger in a thread
 _SCATTER = 8 << 20  # a driver value above this many bytes is scattered, not embedded
+
+
+class RemoteResult:
+    """A task's result left on the Dask cluster, held by your client.
+
+    With ``DaskBackend(client, keep_remote=True)``, the result graph holds one of these
+    instead of the value of each task whose result no driver-side task needed::
+
+        done = await ag.run(g, backend=ag.DaskBackend(client, keep_remote=True))
+        handle = done.results["last"]    # RemoteResult of task 'last': ndarray on ...
+        value = await handle.fetch()     # the value, fetched once (Dask caches nothing)
+        later = client.submit(f, handle.future)   # or pass the Dask future on
+
+    ``future`` is the ``distributed.Future`` (of your client); ``type`` the result's
+    type name as Dask reported it. The data stays on the cluster while the handle (or
+    its future) lives; :meth:`release` lets Dask forget it at once.
+    """
+
+    __slots__ = ("future", "task")
+
+    def __init__(self, task: str, future: Any) -> None:
+        self.task = task
+        self.future = future
+
+    async def fetch(self) -> Any:
+        """The value, from the cluster (each call fetches it again)."""
+        return await self.future
+
+    def release(self) -> None:
+        """Let Dask forget the result (a later :meth:`fetch` fails)."""
+        self.future.release()
+
+    @property
+    def type(self) -> str | None:
+        """The result's type name, as Dask reported it when the task finished."""
+        kind = getattr(self.future, "type", None)
+        if kind is None:
+            return None
+        return kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+
+    def __repr__(self) -> str:
+        kind = self.type or "a result"
+        key = self.future.key
+        return f"<RemoteResult of task {self.task!r}: {kind} on the Dask cluster, key {key!r}>"
 
 
 class DaskBackend:
@@ -144,14 +202,24 @@ class DaskBackend:
     ``eager=True`` sends a CPU task whose inputs are all CPU tasks (and which has no
     ``timeout``, ``resources``, ``skip_none``, ``after`` or fan-out) to the cluster
     with its inputs' futures as soon as they are submitted: Dask starts it the moment
-    they finish, worker to worker, as a plain Dask graph does, instead of after a
-    result fetch and a submission per link (a chain of small tasks runs at about plain
-    Dask's speed). Results, failures, retries, events and the store are as without it;
-    a failed input takes what was sent with it back (the run skips or retries as
-    always). The price: a task sent ahead may start on the cluster as its inputs
-    finish even when the run stops before it starts the task (Dask's cancel is a
-    message that can arrive after that), so a stopped run may have run a task it
-    records as not started. Off by default.
+    they finish, worker to worker, as a plain Dask graph does, instead of after Dask's
+    "finished" report and a submission per link (a chain of small tasks runs at about
+    plain Dask's speed; without it, about 1.7x under load). Results, failures,
+    retries, events and the store are as without it; a failed input takes what was
+    sent with it back (the run skips or retries as always). The price: a task sent
+    ahead may start on the cluster as its inputs finish even when the run stops before
+    it starts the task (Dask's cancel is a message that can arrive after that), so a
+    stopped run may have run a task it records as not started. Off by default.
+
+    A result only other cluster tasks take stays on the cluster while the run goes on
+    (no store, no open run, every dependent a plain CPU task of the run): the task is
+    done once Dask has its result, its dependents get its Dask future, and every such
+    result still there is fetched in one ``gather`` when the run ends, before the
+    run's own cluster closes (the result graph holds values). ``keep_remote=True``
+    (only with your own ``Client``, which holds them) skips that last fetch: the
+    result graph holds a :class:`RemoteResult` for each of those results, whose
+    ``await r.fetch()`` gives the value, and the data stays on the cluster until you
+    release it (``r.release()``) or drop the graph.
 
     Differences from the process pool: a running Dask task cannot be stopped, so a
     timeout (or a cancel) on a cluster the run does not own leaves the call running
@@ -175,6 +243,7 @@ class DaskBackend:
         cluster_kwargs: Mapping[str, Any] | None = None,
         connect_timeout: float = 10.0,
         eager: bool = False,
+        keep_remote: bool = False,
     ) -> None:
         self.address: str | None = None
         self.client: Any = None
@@ -228,6 +297,20 @@ class DaskBackend:
             )
         if not isinstance(eager, bool):
             raise TypeError(f"DaskBackend: eager must be True or False, not {eager!r}")
+        if not isinstance(keep_remote, bool):
+            raise TypeError(f"DaskBackend: keep_remote must be True or False, not {keep_remote!r}")
+        if keep_remote and self.client is None:
+            given = "a scheduler address" if self.address is not None else "a Cluster"
+            if self.owns_cluster:
+                given = "no cluster (the run's own LocalCluster)"
+            raise ValueError(
+                f"DaskBackend(keep_remote=True) with {given}: the results it leaves on the "
+                "cluster are held by the client, and the run's own client (and cluster) "
+                "closes when the run ends, losing them. Pass your own client, "
+                "DaskBackend(client, keep_remote=True) with a "
+                "distributed.Client(asynchronous=True) made on the run's loop, or drop "
+                "keep_remote to have every result fetched when the run ends"
+            )
         if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
             raise ValueError(
                 "DaskBackend: connect_timeout must be a number of seconds > 0, "
@@ -242,6 +325,7 @@ class DaskBackend:
         self.cluster_kwargs = dict(cluster_kwargs or {})
         self.connect_timeout = float(connect_timeout)
         self.eager = eager
+        self.keep_remote = keep_remote
 
     @property
     def owns_cluster(self) -> bool:
@@ -399,6 +483,12 @@ class DaskExecutor:
         self.ahead: dict[str, _Ahead] = {}  # task -> its attempt 1, submitted ahead
         self.dropped: dict[str, int] = {}  # task -> how many of those were dropped
         self.ahead_window = 2 * capacity if capacity else 256
+        # Results left on the cluster (see ``_remote_rule``).
+        self.lazy: set[str] = set()  # tasks whose result may stay there
+        # True unless the run settles its results at its end (``values_at_end``, the
+        # runner's promise) and nobody reads them meanwhile (``want_values``).
+        self.values_wanted = True
+        self.remote: dict[str, RemoteResult] = {}  # task -> its result left there
 
     # -- before the run --------------------------------------------------------------
 
@@ -415,8 +505,14 @@ class DaskExecutor:
         by_fn: dict[int, bytes] = {}
         modules: dict[str, str | None] = {}
         first_error: Exception | None = None
+        lazy = self.lazy
+        blocked: set[str] = set()  # their value is needed on the driver
         for n in pending:
             t = tasks[n]
+            if not _takes_futures(t):
+                blocked.update(t.deps)
+            elif not self.stores:
+                lazy.add(n)
             if t.kind is not Kind.CPU:
                 continue
             for d in () if t.over is not None else t.deps:  # a mapped task never starts
@@ -447,6 +543,7 @@ class DaskExecutor:
             self.fn_bytes[n] = data
         if problems:
             raise PicklingError.for_tasks(problems) from first_error
+        lazy -= blocked
         if self.backend.client is not None:
             try:
                 loop = asyncio.get_running_loop()
@@ -600,6 +697,8 @@ class DaskExecutor:
         self.current.pop(name, None)
         if data is not None and self.pickled is not None:
             self.pickled(name, data)
+        if type(value) is RemoteResult:
+            self.remote[name] = value  # it holds the future until the run's end
         self._finished(task, future)
         if task.deps:
             self._unfeed(task)  # a task that fails for good leaves them to aclose
@@ -630,8 +729,12 @@ class DaskExecutor:
                 data = await fetching
                 live.pop(blob_key, None)
                 value = await self._load(name, data)
+            elif fetching is not None:
+                value = await fetching
+            elif name in self.lazy and not self.values_wanted:
+                value = await self._landed(name, future)
             else:
-                value = await (fetching if fetching is not None else self._value(future))
+                value = await self._value(future)
         except asyncio.CancelledError:
             self._cancel([key, blob_key])
             raise
@@ -669,6 +772,8 @@ class DaskExecutor:
             if d == mapped:
                 continue
             future = kept.get(d)
+            if future is None and type(args[i]) is RemoteResult:
+                future = args[i].future
             if future is None and d in self.feeds:
                 future = await self._scattered(d, args[i])
             if future is not None:
@@ -679,6 +784,8 @@ class DaskExecutor:
                 if d == mapped:
                     continue
                 future = kept.get(d)
+                if future is None and type(kwargs[p]) is RemoteResult:
+                    future = kwargs[p].future
                 if future is None and d in self.feeds:
                     future = await self._scattered(d, kwargs[p])
                 if future is not None:
@@ -787,11 +894,12 @@ class DaskExecutor:
     # skip_none, order-only dependency or fan-out) goes to the cluster as soon as every
     # input has a Dask future, with those futures as its arguments: Dask starts it the
     # moment its inputs finish, worker to worker, as a plain Dask graph does, instead of
-    # after a result fetch and a submission round trip per link. Its value is fetched
-    # as soon as Dask has it. When the run starts the task (its inputs done, in the
-    # scheduler's order), the attempt takes over that submission. An input's attempt
-    # that fails (or is cancelled) takes its eager dependents with it: they are
-    # cancelled, and the run skips or retries as it always does.
+    # after Dask's "finished" report and a submission round trip per link. Its value is
+    # fetched as soon as Dask has it (unless it may stay on the cluster: ``_landed``).
+    # When the run starts the task (its inputs done, in the scheduler's order), the
+    # attempt takes over that submission. An input's attempt that fails (or is
+    # cancelled) takes its eager dependents with it: they are cancelled, and the run
+    # skips or retries as it always does.
 
     def _ahead_from(self, roots: list[str]) -> None:
         """Submit the eager dependents of ``roots`` whose inputs all have a Dask future
@@ -867,7 +975,10 @@ class DaskExecutor:
             key, name = item[0], item[5]
             self.live[key] = f
             self.current[name] = f
-            fetching = asyncio.ensure_future(self._value(f if b is None else b))
+            if b is None and name in self.lazy and not self.values_wanted:
+                fetching = asyncio.ensure_future(self._landed(name, f))
+            else:
+                fetching = asyncio.ensure_future(self._value(f if b is None else b))
             fetching.add_done_callback(_retrieved)
             self.ahead[name] = _Ahead(key, f, fetching)
 
@@ -929,6 +1040,14 @@ class DaskExecutor:
             loop.call_soon(self._fetch_all)
         return await waiter
 
+    async def _landed(self, name: str, future: Any) -> RemoteResult:
+        """``future``'s result left on the cluster, once Dask has it (its error at once,
+        as :meth:`_value` gives it): nothing is fetched (see ``settle``)."""
+        await future._state.wait()  # what Future.result awaits: no message
+        if future.status != "finished":
+            await future  # raises the error, or the cancellation
+        return RemoteResult(name, future)
+
     def _fetch_all(self) -> None:
         """Fetch what is ready: while two fetches are out, the rest waits for one of
         them to end and then goes in one (so a wide graph's results come in batches
@@ -975,9 +1094,10 @@ class DaskExecutor:
         """Keep ``future`` while a CPU dependent still needs it; release what this
         task's own dependencies no longer need."""
         name = task.name
+        remote = self.remote
         if self.uses.get(name):
             self.kept[name] = future
-        else:
+        elif name not in remote:
             future.release()
         for d in task.deps:
             left = self.uses.get(d)
@@ -986,7 +1106,7 @@ class DaskExecutor:
             if left <= 1:
                 del self.uses[d]
                 f = self.kept.pop(d, None)
-                if f is not None:
+                if f is not None and d not in remote:
                     f.release()
             else:
                 self.uses[d] = left - 1
@@ -1117,6 +1237,56 @@ class DaskExecutor:
             self.worker_resources = have
         return self.client
 
+    # -- the run's end -----------------------------------------------------------------
+
+    def values_at_end(self) -> None:
+        """The run calls :meth:`settle` before it closes: a result may stay on the
+        cluster until then (a stream, which never settles, does not call this)."""
+        self.values_wanted = False
+
+    def want_values(self) -> None:
+        """Something reads this run's results as they come (an open run's
+        ``as_completed``, its ``graph``): every result is fetched as its task ends."""
+        self.values_wanted = True
+
+    async def settle(self, records: dict[str, Any]) -> None:
+        """The run ends with a result graph (called before :meth:`aclose`, with the
+        run's records): fetch every result left on the cluster in one ``gather`` and
+        put the values in their records; with ``keep_remote``, leave the records'
+        :class:`RemoteResult` handles as they are, the user's client holding them."""
+        remote = self.remote
+        if not remote or self.client is None:
+            return
+        names = [n for n, h in remote.items() if getattr(records.get(n), "result", None) is h]
+        if self.backend.keep_remote:
+            for n in names:  # the handle's now: aclose neither cancels nor releases it
+                del remote[n]
+                self.kept.pop(n, None)
+            return
+        futures = [remote[n].future for n in names]
+        direct = True if self.owns_cluster else None
+        try:
+            values = await self.client.gather(futures, direct=direct)
+        except Exception:  # noqa: BLE001 - one lost: each alone, to say which
+            values = []
+            for f in futures:
+                try:
+                    values.append(await f)
+                except Exception as exc:  # noqa: BLE001 - recorded on its task
+                    values.append(_Lost(exc))
+        for n, value in zip(names, values, strict=True):
+            rec = records[n]
+            if type(value) is _Lost:
+                error = RuntimeError(
+                    f"task {n!r} was done on the Dask cluster, but its result could not "
+                    f"be fetched when the run ended: {type(value.exc).__name__}: {value.exc}"
+                )
+                records[n] = dataclasses.replace(
+                    rec, status=State.FAILED, result=None, error=error, traceback=None
+                )
+            else:
+                records[n] = dataclasses.replace(rec, result=value)
+
     async def aclose(self) -> None:
         """Cancel every future of the run still held, then close what the run started
         (its client, its cluster); a user's client or cluster is left open."""
@@ -1132,7 +1302,14 @@ class DaskExecutor:
                 gone.fetching.cancel()
             self.ahead.clear()
             self.current.clear()
-            futures = [*self.live.values(), *self.kept.values()]
+            remote = self.remote
+            # Results left on the cluster have finished: released, not cancelled (a
+            # forced cancel also cancels their dependents, and the scheduler asserts
+            # when one of those is in the same message).
+            futures = [*self.live.values()]
+            futures += [f for n, f in self.kept.items() if n not in remote]
+            finished = [h.future for h in remote.values()]
+            remote.clear()
             for sending in self.scattered.values():
                 if sending.done() and not sending.cancelled() and sending.exception() is None:
                     futures.append(sending.result())
@@ -1146,6 +1323,8 @@ class DaskExecutor:
                 with contextlib.suppress(Exception):
                     await client.cancel(futures, force=True)
             for f in futures:
+                f.release()
+            for f in finished:
                 f.release()
             if self._cancels:
                 await asyncio.wait(list(self._cancels))
@@ -1234,6 +1413,20 @@ class _Ahead:
         self.fetching = fetching
 
 
+def _takes_futures(task: Task) -> bool:
+    """Whether ``task`` runs on the cluster and takes its inputs as Dask futures there
+    (so an input of it may stay on the cluster): a plain CPU task, not a fan-out
+    template or element (expanded and collected on the driver), not ``skip_none``
+    (decided on the driver from the values), not a stream stage."""
+    return (
+        task.kind is Kind.CPU
+        and task.over is None
+        and task.family is None
+        and not task.skip_none
+        and task.stream is None
+    )
+
+
 def _eager(task: Task, tasks: Mapping[str, Task]) -> bool:
     """Whether ``task`` may go to the cluster with its inputs' futures before the run
     starts it: a CPU task with inputs, each a CPU task, and nothing the run must decide
@@ -1261,6 +1454,15 @@ def _eager(task: Task, tasks: Mapping[str, Task]) -> bool:
 def _retrieved(f: asyncio.Future[Any]) -> None:
     if not f.cancelled():
         f.exception()  # an attempt dropped before the run took it: no news
+
+
+class _Lost:
+    """A result left on the cluster that could not be fetched at the run's end."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 class _NeverStartedError(Exception):
