@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import StoreError
+from .._nogc import paused
 from .._state import State
 from .._task import constructor
 from . import journal
@@ -157,6 +158,14 @@ _WHERE = (
     "(SELECT max(upto) FROM state), (SELECT max(seq) FROM history)"
 )
 
+#: The latest records last read from a version 2 store file by any SQLiteStore of this
+#: process: ``(the file's real path, where they were read at (_WHERE), the records)``;
+#: one file's at most. ``where`` tells the records apart: the token is new with every
+#: run's start (``begin_run``) and every rewrite of ``state``, and the history only
+#: grows within a run, so two reads that agree on it read the same records (a copy of
+#: the file agrees with its original only until one of them runs).
+_SHARED: tuple[str, tuple[Any, ...], dict[str, tuple[list[Any], int]]] | None = None
+
 
 # -- the SQLite store -------------------------------------------------------------------
 
@@ -186,6 +195,7 @@ class SQLiteStore:
         # The latest records read last (version 2), and what they were read at (see
         # _latest): reading a result again costs one small query, not a decode.
         self._cache: tuple[tuple[Any, ...], dict[str, tuple[list[Any], int]]] | None = None
+        self._real: str | None = None  # os.path.realpath(path), once asked (_key)
         self._big = False  # whether results holds rows (the run's writes delete them)
         #: The run's graph name and task order, for begin_run to record (see there).
         self._described: tuple[str | None, Sequence[str]] | None = None
@@ -207,6 +217,7 @@ class SQLiteStore:
         self._file = FileLock(self.path)
         self._held_by_run = False
         self._cache = None
+        self._real = None
         self._big = False
         self._described = None
 
@@ -494,21 +505,51 @@ class SQLiteStore:
     def _latest(self, conn: sqlite3.Connection) -> dict[str, tuple[list[Any], int]]:
         """Every task's latest record in a version 2 store (see ``journal.latest``):
         ``state``'s, then the history after it. Kept for as long as the store says it
-        holds the same (its token, the upto of ``state``, the last history row)."""
+        holds the same (its token, the upto of ``state``, the last history row), and
+        shared by every SQLiteStore of the file in this process (see ``_SHARED``): a
+        resume's ``load`` and its run open the file twice and read it once."""
         where = tuple(conn.execute(_WHERE).fetchone())
+        known = self._cached(where)
+        if known is not None:
+            return known
+        with paused():  # a list per batch and a tuple per task, all kept
+            batches = []
+            upto = 0
+            for up, data in conn.execute("SELECT upto, rows FROM state ORDER BY part"):
+                upto = up
+                batches.append(journal.decode(data))
+            for (data,) in conn.execute(
+                "SELECT rows FROM history WHERE seq > ? ORDER BY seq", (upto,)
+            ):
+                batches.append(journal.decode(data))
+            records = journal.latest(batches)
+        self._keep(where, records)
+        return records
+
+    def _cached(self, where: tuple[Any, ...]) -> dict[str, tuple[list[Any], int]] | None:
+        """The latest records as of ``where``, if this store or another of the file in
+        this process read them (see ``_SHARED``); else None."""
         cache = self._cache
         if cache is not None and cache[0] == where:
             return cache[1]
-        batches = []
-        upto = 0
-        for up, data in conn.execute("SELECT upto, rows FROM state ORDER BY part"):
-            upto = up
-            batches.append(journal.decode(data))
-        for (data,) in conn.execute("SELECT rows FROM history WHERE seq > ? ORDER BY seq", (upto,)):
-            batches.append(journal.decode(data))
-        records = journal.latest(batches)
+        shared = _SHARED
+        if shared is not None and shared[1] == where and shared[0] == self._key():
+            self._cache = shared[1], shared[2]
+            return shared[2]
+        return None
+
+    def _key(self) -> str:
+        """The store file's real path: what ``_SHARED`` is keyed by."""
+        key = self._real
+        if key is None:
+            key = self._real = os.path.realpath(self.path)
+        return key
+
+    def _keep(self, where: tuple[Any, ...], records: dict[str, tuple[list[Any], int]]) -> None:
+        """Remember ``records`` as the latest as of ``where``, here and for the process."""
+        global _SHARED
         self._cache = (where, records)
-        return records
+        _SHARED = (self._key(), where, records)
 
     # -- one run ------------------------------------------------------------------------
 
@@ -548,12 +589,21 @@ class SQLiteStore:
             described, self._described = self._described, None
             if described is not None:
                 _describe(conn, run_id, *described)
-            self._fold(conn)
+            # The latest records this process read already, if it did (a resume's load):
+            # the fold takes them, and they stay known under the run's new token.
+            records = self._fold(conn, self._cached(tuple(conn.execute(_WHERE).fetchone())))
+            # A new token for every run: a copy of the file (a backup put back, say)
+            # then never agrees with it on _WHERE unless it holds the same records.
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'token'", (os.urandom(8).hex(),))
+            if records is not None:
+                self._keep(tuple(conn.execute(_WHERE).fetchone()), records)
             self._big = conn.execute("SELECT EXISTS (SELECT 1 FROM results)").fetchone()[0] == 1
         conn.execute("PRAGMA synchronous=FULL")  # every batch and the run's end: durable
         return run_id
 
-    def _fold(self, conn: sqlite3.Connection) -> None:
+    def _fold(
+        self, conn: sqlite3.Connection, records: dict[str, tuple[list[Any], int]] | None
+    ) -> dict[str, tuple[list[Any], int]] | None:
         """Rewrite ``state`` (the latest record of every task) from itself and the
         history after it, when that history holds more records than ``state``: reading
         the latest records then costs at most about twice what ``state`` alone would,
@@ -564,8 +614,11 @@ class SQLiteStore:
             "WHERE seq > (SELECT coalesce(max(upto), 0) FROM state))"
         ).fetchone()
         if since <= held:
-            return
-        self._write_state(conn, journal.flatten(self._latest(conn)))
+            return records
+        if records is None:
+            records = self._latest(conn)
+        self._write_state(conn, journal.flatten(records))
+        return records  # the same records: state holds them now
 
     def _write_state(self, conn: sqlite3.Connection, flat: list[Any]) -> None:
         """``state`` rewritten as ``flat`` (every task's latest record) as of the
