@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asyncgraph as ag
-from asyncgraph._store import SQLiteStore, journal
+from asyncgraph._store import SQLiteStore, TaskRow, journal
 from asyncgraph._store import sqlite as store_sqlite
 
 
@@ -149,3 +149,55 @@ def test_a_write_is_read(tmp_path: Path) -> None:
     ag.run_sync(g, store=db)
     assert set(SQLiteStore(db).tasks()) == {"a", "b", "c"}
     assert set(store.tasks()) == {"a", "b", "c"}
+
+
+def _state_and_since(db: Path) -> tuple[int, int, int]:
+    """(records in state, records in the history after it, history rows after it)."""
+    conn = sqlite3.connect(db)
+    try:
+        held, upto = conn.execute(
+            "SELECT coalesce(sum(tasks), 0), max(upto) FROM state"
+        ).fetchone()
+        since, rows = conn.execute(
+            "SELECT coalesce(sum(tasks), 0), count(*) FROM history WHERE seq > ?", (upto or 0,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return held, since, rows
+
+
+def test_a_resume_after_a_first_run_rewrites_no_state(tmp_path: Path) -> None:
+    """The first run's history holds each task once: a read of it decodes no record
+    twice, so the resume's start leaves it as it is (no rewrite of every record)."""
+    db = tmp_path / "s.db"
+    g = ag.Graph()
+    for i in range(40):
+        g.add(f"t{i}", lambda i=i: i)
+    ag.run_sync(g, store=db)
+    ag.run_sync(ag.reset(ag.load(g, db), ["t3"]), store=db)
+    held, since, _ = _state_and_since(db)
+    assert held == 0 and since == 42  # 40, then t3's reset and its end
+    assert ag.load(g, db).results["t3"] == 3
+
+
+def test_many_small_batches_are_folded(tmp_path: Path) -> None:
+    """A history of more rows than _FOLD_ROWS after state is folded at the next run's
+    start, even if no record in it was replaced (each row is a query step to read)."""
+    db = tmp_path / "s.db"
+    store = SQLiteStore(db)
+    n = store_sqlite._FOLD_ROWS + 1
+    store.acquire()
+    try:
+        run_id = store.begin_run()
+        for i in range(n):
+            none = [None] * 3
+            row = TaskRow(f"t{i}", run_id, "done", 1, 1.0, 2.0, *none, "f", "c", i, "pickle", None)
+            store.write(run_id, [row])
+        store.end_run(run_id, "done", {})
+        assert _state_and_since(db) == (0, n, n)
+        run_id = store.begin_run()
+        store.end_run(run_id, "done", {})
+    finally:
+        store.release()
+    assert _state_and_since(db) == (n, 0, 0)
+    assert len(SQLiteStore(db).tasks()) == n

@@ -158,6 +158,11 @@ _WHERE = (
     "(SELECT max(upto) FROM state), (SELECT max(seq) FROM history)"
 )
 
+#: The most history rows (committed batches) a read of the latest records decodes after
+#: ``state`` before a run's start rewrites ``state`` (``_fold``): a row costs a query
+#: step and an unpickler of its own, however few records it holds.
+_FOLD_ROWS = 512
+
 #: The latest records last read from a version 2 store file by any SQLiteStore of this
 #: process: ``(the file's real path, where they were read at (_WHERE), the records)``;
 #: one file's at most. ``where`` tells the records apart: the token is new with every
@@ -605,18 +610,25 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, records: dict[str, tuple[list[Any], int]] | None
     ) -> dict[str, tuple[list[Any], int]] | None:
         """Rewrite ``state`` (the latest record of every task) from itself and the
-        history after it, when that history holds more records than ``state``: reading
+        history after it, when a read decodes more than twice the records it finds (most
+        of them replaced since), or more than ``_FOLD_ROWS`` rows of history: reading
         the latest records then costs at most about twice what ``state`` alone would,
-        and each record is rewritten about once per record written (amortized)."""
-        held, since = conn.execute(
+        and each record is rewritten about once per record written (amortized). After a
+        store's first run its history holds each task once: nothing to gain, so a
+        resume does not pay for a rewrite (and its WAL's checkpoint). ``records``: the
+        latest records, if this process read them already; returned, read if need be."""
+        held, since, rows = conn.execute(
             "SELECT (SELECT coalesce(sum(tasks), 0) FROM state), "
-            "(SELECT coalesce(sum(tasks), 0) FROM history "
-            "WHERE seq > (SELECT coalesce(max(upto), 0) FROM state))"
+            "(SELECT coalesce(sum(tasks), 0) FROM history WHERE seq > "
+            "(SELECT coalesce(max(upto), 0) FROM state)), "
+            "(SELECT count(*) FROM history WHERE seq > (SELECT coalesce(max(upto), 0) FROM state))"
         ).fetchone()
-        if since <= held:
-            return records
+        if since <= held and rows <= _FOLD_ROWS:
+            return records  # at most twice the records state holds: no more than twice
         if records is None:
             records = self._latest(conn)
+        if held + since <= 2 * len(records) and rows <= _FOLD_ROWS:
+            return records
         self._write_state(conn, journal.flatten(records))
         return records  # the same records: state holds them now
 
