@@ -38,6 +38,7 @@ __all__ = [
     "flatten",
     "latest",
     "parts",
+    "plain",
 ]
 
 #: Values per record: TaskRow's fields, in order.
@@ -73,6 +74,15 @@ def decode(data: bytes) -> list[Any]:
     if type(flat) is not list or len(flat) % FIELDS:
         raise ValueError("a batch of records is not a list of whole records")
     return flat
+
+
+def plain(data: bytes) -> Any:
+    """A value ``encode`` made of plain values (lists, str, bytes, numbers, None),
+    unpickled by the unpickler that refuses every class; ValueError if it is not one."""
+    try:
+        return _Plain(io.BytesIO(data)).load()
+    except Exception as exc:
+        raise ValueError(f"a stored value cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 def parts(flat: list[Any], limit: int) -> Iterator[tuple[int, bytes]]:

@@ -19,13 +19,13 @@ import datetime as dt
 import math
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
 from .._fan import element_like, family_of, positions, prototype
-from .._fingerprint import digests
+from .._fingerprint import Known, digests
 from .._graph import BaseGraph, G, check_graph
 from .._nogc import paused
 from .._rewrite import reset_failed
@@ -154,7 +154,7 @@ def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> L
         # Its elements come from the store (as they were); its own state for them is
         # the caller's to keep: load() a graph without them.
         graph = graph._subset(graph._dag.static())
-    fps = digests(graph)
+    fps = digests(graph, _known(store))
     records = graph._record_copy()  # a dict: graph.records is a view, a call per item
     reasons: dict[str, str] = {}
     tasks = graph._dag.tasks
@@ -227,6 +227,19 @@ def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> L
     if generation is not None:
         _remember(loaded, store, generation, stored)
     return Loaded(loaded, reasons, stored, fps)
+
+
+def _known(store: Store) -> Callable[[], Known | None] | None:
+    """What ``digests`` may take instead of hashing every task: the digests of the
+    graph of the store's last run (``SQLiteStore.known_digests``), read when asked."""
+    if not isinstance(store, SQLiteStore):
+        return None
+
+    def read() -> Known | None:
+        kept = store.known_digests()
+        return None if kept is None else Known(*kept)
+
+    return read
 
 
 #: The rows the last ``load`` read, for the run of the graph it returned (a run of a

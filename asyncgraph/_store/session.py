@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._exceptions import StoreError, UnstorableResultError
-from .._fingerprint import element_fingerprints, elementwise_fingerprint, input_digests
+from .._fingerprint import (
+    element_fingerprints,
+    elementwise_fingerprint,
+    input_digests,
+    known_of,
+)
 from .._graph import BaseGraph
 from .._ledger import Ledger
 from .._nogc import paused
@@ -237,6 +242,7 @@ class StoreSink:
             store = self.store
             if isinstance(store, SQLiteStore):  # it records both in the run's first commit
                 store._described = (graph.name, graph.topological_order())
+                store._known = known_of(graph)  # and the digests, for the next load
             self.run_id = store.begin_run()  # kept even if we are cancelled meanwhile
             if isinstance(store, SQLiteStore) and store._described is None:
                 return  # described by begin_run

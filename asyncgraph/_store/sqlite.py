@@ -158,6 +158,10 @@ _WHERE = (
     "(SELECT max(upto) FROM state), (SELECT max(seq) FROM history)"
 )
 
+#: A graph's digests as a store keeps them: ``_fingerprint.Known``'s fields (its graph
+#: digest, each function's code digest, each task's function, each task's fingerprint).
+Digests = tuple[str, list[str], bytes, bytes]
+
 #: The most history rows (committed batches) a read of the latest records decodes after
 #: ``state`` before a run's start rewrites ``state`` (``_fold``): a row costs a query
 #: step and an unpickler of its own, however few records it holds.
@@ -204,6 +208,8 @@ class SQLiteStore:
         self._big = False  # whether results holds rows (the run's writes delete them)
         #: The run's graph name and task order, for begin_run to record (see there).
         self._described: tuple[str | None, Sequence[str]] | None = None
+        #: The run's graph's digests, for begin_run to keep (see known_digests).
+        self._known: Digests | None = None
         _check_store(self.path)
 
     def __repr__(self) -> str:
@@ -225,6 +231,7 @@ class SQLiteStore:
         self._real = None
         self._big = False
         self._described = None
+        self._known = None
 
     def __del__(self) -> None:
         # A store dropped while held (a run that could not clean up) lets go of its
@@ -363,6 +370,35 @@ class SQLiteStore:
             run = conn.execute("SELECT id, status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
             last = conn.execute("SELECT max(rowid) FROM history").fetchone()[0]
         return (0, None, last or 0) if run is None else (run[0], run[1], last or 0)
+
+    def known_digests(self) -> Digests | None:
+        """The digests of the graph the last run that could took, as
+        ``_fingerprint.Known``'s fields (graph digest, codes, uses, fingerprints), or
+        None. Not part of the Store protocol: ``load`` takes
+        them instead of hashing every task when their graph digest is its graph's
+        (issue 15, session 17). Plain values, read by the unpickler that refuses every
+        class; anything else there counts as none."""
+        with self._reading() as conn:
+            if conn is None:
+                return None
+            row = conn.execute("SELECT value FROM meta WHERE key = 'digests'").fetchone()
+        if row is None or type(row[0]) is not bytes:
+            return None
+        try:
+            value = journal.plain(row[0])
+        except ValueError:
+            return None
+        if (
+            type(value) is not list
+            or len(value) != 4
+            or type(value[0]) is not str
+            or type(value[1]) is not list
+            or not all(type(c) is str for c in value[1])
+            or type(value[2]) is not bytes
+            or type(value[3]) is not bytes
+        ):
+            return None
+        return value[0], value[1], value[2], value[3]
 
     def runs(self) -> list[RunInfo]:
         """Every run, oldest first (see :class:`Store`)."""
@@ -594,6 +630,9 @@ class SQLiteStore:
             described, self._described = self._described, None
             if described is not None:
                 _describe(conn, run_id, *described)
+            known, self._known = self._known, None
+            if known is not None:
+                _keep_digests(conn, known)
             # The latest records this process read already, if it did (a resume's load):
             # the fold takes them, and they stay known under the run's new token.
             records = self._fold(conn, self._cached(tuple(conn.execute(_WHERE).fetchone())))
@@ -1307,6 +1346,19 @@ def _describe(
 
     conn.execute("UPDATE runs SET graph = ? WHERE id = ?", (graph, run_id))
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('order', ?)", (json.dumps(list(order)),))
+
+
+def _keep_digests(conn: sqlite3.Connection, known: Digests) -> None:
+    """Keep the run's graph digests for the next load (see ``known_digests``), unless
+    the store holds them already (the same graph digest: the same digests)."""
+    graph = known[0]
+    row = conn.execute("SELECT value FROM meta WHERE key = 'graph'").fetchone()
+    if row is not None and row[0] == graph:
+        return
+    data = journal.encode(list(known))
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta VALUES (?, ?)", [("graph", graph), ("digests", data)]
+    )
 
 
 def _version_of(conn: sqlite3.Connection) -> int:
