@@ -965,6 +965,9 @@ def _built_in_row_limit() -> int:
     return _built_in_limit
 
 
+_CHECKED_META = "SELECT key, value FROM meta WHERE key IN ('format', 'version')"
+
+
 def _check_store(path: Path) -> None:
     """Raise StoreError if the file exists and is not a readable asyncgraph store."""
     st = stat_of(path)
@@ -979,7 +982,9 @@ def _check_store(path: Path) -> None:
     try:
         with _connected(path, st) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+            meta = (  # the two it checks (not the last run's digests: 16 bytes a task)
+                dict(conn.execute(_CHECKED_META)) if "meta" in tables else {}
+            )
             if meta.get("format") == FORMAT:
                 conn.execute("SELECT count(*) FROM state").fetchone()
                 conn.execute("SELECT count(*) FROM runs").fetchone()
