@@ -342,9 +342,11 @@ def _from_known(
     if len(kept.codes) != len(codes) or kept.graph != _graph_digest(dag, order, codes, index):
         return None
     # The fingerprints as the hashing pass would give them (the same pure function of
-    # the same inputs): 32 hex digits a task, split in C.
+    # the same inputs): 32 hex digits a task, split in C. The code digests are this
+    # process's own, not the store's.
     fps = kept.fps.hex(" ", _BYTES).split(" ") if order else []
-    owns = list(map(kept.codes.__getitem__, array("I", index)))
+    hexes = [code.hex()[:_HEX] for code in codes]
+    owns = list(map(hexes.__getitem__, array("I", index)))
     out = dict(zip(order, zip(owns, fps, strict=True), strict=True))
     # Kept for this Dag's next call, as the hashing pass keeps its answer (which
     # freezes the Dag through binding_bytes: a frozen Dag's tasks never change).

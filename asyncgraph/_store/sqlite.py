@@ -373,12 +373,11 @@ class SQLiteStore:
         return (0, None, last or 0) if run is None else (run[0], run[1], last or 0)
 
     def known_digests(self) -> Digests | None:
-        """The digests of the graph the last run that could took, as
-        ``_fingerprint.Known``'s fields (graph digest, codes, uses, fingerprints), or
-        None. Not part of the Store protocol: ``load`` takes
-        them instead of hashing every task when their graph digest is its graph's
-        (issue 15, session 17). Plain values, read by the unpickler that refuses every
-        class; anything else there counts as none."""
+        """The digests of the last run's graph, as ``_fingerprint.Known``'s fields
+        (graph digest, codes, uses, fingerprints), or None. Not part of the Store
+        protocol: ``load`` takes them instead of hashing every task when their graph
+        digest is its graph's (issue 15, session 17). Plain values, read by the
+        unpickler that refuses every class; anything else there counts as none."""
         with self._reading() as conn:
             if conn is None:
                 return None
