@@ -23,8 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asyncgraph as ag
+from asyncgraph._state import State
 from asyncgraph._store import SQLiteStore, TaskRow, journal
 from asyncgraph._store import sqlite as store_sqlite
+from asyncgraph._store.protocol import StoredTask
 
 
 def _graph(value: int) -> ag.Graph:
@@ -201,3 +203,41 @@ def test_many_small_batches_are_folded(tmp_path: Path) -> None:
         store.release()
     assert _state_and_since(db) == (n, 0, 0)
     assert len(SQLiteStore(db).tasks()) == n
+
+
+def _record_by_record(records: dict[str, tuple[list[Any], int]]) -> dict[str, Any]:
+    return {
+        name: StoredTask(name, flat[i + 1], State(flat[i + 2]), *flat[i + 3 : i + 12])
+        for name, (flat, i) in records.items()
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 9), st.sampled_from(["done", "failed", "odd"])), max_size=6
+        ),
+        max_size=5,
+    )
+)
+def test_the_rows_by_columns_are_the_rows_record_by_record(
+    batches_of: list[list[tuple[int, str]]],
+) -> None:
+    batches = [
+        [
+            v
+            for k, (n, status) in enumerate(batch)
+            for v in (f"t{n}", k, status, 1, 2.0, 3.0, *[None] * 3, f"f{k}", "c", k, None, None)
+        ]
+        for batch in batches_of
+    ]
+    records = journal.latest(batches)
+    states = {s.value: s for s in State}
+    fast = store_sqlite._by_columns(records, states)
+    names = [n for batch in batches_of for n, _ in batch]
+    statuses = {s for batch in batches_of for _, s in batch}
+    if len(set(names)) == len(names) and "odd" not in statuses:
+        assert fast is not None
+    if fast is not None:
+        assert list(fast.items()) == list(_record_by_record(records).items())
