@@ -256,12 +256,9 @@ class _Last:
                     return None
         except Exception:  # noqa: BLE001 - the full pass raises it, naming the task
             return None
-        fps = self.fps
-        step = _HEX // 2
-        return {
-            name: (own, fps[i * step : i * step + step].hex())
-            for i, (name, own) in enumerate(zip(order, self.owns, strict=True))
-        }
+        # 32 hex digits a task, split in C (an empty graph's hex has nothing to split)
+        fps = self.fps.hex(" ", _BYTES).split(" ") if order else []
+        return dict(zip(order, zip(self.owns, fps, strict=True), strict=True))
 
 
 # -- a graph's digests, kept by its store ---------------------------------------------

@@ -178,24 +178,25 @@ def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> L
         own, fp = fps[name]
         deps = tasks[name].deps
         deps_done = True
-        for d in deps:
-            if records[d].status is not done:
-                deps_done = False
-                break
         if s.status is done:
+            # whether every dependency is done and, if so, _upstream_reran: one pass
             reran = False
-            if deps_done:  # _upstream_reran, inline
-                run_id = s.run_id
-                for d in deps:
+            run_id = s.run_id
+            for d in deps:
+                rd = records[d]
+                if rd.status is not done:
+                    deps_done = False
+                    break
+                if not reran:
                     sd = stored.get(d)
-                    if (
+                    reran = (
                         sd is not None
                         and sd.run_id > run_id
                         and sd.started is not None
-                        and type(records[d].result) is StoredResult
-                    ):
-                        reran = True
-                        break
+                        and type(rd.result) is StoredResult
+                    )
+            if not deps_done:
+                reran = False  # as _upstream_reran is asked only when they are all done
             if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
                 # reused_record, inline (10k on a resume of 10k)
                 records[name] = new_record(
