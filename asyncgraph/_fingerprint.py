@@ -57,14 +57,17 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import marshal
+import operator
 import os
 import site
 import struct
 import sys
 import sysconfig
 import types
+from array import array
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from weakref import WeakKeyDictionary
 
 if TYPE_CHECKING:
@@ -73,6 +76,7 @@ if TYPE_CHECKING:
     from ._graph import BaseGraph
 
 __all__ = [
+    "Known",
     "binding_bytes",
     "digests",
     "element_fingerprint",
@@ -82,6 +86,7 @@ __all__ = [
     "function_digest",
     "input_digest",
     "input_digests",
+    "known_of",
 ]
 
 #: Bumped whenever the digest of anything changes meaning, so old stores rerun everything.
@@ -131,7 +136,9 @@ def fingerprints(graph: BaseGraph) -> dict[str, str]:
     return {name: full for name, (_, full) in digests(graph).items()}
 
 
-def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
+def digests(
+    graph: BaseGraph, known: Callable[[], Known | None] | None = None
+) -> dict[str, tuple[str, str]]:
     """Each task's ``(code, fingerprint)``.
 
     ``code`` is the digest of the task's function (its code, helpers, constants); the
@@ -140,6 +147,10 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
 
     One hash per task over one joined string: this runs at the start of every run on a
     store, and each Python call here is a share of a no-op task's cost.
+
+    ``known``: what a store kept of the digests of a graph (:class:`Known`, read when
+    this process has none of this Dag's): taken instead of hashing every task when its
+    graph digest is this graph's (see :func:`known_of`).
     """
     dag = graph._dag
     order = dag.topological_order()  # raises CycleError / MissingDependencyError first
@@ -152,6 +163,10 @@ def digests(graph: BaseGraph) -> dict[str, tuple[str, str]]:
         again = before.again(order)
         if again is not None:
             return again
+    elif known is not None:
+        taken = _from_known(dag, order, known)
+        if taken is not None:
+            return taken
     digest = _Digester({}).digest
     bindings = binding_bytes(dag)
     sha = hashlib.sha256
@@ -224,12 +239,13 @@ class _Last:
         ``fps``    each task's fingerprint, 16 bytes a task, in the same order.
     """
 
-    __slots__ = ("fns", "fps", "owns")
+    __slots__ = ("fns", "fps", "known", "owns")
 
     def __init__(self, fns: tuple[tuple[Any, bytes], ...], out: Mapping[str, tuple[str, str]]):
         self.fns = fns
         self.owns = [own for own, _ in out.values()]
         self.fps = bytes.fromhex("".join(fp for _, fp in out.values()))
+        self.known: Known | None = None  # what a store keeps of them (known_of), once asked
 
     def again(self, order: tuple[str, ...]) -> dict[str, tuple[str, str]] | None:
         """The same answer, or None if a function's digest changed (or fails now)."""
@@ -240,12 +256,118 @@ class _Last:
                     return None
         except Exception:  # noqa: BLE001 - the full pass raises it, naming the task
             return None
-        fps = self.fps
-        step = _HEX // 2
-        return {
-            name: (own, fps[i * step : i * step + step].hex())
-            for i, (name, own) in enumerate(zip(order, self.owns, strict=True))
-        }
+        # 32 hex digits a task, split in C (an empty graph's hex has nothing to split)
+        fps = self.fps.hex(" ", _BYTES).split(" ") if order else []
+        return dict(zip(order, zip(self.owns, fps, strict=True), strict=True))
+
+
+# -- a graph's digests, kept by its store ---------------------------------------------
+
+#: Bumped whenever what the graph digest covers changes (with ``_TAG`` inside it).
+_GRAPH_TAG = b"asyncgraph-graph-1"
+#: What a task's fingerprint takes from its Task beside its function: its name, its
+#: dependencies (the fingerprints it hashes, in order) and its binding (``binding_bytes``).
+_SHAPE = operator.attrgetter("name", "deps", "args", "kwargs", "skip_none", "after", "over")
+_FN = operator.attrgetter("fn")
+#: The Python version and marshal's format version, for ``_graph_digest``.
+_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}/{marshal.version}".encode()
+
+
+class Known(NamedTuple):
+    """The digests of one graph, as a store keeps them (plain values only).
+
+    ``graph``  the graph digest (hex): one SHA-256 over everything the fingerprints of
+               its tasks are a function of (see :func:`_graph_digest`);
+    ``codes``  the code digest (hex) of each distinct function, in order of first use;
+    ``uses``   each task's function, as a position in ``codes`` (``array('I')`` bytes),
+               in topological order;
+    ``fps``    each task's fingerprint, 16 bytes a task, in the same order.
+    """
+
+    graph: str
+    codes: list[str]
+    uses: bytes
+    fps: bytes
+
+
+def _graph_digest(dag: Dag, order: tuple[str, ...], codes: Iterable[bytes], index: bytes) -> str:
+    """One digest of what every task's fingerprint in ``dag`` is a function of: the
+    fingerprint version, each task's name, dependencies and binding in topological
+    order, each distinct function's digest, and which task has which function. Two
+    graphs with the same graph digest have the same fingerprints, task by task.
+
+    The tasks' fields are tuples of str, bools and None, written by ``marshal`` at
+    version 2 (no references between objects, so the bytes are the values' alone, the
+    same whichever objects are shared; three times faster than their repr); marshal's
+    format may change with Python's version, which the digest covers too."""
+    tasks = dag.tasks
+    shape = marshal.dumps(list(map(_SHAPE, map(tasks.__getitem__, order))), 2)
+    h = hashlib.sha256(_GRAPH_TAG + _TAG + _PYTHON)
+    h.update(_LENGTH.pack(len(shape)))
+    h.update(shape)
+    for code in codes:  # each a SHA-256: 32 bytes
+        h.update(code)
+    h.update(b"|")
+    h.update(index)
+    return h.hexdigest()
+
+
+def _functions(dag: Dag, order: tuple[str, ...]) -> tuple[dict[int, Any], bytes]:
+    """Each distinct function of ``dag``'s tasks by id, in order of first use, and each
+    task's function as a position in that order (``array('I')`` bytes), in ``order``."""
+    fns = list(map(_FN, map(dag.tasks.__getitem__, order)))
+    ids = list(map(id, fns))
+    distinct = dict(zip(ids, fns, strict=True))  # first use's place, one object per id
+    at = {k: i for i, k in enumerate(distinct)}
+    return distinct, array("I", map(at.__getitem__, ids)).tobytes()
+
+
+def _from_known(
+    dag: Dag, order: tuple[str, ...], known: Callable[[], Known | None]
+) -> dict[str, tuple[str, str]] | None:
+    """``digests`` from what a store kept, if its graph digest is this graph's (each
+    function digested again, as always); else None (hash every task)."""
+    distinct, index = _functions(dag, order)
+    digest = _Digester({}).digest
+    try:
+        codes = [digest(fn) for fn in distinct.values()]
+    except Exception:  # noqa: BLE001 - the full pass raises it, naming the task
+        return None
+    kept = known()
+    if kept is None or kept.uses != index or len(kept.fps) != _BYTES * len(order):
+        return None
+    if len(kept.codes) != len(codes) or kept.graph != _graph_digest(dag, order, codes, index):
+        return None
+    # The fingerprints as the hashing pass would give them (the same pure function of
+    # the same inputs): 32 hex digits a task, split in C. The code digests are this
+    # process's own, not the store's.
+    fps = kept.fps.hex(" ", _BYTES).split(" ") if order else []
+    hexes = [code.hex()[:_HEX] for code in codes]
+    owns = list(map(hexes.__getitem__, array("I", index)))
+    out = dict(zip(order, zip(owns, fps, strict=True), strict=True))
+    # Kept for this Dag's next call, as the hashing pass keeps its answer (which
+    # freezes the Dag through binding_bytes: a frozen Dag's tasks never change).
+    last = _LAST[dag.freeze()] = _Last(tuple(zip(distinct.values(), codes, strict=True)), out)
+    last.known = kept
+    return out
+
+
+def known_of(graph: BaseGraph) -> Known | None:
+    """What a store keeps of ``graph``'s digests (see :class:`Known`), from the last
+    :func:`digests` of its Dag in this process; None if there was none."""
+    dag = graph._dag.static() if graph._dag.fans else graph._dag
+    last = _LAST.get(dag)
+    if last is None:
+        return None
+    if last.known is None:
+        order = dag.topological_order()
+        distinct, index = _functions(dag, order)
+        if len(distinct) != len(last.fns):
+            return None  # (the pass was of other functions: cannot be, as a Dag is frozen)
+        codes = [code for _, code in last.fns]  # by function, in order of first use
+        whole = _graph_digest(dag, order, codes, index)
+        last.known = Known(whole, [code.hex()[:_HEX] for code in codes], index, last.fps)
+    return last.known
 
 
 #: The last ``digests`` of each frozen Dag still alive (see :class:`_Last`).

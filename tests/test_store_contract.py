@@ -478,9 +478,13 @@ META_V2 = {"format": "asyncgraph-store", "version": "2"}
 
 
 def _without_token(meta: dict[str, str]) -> dict[str, str]:
-    """meta less its random ``token`` (checked to be one: 16 hex digits)."""
+    """meta less its random ``token`` (checked to be one: 16 hex digits), and less the
+    last run's graph digests (``graph``: 64 hex digits, ``digests``: their bytes; kept
+    since session 17 for the next load, see test_store_digests), checked to be there."""
     token = meta.pop("token")
     assert len(token) == 16 and int(token, 16) >= 0
+    graph, digests = meta.pop("graph"), meta.pop("digests")
+    assert len(graph) == 64 and int(graph, 16) >= 0 and isinstance(digests, bytes)
     return meta
 
 

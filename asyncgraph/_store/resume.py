@@ -19,13 +19,13 @@ import datetime as dt
 import math
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, cast
 
 from .._exceptions import RemoteError, StoreError, StoreMismatchError
 from .._fan import element_like, family_of, positions, prototype
-from .._fingerprint import digests
+from .._fingerprint import Known, digests
 from .._graph import BaseGraph, G, check_graph
 from .._nogc import paused
 from .._rewrite import reset_failed
@@ -154,11 +154,12 @@ def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> L
         # Its elements come from the store (as they were); its own state for them is
         # the caller's to keep: load() a graph without them.
         graph = graph._subset(graph._dag.static())
-    fps = digests(graph)
+    fps = digests(graph, _known(store))
     records = graph._record_copy()  # a dict: graph.records is a view, a call per item
     reasons: dict[str, str] = {}
     tasks = graph._dag.tasks
     done, pending = State.DONE, State.PENDING
+    new_record = _new_record
     # One pass in topological order; plain loops (this runs once per task of every
     # resume, and a generator per task costs more than its work).
     for name in graph.topological_order():
@@ -177,26 +178,31 @@ def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> L
         own, fp = fps[name]
         deps = tasks[name].deps
         deps_done = True
-        for d in deps:
-            if records[d].status is not done:
-                deps_done = False
-                break
         if s.status is done:
+            # whether every dependency is done and, if so, _upstream_reran: one pass
             reran = False
-            if deps_done:  # _upstream_reran, inline
-                run_id = s.run_id
-                for d in deps:
+            run_id = s.run_id
+            for d in deps:
+                rd = records[d]
+                if rd.status is not done:
+                    deps_done = False
+                    break
+                if not reran:
                     sd = stored.get(d)
-                    if (
+                    reran = (
                         sd is not None
                         and sd.run_id > run_id
                         and sd.started is not None
-                        and type(records[d].result) is StoredResult
-                    ):
-                        reran = True
-                        break
+                        and type(rd.result) is StoredResult
+                    )
+            if not deps_done:
+                reran = False  # as _upstream_reran is asked only when they are all done
             if s.fingerprint == fp and deps_done and s.result_id is not None and not reran:
-                records[name] = reused_record(store, s, name)
+                # reused_record, inline (10k on a resume of 10k)
+                records[name] = new_record(
+                    done, StoredResult(store, s.result_id, name), None, None, s.attempts,
+                    s.started, s.finished,
+                )  # fmt: skip
             elif s.code != own:
                 reasons[name] = "code changed"
             elif s.fingerprint != fp:
@@ -227,6 +233,19 @@ def _load_from(graph: BaseGraph, store: Store, force: bool, remember: bool) -> L
     if generation is not None:
         _remember(loaded, store, generation, stored)
     return Loaded(loaded, reasons, stored, fps)
+
+
+def _known(store: Store) -> Callable[[], Known | None] | None:
+    """What ``digests`` may take instead of hashing every task: the digests of the
+    graph of the store's last run (``SQLiteStore.known_digests``), read when asked."""
+    if not isinstance(store, SQLiteStore):
+        return None
+
+    def read() -> Known | None:
+        kept = store.known_digests()
+        return None if kept is None else Known(*kept)
+
+    return read
 
 
 #: The rows the last ``load`` read, for the run of the graph it returned (a run of a

@@ -27,7 +27,8 @@ what concerns the file rather than its SQL. The run's writes come from one write
 (``writer.RunWriter``) in batches, each one transaction. WAL mode with
 ``synchronous=FULL``: a committed result survives a crash of the process and of the
 machine (the schema and the run's start are committed ``NORMAL`` and synced with the
-first batch: see ``_connect_for_run``).
+first batch: see ``_connect_for_run``; the run's end ``NORMAL`` too, synced by the
+checkpoint of the connection's close: see ``end_run``).
 
 The only module of the package that uses :mod:`sqlite3`, and only inside functions, so
 ``import asyncgraph`` does not load it.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import operator
 import os
 import stat
 import threading
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import StoreError
+from .._nogc import paused
 from .._state import State
 from .._task import constructor
 from . import journal
@@ -157,6 +160,23 @@ _WHERE = (
     "(SELECT max(upto) FROM state), (SELECT max(seq) FROM history)"
 )
 
+#: A graph's digests as a store keeps them: ``_fingerprint.Known``'s fields (its graph
+#: digest, each function's code digest, each task's function, each task's fingerprint).
+Digests = tuple[str, list[str], bytes, bytes]
+
+#: The most history rows (committed batches) a read of the latest records decodes after
+#: ``state`` before a run's start rewrites ``state`` (``_fold``): a row costs a query
+#: step and an unpickler of its own, however few records it holds.
+_FOLD_ROWS = 512
+
+#: The latest records last read from a version 2 store file by any SQLiteStore of this
+#: process: ``(the file's real path, where they were read at (_WHERE), the records)``;
+#: one file's at most. ``where`` tells the records apart: the token is new with every
+#: run's start (``begin_run``) and every rewrite of ``state``, and the history only
+#: grows within a run, so two reads that agree on it read the same records (a copy of
+#: the file agrees with its original only until one of them runs).
+_SHARED: tuple[str, tuple[Any, ...], dict[str, tuple[list[Any], int]]] | None = None
+
 
 # -- the SQLite store -------------------------------------------------------------------
 
@@ -186,9 +206,12 @@ class SQLiteStore:
         # The latest records read last (version 2), and what they were read at (see
         # _latest): reading a result again costs one small query, not a decode.
         self._cache: tuple[tuple[Any, ...], dict[str, tuple[list[Any], int]]] | None = None
+        self._real: str | None = None  # os.path.realpath(path), once asked (_key)
         self._big = False  # whether results holds rows (the run's writes delete them)
         #: The run's graph name and task order, for begin_run to record (see there).
         self._described: tuple[str | None, Sequence[str]] | None = None
+        #: The run's graph's digests, for begin_run to keep (see known_digests).
+        self._known: Digests | None = None
         _check_store(self.path)
 
     def __repr__(self) -> str:
@@ -207,8 +230,10 @@ class SQLiteStore:
         self._file = FileLock(self.path)
         self._held_by_run = False
         self._cache = None
+        self._real = None
         self._big = False
         self._described = None
+        self._known = None
 
     def __del__(self) -> None:
         # A store dropped while held (a run that could not clean up) lets go of its
@@ -324,8 +349,12 @@ class SQLiteStore:
                 return {
                     r[0]: new(r[0], r[1], states.get(r[2]) or State(r[2]), *r[3:]) for r in rows
                 }
+            records = self._latest(conn)
+            fast = _by_columns(records, states)
+            if fast is not None:
+                return fast
             out = {}
-            for name, (flat, i) in self._latest(conn).items():
+            for name, (flat, i) in records.items():
                 status = flat[i + 2]
                 out[name] = new(
                     name,
@@ -347,6 +376,34 @@ class SQLiteStore:
             run = conn.execute("SELECT id, status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
             last = conn.execute("SELECT max(rowid) FROM history").fetchone()[0]
         return (0, None, last or 0) if run is None else (run[0], run[1], last or 0)
+
+    def known_digests(self) -> Digests | None:
+        """The digests of the last run's graph, as ``_fingerprint.Known``'s fields
+        (graph digest, codes, uses, fingerprints), or None. Not part of the Store
+        protocol: ``load`` takes them instead of hashing every task when their graph
+        digest is its graph's (issue 15, session 17). Plain values, read by the
+        unpickler that refuses every class; anything else there counts as none."""
+        with self._reading() as conn:
+            if conn is None:
+                return None
+            row = conn.execute("SELECT value FROM meta WHERE key = 'digests'").fetchone()
+        if row is None or type(row[0]) is not bytes:
+            return None
+        try:
+            value = journal.plain(row[0])
+        except ValueError:
+            return None
+        if (
+            type(value) is not list
+            or len(value) != 4
+            or type(value[0]) is not str
+            or type(value[1]) is not list
+            or not all(type(c) is str for c in value[1])
+            or type(value[2]) is not bytes
+            or type(value[3]) is not bytes
+        ):
+            return None
+        return value[0], value[1], value[2], value[3]
 
     def runs(self) -> list[RunInfo]:
         """Every run, oldest first (see :class:`Store`)."""
@@ -494,21 +551,51 @@ class SQLiteStore:
     def _latest(self, conn: sqlite3.Connection) -> dict[str, tuple[list[Any], int]]:
         """Every task's latest record in a version 2 store (see ``journal.latest``):
         ``state``'s, then the history after it. Kept for as long as the store says it
-        holds the same (its token, the upto of ``state``, the last history row)."""
+        holds the same (its token, the upto of ``state``, the last history row), and
+        shared by every SQLiteStore of the file in this process (see ``_SHARED``): a
+        resume's ``load`` and its run open the file twice and read it once."""
         where = tuple(conn.execute(_WHERE).fetchone())
+        known = self._cached(where)
+        if known is not None:
+            return known
+        with paused():  # a list per batch and a tuple per task, all kept
+            batches = []
+            upto = 0
+            for up, data in conn.execute("SELECT upto, rows FROM state ORDER BY part"):
+                upto = up
+                batches.append(journal.decode(data))
+            for (data,) in conn.execute(
+                "SELECT rows FROM history WHERE seq > ? ORDER BY seq", (upto,)
+            ):
+                batches.append(journal.decode(data))
+            records = journal.latest(batches)
+        self._keep(where, records)
+        return records
+
+    def _cached(self, where: tuple[Any, ...]) -> dict[str, tuple[list[Any], int]] | None:
+        """The latest records as of ``where``, if this store or another of the file in
+        this process read them (see ``_SHARED``); else None."""
         cache = self._cache
         if cache is not None and cache[0] == where:
             return cache[1]
-        batches = []
-        upto = 0
-        for up, data in conn.execute("SELECT upto, rows FROM state ORDER BY part"):
-            upto = up
-            batches.append(journal.decode(data))
-        for (data,) in conn.execute("SELECT rows FROM history WHERE seq > ? ORDER BY seq", (upto,)):
-            batches.append(journal.decode(data))
-        records = journal.latest(batches)
+        shared = _SHARED
+        if shared is not None and shared[1] == where and shared[0] == self._key():
+            self._cache = shared[1], shared[2]
+            return shared[2]
+        return None
+
+    def _key(self) -> str:
+        """The store file's real path: what ``_SHARED`` is keyed by."""
+        key = self._real
+        if key is None:
+            key = self._real = os.path.realpath(self.path)
+        return key
+
+    def _keep(self, where: tuple[Any, ...], records: dict[str, tuple[list[Any], int]]) -> None:
+        """Remember ``records`` as the latest as of ``where``, here and for the process."""
+        global _SHARED
         self._cache = (where, records)
-        return records
+        _SHARED = (self._key(), where, records)
 
     # -- one run ------------------------------------------------------------------------
 
@@ -548,24 +635,46 @@ class SQLiteStore:
             described, self._described = self._described, None
             if described is not None:
                 _describe(conn, run_id, *described)
-            self._fold(conn)
+            known, self._known = self._known, None
+            if known is not None:
+                _keep_digests(conn, known)
+            # The latest records this process read already, if it did (a resume's load):
+            # the fold takes them, and they stay known under the run's new token.
+            records = self._fold(conn, self._cached(tuple(conn.execute(_WHERE).fetchone())))
+            # A new token for every run: a copy of the file (a backup put back, say)
+            # then never agrees with it on _WHERE unless it holds the same records.
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'token'", (os.urandom(8).hex(),))
+            if records is not None:
+                self._keep(tuple(conn.execute(_WHERE).fetchone()), records)
             self._big = conn.execute("SELECT EXISTS (SELECT 1 FROM results)").fetchone()[0] == 1
-        conn.execute("PRAGMA synchronous=FULL")  # every batch and the run's end: durable
+        conn.execute("PRAGMA synchronous=FULL")  # every batch: durable as it commits
         return run_id
 
-    def _fold(self, conn: sqlite3.Connection) -> None:
+    def _fold(
+        self, conn: sqlite3.Connection, records: dict[str, tuple[list[Any], int]] | None
+    ) -> dict[str, tuple[list[Any], int]] | None:
         """Rewrite ``state`` (the latest record of every task) from itself and the
-        history after it, when that history holds more records than ``state``: reading
+        history after it, when a read decodes more than twice the records it finds (most
+        of them replaced since), or more than ``_FOLD_ROWS`` rows of history: reading
         the latest records then costs at most about twice what ``state`` alone would,
-        and each record is rewritten about once per record written (amortized)."""
-        held, since = conn.execute(
+        and each record is rewritten about once per record written (amortized). After a
+        store's first run its history holds each task once: nothing to gain, so a
+        resume does not pay for a rewrite (and its WAL's checkpoint). ``records``: the
+        latest records, if this process read them already; returned, read if need be."""
+        held, since, rows = conn.execute(
             "SELECT (SELECT coalesce(sum(tasks), 0) FROM state), "
-            "(SELECT coalesce(sum(tasks), 0) FROM history "
-            "WHERE seq > (SELECT coalesce(max(upto), 0) FROM state))"
+            "(SELECT coalesce(sum(tasks), 0) FROM history WHERE seq > "
+            "(SELECT coalesce(max(upto), 0) FROM state)), "
+            "(SELECT count(*) FROM history WHERE seq > (SELECT coalesce(max(upto), 0) FROM state))"
         ).fetchone()
-        if since <= held:
-            return
-        self._write_state(conn, journal.flatten(self._latest(conn)))
+        if since <= held and rows <= _FOLD_ROWS:
+            return records  # at most twice the records state holds: no more than twice
+        if records is None:
+            records = self._latest(conn)
+        if held + since <= 2 * len(records) and rows <= _FOLD_ROWS:
+            return records
+        self._write_state(conn, journal.flatten(records))
+        return records  # the same records: state holds them now
 
     def _write_state(self, conn: sqlite3.Connection, flat: list[Any]) -> None:
         """``state`` rewritten as ``flat`` (every task's latest record) as of the
@@ -692,11 +801,18 @@ class SQLiteStore:
         return _built_in_row_limit()
 
     def end_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
-        """Record how the run ended: its status and counts (see :class:`Store`)."""
+        """Record how the run ended: its status and counts (see :class:`Store`).
+
+        Committed ``synchronous=NORMAL``: every task's row is durable already (each batch
+        committed ``FULL``), and the run's connection closes next (``release``), whose
+        checkpoint syncs the WAL, this record with it: one fsync less per run. A machine
+        that dies in between loses this record only (the run then reads as crashed,
+        its counts as its batches added them)."""
         keys = COUNTS
         with self._lock:
             conn = self._conn
             assert conn is not None
+            conn.execute("PRAGMA synchronous=NORMAL")
             with _transaction(conn):
                 conn.execute(
                     "UPDATE runs SET finished = ?, status = ?, tasks = ?, reused = ?, "
@@ -853,6 +969,39 @@ def _built_in_row_limit() -> int:
     return _built_in_limit
 
 
+def _by_columns(
+    records: dict[str, tuple[list[Any], int]], states: Mapping[str, State]
+) -> dict[str, StoredTask] | None:
+    """``tasks()`` of ``records`` column by column, when each batch they come from holds
+    only latest records (as after a store's first run, or right after ``state`` was
+    rewritten): then they are those batches' records in order, each field one slice of
+    its batch, and the rows are made by ``map`` (no Python step per record beside the
+    constructor). None otherwise, or for a status this version does not know (the
+    record by record pass says which)."""
+    first = _FIRST
+    values = records.values()
+    flats = list(dict(zip(map(id, map(first, values)), map(first, values), strict=True)).values())
+    width = journal.FIELDS
+    if sum(map(len, flats)) != len(records) * width:
+        return None  # some record was replaced by a later one
+    out: dict[str, StoredTask] = {}
+    new = _new_stored_task
+    get = states.get
+    for flat in flats:
+        statuses = list(map(get, flat[2::width]))
+        if None in statuses:
+            return None
+        names = flat[0::width]
+        rows = map(new, names, flat[1::width], statuses, *(flat[k::width] for k in range(3, 12)))
+        out.update(zip(names, rows, strict=True))
+    return out
+
+
+_FIRST = operator.itemgetter(0)
+
+_CHECKED_META = "SELECT key, value FROM meta WHERE key IN ('format', 'version')"
+
+
 def _check_store(path: Path) -> None:
     """Raise StoreError if the file exists and is not a readable asyncgraph store."""
     st = stat_of(path)
@@ -867,7 +1016,9 @@ def _check_store(path: Path) -> None:
     try:
         with _connected(path, st) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+            meta = (  # the two it checks (not the last run's digests: 16 bytes a task)
+                dict(conn.execute(_CHECKED_META)) if "meta" in tables else {}
+            )
             if meta.get("format") == FORMAT:
                 conn.execute("SELECT count(*) FROM state").fetchone()
                 conn.execute("SELECT count(*) FROM runs").fetchone()
@@ -1242,6 +1393,19 @@ def _describe(
 
     conn.execute("UPDATE runs SET graph = ? WHERE id = ?", (graph, run_id))
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('order', ?)", (json.dumps(list(order)),))
+
+
+def _keep_digests(conn: sqlite3.Connection, known: Digests) -> None:
+    """Keep the run's graph digests for the next load (see ``known_digests``), unless
+    the store holds them already (the same graph digest: the same digests)."""
+    graph = known[0]
+    row = conn.execute("SELECT value FROM meta WHERE key = 'graph'").fetchone()
+    if row is not None and row[0] == graph:
+        return
+    data = journal.encode(list(known))
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta VALUES (?, ?)", [("graph", graph), ("digests", data)]
+    )
 
 
 def _version_of(conn: sqlite3.Connection) -> int:
