@@ -224,14 +224,38 @@ def fused(
                         more = [first]
                     else:
                         more.sort(key=order_keys().__getitem__)
+                    lane.used += len(more)
                     for c in more:
                         scheduled.add(c)
-                        lane.used += 1
                         tries[c] = 1
                         started_at[c] = at
                         if emit is not None:
                             emit(_new(Event, (_STARTED, c, 1, at, None)))
-                        launch(tasks[c], c)
+                        task = tasks[c]
+                        if not every:
+                            launch(task, c)
+                            continue
+                        # launch(task, c) inline for a plain run (one call a task less):
+                        # the same binding and create_task as its first branch.
+                        a = task.args
+                        kid: Child
+                        try:
+                            if len(a) == 1:
+                                r = records[a[0]].result
+                                if r is NO_RESULT:
+                                    raise task._missing(records)
+                                kid = create_task(task.fn(r), name=c)
+                            else:
+                                args = [records[d].result for d in a]
+                                for r in args:
+                                    if r is NO_RESULT:
+                                        raise task._missing(records)
+                                kid = create_task(task.fn(*args), name=c)
+                        except Exception as exc:  # noqa: BLE001 - as in launch
+                            kid = loop.create_future()
+                            kid.set_exception(exc)
+                        running[kid] = c
+                        kid.add_done_callback(done)
                     return
             if not waiting:
                 end(None)
