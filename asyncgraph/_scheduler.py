@@ -246,8 +246,15 @@ _NONE_ONLY = frozenset({None})
 
 
 def survey(dag: Dag) -> Survey:
-    """The :class:`Survey` of ``dag``, cached per Dag (freezing it). Each field is one
-    pass in C (``map`` over the tasks with an ``attrgetter``), not a Python loop."""
+    """The :class:`Survey` of ``dag``, cached per Dag (freezing it).
+
+    The usual graph (every task a plain IO coroutine: no priority, resource or template)
+    is recognised by one Python loop, whose attribute reads the interpreter specializes
+    (an ``attrgetter`` in ``map`` goes through the generic lookup: measured about a
+    sixth of the instructions of the passes below, and 5 % of a 10k no-op run of a
+    graph run once); any other graph, from its first unusual task on, takes one pass in
+    C per field (``map`` over the tasks with an ``attrgetter``).
+    """
     dag = dag.freeze()
     found = _SURVEYS.get(dag)
     if found is not None:
@@ -255,6 +262,33 @@ def survey(dag: Dag) -> Survey:
     tasks = dag.tasks
     order = dag.topological_order()
     ts = tasks.values()
+    io = Kind.IO
+    degrees: list[int] = []
+    count = degrees.append
+    for t in ts:
+        if (
+            t.kind is not io
+            or not t.is_async
+            or t.timeout is not None
+            or t.kwargs
+            or t.skip_none
+            or t.resources
+            or t.priority
+            or t.over is not None
+        ):
+            break
+        count(len(t.deps))
+    else:
+        if ts and (len(order) == len(degrees)):
+            if order == tuple(tasks):  # defined dependencies first: the same order
+                indegree = tuple(degrees)
+            else:
+                indegree = tuple(map(len, map(_DEPS, map(tasks.__getitem__, order))))
+            roots = tuple(itertools.compress(order, map(operator.not_, indegree)))
+            found = _SURVEYS[dag] = Survey(
+                _ONLY_IO_COROUTINES, frozenset(), True, indegree, roots, False, False
+            )
+            return found
     kinds = frozenset(map(_KIND_ASYNC, ts))
     resources = frozenset(itertools.chain.from_iterable(map(_RESOURCES, ts)))
     plain = kinds == _ONLY_IO_COROUTINES and not any(
