@@ -92,7 +92,7 @@ def fused(
     direct = core.direct()
     if direct is None:
         return None
-    tasks, waiting, scheduled, below_of, order_keys, lane = direct
+    tasks, waiting, scheduled, below_of, order_keys, lane, in_order = direct
     ledger = run.ledger
     records = ledger.records
     tries = ledger.tries
@@ -133,11 +133,13 @@ def fused(
                     if r is NO_RESULT:
                         raise task._missing(records)
                     call = task.fn(r)
-                else:
-                    args = [records[d].result for d in a]
-                    for r in args:
+                else:  # a loop, not a list comprehension (a frame in 3.11)
+                    args = []
+                    for d in a:
+                        r = records[d].result
                         if r is NO_RESULT:
                             raise task._missing(records)
+                        args.append(r)
                     call = task.fn(*args)
                 child = create_task(call, name=name)
             except Exception as exc:  # noqa: BLE001 - before its first await: reported
@@ -222,7 +224,7 @@ def fused(
                 if first is not None:
                     if more is None:
                         more = [first]
-                    else:
+                    elif not in_order:
                         more.sort(key=order_keys().__getitem__)
                     lane.used += len(more)
                     for c in more:
@@ -245,11 +247,13 @@ def fused(
                                 if r is NO_RESULT:
                                     raise task._missing(records)
                                 kid = create_task(task.fn(r), name=c)
-                            else:
-                                args = [records[d].result for d in a]
-                                for r in args:
+                            else:  # a loop, not a list comprehension (a frame in 3.11)
+                                args = []
+                                for d in a:
+                                    r = records[d].result
                                     if r is NO_RESULT:
                                         raise task._missing(records)
+                                    args.append(r)
                                 kid = create_task(task.fn(*args), name=c)
                         except Exception as exc:  # noqa: BLE001 - as in launch
                             kid = loop.create_future()

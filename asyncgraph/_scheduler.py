@@ -360,6 +360,9 @@ class Direct(NamedTuple):
     children: Mapping[str, Sequence[str]]
     keys: Callable[[], Mapping[str, _Key]]
     lane: _Lane
+    #: Every child list is in key order already: every task free, no priority, and the
+    #: topological order the definition order (child lists are in definition order).
+    in_order: bool = False
 
 
 class Scheduler:
@@ -660,7 +663,8 @@ class Scheduler:
         queue is empty between two calls, and ``done_ready(n)`` is exactly: ``running``
         loses ``n``, ``lane.used`` one, ``waiting`` its entry; each child of ``n``
         still in ``waiting`` counts down, and the children that reach 0 are handed out
-        in key order (``order_keys()``, asked only when there are two or more), each
+        in key order (``order_keys()``, asked only when there are two or more and
+        ``in_order`` is false: otherwise the order they come in is that order), each
         added to ``running`` and to ``lane.used``. The caller does just that, and goes
         through the methods for everything else (failures, retries, cancels), which
         then find the state they expect.
@@ -668,9 +672,22 @@ class Scheduler:
         lane = self._direct
         if lane is None:
             return None
+        in_order = self._all_free and not self._prioritized and self._defined_order()
         return Direct(
-            self._tasks, self._waiting, self._running, self._children, self.order_keys, lane
+            self._tasks,
+            self._waiting,
+            self._running,
+            self._children,
+            self.order_keys,
+            lane,
+            in_order,
         )
+
+    def _defined_order(self) -> bool:
+        """The topological order is the tasks' definition order (a tuple compare of
+        the same strings: identity, in C)."""
+        order = self._order
+        return len(order) == len(self._tasks) and tuple(order) == tuple(self._tasks)
 
     # -- the protocol ----------------------------------------------------------------
 
