@@ -170,7 +170,17 @@ def fused(
                 tries[name] = n = n + 1
             if emit is not None:
                 emit(_new(Event, (_STARTED, name, n, at, None)))
-            launch(task, name)
+            if every and not task.args:  # a root of a plain run: launch, inline
+                kid: Child
+                try:
+                    kid = create_task(task.fn(), name=name)
+                except Exception as exc:  # noqa: BLE001 - as in launch
+                    kid = loop.create_future()
+                    kid.set_exception(exc)
+                running[kid] = name
+                kid.add_done_callback(done)
+            else:
+                launch(task, name)
 
     def done(child: Child) -> None:
         name = running.pop(child)
