@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import asyncgraph as ag
-from asyncgraph import _scheduler
+from asyncgraph import _runner, _scheduler
 from asyncgraph._scheduler import (
     Scheduler,
     critical_paths,
@@ -205,3 +205,81 @@ async def test_a_real_run_starts_free_tasks_by_priority_then_definition_order():
     out = await ag.run(g)
     assert set(out.status.values()) == {ag.State.DONE}
     assert started == ["now", "leaf", "head", "mid", "tail"]
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_the_survey_of_a_plain_graph_is_what_the_passes_say(backwards):
+    # the usual graph takes the survey's one-loop way; defined dependents first, its
+    # topological order is not its definition order
+    rnd = random.Random(7)
+    deps = {f"t{i}": [f"t{j}" for j in rnd.sample(range(i), min(i, 2))] for i in range(30)}
+    g = ag.Graph()
+    for name in reversed(deps) if backwards else deps:
+        g.add(name, _noop, deps=deps[name])
+    found = survey(g._dag)
+    order = g.topological_order()
+    assert (order == tuple(g.tasks)) is not backwards
+    assert found.kinds == {(ag.Kind.IO, True)}
+    assert found.resources == frozenset() and found.plain
+    assert not found.prioritized and not found.templated
+    assert found.indegree == tuple(len(g.tasks[n].deps) for n in order)
+    assert found.roots == tuple(n for n in order if not g.tasks[n].deps)
+    s = Scheduler(g.tasks, order, lazy_keys=True, survey=found)
+    s.prepare_fresh(fresh_start(g._dag))
+    direct = s.direct()
+    assert direct is not None and direct.in_order is not backwards
+    for batch in _drive(s, 1):
+        assert batch == _expected(g, batch)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_plain_runs_in_and_out_of_definition_order_start_by_position(seed):
+    rnd = random.Random(seed)
+    deps = {f"t{i}": [f"t{j}" for j in rnd.sample(range(i), min(i, 3))] for i in range(40)}
+    started: list[str] = []
+
+    def make(name: str) -> Any:
+        async def fn(*_: Any) -> str:
+            started.append(name)
+            return name
+
+        return fn
+
+    for backwards in (False, True):
+        started.clear()
+        g = ag.Graph()
+        for name in reversed(deps) if backwards else deps:
+            g.add(name, make(name), deps=deps[name])
+        out = await ag.run(g)
+        assert set(out.status.values()) == {ag.State.DONE}
+        # each task starts after its dependencies; the ones started together (the
+        # roots) come in topological position
+        pos = {n: i for i, n in enumerate(g.topological_order())}
+        roots = [n for n in started if not deps[n]]
+        assert roots == sorted(roots, key=pos.__getitem__)
+        for n in started:
+            assert all(started.index(d) < started.index(n) for d in deps[n])
+
+
+@pytest.mark.parametrize("roots", [10, 200])
+async def test_a_big_dispatch_pauses_the_collector_and_turns_it_back_on(roots):
+    import gc
+
+    seen: list[bool] = []
+
+    def on_event(e: ag.Event) -> None:
+        if e.kind is ag.EventKind.STARTED:
+            seen.append(gc.isenabled())
+
+    g = ag.Graph()
+    for i in range(roots):
+        g.add(f"r{i}", _noop)
+    g.add("last", _noop, deps=["r0"])
+    assert gc.isenabled()
+    out = await ag.run(g, on_event=on_event)
+    assert set(out.status.values()) == {ag.State.DONE}
+    assert gc.isenabled()
+    # the roots start in one dispatch: paused from _runner._MANY starts on; "last"
+    # starts from a done-callback, with the collector on
+    assert seen[:roots] == [roots < _runner._MANY] * roots
+    assert seen[-1] is True
