@@ -14,6 +14,11 @@ does its simplest thing, this module builds the two functions the run uses inste
 * ``start(ready)``, what ``_Run._start`` does for the tasks the scheduler hands out
   (the first dispatch, a retry put back in line).
 
+In a plain run (every task starts inline, see below) ``done`` and ``start`` start
+each task themselves, without calling ``launch``: a Python call a task less, and the
+arguments bound in a loop rather than a list comprehension (a frame of its own in
+3.11).
+
 Where it applies: no fan-out, no named limits, no store, and every task in one lane
 without a cap (the loop's, with ``max_io=None``: :meth:`Scheduler.direct`). A task is
 started inline when it is a coroutine function of kind IO without ``timeout``,
