@@ -36,7 +36,7 @@ Selection policy
     3. Among equal priorities, the longest remaining path to a terminal task first (the
        critical path): a task with a long chain behind it is started before a leaf.
        Path lengths are sums of weights: 1 per task unless the caller knows durations.
-       Not for a coroutine task in a lane without a cap (a *free* task, see
+       Not for an IO coroutine task in a lane without a cap (a *free* task, see
        :func:`flat_keys`): it never waits for capacity, since such a lane hands out
        everything it holds at once, so its path would order nothing that waits; its
        key leaves the path out (as a path of 0: after the lane's other tasks of the
@@ -442,11 +442,15 @@ class Scheduler:
                         f"(lanes: {[lane.name for lane in lanes]})"
                     )
         self._kinds_used = kinds_used
-        # Free tasks (see the selection policy): the coroutines of a kind whose lane
+        # Free tasks (see the selection policy): the IO coroutines, when their lane
         # has no cap. Their keys leave the path out; when every task is free, no path
         # is computed at all (flat_keys).
+        # Only IO: a CPU coroutine in a lane without a cap (a cluster's) still queues
+        # where it goes, in the order handed out.
         self._free: frozenset[Kind] = frozenset(
-            k for k, is_async in pairs if is_async and self._lanes[k].capacity is None
+            k
+            for k, is_async in pairs
+            if is_async and k is Kind.IO and self._lanes[k].capacity is None
         )
         self._all_free = bool(pairs) and all(is_async and k in self._free for k, is_async in pairs)
         if survey is not None:

@@ -283,3 +283,18 @@ async def test_a_big_dispatch_pauses_the_collector_and_turns_it_back_on(roots):
     # starts from a done-callback, with the collector on
     assert seen[:roots] == [roots < _runner._MANY] * roots
     assert seen[-1] is True
+
+
+def test_cpu_coroutines_keep_their_path_even_in_a_lane_without_a_cap():
+    # a cluster's lane may have no cap, but its tasks queue there in the order sent
+    from asyncgraph._scheduler import Lane
+
+    g = ag.Graph()
+    g.add("x", _noop, kind="cpu")
+    g.add("a", _noop, kind="cpu")
+    g.add("b", _noop, deps=["a"], kind="cpu")
+    lanes = [Lane("io", None, (ag.Kind.IO,)), Lane("cpu", None, (ag.Kind.CPU,))]
+    s = Scheduler(
+        g.tasks, g.topological_order(), dict.fromkeys(g, ag.State.PENDING), lanes=lanes
+    )
+    assert [t.name for t in s.get_ready()] == ["a", "x"]
