@@ -232,6 +232,8 @@ class Survey(NamedTuple):
     prioritized: bool = True
     #: Some task is a template (mapped: fan-out), whose keys must stay tuples.
     templated: bool = True
+    #: The topological order is the definition order (None: not looked at).
+    defined: bool | None = None
 
 
 _SURVEYS: WeakKeyDictionary[Dag, Survey] = WeakKeyDictionary()
@@ -280,13 +282,14 @@ def survey(dag: Dag) -> Survey:
         count(len(t.deps))
     else:
         if ts and (len(order) == len(degrees)):
-            if order == tuple(tasks):  # defined dependencies first: the same order
+            defined = order == tuple(tasks)  # defined dependencies first: one order
+            if defined:
                 indegree = tuple(degrees)
             else:
                 indegree = tuple(map(len, map(_DEPS, map(tasks.__getitem__, order))))
             roots = tuple(itertools.compress(order, map(operator.not_, indegree)))
             found = _SURVEYS[dag] = Survey(
-                _ONLY_IO_COROUTINES, frozenset(), True, indegree, roots, False, False
+                _ONLY_IO_COROUTINES, frozenset(), True, indegree, roots, False, False, defined
             )
             return found
     kinds = frozenset(map(_KIND_ASYNC, ts))
@@ -453,6 +456,7 @@ class Scheduler:
             if is_async and k is Kind.IO and self._lanes[k].capacity is None
         )
         self._all_free = bool(pairs) and all(is_async and k in self._free for k, is_async in pairs)
+        self._defined = None if survey is None else survey.defined
         if survey is not None:
             self._prioritized = survey.prioritized
             self._packable = not survey.templated
@@ -690,6 +694,8 @@ class Scheduler:
     def _defined_order(self) -> bool:
         """The topological order is the tasks' definition order (a tuple compare of
         the same strings: identity, in C)."""
+        if self._defined is not None:  # the survey looked
+            return self._defined
         order = self._order
         return len(order) == len(self._tasks) and tuple(order) == tuple(self._tasks)
 
