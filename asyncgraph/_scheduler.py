@@ -156,7 +156,7 @@ def _packed_paths(
 def flat_keys(
     tasks: Mapping[str, Task], order: Sequence[str], *, packed: bool, prioritized: bool
 ) -> dict[str, _Key]:
-    """The queue keys when every task is free (a coroutine in a lane without a cap):
+    """The queue keys when every task is free (an IO coroutine in a lane without a cap):
     ``(-priority, 0, position)``, with no path, so no pass from the terminals up.
 
     ``packed`` (no template: see :func:`critical_paths`): one int per task that orders
