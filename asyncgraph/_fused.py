@@ -14,6 +14,11 @@ does its simplest thing, this module builds the two functions the run uses inste
 * ``start(ready)``, what ``_Run._start`` does for the tasks the scheduler hands out
   (the first dispatch, a retry put back in line).
 
+In a plain run (every task starts inline, see below) ``done`` and ``start`` start
+each task themselves, without calling ``launch``: a Python call a task less, and the
+arguments bound in a loop rather than a list comprehension (a frame of its own in
+3.11).
+
 Where it applies: no fan-out, no named limits, no store, and every task in one lane
 without a cap (the loop's, with ``max_io=None``: :meth:`Scheduler.direct`). A task is
 started inline when it is a coroutine function of kind IO without ``timeout``,
@@ -92,7 +97,7 @@ def fused(
     direct = core.direct()
     if direct is None:
         return None
-    tasks, waiting, scheduled, below_of, order_keys, lane = direct
+    tasks, waiting, scheduled, below_of, order_keys, lane, in_order = direct
     ledger = run.ledger
     records = ledger.records
     tries = ledger.tries
@@ -133,11 +138,13 @@ def fused(
                     if r is NO_RESULT:
                         raise task._missing(records)
                     call = task.fn(r)
-                else:
-                    args = [records[d].result for d in a]
-                    for r in args:
+                else:  # a loop, not a list comprehension (a frame in 3.11)
+                    args = []
+                    for d in a:
+                        r = records[d].result
                         if r is NO_RESULT:
                             raise task._missing(records)
+                        args.append(r)
                     call = task.fn(*args)
                 child = create_task(call, name=name)
             except Exception as exc:  # noqa: BLE001 - before its first await: reported
@@ -168,7 +175,17 @@ def fused(
                 tries[name] = n = n + 1
             if emit is not None:
                 emit(_new(Event, (_STARTED, name, n, at, None)))
-            launch(task, name)
+            if every and not task.args:  # a root of a plain run: launch, inline
+                kid: Child
+                try:
+                    kid = create_task(task.fn(), name=name)
+                except Exception as exc:  # noqa: BLE001 - as in launch
+                    kid = loop.create_future()
+                    kid.set_exception(exc)
+                running[kid] = name
+                kid.add_done_callback(done)
+            else:
+                launch(task, name)
 
     def done(child: Child) -> None:
         name = running.pop(child)
@@ -222,16 +239,42 @@ def fused(
                 if first is not None:
                     if more is None:
                         more = [first]
-                    else:
+                    elif not in_order:
                         more.sort(key=order_keys().__getitem__)
+                    lane.used += len(more)
                     for c in more:
                         scheduled.add(c)
-                        lane.used += 1
                         tries[c] = 1
                         started_at[c] = at
                         if emit is not None:
                             emit(_new(Event, (_STARTED, c, 1, at, None)))
-                        launch(tasks[c], c)
+                        task = tasks[c]
+                        if not every:
+                            launch(task, c)
+                            continue
+                        # launch(task, c) inline for a plain run (one call a task less):
+                        # the same binding and create_task as its first branch.
+                        a = task.args
+                        kid: Child
+                        try:
+                            if len(a) == 1:
+                                r = records[a[0]].result
+                                if r is NO_RESULT:
+                                    raise task._missing(records)
+                                kid = create_task(task.fn(r), name=c)
+                            else:  # a loop, not a list comprehension (a frame in 3.11)
+                                args = []
+                                for d in a:
+                                    r = records[d].result
+                                    if r is NO_RESULT:
+                                        raise task._missing(records)
+                                    args.append(r)
+                                kid = create_task(task.fn(*args), name=c)
+                        except Exception as exc:  # noqa: BLE001 - as in launch
+                            kid = loop.create_future()
+                            kid.set_exception(exc)
+                        running[kid] = c
+                        kid.add_done_callback(done)
                     return
             if not waiting:
                 end(None)

@@ -100,6 +100,10 @@ class _Fetched(NamedTuple):
     name: str
 
 
+#: A dispatch that starts this many tasks or more pauses the cycle collector (_dispatch).
+_MANY = 64
+
+
 class _Run:
     """One run of one graph: the caller of the Scheduler. Everything on the loop's thread.
 
@@ -359,7 +363,14 @@ class _Run:
             ready = self._fan_out(ready)
         if self._held or self._released:  # fan-out: inputs still in the store
             ready = self._hold(ready)
-        if ready:
+        if len(ready) >= _MANY:
+            # Many starts at once (a wide graph's roots): each makes a Task, a coroutine
+            # and the run's entries, all kept alive, so the cycle collector would walk
+            # them again and again while they are made (for 100k roots, most of the
+            # dispatch). No user code runs here but a listener's on_event.
+            with paused():
+                self._launch(ready)
+        elif ready:
             self._launch(ready)
 
     def _start(self, ready: list[Task]) -> None:
