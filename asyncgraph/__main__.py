@@ -236,6 +236,21 @@ def _parser() -> argparse.ArgumentParser:
         "ADDRESS), a process pool started for the command, or the calling thread "
         "(default: worker processes of the run's own)",
     )
+    run.add_argument(
+        "--dask-eager",
+        action="store_true",
+        help="with --backend dask: send a CPU task whose inputs are CPU tasks to the cluster "
+        "with their futures before they finish (DaskBackend(eager=True); a stopped run may "
+        "have started such a task on the cluster)",
+    )
+    run.add_argument(
+        "--dask-capacity",
+        type=_positive,
+        metavar="N",
+        help="with --backend dask: CPU tasks of the run in flight on the cluster at most "
+        "(DaskBackend(capacity=N); default: 32 per worker thread on a local cluster, no "
+        "cap at an ADDRESS)",
+    )
     run.set_defaults(handler=_command("run"), parser=run)
 
     history = commands.add_parser(

@@ -630,7 +630,12 @@ def run(args: argparse.Namespace) -> int:
     import asyncgraph as ag
 
     progress = bool(args.progress) and _progress_option()
-    backend = _backend_option(getattr(args, "backend", None), args.cpu_workers)
+    backend = _backend_option(
+        getattr(args, "backend", None),
+        args.cpu_workers,
+        eager=getattr(args, "dask_eager", False),
+        capacity=getattr(args, "dask_capacity", None),
+    )
     store = _store_for_graph(args.store)
     try:
         graph = _prepared(args, store)
@@ -652,17 +657,32 @@ def run(args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
-def _backend_option(spec: str | None, workers: int | None) -> Any:
+def _backend_option(
+    spec: str | None, workers: int | None, *, eager: bool = False, capacity: int | None = None
+) -> Any:
     """``--backend``: a context manager giving the run's ``backend=`` (None: the default)
     and closing what it started. ``dask`` needs ``asyncgraph.DaskBackend`` and
-    ``distributed``, found before anything is written."""
+    ``distributed``, found before anything is written; ``--dask-eager`` and
+    ``--dask-capacity`` are its options, refused with any other backend."""
     import contextlib
 
     import asyncgraph as ag
 
+    name, _, address = (spec or "").partition("=")
+    if name != "dask":
+        given = [
+            flag
+            for flag, used in (("--dask-eager", eager), ("--dask-capacity", capacity is not None))
+            if used
+        ]
+        if given:
+            on = f"--backend {spec}" if spec else "the default backend (no --backend)"
+            raise UsageError(
+                f"{' and '.join(given)} applies to --backend dask only, not to {on}; "
+                "add --backend dask (or dask=ADDRESS), or drop the option"
+            )
     if spec is None:
         return contextlib.nullcontext(None)
-    name, _, address = spec.partition("=")
     if name == "inline":
         return contextlib.nullcontext(ag.InlineBackend())
     if name == "processes":
@@ -675,7 +695,9 @@ def _backend_option(spec: str | None, workers: int | None) -> Any:
             "--backend dask needs Dask distributed, which is not installed; "
             "install it with: pip install 'asyncgraph[dask]'"
         )
-    return contextlib.nullcontext(dask_backend(address) if address else dask_backend())
+    options = {"eager": eager, "capacity": capacity}
+    made = dask_backend(address, **options) if address else dask_backend(**options)
+    return contextlib.nullcontext(made)
 
 
 def _progress_option() -> bool:

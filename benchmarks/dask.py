@@ -31,6 +31,14 @@ take, and fetches every one still there in one gather at the end of the run.
 inputs are CPU tasks goes to the cluster with their futures before they finish.
 
 ``driver CPU/task`` is the driver process's CPU time (``time.process_time``) per task.
+
+``--profile`` then runs plain Dask and asyncgraph once more on wide, chain and layered
+under cProfile (CPU time) and splits the driver's CPU by where the code is: asyncgraph's
+own, Dask's client (dask, distributed, tornado, msgpack, cloudpickle), the event loop
+(asyncio), C calls (built-ins, whoever called them), the rest; side by side, with
+asyncgraph's top functions by own time. cProfile slows every call, so its figures are
+shares, not times; the table's ``driver CPU`` difference is the cost.
+
 Figures on a shared 2-core machine are upper bounds; say "measured under load".
 
 This file is named ``dask.py`` as the issue asks: it takes its own directory off
@@ -283,6 +291,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "asyncgraph_cpu_s": ours_cpu,
                 "pairs": pairs,
             }
+        if args.profile:
+            for name, n, plain, ours in shapes[:3]:
+                results[name]["profile"] = await profile_ours(name, n, plain, ours)
     headers = ["shape", "plain Dask", "asyncgraph", "ratio", "driver CPU/task plain",
                "driver CPU/task asyncgraph"]  # fmt: skip
     mode = "eager=True" if args.eager else "eager=False"
@@ -292,6 +303,76 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(table(headers, rows))
     return results
+
+
+PARTS = {
+    "asyncgraph": ("asyncgraph",),
+    "Dask client": ("distributed", "dask", "tornado", "msgpack", "cloudpickle", "toolz"),
+    "event loop": ("asyncio", "uvloop", "selectors"),
+}
+
+
+C_CALLS = "C calls (pickle, sockets, ...)"
+
+
+def _part(filename: str) -> str:
+    if filename == "~":
+        return C_CALLS  # built-ins: no file to tell whose
+    parts = Path(filename).parts
+    for label, packages in PARTS.items():
+        if any(pkg in parts for pkg in packages):
+            return label
+    return "other"
+
+
+def _profiled_parts(stats: dict[Any, Any]) -> tuple[dict[str, float], list[Any]]:
+    parts: dict[str, float] = dict.fromkeys([*PARTS, C_CALLS, "other"], 0.0)
+    ours_by_fn = []
+    for (filename, line, fn), (_, calls, own, _, _) in stats.items():
+        part = _part(filename)
+        parts[part] += own
+        if part == "asyncgraph":
+            where = filename.split("asyncgraph/", 1)[-1]
+            ours_by_fn.append((own, f"{where}:{line} {fn}", calls))
+    ours_by_fn.sort(reverse=True)
+    return parts, ours_by_fn
+
+
+async def _profile(fn: Step) -> dict[Any, Any]:
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile(time.process_time)  # CPU, not the loop's idle waits
+    prof.enable()
+    await fn()
+    prof.disable()
+    return pstats.Stats(prof).stats  # type: ignore[attr-defined, no-any-return]
+
+
+async def profile_ours(name: str, n: int, plain: Step, ours: Step) -> dict[str, Any]:
+    """Plain Dask and one asyncgraph run under cProfile: the driver's CPU by part, side
+    by side, and asyncgraph's top functions."""
+    plain_parts, _ = _profiled_parts(await _profile(plain))
+    parts, ours_by_fn = _profiled_parts(await _profile(ours))
+    print(f"\n{name}: driver CPU under cProfile by part, us per task ({n} tasks)")
+    rows = [
+        [label, f"{plain_parts[label] / n * 1e6:.0f}", f"{own / n * 1e6:.0f}",
+         f"{(own - plain_parts[label]) / n * 1e6:+.0f}"]
+        for label, own in parts.items()
+    ]  # fmt: skip
+    total, plain_total = sum(parts.values()), sum(plain_parts.values())
+    rows.append(["all", f"{plain_total / n * 1e6:.0f}", f"{total / n * 1e6:.0f}",
+                 f"{(total - plain_total) / n * 1e6:+.0f}"])  # fmt: skip
+    print(table(["part", "plain Dask", "asyncgraph", "difference"], rows))
+    print(table(["asyncgraph function (own time)", "share of ours", "calls/task"], [
+        [where, f"{own / parts['asyncgraph']:.0%}", f"{calls / n:.1f}"]
+        for own, where, calls in ours_by_fn[:12]
+    ]))  # fmt: skip
+    return {
+        "plain_parts_s": plain_parts,
+        "parts_s": parts,
+        "asyncgraph_top": [[where, own, calls] for own, where, calls in ours_by_fn[:25]],
+    }
 
 
 def main() -> None:
@@ -312,6 +393,11 @@ def main() -> None:
         "--only", default="", help="comma-separated parts of shape names: run only those"
     )
     p.add_argument("--tiny", action="store_true", help="a smoke run: tiny shapes, one pair")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile asyncgraph's driver CPU on wide, chain and layered (cProfile)",
+    )
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
     if args.tiny:

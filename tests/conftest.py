@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from dask_fixtures import forked_dask_workers  # noqa: F401 - a fixture of the Dask tests
 
 
 def long_mode(config: pytest.Config) -> bool:

@@ -3,6 +3,12 @@
 Dask's own scenarios are ported as asyncgraph runs (names from
 ``distributed/tests/test_client.py`` next to each); worker death, process leaks and the
 driver crash are in tests/test_dask_processes.py. Skipped without ``distributed``.
+
+The tests that take ``client`` share one user's cluster per loop backend for the module
+(tests/dask_fixtures.py: each gets it clean, or fails at set-up); the run's own cluster
+(``DaskBackend()``) is kept for the cases that are about it: the first one below, the
+named resources (workers of the run's own, declared by ``cluster_kwargs``), a Cluster
+object and an address.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
+from dask_fixtures import clean, shared_threads_client
 
 import asyncgraph as ag
 
@@ -27,22 +35,18 @@ distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    """A user's cluster and asynchronous client on the test's loop (one worker thread
-    each on two workers), closed by the test, never by asyncgraph."""
-    async with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=False,
-            asynchronous=True,
-            dashboard_address=":0",
-            silence_logs=50,
-        ) as cluster,
-        distributed.Client(cluster, asynchronous=True, set_as_default=False) as c,
-    ):
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared() -> AsyncIterator[Any]:
+    """A user's cluster and asynchronous client (one worker thread each on two workers),
+    one per loop backend for the module (tests/dask_fixtures.py), closed by the tests,
+    never by asyncgraph."""
+    async for c in shared_threads_client():
         yield c
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(shared: Any) -> Any:
+    return await clean(shared)  # as the last test left it: nothing of its own
 
 
 async def scheduler_keys(client: Any) -> list[str]:
@@ -131,31 +135,34 @@ async def test_results_failures_as_data_and_skipped_descendants() -> None:
     assert rec.traceback is not None and "in fails" in rec.traceback  # the worker's
 
 
-async def test_async_task_and_partial_of_one() -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_async_task_and_partial_of_one(client: Any) -> None:
     # test_async_task, test_async_task_with_partial
     g = ag.Graph()
     g.add("a", functools.partial(add_async, 1), kind="cpu")
     g.add("p", functools.partial(add_async, y=10), deps=["a"], kind="cpu")
-    done = await ag.run(g, backend=threads_cluster())
+    done = await ag.run(g, backend=ag.DaskBackend(client))
     assert done.results == {"a": 2, "p": 12}
 
 
-async def test_lambdas_and_closures_ship() -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_lambdas_and_closures_ship(client: Any) -> None:
     offset = 5
     g = ag.Graph()
     g.add("a", lambda: offset, kind="cpu")
     g.add("b", lambda a: [a, offset * 2], deps=["a"], kind="cpu")
-    done = await ag.run(g, backend=threads_cluster())
+    done = await ag.run(g, backend=ag.DaskBackend(client))
     assert done.results == {"a": 5, "b": [5, 10]}
 
 
-async def test_a_function_that_cannot_travel_is_refused_before_anything_runs() -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_function_that_cannot_travel_is_refused_before_anything_runs(client: Any) -> None:
     lock = threading.Lock()
     g = ag.Graph()
     g.add("ok", lambda: 1, kind="cpu")
     g.add("locked", lambda: lock.locked(), kind="cpu")
     with pytest.raises(ag.PicklingError, match="locked"):
-        await ag.run(g, backend=threads_cluster())
+        await ag.run(g, backend=ag.DaskBackend(client))
 
 
 # -- keys and retries ---------------------------------------------------------------------
@@ -173,6 +180,7 @@ def flaky(counter: str, fail_times: int) -> str:
 
 
 @pytest.mark.parametrize(("retries", "ok"), [(2, True), (1, False)])
+@pytest.mark.asyncio(loop_scope="module")
 async def test_retries_with_varying_failures(
     tmp_path: Path, client: Any, retries: int, ok: bool
 ) -> None:
@@ -201,6 +209,7 @@ async def test_retries_with_varying_failures(
     assert await scheduler_keys(client) == []
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_every_submission_gets_a_key_of_its_own(client: Any) -> None:
     # test_map_keynames: two runs of one graph, and a retry: no two share a key, and
     # Dask groups each key under its task's name.
@@ -215,12 +224,16 @@ async def test_every_submission_gets_a_key_of_its_own(client: Any) -> None:
     g = ag.Graph()
     g.add("a", lambda: 1, kind="cpu")
     g.add("b", fails, deps=["a"], kind="cpu", retries=1, retry_delay=0.001)
-    await ag.run(g, backend=ag.DaskBackend(client))
-    await ag.run(ag.reset_failed(g), backend=ag.DaskBackend(client))
+    try:
+        await ag.run(g, backend=ag.DaskBackend(client))
+        await ag.run(ag.reset_failed(g), backend=ag.DaskBackend(client))
+    finally:
+        client.cluster.scheduler.remove_plugin("asyncgraph-keys")
     assert len(keys) == 6 and len(set(keys)) == 6
     assert sorted(distributed.utils.key_split(k) for k in keys) == ["a", "a", "b", "b", "b", "b"]
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_retry_of_dependencies_after_a_fix(tmp_path: Path, client: Any) -> None:
     # test_retry_dependencies: a dependency fails, is fixed, reset_failed + rerun
     # reruns it and its dependent, and reuses nothing stale from the cluster.
@@ -245,6 +258,7 @@ async def test_retry_of_dependencies_after_a_fix(tmp_path: Path, client: Any) ->
 # -- cancellation, deadline, fail_fast, timeouts -------------------------------------------
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_cancel_leaves_no_future_on_the_scheduler(client: Any) -> None:
     # test_cancel: a run cancelled while a task runs and others wait
 
@@ -266,6 +280,7 @@ async def test_cancel_leaves_no_future_on_the_scheduler(client: Any) -> None:
     assert await scheduler_keys(client) == []
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_deadline_cancels_every_future(client: Any) -> None:
 
     g = ag.Graph()
@@ -281,6 +296,7 @@ async def test_deadline_cancels_every_future(client: Any) -> None:
     assert await scheduler_keys(client) == []
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_fail_fast_cancels_the_rest(client: Any) -> None:
 
     g = ag.Graph()
@@ -295,6 +311,7 @@ async def test_fail_fast_cancels_the_rest(client: Any) -> None:
     assert not client.futures
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_timeout_is_recorded_truthfully(client: Any) -> None:
 
     g = ag.Graph()
@@ -311,6 +328,7 @@ async def test_a_timeout_is_recorded_truthfully(client: Any) -> None:
     assert not client.futures
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_as_completed_yields_each_once_and_break_cancel_leaves_nothing(client: Any) -> None:
     # test_as_completed_async_for / test_as_completed_async_for_cancel
     g = ag.Graph()
@@ -338,7 +356,8 @@ async def test_as_completed_yields_each_once_and_break_cancel_leaves_nothing(cli
     assert await scheduler_keys(client) == []
 
 
-async def test_a_blocking_async_task_does_not_stall_the_worker() -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_blocking_async_task_does_not_stall_the_worker(client: Any) -> None:
     # test_failed_workers.py's block_evloop: a coroutine that blocks runs under
     # asyncio.run in the worker's thread, not on the worker's loop.
     import time
@@ -349,20 +368,21 @@ async def test_a_blocking_async_task_does_not_stall_the_worker() -> None:
 
     g = ag.Graph()
     g.add("blocks", blocks, kind="cpu")
-    done = await ag.run(g, backend=threads_cluster())
+    done = await ag.run(g, backend=ag.DaskBackend(client))
     assert done.results == {"blocks": "ok"}
 
 
 # -- events, progress, priority, futures passed on ---------------------------------------
 
 
-async def test_events_per_task() -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_events_per_task(client: Any) -> None:
     g = ag.Graph()
     g.add("a", lambda: 1, kind="cpu")
     g.add("b", fails, deps=["a"], kind="cpu")
     events: list[tuple[str, str]] = []
     await ag.run(
-        g, backend=threads_cluster(), on_event=lambda e: events.append((e.kind.value, e.task))
+        g, backend=ag.DaskBackend(client), on_event=lambda e: events.append((e.kind.value, e.task))
     )
     assert (
         events.index(("started", "a"))
@@ -372,6 +392,7 @@ async def test_events_per_task() -> None:
     assert ("failed", "b") in events
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_priority_carries_the_critical_path_order(client: Any) -> None:
     # Four ready CPU tasks with downstream chains of different lengths: the longer a
     # task's path, the earlier the run dispatches it and the higher its Dask priority
@@ -392,12 +413,16 @@ async def test_priority_carries_the_critical_path_order(client: Any) -> None:
                 seen.setdefault(distributed.utils.key_split(key), sched.tasks[key].priority)
 
     sched.add_plugin(Priorities(), name="asyncgraph-priorities")
-    done = await ag.run(g, backend=ag.DaskBackend(client, capacity=8))
+    try:
+        done = await ag.run(g, backend=ag.DaskBackend(client, capacity=8))
+    finally:
+        sched.remove_plugin("asyncgraph-priorities")
     order = sorted(seen, key=lambda n: seen[n])  # Dask runs the smallest tuple first
     assert order == ["t3", "t2", "t1", "t0"]
     assert done.status["t3_2"] is ag.State.DONE
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_result_on_the_cluster_goes_to_its_cpu_dependent_as_a_future(client: Any) -> None:
     def make() -> list[int]:
         return list(range(1000))
@@ -446,6 +471,7 @@ async def test_named_resource_maps_to_dask_worker_resources() -> None:
     assert isinstance(err, ValueError) and "no worker of the cluster has" in str(err)
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_users_client_is_never_closed(client: Any) -> None:
     g = ag.Graph()
     g.add("a", lambda: 1, kind="cpu")
@@ -549,6 +575,7 @@ def exits() -> None:
     sys.exit(3)
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_tasks_system_exit_ends_the_run_as_on_the_pool(client: Any) -> None:
     # Raised in a Dask worker's thread it would break the worker; it reaches the driver
     # inside an Exception and the run ends with it, after its cleanup.

@@ -29,7 +29,11 @@ import asyncgraph as ag
 
 distributed = pytest.importorskip("distributed")
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# Worker processes forked from one server (tests/dask_fixtures.py): a restart is a fork.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.usefixtures("forked_dask_workers"),
+]
 
 
 def noted(log: str, text: str) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
+from dask_fixtures import clean, shared_threads_client
 
 import asyncgraph as ag
 
@@ -42,20 +44,15 @@ def gates() -> Iterator[None]:
     RELEASE.set()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    async with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=False,
-            asynchronous=True,
-            dashboard_address=":0",
-            silence_logs=50,
-        ) as cluster,
-        distributed.Client(cluster, asynchronous=True, set_as_default=False) as c,
-    ):
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared() -> AsyncIterator[Any]:
+    async for c in shared_threads_client():  # one cluster per loop backend (dask_fixtures)
         yield c
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(shared: Any) -> Any:
+    return await clean(shared)
 
 
 async def scheduler_keys(client: Any) -> list[str]:
@@ -158,6 +155,7 @@ def watch(client: Any) -> Iterator[Watch]:
     w.close()
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_chain_goes_to_the_cluster_before_its_inputs_finish(
     tmp_path: Path, client: Any, watch: Watch
 ) -> None:
@@ -185,6 +183,7 @@ async def test_a_chain_goes_to_the_cluster_before_its_inputs_finish(
     assert not client.futures
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_failed_input_cancels_what_went_ahead_and_its_dependents_skip(
     tmp_path: Path, client: Any, watch: Watch
 ) -> None:
@@ -218,6 +217,7 @@ def fails_first(counter: str) -> int:
     return 100
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_retried_input_feeds_its_dependent_the_retrys_value(
     tmp_path: Path, client: Any
 ) -> None:
@@ -240,6 +240,7 @@ async def test_a_retried_input_feeds_its_dependent_the_retrys_value(
     assert await scheduler_keys(client) == []
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_cancelled_run_leaves_nothing_on_the_scheduler(
     tmp_path: Path, client: Any, watch: Watch
 ) -> None:
@@ -261,6 +262,7 @@ async def test_a_cancelled_run_leaves_nothing_on_the_scheduler(
     # (a task sent ahead runs when its inputs finish): why eager is opt-in.
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_task_the_run_decides_on_first_is_not_sent_ahead(
     tmp_path: Path, client: Any, watch: Watch
 ) -> None:
@@ -289,6 +291,7 @@ def test_eager_is_off_by_default() -> None:
     assert ag.DaskBackend().eager is False
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_eager_false_sends_nothing_ahead(tmp_path: Path, client: Any, watch: Watch) -> None:
     log = str(tmp_path / "log")
     g = ag.Graph()

@@ -2,7 +2,8 @@
 store run that survives a SIGKILL of its driver. Skipped without ``distributed``.
 
 Each test that needs processes starts a LocalCluster of its own (two worker processes,
-about a second on two cores): the slow part of the Dask tests, kept to a few.
+about a second on two cores when spawned): the slow part of the Dask tests, kept to a
+few; the worker-death case forks its workers from a server (tests/dask_fixtures.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import dask_fixtures
 import psutil
 import pytest
 
@@ -46,6 +48,15 @@ def children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+@pytest.fixture
+def forked_here() -> Any:
+    """Worker processes forked from one server for this test only (tests/dask_fixtures.py):
+    the owned-cluster cases below keep Dask's default, spawned workers."""
+    with dask_fixtures.forked_workers():
+        yield
+
+
+@pytest.mark.usefixtures("forked_here")
 @pytest.mark.parametrize("retries", [0, 1])
 def test_a_worker_that_dies_fails_only_its_task_and_dies_once_per_attempt(
     tmp_path: Path, retries: int

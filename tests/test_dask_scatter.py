@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
+from dask_fixtures import clean, shared_threads_client
 
 import asyncgraph as ag
 
@@ -17,20 +19,15 @@ distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    async with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=False,
-            asynchronous=True,
-            dashboard_address=":0",
-            silence_logs=50,
-        ) as cluster,
-        distributed.Client(cluster, asynchronous=True, set_as_default=False) as c,
-    ):
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared() -> AsyncIterator[Any]:
+    async for c in shared_threads_client():  # one cluster per loop backend (dask_fixtures)
         yield c
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(shared: Any) -> Any:
+    return await clean(shared)
 
 
 def size(data: bytes) -> int:
@@ -51,6 +48,7 @@ class Seen(distributed.diagnostics.plugin.SchedulerPlugin):  # type: ignore[misc
                 self.deps[str(k)] = [str(d.key) for d in ts.dependencies]
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("mb", [1, 9])
 async def test_a_big_driver_value_is_scattered_once(client: Any, mb: int) -> None:
     async def load() -> bytes:  # an IO task: its result lives on the driver
