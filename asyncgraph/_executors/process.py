@@ -365,6 +365,9 @@ DEPTH = 2
 #: a function whose calls on this pool took at most this long (seconds, a moving
 #: average): what a queued call may wait while another worker could have taken it.
 PIPELINE_BELOW = 0.010
+#: Whether a call may queue behind one of a function not measured here yet (False: its
+#: first call might be long; tests set True to queue behind anything).
+PIPELINE_UNMEASURED = False
 
 
 class _Turn:
@@ -582,7 +585,10 @@ class ProcessPool:
         times = self._times
         for fn in worker.fns:
             took = times.get(fn)
-            if took is None or took > PIPELINE_BELOW:
+            if took is None:
+                if not PIPELINE_UNMEASURED:
+                    return False
+            elif took > PIPELINE_BELOW:
                 return False
         return True
 
