@@ -99,6 +99,11 @@ def _log(log: Path) -> list[str]:
 NO_ARGS: tuple[Any, ...] = ([], {})
 
 
+def _value(data: bytes | process.Mapped) -> Any:
+    assert isinstance(data, bytes)
+    return pickle.loads(data)
+
+
 @pytest.fixture
 def queue_anything(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let a call queue behind any running call, measured or not (the mechanism is
@@ -155,12 +160,12 @@ async def test_a_queued_call_that_is_cancelled_leaves_the_running_one_alone(
                 await b
             assert not a.done()
             await asyncio.to_thread(_release, fifo)
-            pid = pickle.loads(await a)
+            pid = _value(await a)
             assert pid == worker.pid and not worker.killed  # a ran to its end, there
             # The same worker serves the next call: b was skipped, not run, and its
             # reply ("skipped") was read, so the replies stay in step.
             c = await pool.call("c", _fn(_mark, str(log), "c"), NO_ARGS)
-            assert pickle.loads(c) == pid
+            assert _value(c) == pid
             assert _log(log) == ["a+", "a-", "c"]
             assert not b_started.is_set()
             assert not pool._skips
@@ -208,7 +213,7 @@ async def test_a_call_queues_behind_a_function_measured_short(files: tuple[Path,
             b = await _call(pool, "b", _fn(_mark, str(log), "b"))
             assert _only_worker(pool).inflight == 2 and not pool._waiting
             await asyncio.to_thread(_release, fifo)
-            assert pickle.loads(await a) == pickle.loads(await b)
+            assert _value(await a) == _value(await b)
             assert _log(log) == ["a+", "a-", "b"]
             pool._times[hold] = process.PIPELINE_BELOW * 2  # measured long: no more
             a = await _call(pool, "a", hold)
@@ -283,7 +288,7 @@ async def test_a_worker_that_dies_fails_the_running_call_and_the_queued_one_reru
             await asyncio.to_thread(_release, fifo)
             with pytest.raises(WorkerDiedError):
                 await a
-            pid = pickle.loads(await b)  # not failed: it never started there
+            pid = _value(await b)  # not failed: it never started there
             assert pid != first
             assert len(b_starts) == 1  # and it ran once
             assert _log(log) == ["a+", "b"]
@@ -307,7 +312,7 @@ async def test_a_queued_call_behind_a_cancelled_one_moves_to_a_fresh_worker(
             a.cancel()  # kills a's worker: the only way to stop a running call
             with pytest.raises(asyncio.CancelledError):
                 await a
-            pid = pickle.loads(await b)
+            pid = _value(await b)
             assert first.killed and pid != first.pid
             # (a may have been killed before it noted its start: "started" comes first)
             assert [x for x in _log(log) if x != "a+"] == ["b"]
@@ -389,7 +394,7 @@ async def test_a_big_results_memfd_stays_open_until_the_parent_mapped_it(
             mapped = await a
             assert isinstance(mapped, process.Mapped)
             assert np.array_equal(mapped.load(), np.arange(1 << 18, dtype=np.float64))
-            assert pickle.loads(await b) == worker.pid
+            assert _value(await b) == worker.pid
             assert order == ["mapped"] and _log(log) == ["big+", "big-", "b"]
             await pool.call("c", _fn(_mark, str(log), "c"), NO_ARGS)  # "release" read by now
             links = [os.readlink(f"/proc/{worker.pid}/fd/{fd}") for fd in _fds(worker.pid)]
