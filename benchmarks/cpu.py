@@ -22,11 +22,14 @@ min-max of the per-pair figures:
 * ``phases``           - a worker's first call in three parts: the parent's spawn, the
   worker's boot until it begins the call (its clock), the call to its reply;
 * ``shared``           - one trivial CPU task per run on a started ``ProcessBackend``,
-  against the same run with a pool of its own.
+  against the same run with a pool of its own;
+* ``depth``            - two calls in flight per worker against one (the pools'
+  ``DEPTH``), side by side: the per-call row on a run's own pool and on a started
+  ``ProcessBackend``, and the 40 x 20 ms speedup; each as depth 2 / depth 1 per pair.
 
 Usage:  python benchmarks/cpu.py [--pairs 5] [--mb 100] [--calls 2000] [--only ROWS]
         [--json PATH]      (ROWS: a comma-separated subset of
-                            start,hidden,speedup,call,big,phases,shared)
+                            start,hidden,speedup,call,big,phases,shared,depth)
 """
 
 from __future__ import annotations
@@ -306,7 +309,85 @@ async def row_shared(pairs: int) -> list[list[Any]]:
     ]
 
 
-ROWS = ("start", "hidden", "speedup", "call", "big", "phases", "shared")
+async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
+    """Two calls in flight per worker against one (``process.DEPTH`` 2 and 1), side by
+    side in this process, the depths alternating within each pair: the marginal wall
+    per trivial call on 2 workers, (run of N - run of N/10) / (0.9 N), on a pool of the
+    run's own and on a started ``ProcessBackend``; and 40 x 20 ms on 2 workers (speedup
+    over serial, the pool's start included). Figures: depth 2 / depth 1, per pair."""
+    from asyncgraph._executors import process
+
+    small = max(2, calls // 10)
+    many, few, g40 = ag.Graph(), ag.Graph(), ag.Graph()
+    for i in range(calls):
+        many.add(f"t{i}", one, kind="cpu")
+    for i in range(small):
+        few.add(f"t{i}", one, kind="cpu")
+    for i in range(40):
+        g40.add(f"c{i}", functools.partial(busy, 0.02), kind="cpu")
+
+    async def at_depth(depth: int, make: Callable[[], Awaitable[Any]]) -> float:
+        before = process.DEPTH
+        process.DEPTH = depth
+        try:
+            return await _wall(make)
+        finally:
+            process.DEPTH = before
+
+    backends = {}
+    for depth in (1, 2):
+        process_depth = process.DEPTH
+        process.DEPTH = depth  # read as the backend's pool is made
+        try:
+            backends[depth] = await ag.ProcessBackend(workers=2).start()
+        finally:
+            process.DEPTH = process_depth
+        await _run(many, backend=backends[depth])  # warm: the first run imports
+    own: dict[int, list[float]] = {1: [], 2: []}
+    shared: dict[int, list[float]] = {1: [], 2: []}
+    speed: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for i in range(pairs):
+            serial = await _wall(lambda: _serial40())
+            for depth in (1, 2) if i % 2 == 0 else (2, 1):
+                a = await at_depth(depth, lambda: _run(many, cpu_workers=2))
+                b = await at_depth(depth, lambda: _run(few, cpu_workers=2))
+                own[depth].append((a - b) / (calls - small))
+                pool = backends[depth]
+                a = await _wall(lambda p=pool: _run(many, backend=p))  # type: ignore[misc]
+                b = await _wall(lambda p=pool: _run(few, backend=p))  # type: ignore[misc]
+                shared[depth].append((a - b) / (calls - small))
+                speed[depth].append(
+                    serial / await at_depth(depth, lambda: _run(g40, cpu_workers=2))
+                )
+    finally:
+        for pool in backends.values():
+            await pool.aclose()
+
+    def row(name: str, xs: dict[int, list[float]], scale: float, unit: str) -> list[Any]:
+        ratios = [b / a for a, b in zip(xs[1], xs[2], strict=True)]
+        return [
+            f"{name}: depth 2 / depth 1",
+            median(ratios),
+            _spread(ratios, 1, 2),
+            f"depth 1, depth 2 ({unit})",
+            f"{median(xs[1]) * scale:.{0 if scale > 1 else 2}f}, "
+            f"{median(xs[2]) * scale:.{0 if scale > 1 else 2}f}",
+        ]
+
+    return [
+        row("per call, own pool, 2 workers", own, 1e6, "us"),
+        row("per call, started ProcessBackend(workers=2)", shared, 1e6, "us"),
+        row("40 x 20 ms on 2 workers, speedup", speed, 1, "x"),
+    ]
+
+
+async def _serial40() -> None:
+    for _ in range(40):
+        busy(0.02)
+
+
+ROWS = ("start", "hidden", "speedup", "call", "big", "phases", "shared", "depth")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -329,6 +410,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         rows += await row_phases(args.pairs)
     if "shared" in only:
         rows += await row_shared(args.pairs)
+    if "depth" in only:
+        rows += await row_depth(args.pairs, args.calls)
     return {"rows": rows}
 
 

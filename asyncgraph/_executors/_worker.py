@@ -482,6 +482,19 @@ def _preload(modules: list[str]) -> None:
             continue  # (not contextlib.suppress: a worker does not import contextlib)
 
 
+def _batch() -> None:
+    """Run as a batch job (Linux ``SCHED_BATCH``; a no-op elsewhere): a worker woken by a
+    request then does not preempt the driver on the driver's core in the middle of its
+    ``write`` (the driver would wait for the call it is still sending); it runs on a free
+    core, or as soon as the driver's loop waits. Same priority and share of CPU."""
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is not None and hasattr(os, "SCHED_BATCH"):
+        try:  # noqa: SIM105 - a worker does not import contextlib
+            setter(0, os.SCHED_BATCH, os.sched_param(0))
+        except OSError:
+            pass
+
+
 class _Requests:
     """The requests pipe, read into whole frames. A "skip" or "release" is acted on as
     it is read (see the protocol); calls and "init" wait in ``queue``, in order."""
@@ -561,6 +574,7 @@ def main() -> None:
     if out > 2:
         os.close(out)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _batch()
     _guard(
         int(sys.argv[3]) if len(sys.argv) > 3 else None,
         int(sys.argv[4]) if len(sys.argv) > 4 else -1,

@@ -209,6 +209,7 @@ class _Worker:
         # Its calls in flight (at most the pool's depth): how many, their functions
         # (whether one more may queue behind them), how many were sent, and the last
         # one's end of reading (the next call reads its replies after that).
+        self._outbox: list[bytes] = []  # frames to write at the end of the turn
         self.inflight = 0
         self.fns: list[bytes] = []
         self.sent = 0
@@ -234,11 +235,25 @@ class _Worker:
 
     def send(self, message: Any) -> None:
         """Queue one frame; the transport writes it as the pipe drains. A dead worker's
-        pipe drops it, and the race in ``next`` reports the death."""
+        pipe drops it, and the race in ``next`` reports the death.
+
+        Frames sent in one turn of the loop go in one write, at the end of the turn
+        (``call_soon``): waking a worker that waits in ``read`` may hand it the parent's
+        core in the middle of the ``write`` (the parent then waits for it); one write
+        for the frames of a turn does that at most once, after the parent's work."""
         payload = pickle.dumps(message)
-        assert self.writer is not None
-        if not self.writer.is_closing():
-            self.writer.write(_HEADER.pack(len(payload)) + payload)
+        outbox = self._outbox
+        if not outbox:
+            self.loop.call_soon(self._flush)
+        outbox.append(_HEADER.pack(len(payload)) + payload)
+
+    def _flush(self) -> None:
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        writer = self.writer
+        assert writer is not None
+        if not writer.is_closing():
+            writer.write(data)
 
     async def next(self) -> Any:
         """The next reply frame, or None if the worker is gone first (exited, or its

@@ -55,7 +55,8 @@ import anyio
 from .._clock import SYSTEM_CLOCK, Clock
 from .._shield import wait_to_the_end
 from .._task import Task
-from .process import DEPTH, Mapped, ProcessExecutor, ProcessPool, pickled_args
+from . import process as _process
+from .process import Mapped, ProcessExecutor, ProcessPool, pickled_args
 
 __all__ = ["BackendClosedError", "PoolClient", "SharedPool", "SharedProcessExecutor"]
 
@@ -238,7 +239,8 @@ class SharedPool:
 
     def __init__(self, size: int, owner: str = "ProcessBackend", depth: int | None = None) -> None:
         self.size = size
-        self.depth = DEPTH if depth is None else depth  # calls in flight per worker
+        # Calls in flight per worker (process.DEPTH, read now: a benchmark may set it).
+        self.depth = _process.DEPTH if depth is None else depth
         self.owner = owner  # how errors name it
         self.state = "new"
         self.thread: threading.Thread | None = None
