@@ -313,8 +313,10 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
     """Two calls in flight per worker against one (``process.DEPTH`` 2 and 1), side by
     side in this process, the depths alternating within each pair: the marginal wall
     per trivial call on 2 workers, (run of N - run of N/10) / (0.9 N), on a pool of the
-    run's own and on a started ``ProcessBackend``; and 40 x 20 ms on 2 workers (speedup
-    over serial, the pool's start included). Figures: depth 2 / depth 1, per pair."""
+    run's own and on a started ``ProcessBackend``; the same for calls of 0.5 ms of busy
+    work, over the ideal (0.25 ms a call on 2 workers); and 40 x 20 ms on 2 workers
+    (speedup over serial, the pool's start included). Figures: depth 2 / depth 1, per
+    pair."""
     from asyncgraph._executors import process
 
     small = max(2, calls // 10)
@@ -325,6 +327,12 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
         few.add(f"t{i}", one, kind="cpu")
     for i in range(40):
         g40.add(f"c{i}", functools.partial(busy, 0.02), kind="cpu")
+    work = 0.0005  # a short call: the round trip is 10-20 % of it
+    short_many, short_few = ag.Graph(), ag.Graph()
+    for i in range(calls):
+        short_many.add(f"s{i}", functools.partial(busy, work), kind="cpu")
+    for i in range(small):
+        short_few.add(f"s{i}", functools.partial(busy, work), kind="cpu")
 
     async def at_depth(depth: int, make: Callable[[], Awaitable[Any]]) -> float:
         before = process.DEPTH
@@ -346,6 +354,7 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
     own: dict[int, list[float]] = {1: [], 2: []}
     shared: dict[int, list[float]] = {1: [], 2: []}
     speed: dict[int, list[float]] = {1: [], 2: []}
+    short: dict[int, list[float]] = {1: [], 2: []}
     try:
         for i in range(pairs):
             serial = await _wall(lambda: _serial40())
@@ -353,6 +362,9 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
                 a = await at_depth(depth, lambda: _run(many, cpu_workers=2))
                 b = await at_depth(depth, lambda: _run(few, cpu_workers=2))
                 own[depth].append((a - b) / (calls - small))
+                a = await at_depth(depth, lambda: _run(short_many, cpu_workers=2))
+                b = await at_depth(depth, lambda: _run(short_few, cpu_workers=2))
+                short[depth].append((a - b) / (calls - small) / (work / 2))
                 pool = backends[depth]
                 a = await _wall(lambda p=pool: _run(many, backend=p))  # type: ignore[misc]
                 b = await _wall(lambda p=pool: _run(few, backend=p))  # type: ignore[misc]
@@ -377,6 +389,7 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
 
     return [
         row("per call, own pool, 2 workers", own, 1e6, "us"),
+        row(f"calls of {work * 1e3} ms on 2 workers, marginal wall / ideal", short, 1, "x"),
         row("per call, started ProcessBackend(workers=2)", shared, 1e6, "us"),
         row("40 x 20 ms on 2 workers, speedup", speed, 1, "x"),
     ]

@@ -11,8 +11,10 @@ Workers start with the run (:meth:`ProcessExecutor.begin`, in the background, as
 the run has CPU tasks to run, at most ``size``), so they boot while the run's IO tasks
 and its store's opening go on; a call that comes before they are up waits for them
 instead of starting more. They are reused, and each imports the modules the run's CPU
-functions name before its first call (``preload``). The runner guarantees no more than
-``size`` calls at once, so a call never waits for a busy worker. Workers are started
+functions name before its first call (``preload``). The runner sends up to ``depth``
+calls per worker at once (the executor's capacity): a call goes to an idle worker, a new
+one, or queues in a worker behind a short running call (see "Pipelining" in
+:class:`ProcessPool`), else waits in the pool for the next free worker. Workers are started
 with ``subprocess`` (never ``fork``: the driver has threads and a running loop), so they
 share nothing with the parent but ``sys.path``; functions and values cross with
 cloudpickle.
@@ -49,18 +51,28 @@ The value's arrays are then views of that mapping: one copy in all (the worker's
 write), where the pipe took a pickle, two frame copies and an unpickle. A store gets
 the same pickle with the buffers in it (:func:`inband`), made in the load's thread, so
 its rows stay plain pickles. Nothing is named in ``/dev/shm``: the memory goes with the
-last mapping, however the processes end.
+last mapping, however the processes end. The worker closes its memfd when the parent
+says it mapped it (``release``), not at its next call, which may be in the pipe already.
+
 State it keeps
     ``ProcessPool``      its workers by state: ``_idle`` (reused first), ``_busy`` (in a
-                         call), ``_starting`` (being started), ``_abandoned`` (their call
+                         call, or two: each worker's ``inflight``, ``fns`` and ``tail``,
+                         the last call's :class:`_Turn`), ``_starting`` (being started;
+                         ``_launching``, not yet forked), ``_abandoned`` (their call
                          was cancelled: killed at the end), ``_dead`` (died while idle,
                          reaped by their threads); ``_watch``, the watchdog pipe;
                          ``_warming`` (workers started ahead, until they are up);
                          ``preload``; ``lean`` (workers load by-value functions
                          without cloudpickle: ``_worker.lean_loads``); ``replace`` (a
                          dead worker is replaced at once); ``_maps`` (whether a
-                         worker's memfd can be mapped here);
-    ``ProcessExecutor``  ``fn_bytes`` (each CPU task's pickled function, from the check),
+                         worker's memfd can be mapped here); ``depth``; ``_waiting``
+                         (calls waiting for a worker, by priority then arrival);
+                         ``_times`` (each function's call time here: who may queue
+                         behind it); ``_promised`` (queue places a shared pool's
+                         grants hold); ``_skips`` (reading cancelled queued calls'
+                         replies);
+    ``ProcessExecutor``  ``depth`` and ``capacity`` (``workers * depth``), ``fn_bytes``
+                         (each CPU task's pickled function, from the check),
                          ``pool`` (its workers start with the run: ``begin``),
                          ``_to_warm``, ``threads`` (where results are unpickled),
                          ``pickled`` (the ledger's hook) and ``_importer`` (the thread
