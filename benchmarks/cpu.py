@@ -355,6 +355,9 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
     shared: dict[int, list[float]] = {1: [], 2: []}
     speed: dict[int, list[float]] = {1: [], 2: []}
     short: dict[int, list[float]] = {1: [], 2: []}
+    waits: dict[int, list[float]] = {1: [], 2: []}
+    workers_cpu: dict[int, list[float]] = {1: [], 2: []}
+    parent_cpu: dict[int, list[float]] = {1: [], 2: []}
     try:
         for i in range(pairs):
             serial = await _wall(lambda: _serial40())
@@ -366,7 +369,11 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
                 b = await at_depth(depth, lambda: _run(short_few, cpu_workers=2))
                 short[depth].append((a - b) / (calls - small) / (work / 2))
                 pool = backends[depth]
+                before, cpu0, own0 = _waits(pool), _worker_cpu(pool), _own_cpu()
                 a = await _wall(lambda p=pool: _run(many, backend=p))  # type: ignore[misc]
+                waits[depth].append((_waits(pool) - before) / calls)
+                workers_cpu[depth].append((_worker_cpu(pool) - cpu0) / calls)
+                parent_cpu[depth].append((_own_cpu() - own0) / calls)
                 b = await _wall(lambda p=pool: _run(few, backend=p))  # type: ignore[misc]
                 shared[depth].append((a - b) / (calls - small))
                 speed[depth].append(
@@ -391,8 +398,46 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
         row("per call, own pool, 2 workers", own, 1e6, "us"),
         row(f"calls of {work * 1e3} ms on 2 workers, marginal wall / ideal", short, 1, "x"),
         row("per call, started ProcessBackend(workers=2)", shared, 1e6, "us"),
+        row("its workers' waits (voluntary switches) per call", waits, 1, "n"),
+        row("its workers' CPU per call", workers_cpu, 1e6, "us"),
+        row("this process's CPU per call (run + pool thread)", parent_cpu, 1e6, "us"),
         row("40 x 20 ms on 2 workers, speedup", speed, 1, "x"),
     ]
+
+
+def _waits(backend: ag.ProcessBackend) -> int:
+    """How often the backend's workers have waited (Linux: voluntary context switches,
+    a worker's read of an empty requests pipe among them); 0 where unknown."""
+    pool = backend._shared.pool
+    total = 0
+    for worker in [] if pool is None else [*pool._idle, *pool._busy]:
+        try:
+            with open(f"/proc/{worker.pid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def _worker_cpu(backend: ag.ProcessBackend) -> float:
+    """The CPU time (user + system, s) the backend's workers used so far (Linux)."""
+    pool = backend._shared.pool
+    total = 0
+    for worker in [] if pool is None else [*pool._idle, *pool._busy]:
+        try:
+            with open(f"/proc/{worker.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 async def _serial40() -> None:

@@ -486,3 +486,50 @@ async def test_tasks_ready_together_start_in_the_same_order_as_one_at_a_time(
         orders[depth] = _log(log)
     assert orders[1] == orders[2]
     assert len(orders[1]) == 12
+
+
+# -- a shared pool ----------------------------------------------------------------------------
+
+
+def _one_task(name: str, fn: Callable[..., Any], priority: int = 0) -> ag.Graph:
+    g = ag.Graph()
+    g.add(name, fn, kind="cpu", priority=priority)
+    return g
+
+
+async def test_on_a_shared_pool_a_queued_calls_cancel_leaves_the_running_one_alone(
+    files: tuple[Path, Path], queue_anything: None
+) -> None:
+    """Run A holds the only worker; run B's call is granted a place queued behind it
+    (the pool promised one); B is cancelled: A ends in the same worker, which then
+    serves run C, and the pool's queue is left empty."""
+    from test_shared_pool_priority import _on_pool, _until
+
+    fifo, log = files
+    async with ag.ProcessBackend(workers=1) as pool:
+
+        async def body() -> None:
+            a = asyncio.ensure_future(
+                ag.run(_one_task("a", functools.partial(_hold, str(fifo), str(log), "a")),
+                       backend=pool)
+            )  # fmt: skip
+            await _until(pool, lambda s: s.used == 1)
+            b = asyncio.ensure_future(
+                ag.run(_one_task("b", functools.partial(_mark, str(log), "b")), backend=pool)
+            )
+            await _until(pool, lambda s: s.used == 2)  # granted: queued behind a
+            b.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await b
+            await _until(pool, lambda s: s.used == 1)
+            await asyncio.to_thread(_release, fifo)
+            first = await a
+            assert first.status["a"] is ag.State.DONE, first.errors
+            third = await ag.run(
+                _one_task("c", functools.partial(_mark, str(log), "c")), backend=pool
+            )
+            assert third.results["c"] == first.results["a"]  # nobody's worker was killed
+            assert _log(log) == ["a+", "a-", "c"]
+            assert await _on_pool(pool, lambda s: (s.used, len(s), s.held)) == (0, 0, {})
+
+        await asyncio.wait_for(body(), GUARD)

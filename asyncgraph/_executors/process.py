@@ -619,17 +619,18 @@ class ProcessPool:
                 return False
         return True
 
-    def queue_room(self) -> int:
-        """How many calls could queue behind running ones now, less those promised."""
-        if self.depth < 2:
-            return 0
-        room = sum(self.depth - w.inflight for w in self._busy if self._queueable(w))
+    def room(self) -> int:
+        """How many calls could be placed now (idle workers, workers still to start,
+        places behind short running calls), less the places promised."""
+        room = sum(1 for w in self._idle if w.alive) + max(0, self.size - self._count())
+        if self.depth > 1:
+            room += sum(self.depth - w.inflight for w in self._busy if self._queueable(w))
         return room - self._promised
 
     def promise(self) -> bool:
-        """Hold a place behind a running call for a call about to come (a shared pool's
-        grant: :meth:`call_pickled` with ``promised``); False if there is none."""
-        if self.queue_room() <= 0:
+        """Hold a place for a call about to come (a shared pool's grant beyond its size:
+        :meth:`call_pickled` with ``promised``); False if there is none."""
+        if self.room() <= 0:
             return False
         self._promised += 1
         return True
@@ -656,12 +657,13 @@ class ProcessPool:
             return best
         return None
 
-    async def _place(self, fn: bytes, priority: int) -> _Turn:
-        """Wait for a worker to take the call (see the class's "Pipelining")."""
+    async def _place(self, fn: bytes, priority: int, promised: bool = False) -> _Turn:
+        """Wait for a worker to take the call (see the class's "Pipelining"); a call
+        ``promised`` a place does not queue behind calls that wait."""
         warming = self._warming
         if warming is not None:  # workers started ahead: they are a moment away
             await asyncio.shield(warming)
-        got = None if self._waiting else self._place_now()
+        got = None if self._waiting and not promised else self._place_now()
         if got is None:
             loop = asyncio.get_running_loop()
             key = (-priority, next(self._arrival))
@@ -752,7 +754,8 @@ class ProcessPool:
             self._promised -= 1
         fresh_try = False
         while True:
-            turn = await self._place(fn_bytes, priority)
+            turn = await self._place(fn_bytes, priority, promised)
+            promised = False
             worker = turn.worker
             try:
                 reply = await self._converse(turn, fn_bytes, args_bytes, on_start)

@@ -123,9 +123,10 @@ class _Slots:
     ) -> None:
         self.size = size
         #: Beyond ``size`` calls held, up to ``extra`` more are granted, each only if the
-        #: pool ``promise``s it a place queued behind a running call (pipelining: see
-        #: ProcessPool); ``unpromise`` gives back the place of a grant cancelled before
-        #: it was used. The best waiting call gets it, as any worker.
+        #: pool ``promise``s it a place (a worker that the calls queued in others left
+        #: idle, or a place queued behind a short running call: see ProcessPool);
+        #: ``unpromise`` gives back the place of a grant cancelled before it was used.
+        #: The best waiting call gets it, as any worker.
         self.extra = extra
         self.promise = promise
         self.unpromise = unpromise
@@ -145,8 +146,8 @@ class _Slots:
         return max(0, self.size - self.used)
 
     def _grantable(self) -> bool | None:
-        """Whether a call may be granted now: True (a worker is free), False (the pool
-        promised a place queued behind a running call), None (not now)."""
+        """Whether a call may be granted now: True (fewer than ``size`` held: a worker is
+        free), False (the pool promised it a place), None (not now)."""
         if self.used < self.size:
             return True
         if self.used < self.size + self.extra and self.promise is not None and self.promise():
