@@ -39,6 +39,7 @@ import asyncio
 import concurrent.futures
 import functools
 import gc
+import math
 import multiprocessing
 import os
 import sys
@@ -384,7 +385,7 @@ async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
             await pool.aclose()
 
     def row(name: str, xs: dict[int, list[float]], scale: float, unit: str) -> list[Any]:
-        ratios = [b / a for a, b in zip(xs[1], xs[2], strict=True)]
+        ratios = [b / a if a > 0 else math.nan for a, b in zip(xs[1], xs[2], strict=True)]
         return [
             f"{name}: depth 2 / depth 1",
             median(ratios),

@@ -478,9 +478,12 @@ class SharedProcessExecutor(ProcessExecutor):
     ) -> None:
         super().__init__(capacity, clock, pickled)
         self.shared = shared
-        # The run's calls in flight: ``capacity`` workers' worth, each with a call
-        # queued behind it when the pool can pipeline (see ProcessPool).
-        self.capacity = capacity * shared.depth
+        # The run's calls in flight: with the whole pool (``capacity`` = its size) each
+        # worker's worth and a call queued behind it when the pool can pipeline (see
+        # ProcessPool): at most ``size`` of them run. A run capped below the pool's size
+        # keeps one call per slot: its extra calls would run on the other workers, past
+        # its ``cpu_workers``.
+        self.capacity = capacity * shared.depth if capacity >= shared.size else capacity
 
     def make_pool(self) -> PoolClient:
         return PoolClient(self.shared)
