@@ -842,9 +842,11 @@ class ProcessPool:
             worker.initialised = True
         worker.send(("call", fn_bytes, args_bytes))
         prev = turn.prev
-        if prev is not None and not prev.done():
+        waited = prev is not None and not prev.done()
+        if prev is not None and waited:
             await asyncio.wait((prev,))  # never cancels the call ahead's future
-        behind = prev is not None and (worker.killed or not worker.alive)
+        # Dead now, after a call ahead ran: that call's death (or its kill), not ours.
+        behind = waited and (worker.killed or not worker.alive)
         turn.state = "turn"
         started = await worker.next()
         if started is None:
