@@ -22,11 +22,14 @@ min-max of the per-pair figures:
 * ``phases``           - a worker's first call in three parts: the parent's spawn, the
   worker's boot until it begins the call (its clock), the call to its reply;
 * ``shared``           - one trivial CPU task per run on a started ``ProcessBackend``,
-  against the same run with a pool of its own.
+  against the same run with a pool of its own;
+* ``depth``            - two calls in flight per worker against one (the pools'
+  ``DEPTH``), side by side: the per-call row on a run's own pool and on a started
+  ``ProcessBackend``, and the 40 x 20 ms speedup; each as depth 2 / depth 1 per pair.
 
 Usage:  python benchmarks/cpu.py [--pairs 5] [--mb 100] [--calls 2000] [--only ROWS]
         [--json PATH]      (ROWS: a comma-separated subset of
-                            start,hidden,speedup,call,big,phases,shared)
+                            start,hidden,speedup,call,big,phases,shared,depth)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import asyncio
 import concurrent.futures
 import functools
 import gc
+import math
 import multiprocessing
 import os
 import sys
@@ -306,7 +310,143 @@ async def row_shared(pairs: int) -> list[list[Any]]:
     ]
 
 
-ROWS = ("start", "hidden", "speedup", "call", "big", "phases", "shared")
+async def row_depth(pairs: int, calls: int) -> list[list[Any]]:
+    """Two calls in flight per worker against one (``process.DEPTH`` 2 and 1), side by
+    side in this process, the depths alternating within each pair: the marginal wall
+    per trivial call on 2 workers, (run of N - run of N/10) / (0.9 N), on a pool of the
+    run's own and on a started ``ProcessBackend``; the same for calls of 0.5 ms of busy
+    work, over the ideal (0.25 ms a call on 2 workers); and 40 x 20 ms on 2 workers
+    (speedup over serial, the pool's start included). Figures: depth 2 / depth 1, per
+    pair."""
+    from asyncgraph._executors import process
+
+    small = max(2, calls // 10)
+    many, few, g40 = ag.Graph(), ag.Graph(), ag.Graph()
+    for i in range(calls):
+        many.add(f"t{i}", one, kind="cpu")
+    for i in range(small):
+        few.add(f"t{i}", one, kind="cpu")
+    for i in range(40):
+        g40.add(f"c{i}", functools.partial(busy, 0.02), kind="cpu")
+    work = 0.0005  # a short call: the round trip is 10-20 % of it
+    short_many, short_few = ag.Graph(), ag.Graph()
+    for i in range(calls):
+        short_many.add(f"s{i}", functools.partial(busy, work), kind="cpu")
+    for i in range(small):
+        short_few.add(f"s{i}", functools.partial(busy, work), kind="cpu")
+
+    async def at_depth(depth: int, make: Callable[[], Awaitable[Any]]) -> float:
+        before = process.DEPTH
+        process.DEPTH = depth
+        try:
+            return await _wall(make)
+        finally:
+            process.DEPTH = before
+
+    backends = {}
+    for depth in (1, 2):
+        process_depth = process.DEPTH
+        process.DEPTH = depth  # read as the backend's pool is made
+        try:
+            backends[depth] = await ag.ProcessBackend(workers=2).start()
+        finally:
+            process.DEPTH = process_depth
+        await _run(many, backend=backends[depth])  # warm: the first run imports
+    own: dict[int, list[float]] = {1: [], 2: []}
+    shared: dict[int, list[float]] = {1: [], 2: []}
+    speed: dict[int, list[float]] = {1: [], 2: []}
+    short: dict[int, list[float]] = {1: [], 2: []}
+    waits: dict[int, list[float]] = {1: [], 2: []}
+    workers_cpu: dict[int, list[float]] = {1: [], 2: []}
+    parent_cpu: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for i in range(pairs):
+            serial = await _wall(lambda: _serial40())
+            for depth in (1, 2) if i % 2 == 0 else (2, 1):
+                a = await at_depth(depth, lambda: _run(many, cpu_workers=2))
+                b = await at_depth(depth, lambda: _run(few, cpu_workers=2))
+                own[depth].append((a - b) / (calls - small))
+                a = await at_depth(depth, lambda: _run(short_many, cpu_workers=2))
+                b = await at_depth(depth, lambda: _run(short_few, cpu_workers=2))
+                short[depth].append((a - b) / (calls - small) / (work / 2))
+                pool = backends[depth]
+                before, cpu0, own0 = _waits(pool), _worker_cpu(pool), _own_cpu()
+                a = await _wall(lambda p=pool: _run(many, backend=p))  # type: ignore[misc]
+                waits[depth].append((_waits(pool) - before) / calls)
+                workers_cpu[depth].append((_worker_cpu(pool) - cpu0) / calls)
+                parent_cpu[depth].append((_own_cpu() - own0) / calls)
+                b = await _wall(lambda p=pool: _run(few, backend=p))  # type: ignore[misc]
+                shared[depth].append((a - b) / (calls - small))
+                speed[depth].append(
+                    serial / await at_depth(depth, lambda: _run(g40, cpu_workers=2))
+                )
+    finally:
+        for pool in backends.values():
+            await pool.aclose()
+
+    def row(name: str, xs: dict[int, list[float]], scale: float, unit: str) -> list[Any]:
+        ratios = [b / a if a > 0 else math.nan for a, b in zip(xs[1], xs[2], strict=True)]
+        return [
+            f"{name}: depth 2 / depth 1",
+            median(ratios),
+            _spread(ratios, 1, 2),
+            f"depth 1, depth 2 ({unit})",
+            f"{median(xs[1]) * scale:.{0 if scale > 1 else 2}f}, "
+            f"{median(xs[2]) * scale:.{0 if scale > 1 else 2}f}",
+        ]
+
+    return [
+        row("per call, own pool, 2 workers", own, 1e6, "us"),
+        row(f"calls of {work * 1e3} ms on 2 workers, marginal wall / ideal", short, 1, "x"),
+        row("per call, started ProcessBackend(workers=2)", shared, 1e6, "us"),
+        row("its workers' waits (voluntary switches) per call", waits, 1, "n"),
+        row("its workers' CPU per call", workers_cpu, 1e6, "us"),
+        row("this process's CPU per call (run + pool thread)", parent_cpu, 1e6, "us"),
+        row("40 x 20 ms on 2 workers, speedup", speed, 1, "x"),
+    ]
+
+
+def _waits(backend: ag.ProcessBackend) -> int:
+    """How often the backend's workers have waited (Linux: voluntary context switches,
+    a worker's read of an empty requests pipe among them); 0 where unknown."""
+    pool = backend._shared.pool
+    total = 0
+    for worker in [] if pool is None else [*pool._idle, *pool._busy]:
+        try:
+            with open(f"/proc/{worker.pid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def _worker_cpu(backend: ag.ProcessBackend) -> float:
+    """The CPU time (user + system, s) the backend's workers used so far (Linux)."""
+    pool = backend._shared.pool
+    total = 0
+    for worker in [] if pool is None else [*pool._idle, *pool._busy]:
+        try:
+            with open(f"/proc/{worker.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def _serial40() -> None:
+    for _ in range(40):
+        busy(0.02)
+
+
+ROWS = ("start", "hidden", "speedup", "call", "big", "phases", "shared", "depth")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -329,6 +469,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         rows += await row_phases(args.pairs)
     if "shared" in only:
         rows += await row_shared(args.pairs)
+    if "depth" in only:
+        rows += await row_depth(args.pairs, args.calls)
     return {"rows": rows}
 
 

@@ -50,7 +50,11 @@ def test_the_default_executors_route_each_kind_and_give_the_lanes_io_first():
     assert isinstance(table[Kind.IO][False], ThreadExecutor)  # plain functions
     assert isinstance(table[Kind.CPU][True], ProcessExecutor)
     assert table[Kind.CPU][False] is table[Kind.CPU][True]
-    assert lanes == [("io", 8, (Kind.IO,)), ("cpu", 3, (Kind.CPU,))]
+    # The CPU lane admits two calls per worker (one may wait in its worker behind a
+    # short one: process.DEPTH, session 17); 3 run at once, the pool's size.
+    assert lanes == [("io", 8, (Kind.IO,)), ("cpu", 3 * 2, (Kind.CPU,))]
+    cpu = table[Kind.CPU][True]
+    assert isinstance(cpu, ProcessExecutor) and cpu.workers == 3
 
 
 def test_the_inline_executor_takes_every_kind_in_one_lane():

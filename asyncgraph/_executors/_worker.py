@@ -25,24 +25,34 @@ parent's stdout (``OUT_FD``), so ``print`` in a task goes where the user looks.
                  the parent can map a memfd of ours; ``modules`` are imported at once;
                  ``lean``: load by-value functions with :func:`lean_loads` (no
                  cloudpickle import; the parent's cloudpickle is a version it knows)
-             ("call", fn_pickle, args_pickle)    then one per task
-    reply    ("started", time)                   at once, when a call arrives
-             then one of:
+             ("call", fn_pickle, args_pickle)    then one per task; the parent may send
+                 the next call before this one's reply (two calls in flight: the
+                 worker's own queue), calls counted 1, 2, ... on this worker
+             ("skip", n)      call ``n`` is not wanted (cancelled while queued here):
+                 if it has not started when its turn comes, the worker replies
+                 ("skipped",) instead of running it; a skip that comes later is ignored
+             ("release", fd)  the parent has mapped the memfd of an "oob" reply
+    reply    ("started", time)                   when a call's turn comes, before it
+             loads the task; then one of:
              ("ok", result_pickle)
              ("oob", head_pickle, fd, sizes)   a result whose out-of-band buffers (pickle
                  protocol 5: numpy's, pandas', Arrow's data) come to 1 MiB or more: they
                  are in a memfd of this worker, at ``fd``, one after another, ``sizes``
                  long; the parent maps ``/proc/<pid>/fd/<fd>`` (no copy) when the reply
-                 arrives, and the worker closes its fd at the next request
+                 arrives, then sends ("release", fd), and the worker closes its fd
+                 (not at the next call: with two in flight, that is in the pipe already)
              ("bad_result", result_type_name, reason)    the result would not pickle
              ("unloadable", what, type_name, message, traceback_text)
                  the function or the arguments ("function" / "arguments") could not be
                  unpickled here (a module this process cannot import, say)
              ("err", type_name, message, traceback_text, exc_pickle_or_None)
 
-A worker serves one call at a time. SIGINT is ignored: Ctrl-C is the parent's to handle
-(it kills the workers it no longer needs). ``serve_call`` is the same service for a
-worker of another executor (``ExecutorBackend`` sends it there by value, with cloudpickle).
+A worker runs one call at a time, in the order they came. Before it starts a call it
+reads what else is in its requests pipe without waiting (``select``), so a "skip" sent
+while the call ahead ran is seen before the skipped call starts. SIGINT is ignored:
+Ctrl-C is the parent's to handle (it kills the workers it no longer needs).
+``serve_call`` is the same service for a worker of another executor (``ExecutorBackend``
+sends it there by value, with cloudpickle).
 
 A worker never outlives its driver (the parent that started it). Three ways to learn of
 its death, any one enough, each ending in ``_die``, which kills the worker's whole process
@@ -365,28 +375,27 @@ def _call(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
 
 class _Shared:
-    """Where a big result's out-of-band buffers go: a memfd of this worker's (Linux).
+    """Where a big result's out-of-band buffers go: memfds of this worker's (Linux).
 
-    The parent maps it by ``/proc/<our pid>/fd/<fd>`` as soon as the reply arrives, and
-    this worker closes the fd when the next request arrives, so the memory belongs to
-    the parent's mapping alone. Nothing is named in ``/dev/shm``: the kernel frees the
-    memory when the last fd and mapping go, however the processes end.
+    The parent maps one by ``/proc/<our pid>/fd/<fd>`` as soon as the reply arrives and
+    then says so (``("release", fd)``): this worker closes the fd then, so the memory
+    belongs to the parent's mapping alone. Nothing is named in ``/dev/shm``: the kernel
+    frees the memory when the last fd and mapping go, however the processes end.
     """
 
     def __init__(self) -> None:
-        self.fd: int | None = None
+        self.fds: set[int] = set()
         self.ok = False  # until the parent says it can map our memfds ("init")
 
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+    def release(self, fd: int) -> None:
+        if fd in self.fds:
+            self.fds.discard(fd)
+            os.close(fd)
 
     def put(self, views: list[memoryview]) -> int | None:
         """The buffers, written one after another into a new memfd; its fd (or None)."""
         if not self.ok:
             return None
-        self.release()
         try:
             fd = os.memfd_create("asyncgraph-result", os.MFD_CLOEXEC)
         except OSError:
@@ -399,7 +408,7 @@ class _Shared:
         except OSError:  # out of memory for it, say: the pipe takes it
             os.close(fd)
             return None
-        self.fd = fd
+        self.fds.add(fd)
         return fd
 
 
@@ -473,6 +482,87 @@ def _preload(modules: list[str]) -> None:
             continue  # (not contextlib.suppress: a worker does not import contextlib)
 
 
+def _batch() -> None:
+    """Run as a batch job (Linux ``SCHED_BATCH``; a no-op elsewhere): a worker woken by a
+    request then does not preempt the driver on the driver's core in the middle of its
+    ``write`` (the driver would wait for the call it is still sending); it runs on a free
+    core, or as soon as the driver's loop waits. Same priority and share of CPU."""
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is not None and hasattr(os, "SCHED_BATCH"):
+        try:  # noqa: SIM105 - a worker does not import contextlib
+            setter(0, os.SCHED_BATCH, os.sched_param(0))
+        except OSError:
+            pass
+
+
+class _Requests:
+    """The requests pipe, read into whole frames. A "skip" or "release" is acted on as
+    it is read (see the protocol); calls and "init" wait in ``queue``, in order."""
+
+    def __init__(self, fd: int, shared: _Shared) -> None:
+        self.fd = fd
+        self.shared = shared
+        self.buffer = bytearray()
+        self.queue: list[Any] = []
+        self.skipped: set[int] = set()
+        self.begun = 0  # calls taken from the queue (started or skipped)
+        self.eof = False
+
+    def _frames(self) -> None:
+        buffer = self.buffer
+        while len(buffer) >= _HEADER.size:
+            (n,) = _HEADER.unpack_from(buffer)
+            end = _HEADER.size + n
+            if len(buffer) < end:
+                return
+            with memoryview(buffer) as view:
+                message = pickle.loads(view[_HEADER.size : end])
+            del buffer[:end]
+            kind = message[0]
+            if kind == "skip":
+                if message[1] > self.begun:  # not begun yet: skipped when its turn comes
+                    self.skipped.add(message[1])
+            elif kind == "release":
+                self.shared.release(message[1])
+            else:
+                self.queue.append(message)
+
+    def _read(self, n: int) -> None:
+        chunk = os.read(self.fd, n)
+        if not chunk:
+            self.eof = True
+        else:
+            self.buffer += chunk
+            self._frames()
+
+    def next(self) -> Any:
+        """The next call or "init", waiting for it; None once the pipe closed."""
+        while not self.queue:
+            if self.eof:
+                return None
+            missing = 1 << 16
+            if len(self.buffer) >= _HEADER.size:  # a frame's start: read the rest at once
+                missing = max(missing, _HEADER.size + _HEADER.unpack_from(self.buffer)[0])
+                missing -= len(self.buffer)
+            self._read(min(missing, 1 << 24))
+        return self.queue.pop(0)
+
+    def poll(self) -> None:
+        """Read what the pipe holds now, without waiting (a skip sent meanwhile)."""
+        import select
+
+        while not self.eof and select.select([self.fd], [], [], 0)[0]:
+            self._read(1 << 20)
+
+    def wanted(self) -> bool:
+        """Take the next call's turn: whether it is to run (False: it was skipped)."""
+        self.begun += 1
+        if self.begun in self.skipped:
+            self.skipped.discard(self.begun)
+            return False
+        return True
+
+
 def main() -> None:
     requests = os.dup(0)
     replies = os.dup(1)
@@ -484,20 +574,19 @@ def main() -> None:
     if out > 2:
         os.close(out)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _batch()
     _guard(
         int(sys.argv[3]) if len(sys.argv) > 3 else None,
         int(sys.argv[4]) if len(sys.argv) > 4 else -1,
     )
     functions: dict[bytes, Any] = {}
     shared = _Shared()
+    inbox = _Requests(requests, shared)
     load: Any = pickle.loads
     while True:
-        header = _read_exactly(requests, _HEADER.size)
-        body = None if header is None else _read_exactly(requests, _HEADER.unpack(header)[0])
-        if body is None:
+        message = inbox.next()
+        if message is None:
             _die()  # the requests pipe closed: the driver is gone (or done with us)
-        shared.release()  # the parent mapped the last big result when its reply came
-        message = pickle.loads(body)
         if message[0] == "init":
             _, sys.path[:], shared.ok, preload, lean = message
             shared.ok = shared.ok and hasattr(os, "memfd_create")
@@ -506,6 +595,10 @@ def main() -> None:
             continue
         _, fn_bytes, args_bytes = message
         try:
+            inbox.poll()  # a skip sent while the call ahead ran is read before this starts
+            if not inbox.wanted():
+                _write(replies, pickle.dumps(("skipped",)))
+                continue
             _write(replies, pickle.dumps(("started", time.time())))
             reply = _serve(fn_bytes, args_bytes, functions, shared, load)
             sys.stdout.flush()

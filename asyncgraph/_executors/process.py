@@ -11,8 +11,10 @@ Workers start with the run (:meth:`ProcessExecutor.begin`, in the background, as
 the run has CPU tasks to run, at most ``size``), so they boot while the run's IO tasks
 and its store's opening go on; a call that comes before they are up waits for them
 instead of starting more. They are reused, and each imports the modules the run's CPU
-functions name before its first call (``preload``). The runner guarantees no more than
-``size`` calls at once, so a call never waits for a busy worker. Workers are started
+functions name before its first call (``preload``). The runner sends up to ``depth``
+calls per worker at once (the executor's capacity): a call goes to an idle worker, a new
+one, or queues in a worker behind a short running call (see "Pipelining" in
+:class:`ProcessPool`), else waits in the pool for the next free worker. Workers are started
 with ``subprocess`` (never ``fork``: the driver has threads and a running loop), so they
 share nothing with the parent but ``sys.path``; functions and values cross with
 cloudpickle.
@@ -49,18 +51,28 @@ The value's arrays are then views of that mapping: one copy in all (the worker's
 write), where the pipe took a pickle, two frame copies and an unpickle. A store gets
 the same pickle with the buffers in it (:func:`inband`), made in the load's thread, so
 its rows stay plain pickles. Nothing is named in ``/dev/shm``: the memory goes with the
-last mapping, however the processes end.
+last mapping, however the processes end. The worker closes its memfd when the parent
+says it mapped it (``release``), not at its next call, which may be in the pipe already.
+
 State it keeps
     ``ProcessPool``      its workers by state: ``_idle`` (reused first), ``_busy`` (in a
-                         call), ``_starting`` (being started), ``_abandoned`` (their call
+                         call, or two: each worker's ``inflight``, ``fns`` and ``tail``,
+                         the last call's :class:`_Turn`), ``_starting`` (being started;
+                         ``_launching``, not yet forked), ``_abandoned`` (their call
                          was cancelled: killed at the end), ``_dead`` (died while idle,
                          reaped by their threads); ``_watch``, the watchdog pipe;
                          ``_warming`` (workers started ahead, until they are up);
                          ``preload``; ``lean`` (workers load by-value functions
                          without cloudpickle: ``_worker.lean_loads``); ``replace`` (a
                          dead worker is replaced at once); ``_maps`` (whether a
-                         worker's memfd can be mapped here);
-    ``ProcessExecutor``  ``fn_bytes`` (each CPU task's pickled function, from the check),
+                         worker's memfd can be mapped here); ``depth``; ``_waiting``
+                         (calls waiting for a worker, by priority then arrival);
+                         ``_times`` (each function's call time here: who may queue
+                         behind it); ``_promised`` (queue places a shared pool's
+                         grants hold); ``_skips`` (reading cancelled queued calls'
+                         replies);
+    ``ProcessExecutor``  ``depth`` and ``capacity`` (``workers * depth``), ``fn_bytes``
+                         (each CPU task's pickled function, from the check),
                          ``pool`` (its workers start with the run: ``begin``),
                          ``_to_warm``, ``threads`` (where results are unpickled),
                          ``pickled`` (the ledger's hook) and ``_importer`` (the thread
@@ -73,6 +85,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import mmap
 import os
 import pickle
@@ -204,6 +218,14 @@ class _Worker:
         self.exitcode: int | None = None
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self.killed = False  # did we kill it (a timeout, a cancel, the end)?
+        # Its calls in flight (at most the pool's depth): how many, their functions
+        # (whether one more may queue behind them), how many were sent, and the last
+        # one's end of reading (the next call reads its replies after that).
+        self._outbox: list[bytes] = []  # frames to write at the end of the turn
+        self.inflight = 0
+        self.fns: list[bytes] = []
+        self.sent = 0
+        self.tail: asyncio.Future[None] | None = None
         self._lock = threading.Lock()  # orders our kills against the reaping
         self._reaped = False
         threading.Thread(
@@ -225,11 +247,25 @@ class _Worker:
 
     def send(self, message: Any) -> None:
         """Queue one frame; the transport writes it as the pipe drains. A dead worker's
-        pipe drops it, and the race in ``next`` reports the death."""
+        pipe drops it, and the race in ``next`` reports the death.
+
+        Frames sent in one turn of the loop go in one write, at the end of the turn
+        (``call_soon``): waking a worker that waits in ``read`` may hand it the parent's
+        core in the middle of the ``write`` (the parent then waits for it); one write
+        for the frames of a turn does that at most once, after the parent's work."""
         payload = pickle.dumps(message)
-        assert self.writer is not None
-        if not self.writer.is_closing():
-            self.writer.write(_HEADER.pack(len(payload)) + payload)
+        outbox = self._outbox
+        if not outbox:
+            self.loop.call_soon(self._flush)
+        outbox.append(_HEADER.pack(len(payload)) + payload)
+
+    def _flush(self) -> None:
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        writer = self.writer
+        assert writer is not None
+        if not writer.is_closing():
+            writer.write(data)
 
     async def next(self) -> Any:
         """The next reply frame, or None if the worker is gone first (exited, or its
@@ -339,12 +375,71 @@ def _kill_group(pid: int) -> None:
 
 
 class _NotStartedError(Exception):
-    """The worker died before it acknowledged the call: the task never began there."""
+    """The worker died before it acknowledged the call: the task never began there.
+    ``behind``: it died while a call ahead of this one ran on it (that call's death, or
+    its cancel), so this one moves to another worker for free."""
+
+    def __init__(self, behind: bool = False) -> None:
+        super().__init__()
+        self.behind = behind
+
+
+#: Calls in flight per worker: 2 keeps one queued in the worker behind the running one,
+#: so the worker goes on while the parent handles a reply and sends the next call (the
+#: round trip); 1 is one call at a time. See "Pipelining" in :class:`ProcessPool`.
+DEPTH = 2
+#: A call queues behind a running one only if every call in flight on that worker is of
+#: a function whose calls on this pool took at most this long (seconds, a moving
+#: average): what a queued call may wait while another worker could have taken it.
+PIPELINE_BELOW = 0.010
+#: Whether a call may queue behind one of a function not measured here yet (False: its
+#: first call might be long; tests set True to queue behind anything).
+PIPELINE_UNMEASURED = False
+
+
+class _Turn:
+    """One call placed on a worker: its place in the worker's order."""
+
+    __slots__ = ("began", "fn", "mine", "number", "prev", "state", "worker")
+
+    def __init__(self, worker: _Worker, fn: bytes) -> None:
+        self.worker = worker
+        self.fn = fn
+        worker.inflight += 1
+        worker.fns.append(fn)
+        worker.sent += 1
+        self.number = worker.sent
+        self.prev = worker.tail  # the call ahead's end of reading (None: none ahead)
+        self.mine: asyncio.Future[None] = worker.loop.create_future()
+        worker.tail = self.mine
+        self.state = "queued"  # "turn": its replies are next; "running": it started
+        self.began = 0.0
 
 
 class ProcessPool:
-    def __init__(self, size: int, *, replace: bool = False) -> None:
+    """Workers owned by one run (or by a :class:`~asyncgraph._executors.shared.SharedPool`).
+
+    Pipelining. With ``depth`` 2 a call may be sent to a worker that is still running
+    another one, and waits in that worker's requests pipe: the worker starts it as soon as
+    it has written the reply ahead, so the round trip to the parent is hidden. Replies are
+    read in order per worker (each call after the one ahead: ``_Turn``). A call queues
+    behind a running one only when no worker is idle or can be started, and only behind
+    calls of functions measured short here (``PIPELINE_BELOW``): a queued call waits for
+    the call ahead even if another worker frees up first. Other calls wait in
+    ``_waiting``, by priority then arrival, for the next free worker.
+
+    Guarantees a queued call keeps: it has not started until its worker says so (its
+    ``started`` frame, which starts its timeout); cancelled while queued, it is skipped
+    (``("skip", n)``: the worker does not run it) and the call ahead is left alone; if
+    the worker dies (or is killed for the call ahead), it never started there and moves
+    to another worker, free; a big result's memfd stays open in the worker until the
+    parent has mapped it (``("release", fd)``).
+    """
+
+    def __init__(self, size: int, *, replace: bool = False, depth: int | None = None) -> None:
         self.size = size
+        #: Calls in flight per worker (see DEPTH).
+        self.depth = DEPTH if depth is None else depth
         #: Start a worker in the background as soon as one dies (a shared pool: the next
         #: call should not pay a worker's start); a run's own pool starts one on demand.
         self.replace = replace
@@ -357,12 +452,20 @@ class ProcessPool:
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._starting: set[asyncio.Future[_Worker]] = set()
+        self._launching = 0  # starts asked for whose process is not made yet
         self._abandoned: list[_Worker] = []
         self._dead: list[_Worker] = []  # died while idle: reaped by their threads
         self._watch: tuple[int, int] | None = None  # the watchdog pipe (read, write)
         self._warming: asyncio.Future[None] | None = None  # workers started ahead
         self._closing = False
         self._maps: bool | None = None  # may we map a worker's memfd? (None: not known)
+        #: Calls waiting for a worker: ``(-priority, arrival, future)``.
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrival = itertools.count()
+        #: Each function's calls here, seconds from start to reply (a moving average).
+        self._times: dict[bytes, float] = {}
+        self._promised = 0  # queue places promised to granted calls (a shared pool's)
+        self._skips: set[asyncio.Task[None]] = set()  # reading skipped calls' replies
 
     def _watch_fd(self) -> int:
         """The read end of the watchdog pipe every worker of this pool inherits; only
@@ -386,6 +489,7 @@ class ProcessPool:
         not a plain ``Task.cancel()`` (how a run stops its children), which would land
         inside the start with the child already forked and lose its handle.
         """
+        self._launching += 1
         spawn = asyncio.ensure_future(self._spawn())
         self._starting.add(spawn)
         spawn.add_done_callback(self._starting.discard)
@@ -396,7 +500,10 @@ class ProcessPool:
             raise
 
     async def _spawn(self) -> _Worker:
-        worker = _Worker(asyncio.get_running_loop(), self._watch_fd())
+        try:
+            worker = _Worker(asyncio.get_running_loop(), self._watch_fd())
+        finally:
+            self._launching -= 1
         self._busy.add(worker)  # no await since the fork: aclose() always sees it
         if self._maps is None:
             self._maps = _can_open_fds_of(worker.pid)
@@ -420,12 +527,13 @@ class ProcessPool:
             self._dead.append(worker)
             if self.replace and not worker.killed:
                 self.warm(self.size)
+            self._wake()
 
     async def _replace(self) -> None:
         """Start a worker for one that died, before its task's failure is reported: only
         the process's creation waits here (its boot goes on in the background), so the
         next call finds it up, and whoever hears of the failure sees the pool whole."""
-        if self._closing or len(self._idle) + len(self._busy) >= self.size:
+        if self._closing or self._count() >= self.size:
             return
         try:
             worker = await self._start()
@@ -433,13 +541,18 @@ class ProcessPool:
             return
         self._busy.discard(worker)
         self._idle.append(worker)
+        self._wake()
+
+    def _count(self) -> int:
+        """Workers up, in use or being started."""
+        return len(self._idle) + len(self._busy) + self._launching
 
     def warm(self, n: int, then: Callable[[], None] | None = None) -> None:
         """Start workers in the background (on the loop's thread, no wait) until ``n``
         of them (at most ``size``) are up or starting; calls meanwhile wait for them
         instead of starting more. A start that fails is left to the next call.
         ``then`` is called once the processes are started and connected (they boot on)."""
-        missing = min(n, self.size) - len(self._idle) - len(self._busy)
+        missing = min(n, self.size) - self._count()
         if missing <= 0 or self._warming is not None or self._closing:
             return
         self._warming = asyncio.ensure_future(self._warm(missing, then))
@@ -460,6 +573,7 @@ class ProcessPool:
                         self._idle.append(worker)
         finally:
             self._warming = None
+            self._wake()
 
     def _abandon(self, spawn: asyncio.Future[_Worker]) -> None:
         """A worker whose caller was cancelled while it started: kill it, reap it later."""
@@ -469,27 +583,63 @@ class ProcessPool:
         self._busy.discard(worker)
         worker.signal_kill()
         self._abandoned.append(worker)
+        self._wake()
 
     async def prestart(self) -> None:
         """Start the workers this pool lacks now (all at once), each answering one
         empty call (so it has booted and has our ``sys.path``), and keep them idle."""
-        missing = self.size - len(self._idle) - len(self._busy)
+        missing = self.size - self._count()
         started = await asyncio.gather(*(self._start() for _ in range(missing)))
         noop = (cloudpickle.dumps(int), cloudpickle.dumps(((), {})))
+        turns = [_Turn(w, noop[0]) for w in started]
         replies = await asyncio.gather(
-            *(self._converse(w, *noop, None) for w in started), return_exceptions=True
+            *(self._converse(t, *noop, None) for t in turns), return_exceptions=True
         )
-        for worker, reply in zip(started, replies, strict=True):
-            self._busy.discard(worker)
-            if isinstance(reply, tuple) and reply[0] == "ok":
-                self._idle.append(worker)
-            else:  # it died as it started: the next call starts another
+        for turn, reply in zip(turns, replies, strict=True):
+            worker = turn.worker
+            if not (isinstance(reply, tuple) and reply[0] == "ok"):
+                worker.signal_kill()  # it died as it started: the next call starts another
+            self._leave(turn)
+            if worker.killed:
                 await worker.kill()
 
-    async def _acquire(self) -> _Worker:
-        warming = self._warming
-        if warming is not None:  # workers started ahead: they are a moment away
-            await asyncio.shield(warming)
+    # -- placing a call ------------------------------------------------------------------
+
+    def _queueable(self, worker: _Worker) -> bool:
+        """Whether one more call may queue on this busy worker (see PIPELINE_BELOW)."""
+        if not (0 < worker.inflight < self.depth) or worker.killed or not worker.alive:
+            return False
+        times = self._times
+        for fn in worker.fns:
+            took = times.get(fn)
+            if took is None:
+                if not PIPELINE_UNMEASURED:
+                    return False
+            elif took > PIPELINE_BELOW:
+                return False
+        return True
+
+    def room(self) -> int:
+        """How many calls could be placed now (idle workers, workers still to start,
+        places behind short running calls), less the places promised."""
+        room = sum(1 for w in self._idle if w.alive) + max(0, self.size - self._count())
+        if self.depth > 1:
+            room += sum(self.depth - w.inflight for w in self._busy if self._queueable(w))
+        return room - self._promised
+
+    def promise(self) -> bool:
+        """Hold a place for a call about to come (a shared pool's grant beyond its size:
+        :meth:`call_pickled` with ``promised``); False if there is none."""
+        if self.room() <= 0:
+            return False
+        self._promised += 1
+        return True
+
+    def unpromise(self) -> None:
+        self._promised -= 1
+
+    def _place_now(self) -> _Worker | bool | None:
+        """A worker for a call now (idle first), True if one is to be started, or None."""
         while self._idle:
             worker = self._idle.pop()
             if worker.alive:
@@ -497,9 +647,79 @@ class ProcessPool:
                 return worker
             # It died while idle (the out-of-memory killer, say): its thread reaps it.
             self._dead.append(worker)
-        if len(self._busy) >= self.size:
-            raise RuntimeError("ProcessPool.call: more calls than workers")  # a runner bug
-        return await self._start()
+        if self._count() < self.size:
+            return True
+        if self.depth > 1:
+            best: _Worker | None = None
+            for worker in self._busy:
+                if self._queueable(worker) and (best is None or worker.inflight < best.inflight):
+                    best = worker
+            return best
+        return None
+
+    async def _place(self, fn: bytes, priority: int, promised: bool = False) -> _Turn:
+        """Wait for a worker to take the call (see the class's "Pipelining"); a call
+        ``promised`` a place does not queue behind calls that wait."""
+        warming = self._warming
+        if warming is not None:  # workers started ahead: they are a moment away
+            await asyncio.shield(warming)
+        got = None if self._waiting and not promised else self._place_now()
+        if got is None:
+            loop = asyncio.get_running_loop()
+            key = (-priority, next(self._arrival))
+            while got is None:
+                future: asyncio.Future[None] = loop.create_future()
+                entry = (*key, future)
+                heapq.heappush(self._waiting, entry)
+                try:
+                    await future
+                except asyncio.CancelledError:
+                    if future.done() and not future.cancelled():
+                        self._wake()  # woken as it was cancelled: pass the turn on
+                    elif entry in self._waiting:
+                        self._waiting.remove(entry)
+                        heapq.heapify(self._waiting)
+                    raise
+                got = self._place_now()
+            self._wake()  # placed: the next waiter may be too
+        if isinstance(got, _Worker):
+            return _Turn(got, fn)
+        return _Turn(await self._start(), fn)
+
+    def _wake(self) -> None:
+        """Let the first waiting call try to get a worker (a worker's state changed)."""
+        waiting = self._waiting
+        while waiting:
+            _, _, future = heapq.heappop(waiting)
+            if not future.done():
+                future.set_result(None)
+                return
+
+    def _leave(self, turn: _Turn) -> None:
+        """A call is done with its worker (replies read, or given up)."""
+        worker = turn.worker
+        if turn.state == "gone":
+            return
+        turn.state = "gone"
+        worker.inflight -= 1
+        worker.fns.remove(turn.fn)
+        if not turn.mine.done():
+            turn.mine.set_result(None)
+        if worker.inflight == 0:
+            worker.tail = None
+            self._busy.discard(worker)
+            if worker.alive and not worker.killed and not self._closing:
+                self._idle.append(worker)
+        self._wake()
+
+    def _timed(self, fn: bytes, took: float) -> None:
+        times = self._times
+        before = times.get(fn)
+        if before is None and len(times) > 256:
+            times.clear()
+        times[fn] = took if before is None else 0.7 * before + 0.3 * took
+
+    # -- a call --------------------------------------------------------------------------
 
     async def call(
         self,
@@ -507,15 +727,17 @@ class ProcessPool:
         fn_bytes: bytes,
         args: tuple[Any, ...],
         on_start: Callable[[float], None] | None = None,
+        priority: int = 0,
     ) -> bytes | Mapped:
         """Run one task in a worker and return its result as the worker pickled it
         (cloudpickle), or raise its exception. The pool never unpickles a result (see
         :meth:`ProcessExecutor._call`): its worker is idle again as soon as the bytes
         are here, and a load that is cancelled costs no worker.
 
-        ``on_start`` is called with the worker's clock when the worker begins the task.
+        ``on_start`` is called with the worker's clock when the worker begins the task;
+        ``priority`` orders it among calls that wait for a worker.
         """
-        return await self.call_pickled(task, fn_bytes, pickled_args(task, args), on_start)
+        return await self.call_pickled(task, fn_bytes, pickled_args(task, args), on_start, priority)
 
     async def call_pickled(
         self,
@@ -523,58 +745,114 @@ class ProcessPool:
         fn_bytes: bytes,
         args_bytes: bytes,
         on_start: Callable[[float], None] | None = None,
+        priority: int = 0,
+        promised: bool = False,
     ) -> bytes | Mapped:
-        """:meth:`call` with the arguments pickled already (see :func:`pickled_args`)."""
-        for fresh_try in (False, True):
-            worker = await self._acquire()
+        """:meth:`call` with the arguments pickled already (see :func:`pickled_args`).
+        ``promised``: a place was held for it (:meth:`promise`)."""
+        if promised:
+            self._promised -= 1
+        fresh_try = False
+        while True:
+            turn = await self._place(fn_bytes, priority, promised)
+            promised = False
+            worker = turn.worker
             try:
-                reply = await self._converse(worker, fn_bytes, args_bytes, on_start)
-            except _NotStartedError:
-                # The worker was dead before it read the call:
+                reply = await self._converse(turn, fn_bytes, args_bytes, on_start)
+            except _NotStartedError as exc:
+                # The worker was dead before it began the call:
                 #     idle worker <- SIGKILL (OOM killer); next task -> that worker
                 # the task never began; a fresh worker takes it, once (never a loop).
-                self._busy.discard(worker)
+                # Queued behind a call that died or was cancelled: free, every time.
+                self._leave(turn)
                 await worker.kill()
+                if exc.behind:
+                    continue
                 if fresh_try:
                     raise WorkerDiedError(task, worker.exitcode) from None
+                fresh_try = True
                 continue
             except BaseException:
+                if turn.state == "queued":
+                    # Cancelled while queued behind another call: that call runs on;
+                    # the worker is told to skip this one (see _skipped).
+                    self._skip(turn)
+                    raise
                 # Cancelled or timed out while the worker computes: kill it (its group),
                 # which is the only way to stop the work, then let the cancellation go on.
-                self._busy.discard(worker)
+                worker.signal_kill()
+                self._leave(turn)
                 await worker.kill()
                 raise
             break
-        self._busy.discard(worker)
         if reply is None:
             # The task's worker died:
             #     g.add("t", lambda: os._exit(1), kind="cpu")
             # (or a fork of it lives on, holding its pipes); report how it ended.
+            worker.signal_kill()
+            self._leave(turn)
             await worker.kill()
             if self.replace:
                 await self._replace()
             raise WorkerDiedError(task, worker.exitcode)
+        self._timed(fn_bytes, worker.loop.time() - turn.began)
         try:
-            # Before the worker is reused: it closes a big result's memfd at its next call.
             return outcome(task, reply, worker.pid)
         finally:
-            self._idle.append(worker)
+            if reply[0] == "oob":  # mapped (or failed to be): the worker may close it
+                worker.send(("release", reply[2]))
+            self._leave(turn)
 
-    @staticmethod
+    def _skip(self, turn: _Turn) -> None:
+        """A queued call was cancelled: tell its worker to skip it, and read its reply
+        when its turn comes (in the background: the caller does not wait for the call
+        ahead). A worker that started it all the same (the skip came too late) is
+        killed, as for any cancelled call that runs."""
+        worker = turn.worker
+        worker.send(("skip", turn.number))
+        reader = asyncio.ensure_future(self._skipped(turn))
+        self._skips.add(reader)
+        reader.add_done_callback(self._skips.discard)
+
+    async def _skipped(self, turn: _Turn) -> None:
+        worker = turn.worker
+        try:
+            if turn.prev is not None:
+                await asyncio.wait((turn.prev, worker.exited), return_when=asyncio.FIRST_COMPLETED)
+            if not worker.exited.done() and not worker.killed:
+                frame = await worker.next()
+                if frame is not None and frame[0] != "skipped":
+                    worker.signal_kill()  # it began a call nobody wants
+        finally:
+            self._leave(turn)
+        if worker.killed:
+            await worker.kill()
+
     async def _converse(
-        worker: _Worker,
+        self,
+        turn: _Turn,
         fn_bytes: bytes,
         args_bytes: bytes,
         on_start: Callable[[float], None] | None,
     ) -> Any:
         """Send a call; the worker's reply, or None if it died after it began the task."""
+        worker = turn.worker
         if not worker.initialised:
             worker.send(("init", list(sys.path), False, [], False))
             worker.initialised = True
         worker.send(("call", fn_bytes, args_bytes))
+        prev = turn.prev
+        waited = prev is not None and not prev.done()
+        if prev is not None and waited:
+            await asyncio.wait((prev,))  # never cancels the call ahead's future
+        # Dead now, after a call ahead ran: that call's death (or its kill), not ours.
+        behind = waited and (worker.killed or not worker.alive)
+        turn.state = "turn"
         started = await worker.next()
         if started is None:
-            raise _NotStartedError
+            raise _NotStartedError(behind)
+        turn.state = "running"
+        turn.began = worker.loop.time()
         if on_start is not None:
             on_start(started[1])
         return await worker.next()
@@ -589,6 +867,12 @@ class ProcessPool:
         for, so they die in parallel; their groups go with them.
         """
         self._closing = True
+        for _, _, future in self._waiting:  # calls waiting for a worker: none will come
+            if not future.done():
+                future.set_exception(
+                    RuntimeError("the process pool was closed while a call waited for a worker")
+                )
+        self._waiting.clear()
         with anyio.CancelScope(shield=True):
             if self._warming is not None:
                 await asyncio.wait((self._warming,))
@@ -600,6 +884,8 @@ class ProcessPool:
                 w.signal_kill()
             for w in workers:
                 await w.kill()
+            if self._skips:  # their workers are gone: each ends now
+                await asyncio.wait(list(self._skips))
             self._close_watchdog()
 
 
@@ -802,8 +1088,14 @@ class ProcessExecutor:
         workers: int,
         clock: Clock = SYSTEM_CLOCK,
         pickled: Callable[[str, bytes], None] | None = None,
+        depth: int | None = None,
     ) -> None:
-        self.capacity: int | None = workers
+        #: Calls in flight per worker (DEPTH): the lane admits that many per worker, so
+        #: the pool has a call to queue behind each running one (see ProcessPool). A
+        #: pool that does not say when a call starts (a user's executor) keeps 1: its
+        #: timeouts count from the submission, which a queued call would spend waiting.
+        self.depth = (DEPTH if depth is None else depth) if self.reports_start else 1
+        self.capacity: int | None = workers * self.depth
         self.clock = clock
         self.workers = workers
         self.fn_bytes: dict[str, bytes] = {}
@@ -881,7 +1173,7 @@ class ProcessExecutor:
     def make_pool(self) -> PoolLike:
         """Where the attempts go: a pool of the run's own, whose workers start with the
         first call (a shared pool's executor returns its client instead)."""
-        return ProcessPool(self.workers)
+        return ProcessPool(self.workers, depth=self.depth)
 
     def start(
         self, task: Task, args: list[Any], kwargs: dict[str, Any], began: Began
@@ -966,10 +1258,13 @@ class ProcessExecutor:
     async def pool_call(
         self, task: Task, fn: bytes, args: tuple[Any, ...], on_start: Callable[[float], None]
     ) -> bytes | Mapped:
-        """One attempt's call to the pool (a shared pool's executor adds the task's
-        priority, which orders it among other runs' calls)."""
-        assert self.pool is not None
-        return await self.pool.call(task.name, fn, args, on_start)
+        """One attempt's call to the pool, with its task's priority (which orders it
+        among calls that wait for a worker, a shared pool's: other runs' too)."""
+        pool = self.pool
+        assert pool is not None
+        if isinstance(pool, ProcessPool):
+            return await pool.call(task.name, fn, args, on_start, task.priority)
+        return await pool.call(task.name, fn, args, on_start)
 
     async def aclose(self) -> None:
         if self.threads is not None:

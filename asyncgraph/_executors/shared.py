@@ -55,6 +55,7 @@ import anyio
 from .._clock import SYSTEM_CLOCK, Clock
 from .._shield import wait_to_the_end
 from .._task import Task
+from . import process as _process
 from .process import Mapped, ProcessExecutor, ProcessPool, pickled_args
 
 __all__ = ["BackendClosedError", "PoolClient", "SharedPool", "SharedProcessExecutor"]
@@ -113,9 +114,24 @@ class _Slots:
         order calls came in).
     """
 
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self.waiting: dict[object, list[tuple[int, int, asyncio.Future[None]]]] = {}
+    def __init__(
+        self,
+        size: int,
+        extra: int = 0,
+        promise: Callable[[], bool] | None = None,
+        unpromise: Callable[[], None] | None = None,
+    ) -> None:
+        self.size = size
+        #: Beyond ``size`` calls held, up to ``extra`` more are granted, each only if the
+        #: pool ``promise``s it a place (a worker that the calls queued in others left
+        #: idle, or a place queued behind a short running call: see ProcessPool);
+        #: ``unpromise`` gives back the place of a grant cancelled before it was used.
+        #: The best waiting call gets it, as any worker.
+        self.extra = extra
+        self.promise = promise
+        self.unpromise = unpromise
+        self.used = 0
+        self.waiting: dict[object, list[tuple[int, int, asyncio.Future[bool]]]] = {}
         self.held: dict[object, int] = {}
         self.turns: dict[object, int] = {}
         self._seq = itertools.count()
@@ -124,27 +140,46 @@ class _Slots:
         #: that waits on the queue instead of polling it (tests).
         self.watch: Callable[[], None] | None = None
 
+    @property
+    def free(self) -> int:
+        """Workers no call holds (calls queued behind running ones aside)."""
+        return max(0, self.size - self.used)
+
+    def _grantable(self) -> bool | None:
+        """Whether a call may be granted now: True (fewer than ``size`` held: a worker is
+        free), False (the pool promised it a place), None (not now)."""
+        if self.used < self.size:
+            return True
+        if self.used < self.size + self.extra and self.promise is not None and self.promise():
+            return False
+        return None
+
     def __len__(self) -> int:
         """How many calls wait for a worker."""
         return sum(len(q) for q in self.waiting.values())
 
-    async def acquire(self, priority: int, owner: object) -> None:
-        """Wait for a worker (at once if one is free and nobody waits)."""
-        if self.free > 0 and not self.waiting:
-            self._grant(owner)
-            if self.watch is not None:
-                self.watch()
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def acquire(self, priority: int, owner: object) -> bool:
+        """Wait for a worker (at once if one is free and nobody waits); True if the
+        grant is a place the pool promised behind a running call (see ``extra``)."""
+        if not self.waiting:
+            kind = self._grantable()
+            if kind is not None:
+                self._grant(owner)
+                if self.watch is not None:
+                    self.watch()
+                return not kind
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         entry = (-priority, next(self._seq), future)
         heapq.heappush(self.waiting.setdefault(owner, []), entry)
         self._hand_out()
         if self.watch is not None:
             self.watch()
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
+                if future.result() and self.unpromise is not None:
+                    self.unpromise()
                 self.release(owner)  # granted as it was cancelled: pass the worker on
             else:
                 queue = self.waiting.get(owner)
@@ -160,7 +195,7 @@ class _Slots:
 
     def release(self, owner: object) -> None:
         """A call of ``owner`` let go of its worker: the best waiting call gets it."""
-        self.free += 1
+        self.used -= 1
         self.held[owner] -= 1
         self._forget(owner)
         self._hand_out()
@@ -168,20 +203,26 @@ class _Slots:
             self.watch()
 
     def _hand_out(self) -> None:
-        while self.free > 0 and self.waiting:
+        while self.waiting:
             best = min(self.waiting, key=self._rank)
             queue = self.waiting[best]
+            if queue[0][2].done():  # cancelled, its waiter not yet woken: skip it
+                heapq.heappop(queue)
+                if not queue:
+                    del self.waiting[best]
+                self._forget(best)
+                continue
+            kind = self._grantable()
+            if kind is None:
+                return
             _, _, future = heapq.heappop(queue)
             if not queue:
                 del self.waiting[best]
-            if future.done():  # cancelled, its waiter not yet woken: skip it
-                self._forget(best)
-                continue
             self._grant(best)
-            future.set_result(None)
+            future.set_result(not kind)
 
     def _grant(self, owner: object) -> None:
-        self.free -= 1
+        self.used += 1
         self.held[owner] = self.held.get(owner, 0) + 1
         self.turns[owner] = next(self._clock)
 
@@ -197,8 +238,10 @@ class _Slots:
 class SharedPool:
     """A ProcessPool on a loop of its own in a daemon thread (see the module)."""
 
-    def __init__(self, size: int, owner: str = "ProcessBackend") -> None:
+    def __init__(self, size: int, owner: str = "ProcessBackend", depth: int | None = None) -> None:
         self.size = size
+        # Calls in flight per worker (process.DEPTH, read now: a benchmark may set it).
+        self.depth = _process.DEPTH if depth is None else depth
         self.owner = owner  # how errors name it
         self.state = "new"
         self.thread: threading.Thread | None = None
@@ -235,8 +278,11 @@ class SharedPool:
     def _main(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
         self.loop = loop
-        self.pool = ProcessPool(self.size, replace=True)  # a dead worker: a new one at once
-        self.slots = _Slots(self.size)
+        pool = ProcessPool(
+            self.size, replace=True, depth=self.depth
+        )  # a dead worker: a new one at once
+        self.pool = pool
+        self.slots = _Slots(self.size, self.size * (pool.depth - 1), pool.promise, pool.unpromise)
         loop.call_soon(ready.set)
         try:
             loop.run_forever()
@@ -339,9 +385,11 @@ class SharedPool:
         assert self.slots is not None
         slots = self.slots
         try:
-            await slots.acquire(call.priority, call.owner)
+            promised = await slots.acquire(call.priority, call.owner)
             try:
-                data = await self.pool.call_pickled(call.task, call.fn, call.args, call.started)
+                data = await self.pool.call_pickled(
+                    call.task, call.fn, call.args, call.started, call.priority, promised
+                )
             finally:
                 slots.release(call.owner)
         except asyncio.CancelledError:
@@ -430,6 +478,12 @@ class SharedProcessExecutor(ProcessExecutor):
     ) -> None:
         super().__init__(capacity, clock, pickled)
         self.shared = shared
+        # The run's calls in flight: with the whole pool (``capacity`` = its size) each
+        # worker's worth and a call queued behind it when the pool can pipeline (see
+        # ProcessPool): at most ``size`` of them run. A run capped below the pool's size
+        # keeps one call per slot: its extra calls would run on the other workers, past
+        # its ``cpu_workers``.
+        self.capacity = capacity * shared.depth if capacity >= shared.size else capacity
 
     def make_pool(self) -> PoolClient:
         return PoolClient(self.shared)
