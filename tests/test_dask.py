@@ -14,7 +14,6 @@ object and an address.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from dask_fixtures import clean, shared_threads_client
+from dask_fixtures import clean, scheduler_keys, shared_threads_client
 
 import asyncgraph as ag
 
@@ -47,29 +46,6 @@ async def shared() -> AsyncIterator[Any]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def client(shared: Any) -> Any:
     return await clean(shared)  # as the last test left it: nothing of its own
-
-
-async def scheduler_keys(client: Any) -> list[str]:
-    """The keys the scheduler still holds once the messages the run sent (releases and
-    cancels, on Dask's batched stream) have arrived: waits for the last "forgotten"
-    transition (the scheduler runs in this process), never polls; bounded at 10 s."""
-    sched = client.cluster.scheduler
-    if sched.tasks:
-        empty = asyncio.Event()
-
-        class Forgotten(distributed.diagnostics.plugin.SchedulerPlugin):  # type: ignore[misc]
-            def transition(self, key: Any, start: str, finish: str, *a: Any, **k: Any) -> None:
-                if finish == "forgotten" and set(sched.tasks) <= {key}:
-                    empty.set()
-
-        sched.add_plugin(Forgotten(), name="asyncgraph-forgotten")
-        try:
-            if sched.tasks:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(empty.wait(), 10)
-        finally:
-            sched.remove_plugin("asyncgraph-forgotten")
-    return [str(k) for k in sched.tasks]
 
 
 # Gates shared with the worker threads (processes=False): module globals, so the task

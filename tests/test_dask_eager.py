@@ -15,7 +15,6 @@ so the test reads the scheduler's tasks directly. Skipped without ``distributed`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from dask_fixtures import clean, shared_threads_client
+from dask_fixtures import clean, scheduler_keys, shared_threads_client
 
 import asyncgraph as ag
 
@@ -53,28 +52,6 @@ async def shared() -> AsyncIterator[Any]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def client(shared: Any) -> Any:
     return await clean(shared)
-
-
-async def scheduler_keys(client: Any) -> list[str]:
-    """The keys the scheduler still holds once the run's releases and cancels arrived
-    (the last "forgotten" transition; no polling; bounded at 10 s)."""
-    sched = client.cluster.scheduler
-    if sched.tasks:
-        empty = asyncio.Event()
-
-        class Forgotten(distributed.diagnostics.plugin.SchedulerPlugin):  # type: ignore[misc]
-            def transition(self, key: Any, start: str, finish: str, *a: Any, **k: Any) -> None:
-                if finish == "forgotten" and set(sched.tasks) <= {key}:
-                    empty.set()
-
-        sched.add_plugin(Forgotten(), name="asyncgraph-eager-forgotten")
-        try:
-            if sched.tasks:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(empty.wait(), 10)
-        finally:
-            sched.remove_plugin("asyncgraph-eager-forgotten")
-    return [str(k) for k in sched.tasks]
 
 
 def hold(log: str) -> int:
