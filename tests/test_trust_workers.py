@@ -30,6 +30,7 @@ from conftest import wait_gone as _wait_gone
 from trust_workers_driver import write_atomically
 
 import asyncgraph as ag
+from asyncgraph._executors import _worker
 from asyncgraph._executors import process as _process
 
 GUARD = 60  # seconds: a guard against a hang, not a bound
@@ -144,6 +145,41 @@ async def test_the_watchdog_alone_stops_a_worker_whose_driver_pipe_closes(tmp_pa
         call = asyncio.ensure_future(pool.call("busy", _process.cloudpickle.dumps(busy), ([], {})))
         worker, child = map(int, (await wait_for_file(marker)).split())
         pool._close_watchdog()  # what the driver's death does to the pipe
+        with anyio.fail_after(GUARD):
+            with pytest.raises(ag.WorkerDiedError) as info:
+                await call
+        assert info.value.exitcode == -signal.SIGKILL
+        assert wait_gone([worker, child]) == []
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_the_parent_death_signal_taken_by_another_thread_still_stops_the_worker(
+    tmp_path: Path,
+):
+    r"""
+    kernel --_PARENT_DIED--> worker: a thread other than the main one (main: time.sleep)
+    The signal is the process's, and the kernel may give it to any thread: under load a
+    killed driver's two reparentings sent it twice and the watchdog thread took both,
+    so the Python handler (main thread only) never ran and the worker slept on. Here the
+    task's main thread blocks the signal, so only another thread can take it; the
+    worker must still stop, with its task's ``sleep``.
+    """
+    marker = tmp_path / "busy"
+    died = _worker._PARENT_DIED
+
+    def busy(path=str(marker), sig=died):
+        signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+        child = subprocess.Popen(["sleep", "300"])
+        write_atomically(Path(path), f"{os.getpid()} {child.pid}")
+        time.sleep(3600)
+
+    pool = _process.ProcessPool(1)
+    try:
+        call = asyncio.ensure_future(pool.call("busy", _process.cloudpickle.dumps(busy), ([], {})))
+        worker, child = map(int, (await wait_for_file(marker)).split())
+        os.kill(worker, died)  # what the kernel sends when the driver's thread exits
         with anyio.fail_after(GUARD):
             with pytest.raises(ag.WorkerDiedError) as info:
                 await call

@@ -59,9 +59,16 @@ its death, any one enough, each ending in ``_die``, which kills the worker's who
 group (what its task started, too):
 
 * ``PR_SET_PDEATHSIG`` (Linux): the kernel sends ``_PARENT_DIED`` when the parent
-  thread that started us exits; a handler runs ``_die`` in the main thread. The driver
-  starts workers from its event loop's thread, which lives as long as the pool.
-* the watchdog pipe (everywhere): a daemon thread blocks reading ``WATCH_FD``, whose
+  thread that started us exits (the driver starts workers from its event loop's
+  thread, which lives as long as the pool). The signal is the process's: the kernel
+  may hand it to any of our threads, and a thread other than the main one that takes
+  it does not wake the main thread out of its ``time.sleep``, so the Python handler
+  (which runs only in the main thread) may wait for an hour. So the signal also
+  writes its number to a wakeup pipe (``signal.set_wakeup_fd``, done by the C handler
+  in whichever thread took it) that the watchdog thread waits on; either runs
+  ``_die``. (A driver killed while its many threads exit one by one reparents us once
+  per thread, so two signals come; one thread may take both.)
+* the watchdog pipe (everywhere): the same daemon thread waits for ``WATCH_FD``, whose
   write end only the driver holds; end-of-file means the driver is gone (also when a
   task is busy in C code that lets go of the GIL, where a signal handler would wait).
 * the requests pipe: end-of-file there, when idle, means the same.
@@ -118,13 +125,22 @@ def _die() -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _watch_parent(fd: int) -> None:
+def _watch_parent(fd: int, wakeup: int) -> None:
+    """Wait for end-of-file on ``fd`` (the watchdog pipe) or ``_PARENT_DIED``'s number
+    on ``wakeup`` (the signal's wakeup pipe); -1 for either one that is not there."""
+    import select  # in this thread, after the worker's start
+
+    fds = [f for f in (fd, wakeup) if f >= 0]
     try:
-        while os.read(fd, 64):  # nobody writes: this returns only at end-of-file
-            pass
+        while fds:
+            for ready in select.select(fds, [], [], None)[0]:
+                data = os.read(ready, 64)
+                if ready == fd and not data:
+                    _die()  # nobody writes the watchdog pipe: this is its end-of-file
+                if ready == wakeup and _PARENT_DIED in data:
+                    _die()  # (other signals a task handles write here too)
     except OSError:
-        return  # the task closed the descriptor: the other ways remain
-    _die()
+        return  # the task closed a descriptor: the other ways remain
 
 
 def _prctl(option: int, arg: int) -> int:
@@ -144,19 +160,23 @@ def _prctl(option: int, arg: int) -> int:
 
 def _guard(parent: int | None, watch: int) -> None:
     """Arrange to die with the driver (see the module's docstring)."""
+    wakeup = -1
     if sys.platform.startswith("linux"):
         try:
             signal.signal(_PARENT_DIED, lambda *_: _die())
+            wakeup, write_end = os.pipe()  # not inherited by what a task starts
+            os.set_blocking(write_end, False)
+            signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
             _prctl(_PR_SET_PDEATHSIG, _PARENT_DIED)
         except (OSError, AttributeError, ValueError):
             pass  # no prctl here: the watchdog pipe still tells
     if parent is not None and os.getppid() != parent:
         _die()  # the driver died before the signal was armed: nothing else would tell
-    if watch >= 0:
+    if watch >= 0 or wakeup >= 0:
         # ``_thread``, not ``threading``: the same daemon thread, without the import.
         import _thread
 
-        _thread.start_new_thread(_watch_parent, (watch,))
+        _thread.start_new_thread(_watch_parent, (watch, wakeup))
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:
