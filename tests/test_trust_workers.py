@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -180,6 +181,50 @@ async def test_the_parent_death_signal_taken_by_another_thread_still_stops_the_w
         call = asyncio.ensure_future(pool.call("busy", _process.cloudpickle.dumps(busy), ([], {})))
         worker, child = map(int, (await wait_for_file(marker)).split())
         os.kill(worker, died)  # what the kernel sends when the driver's thread exits
+        with anyio.fail_after(GUARD):
+            with pytest.raises(ag.WorkerDiedError) as info:
+                await call
+        assert info.value.exitcode == -signal.SIGKILL
+        assert wait_gone([worker, child]) == []
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_task_that_took_the_signals_wakeup_and_handler_does_not_disarm_the_next(
+    tmp_path: Path,
+):
+    r"""
+    call 1: set_wakeup_fd(-1), SIG_DFL for the parent-death signal (an asyncio loop with
+            signal handlers leaves no wakeup fd behind when it closes)
+    call 2: as above, the signal blocked in the main thread; the kernel's signal comes
+    The worker puts its wakeup pipe and handler back after each call, so call 2's worker
+    still stops, with its ``sleep``, instead of sleeping on (or dying of the default
+    action without its group).
+    """
+    marker = tmp_path / "busy"
+    died = _worker._PARENT_DIED
+
+    def disarm(sig=died):
+        signal.set_wakeup_fd(-1)
+        signal.signal(sig, signal.SIG_DFL)
+        return os.getpid()
+
+    def busy(path=str(marker), sig=died):
+        signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+        child = subprocess.Popen(["sleep", "300"])
+        write_atomically(Path(path), f"{os.getpid()} {child.pid}")
+        time.sleep(3600)
+
+    pool = _process.ProcessPool(1)
+    try:
+        first = pickle.loads(
+            await pool.call("disarm", _process.cloudpickle.dumps(disarm), ([], {}))
+        )
+        call = asyncio.ensure_future(pool.call("busy", _process.cloudpickle.dumps(busy), ([], {})))
+        worker, child = map(int, (await wait_for_file(marker)).split())
+        assert worker == first  # the same worker: what call 1 did is still in force
+        os.kill(worker, died)
         with anyio.fail_after(GUARD):
             with pytest.raises(ag.WorkerDiedError) as info:
                 await call

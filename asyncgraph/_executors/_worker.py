@@ -125,6 +125,10 @@ def _die() -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _on_parent_died(signum: int, frame: Any) -> None:
+    _die()
+
+
 def _watch_parent(fd: int, wakeup: int) -> None:
     """Wait for end-of-file on ``fd`` (the watchdog pipe) or ``_PARENT_DIED``'s number
     on ``wakeup`` (the signal's wakeup pipe); -1 for either one that is not there."""
@@ -158,12 +162,13 @@ def _prctl(option: int, arg: int) -> int:
         return int(ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0))
 
 
-def _guard(parent: int | None, watch: int) -> None:
-    """Arrange to die with the driver (see the module's docstring)."""
-    wakeup = -1
+def _guard(parent: int | None, watch: int) -> int:
+    """Arrange to die with the driver (see the module's docstring); the write end of the
+    signal's wakeup pipe (-1: none), for :func:`_rearm` after each call."""
+    wakeup = write_end = -1
     if sys.platform.startswith("linux"):
         try:
-            signal.signal(_PARENT_DIED, lambda *_: _die())
+            signal.signal(_PARENT_DIED, _on_parent_died)
             wakeup, write_end = os.pipe()  # not inherited by what a task starts
             os.set_blocking(write_end, False)
             signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
@@ -177,6 +182,16 @@ def _guard(parent: int | None, watch: int) -> None:
         import _thread
 
         _thread.start_new_thread(_watch_parent, (watch, wakeup))
+    return write_end
+
+
+def _rearm(write_end: int) -> None:
+    """Put back our wakeup pipe and handler after a call: a task may have set its own
+    (an asyncio loop with signal handlers sets its wakeup fd, and none when it closes)."""
+    if write_end >= 0:
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        if signal.getsignal(_PARENT_DIED) is not _on_parent_died:
+            signal.signal(_PARENT_DIED, _on_parent_died)
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:
@@ -595,7 +610,7 @@ def main() -> None:
         os.close(out)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _batch()
-    _guard(
+    wakeup = _guard(
         int(sys.argv[3]) if len(sys.argv) > 3 else None,
         int(sys.argv[4]) if len(sys.argv) > 4 else -1,
     )
@@ -621,6 +636,7 @@ def main() -> None:
                 continue
             _write(replies, pickle.dumps(("started", time.time())))
             reply = _serve(fn_bytes, args_bytes, functions, shared, load)
+            _rearm(wakeup)
             sys.stdout.flush()
             sys.stderr.flush()
             _write(replies, pickle.dumps(reply, protocol=5))
