@@ -20,6 +20,7 @@ import textwrap
 import threading
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,36 @@ def test_a_busy_worker_and_what_its_task_started_die_with_the_driver(
             proc.stdout.close()
 
 
+def busy_task(marker: Path, block: int | None = None) -> Callable[[], None]:
+    """A task that starts ``sleep 300``, writes ``WORKER CHILD`` to ``marker`` and
+    sleeps; with ``block``, that signal blocked in the worker's main thread first."""
+
+    def busy(path: str = str(marker), sig: int | None = block) -> None:
+        if sig is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+        child = subprocess.Popen(["sleep", "300"])
+        write_atomically(Path(path), f"{os.getpid()} {child.pid}")
+        time.sleep(3600)
+
+    return busy
+
+
+async def busy_worker_stops(
+    pool: _process.ProcessPool, busy: Callable[[], None], marker: Path, tell: Callable[[int], None]
+) -> int:
+    """Run ``busy`` on ``pool``, ``tell`` its worker (by pid) that the driver is gone, and
+    check that the worker killed its group: SIGKILL, ``sleep`` gone. Returns the pid."""
+    call = asyncio.ensure_future(pool.call("busy", _process.cloudpickle.dumps(busy), ([], {})))
+    worker, child = map(int, (await wait_for_file(marker)).split())
+    tell(worker)
+    with anyio.fail_after(GUARD):
+        with pytest.raises(ag.WorkerDiedError) as info:
+            await call
+    assert info.value.exitcode == -signal.SIGKILL
+    assert wait_gone([worker, child]) == []
+    return worker
+
+
 async def test_the_watchdog_alone_stops_a_worker_whose_driver_pipe_closes(tmp_path: Path):
     r"""
     The portable fallback, without the kernel's help: the pool's end of the watchdog pipe
@@ -135,24 +166,17 @@ async def test_the_watchdog_alone_stops_a_worker_whose_driver_pipe_closes(tmp_pa
     The worker stops its process group (its task's ``sleep`` too) by itself.
     """
     marker = tmp_path / "busy"
-
-    def busy(path=str(marker)):
-        child = subprocess.Popen(["sleep", "300"])
-        write_atomically(Path(path), f"{os.getpid()} {child.pid}")
-        time.sleep(3600)
-
     pool = _process.ProcessPool(1)
     try:
-        call = asyncio.ensure_future(pool.call("busy", _process.cloudpickle.dumps(busy), ([], {})))
-        worker, child = map(int, (await wait_for_file(marker)).split())
-        pool._close_watchdog()  # what the driver's death does to the pipe
-        with anyio.fail_after(GUARD):
-            with pytest.raises(ag.WorkerDiedError) as info:
-                await call
-        assert info.value.exitcode == -signal.SIGKILL
-        assert wait_gone([worker, child]) == []
+        # what the driver's death does to the pipe
+        await busy_worker_stops(pool, busy_task(marker), marker, lambda _: pool._close_watchdog())
     finally:
         await pool.aclose()
+
+
+def parent_died(pid: int) -> None:
+    """What the kernel sends a worker when the driver's thread that started it exits."""
+    os.kill(pid, _worker._PARENT_DIED)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -168,24 +192,9 @@ async def test_the_parent_death_signal_taken_by_another_thread_still_stops_the_w
     worker must still stop, with its task's ``sleep``.
     """
     marker = tmp_path / "busy"
-    died = _worker._PARENT_DIED
-
-    def busy(path=str(marker), sig=died):
-        signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
-        child = subprocess.Popen(["sleep", "300"])
-        write_atomically(Path(path), f"{os.getpid()} {child.pid}")
-        time.sleep(3600)
-
     pool = _process.ProcessPool(1)
     try:
-        call = asyncio.ensure_future(pool.call("busy", _process.cloudpickle.dumps(busy), ([], {})))
-        worker, child = map(int, (await wait_for_file(marker)).split())
-        os.kill(worker, died)  # what the kernel sends when the driver's thread exits
-        with anyio.fail_after(GUARD):
-            with pytest.raises(ag.WorkerDiedError) as info:
-                await call
-        assert info.value.exitcode == -signal.SIGKILL
-        assert wait_gone([worker, child]) == []
+        await busy_worker_stops(pool, busy_task(marker, _worker._PARENT_DIED), marker, parent_died)
     finally:
         await pool.aclose()
 
@@ -210,26 +219,13 @@ async def test_a_task_that_took_the_signals_wakeup_and_handler_does_not_disarm_t
         signal.signal(sig, signal.SIG_DFL)
         return os.getpid()
 
-    def busy(path=str(marker), sig=died):
-        signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
-        child = subprocess.Popen(["sleep", "300"])
-        write_atomically(Path(path), f"{os.getpid()} {child.pid}")
-        time.sleep(3600)
-
     pool = _process.ProcessPool(1)
     try:
         first = pickle.loads(
             await pool.call("disarm", _process.cloudpickle.dumps(disarm), ([], {}))
         )
-        call = asyncio.ensure_future(pool.call("busy", _process.cloudpickle.dumps(busy), ([], {})))
-        worker, child = map(int, (await wait_for_file(marker)).split())
-        assert worker == first  # the same worker: what call 1 did is still in force
-        os.kill(worker, died)
-        with anyio.fail_after(GUARD):
-            with pytest.raises(ag.WorkerDiedError) as info:
-                await call
-        assert info.value.exitcode == -signal.SIGKILL
-        assert wait_gone([worker, child]) == []
+        worker = await busy_worker_stops(pool, busy_task(marker, died), marker, parent_died)
+        assert worker == first  # the same worker: what call 1 did was still in force
     finally:
         await pool.aclose()
 
