@@ -30,6 +30,7 @@ State it keeps
 from __future__ import annotations
 
 import asyncio
+import binascii
 import inspect
 import os
 import threading
@@ -95,13 +96,14 @@ def run_attempt(
     journal: tuple[str, str] | None = None,
 ) -> Any:
     """Load the task's function (once per worker) and call it with ``args``/``kwargs``;
+    ``fn_bytes`` is its cloudpickle in base64 (``dask._shippable`` says why);
     ``journal`` is ``(directory, key)``: the attempt notes there that it started."""
     if journal is not None:
         _note(*journal)
     try:
         fn = _FUNCTIONS.get(fn_bytes)
         if fn is None:
-            fn = cloudpickle.loads(fn_bytes)
+            fn = cloudpickle.loads(binascii.a2b_base64(fn_bytes))
             if len(_FUNCTIONS) >= 64:
                 _FUNCTIONS.clear()
             _FUNCTIONS[fn_bytes] = fn
