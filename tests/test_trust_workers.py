@@ -230,6 +230,29 @@ async def test_a_task_that_took_the_signals_wakeup_and_handler_does_not_disarm_t
         await pool.aclose()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_task_that_closes_the_signals_wakeup_pipe_still_gets_its_result_back():
+    """The worker cannot put back a pipe the task closed: it goes on without it (the
+    handler and the watchdog pipe remain), and the task's result still comes back."""
+
+    def close_it():
+        fd = signal.set_wakeup_fd(-1)
+        os.close(fd)
+        return fd
+
+    pool = _process.ProcessPool(1)
+
+    async def call(fn: Callable[[], Any]) -> Any:
+        return pickle.loads(await pool.call("t", _process.cloudpickle.dumps(fn), ([], {})))
+
+    try:
+        with anyio.fail_after(GUARD):
+            assert await call(close_it) > 2
+            assert await call(lambda: 1) == 1
+    finally:
+        await pool.aclose()
+
+
 def test_a_worker_whose_driver_died_before_it_started_stops_at_once() -> None:
     r"""
     The race PR_SET_PDEATHSIG leaves open: the driver died before the worker asked for

@@ -188,10 +188,14 @@ def _guard(parent: int | None, watch: int) -> int:
 def _rearm(write_end: int) -> None:
     """Put back our wakeup pipe and handler after a call: a task may have set its own
     (an asyncio loop with signal handlers sets its wakeup fd, and none when it closes)."""
-    if write_end >= 0:
+    if write_end < 0:
+        return
+    try:
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         if signal.getsignal(_PARENT_DIED) is not _on_parent_died:
             signal.signal(_PARENT_DIED, _on_parent_died)
+    except (OSError, ValueError):
+        pass  # the task closed our pipe (its reply still goes): the other ways remain
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:
