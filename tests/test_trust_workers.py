@@ -29,7 +29,7 @@ import psutil
 import pytest
 from conftest import statuses
 from conftest import wait_gone as _wait_gone
-from trust_workers_driver import write_atomically
+from trust_workers_driver import busy_task, write_atomically
 
 import asyncgraph as ag
 from asyncgraph._executors import _worker
@@ -129,18 +129,9 @@ def test_a_busy_worker_and_what_its_task_started_die_with_the_driver(
             proc.stdout.close()
 
 
-def busy_task(marker: Path, block: int | None = None) -> Callable[[], None]:
-    """A task that starts ``sleep 300``, writes ``WORKER CHILD`` to ``marker`` and
-    sleeps; with ``block``, that signal blocked in the worker's main thread first."""
-
-    def busy(path: str = str(marker), sig: int | None = block) -> None:
-        if sig is not None:
-            signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
-        child = subprocess.Popen(["sleep", "300"])
-        write_atomically(Path(path), f"{os.getpid()} {child.pid}")
-        time.sleep(3600)
-
-    return busy
+async def call_on(pool: _process.ProcessPool, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a worker of ``pool``: its value."""
+    return pickle.loads(await pool.call("t", _process.cloudpickle.dumps(fn), ([], {})))
 
 
 async def busy_worker_stops(
@@ -168,8 +159,12 @@ async def test_the_watchdog_alone_stops_a_worker_whose_driver_pipe_closes(tmp_pa
     marker = tmp_path / "busy"
     pool = _process.ProcessPool(1)
     try:
-        # what the driver's death does to the pipe
-        await busy_worker_stops(pool, busy_task(marker), marker, lambda _: pool._close_watchdog())
+        await busy_worker_stops(
+            pool,
+            busy_task(str(tmp_path)),
+            marker,
+            lambda _: pool._close_watchdog(),  # what the driver's death does to the pipe
+        )
     finally:
         await pool.aclose()
 
@@ -194,7 +189,9 @@ async def test_the_parent_death_signal_taken_by_another_thread_still_stops_the_w
     marker = tmp_path / "busy"
     pool = _process.ProcessPool(1)
     try:
-        await busy_worker_stops(pool, busy_task(marker, _worker._PARENT_DIED), marker, parent_died)
+        await busy_worker_stops(
+            pool, busy_task(str(tmp_path), block=_worker._PARENT_DIED), marker, parent_died
+        )
     finally:
         await pool.aclose()
 
@@ -221,10 +218,10 @@ async def test_a_task_that_took_the_signals_wakeup_and_handler_does_not_disarm_t
 
     pool = _process.ProcessPool(1)
     try:
-        first = pickle.loads(
-            await pool.call("disarm", _process.cloudpickle.dumps(disarm), ([], {}))
+        first = await call_on(pool, disarm)
+        worker = await busy_worker_stops(
+            pool, busy_task(str(tmp_path), block=died), marker, parent_died
         )
-        worker = await busy_worker_stops(pool, busy_task(marker, died), marker, parent_died)
         assert worker == first  # the same worker: what call 1 did was still in force
     finally:
         await pool.aclose()
@@ -241,14 +238,10 @@ async def test_a_task_that_closes_the_signals_wakeup_pipe_still_gets_its_result_
         return fd
 
     pool = _process.ProcessPool(1)
-
-    async def call(fn: Callable[[], Any]) -> Any:
-        return pickle.loads(await pool.call("t", _process.cloudpickle.dumps(fn), ([], {})))
-
     try:
         with anyio.fail_after(GUARD):
-            assert await call(close_it) > 2
-            assert await call(lambda: 1) == 1
+            assert await call_on(pool, close_it) > 2
+            assert await call_on(pool, lambda: 1) == 1
     finally:
         await pool.aclose()
 

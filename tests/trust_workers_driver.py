@@ -22,6 +22,7 @@ travel to the worker by value.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,8 +41,13 @@ def write_atomically(path: Path, text: str) -> None:
     os.rename(tmp, path)
 
 
-def busy_task(where: str, spin: bool) -> Callable[[], None]:
+def busy_task(where: str, spin: bool = False, block: int | None = None) -> Callable[[], None]:
+    """The busy task of the module's docstring; with ``block``, that signal blocked in
+    the worker's main thread first (tests/test_trust_workers.py)."""
+
     def busy() -> None:
+        if block is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [block])
         child = subprocess.Popen(["sleep", "300"])
         write_atomically(Path(where) / "busy", f"{os.getpid()} {child.pid}")
         print(f"worker {os.getpid()} {child.pid}", flush=True)

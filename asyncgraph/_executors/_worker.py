@@ -614,7 +614,7 @@ def main() -> None:
         os.close(out)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _batch()
-    wakeup = _guard(
+    wakeup_write = _guard(
         int(sys.argv[3]) if len(sys.argv) > 3 else None,
         int(sys.argv[4]) if len(sys.argv) > 4 else -1,
     )
@@ -640,7 +640,7 @@ def main() -> None:
                 continue
             _write(replies, pickle.dumps(("started", time.time())))
             reply = _serve(fn_bytes, args_bytes, functions, shared, load)
-            _rearm(wakeup)
+            _rearm(wakeup_write)
             sys.stdout.flush()
             sys.stderr.flush()
             _write(replies, pickle.dumps(reply, protocol=5))
