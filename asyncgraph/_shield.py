@@ -20,14 +20,36 @@ productive, as anyio's own ``TaskGroup.__aexit__`` puts it). When it has ended:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
 
-__all__ = ["in_thread_to_the_end", "wait_to_the_end"]
+__all__ = ["in_thread_to_the_end", "shielded", "wait_to_the_end"]
 
 _T = TypeVar("_T")
+
+#: The module anyio loads the first time anything of its runs on asyncio (a cancel
+#: scope, a thread hop): 20-30 ms of imports, once per process.
+ANYIO_ON_ASYNCIO = "anyio._backends._asyncio"
+
+
+def shielded() -> contextlib.AbstractContextManager[object]:
+    """A scope that anyio's cancellations do not reach: ``anyio.CancelScope(shield=True)``
+    once anyio runs on this process's asyncio, otherwise nothing.
+
+    Only an anyio cancel scope re-delivers a cancellation into a shielded wait, and a
+    process that has one has loaded anyio's asyncio backend (entering the scope loads
+    it, before the run it encloses starts). Until then there is nothing to shield from,
+    and a run that uses no anyio (no thread hop, no deadline) does not pay its import:
+    20-30 ms at the end of the process's first run, which a fresh process running one
+    graph (a script, a resume) paid on every start.
+    """
+    if ANYIO_ON_ASYNCIO in sys.modules:
+        return anyio.CancelScope(shield=True)
+    return contextlib.nullcontext()
 
 
 async def wait_to_the_end(awaitable: Awaitable[_T]) -> _T:
@@ -38,7 +60,7 @@ async def wait_to_the_end(awaitable: Awaitable[_T]) -> _T:
     """
     inner = asyncio.ensure_future(awaitable)
     cancelled: asyncio.CancelledError | None = None
-    with anyio.CancelScope(shield=True):
+    with shielded():
         while not inner.done():
             try:
                 await asyncio.wait((inner,))

@@ -23,7 +23,7 @@ import math
 from collections import deque
 from typing import Any, Protocol
 
-import anyio
+from ._shield import shielded
 
 __all__ = ["TaskSet"]
 
@@ -84,7 +84,7 @@ class TaskSet:
         if not children:
             return
         grace = None if math.isinf(self.cancel_grace) else self.cancel_grace
-        with anyio.CancelScope(shield=True):
+        with shielded():
             _, stuck = await asyncio.wait(children, timeout=grace)
         for child in stuck:
             name = self.running[child]

@@ -1,7 +1,7 @@
 """CPU tasks, second pass (issue 15): a worker loads a by-value function without
 importing cloudpickle, the check pickles each function once, plain arguments are
-pickled by the C pickler, and the run's first CPU task does not wait for anyio's
-backend import.
+pickled by the C pickler (that a run loads no anyio it does not use:
+``tests/test_anyio_only_when_used.py``).
 
     parent: cloudpickle.dumps(fn), once per function object   (check)
             args: pickle.dumps if they name no global, else cloudpickle
@@ -292,34 +292,6 @@ def test_a_by_value_argument_of_a_main_class_travels(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["8", "{}"]
-
-
-async def test_the_anyio_import_thread_is_gone_when_the_run_ends(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # In a process that has not loaded anyio's asyncio backend yet, the run loads it in
-    # a thread once its workers are started, and joins that thread before it returns.
-    # (A module name nobody loaded stands in for the backend, loaded here already.)
-    started: list[Any] = []
-    imported: list[str] = []
-    real = P.threading.Thread
-
-    class Recording(real):  # type: ignore[misc, valid-type]
-        def start(self) -> None:
-            started.append(self)
-            super().start()
-
-    monkeypatch.setattr(P.threading, "Thread", Recording)
-    monkeypatch.setattr(P, "_ANYIO_BACKEND", "ag_lean_probe_never_loaded")
-    monkeypatch.setattr(P, "_import_quietly", imported.append)
-    g = ag.Graph()
-    g.add("w", MOD.plain, kind="cpu", deps=[])
-    done = await asyncio.wait_for(ag.run(g), GUARD)
-    assert done.results["w"] == 16
-    importers = [t for t in started if t.name == "asyncgraph-import"]
-    assert len(importers) == 1
-    assert imported == ["ag_lean_probe_never_loaded"]
-    assert not importers[0].is_alive()
 
 
 def _pdeathsig(*_: Any) -> int:

@@ -107,7 +107,7 @@ import cloudpickle
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import PicklingError, WorkerDiedError
-from .._shield import wait_to_the_end
+from .._shield import shielded, wait_to_the_end
 from .._state import State
 from .._task import Kind, Task
 from . import _dask_worker
@@ -1292,7 +1292,7 @@ class DaskExecutor:
     async def aclose(self) -> None:
         """Cancel every future of the run still held, then close what the run started
         (its client, its cluster); a user's client or cluster is left open."""
-        with anyio.CancelScope(shield=True):
+        with shielded():
             if self._runners:  # attempts the run cancelled, ending their cancel path
                 await asyncio.wait(list(self._runners))
             if self._loads is not None:

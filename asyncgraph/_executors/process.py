@@ -74,10 +74,8 @@ State it keeps
     ``ProcessExecutor``  ``depth`` and ``capacity`` (``workers * depth``), ``fn_bytes``
                          (each CPU task's pickled function, from the check),
                          ``pool`` (its workers start with the run: ``begin``),
-                         ``_to_warm``, ``threads`` (where results are unpickled),
-                         ``pickled`` (the ledger's hook) and ``_importer`` (the thread
-                         that loads anyio's asyncio backend while the workers boot,
-                         joined at ``aclose``).
+                         ``_to_warm``, ``threads`` (where results are unpickled)
+                         and ``pickled`` (the ledger's hook).
 """
 
 from __future__ import annotations
@@ -107,7 +105,7 @@ import cloudpickle
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import PicklingError, RemoteError, UnpicklingError, WorkerDiedError
-from .._shield import wait_to_the_end
+from .._shield import shielded, wait_to_the_end
 from .._task import Kind, Task
 from . import _worker
 from .base import Began, with_timeout
@@ -277,9 +275,8 @@ class _Worker:
             if replies.eof:
                 # Its end of the pipe closed: it is dead or about to be. Let it say how
                 # it ended; one that closed the pipe and lives on is killed.
-                with anyio.CancelScope(shield=True):
-                    with anyio.move_on_after(5):
-                        await asyncio.shield(self.exited)
+                with shielded():
+                    await asyncio.wait((self.exited,), timeout=5)
                     await self.kill()
                 if not replies.frames:
                     return None
@@ -873,7 +870,7 @@ class ProcessPool:
                     RuntimeError("the process pool was closed while a call waited for a worker")
                 )
         self._waiting.clear()
-        with anyio.CancelScope(shield=True):
+        with shielded():
             if self._warming is not None:
                 await asyncio.wait((self._warming,))
             while self._starting:  # a worker being started is stopped too
@@ -1106,7 +1103,6 @@ class ProcessExecutor:
         self.pickled = pickled or _ignore
         self.threads: Threads | None = None  # where results are unpickled, off the loop
         self._to_warm = 0  # how many workers begin() starts (the CPU tasks to run)
-        self._importer: threading.Thread | None = None  # see begin()
 
     def serves(self, kind: Kind, is_async: bool) -> bool:
         return kind is Kind.CPU
@@ -1154,21 +1150,7 @@ class ProcessExecutor:
         its IO tasks run, as many as it has CPU tasks to run (at most ``workers``); each
         imports the modules the run's functions name before its first call."""
         if isinstance(self.pool, ProcessPool) and self._to_warm:
-            self.pool.warm(self._to_warm, then=self._import_anyio)
-
-    def _import_anyio(self) -> None:
-        """Once the workers are started (their boot goes on): anyio loads its asyncio
-        backend at the first cancel scope of a process (30-50 ms, on the loop, as the
-        first run ends), so it is loaded now in a thread, while the loop waits for the
-        workers. Joined at :meth:`aclose` (done long since, or the loop would wait for
-        the import anyway)."""
-        if _ANYIO_BACKEND in sys.modules or self._importer is not None:
-            return
-        self._importer = threading.Thread(
-            target=_import_quietly, args=(_ANYIO_BACKEND,), name="asyncgraph-import"
-        )
-        self._importer.daemon = True
-        self._importer.start()
+            self.pool.warm(self._to_warm)
 
     def make_pool(self) -> PoolLike:
         """Where the attempts go: a pool of the run's own, whose workers start with the
@@ -1271,9 +1253,6 @@ class ProcessExecutor:
             self.threads.close()
         if self.pool is not None:
             await self.pool.aclose()
-        if self._importer is not None:
-            self._importer.join()  # done long since, or the loop needed it anyway
-            self._importer = None
 
 
 #: A pickle at most this long that holds none of the bytes of the opcodes that fetch a
@@ -1332,15 +1311,6 @@ _NO_PRELOAD = frozenset({"__main__", "builtins", "copyreg", "_codecs", "pickle",
 
 def _ignore(name: str, data: bytes) -> None:
     return None
-
-
-_ANYIO_BACKEND = "anyio._backends._asyncio"
-
-
-def _import_quietly(name: str) -> None:
-    """Import ``name`` (in a helper thread); a failure is the importer's to report."""
-    with contextlib.suppress(Exception):
-        __import__(name)
 
 
 def _dup_stdout() -> int | None:

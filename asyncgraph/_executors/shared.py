@@ -50,10 +50,8 @@ from collections.abc import Callable
 from concurrent.futures import Future as _ThreadFuture
 from typing import Any
 
-import anyio
-
 from .._clock import SYSTEM_CLOCK, Clock
-from .._shield import wait_to_the_end
+from .._shield import shielded, wait_to_the_end
 from .._task import Task
 from . import process as _process
 from .process import Mapped, ProcessExecutor, ProcessPool, pickled_args
@@ -459,7 +457,7 @@ class PoolClient:
 
     async def aclose(self) -> None:
         """Wait for this run's calls that are still being stopped (never the pool)."""
-        with anyio.CancelScope(shield=True):
+        with shielded():
             while self.pending:
                 await asyncio.wait(list(self.pending))
 
