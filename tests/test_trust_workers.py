@@ -253,7 +253,7 @@ def test_a_worker_whose_driver_died_before_it_started_stops_at_once() -> None:
     """
     proc = subprocess.run(
         [sys.executable, "-c", _process._BOOT, _process._WORKER, "2", "1", "-1"],
-        stdin=subprocess.PIPE,
+        input=_process._worker_code(),  # its code, as the pool sends it first
         capture_output=True,
         timeout=GUARD,
         start_new_session=True,
