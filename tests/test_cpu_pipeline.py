@@ -7,11 +7,13 @@ worker that still runs another one and wait there, in the worker's requests pipe
 
 The guarantees a queued call keeps, each observed through what the workers do (a log
 file each call appends to, FIFOs that hold a call until the test lets it go) and the
-pool's own state, never through time: a queued call that is cancelled is skipped and
-the call ahead runs on in the same worker; its timeout counts from its own start; a
-worker that dies (or is killed for the call ahead) fails only the running call, and the
-queued one moves to another worker, free; a big result's memfd stays open until the
-parent has mapped it, though the next call is already in the pipe.
+pool's own state, never through time (a call queues behind a long one once a timer
+says it is near its expected end: the test sets what was measured): a queued call that
+is cancelled is skipped and the call ahead runs on in the same worker; its timeout
+counts from its own start; a worker that dies (or is killed for the call ahead) fails
+only the running call, and the queued one moves to another worker, free; a big result's
+memfd stays open until the parent has mapped it, though the next call is already in the
+pipe.
 """
 
 from __future__ import annotations
@@ -221,6 +223,57 @@ async def test_a_call_queues_behind_a_function_measured_short(files: tuple[Path,
             assert len(pool._waiting) == 1
             await asyncio.to_thread(_release, fifo)
             await asyncio.gather(a, b)
+    finally:
+        await pool.aclose()
+
+
+async def test_a_call_queues_behind_a_long_one_only_near_its_expected_end(
+    files: tuple[Path, Path],
+) -> None:
+    """Behind a call of a function measured longer than PIPELINE_BELOW, a call waits in
+    the pool until the running one is that close to its expected end (a timer wakes it
+    then), and queues there: it starts without the round trip, on the same worker."""
+    fifo, log = files
+    pool = ProcessPool(1, depth=2)
+    try:
+        with anyio.fail_after(GUARD):
+            hold = _fn(_hold, str(fifo), str(log), "a")
+            pool._times[hold] = 1000.0  # measured: 1000 s a call
+            a_started = asyncio.Event()
+            a = await _call(pool, "a", hold, a_started)
+            await a_started.wait()
+            worker = _only_worker(pool)
+            running = worker.running
+            assert running is not None and running.near_end is not None
+            b = await _call(pool, "b", _fn(_mark, str(log), "b"))
+            assert worker.inflight == 1 and len(pool._waiting) == 1  # far from a's end
+            await asyncio.to_thread(_release, fifo)
+            assert _value(await a) == _value(await b)
+            assert running.near_end.cancelled()  # a's timer went with it
+            assert _log(log) == ["a+", "a-", "b"]
+
+            # Measured a little longer than PIPELINE_BELOW: its timer fires soon after
+            # it starts, and the waiting call queues behind it while it still runs.
+            pool._times[hold] = process.PIPELINE_BELOW + 0.05
+            queued = asyncio.Event()
+            send = worker.send
+
+            def send_and_see(message: Any) -> None:
+                send(message)
+                if message[0] == "call" and worker.inflight == 2:
+                    queued.set()  # b went to the worker that still runs a
+
+            worker.send = send_and_see  # type: ignore[method-assign]
+            a_started.clear()
+            a = await _call(pool, "a", hold, a_started)
+            await a_started.wait()
+            b = await _call(pool, "b", _fn(_mark, str(log), "b"))
+            await queued.wait()
+            assert not pool._waiting and not a.done()
+            assert _log(log) == ["a+", "a-", "b", "a+"]  # b waits in the worker, behind a
+            await asyncio.to_thread(_release, fifo)
+            assert _value(await a) == _value(await b) == worker.pid
+            assert _log(log) == ["a+", "a-", "b", "a+", "a-", "b"]
     finally:
         await pool.aclose()
 
