@@ -288,7 +288,10 @@ def test_eager_must_be_a_bool() -> None:
         ag.DaskBackend(eager="yes")  # type: ignore[arg-type]
 
 
-async def test_a_store_run_commits_the_bytes_of_what_went_ahead(tmp_path: Path) -> None:
+async def test_a_store_run_sends_nothing_ahead_and_commits_every_result(tmp_path: Path) -> None:
+    # With a store each result is loaded here (its bytes), which can fail after Dask
+    # finished the task: nothing goes ahead (see the next test), and every result is
+    # committed, in the run's order.
     log = str(tmp_path / "log")
     store = tmp_path / "s.db"
     g = ag.Graph()
@@ -298,9 +301,10 @@ async def test_a_store_run_commits_the_bytes_of_what_went_ahead(tmp_path: Path) 
     g.add("d", functools.partial(inc, log), deps=["e"], kind="cpu")
     g.add("e", lambda c: len(c), deps=["c"], kind="cpu")
     done_events: list[str] = []
+    backend = ag.DaskBackend(processes=False, n_workers=2, eager=True)
     done = await ag.run(
         g,
-        backend=ag.DaskBackend(processes=False, n_workers=2, eager=True),
+        backend=backend,
         store=store,
         on_event=lambda e: done_events.append(e.task) if e.kind.value == "done" else None,
     )
@@ -309,3 +313,70 @@ async def test_a_store_run_commits_the_bytes_of_what_went_ahead(tmp_path: Path) 
     loaded = ag.load(g, store)
     assert loaded.results == done.results
     assert all(s is ag.State.DONE for s in loaded.status.values())
+
+
+class _NoLoad:
+    """Pickles on a worker; its unpickling raises (on the driver, here)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_refuse_to_load, ())
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("this value cannot be loaded on the driver")
+
+
+def _unloadable() -> _NoLoad:
+    return _NoLoad()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_nothing_runs_ahead_of_an_input_the_driver_must_load(
+    tmp_path: Path, client: Any
+) -> None:
+    """Found trying eager=True from outside: with a store, an input whose value cannot be
+    loaded on the driver fails there after Dask finished it; its dependent, sent ahead,
+    had run on the cluster, recorded skipped. Now nothing goes ahead of an input whose
+    value the driver loads (and the failed load's ``-bytes`` future is released: it was
+    left to the client as long as the error's traceback lived)."""
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add("a", _unloadable, kind="cpu")
+    g.add("b", functools.partial(inc, log), deps=["a"], kind="cpu")
+    done = await ag.run(
+        g, backend=ag.DaskBackend(client, eager=True), store=tmp_path / "s.db"
+    )
+    assert done.status["a"] is ag.State.FAILED
+    assert "cannot be loaded on the driver" in str(done.errors["a"])
+    assert done.status["b"] is ag.State.SKIPPED
+    assert "inc" not in lines(log)  # b never ran
+    assert await scheduler_keys(client) == []
+    assert not client.futures
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("how", ["input timeout", "open run"])
+async def test_nothing_goes_ahead_of_an_input_that_may_fail_on_the_driver(
+    tmp_path: Path, client: Any, watch: Watch, how: str
+) -> None:
+    # An input with a timeout may time out here after Dask finished it; an open run
+    # loads every value here as it comes. What went ahead would have run.
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    timeout = 600 if how == "input timeout" else None
+    g.add("a", functools.partial(hold, log), kind="cpu", timeout=timeout)
+    g.add("b", functools.partial(inc, log), deps=["a"], kind="cpu")
+    backend = ag.DaskBackend(client, eager=True)
+    if how == "open run":
+        async with ag.open_run(g, backend=backend) as run:
+            await asyncio.to_thread(STARTED.wait, 30)
+            assert not watch.has("b-")  # sent ahead, it would have gone with "a"
+            RELEASE.set()
+            done = await run.wait()
+    else:
+        sent = asyncio.ensure_future(ag.run(g, backend=backend))
+        await asyncio.to_thread(STARTED.wait, 30)
+        assert not watch.has("b-")
+        RELEASE.set()
+        done = await sent
+    assert done.results == {"a": 1, "b": 2}

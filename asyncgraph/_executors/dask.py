@@ -205,9 +205,15 @@ class DaskBackend:
     with its inputs' futures as soon as they are submitted: Dask starts it the moment
     they finish, worker to worker, as a plain Dask graph does, instead of after Dask's
     "finished" report and a submission per link (a chain of small tasks runs at about
-    plain Dask's speed; without it, about 1.7x under load). Results, failures,
-    retries, events and the store are as without it; a failed input takes what was
-    sent with it back (the run skips or retries as always). The price: a task sent
+    plain Dask's speed; without it, about 1.7x under load). Only behind inputs that
+    are done the moment Dask has their results: inputs without a ``timeout`` whose
+    results stay on the cluster (see below: no store, no open run, no driver-side
+    reader). An input whose value the driver loads can fail here after Dask finished
+    it (a value that does not unpickle on the driver, a store that refuses it), and a
+    task sent behind it would have run on the cluster though recorded skipped; those
+    go when the run starts them, as without ``eager``. Results, failures, retries and
+    events are as without it; a failed input takes what was sent with it back (the
+    run skips or retries as always). The price: a task sent
     ahead may start on the cluster as its inputs finish even when the run stops before
     it starts the task (Dask's cancel is a message that can arrive after that), so a
     stopped run may have run a task it records as not started. Off by default.
@@ -509,6 +515,7 @@ class DaskExecutor:
         first_error: Exception | None = None
         lazy = self.lazy
         blocked: set[str] = set()  # their value is needed on the driver
+        ahead: list[Task] = []  # eager candidates (see _ahead_from)
         for n in pending:
             t = tasks[n]
             if not _takes_futures(t):
@@ -522,8 +529,7 @@ class DaskExecutor:
                     self.uses[d] = self.uses.get(d, 0) + 1
                 self.feeds[d] = self.feeds.get(d, 0) + 1
             if self.backend.eager and _eager(t, tasks):
-                for d in t.deps:
-                    self.eager_children.setdefault(d, []).append(t)
+                ahead.append(t)
             # Pickled once per function object, not per task: tasks made from one
             # function share it (cloudpickle of a __main__ function by value cost about
             # 1 ms of driver CPU a task, most of a wide run's). The tasks hold the
@@ -546,6 +552,16 @@ class DaskExecutor:
         if problems:
             raise PicklingError.for_tasks(problems) from first_error
         lazy -= blocked
+        for t in ahead:
+            # Only behind inputs whose results stay on the cluster: such an input is done
+            # the moment Dask has its result, so what went ahead starts only once its
+            # inputs are done. An input whose value the driver loads (a store's bytes, a
+            # driver-side reader) can still fail here after Dask finished it, and what
+            # went ahead would have run on the cluster behind a failed input, recorded
+            # skipped.
+            if all(d in lazy for d in t.deps):
+                for d in t.deps:
+                    self.eager_children.setdefault(d, []).append(t)
         if self.backend.client is not None:
             try:
                 loop = asyncio.get_running_loop()
@@ -729,8 +745,8 @@ class DaskExecutor:
                     blob = await self._submit(blob_key, dumps, None, None)
                     fetching = asyncio.ensure_future(self._value(blob))
                 data = await fetching
-                live.pop(blob_key, None)
                 value = await self._load(name, data)
+                live.pop(blob_key, None)  # kept until then: a failed load cancels it below
             elif fetching is not None:
                 value = await fetching
             elif name in self.lazy and not self.values_wanted:
@@ -879,7 +895,9 @@ class DaskExecutor:
             for item, f in zip(items, futures, strict=True):
                 self.live[item[0]] = f
                 item[4].set_result(f)
-        if self.eager_children:
+        if self.eager_children and not self.values_wanted:
+            # (Values read as they come, an open run's: each input's value is loaded
+            # here, which can fail after Dask finished it: nothing goes ahead.)
             roots = []
             for item in batch:
                 name = item[5]
@@ -1441,9 +1459,10 @@ def _takes_futures(task: Task) -> bool:
 
 def _eager(task: Task, tasks: Mapping[str, Task]) -> bool:
     """Whether ``task`` may go to the cluster with its inputs' futures before the run
-    starts it: a CPU task with inputs, each a CPU task, and nothing the run must decide
-    or count first (resources and limits, a timeout's clock, skip_none, order-only
-    dependencies, fan-out, a stream stage)."""
+    starts it: a CPU task with inputs, each a CPU task without a timeout, and nothing the
+    run must decide or count first (resources and limits, a timeout's clock, skip_none,
+    order-only dependencies, fan-out, a stream stage). ``check`` also asks that every
+    input's result stays on the cluster (``lazy``)."""
     if (
         task.kind is not Kind.CPU
         or not task.deps
@@ -1459,6 +1478,8 @@ def _eager(task: Task, tasks: Mapping[str, Task]) -> bool:
     for d in task.deps:
         dep = tasks.get(d)
         if dep is None or dep.kind is not Kind.CPU or dep.over is not None:
+            return False
+        if dep.timeout is not None:  # it may time out here after Dask finished it
             return False
     return True
 
