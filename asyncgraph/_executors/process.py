@@ -427,7 +427,7 @@ PIPELINE_UNMEASURED = False
 class _Turn:
     """One call placed on a worker: its place in the worker's order."""
 
-    __slots__ = ("began", "fn", "mine", "near_end", "number", "prev", "state", "worker")
+    __slots__ = ("began", "ending", "fn", "mine", "near_end", "number", "prev", "state", "worker")
 
     def __init__(self, worker: _Worker, fn: bytes) -> None:
         self.worker = worker
@@ -442,6 +442,7 @@ class _Turn:
         self.state = "queued"  # "turn": its replies are next; "running": it started
         self.began = 0.0
         self.near_end: asyncio.TimerHandle | None = None  # see ProcessPool._running
+        self.ending = False  # its near_end timer fired
 
 
 class ProcessPool:
@@ -650,7 +651,10 @@ class ProcessPool:
                 return (
                     worker.inflight == 1
                     and running is not None
-                    and running.began + took - worker.loop.time() <= PIPELINE_BELOW
+                    and (
+                        running.ending
+                        or running.began + took - worker.loop.time() <= PIPELINE_BELOW
+                    )
                 )
         return True
 
@@ -665,7 +669,14 @@ class ProcessPool:
         worker.running = turn
         took = self._times.get(turn.fn)
         if took is not None and took > PIPELINE_BELOW and self.depth > 1:
-            turn.near_end = worker.loop.call_at(turn.began + took - PIPELINE_BELOW, self._wake)
+            at = turn.began + took - PIPELINE_BELOW
+            turn.near_end = worker.loop.call_at(at, self._near_end, turn)
+
+    def _near_end(self, turn: _Turn) -> None:
+        # The timer says so (a loop's timer may fire a little early: uvloop rounds to
+        # the millisecond), not a second reading of the clock.
+        turn.ending = True
+        self._wake()
 
     def room(self) -> int:
         """How many calls could be placed now (idle workers, workers still to start,
