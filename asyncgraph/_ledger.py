@@ -308,8 +308,12 @@ class Ledger:
         reason: str,
         abandoned: set[str],
         cancel_grace: float,
+        began: Mapping[str, tuple[float | None, str]] | None = None,
     ) -> None:
-        """Record every task that has not ended as cancelled, with ``reason``."""
+        """Record every task that has not ended as cancelled, with ``reason``.
+        ``began``: tasks of ``rest`` that began elsewhere all the same (sent ahead to a
+        cluster), with when they were sent (None: not known whether they began) and
+        what the record adds to its reason."""
         now = self.now()
         for n in running:
             if n in abandoned:
@@ -330,10 +334,20 @@ class Ledger:
                 self.ended(n, State.CANCELLED, why, None, now)
                 continue
             rec = self.records[n]
-            why = TaskCancelled(f"task {n!r} did not start: {reason}")
-            self.records[n] = new = TaskRecord(
-                State.CANCELLED, None, why, None, rec.attempts, rec.started, rec.finished
-            )
+            elsewhere = began.get(n) if began else None
+            if elsewhere is None:
+                why = TaskCancelled(f"task {n!r} did not start: {reason}")
+                new = TaskRecord(
+                    State.CANCELLED, None, why, None, rec.attempts, rec.started, rec.finished
+                )
+            else:
+                at, how = elsewhere
+                why = TaskCancelled(f"task {n!r} was cancelled: {reason}; {how}")
+                if at is None:  # not known whether it began
+                    new = TaskRecord(State.CANCELLED, None, why, None, rec.attempts)
+                else:
+                    new = TaskRecord(State.CANCELLED, None, why, None, rec.attempts + 1, at, now)
+            self.records[n] = new
             if self.stores and self.sink.ended(n, new):
                 continue
             if self.emit is not None:

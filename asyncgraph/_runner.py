@@ -903,8 +903,12 @@ class _Run:
         if self.core.is_active():
             await self.children.wait()
 
-    def _close(self, reason: str) -> None:
-        """Record every task that has not ended as cancelled, with ``reason``."""
+    def _close(
+        self, reason: str, began: Mapping[str, tuple[float | None, str]] | None = None
+    ) -> None:
+        """Record every task that has not ended as cancelled, with ``reason``;
+        ``began``: tasks the run had not started that began elsewhere all the same
+        (sent ahead to a Dask cluster: :meth:`DaskExecutor.stopped`)."""
         # Children that ended while the run was being stopped count as they ended: a
         # result is kept, a failure recorded as one (its descendants skipped), no retry.
         inbox = self.children.inbox
@@ -916,7 +920,7 @@ class _Run:
                 except (KeyboardInterrupt, SystemExit) as exc:
                     self.fatal = exc
         running, rest = self.core.cancel()
-        self.ledger.cancel(running, rest, reason, self.children.abandoned, self.cancel_grace)
+        self.ledger.cancel(running, rest, reason, self.children.abandoned, self.cancel_grace, began)
 
     def want_values(self) -> None:
         """Someone reads results while the run goes on (an open run): no executor may
@@ -929,7 +933,12 @@ class _Run:
     async def _cleanup(self, reason: str, settle: bool) -> None:
         await self.children.stop()
         if self.core.is_active():
-            self._close(reason)
+            began: dict[str, tuple[float | None, str]] = {}
+            for ex in self.executors:
+                ask = getattr(ex, "stopped", None)  # what went ahead to a cluster
+                if ask is not None:
+                    began.update(await ask())
+            self._close(reason, began)
         try:
             if settle and self.fatal is None:  # the run returns its graph: values in it
                 for ex in self.executors:

@@ -62,6 +62,11 @@ def hold(log: str) -> int:
     return 1
 
 
+def hold_on(log: str, x: int) -> int:
+    """``hold`` as a dependent: takes its input's result."""
+    return hold(log) + x
+
+
 def hold_then_fail(log: str) -> int:
     noted(log, "hold")
     STARTED.set()
@@ -235,8 +240,9 @@ async def test_a_cancelled_run_leaves_nothing_on_the_scheduler(
     assert await scheduler_keys(client) == []
     assert not client.futures
     # Not asserted: that "b" never ran. Dask's cancel is a message on its batched
-    # stream; if "a" finishes before the scheduler has it, Dask starts "b" at once
-    # (a task sent ahead runs when its inputs finish): why eager is opt-in.
+    # stream; if "a" finishes before the scheduler has it, Dask starts "b" at once (a
+    # task sent ahead runs when its inputs finish). A run that returns its graph
+    # records such a task as begun: test_a_stopped_run_records_what_went_ahead_and_began_as_begun.
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -380,3 +386,90 @@ async def test_nothing_goes_ahead_of_an_input_that_may_fail_on_the_driver(
         RELEASE.set()
         done = await sent
     assert done.results == {"a": 1, "b": 2}
+
+
+# -- what a stopped run records of what went ahead (the workers' gate) --------------------
+
+
+async def _stopped_once(g: ag.Graph, client: Any, monkeypatch: pytest.MonkeyPatch) -> ag.Graph:
+    """Run ``g`` with ``eager=True``; the driver never hears that "a" finished (its
+    report is held back, as on a slow link), and the run's deadline passes once "b",
+    sent ahead behind "a", has begun on the cluster (STARTED)."""
+    from conftest import DeadlineAtSignal
+
+    from asyncgraph._executors.dask import DaskExecutor
+    from asyncgraph._lifetime import start
+    from asyncgraph._options import RunOptions
+
+    landed = DaskExecutor._landed
+    never = asyncio.Event()
+
+    async def held_back(self: Any, name: str, future: Any) -> Any:
+        if name == "a":
+            await never.wait()
+        return await landed(self, name, future)
+
+    monkeypatch.setattr(DaskExecutor, "_landed", held_back)
+    clock = DeadlineAtSignal()
+
+    async def when_b_began() -> None:
+        await asyncio.to_thread(STARTED.wait, 30)
+        clock.passed.set()
+
+    signal = asyncio.ensure_future(when_b_began())
+    try:
+        backend = ag.DaskBackend(client, eager=True)
+        return await start(g, RunOptions(deadline=clock.DEADLINE, clock=clock, backend=backend))
+    finally:
+        signal.cancel()
+        for waiter in clock._waiters:
+            waiter.cancel()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_stopped_run_records_what_went_ahead_and_began_as_begun(
+    tmp_path: Path, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was the price of eager=True: a run stopped as an input finished on the cluster
+    recorded the task sent behind it "did not start", though it had begun there. The
+    run now closes the workers' gate and asks them."""
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add("a", functools.partial(inc, log, 0), kind="cpu")
+    g.add("b", functools.partial(hold_on, log), deps=["a"], kind="cpu")
+    g.add("c", functools.partial(inc, log), deps=["b"], kind="cpu")
+    done = await _stopped_once(g, client, monkeypatch)
+    RELEASE.set()
+    b = done.records["b"]
+    assert b.status is ag.State.CANCELLED
+    assert b.attempts == 1 and b.started is not None
+    assert "had begun on the Dask cluster" in str(b.error), b.error
+    c = done.records["c"]  # sent ahead behind "b": it cannot have begun
+    assert c.status is ag.State.CANCELLED and c.attempts == 0
+    assert "did not start" in str(c.error), c.error
+    assert done.status["a"] is ag.State.CANCELLED
+    assert await scheduler_keys(client) == []
+    assert lines(log) == ["inc", "hold"]  # "c" never ran, though "b" returned meanwhile
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_workers_that_cannot_be_asked_leave_what_went_ahead_as_may_have_begun(
+    tmp_path: Path, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncgraph._executors import _dask_worker
+
+    def broken(token: str) -> list[str]:
+        raise OSError("the worker cannot answer")
+
+    monkeypatch.setattr(_dask_worker, "close_gate", broken)  # these workers: threads here
+    log = str(tmp_path / "log")
+    g = ag.Graph()
+    g.add("a", functools.partial(inc, log, 0), kind="cpu")
+    g.add("b", functools.partial(hold_on, log), deps=["a"], kind="cpu")
+    done = await _stopped_once(g, client, monkeypatch)
+    RELEASE.set()
+    b = done.records["b"]
+    assert b.status is ag.State.CANCELLED and b.attempts == 0  # not known to have begun
+    assert "may have begun there: the workers could not be asked" in str(b.error), b.error
+    assert "the worker cannot answer" in str(b.error)
+    assert await scheduler_keys(client) == []

@@ -20,11 +20,23 @@ take the line with it. When Dask blames every task that was on a dead worker, th
 driver reads the journal: a task whose key is not there never started, and is
 resubmitted once, free.
 
+A task sent ahead of its inputs' results (``eager=True``) goes through a *gate*
+(:func:`run_ahead`): it notes its key under its run's token as it begins, under a lock.
+When a run stops, the driver cancels what it sent ahead, then calls
+:func:`close_gate` on every worker (``client.run``): from then on no attempt sent ahead
+by that run begins on that worker, and the worker says which keys began before. So the
+run records each of those tasks as it was: begun (and cancelled), or never started.
+
 State it keeps
     ``_FUNCTIONS``  per worker process: the loaded functions by their bytes (cleared
                     when it holds more than 64).
     ``_JOURNALS``   per worker process: the open journal file of each run's directory
                     (closed by :func:`forget_journal`, or with the process).
+    ``_BEGAN``      per worker process: run token -> keys sent ahead that began here
+                    (taken by :func:`close_gate`, dropped by :func:`forget_gate` when the
+                    run ends).
+    ``_CLOSED``     per worker process: the tokens of runs that stopped (the last 4,096;
+                    a cancel reaches the worker long before 4,096 more runs stop).
 """
 
 from __future__ import annotations
@@ -39,11 +51,64 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["dumps", "forget_journal", "journal_has", "run_attempt"]
+__all__ = [
+    "NotStarted",
+    "close_gate",
+    "dumps",
+    "forget_gate",
+    "forget_journal",
+    "journal_has",
+    "run_ahead",
+    "run_attempt",
+]
 
 _FUNCTIONS: dict[bytes, Any] = {}
 _JOURNALS: dict[str, Any] = {}
 _JOURNAL_LOCK = threading.Lock()
+_BEGAN: dict[str, set[str]] = {}
+_CLOSED: dict[str, None] = {}
+_GATE_LOCK = threading.Lock()
+
+
+class NotStarted(Exception):  # noqa: N818 - what it says, for the driver's log
+    """An attempt sent ahead whose run stopped before it began here: it did not run."""
+
+
+def run_ahead(
+    token: str,
+    key: str,
+    fn_bytes: bytes,
+    is_async: bool,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    journal: tuple[str, str] | None = None,
+) -> Any:
+    """:func:`run_attempt` of an attempt sent ahead by run ``token`` under ``key``,
+    through the run's gate: refused (:class:`NotStarted`) once the run has stopped."""
+    with _GATE_LOCK:
+        if token in _CLOSED:
+            raise NotStarted(f"{key}: its run stopped before it began")
+        began = _BEGAN.get(token)
+        if began is None:
+            began = _BEGAN[token] = set()
+        began.add(key)
+    return run_attempt(fn_bytes, is_async, args, kwargs, journal)
+
+
+def close_gate(token: str) -> list[str]:
+    """Run ``token`` stopped (called on each worker by the driver): no attempt it sent
+    ahead begins here from now on; the keys of those that began here before."""
+    with _GATE_LOCK:
+        _CLOSED[token] = None
+        while len(_CLOSED) > 4096:
+            del _CLOSED[next(iter(_CLOSED))]
+        return sorted(_BEGAN.pop(token, ()))
+
+
+def forget_gate(token: str) -> None:
+    """Run ``token`` ended with nothing left on the cluster: drop what it noted here."""
+    with _GATE_LOCK:
+        _BEGAN.pop(token, None)
 
 
 def _note(journal: str, key: str) -> None:

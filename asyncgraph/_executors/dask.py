@@ -213,10 +213,14 @@ class DaskBackend:
     task sent behind it would have run on the cluster though recorded skipped; those
     go when the run starts them, as without ``eager``. Results, failures, retries and
     events are as without it; a failed input takes what was sent with it back (the
-    run skips or retries as always). The price: a task sent
-    ahead may start on the cluster as its inputs finish even when the run stops before
-    it starts the task (Dask's cancel is a message that can arrive after that), so a
-    stopped run may have run a task it records as not started. Off by default.
+    run skips or retries as always). A task sent ahead may begin on the cluster as its
+    inputs finish even when the run stops before it starts the task (Dask's cancel is
+    a message that can arrive after that): a stopped run closes the workers' gate
+    (after that nothing it sent ahead begins anywhere) and asks them, and records such
+    a task as begun and cancelled, or as not started; workers that cannot be asked
+    leave it "may have begun". Off by default: each run that sent something ahead
+    ends with one more message to every worker (its gate forgotten), and a worker
+    needs this version's ``asyncgraph._executors._dask_worker``.
 
     A result only other cluster tasks take stays on the cluster while the run goes on
     (no store, no open run, every dependent a plain CPU task of the run): the task is
@@ -488,6 +492,10 @@ class DaskExecutor:
         self.eager_children: dict[str, list[Task]] = {}  # task -> its eager CPU dependents
         self.current: dict[str, Any] = {}  # task -> the Dask future of its attempt out
         self.ahead: dict[str, _Ahead] = {}  # task -> its attempt 1, submitted ahead
+        self.withdrawn: dict[str, _Ahead] = {}  # those dropped with a cancelled input
+        self.gated = False  # whether anything went ahead (through the workers' gate)
+        self.gate_timeout = 10.0  # seconds to ask the workers about their gate
+        self._gate_closed = False  # whether the run's stop closed it (``stopped``)
         self.dropped: dict[str, int] = {}  # task -> how many of those were dropped
         self.ahead_window = 2 * capacity if capacity else 256
         # Results left on the cluster (see ``_remote_rule``).
@@ -707,9 +715,10 @@ class DaskExecutor:
                     if task.deps and not task.skip_none:
                         args, kwargs = await self._inputs(task, args, kwargs)
                 continue
-            except BaseException:
+            except BaseException as exc:
                 self.current.pop(name, None)
-                self._drop_ahead(name)  # they took this attempt's future as an input
+                # They took this attempt's future as an input.
+                self._drop_ahead(name, maybe_ran=isinstance(exc, asyncio.CancelledError))
                 raise
             break
         self.current.pop(name, None)
@@ -970,8 +979,10 @@ class DaskExecutor:
             dropped = self.dropped.get(name, 0)
             key = f"{name}-{self.token}-1" if not dropped else f"{name}-{self.token}-1-{dropped}"
             note = None if journal is None else (journal, key)
-            call = (_dask_worker.run_attempt, (fn, child.is_async, args, kwargs, note))
-            items.append((key, call, None, next(self._order), None, name))
+            gated = (self.token, key, fn, child.is_async, args, kwargs, note)
+            items.append(
+                (key, (_dask_worker.run_ahead, gated), None, next(self._order), None, name)
+            )
         if not items:
             return
         try:
@@ -991,6 +1002,8 @@ class DaskExecutor:
                 return
             for blob_item, b in zip(blob_items, blobs, strict=True):
                 self.live[blob_item[0]] = b
+        self.gated = True
+        at = self.clock.time()
         for item, f, b in zip(items, futures, blobs, strict=True):
             key, name = item[0], item[5]
             self.live[key] = f
@@ -1000,7 +1013,7 @@ class DaskExecutor:
             else:
                 fetching = asyncio.ensure_future(self._value(f if b is None else b))
             fetching.add_done_callback(_retrieved)
-            self.ahead[name] = _Ahead(key, f, fetching)
+            self.ahead[name] = _Ahead(key, f, fetching, at)
 
     def _cancel_futures(self, futures: list[Any]) -> None:
         client = self.client
@@ -1009,9 +1022,12 @@ class DaskExecutor:
             self._cancels.add(sent)
             sent.add_done_callback(_quietly_discard(self._cancels))
 
-    def _drop_ahead(self, name: str) -> None:
+    def _drop_ahead(self, name: str, maybe_ran: bool = False) -> None:
         """``name``'s attempt ended without a value: cancel its dependents submitted
-        ahead with its future (and theirs)."""
+        ahead with its future (and theirs). ``maybe_ran``: the attempt was cancelled, so
+        it may have finished on the cluster and they may have begun (the run's stop asks
+        the workers: :meth:`stopped`); an attempt that failed on the cluster took them
+        with it before they could."""
         if not self.ahead:
             return
         stack = [name]
@@ -1022,6 +1038,8 @@ class DaskExecutor:
                 if gone is None:
                     continue
                 self.current.pop(child.name, None)
+                if maybe_ran:
+                    self.withdrawn[child.name] = gone
                 self.dropped[child.name] = self.dropped.get(child.name, 0) + 1
                 gone.fetching.cancel()
                 self._cancel([gone.key, f"{gone.key}-bytes"])
@@ -1307,10 +1325,77 @@ class DaskExecutor:
             else:
                 records[n] = dataclasses.replace(rec, result=value)
 
+    async def stopped(self) -> dict[str, tuple[float | None, str]]:
+        """The run stops with tasks it has not started: of those sent ahead (and not
+        taken over by an attempt), the ones that began on the cluster anyway, as
+        ``{task: (when it was sent, what to add to its record's reason)}``.
+
+        Each is cancelled first (so the scheduler gives it to no worker that joins
+        later), then every worker's gate is closed (``_dask_worker.close_gate``): after
+        that no attempt the run sent ahead begins anywhere, and each worker says which
+        began before. On the run's own cluster the journal also answers for a worker
+        that died. If the workers cannot be asked, each such task "may have begun"."""
+        sent = {**self.withdrawn, **self.ahead}
+        self.withdrawn.clear()
+        client = self.client
+        if not sent or client is None:
+            return {}
+        for name, gone in self.ahead.items():
+            gone.fetching.cancel()
+            self.current.pop(name, None)
+        self.ahead.clear()
+        keys = [k for a in sent.values() for k in (a.key, f"{a.key}-bytes")]
+        futures = [f for k in keys if (f := self.live.pop(k, None)) is not None]
+        began: set[str] | None = None
+        why = ""
+        with shielded():
+            try:
+                if futures:
+                    await asyncio.wait_for(client.cancel(futures, force=True), self.gate_timeout)
+                replies = await asyncio.wait_for(
+                    client.run(_dask_worker.close_gate, self.token), self.gate_timeout
+                )
+                self._gate_closed = True
+                began = {k for ks in replies.values() for k in ks}
+            except Exception as exc:  # noqa: BLE001 - recorded as what is not known
+                why = f"{type(exc).__name__}: {exc}"
+        journal = self.journal
+        runs_on = (
+            "its worker stopped with the run's own cluster"
+            if self.owns_cluster
+            else "its call may run on there until it returns"
+        )
+        found: dict[str, tuple[float | None, str]] = {}
+        for name, a in sent.items():
+            if began is None:
+                found[name] = (
+                    None,
+                    "it had been sent to the Dask cluster ahead of its inputs' results "
+                    "(eager=True) and may have begun there: the workers could not be asked "
+                    f"({why})",
+                )
+            elif a.key in began or (
+                journal is not None and _dask_worker.journal_has(journal, a.key)
+            ):
+                found[name] = (
+                    a.at,
+                    "it had begun on the Dask cluster, sent there ahead of its inputs' "
+                    f"results (eager=True); {runs_on}",
+                )
+        return found
+
     async def aclose(self) -> None:
         """Cancel every future of the run still held, then close what the run started
         (its client, its cluster); a user's client or cluster is left open."""
         with shielded():
+            client = self.client
+            if self.gated and not self._gate_closed and client is not None:
+                # What the workers noted of this run's attempts sent ahead.
+                with contextlib.suppress(Exception):
+                    if client.status == "running":
+                        await asyncio.wait_for(
+                            client.run(_dask_worker.forget_gate, self.token), self.gate_timeout
+                        )
             if self._runners:  # attempts the run cancelled, ending their cancel path
                 await asyncio.wait(list(self._runners))
             if self._loads is not None:
@@ -1432,15 +1517,16 @@ def _release_scattered(sending: asyncio.Future[Any]) -> None:
 
 
 class _Ahead:
-    """An attempt submitted ahead: its key, its Dask future, and the fetch of its value
-    (or of its bytes, with a store) that starts once Dask has it."""
+    """An attempt submitted ahead: its key, its Dask future, the fetch of its value (or
+    of its bytes, with a store) that starts once Dask has it, and when it was sent."""
 
-    __slots__ = ("fetching", "future", "key")
+    __slots__ = ("at", "fetching", "future", "key")
 
-    def __init__(self, key: str, future: Any, fetching: asyncio.Future[Any]) -> None:
+    def __init__(self, key: str, future: Any, fetching: asyncio.Future[Any], at: float) -> None:
         self.key = key
         self.future = future
         self.fetching = fetching
+        self.at = at
 
 
 def _takes_futures(task: Task) -> bool:
