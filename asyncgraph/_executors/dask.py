@@ -219,8 +219,8 @@ class DaskBackend:
     (after that nothing it sent ahead begins anywhere) and asks them, and records such
     a task as begun and cancelled, or as not started; workers that cannot be asked
     leave it "may have begun". Off by default: each run that sent something ahead
-    ends with one more message to every worker (its gate forgotten), and a worker
-    needs this version's ``asyncgraph._executors._dask_worker``.
+    ends with one more message to every worker (its gate forgotten), and the workers
+    need an asyncgraph as new as the driver's for it.
 
     A result only other cluster tasks take stays on the cluster while the run goes on
     (no store, no open run, every dependent a plain CPU task of the run): the task is
