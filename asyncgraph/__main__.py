@@ -240,8 +240,8 @@ def _parser() -> argparse.ArgumentParser:
         "--dask-eager",
         action="store_true",
         help="with --backend dask: send a CPU task whose inputs are CPU tasks to the cluster "
-        "with their futures before they finish (DaskBackend(eager=True); a stopped run asks "
-        "the workers which of those began, and records them so)",
+        "with their futures before they finish (DaskBackend(eager=True)); a run with a store, "
+        "as every command's is, sends nothing ahead, so this changes nothing here yet",
     )
     run.add_argument(
         "--dask-capacity",

@@ -1,7 +1,7 @@
 """asyncgraph on a Dask cluster against plain Dask on the same cluster.
 
     python benchmarks/dask.py [--wide 500] [--chain 100] [--layers 5x100] [--big 20x80]
-                              [--pairs 3] [--eager] [--only chain,keep_remote]
+                              [--pairs 3] [--eager | --no-eager] [--only chain,keep_remote]
                               [--json PATH] [--tiny]
 
 One Dask cluster with its scheduler and two one-thread workers in processes of their
@@ -27,7 +27,8 @@ the median per task of each and the median of the per-pair ratios:
 The default (no ``keep_remote``) leaves on the cluster a result that only CPU tasks
 take, and fetches every one still there in one gather at the end of the run.
 
-``--eager`` runs asyncgraph with ``DaskBackend(client, eager=True)``: a CPU task whose
+``--eager`` / ``--no-eager`` run asyncgraph with ``DaskBackend(client, eager=True)`` /
+``eager=False`` (default: the library's default, True since session 19): a CPU task whose
 inputs are CPU tasks goes to the cluster with their futures before they finish.
 
 ``driver CPU/task`` is the driver process's CPU time (``time.process_time``) per task.
@@ -218,9 +219,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     client = distributed.Client(cluster, asynchronous=True, set_as_default=False)
     async with cluster, client:
         capacity = None if args.capacity == 0 else args.capacity
-        backend = ag.DaskBackend(client, capacity=capacity, eager=args.eager)
+        eager = {} if args.eager is None else {"eager": args.eager}
+        backend = ag.DaskBackend(client, capacity=capacity, **eager)
         try:
-            kept = ag.DaskBackend(client, capacity=capacity, eager=args.eager, keep_remote=True)
+            kept = ag.DaskBackend(client, capacity=capacity, keep_remote=True, **eager)
         except TypeError:  # a tree from before keep_remote: that row is left out
             kept = None
 
@@ -296,7 +298,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 results[name]["profile"] = await profile_ours(name, n, plain, ours)
     headers = ["shape", "plain Dask", "asyncgraph", "ratio", "driver CPU/task plain",
                "driver CPU/task asyncgraph"]  # fmt: skip
-    mode = "eager=True" if args.eager else "eager=False"
+    mode = f"eager={backend.eager}"
     print(
         f"Dask SubprocessCluster 2x1; asyncgraph {mode}; per task (big: whole run); "
         f"median of {args.pairs} pairs"
@@ -388,7 +390,14 @@ def main() -> None:
         default=0,
         help="DaskBackend(capacity=): tasks in flight (0: the backend's default)",
     )
-    p.add_argument("--eager", action="store_true", help="asyncgraph with DaskBackend(eager=True)")
+    p.add_argument(
+        "--eager", action="store_const", const=True, default=None,
+        help="asyncgraph with DaskBackend(eager=True) (the default since session 19)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-eager", dest="eager", action="store_const", const=False,
+        help="asyncgraph with DaskBackend(eager=False): each task sent when the run starts it",
+    )  # fmt: skip
     p.add_argument(
         "--only", default="", help="comma-separated parts of shape names: run only those"
     )

@@ -200,7 +200,7 @@ class DaskBackend:
     ``cluster_kwargs`` go to the owned ``LocalCluster``; ``connect_timeout`` bounds
     the connection to a scheduler.
 
-    ``eager=True`` sends a CPU task whose inputs are all CPU tasks (and which has no
+    ``eager`` (default True) sends a CPU task whose inputs are all CPU tasks (and which has no
     ``timeout``, ``resources``, ``skip_none``, ``after`` or fan-out) to the cluster
     with its inputs' futures as soon as they are submitted: Dask starts it the moment
     they finish, worker to worker, as a plain Dask graph does, instead of after Dask's
@@ -218,9 +218,11 @@ class DaskBackend:
     a message that can arrive after that): a stopped run closes the workers' gate
     (after that nothing it sent ahead begins anywhere) and asks them, and records such
     a task as begun and cancelled, or as not started; workers that cannot be asked
-    leave it "may have begun". Off by default: each run that sent something ahead
-    ends with one more message to every worker (its gate forgotten), and the workers
-    need an asyncgraph as new as the driver's for it.
+    leave it "may have begun". On by default (session 19; it was opt-in while a stop
+    could not say what had begun): ``eager=False`` sends each task only when the run
+    starts it. Each run that sent something ahead ends with one more message to every
+    worker (its gate forgotten), and the workers need an asyncgraph as new as the
+    driver's for it.
 
     A result only other cluster tasks take stays on the cluster while the run goes on
     (no store, no open run, every dependent a plain CPU task of the run): the task is
@@ -253,7 +255,7 @@ class DaskBackend:
         capacity: int | None = None,
         cluster_kwargs: Mapping[str, Any] | None = None,
         connect_timeout: float = 10.0,
-        eager: bool = False,
+        eager: bool = True,
         keep_remote: bool = False,
     ) -> None:
         self.address: str | None = None
