@@ -36,8 +36,6 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import anyio
-
 from . import _fan
 from ._clock import SYSTEM_CLOCK, Clock
 from ._clock import backoff as _backoff
@@ -59,6 +57,7 @@ from ._observe import _Progress
 from ._options import STOPPED_BY as _STOPPED_BY
 from ._options import RunOptions
 from ._scheduler import Lane, Scheduler, fresh_start, survey, unit_paths
+from ._shield import in_thread_to_the_end
 from ._shield import wait_to_the_end as _to_the_end
 from ._state import NO_RESULT, ResultRef, State, StoredResult, TaskRecord
 from ._task import Task
@@ -682,7 +681,7 @@ class _Run:
                     if n in values:
                         ref._value, ref._loaded = values[n], True
 
-        await anyio.to_thread.run_sync(read)  # not abandoned: a stopped run waits for it
+        await in_thread_to_the_end(read)  # not abandoned: a stopped run waits for it
 
     def _fetched(self, template: str, child: asyncio.Future[Any]) -> None:
         self.children.running.pop(child, None)

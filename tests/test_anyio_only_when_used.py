@@ -6,10 +6,10 @@ a thread to load it while its workers booted. Only an anyio cancel scope re-deli
 cancellation into a shielded wait, and a process with one has loaded the backend, so
 ``_shield.shielded()`` is the anyio scope once the backend is loaded and nothing before.
 
-Fresh interpreters (this test process has anyio loaded): a plain run and a CPU run load
-no backend; a wait cancelled twice still runs its cleanup to the end and re-raises; a run
-inside ``anyio.run`` whose ``move_on_after`` expires ends cleanly (its worker gone). No
-test here measures time.
+Fresh interpreters (this test process has anyio loaded): a plain run, a CPU run, a
+store run and its resume load no backend; a wait cancelled twice still runs its cleanup
+to the end and re-raises; a run inside ``anyio.run`` whose ``move_on_after`` expires ends
+cleanly (its worker gone). No test here measures time.
 """
 
 from __future__ import annotations
@@ -67,6 +67,40 @@ def test_a_plain_run_and_a_cpu_run_load_no_anyio_backend(tmp_path: Path) -> None
         """,
     )
     assert got == {"results": {"a": 4, "b": 16}, "loaded": False}
+
+
+def test_a_store_run_and_a_resume_load_no_anyio_backend(tmp_path: Path) -> None:
+    # The command line's every run: a fresh process on a store (its thread hops are the
+    # loop's executor's, waited for to their end, as anyio's were).
+    got = _run(
+        tmp_path,
+        f"""
+        import asyncio, json, sys
+        import asyncgraph as ag
+
+        async def four():
+            return 4
+
+        def square(x):
+            return x * x
+
+        async def main(path):
+            g = ag.Graph()
+            g.add("a", four)
+            g.add("b", square, deps=["a"], kind="cpu")
+            await ag.run(g, store=path)
+            again = await ag.run(ag.reset(ag.load(g, path), ["b"]), store=path)
+            return dict(again.results), again.records["a"].attempts
+
+        results, attempts = asyncio.run(main({str(tmp_path / "s.db")!r}))
+        print(json.dumps({{
+            "results": results,
+            "a_ran_once": attempts == 1,
+            "loaded": "anyio._backends._asyncio" in sys.modules,
+        }}))
+        """,
+    )
+    assert got == {"results": {"a": 4, "b": 16}, "a_ran_once": True, "loaded": False}
 
 
 def test_a_wait_cancelled_twice_without_anyio_still_ends_its_cleanup(tmp_path: Path) -> None:

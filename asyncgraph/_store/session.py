@@ -29,8 +29,6 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from .._exceptions import StoreError, UnstorableResultError
 from .._fingerprint import (
     element_fingerprints,
@@ -96,7 +94,7 @@ async def load_inputs(
                 values.update(store.load_results(wanted))
         return values
 
-    for d, value in (await anyio.to_thread.run_sync(load_all)).items():
+    for d, value in (await in_thread_to_the_end(load_all)).items():
         r = records[d]
         records[d] = TaskRecord(
             r.status, value, r.error, r.traceback, r.attempts, r.started, r.finished
@@ -212,7 +210,7 @@ class StoreSink:
             if stored
             else []
         )
-        self.limit = await anyio.to_thread.run_sync(self.store.result_size_limit)
+        self.limit = await in_thread_to_the_end(self.store.result_size_limit)
         if self.limit is not None:
             # The row holds more than the result: its name, times, digests and
             # SQLite's record header; what the room leaves is far more than those.
@@ -405,7 +403,7 @@ class StoreSink:
             if rec is not None and rec.status is State.DONE and rec.finished == stored[n].finished:
                 kept[n] = result_id
         if kept:
-            await anyio.to_thread.run_sync(vouch, self.run_id, kept)
+            await in_thread_to_the_end(vouch, self.run_id, kept)
 
     def _fingerprint_of(self, name: str) -> str:
         """A task's fingerprint in this run; for an element of a family done before the
@@ -547,7 +545,7 @@ class StoreSink:
         """Commit what is queued and record how the run ended (called on every way out)."""
         unvouched: StoreError | None = None
         if self.writer is not None:
-            await anyio.to_thread.run_sync(self.writer.close)
+            await in_thread_to_the_end(self.writer.close)
             try:
                 await self._vouch()
             except Exception as exc:  # noqa: BLE001 - raised once the run's end is recorded
@@ -575,7 +573,7 @@ class StoreSink:
             committed = {} if self.writer is None else self.writer.committed
             counts = {"tasks": len(records), "reused": self.reused, **committed}
             try:
-                await anyio.to_thread.run_sync(self.store.end_run, self.run_id, status, counts)
+                await in_thread_to_the_end(self.store.end_run, self.run_id, status, counts)
             except Exception:
                 if self.error is None:  # a failed write says more than this follow-up
                     raise
@@ -602,7 +600,7 @@ async def hold(
     from .sqlite import SQLiteStore, open_store
 
     graph.topological_order()  # a cycle is reported before the store is touched
-    store = await anyio.to_thread.run_sync(open_store, given)
+    store = await in_thread_to_the_end(open_store, given)
     check_origin(graph, store)  # and a graph of another store, before it is held
     held = False
 
@@ -615,7 +613,7 @@ async def hold(
 
     try:
         await in_thread_to_the_end(take)
-        yield store, await anyio.to_thread.run_sync(for_run, graph, store)
+        yield store, await in_thread_to_the_end(for_run, graph, store)
     finally:
         if held:
             store.release()  # the lock goes, and the run's connection
