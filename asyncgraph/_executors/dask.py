@@ -1010,11 +1010,13 @@ class DaskExecutor:
             key, name = item[0], item[5]
             self.live[key] = f
             self.current[name] = f
-            if b is None and name in self.lazy and not self.values_wanted:
-                fetching = asyncio.ensure_future(self._landed(name, f))
-            else:
+            fetching: asyncio.Future[Any] | None = None
+            if b is not None or name not in self.lazy or self.values_wanted:
+                # Its value (or bytes) fetched as soon as Dask has it. A result left on
+                # the cluster has nothing to fetch: the attempt that takes it over waits
+                # for it (``_landed``), one task a link less on a chain.
                 fetching = asyncio.ensure_future(self._value(f if b is None else b))
-            fetching.add_done_callback(_retrieved)
+                fetching.add_done_callback(_retrieved)
             self.ahead[name] = _Ahead(key, f, fetching, at)
 
     def _cancel_futures(self, futures: list[Any]) -> None:
@@ -1043,7 +1045,8 @@ class DaskExecutor:
                 if maybe_ran:
                     self.withdrawn[child.name] = gone
                 self.dropped[child.name] = self.dropped.get(child.name, 0) + 1
-                gone.fetching.cancel()
+                if gone.fetching is not None:
+                    gone.fetching.cancel()
                 self._cancel([gone.key, f"{gone.key}-bytes"])
                 stack.append(child.name)
 
@@ -1343,7 +1346,8 @@ class DaskExecutor:
         if not sent or client is None:
             return {}
         for name, gone in self.ahead.items():
-            gone.fetching.cancel()
+            if gone.fetching is not None:
+                gone.fetching.cancel()
             self.current.pop(name, None)
         self.ahead.clear()
         keys = [k for a in sent.values() for k in (a.key, f"{a.key}-bytes")]
@@ -1406,7 +1410,8 @@ class DaskExecutor:
                 await asyncio.wait([self._opening])
             client = self.client
             for gone in self.ahead.values():
-                gone.fetching.cancel()
+                if gone.fetching is not None:
+                    gone.fetching.cancel()
             self.ahead.clear()
             self.current.clear()
             remote = self.remote
@@ -1524,7 +1529,9 @@ class _Ahead:
 
     __slots__ = ("at", "fetching", "future", "key")
 
-    def __init__(self, key: str, future: Any, fetching: asyncio.Future[Any], at: float) -> None:
+    def __init__(
+        self, key: str, future: Any, fetching: asyncio.Future[Any] | None, at: float
+    ) -> None:
         self.key = key
         self.future = future
         self.fetching = fetching
