@@ -576,23 +576,20 @@ class ProcessPool:
         """Workers up, in use or being started."""
         return len(self._idle) + len(self._busy) + self._launching
 
-    def warm(self, n: int, then: Callable[[], None] | None = None) -> None:
+    def warm(self, n: int) -> None:
         """Start workers in the background (on the loop's thread, no wait) until ``n``
         of them (at most ``size``) are up or starting; calls meanwhile wait for them
-        instead of starting more. A start that fails is left to the next call.
-        ``then`` is called once the processes are started and connected (they boot on)."""
+        instead of starting more. A start that fails is left to the next call."""
         missing = min(n, self.size) - self._count()
         if missing <= 0 or self._warming is not None or self._closing:
             return
-        self._warming = asyncio.ensure_future(self._warm(missing, then))
+        self._warming = asyncio.ensure_future(self._warm(missing))
 
-    async def _warm(self, n: int, then: Callable[[], None] | None = None) -> None:
+    async def _warm(self, n: int) -> None:
         try:
             started = await asyncio.gather(
                 *(self._start() for _ in range(n)), return_exceptions=True
             )
-            if then is not None:
-                then()
             for worker in started:
                 if isinstance(worker, _Worker):
                     self._busy.discard(worker)
