@@ -1358,6 +1358,8 @@ class DaskExecutor:
             try:
                 if futures:
                     await asyncio.wait_for(client.cancel(futures, force=True), self.gate_timeout)
+                if self._cancels:  # those dropped with a cancelled input went before
+                    await asyncio.wait(list(self._cancels), timeout=self.gate_timeout)
                 replies = await asyncio.wait_for(
                     client.run(_dask_worker.close_gate, self.token), self.gate_timeout
                 )
