@@ -14,6 +14,9 @@ the median per task of each and the median of the per-pair ratios:
 - chain N     a chain of N increments: plain Dask passes futures on and awaits the
               last; asyncgraph runs a chain of CPU tasks (each result goes on to the
               next task as a future, and is also fetched to the driver);
+- chain N, plain keeps every future: the same run against a plain chain that keeps
+              each link's future and gathers every value at the end, so the scheduler
+              reports each link's end to the client, as to a run that records each task;
 - layered     L layers of W tasks, each reading two of the layer above;
 - big         a chain of K tasks passing an M MB array: plain Dask passes futures on
               (no data through the driver); asyncgraph passes them on too, and also
@@ -105,6 +108,16 @@ async def plain_chain(client: Any, n: int) -> None:
     for _ in range(n - 1):
         f = client.submit(inc, f, pure=False)
     assert await f == n
+
+
+async def plain_chain_kept(client: Any, n: int) -> None:
+    """A chain whose every link the driver keeps and hears of, as a run records each
+    task: the scheduler reports each link's end to the client, then all values come
+    back in one gather (the run's values)."""
+    futures = [client.submit(inc, 0, pure=False)]
+    for _ in range(n - 1):
+        futures.append(client.submit(inc, futures[-1], pure=False))
+    assert (await client.gather(futures))[-1] == n
 
 
 async def plain_layered(client: Any, layers: int, width: int) -> None:
@@ -237,6 +250,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 (f"chain {args.chain}", args.chain,
                  lambda: plain_chain(client, args.chain),
                  lambda: run_graph(graph_chain(args.chain), backend)),
+                (f"chain {args.chain}, plain keeps every future", args.chain,
+                 lambda: plain_chain_kept(client, args.chain),
+                 lambda: run_graph(graph_chain(args.chain), backend)),
                 (f"layered {layers}x{width}", layers * width,
                  lambda: plain_layered(client, layers, width),
                  lambda: run_graph(graph_layered(layers, width), backend)),
@@ -294,7 +310,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "pairs": pairs,
             }
         if args.profile:
-            for name, n, plain, ours in shapes[:3]:
+            for name, n, plain, ours in [s for s in shapes if not s[0].startswith("big")]:
                 results[name]["profile"] = await profile_ours(name, n, plain, ours)
     headers = ["shape", "plain Dask", "asyncgraph", "ratio", "driver CPU/task plain",
                "driver CPU/task asyncgraph"]  # fmt: skip
@@ -340,6 +356,16 @@ def _profiled_parts(stats: dict[Any, Any]) -> tuple[dict[str, float], list[Any]]
     return parts, ours_by_fn
 
 
+def _dask_calls(stats: dict[Any, Any]) -> dict[str, tuple[int, float]]:
+    """Dask client functions: (calls, cumulative time) by name."""
+    out: dict[str, tuple[int, float]] = {}
+    for (filename, line, fn), (_, calls, _, cum, _) in stats.items():
+        if _part(filename) == "Dask client":
+            where = filename.split("site-packages/", 1)[-1]
+            out[f"{where}:{line} {fn}"] = (calls, cum)
+    return out
+
+
 async def _profile(fn: Step) -> dict[Any, Any]:
     import cProfile
     import pstats
@@ -354,8 +380,9 @@ async def _profile(fn: Step) -> dict[Any, Any]:
 async def profile_ours(name: str, n: int, plain: Step, ours: Step) -> dict[str, Any]:
     """Plain Dask and one asyncgraph run under cProfile: the driver's CPU by part, side
     by side, and asyncgraph's top functions."""
-    plain_parts, _ = _profiled_parts(await _profile(plain))
-    parts, ours_by_fn = _profiled_parts(await _profile(ours))
+    plain_stats, ours_stats = await _profile(plain), await _profile(ours)
+    plain_parts, _ = _profiled_parts(plain_stats)
+    parts, ours_by_fn = _profiled_parts(ours_stats)
     print(f"\n{name}: driver CPU under cProfile by part, us per task ({n} tasks)")
     rows = [
         [label, f"{plain_parts[label] / n * 1e6:.0f}", f"{own / n * 1e6:.0f}",
@@ -369,6 +396,17 @@ async def profile_ours(name: str, n: int, plain: Step, ours: Step) -> dict[str, 
     print(table(["asyncgraph function (own time)", "share of ours", "calls/task"], [
         [where, f"{own / parts['asyncgraph']:.0%}", f"{calls / n:.1f}"]
         for own, where, calls in ours_by_fn[:12]
+    ]))  # fmt: skip
+    plain_calls, ours_calls = _dask_calls(plain_stats), _dask_calls(ours_stats)
+    extra = sorted(
+        ((calls - plain_calls.get(where, (0, 0.0))[0]) / n, where, calls, cum)
+        for where, (calls, cum) in ours_calls.items()
+    )[::-1]
+    headers = ["Dask client function", "calls/task plain", "calls/task ours", "cum us/task ours"]
+    print(table(headers, [
+        [where, f"{plain_calls.get(where, (0, 0.0))[0] / n:.1f}", f"{calls / n:.1f}",
+         f"{cum / n * 1e6:.0f}"]
+        for _, where, calls, cum in extra[:25]
     ]))  # fmt: skip
     return {
         "plain_parts_s": plain_parts,
