@@ -27,7 +27,23 @@ def test_dask_benchmark_runs_tiny(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for shape in ("wide 20", "chain 5", "layered 2x5", "big 3x1MB", "plain gathers all"):
+    for shape in ("wide 20", "chain 5", "layered 2x5", "big 3x1MB", "plain gathers all",
+                  "plain keeps every future"):
         assert shape in proc.stdout
     results = json.loads(out.read_text())["results"]
     assert all(r["asyncgraph_s"] > 0 and r["plain_s"] > 0 for r in results.values())
+
+
+def test_dask_benchmark_profiles_tiny() -> None:
+    """--profile prints each shape's parts and the Dask client calls side by side."""
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/dask.py", "--tiny", "--only", "chain", "--profile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "chain 5, plain keeps every future: driver CPU under cProfile" in proc.stdout
+    assert "Dask client function" in proc.stdout
