@@ -110,7 +110,24 @@ def cancelled_from_inside(name: str, now: float) -> Outcome:
 
 
 class Executor(Protocol):
-    """Runs attempts of the tasks it serves; owned and closed by one run."""
+    """Runs attempts of the tasks it serves; owned and closed by one run.
+
+    Besides these, the run calls each of the following an executor has (none is part
+    of the protocol; only the Dask and process executors have any):
+
+    ``begin()``
+        The run starts, before its first attempt (the process pool starts its workers).
+    ``values_at_end()``
+        After ``check``: the executor may leave results elsewhere until ``settle``.
+    ``want_values()``
+        Someone reads results while the run goes on: leave none elsewhere.
+    ``await stopped()``
+        The run stops with tasks it had not started; returns those that began
+        elsewhere all the same, ``{task: (when it was sent or None, reason to add)}``
+        (``Ledger.cancel`` records them).
+    ``await settle(records)``
+        The run ends with its graph: put the values left elsewhere into ``records``.
+    """
 
     #: The scheduler lane it fills, and how many of that lane's tasks may run at once
     #: (None: no cap). Executors sharing a lane give the same capacity.
